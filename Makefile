@@ -1,0 +1,47 @@
+# The two commands of the README:
+#   make demo   set up .venv, generate the 30-circuit sweep, run it locally, merge, plot threshold.png
+#   make test   set up .venv (with the test extra), lint, run the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+KILN   := $(VENV)/bin/qec-kiln
+STAMP  := $(VENV)/.installed
+DEMO   := demo
+# Small targets so the demo ends in a few minutes on 2 cores.
+DEMO_SHOTS  ?= 20_000
+DEMO_ERRORS ?= 200
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	rm -rf $(DEMO)
+	$(PY) examples/generate_surface_codes.py --out $(DEMO)/circuits
+	./scripts/launch.sh $(DEMO)/circuits --decoders pymatching --max-shots $(DEMO_SHOTS) \
+		--max-errors $(DEMO_ERRORS) --bucket $(DEMO)/bucket --name demo
+	$(KILN) status --bucket $(DEMO)/bucket --sweep demo
+	$(PY) scripts/merge.py --bucket $(DEMO)/bucket --out $(DEMO)/merged.csv
+	$(VENV)/bin/sinter plot --in $(DEMO)/merged.csv --x_func "m.p" --group_func "f'd={m.d}'" \
+		--xaxis "[log]physical error rate p" --fig_size 1024 768 \
+		--title "rotated surface code memory (qec-kiln demo)" --out $(DEMO)/threshold.png
+	@echo "demo: $(DEMO)/merged.csv and $(DEMO)/threshold.png"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests scripts examples bench
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check src tests scripts examples bench
+	$(VENV)/bin/pytest
+
+bench: $(STAMP)
+	$(PY) bench/balance.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) kiln-results .pytest_cache .ruff_cache

@@ -1,0 +1,356 @@
+"""``qec-kiln run-batch``: what a node runs.
+
+It restores the batch's fragment from the bucket, runs the **unmodified** ``sinter collect`` (one
+invocation per target group, an argv list, never a shell) with ``--save_resume_filepath`` on a
+local file, and uploads complete lines of that file to ``<sweep>/fragments/<batch>.csv`` every
+``sync_seconds`` and at exit. The object in the bucket is only ever replaced by a longer prefix of
+the same resume file, so a restart (a recovered spot VM, a requeued Slurm task) resumes where the
+last upload ended: at most one sync period of work is lost and nothing is counted twice.
+
+Example (on a node)::
+
+    qec-kiln run-batch --bucket s3://my-results --sweep surface-3f2a --batch b003
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+
+from qec_kiln._errors import KilnError, ObjectNotFound, StorageError
+from qec_kiln._fragments import complete_lines, parse_fragment
+from qec_kiln._manifest import (
+    Manifest,
+    circuit_key,
+    fragment_key,
+    load_manifest,
+    log_key,
+    package_versions,
+)
+from qec_kiln._plan import Batch
+from qec_kiln._storage import PATIENT_RETRY, QUICK_RETRY, Bucket, RetryPolicy, open_bucket
+
+#: Log bytes kept in ``logs/<batch>.log``.
+LOG_TAIL_BYTES = 64_000
+
+
+class _Stop(Exception):
+    """Raised in the main thread by the SIGTERM/SIGINT handler."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def sinter_executable() -> list[str]:
+    """The ``sinter`` command of this Python environment."""
+    beside = pathlib.Path(sys.executable).with_name("sinter")
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("sinter")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "import sys; from sinter._command._main import main; sys.exit(main())"]
+
+
+def sinter_collect_argv(
+    circuit_paths: list[pathlib.Path],
+    *,
+    decoder: str,
+    max_shots: int,
+    max_errors: int,
+    processes: int,
+    resume_path: pathlib.Path,
+    custom_decoders_module_function: str | None = None,
+    extra: list[str] | None = None,
+) -> list[str]:
+    """The exact ``sinter collect`` argv of one target group (absolute paths, so no name is an option).
+
+    >>> argv = sinter_collect_argv([pathlib.Path("/w/d=3 $(x).stim")], decoder="pymatching",
+    ...     max_shots=100, max_errors=10, processes=2, resume_path=pathlib.Path("/w/r.csv"))
+    >>> argv[1:4]
+    ['collect', '--circuits', '/w/d=3 $(x).stim']
+    """
+    argv = sinter_executable() + ["collect", "--circuits", *[str(p) for p in circuit_paths]]
+    argv += ["--decoders", decoder]
+    if custom_decoders_module_function:
+        argv += ["--custom_decoders_module_function", custom_decoders_module_function]
+    argv += [
+        "--max_shots", str(max_shots),
+        "--max_errors", str(max_errors),
+        "--processes", str(processes),
+        "--save_resume_filepath", str(resume_path),
+        "--metadata_func", "auto",
+        "--quiet",
+    ]
+    argv += list(extra or [])
+    return argv
+
+
+def default_work_dir() -> pathlib.Path:
+    env = os.environ.get("QEC_KILN_WORK_DIR")
+    return pathlib.Path(env) if env else pathlib.Path(tempfile.gettempdir()) / "qec-kiln-work"
+
+
+class FragmentSync:
+    """Uploads complete lines of a local resume file whenever it has grown (thread-safe)."""
+
+    def __init__(self, bucket: Bucket, key: str, path: pathlib.Path, uploaded: int,
+                 log: Callable[[str], None]):
+        self.bucket = bucket
+        self.key = key
+        self.path = path
+        self.uploaded = uploaded
+        self.log = log
+        self.uploads = 0
+        self._lock = threading.Lock()
+
+    def sync(self, retry: RetryPolicy | None = None) -> bool:
+        """Upload if the file has more complete lines than the bucket; True when the bucket is current."""
+        with self._lock:
+            try:
+                data = complete_lines(self.path.read_bytes())
+            except FileNotFoundError:
+                return True
+            if len(data) <= self.uploaded:
+                return True
+            try:
+                self.bucket.write_bytes(self.key, data, retry=retry)
+            except StorageError as ex:
+                self.log(f"warning: upload of {self.key} failed, will retry: {ex}")
+                return False
+            self.uploaded = len(data)
+            self.uploads += 1
+            return True
+
+
+def run_batch(
+    bucket_url: str,
+    sweep: str,
+    batch_id: str,
+    *,
+    processes: int | None = None,
+    sync_seconds: float = 30.0,
+    work_dir: str | pathlib.Path | None = None,
+    out: Callable[[str], None] | None = None,
+) -> int:
+    """Run one batch to completion (or until SIGTERM/SIGINT); return the exit code."""
+    bucket = open_bucket(bucket_url)
+    manifest = load_manifest(bucket, sweep)
+    _check_versions(manifest)
+    batch = manifest.plan.batch(batch_id)
+    work = pathlib.Path(work_dir) if work_dir else default_work_dir()
+    work = work / sweep / batch_id
+    work.mkdir(parents=True, exist_ok=True)
+    log_path = work / "run-batch.log"
+    log_file = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed below)
+
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {batch_id}: {msg}"
+        log_file.write(line + "\n")
+        (out or (lambda s: print(s, file=sys.stderr, flush=True)))(line)
+
+    try:
+        return _run(bucket, manifest, batch, work, log, log_path, processes, sync_seconds)
+    finally:
+        log_file.close()
+
+
+def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
+         log: Callable[[str], None], log_path: pathlib.Path, processes: int | None,
+         sync_seconds: float) -> int:
+    sweep = manifest.sweep
+    pgid_file = work / "sinter.pgid"
+    kill_stale_group(pgid_file)
+    circuits = _fetch_circuits(bucket, manifest, batch, work / "circuits")
+
+    # Restore the fragment: the bucket's copy, cut back to its last complete line.
+    fkey = fragment_key(sweep, batch.id)
+    try:
+        remote = bucket.read_bytes(fkey)
+    except ObjectNotFound:
+        remote = b""
+    fragment = parse_fragment(remote, f"{bucket.url}/{fkey}")
+    resume = work / "resume.csv"
+    with contextlib.suppress(FileNotFoundError):
+        resume.unlink()
+    if fragment.clean:
+        resume.write_bytes(fragment.clean)
+    done_shots = sum(s.shots for s in fragment.stats.values())
+    log(f"restored {len(fragment.clean)} bytes ({done_shots} shots) from {fkey}"
+        if fragment.clean else f"starting fresh ({fkey} not found)")
+    if fragment.warning:
+        log("warning: " + fragment.warning)
+
+    syncer = FragmentSync(bucket, fkey, resume, uploaded=len(fragment.clean), log=log)
+    stop_syncing = threading.Event()
+
+    def sync_loop() -> None:
+        while not stop_syncing.wait(sync_seconds):
+            syncer.sync(retry=QUICK_RETRY)
+            _upload_log(bucket, sweep, batch.id, log_path)
+
+    thread = threading.Thread(target=sync_loop, name="fragment-sync", daemon=True)
+    stop_signal: int | None = None
+    proc: subprocess.Popen | None = None
+
+    def on_signal(signum, _frame):
+        raise _Stop(signum)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    rc = 0
+    try:
+        thread.start()
+        nproc = processes or os.cpu_count() or 1
+        for decoder, max_shots, max_errors, shards in batch.target_groups():
+            paths = [circuits[s.circuit] for s in shards]
+            argv = sinter_collect_argv(
+                paths, decoder=decoder, max_shots=max_shots, max_errors=max_errors,
+                processes=nproc, resume_path=resume,
+                custom_decoders_module_function=manifest.custom_decoders_module_function,
+                extra=manifest.sinter_args,
+            )
+            log(f"sinter collect: {len(paths)} circuit(s), decoder {decoder}, "
+                f"max_shots {max_shots}, max_errors {max_errors}, processes {nproc}")
+            with open(work / "sinter.log", "ab") as sinter_log:
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=sinter_log, stderr=sinter_log,
+                    start_new_session=True, preexec_fn=_die_with_parent, cwd=work,
+                )
+                pgid_file.write_text(str(proc.pid))
+                rc = proc.wait()
+            proc = None
+            if rc != 0:
+                tail = (work / "sinter.log").read_bytes()[-2000:].decode("utf-8", "replace")
+                log(f"error: sinter collect exited with {rc}:\n{tail}")
+                break
+    except _Stop as stop:
+        stop_signal = stop.signum
+        log(f"received {signal.Signals(stop.signum).name}: stopping sinter and uploading")
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if proc is not None:
+            _stop_group(proc)
+        kill_stale_group(pgid_file)
+        stop_syncing.set()
+        if thread.is_alive():
+            thread.join(timeout=60)
+        ok = syncer.sync(retry=PATIENT_RETRY)
+        log(f"final upload {'done' if ok else 'FAILED'}: {syncer.uploaded} bytes in {fkey}")
+        _upload_log(bucket, sweep, batch.id, log_path)
+        if not ok:
+            rc = rc or 75
+    if stop_signal is not None:
+        return 128 + stop_signal
+    if rc == 0:
+        log("batch finished")
+    return rc
+
+
+def _check_versions(manifest: Manifest) -> None:
+    here = package_versions()
+    for dist in ("stim", "sinter"):
+        want = manifest.versions.get(dist)
+        if want and here.get(dist) != want:
+            raise KilnError(
+                f"this node has {dist} {here.get(dist)} but sweep {manifest.sweep!r} was planned with "
+                f"{dist} {want}: strong_ids would differ; pin {dist}=={want} in the job's setup"
+            )
+
+
+def _fetch_circuits(bucket: Bucket, manifest: Manifest, batch: Batch,
+                    folder: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Download the batch's circuits (checking their sha256), keyed by circuit key."""
+    out: dict[str, pathlib.Path] = {}
+    for key in sorted({s.circuit for s in batch.shards}):
+        entry = manifest.circuit(key)
+        path = (folder / key).resolve()
+        if not path.is_relative_to(folder.resolve()):
+            raise KilnError(f"manifest circuit key {key!r} escapes the work folder; relaunch the sweep")
+        if not (path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == entry.sha256):
+            data = bucket.read_bytes(circuit_key(manifest.sweep, key))
+            if hashlib.sha256(data).hexdigest() != entry.sha256:
+                raise KilnError(
+                    f"{bucket.url}/{circuit_key(manifest.sweep, key)}: does not match the manifest's "
+                    "sha256; the bucket was modified: relaunch the sweep under a new --name"
+                )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".part")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        out[key] = path
+    return out
+
+
+def _upload_log(bucket: Bucket, sweep: str, batch: str, log_path: pathlib.Path) -> None:
+    try:
+        data = log_path.read_bytes()[-LOG_TAIL_BYTES:]
+        bucket.write_bytes(log_key(sweep, batch), data, retry=QUICK_RETRY)
+    except (OSError, StorageError):
+        pass  # logs are best effort; fragments are what count
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Linux: SIGKILL sinter's main process when run-batch dies (PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+def _pids_in_group(pgid: int) -> list[int]:
+    pids = []
+    for d in pathlib.Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[2]) == pgid:
+                pids.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def kill_stale_group(pgid_file: pathlib.Path) -> None:
+    """SIGKILL what is left of an earlier sinter of this batch (its workers outlive its main process)."""
+    try:
+        pgid = int(pgid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    for pid in _pids_in_group(pgid):
+        try:
+            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"sinter" in cmdline or b"multiprocessing" in cmdline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+            break
+    with contextlib.suppress(FileNotFoundError):
+        pgid_file.unlink()
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGINT sinter's group (it flushes its resume file), then SIGKILL whatever is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
