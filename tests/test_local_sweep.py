@@ -1,0 +1,171 @@
+"""The whole pipeline on the embedded default: local backend, local-directory bucket, real sinter."""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import sinter
+from conftest import REPO, run_kiln, write_surface_circuits
+
+from qec_kiln._fragments import complete_lines
+from qec_kiln._launch import SweepSpec, prepare_sweep, upload_sweep
+from qec_kiln._manifest import fragment_key, load_manifest
+from qec_kiln._storage import open_bucket
+
+
+def make_sweep(circuits, bucket_dir, name, *, max_shots, max_errors, jobs=1):
+    bucket = open_bucket(str(bucket_dir))
+    spec = SweepSpec(circuits=str(circuits), decoders=["pymatching"], max_shots=max_shots,
+                     max_errors=max_errors, name=name, jobs=jobs)
+    prepared = prepare_sweep(spec, bucket, lambda s: None)
+    upload_sweep(bucket, prepared, lambda s: None)
+    return bucket, prepared.manifest
+
+
+def fragment_rows(fragment: pathlib.Path | bytes) -> list[sinter.TaskStats]:
+    """Every complete row of a fragment, one TaskStats per row (not combined)."""
+    data = fragment if isinstance(fragment, bytes) else fragment.read_bytes()
+    rows = complete_lines(data).decode().splitlines()[1:]
+    return [sinter.read_stats_from_csv_files(io.StringIO(f"{sinter.CSV_HEADER}\n{r}\n"))[0]
+            for r in rows]
+
+
+def test_sweep_matches_plain_sinter_collect(tmp_path, small_circuits, kiln):
+    bucket = tmp_path / "bucket"
+    r = kiln("launch", str(small_circuits), "--max-shots", "20_000", "--max-errors", "100",
+             "--bucket", str(bucket), "--name", "s1", "--jobs", "2", check=True)
+    assert "all 2 batch(es) finished" in r.stderr
+    merged = tmp_path / "merged.csv"
+    r = kiln("merge", "--bucket", str(bucket), "--out", str(merged), check=True)
+    assert "4 of 4 task(s) reached" in r.stdout
+
+    # The merged rows are exactly the sums of the complete fragment rows.
+    frags = sorted((bucket / "s1" / "fragments").glob("*.csv"))
+    assert len(frags) == 2
+    sums: dict[str, list[int]] = {}
+    for f in frags:
+        for row in fragment_rows(f):
+            acc = sums.setdefault(row.strong_id, [0, 0])
+            acc[0] += row.shots
+            acc[1] += row.errors
+    stats = sinter.read_stats_from_csv_files(str(merged))
+    assert {s.strong_id: [s.shots, s.errors] for s in stats} == sums
+    for s in stats:
+        assert s.shots >= 20_000 or s.errors >= 100
+
+    # Strong ids equal those of a plain `sinter collect --metadata_func auto` on the same files.
+    plain = tmp_path / "plain.csv"
+    subprocess.run([str(pathlib.Path(sys.executable).with_name("sinter")), "collect", "--circuits",
+                    *map(str, sorted(small_circuits.glob("*.stim"))), "--decoders", "pymatching",
+                    "--max_shots", "200", "--max_errors", "10", "--processes", "1",
+                    "--metadata_func", "auto", "--save_resume_filepath", str(plain), "--quiet"],
+                   check=True)
+    plain_ids = {s.strong_id for s in sinter.read_stats_from_csv_files(str(plain))}
+    assert plain_ids == {s.strong_id for s in stats}
+
+    # Relaunching the same command launches nothing; merging again gives the same bytes.
+    r = kiln("launch", str(small_circuits), "--max-shots", "20_000", "--max-errors", "100",
+             "--bucket", str(bucket), "--name", "s1", "--jobs", "2", check=True)
+    assert "nothing to launch" in r.stderr
+    again = tmp_path / "again.csv"
+    kiln("merge", "--bucket", str(bucket), "--out", str(again), check=True)
+    assert again.read_bytes() == merged.read_bytes()
+    r = kiln("status", "--bucket", str(bucket), "--json", check=True)
+    assert '"fraction_done": 1.0' in r.stdout
+
+
+def test_run_batch_sigkilled_and_restarted_loses_nothing_and_counts_nothing_twice(tmp_path):
+    circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.001, 0.003))
+    max_shots = 300_000
+    bucket, manifest = make_sweep(circuits, tmp_path / "bucket", "kill", max_shots=max_shots,
+                                  max_errors=10**6)
+    frag = tmp_path / "bucket" / fragment_key("kill", "b000")
+    argv = [sys.executable, "-m", "qec_kiln", "run-batch", "--bucket", str(tmp_path / "bucket"),
+            "--sweep", "kill", "--batch", "b000", "--processes", "1", "--sync-seconds", "0.3"]
+    proc = subprocess.Popen(argv, start_new_session=True, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(fragment_rows(frag) if frag.exists() else []) < 3:
+        time.sleep(0.1)
+    before_kill = frag.read_bytes()
+    assert len(fragment_rows(before_kill)) >= 3, "no progress before the kill"
+    os.killpg(proc.pid, signal.SIGKILL)  # the node dies: run-batch and its whole session
+    proc.wait()
+    killed_snapshot = frag.read_bytes()
+
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "restored" in r.stderr
+    final = frag.read_bytes()
+    # Only ever extended: what the bucket held at the kill is a prefix of the final fragment.
+    assert final.startswith(killed_snapshot) and final.startswith(before_kill)
+    totals: dict[str, int] = {}
+    for row in fragment_rows(final):
+        totals[row.strong_id] = totals.get(row.strong_id, 0) + row.shots
+    assert len(totals) == 2
+    for sid, shots in totals.items():
+        assert shots == max_shots, (sid, shots)  # reached, and not one shot counted twice
+    # No sinter process of this batch is left behind.
+    time.sleep(0.5)
+    leftovers = [p for p in pathlib.Path("/proc").glob("[0-9]*")
+                 if _cmdline(p).count(str(tmp_path)) and b"sinter" in _cmdline(p).encode()]
+    assert not leftovers
+
+
+def _cmdline(p: pathlib.Path) -> str:
+    try:
+        return (p / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_merge_drops_a_truncated_last_line(tmp_path, small_circuits, kiln):
+    bucket_dir = tmp_path / "bucket"
+    kiln("launch", str(small_circuits), "--max-shots", "2000", "--max-errors", "100",
+         "--bucket", str(bucket_dir), "--name", "t", "--jobs", "1", check=True)
+    frag = bucket_dir / "t" / "fragments" / "b000.csv"
+    whole = frag.read_bytes()
+    frag.write_bytes(whole + b"    1234,     5,     0,   0.1,pymatching,abc")  # cut mid-row
+    out = tmp_path / "m.csv"
+    r = kiln("merge", "--bucket", str(bucket_dir), "--out", str(out), check=True)
+    assert "dropped a truncated last line" in r.stderr
+    merged_shots = sum(s.shots for s in sinter.read_stats_from_csv_files(str(out)))
+    assert merged_shots == sum(row.shots for row in fragment_rows(whole))
+
+
+def test_original_commands_work_verbatim(tmp_path):
+    work = tmp_path / "w"
+    write_surface_circuits(work / "circuits", distances=(3, 5), noises=(0.001, 0.01))
+    launch = str(REPO / "scripts" / "launch.sh")
+    r = subprocess.run([launch, "circuits/", "--dry-run"], cwd=work, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "dry run" in r.stdout and "run-batch" in r.stdout
+    assert not (work / "kiln-results").exists() or not any((work / "kiln-results").rglob("*.json"))
+    r = subprocess.run([launch, "circuits/", "--decoders", "pymatching", "--max-shots", "1_000_000",
+                        "--max-errors", "1000", "--circuits-per-job", "6"], cwd=work,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "merge.py"), "--bucket",
+                        "kiln-results", "--out", "merged.csv"], cwd=work, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    stats = sinter.read_stats_from_csv_files(str(work / "merged.csv"))
+    assert len(stats) == 4
+    assert all(s.shots >= 1_000_000 or s.errors >= 1000 for s in stats)
+    r = subprocess.run([str(pathlib.Path(sys.executable).with_name("sinter")), "plot", "--in",
+                        "merged.csv", "--x_func", "m.p", "--group_func", "f'd={m.d}'",
+                        "--out", "threshold.png"], cwd=work, capture_output=True, text=True,
+                       env=dict(os.environ, MPLBACKEND="Agg"))
+    assert r.returncode == 0, r.stderr
+    assert (work / "threshold.png").stat().st_size > 10_000
+    # Underscore spellings (sinter style) are accepted too.
+    r = run_kiln("plan", "circuits/", "--max_shots", "1_000", "--max_errors", "10",
+                 "--circuits_per_job", "2", cwd=work)
+    assert r.returncode == 0, r.stderr
+    shutil.rmtree(work / "kiln-results")

@@ -1,0 +1,105 @@
+"""The planner: balanced by predicted cost, shot shards that sum to the targets, deterministic."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from qec_kiln._errors import KilnError
+from qec_kiln._plan import TaskCost, make_plan, split_targets
+
+
+def spread_tasks(n: int = 30, seed: int = 1) -> list[TaskCost]:
+    """Costs over four orders of magnitude, like a real d x p sweep."""
+    rng = random.Random(seed)
+    return [
+        TaskCost(f"c{i:02d}.stim", "pymatching", f"id{i:02d}",
+                 seconds_per_shot=10 ** rng.uniform(-7, -4), p_logical=10 ** rng.uniform(-6, -1),
+                 overhead_seconds=0.05)
+        for i in range(n)
+    ]
+
+
+def check_targets(plan, tasks, max_shots, max_errors):
+    totals = plan.task_targets()
+    assert set(totals) == {t.strong_id for t in tasks}
+    for sid, (shots, errors) in totals.items():
+        assert shots == max_shots and errors == max_errors, sid
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 5, 7, 30, 45])
+def test_every_task_gets_exactly_its_targets_and_no_batch_is_empty(jobs):
+    tasks = spread_tasks()
+    plan = make_plan(tasks, max_shots=1_000_000, max_errors=1000, jobs=jobs)
+    check_targets(plan, tasks, 1_000_000, 1000)
+    assert 1 <= len(plan.batches) <= jobs
+    assert all(b.shards for b in plan.batches)
+    for b in plan.batches:  # a batch never holds two shards of one task
+        ids = [s.strong_id for s in b.shards]
+        assert len(ids) == len(set(ids))
+    assert len({b.id for b in plan.batches}) == len(plan.batches)
+
+
+def test_plans_are_deterministic():
+    tasks = spread_tasks()
+    a = make_plan(tasks, max_shots=10**6, max_errors=1000, jobs=5)
+    b = make_plan(list(reversed(tasks)), max_shots=10**6, max_errors=1000, jobs=5)
+    assert [x.to_json() for x in a.batches] == [x.to_json() for x in b.batches]
+
+
+def test_cost_balance_beats_count_balance():
+    tasks = spread_tasks()
+    plan = make_plan(tasks, max_shots=10**6, max_errors=1000, jobs=5)
+    assert plan.balance_ratio <= 1.05
+    # The original design: 6 circuits per job in name order.
+    naive = [tasks[i:i + 6] for i in range(0, 30, 6)]
+    loads = [sum(t.predicted_seconds(10**6, 1000) for t in b) for b in naive]
+    assert max(loads) / (sum(loads) / 5) > 1.5
+
+
+def test_a_dominant_task_is_sharded_across_batches():
+    tasks = [TaskCost("big.stim", "pymatching", "big", 1e-3, 1e-9)] + [
+        TaskCost(f"s{i}.stim", "pymatching", f"s{i}", 1e-6, 1e-3) for i in range(5)]
+    plan = make_plan(tasks, max_shots=100_001, max_errors=999, jobs=4)
+    shards = [s for b in plan.batches for s in b.shards if s.strong_id == "big"]
+    assert len(shards) == 4 and {s.count for s in shards} == {4}
+    assert sum(s.max_shots for s in shards) == 100_001
+    assert sum(s.max_errors for s in shards) == 999
+    assert plan.balance_ratio < 1.1
+    check_targets(plan, tasks, 100_001, 999)
+    no_shards = make_plan(tasks, max_shots=100_001, max_errors=999, jobs=4, allow_shards=False)
+    assert no_shards.balance_ratio > 3
+
+
+def test_circuits_per_job_sets_the_number_of_batches():
+    tasks = spread_tasks()
+    plan = make_plan(tasks, max_shots=10**6, max_errors=1000, circuits_per_job=6)
+    assert len(plan.batches) == 5
+    check_targets(plan, tasks, 10**6, 1000)
+
+
+def test_target_hours_bounds_every_batch():
+    tasks = spread_tasks()
+    total = sum(t.predicted_seconds(10**6, 1000) for t in tasks)
+    target = total / 7.5
+    plan = make_plan(tasks, max_shots=10**6, max_errors=1000, target_seconds=target)
+    assert plan.makespan_seconds <= target * 1.0001
+    assert len(plan.batches) >= math.ceil(total / target)
+
+
+def test_bad_partition_arguments():
+    tasks = spread_tasks(3)
+    with pytest.raises(KilnError, match="at most one"):
+        make_plan(tasks, max_shots=10, max_errors=1, jobs=2, circuits_per_job=2)
+    with pytest.raises(KilnError, match="nothing to plan"):
+        make_plan([], max_shots=10, max_errors=1, jobs=2)
+
+
+def test_split_targets_sums():
+    for total in (1, 7, 1000, 999_999):
+        for parts in (1, 2, 3, 7):
+            if parts <= total:
+                s = split_targets(total, parts)
+                assert sum(s) == total and max(s) - min(s) <= 1
