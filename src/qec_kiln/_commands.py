@@ -196,6 +196,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         except KilnError as ex:
             _log(f"warning: {ex}; showing fragment progress only")
             states = {}
+        if getattr(backend, "warning", None):
+            _log(f"warning: {backend.warning}")
         reports.append(sweep_progress(bucket, manifest, states))
     if args.json:
         print(json.dumps([r.to_json() for r in reports], indent=1))

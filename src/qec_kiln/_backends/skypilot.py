@@ -1,0 +1,658 @@
+"""SkyPilot backend: every batch of a sweep is one SkyPilot *managed job*, all submitted at once.
+
+What ``launch`` runs (one request to SkyPilot for the whole sweep)::
+
+    sky jobs launch --yes --detach-run --name kiln-<sweep> --num-jobs N \\
+        --env KILN_BUCKET=<url> --env KILN_SWEEP=<sweep> --env KILN_BATCHES=b000,b003,... \\
+        --env KILN_VERSION=<qec-kiln version> --env KILN_SYNC_SECONDS=30 \\
+        [--secret NAME ...] <state>/skypilot/<sweep>/job.yaml
+
+SkyPilot gives job k of the N the variable ``SKYPILOT_JOB_RANK=k`` (0..N-1), and the YAML's run
+line picks ``KILN_BATCHES[k]`` (``qec-kiln run-batch --batches "$KILN_BATCHES" --index
+"$SKYPILOT_JOB_RANK"``). SkyPilot 0.14.1 assigns the ranks in the order of the sorted job ids of
+the request (``sky/jobs/server/core.py``: ``job_id_to_rank``), so the k-th smallest job id runs
+batch k; ``launch`` records that mapping under the state directory for ``job_states``.
+
+All jobs of one sweep share the name ``kiln-<sweep>``. ``sky jobs cancel -n NAME`` refuses to
+cancel when several running jobs share a name (``sky/jobs/utils.py: cancel_job_by_name``), so
+``cancel`` looks the job ids up in the queue and cancels them by id.
+
+The task YAML comes from ``--yaml`` or the copies of ``configs/sinter_job*.yaml`` packaged as
+``qec_kiln/data/`` (a test keeps them byte-identical): an installed qec-kiln has no repository
+checkout to read, and one source of truth per run avoids "works in the checkout only" surprises.
+
+Secrets never reach a file: a YAML ``secrets: {NAME: null}`` entry becomes ``--secret NAME`` and
+SkyPilot's CLI reads the value from the caller's environment. Inline secret values are refused.
+
+``import sky`` takes about a second, so it happens only inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qec_kiln._backends._base import (
+    Backend,
+    JobState,
+    LaunchRequest,
+    LaunchResult,
+    quote_argv,
+)
+from qec_kiln._errors import KilnError
+
+# (argv, stream, timeout) -> CompletedProcess with text stdout. The single seam to SkyPilot.
+Runner = Callable[..., "subprocess.CompletedProcess[str]"]
+
+DEFAULT_YAML = "sinter_job.yaml"
+DEFAULT_GPU_YAML = "sinter_job_gpu.yaml"
+NO_SPOT_INFRA = frozenset({"k8s", "kubernetes", "slurm", "ssh"})
+# SkyPilot's job (and cluster) name rule: sky/skylet/constants.py CLUSTER_NAME_VALID_REGEX.
+_SKY_NAME_RE = re.compile(r"[a-zA-Z]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?")
+_MAX_NAME = 63
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Names whose values are credentials; used only to check that no such value ever lands in a
+# rendered file or a command line (the names themselves are fine).
+_SECRET_NAME_RE = re.compile(
+    r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|API_KEY|ACCESS_KEY|SESSION|AUTH",
+    re.IGNORECASE,
+)
+_QUEUE_TIMEOUT_S = 180.0
+_CANCEL_TIMEOUT_S = 300.0
+
+
+def job_name(sweep: str) -> str:
+    """The SkyPilot managed-job name of a sweep: ``kiln-<sweep>``, made valid for SkyPilot.
+
+    Characters SkyPilot refuses become ``-`` and a short hash of the real name keeps two such
+    sweeps apart.
+
+    >>> job_name("surface-d3_to_d13.v2")
+    'kiln-surface-d3_to_d13.v2'
+    >>> job_name("my sweep/1")
+    'kiln-my-sweep-1-82e27a33'
+    """
+    if not sweep:
+        raise KilnError("the sweep name is empty; give a name with --sweep")
+    name = "kiln-" + re.sub(r"[^-_.a-zA-Z0-9]", "-", sweep)
+    if name != "kiln-" + sweep or not _SKY_NAME_RE.fullmatch(name) or len(name) > _MAX_NAME:
+        digest = hashlib.sha256(sweep.encode()).hexdigest()[:8]
+        name = name[: _MAX_NAME - 9].rstrip("-_.") + "-" + digest
+    return name
+
+
+def state_dir(sweep: str) -> Path:
+    """Where the rendered YAML and the launch record of a sweep live on this machine."""
+    home = os.environ.get("QEC_KILN_HOME") or os.path.join("~", ".cache", "qec-kiln")
+    return Path(home).expanduser() / "skypilot" / job_name(sweep)[len("kiln-"):]
+
+
+def packaged_yaml_text(name: str) -> str:
+    """The text of a task YAML shipped inside the package (copies of ``configs/``)."""
+    return resources.files("qec_kiln").joinpath("data", name).read_text(encoding="utf-8")
+
+
+def sky_executable() -> str:
+    """The ``sky`` command: on PATH, else next to this Python (an unactivated venv)."""
+    found = shutil.which("sky")
+    if found:
+        return found
+    sibling = Path(sys.executable).parent / "sky"
+    return str(sibling) if sibling.exists() else "sky"
+
+
+def _default_runner(
+    argv: Sequence[str], *, stream: bool = False, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` (no shell); with ``stream`` also copy its output to stderr line by line."""
+    argv = [sky_executable(), *argv[1:]] if argv and argv[0] == "sky" else list(argv)
+    if not stream:
+        return subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+            check=False,
+        )
+    lines: list[str] = []
+    with subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, bufsize=1,
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            sys.stderr.write(line)
+            sys.stderr.flush()
+        rc = proc.wait()
+    return subprocess.CompletedProcess(argv, rc, "".join(lines), "")
+
+
+@dataclasses.dataclass
+class Rendered:
+    """A filled-in, validated task YAML and the command that launches it."""
+
+    yaml_text: str
+    env_overrides: list[tuple[str, str]]
+    launch_argv: list[str]
+    source: str  # the YAML it came from (a path, or "packaged:<name>")
+    yaml_path: Path  # where launch writes yaml_text
+    job_name: str
+    secret_names: list[str]
+    notes: list[str]
+
+
+class SkyPilotBackend(Backend):
+    """Batches as SkyPilot managed jobs (spot by default, recovered by SkyPilot).
+
+    ``job_states`` never raises for an unreachable SkyPilot: it returns ``{}`` and leaves the
+    reason in ``self.warning`` so that ``status`` still shows fragment progress from the bucket.
+    """
+
+    name = "skypilot"
+
+    def __init__(self, runner: Runner | None = None) -> None:
+        self.runner: Runner = runner or _default_runner
+        self.warning: str = ""
+
+    # ------------------------------------------------------------------ rendering
+
+    def render(self, request: LaunchRequest) -> tuple[str, list[tuple[str, str]], list[str]]:
+        """``(yaml_text, env_overrides, launch_argv)`` for ``request``, validated offline."""
+        r = self._render(request)
+        return r.yaml_text, r.env_overrides, r.launch_argv
+
+    def _render(self, request: LaunchRequest) -> Rendered:
+        opts = request.options
+        if not request.batch_ids:
+            raise KilnError("no batches to launch")
+        bad = [b for b in request.batch_ids if not b or "," in b or b != b.strip()]
+        if bad:
+            raise KilnError(f"batch id {bad[0]!r} cannot go into a comma list; rename the batch")
+        if opts.yaml_path:
+            source = opts.yaml_path
+            try:
+                text = Path(opts.yaml_path).expanduser().read_text(encoding="utf-8")
+            except OSError as e:
+                raise KilnError(
+                    f"{source}: cannot read the SkyPilot task YAML ({e.strerror})"
+                ) from e
+        else:
+            name = DEFAULT_GPU_YAML if opts.gpus else DEFAULT_YAML
+            source = f"packaged:{name}"
+            text = packaged_yaml_text(name)
+        try:
+            docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        except yaml.YAMLError as e:
+            raise KilnError(f"{source}: not valid YAML: {_one_line(e)}") from e
+        if len(docs) != 1 or not isinstance(docs[0], dict):
+            raise KilnError(
+                f"{source}: must hold exactly one SkyPilot task (a mapping); found {len(docs)} "
+                "documents"
+            )
+        cfg: dict[str, Any] = docs[0]
+        notes: list[str] = []
+        changed = self._apply_options(cfg, request, source, notes)
+
+        secret_names = self._secret_names(cfg, source)
+        version = request.kiln_version or _kiln_version()
+        env_overrides = [
+            ("KILN_BUCKET", request.bucket_url),
+            ("KILN_SWEEP", request.sweep),
+            ("KILN_BATCHES", ",".join(request.batch_ids)),
+            ("KILN_VERSION", version),
+            ("KILN_SYNC_SECONDS", f"{opts.sync_seconds:g}"),
+        ]
+        if opts.processes:
+            env_overrides.append(("KILN_PROCESSES", str(opts.processes)))
+
+        name = job_name(request.sweep)
+        self._validate(cfg, env_overrides, source, name)
+
+        if changed:
+            shown = " ".join(source.split())  # a file name cannot break out of the comment
+            yaml_text = (
+                f"# Rendered by qec-kiln {version} from {shown}; see that file for comments.\n"
+                + _dump_yaml(cfg)
+            )
+        else:
+            yaml_text = text if text.endswith("\n") else text + "\n"
+        yaml_path = state_dir(request.sweep) / "job.yaml"
+        argv = ["sky", "jobs", "launch", "--yes", "--detach-run", "--name", name,
+                "--num-jobs", str(len(request.batch_ids))]
+        for key, value in env_overrides:
+            argv += ["--env", f"{key}={value}"]
+        for key in secret_names:
+            argv += ["--secret", key]
+        argv.append(str(yaml_path))
+        _refuse_secret_values(source, yaml_text, argv)
+        return Rendered(yaml_text, env_overrides, argv, source, yaml_path, name, secret_names,
+                        notes)
+
+    @staticmethod
+    def _apply_options(
+        cfg: dict[str, Any], request: LaunchRequest, source: str, notes: list[str]
+    ) -> bool:
+        """Write --cpus/--gpus/--infra/--no-spot into ``cfg['resources']``; True if it changed."""
+        opts = request.options
+        res = cfg.get("resources")
+        if res is None:
+            res = {}
+        if not isinstance(res, dict):
+            raise KilnError(f"{source}: 'resources' must be a mapping, not a list or a value")
+        before = copy.deepcopy(res)
+        entries = [e for key in ("any_of", "ordered") for e in (res.get(key) or [])
+                   if isinstance(e, dict)]
+
+        def put(key: str, value: Any, also_drop: Sequence[str] = ()) -> None:
+            # Entries of any_of/ordered override the top level in SkyPilot; drop theirs so that
+            # the command-line value wins everywhere.
+            for d in (res, *entries):
+                for k in (key, *also_drop):
+                    d.pop(k, None)
+            res[key] = value
+
+        if opts.cpus is not None:
+            put("cpus", opts.cpus)
+        if opts.gpus:
+            put("accelerators", _parse_gpus(opts.gpus))
+        if opts.infra:
+            put("infra", opts.infra, also_drop=("cloud", "region", "zone"))
+        use_spot = opts.use_spot
+        if use_spot and opts.infra and opts.infra.split("/")[0].lower() in NO_SPOT_INFRA:
+            notes.append(f"--infra {opts.infra} has no spot instances: use_spot set to false")
+            use_spot = False
+        if not use_spot:
+            put("use_spot", False)
+        if res != before:
+            cfg["resources"] = res
+            return True
+        return False
+
+    @staticmethod
+    def _secret_names(cfg: dict[str, Any], source: str) -> list[str]:
+        """Names for ``--secret NAME``: the YAML's null secrets; inline values are refused."""
+        secrets = cfg.get("secrets")
+        if not isinstance(secrets, dict):
+            return []  # None, or the list form of provider-managed references: left to SkyPilot
+        names = []
+        for key, value in secrets.items():
+            key = str(key)
+            if key.startswith("secrets:"):
+                continue  # a managed-secrets-provider reference
+            if value is not None:
+                raise KilnError(
+                    f"{source}: secret {key} has a value written in the YAML; set it to null "
+                    f"and export {key} in your environment (qec-kiln passes --secret {key})"
+                )
+            if key not in os.environ:
+                raise KilnError(
+                    f"{source}: secret {key} is declared but not set in your environment; "
+                    "export it, or remove it from the YAML's secrets"
+                )
+            names.append(key)
+        return names
+
+    @staticmethod
+    def _validate(
+        cfg: dict[str, Any], env_overrides: list[tuple[str, str]], source: str, name: str
+    ) -> None:
+        """SkyPilot's own schema and task loader, offline; errors become one KilnError line."""
+        import sky  # slow import: only when validating
+        from sky.utils import common_utils, schemas
+
+        checked = copy.deepcopy(cfg)
+        # SkyPilot's loader turns env/secret values into strings before its schema check
+        # (sky/task.py from_yaml_config); do the same so `KILN_SYNC_SECONDS: 30` is accepted.
+        for key in ("envs", "secrets"):
+            if isinstance(checked.get(key), dict):
+                checked[key] = {str(k): None if v is None else str(v)
+                                for k, v in checked[key].items()}
+        try:
+            common_utils.validate_schema(
+                checked, schemas.get_task_schema(), "invalid SkyPilot task YAML: "
+            )
+            sky.Task.from_yaml_config(copy.deepcopy(cfg), env_overrides=list(env_overrides))
+            common_utils.check_cluster_name_is_valid(name)
+        except Exception as e:  # SkyPilot raises ValueError, jsonschema and its own errors
+            raise KilnError(f"{source}: {_one_line(e)}") from e
+
+    # ------------------------------------------------------------------ Backend API
+
+    def describe(self, request: LaunchRequest) -> str:
+        r = self._render(request)
+        lines = [
+            f"# SkyPilot task YAML from {r.source}, validated offline with SkyPilot's schema;",
+            f"# launch writes it to {r.yaml_path}",
+            r.yaml_text.rstrip("\n"),
+            "",
+            "# Environment given at launch (--env), overriding the YAML's envs:",
+            *(f"#   {k}={v!r}" for k, v in r.env_overrides),
+        ]
+        if r.secret_names:
+            lines += [
+                "# Secrets passed by name (--secret); SkyPilot reads their values from your",
+                "# environment at launch; qec-kiln writes them to no file:",
+                *(f"#   {k}" for k in r.secret_names),
+            ]
+        lines += [f"# Note: {n}" for n in r.notes]
+        lines += [
+            f"# One request, {len(request.batch_ids)} managed job(s) named {r.job_name}; job "
+            "with SKYPILOT_JOB_RANK=k runs batch k:",
+            "#   " + " ".join(f"{k}={b}" for k, b in enumerate(request.batch_ids)),
+            quote_argv(r.launch_argv),
+        ]
+        return "\n".join(lines) + "\n"
+
+    def launch(self, request: LaunchRequest) -> LaunchResult:
+        r = self._render(request)
+        r.yaml_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = r.yaml_path.with_suffix(".yaml.tmp")
+        tmp.write_text(r.yaml_text, encoding="utf-8")
+        os.replace(tmp, r.yaml_path)
+        started = time.time()
+        proc = self._call(r.launch_argv, stream=True, timeout=None, what="launch")
+        out = _ANSI_RE.sub("", proc.stdout or "") + _ANSI_RE.sub("", proc.stderr or "")
+        if proc.returncode != 0:
+            raise KilnError(
+                f"sky jobs launch failed (exit {proc.returncode}) for {r.yaml_path}: "
+                f"{_last_line(out) or 'no output'}"
+            )
+        ids = parse_job_ids(out)
+        job_ids: dict[str, str] = {}
+        message = f"submitted {len(request.batch_ids)} SkyPilot managed job(s) named {r.job_name}"
+        if len(ids) == len(request.batch_ids):
+            # SkyPilot ranks the jobs of one request by sorted job id (job_id_to_rank).
+            job_ids = {b: str(i) for b, i in zip(request.batch_ids, sorted(ids), strict=True)}
+            message += ": " + ", ".join(f"{b}={i}" for b, i in job_ids.items())
+        else:
+            message += (f"; could not read their job ids from SkyPilot's output (found {ids}); "
+                        f"see `sky jobs queue`")
+            ids = []
+        _append_launch_record(
+            r.yaml_path.parent / "launches.json",
+            {
+                "bucket": request.bucket_url,
+                "sweep": request.sweep,
+                "job_name": r.job_name,
+                "batches": list(request.batch_ids),
+                "job_ids": sorted(ids),
+                "launched_at": started,
+            },
+        )
+        return LaunchResult(job_ids=job_ids, commands=[list(r.launch_argv)], message=message)
+
+    def queue_argv(self) -> list[str]:
+        return ["sky", "jobs", "queue", "--output", "json", "--all"]
+
+    def job_states(self, bucket_url: str, sweep: str) -> dict[str, JobState]:
+        """States of the sweep's jobs from ``sky jobs queue -o json --all``.
+
+        Returns ``{}`` with the reason in ``self.warning`` when SkyPilot cannot be asked (not
+        installed, no API server, no controller): status then shows fragment progress only.
+        """
+        self.warning = ""
+        records = self._queue()
+        if records is None:
+            return {}
+        name = job_name(sweep)
+        launches = _read_launch_records(state_dir(sweep) / "launches.json")
+        launches = [x for x in launches if x.get("bucket") in (None, bucket_url)]
+        states, unknown = map_queue_to_batches(records, name, launches)
+        if unknown:
+            self.warning = (
+                f"{len(unknown)} SkyPilot job(s) named {name} ({', '.join(map(str, unknown))}) "
+                "are not in this machine's launch record; their batches are unknown here"
+            )
+        return states
+
+    def cancel(self, bucket_url: str, sweep: str) -> list[str]:
+        name = job_name(sweep)
+        records = self._queue()
+        if records is None:
+            # Cannot list ids: cancel by name, which SkyPilot does only when one job is running.
+            argv = ["sky", "jobs", "cancel", "--yes", "--name", name]
+            proc = self._call(argv, stream=False, timeout=_CANCEL_TIMEOUT_S, what="cancel")
+            sys.stderr.write(proc.stdout or "")
+            if proc.returncode != 0:
+                raise KilnError(f"sky jobs cancel failed (exit {proc.returncode}): "
+                                f"{_last_line(_ANSI_RE.sub('', proc.stdout or ''))}")
+            return [name]
+        ids = sorted({
+            int(rec["job_id"]) for rec in records
+            if rec.get("job_name") == name and rec.get("job_id") is not None
+            and str(rec.get("status") or "").upper() in _SKY_ACTIVE
+        })
+        if not ids:
+            return []
+        argv = ["sky", "jobs", "cancel", "--yes", *map(str, ids)]
+        proc = self._call(argv, stream=False, timeout=_CANCEL_TIMEOUT_S, what="cancel")
+        sys.stderr.write(proc.stdout or "")
+        if proc.returncode != 0:
+            raise KilnError(f"sky jobs cancel failed (exit {proc.returncode}): "
+                            f"{_last_line(_ANSI_RE.sub('', proc.stdout or ''))}")
+        return [str(i) for i in ids]
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _call(self, argv: list[str], *, stream: bool, timeout: float | None, what: str
+              ) -> subprocess.CompletedProcess[str]:
+        try:
+            return self.runner(argv, stream=stream, timeout=timeout)
+        except FileNotFoundError as e:
+            raise KilnError(
+                f"cannot {what} SkyPilot jobs: the `sky` command was not found; "
+                "pip install 'skypilot[aws,gcp,kubernetes]' (qec-kiln needs skypilot 0.14.x)"
+            ) from e
+        except subprocess.TimeoutExpired as e:
+            raise KilnError(f"`{quote_argv(argv)}` did not answer in {timeout:g} s") from e
+
+    def _queue(self) -> list[dict[str, Any]] | None:
+        """The queue records, or None (with ``self.warning`` set) when SkyPilot can't be asked."""
+        argv = self.queue_argv()
+        try:
+            proc = self._call(argv, stream=False, timeout=_QUEUE_TIMEOUT_S, what="list")
+        except KilnError as e:
+            self.warning = f"SkyPilot job states unavailable: {e}"
+            return None
+        if proc.returncode != 0:
+            text = _ANSI_RE.sub("", (proc.stderr or "") + (proc.stdout or ""))
+            self.warning = (f"SkyPilot job states unavailable (`{quote_argv(argv)}` exit "
+                            f"{proc.returncode}): {_last_line(text) or 'no output'}")
+            return None
+        try:
+            return parse_queue_json(proc.stdout or "")
+        except ValueError as e:
+            self.warning = f"SkyPilot job states unavailable: {e}"
+            return None
+
+
+# SkyPilot ManagedJobStatus values that are not terminal (sky/jobs/state.py).
+_SKY_ACTIVE = frozenset({"PENDING", "SUBMITTED", "STARTING", "RUNNING", "WINDING_DOWN",
+                         "RECOVERING", "CANCELLING"})
+
+
+def parse_job_ids(output: str) -> list[int]:
+    """Job ids from ``sky jobs launch`` output (ANSI codes already removed).
+
+    >>> parse_job_ids("Jobs submitted with IDs: 4-6,9.")
+    [4, 5, 6, 9]
+    >>> parse_job_ids("📋 Useful Commands\\nManaged Job ID: 12\\n")
+    [12]
+    """
+    for pattern in (r"Jobs submitted with IDs:\s*([0-9][0-9,\- ]*)",
+                    r"Managed Job ID:\s*([0-9]+)",
+                    r"Job submitted, ID:\s*([0-9][0-9,\-]*)"):
+        found = re.findall(pattern, output)
+        if found:
+            return _expand_ranges(found[-1])
+    return []
+
+
+def _expand_ranges(text: str) -> list[int]:
+    ids: list[int] = []
+    for part in text.replace(" ", "").strip(",-").split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        ids += list(range(int(lo), int(hi or lo) + 1))
+    return ids
+
+
+def parse_queue_json(text: str) -> list[dict[str, Any]]:
+    """The record list printed by ``sky jobs queue -o json`` (skipping any lines before it)."""
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"^\s*\[", text, re.MULTILINE):
+        try:
+            value, _ = decoder.raw_decode(text, match.end() - 1)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            return value
+    raise ValueError("`sky jobs queue -o json` printed no JSON list of jobs")
+
+
+def map_queue_to_batches(
+    records: list[dict[str, Any]], name: str, launches: list[dict[str, Any]]
+) -> tuple[dict[str, JobState], list[int]]:
+    """Batch -> JobState for the queue records named ``name``; also the ids of unmapped jobs.
+
+    A launch record lists its batches in rank order and the job ids SkyPilot gave back; rank k
+    is the k-th smallest id. A record without ids (output not parsed) takes the first jobs of
+    that name submitted after it started. A later launch of a batch wins over an earlier one.
+    """
+    by_id: dict[int, dict[str, Any]] = {}
+    for rec in records:
+        if rec.get("job_name") != name or rec.get("job_id") is None:
+            continue
+        jid = int(rec["job_id"])
+        # A pipeline has one record per task; ours have one task. Keep the first (task 0).
+        if jid not in by_id or (rec.get("task_id") or 0) < (by_id[jid].get("task_id") or 0):
+            by_id[jid] = rec
+    claimed: dict[int, str] = {}
+    for launch in sorted(launches, key=lambda x: x.get("launched_at") or 0):
+        batches = [str(b) for b in launch.get("batches") or []]
+        ids = sorted(int(i) for i in launch.get("job_ids") or [])
+        if not ids:
+            since = float(launch.get("launched_at") or 0) - 5.0
+            free = sorted(
+                i for i, rec in by_id.items()
+                if i not in claimed and float(rec.get("submitted_at") or 0) >= since
+            )
+            ids = free[: len(batches)] if len(free) >= len(batches) else []
+        if len(ids) != len(batches):
+            continue
+        for jid, batch in zip(ids, batches, strict=True):
+            claimed[jid] = batch
+    states: dict[str, JobState] = {}
+    newest: dict[str, int] = {}
+    for jid, batch in claimed.items():
+        rec = by_id.get(jid)
+        if rec is None or newest.get(batch, -1) > jid:
+            continue
+        newest[batch] = jid
+        states[batch] = _job_state(batch, jid, rec)
+    unknown = sorted(i for i in by_id if i not in claimed)
+    return states, unknown
+
+
+def _job_state(batch: str, jid: int, rec: dict[str, Any]) -> JobState:
+    status = str(rec.get("status") or "UNKNOWN").upper()
+    detail = rec.get("failure_reason") or rec.get("details") or ""
+    if status == "WINDING_DOWN":  # still active in SkyPilot, not a state our base class knows
+        status, detail = "RUNNING", detail or "winding down"
+    recoveries = rec.get("recovery_count")
+    return JobState(
+        batch_id=batch,
+        state=status,
+        job_id=str(jid),
+        recoveries=int(recoveries) if recoveries is not None else None,
+        detail=str(detail),
+    )
+
+
+def _parse_gpus(spec: str) -> str | dict[str, float | int]:
+    """``"H100:1"`` stays a string; ``"H100:1,A100:1"`` becomes ``{"H100": 1, "A100": 1}``."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if len(parts) <= 1:
+        return spec.strip()
+    out: dict[str, float | int] = {}
+    for part in parts:
+        gpu, _, count = part.partition(":")
+        try:
+            n = float(count) if count else 1
+        except ValueError:
+            raise KilnError(f"--gpus {spec!r}: {part!r} is not NAME or NAME:COUNT") from None
+        out[gpu] = int(n) if float(n).is_integer() else n
+    return out
+
+
+def _refuse_secret_values(source: str, yaml_text: str, argv: Sequence[str]) -> None:
+    """Defense in depth: no credential value from the environment may appear in our output."""
+    for key, value in os.environ.items():
+        if len(value) < 8 or not (_SECRET_NAME_RE.search(key) or key.startswith("AWS_ACCESS")):
+            continue
+        if value in yaml_text or any(value in a for a in argv):
+            raise KilnError(
+                f"{source}: the value of ${key} would be written into the job YAML or the "
+                f"command line; declare it under 'secrets: {{{key}: null}}' instead"
+            )
+
+
+def _kiln_version() -> str:
+    from qec_kiln import __version__
+
+    return __version__
+
+
+class _LiteralDumper(yaml.SafeDumper):
+    pass
+
+
+def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_LiteralDumper.add_representer(str, _str_presenter)
+
+
+def _dump_yaml(cfg: dict[str, Any]) -> str:
+    return yaml.dump(cfg, Dumper=_LiteralDumper, sort_keys=False, allow_unicode=True, width=100)
+
+
+def _one_line(e: BaseException) -> str:
+    text = _ANSI_RE.sub("", str(e)).strip() or type(e).__name__
+    return " ".join(text.split())
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _read_launch_records(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [x for x in data if isinstance(x, dict)] if isinstance(data, list) else []
+
+
+def _append_launch_record(path: Path, record: dict[str, Any]) -> None:
+    records = _read_launch_records(path)
+    records.append(record)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

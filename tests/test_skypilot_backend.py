@@ -1,0 +1,535 @@
+"""SkyPilot backend: YAML rendering and offline validation, the launch request, queue parsing.
+
+No cloud, credentials, internet or API server is needed. Where SkyPilot's own code can run
+offline it does: its schema and task loader validate every rendered YAML, its real ``jobs launch``
+/ ``jobs queue`` / ``jobs cancel`` click commands parse our exact argv in-process (only the calls
+that would reach the API server are replaced), and the installed ``sky`` executable is run once
+per command with ``--help`` to check each flag we pass.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import re
+import shlex
+import subprocess
+import time
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import yaml
+
+from qec_kiln._backends import BackendOptions, LaunchRequest, get_backend
+from qec_kiln._backends import skypilot as sp
+from qec_kiln._errors import KilnError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = ("sinter_job.yaml", "sinter_job_gpu.yaml")
+PLANTED = {
+    "AWS_SECRET_ACCESS_KEY": "planted-secret-123",
+    "AWS_ACCESS_KEY_ID": "AKIAPLANTED0000KEY",
+    "AWS_SESSION_TOKEN": "planted-session-token-456",
+    "GOOGLE_OAUTH_ACCESS_TOKEN": "planted-google-token-789",
+}
+HOSTILE_BUCKET = "s3://my-bucket/pre fix/$(touch /tmp/pwned)'\"`;|&*?~"
+HOSTILE_SWEEP = "d3 to d13; rm -rf ~ ${HOME}"
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(tmp_path, monkeypatch):
+    """State dir in tmp; planted credentials in the environment; no usage reporting."""
+    monkeypatch.setenv("QEC_KILN_HOME", str(tmp_path / "kiln-home"))
+    monkeypatch.setenv("SKYPILOT_DISABLE_USAGE_COLLECTION", "1")
+    for key, value in PLANTED.items():
+        monkeypatch.setenv(key, value)
+
+
+def request(batches=("b000", "b003", "b007"), bucket="s3://bkt/sweeps", sweep="surface-d3",
+            **opts) -> LaunchRequest:
+    return LaunchRequest(bucket, sweep, tuple(batches), BackendOptions(**opts),
+                         num_batches_total=8, kiln_version="0.1.0")
+
+
+def sky_validate(yaml_text: str, env_overrides):
+    """Validate like SkyPilot does for `sky jobs launch job.yaml --env ...`; return the Task."""
+    import sky
+    from sky.utils import common_utils, schemas
+
+    cfg = yaml.safe_load(yaml_text)
+    common_utils.validate_schema(dict(cfg), schemas.get_task_schema(), "invalid: ")
+    return sky.Task.from_yaml_config(cfg, env_overrides=list(env_overrides))
+
+
+def assert_no_planted(*texts: str) -> None:
+    for text in texts:
+        for key, value in PLANTED.items():
+            assert value not in text, f"value of {key} leaked"
+
+
+def secrets_yaml(tmp_path: Path, names=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                        "AWS_SESSION_TOKEN")) -> Path:
+    """The packaged CPU YAML with its commented secrets block switched on for ``names``."""
+    text = sp.packaged_yaml_text("sinter_job.yaml")
+    text = text.replace("# secrets:\n", "secrets:\n")
+    for name in names:
+        text = text.replace(f"#   {name}: null", f"  {name}: null")
+    path = tmp_path / "with secrets.yaml"
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------- the shipped configs
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_packaged_copy_is_byte_identical_to_configs(name):
+    assert (REPO / "configs" / name).read_bytes() == (
+        REPO / "src" / "qec_kiln" / "data" / name
+    ).read_bytes(), f"run: cp configs/{name} src/qec_kiln/data/{name}"
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_configs_are_valid_skypilot_tasks(name):
+    text = (REPO / "configs" / name).read_text()
+    cfg = yaml.safe_load(text)
+    # Required values are null (given at launch); no secrets block by default, because SkyPilot
+    # 0.14.1 refuses to launch a null secret that was not passed with --secret.
+    assert {k for k, v in cfg["envs"].items() if v is None} == {
+        "KILN_BUCKET", "KILN_SWEEP", "KILN_BATCHES"}
+    assert "secrets" not in cfg
+    res = cfg["resources"]
+    assert res["use_spot"] is True
+    assert res["job_recovery"] == {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": 3}
+    assert '"stim==1.16.0" "sinter==1.16.0"' in cfg["setup"]
+    assert "qec-kiln==${KILN_VERSION}" in cfg["setup"]
+    run = " ".join(cfg["run"].replace("\\\n", " ").split())
+    assert ('exec qec-kiln run-batch --bucket "$KILN_BUCKET" --sweep "$KILN_SWEEP" --batches '
+            '"$KILN_BATCHES" --index "$SKYPILOT_JOB_RANK" --sync-seconds "$KILN_SYNC_SECONDS" '
+            '--processes "${KILN_PROCESSES:-$(nproc)}"') in run
+    task = sky_validate(text, [("KILN_BUCKET", "s3://b"), ("KILN_SWEEP", "s"),
+                               ("KILN_BATCHES", "b000")])
+    (first, *_) = task.resources
+    assert first.use_spot and str(first.cpus).endswith("+")
+    if name == "sinter_job.yaml":
+        assert res["cpus"] == "16+"
+    else:
+        assert {next(iter(r.accelerators)) for r in task.resources} == {"H100", "A100"}
+        assert "KILN_SAMPLER" in cfg["envs"]
+    # Without the required values SkyPilot itself refuses it (the nulls are real requirements).
+    with pytest.raises(ValueError, match="KILN_BUCKET"):
+        sky_validate(text, [])
+
+
+def test_get_backend_and_state_dir(tmp_path):
+    backend = get_backend("skypilot")
+    assert isinstance(backend, sp.SkyPilotBackend) and backend.name == "skypilot"
+    assert sp.state_dir("surface-d3") == tmp_path / "kiln-home" / "skypilot" / "surface-d3"
+
+
+# ---------------------------------------------------------------- rendering
+
+
+@pytest.mark.parametrize(
+    ("opts", "expect_file", "expect"),
+    [
+        ({}, "sinter_job.yaml", {"cpus": "16+", "use_spot": True}),
+        ({"cpus": "32+"}, "sinter_job.yaml", {"cpus": "32+", "use_spot": True}),
+        ({"use_spot": False}, "sinter_job.yaml", {"use_spot": False}),
+        ({"infra": "aws/us-east-1", "cpus": "8"}, "sinter_job.yaml",
+         {"infra": "aws/us-east-1", "cpus": "8", "use_spot": True}),
+        ({"infra": "k8s"}, "sinter_job.yaml", {"infra": "k8s", "use_spot": False}),
+        ({"gpus": "H100:1"}, "sinter_job_gpu.yaml",
+         {"accelerators": "H100:1", "cpus": "8+", "use_spot": True}),
+        ({"gpus": "H100:1,A100:2", "infra": "gcp"}, "sinter_job_gpu.yaml",
+         {"accelerators": {"H100": 1, "A100": 2}, "infra": "gcp"}),
+        ({"processes": 4, "sync_seconds": 12.5}, "sinter_job.yaml", {"cpus": "16+"}),
+    ],
+)
+def test_render_option_combinations(opts, expect_file, expect):
+    backend = sp.SkyPilotBackend()
+    req = request(bucket=HOSTILE_BUCKET, sweep=HOSTILE_SWEEP, **opts)
+    yaml_text, env, argv = backend.render(req)
+    cfg = yaml.safe_load(yaml_text)
+    for key, value in expect.items():
+        assert cfg["resources"][key] == value, key
+    packaged = yaml.safe_load(sp.packaged_yaml_text(expect_file))
+    assert cfg["run"] == packaged["run"] and cfg["setup"] == packaged["setup"]
+    if not any(k in opts for k in ("cpus", "gpus", "infra", "use_spot")):
+        assert yaml_text == sp.packaged_yaml_text(expect_file)  # untouched: comments kept
+
+    envd = dict(env)
+    assert envd["KILN_BUCKET"] == HOSTILE_BUCKET and envd["KILN_SWEEP"] == HOSTILE_SWEEP
+    assert envd["KILN_BATCHES"] == "b000,b003,b007" and envd["KILN_VERSION"] == "0.1.0"
+    assert envd["KILN_SYNC_SECONDS"] == f"{req.options.sync_seconds:g}"
+    assert envd.get("KILN_PROCESSES") == (str(opts["processes"]) if "processes" in opts else None)
+    # Hostile values live only in argv words (no shell), never in the YAML.
+    assert HOSTILE_BUCKET not in yaml_text and "rm -rf" not in yaml_text
+
+    name = argv[argv.index("--name") + 1]
+    assert argv[:5] == ["sky", "jobs", "launch", "--yes", "--detach-run"]
+    assert argv[argv.index("--num-jobs") + 1] == "3"
+    assert name == sp.job_name(HOSTILE_SWEEP) and name.startswith("kiln-d3-to-d13")
+    pairs = [argv[i + 1] for i, a in enumerate(argv) if a == "--env"]
+    assert pairs == [f"{k}={v}" for k, v in env]
+    assert argv[-1] == str(sp.state_dir(HOSTILE_SWEEP) / "job.yaml")
+
+    task = sky_validate(yaml_text, env)
+    assert task.envs["KILN_BUCKET"] == HOSTILE_BUCKET
+    from sky.utils import common_utils
+
+    common_utils.check_cluster_name_is_valid(name)
+    text = backend.describe(req)
+    assert shlex.split(text.strip().splitlines()[-1]) == argv  # the quoted command round-trips
+    assert_no_planted(yaml_text, " ".join(argv), text)
+
+
+@pytest.mark.parametrize(
+    ("opts", "culprit"),
+    [({"cpus": "banana"}, "cpus"), ({"gpus": "H100:x"}, "accelerators"),
+     ({"infra": "nocloud"}, "nocloud"), ({"gpus": "H100:1,A100:many"}, "A100:many")],
+)
+def test_invalid_options_raise_one_clear_line(opts, culprit):
+    with pytest.raises(KilnError) as err:
+        sp.SkyPilotBackend().render(request(**opts))
+    msg = str(err.value)
+    assert "\n" not in msg and culprit in msg
+    if "," not in opts.get("gpus", ""):
+        assert msg.startswith("packaged:sinter_job")
+
+
+def test_invalid_user_yaml_names_the_file(tmp_path):
+    bad = tmp_path / "my job.yaml"
+    bad.write_text("resources:\n  use_spot: maybe\nrun: echo\n")
+    with pytest.raises(KilnError, match=r"my job\.yaml: .*use_spot"):
+        sp.SkyPilotBackend().render(request(yaml_path=str(bad)))
+    bad.write_text("envs:\n  MY_EXTRA: null\nrun: echo\n")  # a requirement nobody fills
+    with pytest.raises(KilnError, match=r"my job\.yaml: .*MY_EXTRA"):
+        sp.SkyPilotBackend().render(request(yaml_path=str(bad)))
+    bad.write_text("run: echo\n---\nrun: echo\n")
+    with pytest.raises(KilnError, match="exactly one"):
+        sp.SkyPilotBackend().render(request(yaml_path=str(bad)))
+    with pytest.raises(KilnError, match="cannot read"):
+        sp.SkyPilotBackend().render(request(yaml_path=str(tmp_path / "missing.yaml")))
+    with pytest.raises(KilnError, match="comma"):
+        sp.SkyPilotBackend().render(request(batches=("b0,b1",)))
+
+
+def test_user_yaml_with_any_of_gets_overrides_everywhere(tmp_path):
+    path = tmp_path / "anyof.yaml"
+    path.write_text(
+        "resources:\n  use_spot: true\n  any_of:\n    - {infra: aws, cpus: 4+}\n"
+        "    - {infra: gcp, cpus: 4+}\nenvs: {KILN_BUCKET: null}\nrun: echo hi\n")
+    yaml_text, env, _ = sp.SkyPilotBackend().render(
+        request(yaml_path=str(path), cpus="64+", use_spot=False))
+    assert yaml_text.startswith("# Rendered by qec-kiln")
+    task = sky_validate(yaml_text, env)
+    assert {str(r.cloud) for r in task.resources} == {"AWS", "GCP"}
+    assert all(r.cpus == "64+" and not r.use_spot for r in task.resources)
+
+
+# ---------------------------------------------------------------- secrets
+
+
+def test_secrets_are_passed_by_name_never_written(tmp_path):
+    backend = sp.SkyPilotBackend()
+    calls = []
+    backend.runner = lambda argv, **kw: (
+        calls.append((argv, Path(argv[-1]).read_text()))
+        or subprocess.CompletedProcess(argv, 0, "Jobs submitted with IDs: 5-7.\n", ""))
+    req = request(yaml_path=str(secrets_yaml(tmp_path)))
+    yaml_text, env, argv = backend.render(req)
+    secrets = [argv[i + 1] for i, a in enumerate(argv) if a == "--secret"]
+    assert secrets == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
+    assert yaml.safe_load(yaml_text)["secrets"] == dict.fromkeys(secrets)
+    described = backend.describe(req)
+    result = backend.launch(req)
+    written = sorted(p for p in (tmp_path / "kiln-home").rglob("*") if p.is_file())
+    assert [p.name for p in written] == ["job.yaml", "launches.json"]
+    assert_no_planted(yaml_text, " ".join(argv), " ".join(map(str, env)), described,
+                      result.message, " ".join(calls[0][0]), calls[0][1],
+                      *(p.read_text() for p in written))
+    # SkyPilot accepts the null secrets offline (they are filled from --secret at launch).
+    sky_validate(yaml_text, env)
+
+
+def test_secret_problems_are_refused_without_echoing_values(tmp_path, monkeypatch):
+    path = secrets_yaml(tmp_path)
+    inline = tmp_path / "inline.yaml"
+    inline.write_text(path.read_text().replace(
+        "  AWS_SECRET_ACCESS_KEY: null", "  AWS_SECRET_ACCESS_KEY: planted-secret-123"))
+    with pytest.raises(KilnError, match="set it to null") as err:
+        sp.SkyPilotBackend().render(request(yaml_path=str(inline)))
+    assert_no_planted(str(err.value))
+
+    in_envs = tmp_path / "in_envs.yaml"
+    in_envs.write_text("envs:\n  MY_KEY: planted-google-token-789\nrun: echo\n")
+    with pytest.raises(KilnError, match="GOOGLE_OAUTH_ACCESS_TOKEN") as err:
+        sp.SkyPilotBackend().render(request(yaml_path=str(in_envs)))
+    assert_no_planted(str(err.value))
+
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    with pytest.raises(KilnError, match="AWS_SESSION_TOKEN is declared but not set"):
+        sp.SkyPilotBackend().render(request(yaml_path=str(path)))
+
+
+# ---------------------------------------------------------------- launch
+
+
+def test_launch_request_captured_at_the_seam(tmp_path):
+    backend = sp.SkyPilotBackend()
+    seen = {}
+
+    def runner(argv, *, stream=False, timeout=None):
+        seen.update(argv=list(argv), stream=stream, yaml=Path(argv[-1]).read_text())
+        out = "\x1b[36mJobs submitted with IDs: \x1b[36m13,11-12\x1b[0m.\n📋 Useful Commands\n"
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    backend.runner = runner
+    req = request(cpus="8+", infra="aws")
+    yaml_text, env, argv = backend.render(req)
+    result = backend.launch(req)
+    assert seen == {"argv": argv, "stream": True, "yaml": yaml_text}
+    assert result.commands == [argv]
+    assert result.job_ids == {"b000": "11", "b003": "12", "b007": "13"}  # rank = sorted id
+    record = json.loads((sp.state_dir("surface-d3") / "launches.json").read_text())
+    assert record[0]["job_ids"] == [11, 12, 13]
+    assert record[0]["batches"] == ["b000", "b003", "b007"]
+    assert record[0]["bucket"] == "s3://bkt/sweeps"
+
+    backend.runner = lambda argv, **kw: subprocess.CompletedProcess(
+        argv, 1, "sky.exceptions.ApiServerConnectionError: Could not connect\n", "")
+    with pytest.raises(KilnError, match=r"exit 1.*Could not connect"):
+        backend.launch(req)
+
+    def missing(argv, **kw):
+        raise FileNotFoundError(argv[0])
+
+    backend.runner = missing
+    with pytest.raises(KilnError, match="`sky` command was not found"):
+        backend.launch(req)
+
+
+def _run_sky_cli(args, **patches):
+    """SkyPilot's real click CLI, in-process, with the named server calls replaced."""
+    from click.testing import CliRunner
+    from sky.client.cli import command
+
+    targets = {"command": command, "managed_jobs": command.managed_jobs, "sdk": command.sdk,
+               "cli_utils": command.cli_utils}
+    with contextlib.ExitStack() as stack:
+        for where, attrs in patches.items():
+            stack.enter_context(mock.patch.multiple(targets[where], **attrs))
+        res = CliRunner().invoke(command.cli, list(args))
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.output
+    return res
+
+
+@pytest.mark.parametrize("batches", [("b000", "b003", "b007"), ("b042",)])
+def test_launch_through_skypilots_own_cli(tmp_path, batches):
+    """Our argv goes through SkyPilot's `jobs launch` command up to the API request."""
+    captured = {}
+    ids = [21, 22, 23][: len(batches)]
+
+    def fake_launch(dag, name, pool, num_jobs, **kw):
+        captured.update(dag=dag, name=name, pool=pool, num_jobs=num_jobs)
+        return "request-id"
+
+    def runner(argv, *, stream=False, timeout=None):
+        res = _run_sky_cli(
+            argv[1:], managed_jobs={"launch": fake_launch},
+            command={"_async_call_or_wait": mock.Mock(return_value=(ids, None))})
+        return subprocess.CompletedProcess(argv, res.exit_code, res.output, "")
+
+    backend = sp.SkyPilotBackend(runner=runner)
+    req = request(batches=batches, bucket=HOSTILE_BUCKET, sweep=HOSTILE_SWEEP, cpus="8+",
+                  yaml_path=str(secrets_yaml(tmp_path)))
+    result = backend.launch(req)
+    assert result.job_ids == dict(zip(batches, map(str, ids), strict=True))
+    assert captured["num_jobs"] == len(batches) and captured["pool"] is None
+    assert captured["name"] == sp.job_name(HOSTILE_SWEEP) == captured["dag"].name
+    (task,) = captured["dag"].tasks
+    assert task.envs["KILN_BUCKET"] == HOSTILE_BUCKET
+    assert task.envs["KILN_SWEEP"] == HOSTILE_SWEEP
+    assert task.envs["KILN_BATCHES"] == ",".join(batches)
+    assert {str(r.cpus) for r in task.resources} == {"8+"}
+    assert all(r.use_spot for r in task.resources)
+    # --secret NAME: SkyPilot's CLI took the value from our environment, in memory only.
+    assert task.secrets["AWS_SECRET_ACCESS_KEY"].get_secret_value() == "planted-secret-123"
+    assert "exec qec-kiln run-batch" in task.run
+
+
+# ---------------------------------------------------------------- queue / status / cancel
+
+
+def _queue_json(rows) -> str:
+    """`sky jobs queue --output json --all` output, printed by SkyPilot's own CLI code."""
+    from sky.jobs import constants, state
+    from sky.schemas.api import responses
+
+    records = []
+    for row in rows:
+        fields = dict.fromkeys(constants.DEFAULT_MANAGED_JOB_FIELDS)
+        fields.update(task_id=0, workspace="default", resources="1x[CPU:16+]", job_duration=30.0,
+                      recovery_count=0, submitted_at=1.7e9)
+        fields.update(row)
+        fields["task_name"] = fields["job_name"]
+        fields["status"] = state.ManagedJobStatus(fields["status"])
+        records.append(responses.ManagedJobRecord(**fields))
+
+    class V2:
+        def v2(self):
+            return True
+
+    argv = sp.SkyPilotBackend().queue_argv()
+    res = _run_sky_cli(
+        argv[1:],
+        cli_utils={"get_managed_job_queue": mock.Mock(return_value=("rid", V2()))},
+        managed_jobs={"pool_status": mock.Mock(return_value=None)},
+        sdk={"stream_and_get": mock.Mock(return_value=(records, len(records), {}, len(records)))},
+    )
+    assert res.exit_code == 0
+    return res.output
+
+
+def _write_launches(sweep, records):
+    d = sp.state_dir(sweep)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "launches.json").write_text(json.dumps(records))
+
+
+def test_job_states_from_skypilot_queue_json():
+    t0 = 1.7e9
+    name = sp.job_name("surface-d3")
+    noise = "Starting SkyPilot API server, view logs at ~/.sky/api_server/server.log\n"
+    out = noise + _queue_json([
+        {"job_id": 11, "job_name": name, "status": "RUNNING", "recovery_count": 2},
+        {"job_id": 12, "job_name": name, "status": "SUCCEEDED", "recovery_count": 0},
+        {"job_id": 13, "job_name": name, "status": "FAILED_NO_RESOURCE", "recovery_count": 0},
+        {"job_id": 14, "job_name": "kiln-other-sweep", "status": "RUNNING"},
+        {"job_id": 20, "job_name": name, "status": "PENDING", "submitted_at": t0 + 50},
+        {"job_id": 31, "job_name": name, "status": "RECOVERING", "recovery_count": 1,
+         "submitted_at": t0 + 100},
+        {"job_id": 40, "job_name": name, "status": "STARTING", "submitted_at": t0 + 200},
+    ])
+    _write_launches("surface-d3", [
+        {"bucket": "s3://bkt/sweeps", "batches": ["b000", "b003", "b007"],
+         "job_ids": [11, 12, 13], "launched_at": t0 - 10},
+        # relaunch of the failed batch: the newer job wins
+        {"bucket": "s3://bkt/sweeps", "batches": ["b007"], "job_ids": [31],
+         "launched_at": t0 + 90},
+        # ids not read from the output: the first job of that name submitted after it
+        {"bucket": "s3://bkt/sweeps", "batches": ["b009"], "job_ids": [],
+         "launched_at": t0 + 150},
+        {"bucket": "s3://another-bucket", "batches": ["b001"], "job_ids": [14],
+         "launched_at": t0},
+    ])
+    calls = []
+    backend = sp.SkyPilotBackend(
+        runner=lambda argv, **kw: calls.append(argv) or subprocess.CompletedProcess(
+            argv, 0, out, ""))
+    states = backend.job_states("s3://bkt/sweeps", "surface-d3")
+    assert calls == [["sky", "jobs", "queue", "--output", "json", "--all"]]
+    assert {b: (s.state, s.job_id, s.recoveries, s.active) for b, s in states.items()} == {
+        "b000": ("RUNNING", "11", 2, True),
+        "b003": ("SUCCEEDED", "12", 0, False),
+        "b007": ("RECOVERING", "31", 1, True),
+        "b009": ("STARTING", "40", 0, True),
+    }
+    assert "20" in backend.warning and "unknown" in backend.warning
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [FileNotFoundError("sky"), subprocess.TimeoutExpired("sky", 180),
+     subprocess.CompletedProcess([], 1, "", "ApiServerConnectionError: Could not connect to "
+                                 "SkyPilot API server at http://127.0.0.1:46580\n"),
+     subprocess.CompletedProcess([], 0, "No in-progress managed jobs.\n", "")],
+)
+def test_job_states_when_skypilot_is_unreachable(failure):
+    def runner(argv, **kw):
+        if isinstance(failure, BaseException):
+            raise failure
+        return failure
+
+    backend = sp.SkyPilotBackend(runner=runner)
+    assert backend.job_states("s3://bkt/sweeps", "surface-d3") == {}
+    assert backend.warning.startswith("SkyPilot job states unavailable")
+
+
+def test_cancel_by_ids_because_names_are_shared():
+    name = sp.job_name("surface-d3")
+    out = _queue_json([
+        {"job_id": 11, "job_name": name, "status": "RUNNING"},
+        {"job_id": 12, "job_name": name, "status": "SUCCEEDED"},
+        {"job_id": 13, "job_name": name, "status": "RECOVERING"},
+        {"job_id": 14, "job_name": "kiln-other", "status": "RUNNING"},
+    ])
+    calls = []
+
+    def runner(argv, **kw):
+        calls.append(list(argv))
+        if argv[2] == "queue":
+            return subprocess.CompletedProcess(argv, 0, out, "")
+        cancel = mock.Mock(return_value="rid")
+        res = _run_sky_cli(argv[1:], managed_jobs={"cancel": cancel},
+                           sdk={"stream_and_get": mock.Mock(return_value=None)})
+        assert cancel.call_args.kwargs["job_ids"] == (11, 13)  # SkyPilot parsed our ids
+        return subprocess.CompletedProcess(argv, res.exit_code, res.output, "")
+
+    backend = sp.SkyPilotBackend(runner=runner)
+    assert backend.cancel("s3://bkt/sweeps", "surface-d3") == ["11", "13"]
+    assert calls[1] == ["sky", "jobs", "cancel", "--yes", "11", "13"]
+
+    calls.clear()
+    assert backend.cancel("s3://bkt/sweeps", "nothing-running") == []
+    assert len(calls) == 1  # only the queue
+
+    def no_server(argv, **kw):
+        calls.append(list(argv))
+        rc = 1 if argv[2] == "queue" else 0
+        return subprocess.CompletedProcess(argv, rc, "", "")
+
+    calls.clear()
+    backend.runner = no_server
+    assert backend.cancel("s3://bkt/sweeps", "surface-d3") == [name]
+    assert calls[1] == ["sky", "jobs", "cancel", "--yes", "--name", name]
+
+
+def test_parse_job_ids_from_real_cli_messages():
+    assert sp.parse_job_ids("Jobs submitted with IDs: 4-6,9.\n📋 Useful Commands") == [4, 5, 6, 9]
+    assert sp.parse_job_ids("\nManaged Job ID: 12\n├── To cancel") == [12]
+    assert sp.parse_job_ids("⚙︎ Job submitted, ID: 7-8\n") == [7, 8]
+    assert sp.parse_job_ids("nothing here") == []
+
+
+# ---------------------------------------------------------------- the installed sky executable
+
+
+def test_installed_sky_cli_accepts_every_flag_we_pass(tmp_path):
+    """The real `sky` executable, run through the backend's default runner (the seam's default)."""
+    assert Path(sp.sky_executable()).name == "sky"
+    backend = sp.SkyPilotBackend()
+    _, _, launch = backend.render(request(yaml_path=str(secrets_yaml(tmp_path))))
+    used = {
+        "launch": {a for a in launch if a.startswith("-")},
+        "queue": {a for a in backend.queue_argv() if a.startswith("-")},
+        "cancel": {"--yes", "--name"},
+    }
+    assert used["launch"] == {"--yes", "--detach-run", "--name", "--num-jobs", "--env",
+                              "--secret"}
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        futures = {cmd: pool.submit(sp._default_runner, ["sky", "jobs", cmd, "--help"],
+                                    stream=cmd == "launch", timeout=60)
+                   for cmd in used}
+        for cmd, future in futures.items():
+            proc = future.result()
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert proc.args[0] == sp.sky_executable()  # "sky" resolved to the installed one
+            for flag in used[cmd]:
+                assert re.search(rf"(^|[\s,]){re.escape(flag)}[\s,/]", proc.stdout, re.M), (
+                    cmd, flag)
+    assert time.monotonic() - started < 30
