@@ -16,7 +16,7 @@ from conftest import REPO, run_kiln, write_surface_circuits
 
 from qec_kiln._fragments import complete_lines
 from qec_kiln._launch import SweepSpec, prepare_sweep, upload_sweep
-from qec_kiln._manifest import fragment_key, load_manifest
+from qec_kiln._manifest import fragment_key
 from qec_kiln._storage import open_bucket
 
 

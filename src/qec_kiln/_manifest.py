@@ -159,7 +159,9 @@ class Manifest:
                 tasks=list(d.get("tasks", [])),
             )
         except (KeyError, TypeError) as ex:
-            raise KilnError(f"{where}: manifest is incomplete or damaged ({ex!r}); relaunch the sweep") from ex
+            raise KilnError(
+                f"{where}: manifest is incomplete or damaged ({ex!r}); relaunch the sweep"
+            ) from ex
 
 
 def load_manifest(bucket: Bucket, sweep: str) -> Manifest:

@@ -183,7 +183,8 @@ def make_plan(
             raise KilnError(f"--circuits-per-job must be at least 1 (got {circuits_per_job})")
         n = math.ceil(n_tasks / circuits_per_job)
         # --circuits-per-job keeps its meaning (how many batches) but is balanced by cost.
-        return _partition(tasks, max_shots, max_errors, n, allow_shards, strategy=f"circuits-per-job={circuits_per_job}")
+        return _partition(tasks, max_shots, max_errors, n, allow_shards,
+                          strategy=f"circuits-per-job={circuits_per_job}")
     if target_seconds is not None:
         if target_seconds <= 0:
             raise KilnError(f"--target-hours must be positive (got {target_seconds / 3600:g})")

@@ -11,9 +11,9 @@ which picks ``batches[index]`` (or ``--batch b003`` directly).
 from __future__ import annotations
 
 import abc
+import dataclasses
 import os
 import pathlib
-import dataclasses
 import shlex
 from collections.abc import Sequence
 
@@ -70,8 +70,8 @@ class LaunchRequest:
         """The node command as one shell line, every word quoted except the ``$VAR`` index.
 
         >>> r = LaunchRequest("s3://b", "sw", ("b000",), BackendOptions())
-        >>> r.run_batch_shell("SLURM_ARRAY_TASK_ID")
-        'qec-kiln run-batch --bucket s3://b --sweep sw --batches b000 --index "$SLURM_ARRAY_TASK_ID" --sync-seconds 30'
+        >>> r.run_batch_shell("SLURM_ARRAY_TASK_ID").split(" --index ")[1]
+        '"$SLURM_ARRAY_TASK_ID" --sync-seconds 30'
         """
         marker = "__KILN_INDEX__"
         words = [shlex.quote(w) for w in self.run_batch_argv(index_expr=marker)]

@@ -110,7 +110,7 @@ class LocalBackend(Backend):
             except KeyboardInterrupt:
                 interrupted = True
                 console.print("interrupted: stopping batches and uploading their resume files...")
-                for b, p in running.items():
+                for p in running.values():
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(p.pid, signal.SIGTERM)
                 for b, p in running.items():

@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Measured balance of qec-kiln's cost-based plan vs the original count-based split.
+
+Plans the original 30-circuit sweep (rotated surface-code memory, d in 3..13, p in 0.001..0.01)
+into 5 batches both ways:
+
+- naive: the original design's ``--circuits-per-job 6`` in file-name order;
+- kiln: qec-kiln's plan (``--jobs 5``), balanced by predicted cost, with shot shards;
+
+then runs every batch of both plans for real, one after another, each as one ``qec-kiln run-batch
+--processes 1`` (so the timings are comparable on a noisy machine), and prints for each plan the
+measured makespan ÷ ideal (ideal = sum of batch times ÷ 5), and the cost model's prediction error
+per circuit. The last line is ``balance: kiln=<r1> naive=<r2>``.
+
+Usage::
+
+    python bench/balance.py                       # targets reduced so it ends in < 10 min on 2 cores
+    python bench/balance.py --max-shots 1_000_000 --max-errors 1000 --calibrate
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples"))
+
+import sinter  # noqa: E402
+from generate_surface_codes import main as generate  # noqa: E402
+
+from qec_kiln._launch import SweepSpec, prepare_sweep, upload_sweep  # noqa: E402
+from qec_kiln._plan import Batch, Plan, Shard  # noqa: E402
+from qec_kiln._storage import open_bucket  # noqa: E402
+
+
+def naive_plan(prepared, per_job: int) -> Plan:
+    """The original design: ``per_job`` circuits per batch in file-name order, unsharded."""
+    m = prepared.manifest
+    tasks = sorted(m.tasks, key=lambda t: t["circuit"])
+    batches = []
+    for i in range(0, len(tasks), per_job):
+        shards = []
+        for t in tasks[i:i + per_job]:
+            shards.append(Shard(circuit=t["circuit"], decoder=t["decoder"], strong_id=t["strong_id"],
+                                max_shots=m.max_shots, max_errors=m.max_errors,
+                                predicted_seconds=0.0, predicted_shots=0.0))
+        batches.append(Batch(id=f"b{len(batches):03d}", shards=shards))
+    return Plan(batches=batches, max_shots=m.max_shots, max_errors=m.max_errors,
+                strategy=f"naive circuits-per-job={per_job}")
+
+
+def run_plan(label: str, prepared, bucket_dir: pathlib.Path) -> tuple[list[float], pathlib.Path]:
+    bucket = open_bucket(str(bucket_dir))
+    upload_sweep(bucket, prepared, lambda s: None)
+    times = []
+    for b in prepared.manifest.batches:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "qec_kiln", "run-batch", "--bucket", str(bucket_dir),
+                        "--sweep", prepared.manifest.sweep, "--batch", b.id, "--processes", "1",
+                        "--sync-seconds", "30"], check=True, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - t0)
+        print(f"  {label} {b.id}: {len(b.shards):2d} shards, predicted "
+              f"{b.predicted_seconds:7.1f} s, measured {times[-1]:7.1f} s", flush=True)
+    return times, bucket_dir / prepared.manifest.sweep / "fragments"
+
+
+def ratio(times: list[float]) -> float:
+    return max(times) / (sum(times) / len(times))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-shots", type=lambda s: int(float(s.replace("_", ""))), default=400_000)
+    parser.add_argument("--max-errors", type=lambda s: int(float(s.replace("_", ""))), default=400)
+    parser.add_argument("--jobs", type=int, default=5)
+    parser.add_argument("--calibrate", action="store_true", help="plan with a pilot run first")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="kiln-balance-") as tmp:
+        tmp = pathlib.Path(tmp)
+        generate(["--out", str(tmp / "circuits")])
+        spec = SweepSpec(circuits=str(tmp / "circuits"), decoders=["pymatching"],
+                         max_shots=args.max_shots, max_errors=args.max_errors, name="kiln",
+                         jobs=args.jobs, calibrate=args.calibrate, calibrate_seconds=60)
+        t0 = time.perf_counter()
+        kiln = prepare_sweep(spec, open_bucket(str(tmp / "kiln-bucket")), print)
+        print(f"planned in {time.perf_counter() - t0:.1f} s: predicted balance "
+              f"{kiln.manifest.plan.balance_ratio:.3f}")
+        naive = dataclasses.replace(kiln, manifest=dataclasses.replace(
+            kiln.manifest, sweep="naive", plan=naive_plan(kiln, -(-30 // args.jobs))))
+
+        naive_times, _ = run_plan("naive", naive, tmp / "naive-bucket")
+        kiln_times, kiln_frags = run_plan("kiln", kiln, tmp / "kiln-bucket")
+
+        # Prediction error per circuit: sinter's measured seconds vs the model's prediction.
+        measured = {s.strong_id: s for s in sinter.read_stats_from_csv_files(
+            *map(str, sorted(kiln_frags.glob("*.csv"))))}
+        print(f"\n{'circuit':55s} {'pred s':>8s} {'meas s':>8s} {'error':>7s}")
+        errors = []
+        for t in sorted(kiln.manifest.tasks, key=lambda t: t["circuit"]):
+            st = measured.get(t["strong_id"])
+            if st is None:
+                continue
+            shots_needed = max(1.0, min(args.max_shots, args.max_errors / t["p_logical"])
+                               if t["p_logical"] > 0 else args.max_shots)
+            pred = t["seconds_per_shot"] * shots_needed
+            err = pred / st.seconds - 1 if st.seconds > 0 else float("nan")
+            errors.append(abs(err))
+            print(f"{t['circuit']:55s} {pred:8.2f} {st.seconds:8.2f} {err:+7.0%}")
+        errors.sort()
+        print(f"prediction error |pred/meas - 1|: median {errors[len(errors) // 2]:.0%}, "
+              f"max {errors[-1]:.0%}")
+        print(f"naive: batch times {[round(t, 1) for t in naive_times]}, sum {sum(naive_times):.1f} s")
+        print(f"kiln:  batch times {[round(t, 1) for t in kiln_times]}, sum {sum(kiln_times):.1f} s")
+        print(f"balance: kiln={ratio(kiln_times):.3f} naive={ratio(naive_times):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
