@@ -8,10 +8,10 @@ KILN   := $(VENV)/bin/qec-kiln
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 # Small targets so the demo ends in a few minutes on 2 cores.
-DEMO_SHOTS  ?= 20_000
-DEMO_ERRORS ?= 200
+DEMO_SHOTS  ?= 500_000
+DEMO_ERRORS ?= 500
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean slurm-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ demo: $(STAMP)
 		--max-errors $(DEMO_ERRORS) --bucket $(DEMO)/bucket --name demo
 	$(KILN) status --bucket $(DEMO)/bucket --sweep demo
 	$(PY) scripts/merge.py --bucket $(DEMO)/bucket --out $(DEMO)/merged.csv
-	$(VENV)/bin/sinter plot --in $(DEMO)/merged.csv --x_func "m.p" --group_func "f'd={m.d}'" \
+	$(VENV)/bin/sinter plot --in $(DEMO)/merged.csv --x_func "m.p" --group_func "{'order': m.d, 'label': f'd={m.d}'}" \
 		--xaxis "[log]physical error rate p" --fig_size 1024 768 \
 		--title "rotated surface code memory (qec-kiln demo)" --out $(DEMO)/threshold.png
 	@echo "demo: $(DEMO)/merged.csv and $(DEMO)/threshold.png"
@@ -36,7 +36,11 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts examples bench
 
-test: $(STAMP)
+# As root, the tests also start a real single-node Slurm cluster: install its Debian packages once.
+slurm-deps:
+	@if [ "$$(id -u)" = 0 ] && ! command -v slurmctld >/dev/null 2>&1; then .ci/slurm.sh install; fi
+
+test: $(STAMP) slurm-deps
 	$(VENV)/bin/ruff check src tests scripts examples bench
 	$(VENV)/bin/pytest
 

@@ -309,17 +309,18 @@ def print_status(report) -> None:
     m = report.manifest
     table = Table(title=f"sweep {m.sweep} ({m.backend}): {report.fraction_done:.0%} done",
                   title_justify="left")
-    for col in ("batch", "state", "job", "recoveries", "shots", "errors", "done", "ETA"):
+    show_recoveries = any(b.job and b.job.recoveries is not None for b in report.batches)
+    cols = ["batch", "state", "job"] + (["recoveries"] if show_recoveries else [])
+    for col in cols + ["shots", "errors", "done", "ETA"]:
         table.add_column(col, justify="left" if col in ("batch", "state", "job") else "right")
     for b in report.batches:
-        target_shots = sum(s.max_shots for s in b.batch.shards)
         eta = b.eta_seconds
-        table.add_row(
-            b.batch.id, b.state, b.job.job_id if b.job else "-",
-            "-" if not b.job or b.job.recoveries is None else str(b.job.recoveries),
-            f"{b.shots:,}/{target_shots:,}", f"{b.errors:,}", f"{b.fraction:.0%}",
-            "-" if eta is None else f"{eta / 60:.1f} min",
-        )
+        row = [b.batch.id, b.state, b.job.job_id if b.job else "-"]
+        if show_recoveries:
+            row.append("-" if not b.job or b.job.recoveries is None else str(b.job.recoveries))
+        row += [f"{b.shots:,}", f"{b.errors:,}", f"{b.fraction:.0%}",
+                "-" if eta is None else f"{eta / 60:.1f} min"]
+        table.add_row(*row)
     out.print(table)
     shots = sum(b.shots for b in report.batches)
     out.print(f"total: {shots:,} shots, {sum(b.errors for b in report.batches):,} errors; "
