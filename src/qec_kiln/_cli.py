@@ -127,8 +127,13 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="qec-kiln", description=__doc__.split("\n\n")[0],
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="qec-kiln",
+        description="Run Stim/sinter sweeps on many machines (local, Slurm, SkyPilot) and merge "
+        "them into one CSV for `sinter plot`.",
+        epilog="typical use: qec-kiln launch circuits/ --dry-run; qec-kiln launch circuits/; "
+        "qec-kiln status; qec-kiln merge --out merged.csv",
+    )
     parser.add_argument("--version", action="version", version=f"qec-kiln {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
