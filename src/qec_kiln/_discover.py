@@ -22,7 +22,9 @@ from qec_kiln._errors import KilnError
 
 #: Gates that tsim (bloqade-tsim) reinterprets when tagged, e.g. ``S[T] 0`` or ``I[R_Z(theta=0.1)] 0``.
 #: Plain stim ignores the tag and would simulate a different circuit without a word.
-TSIM_TAGGED_GATES = frozenset({"S", "S_DAG", "I", "SQRT_X", "SQRT_X_DAG", "SQRT_Y", "SQRT_Y_DAG"})
+TSIM_TAGGED_GATES = frozenset(
+    {"S", "S_DAG", "I", "SQRT_X", "SQRT_X_DAG", "SQRT_Y", "SQRT_Y_DAG", "SPP", "SPP_DAG"}
+)
 
 
 @dataclasses.dataclass(frozen=True)
