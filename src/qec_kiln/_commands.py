@@ -226,8 +226,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def _hours(seconds: float) -> str:
+    """>>> _hours(36), _hours(3600 * 12.345)
+    ('0.01', '12.3')
+    """
     h = seconds / 3600
-    return f"{h:.3f}" if h < 10 else f"{h:.1f}"
+    return f"{h:.3g}" if h < 10 else f"{h:.1f}"
 
 
 def _wall_seconds(core_seconds: float, prepared: PreparedSweep) -> float:
@@ -294,8 +297,8 @@ def print_plan(prepared: PreparedSweep, spec: SweepSpec, only: set[str] | None =
     total = plan.total_predicted_seconds
     out.print(
         f"balance (predicted makespan / ideal): {plan.balance_ratio:.3f}   "
-        f"total: {total / 3600:.3f} CPU-hours   "
-        f"predicted makespan: {_wall_seconds(plan.makespan_seconds, prepared) / 3600:.3f} h "
+        f"total: {_hours(total)} CPU-hours   "
+        f"predicted makespan: {_hours(_wall_seconds(plan.makespan_seconds, prepared))} h "
         f"({prepared.node_processes} sinter process(es) per batch, "
         f"{prepared.startup_seconds:g} s start-up each)",
         markup=False,

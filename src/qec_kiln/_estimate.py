@@ -23,13 +23,15 @@ def estimate_costs(
     *,
     calibrate: bool = False,
     calibrate_seconds: float = 60.0,
+    custom_decoders: dict | None = None,
     log: Callable[[str], None] | None = None,
 ) -> tuple[list[TaskCost], dict[str, dict]]:
     """TaskCosts for every (circuit, decoder), and each circuit's features (for the manifest)."""
     features = {c.key: _cost.CircuitFeatures.of(c.circuit, c.dem) for c in circuits}
     calibrations: dict[str, _cost.Calibration] = {}
     if calibrate:
-        calibrations = _calibrate(circuits, decoders, strong_ids, calibrate_seconds, log)
+        calibrations = _calibrate(circuits, decoders, strong_ids, calibrate_seconds,
+                                  custom_decoders, log)
     out = []
     for c in circuits:
         f = features[c.key]
@@ -46,7 +48,7 @@ def estimate_costs(
     return out, {k: f.to_json() for k, f in features.items()}
 
 
-def _calibrate(circuits, decoders, strong_ids, seconds, log) -> dict:
+def _calibrate(circuits, decoders, strong_ids, seconds, custom_decoders, log) -> dict:
     import sinter
 
     cache = _cost.CalibrationCache()
@@ -65,7 +67,7 @@ def _calibrate(circuits, decoders, strong_ids, seconds, log) -> dict:
         if log:
             log(f"calibrating {len(tasks)} task(s) for up to {seconds:g} s "
                 f"({len(cached)} cached)")
-        fresh = _cost.calibrate(tasks, seconds_budget=seconds)
+        fresh = _cost.calibrate(tasks, seconds_budget=seconds, custom_decoders=custom_decoders)
         for sid, cal in fresh.items():
             cache.put(sid, cal)
         cached.update(fresh)

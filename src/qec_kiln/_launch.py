@@ -104,6 +104,17 @@ def check_decoders(decoders: list[str], custom: str | None, backend: str) -> Non
 
 
 def _custom_decoder_names(spec: str, required: bool) -> list[str]:
+    return list(load_custom_decoders(spec, required=required) or {})
+
+
+def load_custom_decoders(spec: str | None, *, required: bool = True) -> dict | None:
+    """The dict that ``--custom-decoders-module-function module:function`` gives sinter.
+
+    With ``required=False`` a module that cannot be loaded here gives None (it may exist only on
+    the nodes); otherwise it is a KilnError naming the flag.
+    """
+    if not spec:
+        return None
     module, _, func = spec.partition(":")
     if not module or not func:
         raise KilnError(
@@ -111,14 +122,14 @@ def _custom_decoder_names(spec: str, required: bool) -> list[str]:
         )
     try:
         mod = importlib.import_module(module)
-        return list(getattr(mod, func)())
+        return dict(getattr(mod, func)())
     except Exception as ex:  # any import-time failure of user code
         if required:
             raise KilnError(
                 f"--custom-decoders-module-function {spec!r}: cannot load it here ({ex}); "
                 "install the module in this environment"
             ) from ex
-        return []
+        return None
 
 
 def default_sweep_name(folder: str, digest: str) -> str:
@@ -175,8 +186,10 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
         procs = node_processes(spec, len(existing.batches))
         return PreparedSweep(existing, True, circuits, procs, startup)
 
+    custom = load_custom_decoders(spec.custom_decoders_module_function) if spec.calibrate else None
     costs, features = estimate_costs(circuits, spec.decoders, strong_ids, calibrate=spec.calibrate,
-                                     calibrate_seconds=spec.calibrate_seconds, log=log)
+                                     calibrate_seconds=spec.calibrate_seconds,
+                                     custom_decoders=custom, log=log)
     jobs = spec.jobs
     target_seconds = None
     if spec.target_hours is not None:
