@@ -33,7 +33,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _underscore_aliases(names: Sequence[str]) -> list[str]:
-    """>>> _underscore_aliases(["--max-shots"])
+    """sinter-style spellings of dashed options.
+
+    >>> _underscore_aliases(["--max-shots"])
     ['--max_shots']
     """
     return ["--" + n[2:].replace("-", "_") for n in names if n.startswith("--") and "-" in n[2:]]

@@ -226,7 +226,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def _hours(seconds: float) -> str:
-    """>>> _hours(36), _hours(3600 * 12.345)
+    """Hours with three significant digits.
+
+    >>> _hours(36), _hours(3600 * 12.345)
     ('0.01', '12.3')
     """
     h = seconds / 3600
