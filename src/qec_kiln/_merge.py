@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -77,6 +78,10 @@ def merge_sweeps(
     """Merge the fragments of one sweep (or of every sweep in the bucket) into ``out``."""
     log = log or (lambda s: None)
     out = pathlib.Path(out)
+    if out.is_dir():
+        raise KilnError(
+            f"--out {str(out)!r} is a directory; give a file name, e.g. {str(out / 'merged.csv')!r}"
+        )
     bucket = open_bucket(bucket_url)
     bucket.check_access()
     warnings: list[str] = []
@@ -121,13 +126,30 @@ def merge_sweeps(
         if proc.returncode != 0:
             raise KilnError(f"sinter combine failed: {proc.stderr.decode(errors='replace').strip()[-400:]}")
         rows = len(sinter.read_stats_from_csv_files(str(merged)))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staged = out.with_name(f".{out.name}.part")
-        staged.write_bytes(merged.read_bytes())
-        os.replace(staged, out)
+        _write_out(out, merged.read_bytes())
     for w in warnings:
         log("warning: " + w)
     return MergeReport(out=out, rows=rows, tasks=outcomes, missing_batches=missing, warnings=warnings)
+
+
+def _write_out(out: pathlib.Path, data: bytes) -> None:
+    """Write ``out`` whole or not at all: a staged file of its own (two merges may run at once)
+    renamed over it, removed on failure."""
+    staged: str | None = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, staged = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(staged, out.stat().st_mode & 0o777 if out.exists() else 0o644)
+        os.replace(staged, out)
+    except OSError as ex:
+        if staged is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(staged)
+        raise KilnError(
+            f"--out {str(out)!r}: cannot write it ({ex.strerror or ex}); choose a writable file path"
+        ) from ex
 
 
 def _stray_objects(bucket, manifest: Manifest) -> list[str]:

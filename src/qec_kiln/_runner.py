@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
+import math
 import os
 import pathlib
 import shutil
@@ -74,8 +76,14 @@ def sinter_collect_argv(
     resume_path: pathlib.Path,
     custom_decoders_module_function: str | None = None,
     extra: list[str] | None = None,
+    max_batch_seconds: int | None = None,
 ) -> list[str]:
     """The exact ``sinter collect`` argv of one target group (absolute paths, so no name is an option).
+
+    ``max_batch_seconds`` caps how long a sinter worker keeps results before it writes them to the
+    resume file (sinter's default cap is 120 s, reached a few minutes into a task: every row a
+    worker has not written yet is lost on SIGKILL, whatever the sync period). Flags in ``extra``
+    come last, so a user's own ``--max_batch_seconds`` wins.
 
     >>> argv = sinter_collect_argv([pathlib.Path("/w/d=3 $(x).stim")], decoder="pymatching",
     ...     max_shots=100, max_errors=10, processes=2, resume_path=pathlib.Path("/w/r.csv"))
@@ -94,6 +102,8 @@ def sinter_collect_argv(
         "--metadata_func", "auto",
         "--quiet",
     ]
+    if max_batch_seconds is not None:
+        argv += ["--max_batch_seconds", str(max_batch_seconds)]
     argv += list(extra or [])
     return argv
 
@@ -103,22 +113,36 @@ def default_work_dir() -> pathlib.Path:
     return pathlib.Path(env) if env else pathlib.Path(tempfile.gettempdir()) / "qec-kiln-work"
 
 
+#: Exit code of a run-batch that found another writer's rows in its batch's fragment.
+CONFLICT_EXIT = 3
+
+
 class FragmentSync:
-    """Uploads complete lines of a local resume file whenever it has grown (thread-safe)."""
+    """Uploads complete lines of a local resume file whenever it has grown (thread-safe).
+
+    Before each upload it reads the bucket's object: it must be a prefix of what is about to be
+    written. If it is not, another run-batch of the same batch is writing it (a relaunch from a
+    second machine, a duplicated job): this one records a ``conflict``, calls ``on_conflict`` and
+    never uploads again, so the object keeps growing by extension of one history only.
+    """
 
     def __init__(self, bucket: Bucket, key: str, path: pathlib.Path, uploaded: int,
-                 log: Callable[[str], None]):
+                 log: Callable[[str], None], on_conflict: Callable[[], None] | None = None):
         self.bucket = bucket
         self.key = key
         self.path = path
         self.uploaded = uploaded
         self.log = log
+        self.on_conflict = on_conflict
+        self.conflict: str | None = None
         self.uploads = 0
         self._lock = threading.Lock()
 
     def sync(self, retry: RetryPolicy | None = None) -> bool:
         """Upload if the file has more complete lines than the bucket; True when the bucket is current."""
         with self._lock:
+            if self.conflict:
+                return False
             try:
                 data = complete_lines(self.path.read_bytes())
             except FileNotFoundError:
@@ -126,6 +150,20 @@ class FragmentSync:
             if len(data) <= self.uploaded:
                 return True
             try:
+                try:
+                    current = self.bucket.read_bytes(self.key, retry=retry)
+                except ObjectNotFound:
+                    current = b""  # deleted (to rerun the batch) or never written
+                if not data.startswith(complete_lines(current)):
+                    self.conflict = (
+                        f"{self.bucket.url_for(self.key)} now holds {len(current)} bytes that this "
+                        "run-batch did not write: another run-batch of the same batch is running "
+                        "(a second launch or a duplicated job); this one stops without uploading"
+                    )
+                    self.log("error: " + self.conflict)
+                    if self.on_conflict is not None:
+                        self.on_conflict()
+                    return False
                 self.bucket.write_bytes(self.key, data, retry=retry)
             except StorageError as ex:
                 self.log(f"warning: upload of {self.key} failed, will retry: {ex}")
@@ -193,7 +231,16 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
     if fragment.warning:
         log("warning: " + fragment.warning)
 
-    syncer = FragmentSync(bucket, fkey, resume, uploaded=len(fragment.clean), log=log)
+    running: dict[str, subprocess.Popen] = {}
+
+    def stop_sinter() -> None:  # from the sync thread, on a conflict
+        p = running.get("proc")
+        if p is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGINT)
+
+    syncer = FragmentSync(bucket, fkey, resume, uploaded=len(fragment.clean), log=log,
+                          on_conflict=stop_sinter)
     stop_syncing = threading.Event()
 
     def sync_loop() -> None:
@@ -214,23 +261,35 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
         thread.start()
         nproc = processes or os.cpu_count() or 1
         for decoder, max_shots, max_errors, shards in batch.target_groups():
+            if syncer.conflict:
+                break
             paths = [circuits[s.circuit] for s in shards]
             argv = sinter_collect_argv(
                 paths, decoder=decoder, max_shots=max_shots, max_errors=max_errors,
                 processes=nproc, resume_path=resume,
                 custom_decoders_module_function=manifest.custom_decoders_module_function,
                 extra=manifest.sinter_args,
+                # A worker writes its rows at least once per sync period, so a kill loses about
+                # one sync period of work however long the task has run (see sinter_collect_argv).
+                max_batch_seconds=max(1, math.ceil(sync_seconds)),
             )
             log(f"sinter collect: {len(paths)} circuit(s), decoder {decoder}, "
                 f"max_shots {max_shots}, max_errors {max_errors}, processes {nproc}")
             with open(work / "sinter.log", "ab") as sinter_log:
                 proc = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=sinter_log, stderr=sinter_log,
-                    start_new_session=True, preexec_fn=_die_with_parent, cwd=work,
+                    start_new_session=True, cwd=work,
+                    preexec_fn=functools.partial(_die_with_parent, os.getpid()),
                 )
                 pgid_file.write_text(str(proc.pid))
+                running["proc"] = proc
+                if syncer.conflict:
+                    stop_sinter()
                 rc = proc.wait()
+                running.pop("proc", None)
             proc = None
+            if syncer.conflict:
+                break
             if rc != 0:
                 tail = (work / "sinter.log").read_bytes()[-2000:].decode("utf-8", "replace")
                 log(f"error: sinter collect exited with {rc}:\n{tail}")
@@ -248,10 +307,15 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
         if thread.is_alive():
             thread.join(timeout=60)
         ok = syncer.sync(retry=PATIENT_RETRY)
-        log(f"final upload {'done' if ok else 'FAILED'}: {syncer.uploaded} bytes in {fkey}")
+        if syncer.conflict:
+            log(f"final upload skipped: {fkey} is another run-batch's now")
+        else:
+            log(f"final upload {'done' if ok else 'FAILED'}: {syncer.uploaded} bytes in {fkey}")
         _upload_log(bucket, sweep, batch.id, log_path)
         if not ok:
             rc = rc or 75
+    if syncer.conflict:
+        return CONFLICT_EXIT
     if stop_signal is not None:
         return 128 + stop_signal
     if rc == 0:
@@ -302,10 +366,16 @@ def _upload_log(bucket: Bucket, sweep: str, batch: str, log_path: pathlib.Path) 
         pass  # logs are best effort; fragments are what count
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Linux: SIGKILL sinter's main process when run-batch dies (PR_SET_PDEATHSIG)."""
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
+    """Linux: SIGKILL sinter's main process when run-batch dies (PR_SET_PDEATHSIG).
+
+    If run-batch died between the fork and the prctl, no signal will ever come: exit instead of
+    running a sinter that no pgid file records (nothing would ever stop it).
+    """
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _pids_in_group(pgid: int) -> list[int]:
@@ -324,17 +394,23 @@ def _pids_in_group(pgid: int) -> list[int]:
 
 
 def kill_stale_group(pgid_file: pathlib.Path) -> None:
-    """SIGKILL what is left of an earlier sinter of this batch (its workers outlive its main process)."""
+    """SIGKILL what is left of an earlier sinter of this batch (its workers outlive its main process).
+
+    The group is only killed when one of its processes runs in this batch's work folder (sinter is
+    started there and its workers inherit it): after a reboot or a wrap of the pid counter the
+    recorded pgid may belong to someone else's process group, even someone else's sinter.
+    """
     try:
         pgid = int(pgid_file.read_text().strip())
     except (OSError, ValueError):
         return
+    work = str(pgid_file.parent.resolve())
     for pid in _pids_in_group(pgid):
         try:
-            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+            cwd = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
             continue
-        if b"sinter" in cmdline or b"multiprocessing" in cmdline:
+        if cwd in (work, work + " (deleted)"):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
             break

@@ -48,6 +48,7 @@ import mimetypes
 import os
 import random
 import re
+import socket
 import tempfile
 import threading
 import time
@@ -492,6 +493,48 @@ def _umask() -> int:
     return 0o022
 
 
+_HOST = socket.gethostname().replace(".", "-") or "host"
+#: A temp file this old is abandoned whoever wrote it (no fragment upload takes an hour).
+_ABANDONED_TEMP_SECONDS = 3600.0
+
+
+def _remove_abandoned_temp_files(path: Path) -> None:
+    """Delete temp files of earlier writes of ``path`` whose writer died mid-write (SIGKILL).
+
+    A temp file is named ``.kiln-tmp-<name>.<host>.<pid>.<random>``: it is abandoned when that
+    host is this one and the pid is gone, or (another host on a shared file system) when it is
+    older than an hour.
+    """
+    prefix = f"{_TMP_PREFIX}{path.name}."
+    try:
+        candidates = [p for p in path.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return
+    now = time.time()
+    for tmp in candidates:
+        host, _, rest = tmp.name[len(prefix):].partition(".")
+        pid = rest.partition(".")[0]
+        try:
+            if host == _HOST and pid.isdigit():
+                if int(pid) == os.getpid() or _pid_alive(int(pid)):
+                    continue
+            elif now - tmp.stat().st_mtime < _ABANDONED_TEMP_SECONDS:
+                continue
+            tmp.unlink()
+        except OSError:
+            continue
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class LocalBucket(Bucket):
     """A directory (local disk or a shared file system); created on the first write.
 
@@ -524,7 +567,8 @@ class LocalBucket(Bucket):
         data = self._check_data(data)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+            owner = f"{_TMP_PREFIX}{path.name}.{_HOST}.{os.getpid()}."
+            fd, tmp = tempfile.mkstemp(prefix=owner, dir=path.parent)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
@@ -538,6 +582,7 @@ class LocalBucket(Bucket):
                 raise
         except OSError as exc:
             raise self._os_error(exc, "write", key) from exc
+        _remove_abandoned_temp_files(path)
         with contextlib.suppress(OSError):  # make the rename durable too (best effort)
             dir_fd = os.open(path.parent, os.O_RDONLY)
             try:
