@@ -103,3 +103,16 @@ def test_split_targets_sums():
             if parts <= total:
                 s = split_targets(total, parts)
                 assert sum(s) == total and max(s) - min(s) <= 1
+
+
+def test_no_shard_is_smaller_than_the_minimum():
+    tasks = spread_tasks(4)
+    many = make_plan(tasks, max_shots=10**6, max_errors=1000, jobs=100)
+    assert len(many.batches) > 4  # unbounded: shards as small as the share of 100 batches
+    floor = 0.2 * max(t.predicted_seconds(10**6, 1000) for t in tasks)
+    plan = make_plan(tasks, max_shots=10**6, max_errors=1000, jobs=100, min_shard_seconds=floor)
+    check_targets(plan, tasks, 10**6, 1000)
+    for b in plan.batches:
+        for s in b.shards:
+            assert s.count == 1 or s.predicted_seconds >= floor * 0.999
+    assert len(plan.batches) < len(many.batches)

@@ -200,7 +200,8 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
                             startup)
     plan = make_plan(costs, max_shots=spec.max_shots, max_errors=spec.max_errors, jobs=jobs,
                      target_seconds=target_seconds, circuits_per_job=spec.circuits_per_job,
-                     allow_shards=spec.allow_shards)
+                     allow_shards=spec.allow_shards,
+                     min_shard_seconds=startup * node_processes(spec, jobs or 1))
     for entry in entries:
         entry.features = features.get(entry.key)
     manifest = Manifest(

@@ -165,12 +165,15 @@ def make_plan(
     target_seconds: float | None = None,
     circuits_per_job: int | None = None,
     allow_shards: bool = True,
+    min_shard_seconds: float = 0.0,
 ) -> Plan:
     """Balance ``tasks`` into batches by predicted cost.
 
     Exactly one of ``jobs`` (N batches), ``target_seconds`` (as many batches as needed so none is
     predicted to exceed it, in core-seconds) or ``circuits_per_job`` (ceil(tasks / K) batches) sets
     the number of batches. Plans are deterministic: the same input gives the same plan.
+    A task is never split into shards predicted to cost less than ``min_shard_seconds`` each
+    (a job's start-up would outweigh them), so a plan may have fewer batches than asked for.
     """
     if not tasks:
         raise KilnError("nothing to plan: no circuits were found")
@@ -183,7 +186,7 @@ def make_plan(
             raise KilnError(f"--circuits-per-job must be at least 1 (got {circuits_per_job})")
         n = math.ceil(n_tasks / circuits_per_job)
         # --circuits-per-job keeps its meaning (how many batches) but is balanced by cost.
-        return _partition(tasks, max_shots, max_errors, n, allow_shards,
+        return _partition(tasks, max_shots, max_errors, n, allow_shards, min_shard_seconds,
                           strategy=f"circuits-per-job={circuits_per_job}")
     if target_seconds is not None:
         if target_seconds <= 0:
@@ -191,19 +194,24 @@ def make_plan(
         total = sum(t.predicted_seconds(max_shots, max_errors) for t in tasks)
         n = max(1, math.ceil(total / target_seconds))
         while True:
-            plan = _partition(tasks, max_shots, max_errors, n, allow_shards, strategy="target-hours")
+            plan = _partition(tasks, max_shots, max_errors, n, allow_shards, min_shard_seconds,
+                              strategy="target-hours")
             if plan.makespan_seconds <= target_seconds * 1.0001 or n >= 4 * n_tasks + 64:
+                return plan
+            if len(plan.batches) < n:  # more batches cannot help: shards are as small as allowed
                 return plan
             n += 1
     if jobs is None:
         jobs = 1
     if jobs < 1:
         raise KilnError(f"--jobs must be at least 1 (got {jobs})")
-    return _partition(tasks, max_shots, max_errors, jobs, allow_shards, strategy=f"jobs={jobs}")
+    return _partition(tasks, max_shots, max_errors, jobs, allow_shards, min_shard_seconds,
+                      strategy=f"jobs={jobs}")
 
 
 def _partition(
-    tasks: Sequence[TaskCost], max_shots: int, max_errors: int, n: int, allow_shards: bool, strategy: str
+    tasks: Sequence[TaskCost], max_shots: int, max_errors: int, n: int, allow_shards: bool,
+    min_shard_seconds: float, strategy: str,
 ) -> Plan:
     costs = {t.strong_id: t.predicted_seconds(max_shots, max_errors) for t in tasks}
     share = sum(costs.values()) / n
@@ -213,6 +221,8 @@ def _partition(
         k = 1
         if allow_shards and share > 0 and cost > share * 1.05:
             k = min(n, math.ceil(cost / share), max_shots, max_errors)
+            if min_shard_seconds > 0:
+                k = max(1, min(k, math.floor(cost / min_shard_seconds)))
         shots = split_targets(max_shots, k)
         errors = split_targets(max_errors, k)
         for j in range(k):
