@@ -35,8 +35,8 @@ def estimate_costs(
     out = []
     for c in circuits:
         f = features[c.key]
-        prior = _cost.predict_logical_error_rate(f)
         for d in decoders:
+            prior = _cost.predict_logical_error_rate(f, d)
             sid = strong_ids[(c.key, d)]
             cal = calibrations.get(sid)
             sps = cal.seconds_per_shot if cal else _cost.predict_seconds_per_shot(f, d)
@@ -67,8 +67,7 @@ def _calibrate(circuits, decoders, strong_ids, seconds, custom_decoders, log) ->
         if log:
             log(f"calibrating {len(tasks)} task(s) for up to {seconds:g} s "
                 f"({len(cached)} cached)")
-        fresh = _cost.calibrate(tasks, seconds_budget=seconds, custom_decoders=custom_decoders)
-        for sid, cal in fresh.items():
-            cache.put(sid, cal)
+        fresh = _cost.calibrate(tasks, seconds_budget=seconds, cache=cache,
+                                custom_decoders=custom_decoders)
         cached.update(fresh)
     return cached
