@@ -5,7 +5,8 @@ Plans the original 30-circuit sweep (rotated surface-code memory, d in 3..13, p 
 into 5 batches both ways:
 
 - naive: the original design's ``--circuits-per-job 6`` in file-name order;
-- kiln: qec-kiln's plan (``--jobs 5``), balanced by predicted cost, with shot shards;
+- kiln: qec-kiln's plan (``--jobs 5 --calibrate``), balanced by predicted cost, with shot shards
+  (``--no-calibrate``: from the fitted cost model alone, without the pilot run);
 
 then runs every batch of both plans for real, one after another, each as one ``qec-kiln run-batch
 --processes 1`` (so the timings are comparable on a noisy machine), and prints for each plan the
@@ -14,8 +15,9 @@ per circuit. The last line is ``balance: kiln=<r1> naive=<r2>``.
 
 Usage::
 
-    python bench/balance.py                       # targets reduced so it ends in < 10 min on 2 cores
-    python bench/balance.py --max-shots 1_000_000 --max-errors 1000 --calibrate
+    python bench/balance.py                  # reduced targets: ends in < 10 min on 2 cores
+    python bench/balance.py --no-calibrate   # the fitted model alone
+    python bench/balance.py --max-shots 1_000_000 --max-errors 1000
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-shots", type=lambda s: int(float(s.replace("_", ""))), default=400_000)
     parser.add_argument("--max-errors", type=lambda s: int(float(s.replace("_", ""))), default=400)
     parser.add_argument("--jobs", type=int, default=5)
-    parser.add_argument("--calibrate", action="store_true", help="plan with a pilot run first")
+    parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                        help="plan from the fitted cost model only (no pilot run)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="kiln-balance-") as tmp:
