@@ -43,6 +43,8 @@ from qec_kiln._manifest import (
 from qec_kiln._plan import Batch
 from qec_kiln._storage import PATIENT_RETRY, QUICK_RETRY, Bucket, RetryPolicy, open_bucket
 
+#: Logs are best effort: one short attempt, so a bucket outage does not slow the fragment syncs.
+LOG_RETRY = RetryPolicy(attempts=1, connect_timeout=3.0, read_timeout=10.0)
 #: Log bytes kept in ``logs/<batch>.log``.
 LOG_TAIL_BYTES = 64_000
 
@@ -361,7 +363,7 @@ def _fetch_circuits(bucket: Bucket, manifest: Manifest, batch: Batch,
 def _upload_log(bucket: Bucket, sweep: str, batch: str, log_path: pathlib.Path) -> None:
     try:
         data = log_path.read_bytes()[-LOG_TAIL_BYTES:]
-        bucket.write_bytes(log_key(sweep, batch), data, retry=QUICK_RETRY)
+        bucket.write_bytes(log_key(sweep, batch), data, retry=LOG_RETRY)
     except (OSError, StorageError):
         pass  # logs are best effort; fragments are what count
 
