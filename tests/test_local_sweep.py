@@ -16,7 +16,7 @@ from conftest import REPO, run_kiln, write_surface_circuits
 
 from qec_kiln._fragments import complete_lines
 from qec_kiln._launch import SweepSpec, prepare_sweep, upload_sweep
-from qec_kiln._manifest import fragment_key
+from qec_kiln._manifest import fragment_key, load_manifest
 from qec_kiln._storage import open_bucket
 
 
@@ -169,3 +169,29 @@ def test_original_commands_work_verbatim(tmp_path):
                  "--circuits_per_job", "2", cwd=work)
     assert r.returncode == 0, r.stderr
     shutil.rmtree(work / "kiln-results")
+
+
+def test_sharded_sweep_merges_into_one_row_equal_to_the_sum_of_its_shards(tmp_path, kiln):
+    circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001, 0.003, 0.005))
+    write_surface_circuits(circuits, distances=(9,), noises=(0.003,))  # far the most expensive
+    bucket = tmp_path / "bucket"
+    r = kiln("launch", str(circuits), "--max-shots", "600_000", "--max-errors", "1_000_000",
+             "--bucket", str(bucket), "--name", "shards", "--jobs", "3", "--json", check=True)
+    manifest = load_manifest(open_bucket(str(bucket)), "shards")
+    big = [s for b in manifest.batches for s in b.shards if s.circuit.startswith("d=9")]
+    assert len(big) >= 2, r.stdout  # the d=9 task was split over several batches
+    assert sum(s.max_shots for s in big) == 600_000
+    sid = big[0].strong_id
+    per_fragment = []
+    for frag in sorted((bucket / "shards" / "fragments").glob("*.csv")):
+        rows = [row for row in fragment_rows(frag) if row.strong_id == sid]
+        if rows:
+            per_fragment.append(sum(row.shots for row in rows))
+    assert len(per_fragment) == len(big)
+    merged = tmp_path / "merged.csv"
+    kiln("merge", "--bucket", str(bucket), "--out", str(merged), check=True)
+    lines = [line for line in merged.read_text().splitlines() if sid in line]
+    assert len(lines) == 1  # one row, in the same format as any unsharded row
+    [row] = [s for s in sinter.read_stats_from_csv_files(str(merged)) if s.strong_id == sid]
+    assert row.shots == sum(per_fragment) == 600_000
+    assert row.json_metadata == {"b": "X", "d": 9, "p": 0.003, "type": "rotated_surface_memory"}
