@@ -326,9 +326,15 @@ def test_planted_secrets_reach_no_artifact(tmp_path, s3_env, monkeypatch, kiln_i
 # Idempotent relaunch
 
 
+def _local_state(sweep: str) -> pathlib.Path:
+    """The local backend's record folder of ``sweep`` (``local/<sweep>-<bucket digest>``)."""
+    found = sorted((pathlib.Path(os.environ["QEC_KILN_HOME"]) / "local").glob(f"{sweep}-*"))
+    assert len(found) <= 1, found
+    return found[0] if found else pathlib.Path("/nonexistent")
+
+
 def _local_records(sweep: str) -> dict[str, bytes]:
-    state = pathlib.Path(os.environ["QEC_KILN_HOME"]) / "local" / sweep
-    return {p.name: p.read_bytes() for p in sorted(state.glob("*")) if p.is_file()}
+    return {p.name: p.read_bytes() for p in sorted(_local_state(sweep).glob("*")) if p.is_file()}
 
 
 def test_relaunch_launches_nothing_twice_and_only_unfinished_batches(tmp_path):
@@ -363,14 +369,13 @@ def test_relaunch_launches_nothing_twice_and_only_unfinished_batches(tmp_path):
     launch = subprocess.Popen([sys.executable, "-m", "qec_kiln", *args], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     frag = bucket / "partial" / "fragments" / "b001.csv"
-    state = pathlib.Path(os.environ["QEC_KILN_HOME"]) / "local" / "partial"
     try:
         deadline = time.monotonic() + 60
         while not (frag.exists() and total_shots(frag.read_bytes()) > 0):
             assert launch.poll() is None, launch.communicate()
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        pid = json.loads((state / "b001.pid").read_text())["pid"]
+        pid = json.loads((_local_state("partial") / "b001.pid").read_text())["pid"]
         os.killpg(pid, signal.SIGKILL)  # the batch's run-batch, as a lost node
         out, err = launch.communicate(timeout=120)
     finally:
@@ -578,7 +583,10 @@ def test_two_writers_of_one_batch_never_break_the_prefix_chain(tmp_path):
                  "--work-dir", str(tmp_path / f"node{i}")],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                 start_new_session=True))
-            time.sleep(2.0)
+            deadline = time.monotonic() + 60  # the second starts once the first has uploaded
+            while i == 0 and not (frag.exists() and frag.read_bytes().count(b"\n") > 1):
+                assert time.monotonic() < deadline, "the first writer uploaded nothing"
+                time.sleep(0.05)
         outputs = [p.communicate(timeout=120)[0] for p in procs]
     finally:
         stop.set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 
@@ -67,8 +68,8 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number, got {text!r}")
     return value
 
 
@@ -115,7 +116,8 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
                    help="how often a batch uploads its resume CSV (default 30)")
     s = p.add_argument_group("skypilot")
     s.add_argument("--cpus", help="e.g. 16+ (default from the YAML)")
-    s.add_argument("--gpus", help="accelerators, e.g. H100:1 (uses configs/sinter_job_gpu.yaml)")
+    s.add_argument("--gpus", help="accelerators, e.g. H100:1 (uses the GPU job YAML, "
+                   "configs/sinter_job_gpu.yaml)")
     s.add_argument("--infra", help="e.g. aws, gcp/us-central1, k8s")
     s.add_argument("--no-spot", action="store_true", help="on-demand instead of spot")
     s.add_argument("--yaml", help="your own copy of configs/sinter_job.yaml")

@@ -44,7 +44,7 @@ def _spec(args: argparse.Namespace) -> SweepSpec:
     return SweepSpec(
         circuits=args.circuits, decoders=list(args.decoders), max_shots=args.max_shots,
         max_errors=args.max_errors, bucket=args.bucket, name=args.name,
-        backend=args.backend, options=_options(args), jobs=args.jobs,
+        backend=args.backend.lower(), options=_options(args), jobs=args.jobs,
         target_hours=args.target_hours, circuits_per_job=args.circuits_per_job,
         calibrate=args.calibrate, calibrate_seconds=args.calibrate_seconds,
         custom_decoders_module_function=args.custom_decoders_module_function,
@@ -63,8 +63,21 @@ class _NoBucket:
         return False
 
 
+def _check_remote_bucket(spec: SweepSpec, dry_run: bool) -> None:
+    """Cloud nodes cannot see this machine's folders: refuse a plain local path for SkyPilot."""
+    if spec.backend != "skypilot" or spec.bucket.startswith(("s3://", "gs://", "file://")):
+        return
+    msg = (f"--bucket {spec.bucket!r} is a folder on this machine, which SkyPilot's nodes cannot "
+           "see; use s3://BUCKET or gs://BUCKET (or file:///PATH for a volume mounted at that "
+           "path on every node, e.g. a Kubernetes PVC)")
+    if not dry_run:
+        raise KilnError(msg)
+    _log("warning: " + msg)
+
+
 def _prepare(args: argparse.Namespace, *, need_bucket: bool):
     spec = _spec(args)
+    _check_remote_bucket(spec, dry_run=not need_bucket)
     backend = get_backend(spec.backend)
     bucket = open_bucket(spec.bucket)
     try:
@@ -111,7 +124,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if not todo:
         _log(f"nothing to launch: sweep {prepared.manifest.sweep!r} has no unfinished, "
              "idle batch; see `qec-kiln status`")
-        _print_next_steps(bucket.url, prepared.manifest.sweep)
+        if args.json:
+            print(json.dumps({"sweep": prepared.manifest.sweep, "launched": [], "job_ids": {},
+                              "message": "nothing to launch", "failed": [], **info}, indent=1))
+        else:
+            _print_next_steps(bucket.url, prepared.manifest.sweep)
         return 0
     if not args.json:
         print_plan(prepared, spec, only=set(todo))
@@ -177,8 +194,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
         out.print(f"batches without a fragment yet: {', '.join(report.missing_batches)}",
                   markup=False)
     for t in report.not_reached:
-        out.print(f"  not yet: {t.metadata} {t.decoder}: {t.shots}/{t.target_shots} shots, "
-                  f"{t.errors}/{t.target_errors} errors", markup=False)
+        name = ",".join(f"{k}={v}" for k, v in t.metadata.items())
+        out.print(f"  not yet: {name} ({t.decoder}): {t.shots:,}/{t.target_shots:,} shots, "
+                  f"{t.errors:,}/{t.target_errors:,} errors", markup=False)
     return 0
 
 
@@ -198,7 +216,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             states = {}
         if getattr(backend, "warning", None):
             _log(f"warning: {backend.warning}")
-        reports.append(sweep_progress(bucket, manifest, states))
+        report = sweep_progress(bucket, manifest, states)
+        report.backend = backend.name
+        reports.append(report)
     if args.json:
         print(json.dumps([r.to_json() for r in reports], indent=1))
         return 0
@@ -239,6 +259,16 @@ def _wall_seconds(core_seconds: float, prepared: PreparedSweep) -> float:
     return core_seconds / prepared.node_processes + prepared.startup_seconds
 
 
+def _predicted_makespan(prepared: PreparedSweep) -> float:
+    """Wall seconds until the last batch ends, batches started in plan order on the free slots."""
+    walls = [_wall_seconds(b.predicted_seconds, prepared) for b in prepared.manifest.batches]
+    slots = [0.0] * max(1, prepared.slots or len(walls))
+    for w in walls:
+        i = slots.index(min(slots))
+        slots[i] += w
+    return max(slots)
+
+
 def plan_json(prepared: PreparedSweep, spec: SweepSpec) -> dict:
     m = prepared.manifest
     plan = m.plan
@@ -257,7 +287,8 @@ def plan_json(prepared: PreparedSweep, spec: SweepSpec) -> dict:
         ],
         "balance_ratio": plan.balance_ratio,
         "total_predicted_cpu_hours": total / 3600,
-        "predicted_makespan_hours": _wall_seconds(plan.makespan_seconds, prepared) / 3600,
+        "predicted_makespan_hours": _predicted_makespan(prepared) / 3600,
+        "batches_at_once": prepared.slots or len(plan.batches),
         "processes_per_batch": prepared.node_processes,
         "startup_seconds_per_batch": prepared.startup_seconds,
     }
@@ -286,13 +317,13 @@ def print_plan(prepared: PreparedSweep, spec: SweepSpec, only: set[str] | None =
     title = (f"sweep {m.sweep}: {len(m.circuits)} circuit(s) x {len(m.decoders)} decoder(s), "
              f"{len(plan.batches)} batch(es) ({plan.strategy})")
     table = Table(title=title, title_justify="left")
-    for col in ("batch", "circuits", "shards", "predicted shots", "core-hours", "wall hours"):
+    for col in ("batch", "tasks", "of them shards", "predicted shots", "core-hours", "wall hours"):
         table.add_column(col, justify="left" if col == "batch" else "right")
     for b in plan.batches:
         if only is not None and b.id not in only:
             continue
         n_sharded = sum(1 for s in b.shards if s.count > 1)
-        table.add_row(b.id, str(len(b.shards)), str(n_sharded) if n_sharded else "-",
+        table.add_row(b.id, str(len(b.shards)), str(n_sharded),
                       f"{b.predicted_shots:,.0f}", _hours(b.predicted_seconds),
                       _hours(_wall_seconds(b.predicted_seconds, prepared)))
     out.print(table)
@@ -300,19 +331,22 @@ def print_plan(prepared: PreparedSweep, spec: SweepSpec, only: set[str] | None =
     out.print(
         f"balance (predicted makespan / ideal): {plan.balance_ratio:.3f}   "
         f"total: {_hours(total)} CPU-hours   "
-        f"predicted makespan: {_hours(_wall_seconds(plan.makespan_seconds, prepared))} h "
+        f"predicted makespan: {_hours(_predicted_makespan(prepared))} h "
         f"({prepared.node_processes} sinter process(es) per batch, "
+        f"{prepared.slots or len(plan.batches)} batch(es) at once, "
         f"{prepared.startup_seconds:g} s start-up each)",
         markup=False,
     )
     cost = _cost_estimate(prepared, spec)
     if cost is not None:
-        out.print(f"estimated cost: {cost:,.2f}", markup=False)
+        out.print(f"estimated cost: {cost:,.2f} (in the currency of --price-per-cpu-hour/"
+                  "--price-per-gpu-hour; start-up included)", markup=False)
 
 
 def print_status(report) -> None:
     m = report.manifest
-    table = Table(title=f"sweep {m.sweep} ({m.backend}): {report.fraction_done:.0%} done",
+    table = Table(title=f"sweep {m.sweep} ({report.backend or m.backend}): "
+                  f"{report.fraction_done:.0%} done",
                   title_justify="left")
     show_recoveries = any(b.job and b.job.recoveries is not None for b in report.batches)
     cols = ["batch", "state", "job"] + (["recoveries"] if show_recoveries else [])

@@ -77,7 +77,7 @@ def discover_circuits(folder: str | pathlib.Path, *, allow_tagged_gates: bool = 
         raise KilnError(f"{folder}: no such folder; pass the folder that holds your .stim circuits")
     if not root.is_dir():
         raise KilnError(f"{folder}: not a folder; pass the folder that holds your .stim circuits")
-    paths = sorted(p for p in root.rglob("*.stim") if p.is_file())
+    paths = sorted(p for p in root.rglob("*.stim") if p.is_file() and not _hidden(root, p))
     if not paths:
         others = sorted(p.name for p in root.rglob("*") if p.is_file())
         if others:
@@ -88,6 +88,15 @@ def discover_circuits(folder: str | pathlib.Path, *, allow_tagged_gates: bool = 
             )
         raise KilnError(f"{folder}: the folder is empty; put your .stim circuits in it")
     return [_read_circuit(root, p, allow_tagged_gates) for p in paths]
+
+
+def _hidden(root: pathlib.Path, path: pathlib.Path) -> bool:
+    """Files under hidden folders (``.ipynb_checkpoints/``, ``.git/``) or hidden files are skipped.
+
+    >>> _hidden(pathlib.Path("c"), pathlib.Path("c/.ipynb_checkpoints/d=3-checkpoint.stim"))
+    True
+    """
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 def _read_circuit(root: pathlib.Path, path: pathlib.Path, allow_tagged_gates: bool) -> CircuitFile:
@@ -126,22 +135,23 @@ def _read_circuit(root: pathlib.Path, path: pathlib.Path, allow_tagged_gates: bo
                 "(--custom-decoders-module-function qec_kiln.tsim:sinter_samplers --decoders tsim) "
                 "or remove the tag"
             )
+    found = CircuitFile(
+        path=path.resolve(),
+        key=path.relative_to(root).as_posix(),
+        text=text,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        metadata=metadata,
+    )
+    found.__dict__["circuit"] = circuit  # seed the cached properties: parse and analyse once
     try:
-        circuit.detector_error_model(decompose_errors=True, approximate_disjoint_errors=True)
+        found.dem  # noqa: B018 - computed (and cached) here to refuse circuits sinter can't decode
     except ValueError as ex:
         first = str(ex).strip().splitlines()[0]
         raise KilnError(
             f"{shown}: stim cannot build a decomposed detector error model ({first}); "
             "sinter's decoders need one: check the circuit's noise and detectors"
         ) from ex
-    key = path.relative_to(root).as_posix()
-    return CircuitFile(
-        path=path.resolve(),
-        key=key,
-        text=text,
-        sha256=hashlib.sha256(raw).hexdigest(),
-        metadata=metadata,
-    )
+    return found
 
 
 def _first_tsim_tagged_gate(circuit: stim.Circuit) -> str | None:

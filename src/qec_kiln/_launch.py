@@ -77,6 +77,7 @@ class PreparedSweep:
     circuits: list[CircuitFile]
     node_processes: int
     startup_seconds: float
+    slots: int = 0  # batches running at once (0: all of them)
 
 
 def check_decoders(decoders: list[str], custom: str | None, backend: str) -> None:
@@ -184,7 +185,8 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
             )
         log(f"sweep {name!r} exists in {bucket.url} with the same inputs: reusing its plan")
         procs = node_processes(spec, len(existing.batches))
-        return PreparedSweep(existing, True, circuits, procs, startup)
+        return PreparedSweep(existing, True, circuits, procs, startup,
+                             slots=batch_slots(spec, len(existing.batches)))
 
     custom = load_custom_decoders(spec.custom_decoders_module_function) if spec.calibrate else None
     costs, features = estimate_costs(circuits, spec.decoders, strong_ids, calibrate=spec.calibrate,
@@ -193,7 +195,8 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
     jobs = spec.jobs
     target_seconds = None
     if spec.target_hours is not None:
-        procs = node_processes(spec, 1)
+        # Locally, many batches share the cores: count one process per batch (the worst case).
+        procs = spec.options.processes or (1 if spec.backend == "local" else node_processes(spec, 1))
         target_seconds = max(1e-9, spec.target_hours * 3600 - startup) * procs
     if jobs is None and spec.target_hours is None and spec.circuits_per_job is None:
         jobs = default_jobs(spec, [c.predicted_seconds(spec.max_shots, spec.max_errors) for c in costs],
@@ -218,7 +221,17 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
         sinter_args=list(spec.sinter_args),
         tasks=[dataclasses.asdict(c) for c in costs],
     )
-    return PreparedSweep(manifest, False, circuits, node_processes(spec, len(plan.batches)), startup)
+    return PreparedSweep(manifest, False, circuits, node_processes(spec, len(plan.batches)), startup,
+                         slots=batch_slots(spec, len(plan.batches)))
+
+
+def batch_slots(spec: SweepSpec, num_batches: int) -> int:
+    """How many batches run at once: locally the core slots, elsewhere all of them."""
+    if spec.backend == "local":
+        from qec_kiln._backends.local import split_cores
+
+        return split_cores(num_batches, spec.options.parallel, spec.options.processes)[0]
+    return num_batches
 
 
 def default_jobs(spec: SweepSpec, task_seconds: list[float], startup: float) -> int:

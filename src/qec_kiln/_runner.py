@@ -313,15 +313,15 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
             log(f"final upload skipped: {fkey} is another run-batch's now")
         else:
             log(f"final upload {'done' if ok else 'FAILED'}: {syncer.uploaded} bytes in {fkey}")
-        _upload_log(bucket, sweep, batch.id, log_path)
         if not ok:
             rc = rc or 75
+        if rc == 0 and stop_signal is None and not syncer.conflict:
+            log("batch finished")
+        _upload_log(bucket, sweep, batch.id, log_path)
     if syncer.conflict:
         return CONFLICT_EXIT
     if stop_signal is not None:
         return 128 + stop_signal
-    if rc == 0:
-        log("batch finished")
     return rc
 
 

@@ -87,10 +87,13 @@ class BatchProgress:
 
     @property
     def eta_seconds(self) -> float | None:
-        """Remaining wall seconds if the batch keeps its pace (None before any data)."""
+        """Remaining wall seconds if the batch keeps its pace (None before any data, or when its
+        job has ended without finishing)."""
         f = self.fraction
         if self.done:
             return 0.0
+        if self.job is not None and not self.job.active:
+            return None
         if f <= 0 or self.seconds <= 0:
             return None
         return self.seconds * (1 - f) / f
@@ -101,6 +104,7 @@ class SweepProgress:
     manifest: Manifest
     batches: list[BatchProgress]
     warnings: list[str]
+    backend: str = ""  # the backend whose job states were joined in
 
     @property
     def fraction_done(self) -> float:

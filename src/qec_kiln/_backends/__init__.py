@@ -28,6 +28,7 @@ def get_backend(name: str) -> Backend:
     >>> get_backend("local").name
     'local'
     """
+    name = name.lower()
     if name not in BACKENDS:
         raise KilnError(
             f"--backend {name!r} is not a backend; choose one of {', '.join(sorted(BACKENDS))}"

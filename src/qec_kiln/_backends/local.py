@@ -9,6 +9,7 @@ and uploads the complete lines of its resume file, so the next ``launch`` resume
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pathlib
@@ -30,8 +31,11 @@ from qec_kiln._backends._base import (
 )
 
 
-def _state_dir(sweep: str) -> pathlib.Path:
-    return kiln_home() / "local" / sweep
+def _state_dir(bucket_url: str, sweep: str) -> pathlib.Path:
+    """``$QEC_KILN_HOME/local/<sweep>-<8 hex of the bucket URL>``: one sweep name in two buckets
+    gets two folders (job records and work files never mix)."""
+    digest = hashlib.sha256(bucket_url.encode()).hexdigest()[:8]
+    return kiln_home() / "local" / f"{sweep}-{digest}"
 
 
 def _cores() -> int:
@@ -64,7 +68,7 @@ class LocalBackend(Backend):
         argv = [sys.executable, "-m", "qec_kiln"] + argv[1:]
         if "--processes" not in argv:
             argv += ["--processes", str(processes)]
-        argv += ["--work-dir", str(_state_dir(request.sweep) / "work")]
+        argv += ["--work-dir", str(_state_dir(request.bucket_url, request.sweep) / "work")]
         return argv
 
     def describe(self, request: LaunchRequest) -> str:
@@ -76,7 +80,7 @@ class LocalBackend(Backend):
         return "\n".join(lines)
 
     def launch(self, request: LaunchRequest) -> LaunchResult:
-        state = _state_dir(request.sweep)
+        state = _state_dir(request.bucket_url, request.sweep)
         state.mkdir(parents=True, exist_ok=True)
         slots, procs = split_cores(len(request.batch_ids), request.options.parallel,
                                    request.options.processes)
@@ -144,14 +148,14 @@ class LocalBackend(Backend):
         return proc
 
     def job_states(self, bucket_url: str, sweep: str) -> dict[str, JobState]:
-        state = _state_dir(sweep)
+        state = _state_dir(bucket_url, sweep)
         out: dict[str, JobState] = {}
         if not state.is_dir():
             return out
         for pid_file in sorted(state.glob("*.pid")):
             b = pid_file.stem
             pid = _read_pid(pid_file)
-            if pid is not None and _is_run_batch(pid):
+            if pid is not None and _is_run_batch(pid, sweep):
                 out[b] = JobState(b, "RUNNING", job_id=f"pid {pid}")
                 continue
             try:
@@ -164,11 +168,11 @@ class LocalBackend(Backend):
         return out
 
     def cancel(self, bucket_url: str, sweep: str) -> list[str]:
-        state = _state_dir(sweep)
+        state = _state_dir(bucket_url, sweep)
         cancelled = []
         for pid_file in sorted(state.glob("*.pid")) if state.is_dir() else []:
             pid = _read_pid(pid_file)
-            if pid is not None and _is_run_batch(pid):
+            if pid is not None and _is_run_batch(pid, sweep):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGTERM)
                 cancelled.append(pid_file.stem)
@@ -182,7 +186,8 @@ def _read_pid(path: pathlib.Path) -> int | None:
         return None
 
 
-def _is_run_batch(pid: int) -> bool:
+def _is_run_batch(pid: int, sweep: str) -> bool:
+    """Whether ``pid`` is (still) a run-batch of this sweep, not a recycled pid."""
     try:
         cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
         stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
@@ -190,4 +195,5 @@ def _is_run_batch(pid: int) -> bool:
         return False
     if stat[stat.rindex(")") + 2:].startswith("Z"):
         return False
-    return b"run-batch" in cmdline
+    args = cmdline.split(b"\0")
+    return b"run-batch" in args and sweep.encode() in args
