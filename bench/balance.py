@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import pathlib
 import resource
 import subprocess
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="kiln-balance-") as tmp:
         tmp = pathlib.Path(tmp)
+        # A fresh calibration cache: the pilot measures this machine now, not an earlier run.
+        os.environ.setdefault("QEC_KILN_CACHE_DIR", str(tmp / "cache"))
         generate(["--out", str(tmp / "circuits")])
         spec = SweepSpec(circuits=str(tmp / "circuits"), decoders=["pymatching"],
                          max_shots=args.max_shots, max_errors=args.max_errors, name="kiln",

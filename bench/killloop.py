@@ -212,18 +212,10 @@ def _alive(pid: int) -> bool:
 
 
 def _group_members(pgid: int) -> list[int]:
-    out = []
-    for d in pathlib.Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-        except (OSError, ValueError):
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            out.append(int(d.name))
-    return out
+    """Live (non-zombie) processes of a process group."""
+    from qec_kiln._runner import _pids_in_group
+
+    return [pid for pid in _pids_in_group(pgid) if _alive(pid)]
 
 
 def tagged_processes(tag: str) -> list[str]:

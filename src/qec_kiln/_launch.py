@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import sinter
 
-from qec_kiln._backends import BackendOptions, LaunchRequest, get_backend
+from qec_kiln._backends import BackendOptions, LaunchRequest
 from qec_kiln._discover import CircuitFile, check_duplicates, discover_circuits
 from qec_kiln._errors import KilnError, ObjectNotFound
 from qec_kiln._estimate import estimate_costs
@@ -31,7 +31,7 @@ from qec_kiln._manifest import (
 )
 from qec_kiln._plan import make_plan
 from qec_kiln._status import sweep_progress
-from qec_kiln._storage import Bucket, open_bucket
+from qec_kiln._storage import Bucket
 
 #: Seconds a batch's job takes to start, by backend: a plan weighs it against each batch's work.
 STARTUP_SECONDS = {"local": 2.0, "slurm": 30.0, "skypilot": 360.0}
@@ -288,12 +288,6 @@ def make_request(bucket: Bucket, prepared: PreparedSweep, batch_ids: list[str],
     )
 
 
-def open_checked_bucket(url: str) -> Bucket:
-    bucket = open_bucket(url)
-    bucket.check_access()
-    return bucket
-
-
 __all__ = [
     "SweepSpec",
     "PreparedSweep",
@@ -301,6 +295,4 @@ __all__ = [
     "upload_sweep",
     "batches_to_launch",
     "make_request",
-    "open_checked_bucket",
-    "get_backend",
 ]
