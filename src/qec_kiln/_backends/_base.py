@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import json
 import os
 import pathlib
 import shlex
 from collections.abc import Sequence
+
+from qec_kiln._errors import KilnError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,3 +149,37 @@ def kiln_home() -> pathlib.Path:
     ``$QEC_KILN_HOME`` or ``~/.cache/qec-kiln``."""
     env = os.environ.get("QEC_KILN_HOME")
     return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "qec-kiln"
+
+
+def last_line(text: str | None) -> str:
+    """The last non-blank line of a command's output (for one-line error messages).
+
+    >>> last_line(chr(10).join(["a", "  b  ", ""]))
+    'b'
+    """
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def read_launch_records(path: pathlib.Path) -> list[dict]:
+    """The launch records a backend keeps in ``path`` (a JSON list); [] when there are none."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as e:
+        raise KilnError(f"{path}: unreadable launch record ({e}); move it away to start afresh"
+                        ) from e
+    if not isinstance(data, list):
+        raise KilnError(f"{path}: not a list of launch records; move it away to start afresh")
+    return [x for x in data if isinstance(x, dict)]
+
+
+def append_launch_record(path: pathlib.Path, record: dict) -> None:
+    """Add one record to ``path``, replacing the file atomically."""
+    records = read_launch_records(path)
+    records.append(record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

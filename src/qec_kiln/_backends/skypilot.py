@@ -51,7 +51,11 @@ from qec_kiln._backends._base import (
     JobState,
     LaunchRequest,
     LaunchResult,
+    append_launch_record,
+    kiln_home,
+    last_line,
     quote_argv,
+    read_launch_records,
 )
 from qec_kiln._errors import KilnError
 
@@ -97,8 +101,7 @@ def job_name(sweep: str) -> str:
 
 def state_dir(sweep: str) -> Path:
     """Where the rendered YAML and the launch record of a sweep live on this machine."""
-    home = os.environ.get("QEC_KILN_HOME") or os.path.join("~", ".cache", "qec-kiln")
-    return Path(home).expanduser() / "skypilot" / job_name(sweep)[len("kiln-"):]
+    return kiln_home().expanduser() / "skypilot" / job_name(sweep)[len("kiln-"):]
 
 
 def packaged_yaml_text(name: str) -> str:
@@ -367,7 +370,7 @@ class SkyPilotBackend(Backend):
         if proc.returncode != 0:
             raise KilnError(
                 f"sky jobs launch failed (exit {proc.returncode}) for {r.yaml_path}: "
-                f"{_last_line(out) or 'no output'}"
+                f"{last_line(out) or 'no output'}"
             )
         ids = parse_job_ids(out)
         job_ids: dict[str, str] = {}
@@ -380,7 +383,7 @@ class SkyPilotBackend(Backend):
             message += (f"; could not read their job ids from SkyPilot's output (found {ids}); "
                         f"see `sky jobs queue`")
             ids = []
-        _append_launch_record(
+        append_launch_record(
             r.yaml_path.parent / "launches.json",
             {
                 "bucket": request.bucket_url,
@@ -407,7 +410,7 @@ class SkyPilotBackend(Backend):
         if records is None:
             return {}
         name = job_name(sweep)
-        launches = _read_launch_records(state_dir(sweep) / "launches.json")
+        launches = read_launch_records(state_dir(sweep) / "launches.json")
         launches = [x for x in launches if x.get("bucket") in (None, bucket_url)]
         states, unknown = map_queue_to_batches(records, name, launches)
         if unknown:
@@ -427,7 +430,7 @@ class SkyPilotBackend(Backend):
             sys.stderr.write(proc.stdout or "")
             if proc.returncode != 0:
                 raise KilnError(f"sky jobs cancel failed (exit {proc.returncode}): "
-                                f"{_last_line(_ANSI_RE.sub('', proc.stdout or ''))}")
+                                f"{last_line(_ANSI_RE.sub('', proc.stdout or ''))}")
             return [name]
         ids = sorted({
             int(rec["job_id"]) for rec in records
@@ -441,7 +444,7 @@ class SkyPilotBackend(Backend):
         sys.stderr.write(proc.stdout or "")
         if proc.returncode != 0:
             raise KilnError(f"sky jobs cancel failed (exit {proc.returncode}): "
-                            f"{_last_line(_ANSI_RE.sub('', proc.stdout or ''))}")
+                            f"{last_line(_ANSI_RE.sub('', proc.stdout or ''))}")
         return [str(i) for i in ids]
 
     # ------------------------------------------------------------------ plumbing
@@ -469,7 +472,7 @@ class SkyPilotBackend(Backend):
         if proc.returncode != 0:
             text = _ANSI_RE.sub("", (proc.stderr or "") + (proc.stdout or ""))
             self.warning = (f"SkyPilot job states unavailable (`{quote_argv(argv)}` exit "
-                            f"{proc.returncode}): {_last_line(text) or 'no output'}")
+                            f"{proc.returncode}): {last_line(text) or 'no output'}")
             return None
         try:
             return parse_queue_json(proc.stdout or "")
@@ -637,22 +640,6 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
 
 
-def _read_launch_records(path: Path) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    return [x for x in data if isinstance(x, dict)] if isinstance(data, list) else []
 
-
-def _append_launch_record(path: Path, record: dict[str, Any]) -> None:
-    records = _read_launch_records(path)
-    records.append(record)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

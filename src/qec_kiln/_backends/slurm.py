@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
 import shlex
@@ -48,8 +47,11 @@ from qec_kiln._backends._base import (
     JobState,
     LaunchRequest,
     LaunchResult,
+    append_launch_record,
     kiln_home,
+    last_line,
     quote_argv,
+    read_launch_records,
 )
 from qec_kiln._errors import KilnError
 
@@ -405,12 +407,12 @@ class SlurmBackend(Backend):
         proc = self._call(r.sbatch_argv, timeout=_SUBMIT_TIMEOUT_S, what="submit")
         if proc.returncode != 0:
             raise KilnError(f"sbatch failed (exit {proc.returncode}) for {r.script_path}: "
-                            f"{_last_line(proc.stderr) or _last_line(proc.stdout) or 'no output'}")
+                            f"{last_line(proc.stderr) or last_line(proc.stdout) or 'no output'}")
         array_id = parse_parsable(proc.stdout)
         # Keep a copy per array: job.sbatch is overwritten by the next launch of this sweep.
         kept = r.script_path.with_name(f"job-{array_id}.sbatch")
         kept.write_text(r.script, encoding="utf-8")
-        _append_launch_record(state_dir(request.sweep) / "launches.json", {
+        append_launch_record(state_dir(request.sweep) / "launches.json", {
             "bucket": request.bucket_url,
             "sweep": request.sweep,
             "array_job_id": array_id,
@@ -472,7 +474,7 @@ class SlurmBackend(Backend):
         proc = self._call(argv, timeout=_QUERY_TIMEOUT_S, what="cancel")
         if proc.returncode != 0:
             raise KilnError(f"`{quote_argv(argv)}` failed (exit {proc.returncode}): "
-                            f"{_last_line(proc.stderr) or 'no output'}")
+                            f"{last_line(proc.stderr) or 'no output'}")
         return active
 
     # ------------------------------------------------------------------ plumbing
@@ -486,7 +488,7 @@ class SlurmBackend(Backend):
                 "--format=JobID,State,ExitCode"]
 
     def _launches(self, bucket_url: str, sweep: str) -> list[dict]:
-        records = _read_launch_records(state_dir(sweep) / "launches.json")
+        records = read_launch_records(state_dir(sweep) / "launches.json")
         return [x for x in records
                 if x.get("sweep") in (None, sweep) and x.get("bucket") in (None, bucket_url)
                 and x.get("array_job_id")]
@@ -502,7 +504,7 @@ class SlurmBackend(Backend):
             self.warning = f"Slurm job states unavailable: {e}"
             return {}
         if proc.returncode != 0:
-            text = _last_line(proc.stderr) or _last_line(proc.stdout) or "no output"
+            text = last_line(proc.stderr) or last_line(proc.stdout) or "no output"
             # squeue refuses a list whose jobs are all gone ("Invalid job id specified").
             if "invalid job id" in text.lower():
                 return {}
@@ -599,9 +601,6 @@ def _id_key(job_id: str) -> tuple[int, str]:
     return (int(job_id), "") if job_id.isdigit() else (0, job_id)
 
 
-def _last_line(text: str | None) -> str:
-    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
 
 
 def _kiln_version() -> str:
@@ -610,23 +609,4 @@ def _kiln_version() -> str:
     return __version__
 
 
-def _read_launch_records(path: Path) -> list[dict]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as e:
-        raise KilnError(f"{path}: unreadable launch record ({e}); move it away to start afresh"
-                        ) from e
-    if not isinstance(data, list):
-        raise KilnError(f"{path}: not a list of launch records; move it away to start afresh")
-    return [x for x in data if isinstance(x, dict)]
 
-
-def _append_launch_record(path: Path, record: dict) -> None:
-    records = _read_launch_records(path)
-    records.append(record)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
