@@ -73,6 +73,43 @@ def positive_float(text: str) -> float:
     return value
 
 
+#: sinter collect options a sweep may pass through: they change how sinter samples or what it
+#: counts, never a task's strong_id (postselection would, so it is not here).
+SINTER_OPTIONS = ("--count_detection_events", "--count_observable_error_combos",
+                  "--max_batch_size", "--start_batch_size", "--max_batch_seconds")
+
+
+def sinter_options(values: Sequence[str]) -> list[str]:
+    """Check ``--sinter-option`` values; return sinter's argv words.
+
+    >>> sinter_options(["--count_observable_error_combos", "--max_batch_size=1024"])
+    ['--count_observable_error_combos', '--max_batch_size', '1024']
+    """
+    out: list[str] = []
+    for value in values:
+        flag, _, arg = value.partition("=")
+        flag = "--" + flag.lstrip("-").replace("-", "_")
+        if flag not in SINTER_OPTIONS:
+            raise KilnError(
+                f"--sinter-option {value!r} is not allowed; use one of {', '.join(SINTER_OPTIONS)} "
+                "(the others are set by qec-kiln or would change strong_ids)"
+            )
+        takes_value = flag in ("--max_batch_size", "--start_batch_size", "--max_batch_seconds")
+        if takes_value:
+            try:
+                if int(arg) < 1:
+                    raise ValueError
+            except ValueError:
+                raise KilnError(f"--sinter-option {value!r} needs a positive integer, "
+                                f"e.g. {flag}=1000") from None
+            out += [flag, arg]
+        elif arg:
+            raise KilnError(f"--sinter-option {value!r}: {flag} takes no value")
+        else:
+            out.append(flag)
+    return out
+
+
 def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("circuits", help="folder of .stim circuits (searched recursively); names like "
                    "d=5,p=0.001,b=X,type=rotated_surface_memory.stim give the metadata")
@@ -98,6 +135,10 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
                    help="total time budget of --calibrate (default 60)")
     g.add_argument("--price-per-cpu-hour", type=positive_float, help="for a cost estimate")
     g.add_argument("--price-per-gpu-hour", type=positive_float, help="for a cost estimate")
+    p.add_argument("--sinter-option", action="append", default=[], metavar="OPT",
+                   help="passed to every sinter collect, e.g. "
+                   "--sinter-option=--count_observable_error_combos (repeatable; only options "
+                   "that leave strong_ids unchanged: " + ", ".join(SINTER_OPTIONS) + ")")
     p.add_argument("--bucket", default="kiln-results",
                    help="s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or a directory "
                    "(default ./kiln-results)")

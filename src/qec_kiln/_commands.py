@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qec_kiln._backends import BackendOptions, get_backend
+from qec_kiln._cli import sinter_options
 from qec_kiln._errors import KilnError, StorageError
 from qec_kiln._launch import (
     PreparedSweep,
@@ -48,7 +49,7 @@ def _spec(args: argparse.Namespace) -> SweepSpec:
         target_hours=args.target_hours, circuits_per_job=args.circuits_per_job,
         calibrate=args.calibrate, calibrate_seconds=args.calibrate_seconds,
         custom_decoders_module_function=args.custom_decoders_module_function,
-        allow_shards=not args.no_shards,
+        allow_shards=not args.no_shards, sinter_args=sinter_options(args.sinter_option),
         price_per_cpu_hour=args.price_per_cpu_hour, price_per_gpu_hour=args.price_per_gpu_hour,
     )
 

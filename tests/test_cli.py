@@ -1,0 +1,68 @@
+"""The command line: spellings, numbers, one-line errors, and sinter pass-through options."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import sinter
+
+from qec_kiln._cli import build_parser, positive_float, positive_int, sinter_options
+from qec_kiln._errors import KilnError
+
+
+@pytest.mark.parametrize("text, value", [("1000", 1000), ("1_000_000", 1_000_000), ("1e6", 10**6)])
+def test_positive_int_accepts_sinter_style_numbers(text, value):
+    assert positive_int(text) == value
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "1.5", "lots", "1e-3"])
+def test_positive_int_refuses_the_rest(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        positive_int(text)
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "inf", "nan", "x"])
+def test_positive_float_refuses_non_finite_and_non_positive(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        positive_float(text)
+
+
+def test_dashes_and_underscores_parse_the_same():
+    parser = build_parser()
+    a = parser.parse_args(["launch", "c/", "--max-shots", "1_000", "--circuits-per-job", "6",
+                           "--dry-run"])
+    b = parser.parse_args(["launch", "c/", "--max_shots", "1_000", "--circuits_per_job", "6",
+                           "--dry_run"])
+    assert vars(a) == vars(b)
+    assert a.max_shots == 1000 and a.circuits_per_job == 6 and a.dry_run
+
+
+def test_sinter_options_are_checked():
+    assert sinter_options(["--count-detection-events", "max_batch_seconds=5"]) == [
+        "--count_detection_events", "--max_batch_seconds", "5"]
+    for bad in ["--save_resume_filepath=x", "--postselected_observables_predicate=True",
+                "--max_batch_size=0", "--count_detection_events=yes", "--metadata_func=auto"]:
+        with pytest.raises(KilnError, match="--sinter-option"):
+            sinter_options([bad])
+
+
+def test_sinter_option_reaches_sinter_and_the_merged_csv(tmp_path, small_circuits, kiln):
+    bucket = tmp_path / "bucket"
+    kiln("launch", str(small_circuits), "--max-shots", "3_000", "--max-errors", "30",
+         "--bucket", str(bucket), "--jobs", "1", "--name", "combos",
+         "--sinter-option=--count_observable_error_combos", check=True)
+    out = tmp_path / "merged.csv"
+    kiln("merge", "--bucket", str(bucket), "--out", str(out), check=True)
+    stats = sinter.read_stats_from_csv_files(str(out))
+    assert len(stats) == 4
+    assert any(key.startswith("obs_mistake_mask=") for s in stats for key in s.custom_counts)
+
+
+def test_errors_are_one_line_with_exit_2(tmp_path, kiln):
+    r = kiln("launch", str(tmp_path / "missing"))
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "no such folder" in r.stderr
+    r = kiln("launch", str(tmp_path), "--max-shots", "zero")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "--max-shots" in r.stderr
