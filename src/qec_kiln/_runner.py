@@ -292,37 +292,61 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
             proc = None
             if syncer.conflict:
                 break
+            if rc < 0:  # Slurm and Kubernetes signal every process of a job, sinter included
+                log(f"sinter collect was stopped by {_signal_name(-rc)}")
+                break
             if rc != 0:
                 tail = (work / "sinter.log").read_bytes()[-2000:].decode("utf-8", "replace")
                 log(f"error: sinter collect exited with {rc}:\n{tail}")
                 break
     except _Stop as stop:
         stop_signal = stop.signum
-        log(f"received {signal.Signals(stop.signum).name}: stopping sinter and uploading")
+        log(f"received {_signal_name(stop.signum)}: stopping sinter and uploading")
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        if proc is not None:
-            _stop_group(proc)
-        kill_stale_group(pgid_file)
-        stop_syncing.set()
-        if thread.is_alive():
-            thread.join(timeout=60)
-        ok = syncer.sync(retry=PATIENT_RETRY)
-        if syncer.conflict:
-            log(f"final upload skipped: {fkey} is another run-batch's now")
-        else:
-            log(f"final upload {'done' if ok else 'FAILED'}: {syncer.uploaded} bytes in {fkey}")
-        if not ok:
-            rc = rc or 75
-        if rc == 0 and stop_signal is None and not syncer.conflict:
-            log("batch finished")
-        _upload_log(bucket, sweep, batch.id, log_path)
+        # From here on a signal is only recorded: nothing may cut the final upload short.
+        late: list[int] = []
+        for s in old:
+            signal.signal(s, lambda signum, _frame: late.append(signum))
+        try:
+            if proc is not None:
+                syncer.sync(retry=QUICK_RETRY)  # what sinter wrote so far, before it is stopped
+                _stop_group(proc)
+            kill_stale_group(pgid_file)
+            stop_syncing.set()
+            if thread.is_alive():
+                thread.join(timeout=60)
+            ok = syncer.sync(retry=PATIENT_RETRY)
+            if syncer.conflict:
+                log(f"final upload skipped: {fkey} is another run-batch's now")
+            else:
+                log(f"final upload {'done' if ok else 'FAILED'}: {syncer.uploaded} bytes in {fkey}")
+            if not ok:
+                rc = rc or 75
+            if stop_signal is None:
+                stop_signal = late[0] if late else (-rc if rc < 0 else None)
+            if rc == 0 and stop_signal is None and not syncer.conflict:
+                log("batch finished")
+            _upload_log(bucket, sweep, batch.id, log_path)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
     if syncer.conflict:
         return CONFLICT_EXIT
     if stop_signal is not None:
         return 128 + stop_signal
     return rc
+
+
+def _signal_name(signum: int) -> str:
+    """The name of a signal, for log lines.
+
+    >>> _signal_name(15)
+    'SIGTERM'
+    """
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _check_versions(manifest: Manifest) -> None:
@@ -420,7 +444,7 @@ def kill_stale_group(pgid_file: pathlib.Path) -> None:
         pgid_file.unlink()
 
 
-def _stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+def _stop_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
     """SIGINT sinter's group (it flushes its resume file), then SIGKILL whatever is left."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGINT)
