@@ -88,3 +88,20 @@ def test_hostile_names_are_just_names(tmp_path):
     assert found.key == name
     assert found.metadata["note"] == "a b'c\";$(touch pwned)é"
     assert not pathlib.Path("pwned").exists()
+
+
+def test_circuit_without_a_decomposed_dem_gets_sinters_fallback_strong_id(tmp_path):
+    """sinter falls back to an undecomposed DEM (hypergraph decoders such as chromobius or
+    tesseract use it); discovery must accept the circuit and agree with sinter's strong_id."""
+    text = ("X_ERROR(0.1) 0\nM 0\nDETECTOR rec[-1]\nDETECTOR rec[-1]\nDETECTOR rec[-1]\n"
+            "OBSERVABLE_INCLUDE(0) rec[-1]\n")
+    circuit = stim.Circuit(text)
+    with pytest.raises(ValueError):
+        circuit.detector_error_model(decompose_errors=True, approximate_disjoint_errors=True)
+    (tmp_path / "d=1,p=0.1.stim").write_text(text)
+    [found] = discover_circuits(tmp_path)
+    fallback = circuit.detector_error_model(approximate_disjoint_errors=True)
+    assert found.dem == fallback
+    task = sinter.Task(circuit=circuit, decoder="vacuous", detector_error_model=fallback,
+                       json_metadata={"d": 1, "p": 0.1})
+    assert found.strong_id("vacuous") == task.strong_id()

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 import sinter
 import stim
 
+from qec_kiln._cost import dem_for_circuit
 from qec_kiln._errors import KilnError
 
 #: Gates that tsim (bloqade-tsim) reinterprets when tagged, e.g. ``S[T] 0`` or ``I[R_Z(theta=0.1)] 0``.
@@ -48,10 +49,9 @@ class CircuitFile:
 
     @functools.cached_property
     def dem(self) -> stim.DetectorErrorModel:
-        """The detector error model exactly as sinter builds it for a task."""
-        return self.circuit.detector_error_model(
-            decompose_errors=True, approximate_disjoint_errors=True
-        )
+        """The detector error model exactly as sinter builds it for a task (with its fallbacks to
+        an undecomposed model, which decoders such as chromobius accept)."""
+        return dem_for_circuit(self.circuit)
 
     def strong_id(self, decoder: str) -> str:
         """The strong_id sinter will give this circuit with ``decoder``."""
@@ -144,11 +144,11 @@ def _read_circuit(root: pathlib.Path, path: pathlib.Path, allow_tagged_gates: bo
     )
     found.__dict__["circuit"] = circuit  # seed the cached properties: parse and analyse once
     try:
-        found.dem  # noqa: B018 - computed (and cached) here to refuse circuits sinter can't decode
+        found.dem  # noqa: B018 - computed (and cached) here to refuse circuits sinter can't model
     except ValueError as ex:
         first = str(ex).strip().splitlines()[0]
         raise KilnError(
-            f"{shown}: stim cannot build a decomposed detector error model ({first}); "
+            f"{shown}: stim cannot build a detector error model ({first}); "
             "sinter's decoders need one: check the circuit's noise and detectors"
         ) from ex
     return found
