@@ -41,6 +41,7 @@ from qec_kiln._manifest import (
     package_versions,
 )
 from qec_kiln._plan import Batch
+from qec_kiln._status import read_fragment
 from qec_kiln._storage import PATIENT_RETRY, QUICK_RETRY, Bucket, RetryPolicy, open_bucket
 
 #: Logs are best effort: one short attempt, so a bucket outage does not slow the fragment syncs.
@@ -217,11 +218,7 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
 
     # Restore the fragment: the bucket's copy, cut back to its last complete line.
     fkey = fragment_key(sweep, batch.id)
-    try:
-        remote = bucket.read_bytes(fkey)
-    except ObjectNotFound:
-        remote = b""
-    fragment = parse_fragment(remote, f"{bucket.url}/{fkey}")
+    fragment = read_fragment(bucket, manifest, batch.id) or parse_fragment(b"", fkey)
     resume = work / "resume.csv"
     with contextlib.suppress(FileNotFoundError):
         resume.unlink()
