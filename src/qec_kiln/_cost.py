@@ -37,7 +37,6 @@ import os
 import pathlib
 import platform
 import sys
-import tempfile
 import time
 import types
 from collections.abc import Iterable, Iterator, Mapping
@@ -45,6 +44,8 @@ from typing import Any
 
 import sinter
 import stim
+
+from qec_kiln._atomic import atomic_write
 
 __all__ = [
     "PROCESS_STARTUP_SECONDS",
@@ -523,10 +524,8 @@ class CalibrationCache:
                 }
                 for key, cal in calibrations.items():
                     raw[key] = {**cal.to_json(), **stamp}
-                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".calibration.")
-                with os.fdopen(fd, "w") as out:
-                    json.dump({"version": 1, "entries": raw}, out, indent=1, sort_keys=True)
-                os.replace(tmp, self.path)
+                atomic_write(self.path, json.dumps({"version": 1, "entries": raw}, indent=1,
+                                                   sort_keys=True))
             finally:
                 with contextlib.suppress(ImportError, OSError):
                     import fcntl

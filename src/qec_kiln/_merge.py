@@ -13,9 +13,7 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import pathlib
 import subprocess
 import tempfile
@@ -23,6 +21,7 @@ from collections.abc import Callable
 
 import sinter
 
+from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import KilnError
 from qec_kiln._manifest import Manifest, load_manifest, resolve_sweep
 from qec_kiln._runner import sinter_executable
@@ -135,18 +134,9 @@ def merge_sweeps(
 def _write_out(out: pathlib.Path, data: bytes) -> None:
     """Write ``out`` whole or not at all: a staged file of its own (two merges may run at once)
     renamed over it, removed on failure."""
-    staged: str | None = None
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, staged = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(staged, out.stat().st_mode & 0o777 if out.exists() else 0o644)
-        os.replace(staged, out)
+        atomic_write(out, data, tmp_prefix=f".{out.name}.")
     except OSError as ex:
-        if staged is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(staged)
         raise KilnError(
             f"--out {str(out)!r}: cannot write it ({ex.strerror or ex}); choose a writable file path"
         ) from ex

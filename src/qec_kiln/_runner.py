@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import KilnError, ObjectNotFound, StorageError
 from qec_kiln._fragments import complete_lines, parse_fragment
 from qec_kiln._manifest import (
@@ -373,10 +374,7 @@ def _fetch_circuits(bucket: Bucket, manifest: Manifest, batch: Batch,
                     f"{bucket.url}/{circuit_key(manifest.sweep, key)}: does not match the manifest's "
                     "sha256; the bucket was modified: relaunch the sweep under a new --name"
                 )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".part")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            atomic_write(path, data)
         out[key] = path
     return out
 

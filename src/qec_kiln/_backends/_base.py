@@ -18,6 +18,7 @@ import pathlib
 import shlex
 from collections.abc import Sequence
 
+from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import KilnError
 
 
@@ -179,7 +180,4 @@ def append_launch_record(path: pathlib.Path, record: dict) -> None:
     """Add one record to ``path``, replacing the file atomically."""
     records = read_launch_records(path)
     records.append(record)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(records, indent=1) + "\n")

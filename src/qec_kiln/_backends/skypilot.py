@@ -46,6 +46,7 @@ from typing import Any
 
 import yaml
 
+from qec_kiln._atomic import atomic_write
 from qec_kiln._backends._base import (
     Backend,
     JobState,
@@ -360,10 +361,7 @@ class SkyPilotBackend(Backend):
 
     def launch(self, request: LaunchRequest) -> LaunchResult:
         r = self._render(request)
-        r.yaml_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = r.yaml_path.with_suffix(".yaml.tmp")
-        tmp.write_text(r.yaml_text, encoding="utf-8")
-        os.replace(tmp, r.yaml_path)
+        atomic_write(r.yaml_path, r.yaml_text)
         started = time.time()
         proc = self._call(r.launch_argv, stream=True, timeout=None, what="launch")
         out = _ANSI_RE.sub("", proc.stdout or "") + _ANSI_RE.sub("", proc.stderr or "")

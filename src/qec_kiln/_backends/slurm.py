@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
+from qec_kiln._atomic import atomic_write
 from qec_kiln._backends._base import (
     Backend,
     JobState,
@@ -401,9 +402,7 @@ class SlurmBackend(Backend):
     def launch(self, request: LaunchRequest) -> LaunchResult:
         r = self.render(request)
         r.log_dir.mkdir(parents=True, exist_ok=True)
-        tmp = r.script_path.with_suffix(".sbatch.tmp")
-        tmp.write_text(r.script, encoding="utf-8")
-        os.replace(tmp, r.script_path)
+        atomic_write(r.script_path, r.script)
         proc = self._call(r.sbatch_argv, timeout=_SUBMIT_TIMEOUT_S, what="submit")
         if proc.returncode != 0:
             raise KilnError(f"sbatch failed (exit {proc.returncode}) for {r.script_path}: "
