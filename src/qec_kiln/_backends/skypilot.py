@@ -40,7 +40,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +57,7 @@ from qec_kiln._backends._base import (
     quote_argv,
     read_launch_records,
 )
+from qec_kiln._backends._remote import kiln_version, packaged_text, run_command
 from qec_kiln._errors import KilnError
 
 # (argv, stream, timeout) -> CompletedProcess with text stdout. The single seam to SkyPilot.
@@ -105,11 +105,6 @@ def state_dir(sweep: str) -> Path:
     return kiln_home().expanduser() / "skypilot" / job_name(sweep)[len("kiln-"):]
 
 
-def packaged_yaml_text(name: str) -> str:
-    """The text of a task YAML shipped inside the package (copies of ``configs/``)."""
-    return resources.files("qec_kiln").joinpath("data", name).read_text(encoding="utf-8")
-
-
 def sky_executable() -> str:
     """The ``sky`` command: on PATH, else next to this Python (an unactivated venv)."""
     found = shutil.which("sky")
@@ -122,25 +117,9 @@ def sky_executable() -> str:
 def _default_runner(
     argv: Sequence[str], *, stream: bool = False, timeout: float | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` (no shell); with ``stream`` also copy its output to stderr line by line."""
+    """Run ``argv`` (no shell), finding ``sky`` next to this Python if it is not on PATH."""
     argv = [sky_executable(), *argv[1:]] if argv and argv[0] == "sky" else list(argv)
-    if not stream:
-        return subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-            check=False,
-        )
-    lines: list[str] = []
-    with subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, bufsize=1,
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            sys.stderr.write(line)
-            sys.stderr.flush()
-        rc = proc.wait()
-    return subprocess.CompletedProcess(argv, rc, "".join(lines), "")
+    return run_command(argv, stream=stream, timeout=timeout)
 
 
 @dataclasses.dataclass
@@ -195,7 +174,7 @@ class SkyPilotBackend(Backend):
         else:
             name = DEFAULT_GPU_YAML if opts.gpus else DEFAULT_YAML
             source = f"packaged:{name}"
-            text = packaged_yaml_text(name)
+            text = packaged_text(name)
         try:
             docs = [d for d in yaml.safe_load_all(text) if d is not None]
         except yaml.YAMLError as e:
@@ -210,7 +189,7 @@ class SkyPilotBackend(Backend):
         changed = self._apply_options(cfg, request, source, notes)
 
         secret_names = self._secret_names(cfg, source)
-        version = request.kiln_version or _kiln_version()
+        version = request.kiln_version or kiln_version()
         env_overrides = [
             ("KILN_BUCKET", request.bucket_url),
             ("KILN_SWEEP", request.sweep),
@@ -611,12 +590,6 @@ def _refuse_secret_values(source: str, yaml_text: str, argv: Sequence[str]) -> N
             )
 
 
-def _kiln_version() -> str:
-    from qec_kiln import __version__
-
-    return __version__
-
-
 class _LiteralDumper(yaml.SafeDumper):
     pass
 
@@ -638,6 +611,4 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split())
 
 
-
-
-
+packaged_yaml_text = packaged_text

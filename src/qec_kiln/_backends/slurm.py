@@ -39,7 +39,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from importlib import resources
 from pathlib import Path
 
 from qec_kiln._atomic import atomic_write
@@ -54,6 +53,7 @@ from qec_kiln._backends._base import (
     quote_argv,
     read_launch_records,
 )
+from qec_kiln._backends._remote import kiln_version, packaged_text, run_command
 from qec_kiln._errors import KilnError
 
 # (argv, timeout) -> CompletedProcess with text output. The single seam to Slurm's commands.
@@ -135,17 +135,6 @@ def job_name(sweep: str) -> str:
 def state_dir(sweep: str) -> Path:
     """Where the rendered script, the launch record and the task logs of a sweep live."""
     return kiln_home().expanduser() / "slurm" / safe_name(sweep)
-
-
-def packaged_template_text(name: str = DEFAULT_TEMPLATE) -> str:
-    """The shipped template (``qec_kiln/data/``, a byte-identical copy of ``configs/``)."""
-    return resources.files("qec_kiln").joinpath("data", name).read_text(encoding="utf-8")
-
-
-def _default_runner(argv: Sequence[str], *, timeout: float | None = None
-                    ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=timeout, check=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,7 +284,7 @@ class SlurmBackend(Backend):
     name = "slurm"
 
     def __init__(self, runner: Runner | None = None) -> None:
-        self.runner: Runner = runner or _default_runner
+        self.runner: Runner = runner or run_command
         self.warning: str = ""
 
     # ------------------------------------------------------------------ rendering
@@ -319,7 +308,7 @@ class SlurmBackend(Backend):
                 raise KilnError(f"{source}: cannot read the sbatch template ({e.strerror})") from e
         else:
             source = f"packaged:{DEFAULT_TEMPLATE}"
-            template = packaged_template_text()
+            template = packaged_text(DEFAULT_TEMPLATE)
         if not template.startswith("#!"):
             raise KilnError(f"{source}: an sbatch script must start with an interpreter line such "
                             "as #!/bin/bash")
@@ -355,7 +344,7 @@ class SlurmBackend(Backend):
         state = state_dir(request.sweep)
         log_dir = state / "logs"
         script_path = state / "job.sbatch"
-        version = request.kiln_version or _kiln_version()
+        version = request.kiln_version or kiln_version()
         values = {
             "job_name": job_name(request.sweep),
             "array": f"0-{len(request.batch_ids) - 1}",
@@ -598,14 +587,3 @@ def parse_sacct(output: str) -> dict[tuple[str, int], tuple[str, str, int | None
 
 def _id_key(job_id: str) -> tuple[int, str]:
     return (int(job_id), "") if job_id.isdigit() else (0, job_id)
-
-
-
-
-def _kiln_version() -> str:
-    from qec_kiln import __version__
-
-    return __version__
-
-
-
