@@ -29,9 +29,9 @@ SkyPilot's CLI reads the value from the caller's environment. Inline secret valu
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -39,7 +39,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,21 +47,27 @@ import yaml
 
 from qec_kiln._atomic import atomic_write
 from qec_kiln._backends._base import (
-    Backend,
+    BackendOptions,
     JobState,
     LaunchRequest,
-    LaunchResult,
+    Submission,
     append_launch_record,
+    is_active,
     kiln_home,
     last_line,
     quote_argv,
     read_launch_records,
 )
-from qec_kiln._backends._remote import kiln_version, packaged_text, run_command
+from qec_kiln._backends._remote import (
+    RemoteBackend,
+    kiln_version,
+    packaged_text,
+    read_template,
+    rendered_by,
+    run_command,
+    short_digest,
+)
 from qec_kiln._errors import KilnError
-
-# (argv, stream, timeout) -> CompletedProcess with text stdout. The single seam to SkyPilot.
-Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
 DEFAULT_YAML = "sinter_job.yaml"
 DEFAULT_GPU_YAML = "sinter_job_gpu.yaml"
@@ -95,8 +101,7 @@ def job_name(sweep: str) -> str:
         raise KilnError("the sweep name is empty; give a name with --sweep")
     name = "kiln-" + re.sub(r"[^-_.a-zA-Z0-9]", "-", sweep)
     if name != "kiln-" + sweep or not _SKY_NAME_RE.fullmatch(name) or len(name) > _MAX_NAME:
-        digest = hashlib.sha256(sweep.encode()).hexdigest()[:8]
-        name = name[: _MAX_NAME - 9].rstrip("-_.") + "-" + digest
+        name = name[: _MAX_NAME - 9].rstrip("-_.") + "-" + short_digest(sweep)
     return name
 
 
@@ -136,18 +141,57 @@ class Rendered:
     notes: list[str]
 
 
-class SkyPilotBackend(Backend):
+@dataclasses.dataclass(frozen=True)
+class SkyPilotOptions(BackendOptions):
+    """The SkyPilot backend's options: the common ones (``cpus``/``gpus`` go into the task's
+    ``resources``) and where the jobs run."""
+
+    infra: str | None = None  # e.g. "aws", "gcp/us-central1", "k8s"
+    use_spot: bool = True  # spot by default
+    yaml_path: str | None = None  # task YAML to fill in (default configs/sinter_job*.yaml)
+
+
+class SkyPilotBackend(RemoteBackend):
     """Batches as SkyPilot managed jobs (spot by default, recovered by SkyPilot).
 
     ``job_states`` never raises for an unreachable SkyPilot: it returns ``{}`` and leaves the
     reason in ``self.warning`` so that ``status`` still shows fragment progress from the bucket.
+
+    >>> b = SkyPilotBackend()
+    >>> b.node_processes(b.options(), 4), b.bucket_problem("s3://b") is None
+    (16, True)
     """
 
     name = "skypilot"
+    options_type = SkyPilotOptions
+    startup_seconds = 360.0
+    default_processes = 16
+    default_runner = staticmethod(_default_runner)
 
-    def __init__(self, runner: Runner | None = None) -> None:
-        self.runner: Runner = runner or _default_runner
-        self.warning: str = ""
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("skypilot")
+        g.add_argument("--infra", help="e.g. aws, gcp/us-central1, k8s")
+        g.add_argument("--no-spot", action="store_true", help="on-demand instead of spot")
+        g.add_argument("--yaml", help="your own copy of configs/sinter_job.yaml")
+
+    @classmethod
+    def options_from_args(cls, args: argparse.Namespace) -> BackendOptions:
+        return SkyPilotOptions.from_args(args, infra=getattr(args, "infra", None),
+                                         use_spot=not getattr(args, "no_spot", False),
+                                         yaml_path=getattr(args, "yaml", None))
+
+    def bucket_problem(self, bucket_url: str) -> str | None:
+        """Cloud nodes cannot see this machine's folders."""
+        if bucket_url.startswith(("s3://", "gs://", "file://")):
+            return None
+        return (f"--bucket {bucket_url!r} is a folder on this machine, which SkyPilot's nodes "
+                "cannot see; use s3://BUCKET or gs://BUCKET (or file:///PATH for a volume mounted "
+                "at that path on every node, e.g. a Kubernetes PVC)")
+
+    def missing_command(self, argv: Sequence[str], what: str) -> str:
+        return (f"cannot {what} SkyPilot jobs: the `sky` command was not found; "
+                "pip install 'skypilot[aws,gcp,kubernetes]' (qec-kiln needs skypilot 0.14.x)")
 
     # ------------------------------------------------------------------ rendering
 
@@ -157,24 +201,15 @@ class SkyPilotBackend(Backend):
         return r.yaml_text, r.env_overrides, r.launch_argv
 
     def _render(self, request: LaunchRequest) -> Rendered:
-        opts = request.options
+        opts = self.options(request.options)
         if not request.batch_ids:
             raise KilnError("no batches to launch")
         bad = [b for b in request.batch_ids if not b or "," in b or b != b.strip()]
         if bad:
             raise KilnError(f"batch id {bad[0]!r} cannot go into a comma list; rename the batch")
-        if opts.yaml_path:
-            source = opts.yaml_path
-            try:
-                text = Path(opts.yaml_path).expanduser().read_text(encoding="utf-8")
-            except OSError as e:
-                raise KilnError(
-                    f"{source}: cannot read the SkyPilot task YAML ({e.strerror})"
-                ) from e
-        else:
-            name = DEFAULT_GPU_YAML if opts.gpus else DEFAULT_YAML
-            source = f"packaged:{name}"
-            text = packaged_text(name)
+        source, text = read_template(opts.yaml_path,
+                                     DEFAULT_GPU_YAML if opts.gpus else DEFAULT_YAML,
+                                     "SkyPilot task YAML")
         try:
             docs = [d for d in yaml.safe_load_all(text) if d is not None]
         except yaml.YAMLError as e:
@@ -186,7 +221,7 @@ class SkyPilotBackend(Backend):
             )
         cfg: dict[str, Any] = docs[0]
         notes: list[str] = []
-        changed = self._apply_options(cfg, request, source, notes)
+        changed = self._apply_options(cfg, opts, source, notes)
 
         secret_names = self._secret_names(cfg, source)
         version = request.kiln_version or kiln_version()
@@ -204,11 +239,7 @@ class SkyPilotBackend(Backend):
         self._validate(cfg, env_overrides, source, name)
 
         if changed:
-            shown = " ".join(source.split())  # a file name cannot break out of the comment
-            yaml_text = (
-                f"# Rendered by qec-kiln {version} from {shown}; see that file for comments.\n"
-                + _dump_yaml(cfg)
-            )
+            yaml_text = rendered_by(version, source, "; see that file for comments") + _dump_yaml(cfg)
         else:
             yaml_text = text if text.endswith("\n") else text + "\n"
         yaml_path = state_dir(request.sweep) / "job.yaml"
@@ -225,10 +256,9 @@ class SkyPilotBackend(Backend):
 
     @staticmethod
     def _apply_options(
-        cfg: dict[str, Any], request: LaunchRequest, source: str, notes: list[str]
+        cfg: dict[str, Any], opts: SkyPilotOptions, source: str, notes: list[str]
     ) -> bool:
         """Write --cpus/--gpus/--infra/--no-spot into ``cfg['resources']``; True if it changed."""
-        opts = request.options
         res = cfg.get("resources")
         if res is None:
             res = {}
@@ -338,7 +368,7 @@ class SkyPilotBackend(Backend):
         ]
         return "\n".join(lines) + "\n"
 
-    def launch(self, request: LaunchRequest) -> LaunchResult:
+    def launch(self, request: LaunchRequest) -> Submission:
         r = self._render(request)
         atomic_write(r.yaml_path, r.yaml_text)
         started = time.time()
@@ -371,7 +401,7 @@ class SkyPilotBackend(Backend):
                 "launched_at": started,
             },
         )
-        return LaunchResult(job_ids=job_ids, commands=[list(r.launch_argv)], message=message)
+        return Submission(job_ids=job_ids, commands=[list(r.launch_argv)], message=message)
 
     def queue_argv(self) -> list[str]:
         return ["sky", "jobs", "queue", "--output", "json", "--all"]
@@ -412,7 +442,7 @@ class SkyPilotBackend(Backend):
         ids = sorted({
             int(rec["job_id"]) for rec in records
             if rec.get("job_name") == name and rec.get("job_id") is not None
-            and str(rec.get("status") or "").upper() in _SKY_ACTIVE
+            and is_active(_sky_state(str(rec.get("status") or "")))
         })
         if not ids:
             return []
@@ -425,18 +455,6 @@ class SkyPilotBackend(Backend):
         return [str(i) for i in ids]
 
     # ------------------------------------------------------------------ plumbing
-
-    def _call(self, argv: list[str], *, stream: bool, timeout: float | None, what: str
-              ) -> subprocess.CompletedProcess[str]:
-        try:
-            return self.runner(argv, stream=stream, timeout=timeout)
-        except FileNotFoundError as e:
-            raise KilnError(
-                f"cannot {what} SkyPilot jobs: the `sky` command was not found; "
-                "pip install 'skypilot[aws,gcp,kubernetes]' (qec-kiln needs skypilot 0.14.x)"
-            ) from e
-        except subprocess.TimeoutExpired as e:
-            raise KilnError(f"`{quote_argv(argv)}` did not answer in {timeout:g} s") from e
 
     def _queue(self) -> list[dict[str, Any]] | None:
         """The queue records, or None (with ``self.warning`` set) when SkyPilot can't be asked."""
@@ -458,9 +476,15 @@ class SkyPilotBackend(Backend):
             return None
 
 
-# SkyPilot ManagedJobStatus values that are not terminal (sky/jobs/state.py).
-_SKY_ACTIVE = frozenset({"PENDING", "SUBMITTED", "STARTING", "RUNNING", "WINDING_DOWN",
-                         "RECOVERING", "CANCELLING"})
+def _sky_state(status: str) -> str:
+    """A SkyPilot ManagedJobStatus (sky/jobs/state.py) in JobState's vocabulary: the same word,
+    except WINDING_DOWN (still active in SkyPilot), which is RUNNING.
+
+    >>> _sky_state("winding_down"), _sky_state("SUCCEEDED")
+    ('RUNNING', 'SUCCEEDED')
+    """
+    status = status.upper()
+    return "RUNNING" if status == "WINDING_DOWN" else status
 
 
 def parse_job_ids(output: str) -> list[int]:
@@ -548,10 +572,11 @@ def map_queue_to_batches(
 
 
 def _job_state(batch: str, jid: int, rec: dict[str, Any]) -> JobState:
-    status = str(rec.get("status") or "UNKNOWN").upper()
+    raw = str(rec.get("status") or "UNKNOWN").upper()
+    status = _sky_state(raw)
     detail = rec.get("failure_reason") or rec.get("details") or ""
-    if status == "WINDING_DOWN":  # still active in SkyPilot, not a state our base class knows
-        status, detail = "RUNNING", detail or "winding down"
+    if raw == "WINDING_DOWN":
+        detail = detail or "winding down"
     recoveries = rec.get("recovery_count")
     return JobState(
         batch_id=batch,

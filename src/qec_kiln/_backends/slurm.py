@@ -30,34 +30,37 @@ or checked to be plain where it must stand unquoted (``#SBATCH`` lines).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import hashlib
 import os
 import re
 import shlex
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from qec_kiln._atomic import atomic_write
 from qec_kiln._backends._base import (
-    Backend,
+    ACTIVE_STATES,
+    BackendOptions,
     JobState,
     LaunchRequest,
-    LaunchResult,
+    Submission,
     append_launch_record,
     kiln_home,
     last_line,
     quote_argv,
     read_launch_records,
 )
-from qec_kiln._backends._remote import kiln_version, packaged_text, run_command
+from qec_kiln._backends._remote import (
+    RemoteBackend,
+    kiln_version,
+    read_template,
+    rendered_by,
+    short_digest,
+)
 from qec_kiln._errors import KilnError
-
-# (argv, timeout) -> CompletedProcess with text output. The single seam to Slurm's commands.
-Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
 DEFAULT_TEMPLATE = "sinter_job.sbatch"
 INDEX_VAR = "SLURM_ARRAY_TASK_ID"
@@ -123,7 +126,7 @@ def safe_name(sweep: str) -> str:
         raise KilnError("the sweep name is empty; give a name with --name")
     plain = re.sub(r"[^A-Za-z0-9._-]+", "-", sweep).strip("-.") or "sweep"
     if plain != sweep or len(sweep) > 80:
-        plain = plain[:60].rstrip("-.") + "-" + hashlib.sha256(sweep.encode()).hexdigest()[:8]
+        plain = plain[:60].rstrip("-.") + "-" + short_digest(sweep)
     return plain
 
 
@@ -273,7 +276,19 @@ def render_template(template: str, values: dict[str, str], source: str) -> str:
     return "".join(lines)
 
 
-class SlurmBackend(Backend):
+@dataclasses.dataclass(frozen=True)
+class SlurmOptions(BackendOptions):
+    """The Slurm backend's options: the common ones (``cpus`` is ``--cpus-per-task``) and the
+    job array's ``#SBATCH`` settings."""
+
+    partition: str | None = None
+    account: str | None = None
+    time_limit: str | None = None  # e.g. "04:00:00"
+    sbatch_template: str | None = None  # template to fill in (default configs/sinter_job.sbatch)
+    extra_sbatch: tuple[str, ...] = ()  # extra "#SBATCH ..." option strings
+
+
+class SlurmBackend(RemoteBackend):
     """Batches as the tasks of one Slurm job array per launch.
 
     ``runner`` replaces the function that runs ``sbatch``/``squeue``/``sacct``/``scancel``
@@ -282,15 +297,34 @@ class SlurmBackend(Backend):
     """
 
     name = "slurm"
+    options_type = SlurmOptions
+    startup_seconds = 30.0
 
-    def __init__(self, runner: Runner | None = None) -> None:
-        self.runner: Runner = runner or run_command
-        self.warning: str = ""
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("slurm")
+        g.add_argument("--partition")
+        g.add_argument("--account")
+        g.add_argument("--time", help="time limit per array task, e.g. 04:00:00")
+        g.add_argument("--sbatch-template", help="your own copy of configs/sinter_job.sbatch")
+        g.add_argument("--sbatch-option", action="append", default=[], metavar="OPT",
+                       help="extra #SBATCH option, e.g. --sbatch-option=--qos=long (repeatable)")
+
+    @classmethod
+    def options_from_args(cls, args: argparse.Namespace) -> BackendOptions:
+        g = lambda name: getattr(args, name, None)  # noqa: E731
+        return SlurmOptions.from_args(args, partition=g("partition"), account=g("account"),
+                                      time_limit=g("time"), sbatch_template=g("sbatch_template"),
+                                      extra_sbatch=tuple(g("sbatch_option") or ()))
+
+    def missing_command(self, argv: Sequence[str], what: str) -> str:
+        return (f"cannot {what} Slurm jobs: `{argv[0]}` was not found; run qec-kiln on a Slurm "
+                "login node (or install the Slurm client commands)")
 
     # ------------------------------------------------------------------ rendering
 
     def render(self, request: LaunchRequest) -> Rendered:
-        opts = request.options
+        opts = self.options(request.options)
         if not request.batch_ids:
             raise KilnError("no batches to launch")
         bad = [b for b in request.batch_ids if not _PLAIN_NAME_RE.fullmatch(b)]
@@ -300,15 +334,8 @@ class SlurmBackend(Backend):
             if any(ord(ch) < 32 for ch in value):
                 raise KilnError(f"the {what} {value!r} holds control characters")
 
-        if opts.sbatch_template:
-            source = opts.sbatch_template
-            try:
-                template = Path(source).expanduser().read_text(encoding="utf-8")
-            except OSError as e:
-                raise KilnError(f"{source}: cannot read the sbatch template ({e.strerror})") from e
-        else:
-            source = f"packaged:{DEFAULT_TEMPLATE}"
-            template = packaged_text(DEFAULT_TEMPLATE)
+        source, template = read_template(opts.sbatch_template, DEFAULT_TEMPLATE,
+                                         "sbatch template")
         if not template.startswith("#!"):
             raise KilnError(f"{source}: an sbatch script must start with an interpreter line such "
                             "as #!/bin/bash")
@@ -361,10 +388,8 @@ class SlurmBackend(Backend):
         script = render_template(template, values, source)
         if not script.endswith("\n"):
             script += "\n"
-        shown = " ".join(source.split())  # a file name cannot break out of the comment
-        stamp = f"# Rendered by qec-kiln {' '.join(version.split())} from {shown}.\n"
         first, _, rest = script.partition("\n")
-        script = f"{first}\n{stamp}{rest}"
+        script = f"{first}\n{rendered_by(version, source)}{rest}"
         return Rendered(
             script=script, script_path=script_path,
             sbatch_argv=["sbatch", "--parsable", str(script_path)], source=source,
@@ -388,7 +413,7 @@ class SlurmBackend(Backend):
         ]
         return "\n".join(lines) + "\n"
 
-    def launch(self, request: LaunchRequest) -> LaunchResult:
+    def launch(self, request: LaunchRequest) -> Submission:
         r = self.render(request)
         r.log_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(r.script_path, r.script)
@@ -413,7 +438,7 @@ class SlurmBackend(Backend):
         job_ids = {b: f"{array_id}_{k}" for k, b in enumerate(request.batch_ids)}
         message = (f"submitted Slurm job array {array_id} ({r.job_name}, {len(job_ids)} task(s)); "
                    f"logs in {r.log_dir}/{array_id}_<task>.out")
-        return LaunchResult(job_ids=job_ids, commands=[list(r.sbatch_argv)], message=message)
+        return Submission(job_ids=job_ids, commands=[list(r.sbatch_argv)], message=message)
 
     def job_states(self, bucket_url: str, sweep: str) -> dict[str, JobState]:
         """Each launched batch's task state from ``squeue``, else ``sacct``; ``{}`` if unknown.
@@ -455,7 +480,7 @@ class SlurmBackend(Backend):
         if not ids:
             return []
         active = sorted({a for (a, _), (raw, _, _) in self._squeue(ids, strict=True).items()
-                         if _STATE_MAP.get(raw, "UNKNOWN") in _ACTIVE}, key=_id_key)
+                         if _STATE_MAP.get(raw, "UNKNOWN") in ACTIVE_STATES}, key=_id_key)
         if not active:
             return []
         argv = ["scancel", *active]
@@ -511,21 +536,6 @@ class SlurmBackend(Backend):
             # "Slurm accounting storage is disabled": finished tasks are then unknown here.
             return {}
         return parse_sacct(proc.stdout)
-
-    def _call(self, argv: list[str], *, timeout: float | None, what: str
-              ) -> subprocess.CompletedProcess[str]:
-        try:
-            return self.runner(argv, timeout=timeout)
-        except FileNotFoundError as e:
-            raise KilnError(
-                f"cannot {what} Slurm jobs: `{argv[0]}` was not found; run qec-kiln on a Slurm "
-                "login node (or install the Slurm client commands)"
-            ) from e
-        except subprocess.TimeoutExpired as e:
-            raise KilnError(f"`{quote_argv(argv)}` did not answer in {timeout:g} s") from e
-
-
-_ACTIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "REQUEUED"})
 
 
 def parse_parsable(output: str) -> str:
