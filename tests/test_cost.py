@@ -194,13 +194,13 @@ def test_calibrate_and_warm_cache(tmp_path, monkeypatch):
     tasks = _tiny_tasks()
 
     runs = []
-    real_run = _cost._run_sinter
+    real_run = _cost._calibrate._run_sinter
 
     def counting_run(*args, **kwargs):
         runs.append(1)
         return real_run(*args, **kwargs)
 
-    monkeypatch.setattr(_cost, "_run_sinter", counting_run)
+    monkeypatch.setattr(_cost._calibrate, "_run_sinter", counting_run)
 
     t0 = time.monotonic()
     cals = calibrate(tasks, seconds_budget=3.0, min_shots=1000, cache=cache)

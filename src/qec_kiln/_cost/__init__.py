@@ -1,0 +1,51 @@
+"""Predict what one sinter task costs (:mod:`._model`), and measure it with short pilot runs
+(:mod:`._calibrate`).
+
+Example:
+    >>> shots_needed(10**6, 1000, 0.01)
+    100000.0
+"""
+
+from qec_kiln._cost._calibrate import (
+    PRIOR_LOG_SIGMA,
+    Calibration,
+    CalibrationCache,
+    calibrate,
+    default_cache_path,
+    strong_id_of,
+)
+from qec_kiln._cost._model import (
+    FALLBACK_DECODER,
+    GRAPHLIKE_DISTANCE_MAX_DEM_ERRORS,
+    MIN_SECONDS_PER_SHOT,
+    PROCESS_STARTUP_SECONDS,
+    CircuitFeatures,
+    dem_for_circuit,
+    load_model,
+    predict_logical_error_rate,
+    predict_seconds_per_shot,
+    predict_task_overhead_seconds,
+    predict_task_seconds,
+    shots_needed,
+)
+
+__all__ = [
+    "FALLBACK_DECODER",
+    "GRAPHLIKE_DISTANCE_MAX_DEM_ERRORS",
+    "MIN_SECONDS_PER_SHOT",
+    "PRIOR_LOG_SIGMA",
+    "PROCESS_STARTUP_SECONDS",
+    "Calibration",
+    "CalibrationCache",
+    "CircuitFeatures",
+    "calibrate",
+    "default_cache_path",
+    "dem_for_circuit",
+    "load_model",
+    "predict_logical_error_rate",
+    "predict_seconds_per_shot",
+    "predict_task_overhead_seconds",
+    "predict_task_seconds",
+    "shots_needed",
+    "strong_id_of",
+]
