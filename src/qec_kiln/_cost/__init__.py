@@ -1,19 +1,18 @@
 """Predict what one sinter task costs (:mod:`._model`), and measure it with short pilot runs
-(:mod:`._calibrate`).
+(:mod:`._calibrate`, kept by :mod:`._cache`).
 
 Example:
     >>> shots_needed(10**6, 1000, 0.01)
     100000.0
 """
 
-from qec_kiln._cost._calibrate import (
+from qec_kiln._cost._cache import (
     PRIOR_LOG_SIGMA,
     Calibration,
     CalibrationCache,
-    calibrate,
     default_cache_path,
-    strong_id_of,
 )
+from qec_kiln._cost._calibrate import calibrate, strong_id_of
 from qec_kiln._cost._model import (
     FALLBACK_DECODER,
     GRAPHLIKE_DISTANCE_MAX_DEM_ERRORS,

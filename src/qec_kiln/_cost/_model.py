@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import stim
 
 if TYPE_CHECKING:
-    from qec_kiln._cost._calibrate import Calibration
+    from qec_kiln._cost._cache import Calibration
 
 __all__ = [
     "PROCESS_STARTUP_SECONDS",
