@@ -17,9 +17,9 @@ from collections.abc import Callable
 import sinter
 
 from qec_kiln._backends import BackendOptions, LaunchRequest
+from qec_kiln._cost import estimate_costs
 from qec_kiln._discover import CircuitFile, check_duplicates, discover_circuits
 from qec_kiln._errors import KilnError, ObjectNotFound
-from qec_kiln._estimate import estimate_costs
 from qec_kiln._manifest import (
     CircuitEntry,
     Manifest,

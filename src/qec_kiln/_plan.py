@@ -22,28 +22,8 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+from qec_kiln._cost import TaskCost
 from qec_kiln._errors import KilnError
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskCost:
-    """The predicted cost of one (circuit, decoder) task."""
-
-    circuit: str  # circuit key (path relative to the sweep folder)
-    decoder: str
-    strong_id: str
-    seconds_per_shot: float
-    p_logical: float
-    overhead_seconds: float = 0.0
-
-    def shots_needed(self, max_shots: int, max_errors: int) -> float:
-        """Shots sinter will take before it stops: min(max_shots, max_errors / p_logical)."""
-        if self.p_logical <= 0:
-            return float(max_shots)
-        return max(1.0, min(float(max_shots), max_errors / self.p_logical))
-
-    def predicted_seconds(self, max_shots: int, max_errors: int) -> float:
-        return self.overhead_seconds + self.seconds_per_shot * self.shots_needed(max_shots, max_errors)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ import dataclasses
 import sys
 import time
 import types
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import sinter
@@ -35,7 +35,7 @@ from qec_kiln._cost._model import (
     predict_task_overhead_seconds,
 )
 
-__all__ = ["calibrate", "strong_id_of"]
+__all__ = ["calibrate", "calibrate_by_strong_id", "strong_id_of"]
 
 
 @contextlib.contextmanager
@@ -185,6 +185,7 @@ def calibrate(
     min_shots: int = 1000,
     cache: CalibrationCache | None = None,
     custom_decoders: Mapping[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Calibration]:
     """Pilot-run each task with ``sinter.iter_collect`` (one worker) and measure its cost.
 
@@ -197,7 +198,8 @@ def calibrate(
     DEM/decoder set-up cannot be interrupted). A task that samples for much longer than its share
     is cut short and the others go on in a new run. Tasks that got no shot (budget spent) are
     left out of the result. Results go into ``cache``; tasks found there are not sampled again,
-    so a second call with a warm cache runs nothing.
+    so a second call with a warm cache runs nothing. ``log`` gets one line (how many tasks are
+    run, how many were cached) when there is something to run.
 
     The seconds/shot measured include whatever else the machine runs: calibrate on an idle one.
 
@@ -215,18 +217,61 @@ def calibrate(
         True
     """
     start = time.monotonic()
+    by_id: dict[str, sinter.Task] = {}
+    for task in tasks:
+        full = _full_task(task)
+        by_id.setdefault(full.strong_id(), full)
+    return _calibrate(by_id, start, seconds_budget=seconds_budget, min_shots=min_shots,
+                      cache=cache, custom_decoders=custom_decoders, log=log)
+
+
+def calibrate_by_strong_id(
+    tasks: Mapping[str, sinter.Task],
+    *,
+    seconds_budget: float = 60.0,
+    min_shots: int = 1000,
+    cache: CalibrationCache | None = None,
+    custom_decoders: Mapping[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Calibration]:
+    """:func:`calibrate` for tasks whose strong_ids the caller already has (key = strong_id).
+
+    Saves computing them again (hashing each circuit's and DEM's text). Tasks found in
+    ``cache`` are not even completed with a DEM. ``log`` gets one line when something is run.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> cache = CalibrationCache(pathlib.Path(tempfile.mkdtemp()) / "c.json")
+        >>> cache.put("id-a", Calibration(1e-6, 1000, 3))
+        >>> c = stim.Circuit.generated("repetition_code:memory", distance=3, rounds=3,
+        ...                            after_clifford_depolarization=0.02)
+        >>> task = sinter.Task(circuit=c, decoder="pymatching")
+        >>> calibrate_by_strong_id({"id-a": task}, cache=cache)  # all cached: runs nothing
+        {'id-a': Calibration(seconds_per_shot=1e-06, shots=1000, errors=3)}
+    """
+    return _calibrate(tasks, time.monotonic(), seconds_budget=seconds_budget, min_shots=min_shots,
+                      cache=cache, custom_decoders=custom_decoders, log=log)
+
+
+def _calibrate(
+    tasks: Mapping[str, sinter.Task],
+    start: float,
+    *,
+    seconds_budget: float,
+    min_shots: int,
+    cache: CalibrationCache | None,
+    custom_decoders: Mapping[str, Any] | None,
+    log: Callable[[str], None] | None,
+) -> dict[str, Calibration]:
     deadline = start + seconds_budget
     pilots: dict[str, _Pilot] = {}
     result: dict[str, Calibration] = {}
-    for task in tasks:
-        full = _full_task(task)
-        strong_id = full.strong_id()
-        if strong_id in pilots or strong_id in result:
-            continue
+    for strong_id, task in tasks.items():
         cached = cache.get(strong_id) if cache is not None else None
         if cached is not None:
             result[strong_id] = cached
             continue
+        full = _full_task(task)
         assert full.circuit is not None and full.decoder is not None
         features = CircuitFeatures.of(full.circuit, full.detector_error_model)
         pilots[strong_id] = _Pilot(
@@ -237,6 +282,9 @@ def calibrate(
         )
     if not pilots:
         return result
+    if log is not None:
+        log(f"calibrating {len(pilots)} task(s) for up to {seconds_budget:g} s "
+            f"({len(result)} cached)")
 
     startups: list[float] = []  # observed: longer than usual on a busy machine
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PROCESS_STARTUP_SECONDS",
     "CircuitFeatures",
+    "TaskCost",
     "dem_for_circuit",
     "load_model",
     "predict_logical_error_rate",
@@ -322,6 +323,60 @@ def shots_needed(max_shots: int, max_errors: int | None, p_logical: float) -> fl
     return max(1.0, shots)
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskCost:
+    """The predicted cost of one (circuit, decoder) task: what the planner balances.
+
+    Example:
+        >>> t = TaskCost("a.stim", "pymatching", "id-a", seconds_per_shot=1e-6, p_logical=1e-2,
+        ...              overhead_seconds=0.5)
+        >>> t.shots_needed(10**6, 1000)
+        100000.0
+        >>> t.predicted_seconds(10**6, 1000)
+        0.6
+    """
+
+    circuit: str  # circuit key (path relative to the sweep folder)
+    decoder: str
+    strong_id: str
+    seconds_per_shot: float
+    p_logical: float
+    overhead_seconds: float = 0.0
+
+    def shots_needed(self, max_shots: int, max_errors: int | None) -> float:
+        """Shots sinter will take before it stops (:func:`shots_needed`)."""
+        return shots_needed(max_shots, max_errors, self.p_logical)
+
+    def predicted_seconds(self, max_shots: int, max_errors: int | None) -> float:
+        """Seconds of one worker: overhead + seconds/shot * shots needed."""
+        return self.overhead_seconds + self.seconds_per_shot * self.shots_needed(max_shots, max_errors)
+
+    @staticmethod
+    def predict(
+        features: CircuitFeatures,
+        decoder: str,
+        *,
+        circuit: str = "",
+        strong_id: str = "",
+        calibration: Calibration | None = None,
+    ) -> TaskCost:
+        """The model's prediction for ``features`` and ``decoder``.
+
+        A ``calibration`` replaces the predicted seconds per shot and sharpens ``p_logical``
+        (the model's prior and the pilot's counts, see ``Calibration.p_logical_estimate``).
+        """
+        prior = predict_logical_error_rate(features, decoder)
+        if calibration is None:
+            sps = predict_seconds_per_shot(features, decoder)
+            p_l = prior
+        else:
+            sps = calibration.seconds_per_shot
+            p_l = calibration.p_logical_estimate(prior)
+        return TaskCost(circuit=circuit, decoder=decoder, strong_id=strong_id, seconds_per_shot=sps,
+                        p_logical=p_l,
+                        overhead_seconds=predict_task_overhead_seconds(features, decoder))
+
+
 def predict_task_seconds(
     features: CircuitFeatures,
     decoder: str,
@@ -332,7 +387,8 @@ def predict_task_seconds(
 ) -> float:
     """Predicted seconds of one worker for a whole task: overhead + seconds/shot * shots needed.
 
-    A ``calibration`` replaces the predicted seconds per shot and sharpens ``p_logical``.
+    A ``calibration`` replaces the predicted seconds per shot and sharpens ``p_logical``
+    (see :meth:`TaskCost.predict`).
 
     Example:
         >>> f = CircuitFeatures(49, 120, 1, 145, 1958, 0.00218, 5)
@@ -341,12 +397,5 @@ def predict_task_seconds(
         >>> a < b
         True
     """
-    prior = predict_logical_error_rate(features, decoder)
-    if calibration is None:
-        sps = predict_seconds_per_shot(features, decoder)
-        p_l = prior
-    else:
-        sps = calibration.seconds_per_shot
-        p_l = calibration.p_logical_estimate(prior)
-    overhead = predict_task_overhead_seconds(features, decoder)
-    return overhead + sps * shots_needed(max_shots, max_errors, p_l)
+    cost = TaskCost.predict(features, decoder, calibration=calibration)
+    return cost.predicted_seconds(max_shots, max_errors)
