@@ -29,7 +29,7 @@ from qec_kiln._manifest import (
     load_manifest,
     manifest_key,
 )
-from qec_kiln._plan import make_plan
+from qec_kiln._plan import make_plan, target_work_seconds
 from qec_kiln._status import sweep_progress
 from qec_kiln._storage import Bucket
 
@@ -197,7 +197,7 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
     if spec.target_hours is not None:
         # Locally, many batches share the cores: count one process per batch (the worst case).
         procs = spec.options.processes or (1 if spec.backend == "local" else node_processes(spec, 1))
-        target_seconds = max(1e-9, spec.target_hours * 3600 - startup) * procs
+        target_seconds = target_work_seconds(spec.target_hours, startup, procs)
     if jobs is None and spec.target_hours is None and spec.circuits_per_job is None:
         jobs = default_jobs(spec, [c.predicted_seconds(spec.max_shots, spec.max_errors) for c in costs],
                             startup)
