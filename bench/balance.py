@@ -41,6 +41,7 @@ import sinter  # noqa: E402
 from generate_surface_codes import main as generate  # noqa: E402
 
 import qec_kiln  # noqa: E402
+from qec_kiln._cost import shots_needed  # noqa: E402
 from qec_kiln._launch import upload_sweep  # noqa: E402
 from qec_kiln._plan import Batch, Plan, Shard  # noqa: E402
 from qec_kiln._storage import open_bucket  # noqa: E402
@@ -125,9 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             st = measured.get(t["strong_id"])
             if st is None:
                 continue
-            shots_needed = max(1.0, min(args.max_shots, args.max_errors / t["p_logical"])
-                               if t["p_logical"] > 0 else args.max_shots)
-            pred = t["seconds_per_shot"] * shots_needed
+            pred = t["seconds_per_shot"] * shots_needed(args.max_shots, args.max_errors,
+                                                        t["p_logical"])
             err = pred / st.seconds - 1 if st.seconds > 0 else float("nan")
             errors.append(abs(err))
             print(f"{t['circuit']:55s} {pred:8.2f} {st.seconds:8.2f} {err:+7.0%}")

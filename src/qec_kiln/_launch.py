@@ -16,9 +16,9 @@ from collections.abc import Callable
 import sinter
 
 from qec_kiln._backends import Backend, BackendOptions, LaunchRequest, get_backend
+from qec_kiln._cost import estimate_costs
 from qec_kiln._discover import CircuitFile, check_duplicates, discover_circuits
 from qec_kiln._errors import KilnError, ObjectNotFound
-from qec_kiln._estimate import estimate_costs
 from qec_kiln._manifest import (
     CircuitEntry,
     Manifest,
@@ -28,7 +28,7 @@ from qec_kiln._manifest import (
     load_manifest,
     manifest_key,
 )
-from qec_kiln._plan import Batch, make_plan
+from qec_kiln._plan import Batch, make_plan, target_work_seconds
 from qec_kiln._status import sweep_progress
 from qec_kiln._storage import Bucket
 
@@ -262,7 +262,7 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
     target_seconds = None
     if spec.target_hours is not None:
         procs = backend.target_processes(options)
-        target_seconds = max(1e-9, spec.target_hours * 3600 - startup) * procs
+        target_seconds = target_work_seconds(spec.target_hours, startup, procs)
     if jobs is None and spec.target_hours is None and spec.circuits_per_job is None:
         jobs = backend.default_jobs(
             options, [c.predicted_seconds(spec.max_shots, spec.max_errors) for c in costs])
