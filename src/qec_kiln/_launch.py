@@ -17,7 +17,7 @@ from collections.abc import Callable
 import sinter
 
 from qec_kiln._backends import BackendOptions, LaunchRequest
-from qec_kiln._discover import CircuitFile, check_duplicates, discover_circuits
+from qec_kiln._discover import CircuitFile, check_decodable, check_duplicates, discover_circuits
 from qec_kiln._errors import KilnError, ObjectNotFound
 from qec_kiln._estimate import estimate_costs
 from qec_kiln._manifest import (
@@ -165,8 +165,9 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
         raise KilnError("--max-shots and --max-errors must be positive integers")
     check_decoders(spec.decoders, spec.custom_decoders_module_function, spec.backend)
     circuits = discover_circuits(
-        spec.circuits, allow_tagged_gates=bool(spec.custom_decoders_module_function)
+        spec.circuits, allow_tagged_gates=bool(spec.custom_decoders_module_function), log=log
     )
+    check_decodable(circuits, spec.decoders)
     strong_ids = check_duplicates(circuits, spec.decoders)
     entries = [CircuitEntry(c.key, c.sha256, c.metadata) for c in circuits]
     digest = inputs_digest(entries, spec.decoders, spec.max_shots, spec.max_errors,
