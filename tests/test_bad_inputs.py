@@ -149,6 +149,40 @@ def tsim_without_sampler(ctx):
     return _launch(ctx, ctx.circuits({"d=3,p=0.001,b=X,type=t_gate.stim": "S[T] 0\n" + text}))
 
 
+def undecomposable_for_pymatching(ctx):
+    text = ctx.request.getfixturevalue("circuit_text")
+    hyper = ("X_ERROR(0.1) 0\nM 0\nDETECTOR rec[-1]\nDETECTOR rec[-1]\nDETECTOR rec[-1]\n"
+             "OBSERVABLE_INCLUDE(0) rec[-1]\n")
+    return _launch(ctx, ctx.circuits({SMALL[0]: text, "d=1,p=0.1,type=hyper.stim": hyper}))
+
+
+def dangling_symlink(ctx):
+    folder = _good(ctx)
+    (folder / "more").symlink_to(ctx.tmp / "unmounted-disk")
+    return _launch(ctx, folder)
+
+
+def fifo_circuit(ctx):
+    folder = _good(ctx)
+    os.mkfifo(folder / "d=5,p=0.001,b=X,type=fifo.stim")
+    return _launch(ctx, folder)
+
+
+def repeated_metadata_key(ctx):
+    text = ctx.request.getfixturevalue("circuit_text")
+    return _launch(ctx, ctx.circuits({"d=3,p=0.001,d=5.stim": text}))
+
+
+def nan_metadata(ctx):
+    text = ctx.request.getfixturevalue("circuit_text")
+    return _launch(ctx, ctx.circuits({"d=3,p=nan.stim": text}))
+
+
+def metadata_in_two_key_orders(ctx):
+    text = ctx.request.getfixturevalue("circuit_text")
+    return _launch(ctx, ctx.circuits({"d=3,p=0.001.stim": text, "p=0.001,d=3.stim": text}))
+
+
 def _good(ctx) -> pathlib.Path:
     return ctx.circuits({SMALL[0]: ctx.request.getfixturevalue("circuit_text")})
 
@@ -372,6 +406,15 @@ CASES = [
     Case("unparsable-file-name", unparsable_file_name, ("surface code d3.stim", "rename")),
     Case("not-utf8", not_utf8, ("type=latin1.stim", "encoding")),
     Case("tsim-without-sampler", tsim_without_sampler, ("type=t_gate.stim", "S[T]", "tsim")),
+    Case("undecomposable-for-pymatching", undecomposable_for_pymatching,
+         ("type=hyper.stim", "--decoders pymatching", "hypergraph_union_find")),
+    Case("dangling-symlink", dangling_symlink, ("circuits/more", "does not exist", "fix or remove")),
+    Case("fifo-circuit", fifo_circuit, ("type=fifo.stim", "FIFO", "regular .stim file")),
+    Case("repeated-metadata-key", repeated_metadata_key, ("d=3,p=0.001,d=5.stim", "key 'd'",
+                                                          "rename")),
+    Case("nan-metadata", nan_metadata, ("d=3,p=nan.stim", "not a finite number")),
+    Case("metadata-in-two-key-orders", metadata_in_two_key_orders,
+         ("d=3,p=0.001.stim", "p=0.001,d=3.stim", "written differently")),
     Case("unknown-decoder", unknown_decoder, ("--decoders 'pymatchin'", "choose from")),
     Case("max-shots-zero", max_shots_zero, ("--max-shots", "positive integer", "'0'")),
     Case("max-shots-negative", max_shots_negative, ("--max-shots", "positive integer", "'-5'")),

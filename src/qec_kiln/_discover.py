@@ -12,8 +12,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
+import math
+import os
 import pathlib
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 
 import sinter
 import stim
@@ -26,6 +30,14 @@ from qec_kiln._errors import KilnError
 TSIM_TAGGED_GATES = frozenset(
     {"S", "S_DAG", "I", "SQRT_X", "SQRT_X_DAG", "SQRT_Y", "SQRT_Y_DAG", "SPP", "SPP_DAG"}
 )
+
+#: sinter's built-in decoders that match on a graph: each error (each ``^``-separated part of a
+#: decomposed one) may flip at most two detectors. pymatching 2.4 silently drops larger errors from
+#: its graph and then fails (or guesses) while decoding; fusion_blossom raises on them.
+MATCHING_DECODERS = frozenset({"pymatching", "pymatching-correlated", "fusion_blossom"})
+
+# One DEM error line: ``error[tag](p) D0 D1 ^ D2 L0`` (stim escapes ']' inside tags).
+_DEM_ERROR_RE = re.compile(r"^\s*error(?:\[[^\]]*\])?\([^)]*\)(.*)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,12 +76,21 @@ class CircuitFile:
         return task.strong_id()
 
 
-def discover_circuits(folder: str | pathlib.Path, *, allow_tagged_gates: bool = False) -> list[CircuitFile]:
+def discover_circuits(
+    folder: str | pathlib.Path,
+    *,
+    allow_tagged_gates: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> list[CircuitFile]:
     """Every ``*.stim`` file under ``folder`` (recursively), sorted by key, validated.
 
-    Raises KilnError naming the folder or file, with what to do, for: a missing or empty folder, a
-    folder without ``.stim`` files, a file that stim cannot parse, a circuit without observables or
-    detectors, a name that ``--metadata_func auto`` cannot parse, and tsim-tagged gates (unless
+    Symlinked folders are followed (each real folder once; ``log`` gets a ``warning:`` line for a
+    link that leads to a folder already searched, e.g. a loop). Raises KilnError naming the folder
+    or file, with what to do, for: a missing or empty folder, a folder without ``.stim`` files, a
+    sub-folder that cannot be listed, a dangling symlink, a ``.stim`` that is not a regular file, a
+    file that stim cannot parse, a circuit without observables or detectors, a name that
+    ``--metadata_func auto`` cannot parse (or that repeats a key, or has a nan/inf value), two
+    names with the same metadata written differently, and tsim-tagged gates (unless
     ``allow_tagged_gates``, i.e. a tsim sampler is configured).
     """
     root = pathlib.Path(folder)
@@ -77,9 +98,8 @@ def discover_circuits(folder: str | pathlib.Path, *, allow_tagged_gates: bool = 
         raise KilnError(f"{folder}: no such folder; pass the folder that holds your .stim circuits")
     if not root.is_dir():
         raise KilnError(f"{folder}: not a folder; pass the folder that holds your .stim circuits")
-    paths = sorted(p for p in root.rglob("*.stim") if p.is_file() and not _hidden(root, p))
+    paths, others = _walk(root, log or (lambda _: None))
     if not paths:
-        others = sorted(p.name for p in root.rglob("*") if p.is_file())
         if others:
             shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
             raise KilnError(
@@ -87,16 +107,117 @@ def discover_circuits(folder: str | pathlib.Path, *, allow_tagged_gates: bool = 
                 "circuits must be stim circuit files ending in .stim"
             )
         raise KilnError(f"{folder}: the folder is empty; put your .stim circuits in it")
-    return [_read_circuit(root, p, allow_tagged_gates) for p in paths]
+    circuits = [_read_circuit(root, p, allow_tagged_gates) for p in sorted(paths)]
+    _check_metadata_spellings(circuits)
+    return circuits
 
 
-def _hidden(root: pathlib.Path, path: pathlib.Path) -> bool:
-    """Files under hidden folders (``.ipynb_checkpoints/``, ``.git/``) or hidden files are skipped.
+def _walk(root: pathlib.Path, log: Callable[[str], None]) -> tuple[list[pathlib.Path], list[str]]:
+    """(``.stim`` paths, names of other files) under ``root``, hidden entries skipped.
 
-    >>> _hidden(pathlib.Path("c"), pathlib.Path("c/.ipynb_checkpoints/d=3-checkpoint.stim"))
-    True
+    Symlinked folders are followed, each real folder once (loop protection). Nothing is skipped
+    silently: what cannot be searched is refused, and a second route to a folder is logged.
     """
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+    stims: list[pathlib.Path] = []
+    others: list[str] = []
+    searched: dict[str, pathlib.Path] = {}  # real path -> the path it was searched under
+
+    def visit(folder: pathlib.Path) -> None:
+        real = os.path.realpath(folder)
+        if real in searched:
+            log(f"warning: {folder}: skipped, a link to {searched[real]}, which is searched "
+                "already (a symlink loop or a second link to one folder)")
+            return
+        searched[real] = folder
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as ex:
+            raise KilnError(
+                f"{folder}: cannot list the folder ({ex.strerror}); its circuits would be missed: "
+                "fix its permissions (chmod u+rx) or move it out of the sweep folder"
+            ) from ex
+        for entry in entries:
+            if entry.name.startswith("."):  # .ipynb_checkpoints/, .git/, editor backups
+                continue
+            path = folder / entry.name
+            if entry.is_symlink() and not path.exists():
+                raise KilnError(
+                    f"{path}: a symbolic link to {os.readlink(path)!r}, which does not exist (or "
+                    "loops); fix or remove the link, or circuits behind it would be missed"
+                )
+            if entry.is_dir():
+                visit(path)
+            elif entry.name.endswith(".stim"):
+                if not entry.is_file():
+                    raise KilnError(
+                        f"{path}: not a regular file ({_file_kind(path)}); a circuit must be a "
+                        "regular .stim file: replace or remove it"
+                    )
+                stims.append(path)
+            elif entry.is_file():
+                others.append(entry.name)
+
+    visit(root)
+    return stims, sorted(others)
+
+
+def _file_kind(path: pathlib.Path) -> str:
+    """
+    >>> _file_kind(pathlib.Path("/dev/null"))
+    'a device'
+    """
+    if path.is_fifo():
+        return "a FIFO"
+    if path.is_socket():
+        return "a socket"
+    if path.is_block_device() or path.is_char_device():
+        return "a device"
+    return "not a file"
+
+
+def _check_file_name(shown: str, name: str, metadata: dict) -> None:
+    """Refuse names that sinter would read without complaint into surprising metadata.
+
+    >>> _check_file_name("x", "d=3,p=0.001.stim", {"d": 3, "p": 0.001})
+    >>> _check_file_name("x", "d=3,d=5.stim", {"d": 5})
+    Traceback (most recent call last):
+    ...
+    qec_kiln._errors.KilnError: x: key 'd' appears 2 times in the file name ...
+    """
+    keys = [term.split("=")[0] for term in name[: name.rindex(".")].split(",")]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise KilnError(
+                f"{shown}: key {key!r} appears {keys.count(key)} times in the file name "
+                f"(`--metadata_func auto` keeps only the last, {key}={metadata[key]!r}); "
+                "rename it with each key once"
+            )
+    for key, value in metadata.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise KilnError(
+                f"{shown}: {key}={value} is not a finite number (sinter would store it as "
+                f"{json.dumps(value)}, which is not JSON, and cannot plot it); use a finite value"
+            )
+
+
+def _check_metadata_spellings(circuits: Sequence[CircuitFile]) -> None:
+    """Refuse two files whose metadata are equal but written differently (key order, 3 vs 3.0).
+
+    sinter's strong_id hashes the metadata's JSON text, so such files become separate tasks that
+    look alike in every plot and table (and the same circuit would be counted as two).
+    """
+    first: dict[tuple, CircuitFile] = {}
+    for c in circuits:
+        canonical = tuple(sorted(c.metadata.items(), key=lambda kv: kv[0]))
+        other = first.setdefault(canonical, c)
+        if json.dumps(other.metadata) != json.dumps(c.metadata):
+            raise KilnError(
+                f"{c.path}: the same metadata as {other.path}, written differently "
+                f"({json.dumps(c.metadata)} vs {json.dumps(other.metadata)}); sinter would keep "
+                "them as separate tasks that look alike: name both the same way (key order, "
+                "3 vs 3.0)"
+            )
 
 
 def _read_circuit(root: pathlib.Path, path: pathlib.Path, allow_tagged_gates: bool) -> CircuitFile:
@@ -114,6 +235,7 @@ def _read_circuit(root: pathlib.Path, path: pathlib.Path, allow_tagged_gates: bo
             "(like 'd=5,p=0.001,b=X,type=rotated_surface_memory.stim'); rename it so "
             "`sinter collect --metadata_func auto` can read its metadata"
         ) from ex
+    _check_file_name(shown, path.name, metadata)
     try:
         circuit = stim.Circuit(text)
     except ValueError as ex:
@@ -180,3 +302,43 @@ def check_duplicates(circuits: Sequence[CircuitFile], decoders: Iterable[str]) -
             seen[sid] = str(c.path)
             ids[(c.key, decoder)] = sid
     return ids
+
+
+def first_hyperedge(dem: stim.DetectorErrorModel) -> str | None:
+    r"""The first error of ``dem`` with a part (between ``^``) of more than two detectors, or None.
+
+    Matching decoders (``MATCHING_DECODERS``) need every part to be an edge (two detectors) or a
+    boundary edge (one). Reads the DEM's text: fast, and REPEAT blocks need no unrolling.
+
+    >>> first_hyperedge(stim.DetectorErrorModel("error(0.125) D0 D1 ^ D2 L0\nerror(0.125) D2"))
+    >>> first_hyperedge(stim.DetectorErrorModel("error(0.125) D0 D1\nerror(0.125) D0 D1 D2"))
+    'error(0.125) D0 D1 D2'
+    """
+    for line in str(dem).splitlines():
+        match = _DEM_ERROR_RE.match(line)
+        if match and any(sum(t.startswith("D") for t in part.split()) > 2
+                         for part in match.group(1).split("^")):
+            return line.strip()
+    return None
+
+
+def check_decodable(circuits: Sequence[CircuitFile], decoders: Iterable[str]) -> None:
+    """Refuse circuits that a chosen matching decoder cannot decode, before anything is uploaded.
+
+    A circuit whose detector error model stim cannot decompose into graphlike errors (an error
+    with three or more detectors) gets sinter's undecomposed model, which hypergraph decoders
+    accept and matching decoders do not.
+    """
+    matching = [d for d in decoders if d in MATCHING_DECODERS]
+    if not matching:
+        return
+    bad = [(c, err) for c in circuits if (err := first_hyperedge(c.dem)) is not None]
+    if bad:
+        c, err = bad[0]
+        more = f" ({len(bad) - 1} more circuit(s) too)" if len(bad) > 1 else ""
+        raise KilnError(
+            f"{c.path}: --decoders {matching[0]} needs errors with at most 2 detectors, but stim "
+            f"cannot decompose {err!r}{more}; use a hypergraph decoder (e.g. --decoders "
+            "hypergraph_union_find, or chromobius / tesseract) or change the circuit's noise so "
+            "its errors decompose"
+        )

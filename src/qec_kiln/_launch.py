@@ -17,7 +17,7 @@ import sinter
 
 from qec_kiln._backends import Backend, BackendOptions, LaunchRequest, get_backend
 from qec_kiln._cost import estimate_costs
-from qec_kiln._discover import CircuitFile, check_duplicates, discover_circuits
+from qec_kiln._discover import CircuitFile, check_decodable, check_duplicates, discover_circuits
 from qec_kiln._errors import KilnError, ObjectNotFound
 from qec_kiln._manifest import (
     CircuitEntry,
@@ -229,8 +229,9 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
     options = backend.options(spec.options)
     check_decoders(spec.decoders, spec.custom_decoders_module_function, backend.decoders_run_here)
     circuits = discover_circuits(
-        spec.circuits, allow_tagged_gates=bool(spec.custom_decoders_module_function)
+        spec.circuits, allow_tagged_gates=bool(spec.custom_decoders_module_function), log=log
     )
+    check_decodable(circuits, spec.decoders)
     strong_ids = check_duplicates(circuits, spec.decoders)
     entries = [CircuitEntry(c.key, c.sha256, c.metadata) for c in circuits]
     digest = inputs_digest(entries, spec.decoders, spec.max_shots, spec.max_errors,

@@ -124,6 +124,18 @@ def sky_executable() -> str:
     return str(sibling) if sibling.exists() else "sky"
 
 
+def import_sky() -> Any:
+    """The ``sky`` package, or one KilnError line saying how to install it (an optional extra)."""
+    try:
+        import sky
+    except ImportError as e:
+        raise KilnError(
+            "--backend skypilot needs SkyPilot, which is not installed here: "
+            "pip install 'qec-kiln[skypilot]' (plus your clouds' extras, e.g. 'skypilot[aws]')"
+        ) from e
+    return sky
+
+
 def _default_runner(
     argv: Sequence[str], *, stream: bool = False, timeout: float | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -196,7 +208,7 @@ class SkyPilotBackend(RemoteBackend):
 
     def missing_command(self, argv: Sequence[str], what: str) -> str:
         return (f"cannot {what} SkyPilot jobs: the `sky` command was not found; "
-                "pip install 'skypilot[aws,gcp,kubernetes]' (qec-kiln needs skypilot 0.14.x)")
+                "pip install 'qec-kiln[skypilot]' (plus your clouds' extras, e.g. 'skypilot[aws]')")
 
     # ------------------------------------------------------------------ rendering
 
@@ -327,7 +339,7 @@ class SkyPilotBackend(RemoteBackend):
         cfg: dict[str, Any], env_overrides: list[tuple[str, str]], source: str, name: str
     ) -> None:
         """SkyPilot's own schema and task loader, offline; errors become one KilnError line."""
-        import sky  # slow import: only when validating
+        sky = import_sky()  # slow import: only when validating
         from sky.utils import common_utils, schemas
 
         checked = copy.deepcopy(cfg)

@@ -1,0 +1,94 @@
+"""What the Makefile, README and pyproject promise: the demo's plot command, the demo's light install,
+and SkyPilot as an optional extra with one clear error line when it is missing."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import matplotlib
+import pytest
+import sinter
+from conftest import REPO
+
+matplotlib.use("Agg")
+
+
+def _group_funcs() -> dict[str, str]:
+    """The ``--group_func`` expression of every ``sinter plot`` command in the Makefile and docs."""
+    found = {}
+    for path in [REPO / "Makefile", REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for expr in re.findall(r'sinter plot .*?--group_func "([^"]+)"', path.read_text()):
+            found[f"{path.name}: {expr}"] = expr
+    return found
+
+
+def _legend(group_func: str) -> list[str]:
+    """The legend labels ``sinter plot --group_func GROUP_FUNC`` draws, in order."""
+    import matplotlib.pyplot as plt
+    from sinter._command._main_plot import _FieldToMetadataWrapper
+
+    func = eval(compile(f"lambda *, stat, decoder, metadata, m, strong_id: {group_func}", "g", "eval"))
+    stats = [sinter.TaskStats(strong_id=f"{d}-{p}", decoder="pymatching", json_metadata={"d": d, "p": p},
+                              shots=1000, errors=10) for d in (3, 11, 5, 13, 7) for p in (0.001, 0.01)]
+    fig, ax = plt.subplots()
+    sinter.plot_error_rate(
+        ax=ax, stats=stats, x_func=lambda s: s.json_metadata["p"],
+        group_func=lambda s: func(stat=s, decoder=s.decoder, metadata=s.json_metadata,
+                                  m=_FieldToMetadataWrapper(s.json_metadata), strong_id=s.strong_id))
+    labels = ax.get_legend_handles_labels()[1]
+    plt.close(fig)
+    return labels
+
+
+def test_plot_commands_order_the_legend_by_distance():
+    funcs = _group_funcs()
+    assert any(k.startswith("Makefile") for k in funcs) and any(k.startswith("README") for k in funcs)
+    for where, expr in funcs.items():
+        assert _legend(expr) == ["d=3", "d=5", "d=7", "d=11", "d=13"], where
+
+
+def _recipe(target: str) -> tuple[str, str]:
+    """(prerequisites, recipe) of a Makefile target."""
+    text = (REPO / "Makefile").read_text()
+    match = re.search(rf"^{re.escape(target)}:([^\n]*)\n((?:\t[^\n]*\n)*)", text, re.MULTILINE)
+    assert match, f"no target {target} in the Makefile"
+    return match.group(1), match.group(2)
+
+
+def test_demo_installs_no_extras_and_test_adds_the_test_extra():
+    demo_prereqs, _ = _recipe("demo")
+    [stamp] = [p for p in demo_prereqs.split() if "STAMP" in p]
+    _, demo_install = _recipe(stamp)
+    assert "pip install --quiet -e .\n" in demo_install and "[" not in demo_install
+    test_prereqs, _ = _recipe("test")
+    [test_stamp] = [p for p in test_prereqs.split() if "STAMP" in p]
+    assert test_stamp != stamp, "the test extra needs its own stamp file"
+    _, test_install = _recipe(test_stamp)
+    assert "-e '.[test]'" in test_install
+
+
+def test_skypilot_is_an_optional_extra_that_the_tests_install():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert not any(d.startswith("skypilot") for d in project["dependencies"])
+    extras = project["optional-dependencies"]
+    assert any(d.startswith("skypilot") for d in extras["skypilot"])
+    assert any(d.startswith("skypilot") for d in extras["test"])
+    readme = (REPO / "README.md").read_text()
+    assert "qec-kiln[skypilot]" in readme
+
+
+@pytest.mark.parametrize("args", [["launch", "--dry-run"], ["launch"]])
+def test_skypilot_backend_without_sky_says_how_to_install_it(tmp_path, small_circuits, args):
+    """With SkyPilot absent (``import sky`` fails), --backend skypilot gives one error line."""
+    code = ("import sys; sys.modules['sky'] = None\n"  # what a missing package looks like to import
+            "from qec_kiln._cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args, str(small_circuits), "--backend", "skypilot",
+         "--bucket", f"file://{tmp_path}/bucket", "--max-shots", "100", "--max-errors", "10"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and "pip install 'qec-kiln[skypilot]'" in errors[0], proc.stderr
