@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make demo   set up .venv, generate the 30-circuit sweep, run it locally, merge, plot threshold.png
-#   make test   set up .venv (with the test extra), lint, run the test suite
+#   make test   set up .venv (with the test extra), lint (ruff), type-check (mypy), run the test suite
+#   make fast   the daily loop: ruff, mypy and the tests not marked slow (about a minute)
 # The demo installs only what it runs (qec-kiln without extras); the test extra is added on top.
 PYTHON ?= python3
 VENV   := .venv
@@ -13,7 +14,7 @@ DEMO   := demo
 DEMO_SHOTS  ?= 500_000
 DEMO_ERRORS ?= 500
 
-.PHONY: install install-test demo test lint bench clean slurm-deps
+.PHONY: install install-test demo test fast lint bench clean slurm-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,14 +44,18 @@ demo: $(STAMP)
 
 lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check src tests scripts examples bench
+	$(VENV)/bin/mypy
 
 # As root, the tests also start a real single-node Slurm cluster: install its Debian packages once.
 slurm-deps:
 	@if [ "$$(id -u)" = 0 ] && ! command -v slurmctld >/dev/null 2>&1; then .ci/slurm.sh install; fi
 
-test: $(TEST_STAMP) slurm-deps
-	$(VENV)/bin/ruff check src tests scripts examples bench
+test: lint slurm-deps
 	$(VENV)/bin/pytest
+
+# The fast loop for daily work: no test marked slow (end-to-end sweeps, servers, Slurm).
+fast: lint
+	$(VENV)/bin/pytest -m "not slow" -q
 
 bench: $(STAMP)
 	$(PY) bench/balance.py
