@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 
+from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import ObjectNotFound, StorageError
 from qec_kiln._storage._bucket import Bucket, RetryPolicy
 from qec_kiln._storage._urls import BucketURL, _one_line
 
 # Temporary files of atomic local writes start with this; list_keys() never shows them.
 _TMP_PREFIX = ".kiln-tmp-"
-
-
-def _umask() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
 
 
 _HOST = socket.gethostname().replace(".", "-") or "host"
@@ -73,8 +61,9 @@ def _pid_alive(pid: int) -> bool:
 class LocalBucket(Bucket):
     """A directory (local disk or a shared file system); created on the first write.
 
-    Writes go to a temporary file in the same directory, are fsynced and renamed over the key
-    (``os.replace``), so a reader never sees a partial object. ``retry`` is accepted and ignored.
+    Writes go through :func:`qec_kiln._atomic.atomic_write` (a temporary file in the same
+    directory, fsynced and renamed over the key), so a reader never sees a partial object.
+    ``retry`` is accepted and ignored.
     """
 
     def __init__(self, parsed: BucketURL, *, retry: RetryPolicy | None = None) -> None:
@@ -101,29 +90,14 @@ class LocalBucket(Bucket):
         path = self._path(key)
         data = self._check_data(data)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            owner = f"{_TMP_PREFIX}{path.name}.{_HOST}.{os.getpid()}."
-            fd, tmp = tempfile.mkstemp(prefix=owner, dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.chmod(tmp, 0o666 & ~_umask())
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            # The temp name records host and pid, so _remove_abandoned_temp_files can tell a
+            # dead writer's leftovers from a live one's.
+            atomic_write(
+                path, data, fsync=True, tmp_prefix=f"{_TMP_PREFIX}{path.name}.{_HOST}.{os.getpid()}."
+            )
         except OSError as exc:
             raise self._os_error(exc, "write", key) from exc
         _remove_abandoned_temp_files(path)
-        with contextlib.suppress(OSError):  # make the rename durable too (best effort)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
 
     def list_keys(self, prefix: str = "", *, retry: RetryPolicy | None = None) -> list[str]:
         prefix = self._check_prefix(prefix)
