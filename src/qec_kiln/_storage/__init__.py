@@ -21,9 +21,11 @@ Example:
     >>> bucket.read_bytes("sweep1/fragments/b000.csv")
     b'shots,errors\\n'
 
-Retries: S3 and GCS calls are retried on transient errors (connection refused or reset, timeouts,
-HTTP 5xx, throttling) with exponential backoff and jitter, as a :class:`RetryPolicy` says; never
-on a missing object, a missing bucket or a credentials problem. Every bucket has a default
+Retries: S3 and GCS calls are retried on the errors their client libraries classify as transient
+(botocore's standard retry mode; google-cloud-storage's ``DEFAULT_RETRY``: connection refused or
+reset, timeouts, HTTP 5xx, throttling), with exponential backoff and jitter, within the attempts
+and deadline of a :class:`RetryPolicy`; never on a missing object, a missing bucket or a
+credentials problem. Every bucket has a default
 policy (``open_bucket(url, retry=...)``, else :data:`QUICK_RETRY`, about 15 s, meant for periodic
 syncs) and every call takes ``retry=`` to override it for that call, e.g. a final upload that
 must ride out an outage of a minute or two::

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -105,6 +106,7 @@ class Bucket(abc.ABC):
         self.url = parsed.url
         self.retry = retry or QUICK_RETRY
         self._parsed = parsed
+        self._tries = threading.local()  # the current call of this thread (see _call)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
@@ -171,10 +173,7 @@ class Bucket(abc.ABC):
         """One cheap call that raises StorageError (one line: what, URL, what to do) if the
         bucket cannot be used: missing or wrong credentials, unreachable endpoint, no bucket."""
 
-    # -- retry machinery shared by the cloud buckets --------------------------------------
-
-    def _is_transient(self, exc: Exception) -> bool:
-        return False
+    # -- retries: the client library classifies errors, the policy bounds the time ---------
 
     def _translate(self, exc: Exception, op: str, target: str) -> StorageError:
         return StorageError(f"error while {_doing(op, target)}: {_one_line(exc)}")
@@ -184,33 +183,42 @@ class Bucket(abc.ABC):
     ) -> StorageError:
         return self._translate(exc, op, target)
 
+    def _unwrap(self, exc: Exception) -> Exception:
+        """The error to explain, when a client wraps the last one (GCS's RetryError)."""
+        return exc
+
+    def _may_retry(self, policy: RetryPolicy, attempt: int, exc: object) -> float | None:
+        """Called by a client's retry hook after failed attempt ``attempt`` of an error that the
+        client classified as transient: seconds to wait before the next attempt, or None to give
+        up (the policy's attempts or deadline are spent)."""
+        tries = self._tries
+        tries.attempts = attempt
+        remaining = policy.deadline_seconds - (time.monotonic() - tries.start)
+        if (policy.attempts is not None and attempt >= policy.attempts) or remaining <= 0:
+            tries.gave_up = True
+            return None
+        delay = min(policy.backoff(attempt), remaining)
+        log.warning("%s: attempt %d failed (%s); retrying in %.1f s",
+                    tries.doing, attempt, _one_line(exc, 120) if isinstance(exc, BaseException)
+                    else exc, delay)
+        return delay
+
     def _call(self, op: str, target: str, retry: RetryPolicy | None, fn: Callable[[], _T]) -> _T:
-        """Run ``fn`` with retries on transient errors; translate every failure to StorageError."""
-        policy = retry or self.retry
-        start = time.monotonic()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return fn()
-            except (StorageError, TypeError, AttributeError, NameError, AssertionError):
-                raise  # ours already, or a bug: not a storage problem to explain
-            except Exception as exc:
-                if not self._is_transient(exc):
-                    raise self._translate(exc, op, target) from exc
-                elapsed = time.monotonic() - start
-                remaining = policy.deadline_seconds - elapsed
-                if (policy.attempts is not None and attempt >= policy.attempts) or remaining <= 0:
-                    raise self._give_up(exc, op, target, attempt, elapsed) from exc
-                delay = min(policy.backoff(attempt), remaining)
-                log.warning(
-                    "%s: attempt %d failed (%s); retrying in %.1f s",
-                    _doing(op, target),
-                    attempt,
-                    _one_line(exc, 120),
-                    delay,
-                )
-                time.sleep(delay)
+        """Run ``fn`` (whose client retries through :meth:`_may_retry`); translate every failure
+        to a one-line StorageError."""
+        tries = self._tries
+        tries.start, tries.attempts, tries.gave_up = time.monotonic(), 1, False
+        tries.doing = _doing(op, target)
+        try:
+            return fn()
+        except (StorageError, TypeError, AttributeError, NameError, AssertionError):
+            raise  # ours already, or a bug: not a storage problem to explain
+        except Exception as exc:
+            cause = self._unwrap(exc)
+            if tries.gave_up:
+                elapsed = time.monotonic() - tries.start
+                raise self._give_up(cause, op, target, tries.attempts, elapsed) from exc
+            raise self._translate(cause, op, target) from exc
 
 
 def open_bucket(url: str | os.PathLike[str], *, retry: RetryPolicy | None = None) -> Bucket:

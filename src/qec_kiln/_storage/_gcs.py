@@ -22,9 +22,10 @@ class GCSBucket(Bucket):
     Credentials are Application Default Credentials; the project (needed only to create
     buckets, which this class never does) comes from ``GOOGLE_CLOUD_PROJECT`` if set. When
     ``STORAGE_EMULATOR_HOST`` is set (e.g. ``http://127.0.0.1:9023``), the emulator there is used
-    with anonymous credentials. Each thread gets its own client; the library's own retries are
-    off (``retry=None``, this class retries) and every request gets the policy's
-    ``(connect_timeout, read_timeout)``.
+    with anonymous credentials. Each thread gets its own client. Retries are the library's
+    (``google.cloud.storage.retry.DEFAULT_RETRY``'s classification) within the
+    :class:`RetryPolicy`'s attempts, delays and deadline (:meth:`_retry`); every request gets
+    the policy's ``(connect_timeout, read_timeout)``.
     """
 
     def __init__(self, parsed: BucketURL, *, retry: RetryPolicy | None = None) -> None:
@@ -62,12 +63,36 @@ class GCSBucket(Bucket):
     def _timeout(policy: RetryPolicy) -> tuple[float, float]:
         return (policy.connect_timeout, policy.read_timeout)
 
+    def _retry(self, policy: RetryPolicy) -> Any:
+        """The library's DEFAULT_RETRY, bounded by ``policy`` (its attempts and deadline)."""
+        from google.api_core.retry import Retry
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        transient = DEFAULT_RETRY._predicate  # the library's classification (retry._should_retry)
+        failures = [0]
+
+        def predicate(exc: Exception) -> bool:
+            if not transient(exc):
+                return False
+            failures[0] += 1
+            return self._may_retry(policy, failures[0], exc) is not None
+
+        return Retry(
+            predicate=predicate,
+            initial=max(policy.base_delay, 0.01),
+            maximum=max(policy.max_delay, 0.01),
+            multiplier=2.0,
+            timeout=policy.deadline_seconds,
+        )
+
     def read_bytes(self, key: str, *, retry: RetryPolicy | None = None) -> bytes:
         self._check_key(key)
         policy = retry or self.retry
 
         def op() -> bytes:
-            return self._blob(key).download_as_bytes(timeout=self._timeout(policy), retry=None)
+            return self._blob(key).download_as_bytes(
+                timeout=self._timeout(policy), retry=self._retry(policy)
+            )
 
         return self._call("read", self.url_for(key), policy, op)
 
@@ -79,7 +104,8 @@ class GCSBucket(Bucket):
 
         def op() -> None:
             self._blob(key).upload_from_string(
-                data, content_type=content_type, timeout=self._timeout(policy), retry=None
+                data, content_type=content_type, timeout=self._timeout(policy),
+                retry=self._retry(policy),
             )
 
         self._call("write", self.url_for(key), policy, op)
@@ -95,7 +121,7 @@ class GCSBucket(Bucket):
                 self.bucket_name,
                 prefix=full_prefix or None,
                 timeout=self._timeout(policy),
-                retry=None,
+                retry=self._retry(policy),
             )
             return sorted(blob.name[strip:] for blob in blobs)
 
@@ -106,7 +132,9 @@ class GCSBucket(Bucket):
         policy = retry or self.retry
 
         def op() -> bool:
-            return bool(self._blob(key).exists(timeout=self._timeout(policy), retry=None))
+            return bool(
+                self._blob(key).exists(timeout=self._timeout(policy), retry=self._retry(policy))
+            )
 
         return self._call("check", self.url_for(key), policy, op)
 
@@ -119,7 +147,7 @@ class GCSBucket(Bucket):
 
             blob = self._blob(key)
             try:
-                blob.delete(timeout=self._timeout(policy), retry=None)
+                blob.delete(timeout=self._timeout(policy), retry=self._retry(policy))
             except NotFound:
                 # A missing object is fine; a missing bucket is not.
                 if not self._client().bucket(self.bucket_name).exists(
@@ -138,7 +166,7 @@ class GCSBucket(Bucket):
                 prefix=f"{self.prefix}/" if self.prefix else None,
                 max_results=1,
                 timeout=self._timeout(policy),
-                retry=None,
+                retry=self._retry(policy),
             )
             next(iter(blobs.pages), None)
 
@@ -146,38 +174,13 @@ class GCSBucket(Bucket):
 
     # -- error handling -------------------------------------------------------------------
 
-    def _is_transient(self, exc: Exception) -> bool:
-        import http.client
+    def _unwrap(self, exc: Exception) -> Exception:
+        from google.api_core.exceptions import RetryError
 
-        import requests
-        import urllib3
-        from google.api_core import exceptions as gx
-        from google.auth import exceptions as ax
-
-        if isinstance(exc, gx.GoogleAPICallError):
-            return exc.code in (408, 429) or (isinstance(exc.code, int) and exc.code >= 500)
-        if isinstance(
-            exc,
-            (
-                requests.ConnectionError,
-                requests.Timeout,
-                requests.exceptions.ChunkedEncodingError,
-                http.client.HTTPException,
-                urllib3.exceptions.HTTPError,
-                ConnectionError,
-                TimeoutError,
-            ),
-        ):
-            return not isinstance(exc, (requests.exceptions.SSLError, urllib3.exceptions.SSLError))
-        if isinstance(exc, ax.TransportError):
-            cause = exc.args[0] if exc.args else None
-            return isinstance(cause, Exception) and self._is_transient(cause)
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        if type(exc).__name__ in ("InvalidResponse", "DataCorruption"):
-            return type(exc).__name__ == "DataCorruption" or status in (408, 429) or (
-                isinstance(status, int) and status >= 500
-            )
-        return False
+        if isinstance(exc, RetryError):  # the library's retries ran out of time
+            self._tries.gave_up = True
+            return exc.cause if isinstance(exc.cause, Exception) else exc
+        return exc
 
     @staticmethod
     def _cause(exc: Exception) -> str:

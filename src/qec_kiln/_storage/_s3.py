@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import mimetypes
 import os
 import threading
@@ -12,25 +13,6 @@ from qec_kiln._errors import ObjectNotFound, StorageError
 from qec_kiln._storage._bucket import Bucket, RetryPolicy
 from qec_kiln._storage._urls import BucketURL, _doing, _one_line, _s3_endpoint_setting
 
-_S3_TRANSIENT_CODES = frozenset(
-    {
-        "InternalError",
-        "ServiceUnavailable",
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "BandwidthLimitExceeded",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "PriorRequestNotComplete",
-        "EC2ThrottledException",
-    }
-)
 _S3_BAD_CREDENTIAL_CODES = frozenset(
     {
         "InvalidAccessKeyId",
@@ -42,6 +24,15 @@ _S3_BAD_CREDENTIAL_CODES = frozenset(
         "UnrecognizedClientException",
     }
 )
+@functools.cache
+def _s3_retryable() -> Any:
+    """botocore's standard-mode classifier (transient, throttling, modeled retryable errors);
+    our policy counts the attempts."""
+    from botocore.retries.standard import StandardRetryConditions
+
+    return StandardRetryConditions(max_attempts=1_000_000)
+
+
 _AWS_CREDENTIALS_HINT = (
     "set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run `aws configure`"
 )
@@ -53,8 +44,9 @@ class S3Bucket(Bucket):
     The endpoint, region and credentials come from the usual AWS settings (``AWS_PROFILE``,
     ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``,
     ``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``, ``~/.aws``), read when the first call
-    creates the client. botocore's own retries are off (this class retries, see
-    :class:`RetryPolicy`); the policy's connect/read timeouts are set on the client.
+    creates the client. botocore's standard retry mode decides which errors are transient;
+    a hook (:meth:`_needs_retry`) makes it retry them within the :class:`RetryPolicy`'s attempts
+    and deadline, and the policy's connect/read timeouts are set on the client.
     """
 
     def __init__(self, parsed: BucketURL, *, retry: RetryPolicy | None = None) -> None:
@@ -63,13 +55,12 @@ class S3Bucket(Bucket):
         self.prefix = parsed.prefix
         self._lock = threading.Lock()
         self._session: Any = None
-        self._clients: dict[tuple[float, float], Any] = {}
+        self._clients: dict[RetryPolicy, Any] = {}
         self._endpoint: str | None = None
 
     def _client(self, policy: RetryPolicy) -> Any:
-        timeouts = (policy.connect_timeout, policy.read_timeout)
         with self._lock:
-            client = self._clients.get(timeouts)
+            client = self._clients.get(policy)
             if client is None:
                 import boto3.session
                 from botocore.config import Config
@@ -81,12 +72,35 @@ class S3Bucket(Bucket):
                     config=Config(
                         connect_timeout=policy.connect_timeout,
                         read_timeout=policy.read_timeout,
-                        retries={"total_max_attempts": 1, "mode": "standard"},
+                        # botocore's own loop makes one attempt; the hook below, called first,
+                        # asks its standard-mode classifier and retries under the policy.
+                        retries={"mode": "standard", "total_max_attempts": 1},
                     ),
                 )
-                self._clients[timeouts] = client
+                client.meta.events.register_first(
+                    "needs-retry.s3",
+                    functools.partial(self._needs_retry, policy),
+                    unique_id="qec-kiln-retry-policy",
+                )
+                self._clients[policy] = client
                 self._endpoint = client.meta.endpoint_url
             return client
+
+    def _needs_retry(self, policy: RetryPolicy, **kwargs: Any) -> float | None:
+        """botocore's ``needs-retry`` hook: seconds to wait, or None for no retry."""
+        from botocore.exceptions import SSLError
+        from botocore.retries.standard import RetryEventAdapter
+
+        context = RetryEventAdapter().create_retry_context(**kwargs)
+        if not _s3_retryable().is_retryable(context):
+            return None  # a success, or an error that another attempt will not fix
+        exc = kwargs.get("caught_exception")
+        if isinstance(exc, SSLError):
+            return None  # a certificate or endpoint problem (botocore would retry it)
+        if exc is None:
+            error = (context.parsed_response or {}).get("Error", {})
+            exc = f"{error.get('Code') or 'HTTP'} {getattr(context.http_response, 'status_code', '')}"
+        return self._may_retry(policy, context.attempt_number, exc)
 
     def close(self) -> None:
         with self._lock:
@@ -182,19 +196,6 @@ class S3Bucket(Bucket):
         self._call("access", self.url, policy, op)
 
     # -- error handling -------------------------------------------------------------------
-
-    def _is_transient(self, exc: Exception) -> bool:
-        from botocore import exceptions as bx
-
-        if isinstance(exc, bx.SSLError):
-            return False
-        if isinstance(exc, (bx.ConnectionError, bx.HTTPClientError, bx.IncompleteReadError)):
-            return True
-        if isinstance(exc, bx.ClientError):
-            error = exc.response.get("Error", {})
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-            return error.get("Code") in _S3_TRANSIENT_CODES or status >= 500 or status == 429
-        return isinstance(exc, (ConnectionError, TimeoutError))
 
     def _endpoint_text(self) -> str:
         return self._endpoint or _s3_endpoint_setting()
