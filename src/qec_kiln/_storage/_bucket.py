@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from qec_kiln._errors import StorageError
+from qec_kiln._errors import ObjectNotFound, PreconditionFailed, StorageError
 from qec_kiln._storage._urls import BucketURL, _doing, _one_line, _path_problem, parse_url
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,53 @@ class Bucket(abc.ABC):
         """Create or replace the object; a reader sees either the old or the new data, whole."""
 
     @abc.abstractmethod
+    def read_versioned(self, key: str, *, retry: RetryPolicy | None = None) -> tuple[bytes, str]:
+        """The whole object and its version (an opaque string for :meth:`write_if`); raises
+        ObjectNotFound if it does not exist."""
+
+    def write_if(
+        self, key: str, data: bytes, version: str | None, *, retry: RetryPolicy | None = None
+    ) -> str:
+        """Create the object only if it does not exist (``version=None``), or replace it only if
+        its current version is ``version``; return the new version. Raises
+        :class:`~qec_kiln._errors.PreconditionFailed` otherwise (the object is left as it was).
+
+        A retried write whose first attempt did land (its answer was lost) finds its own bytes
+        there: that counts as success.
+
+        Example:
+            >>> import tempfile
+            >>> b = open_bucket(tempfile.mkdtemp())
+            >>> v1 = b.write_if("lease.json", b"a", None)
+            >>> b.write_if("lease.json", b"b", None)
+            Traceback (most recent call last):
+            ...
+            qec_kiln._errors.PreconditionFailed: .../lease.json: already exists
+            >>> v2 = b.write_if("lease.json", b"b", v1)
+            >>> b.read_versioned("lease.json") == (b"b", v2)
+            True
+        """
+        data = self._check_data(data)
+        try:
+            return self._write_if(key, data, version, retry=retry)
+        except PreconditionFailed:
+            try:
+                current, current_version = self.read_versioned(key, retry=retry)
+            except ObjectNotFound:
+                raise PreconditionFailed(
+                    f"{self.url_for(key)}: no longer exists (version {version} expected)"
+                ) from None
+            if current == data and current_version != version:
+                return current_version
+            raise
+
+    @abc.abstractmethod
+    def _write_if(
+        self, key: str, data: bytes, version: str | None, *, retry: RetryPolicy | None
+    ) -> str:
+        """:meth:`write_if` without the check for a lost answer."""
+
+    @abc.abstractmethod
     def list_keys(self, prefix: str = "", *, retry: RetryPolicy | None = None) -> list[str]:
         """Sorted keys (relative to the bucket root) that start with ``prefix``."""
 
@@ -219,6 +266,19 @@ class Bucket(abc.ABC):
                 elapsed = time.monotonic() - tries.start
                 raise self._give_up(cause, op, target, tries.attempts, elapsed) from exc
             raise self._translate(cause, op, target) from exc
+
+
+def _precondition_message(target: str, expected: str | None, found: str | None) -> str:
+    """One line for a failed conditional write.
+
+    >>> _precondition_message("/b/k", None, "7")
+    '/b/k: already exists'
+    """
+    if expected is None:
+        return f"{target}: already exists"
+    if found is None:
+        return f"{target}: no longer exists (version {expected} expected)"
+    return f"{target}: was replaced by {found} writer (version {expected} expected)"
 
 
 def open_bucket(url: str | os.PathLike[str], *, retry: RetryPolicy | None = None) -> Bucket:

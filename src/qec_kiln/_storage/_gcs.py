@@ -7,8 +7,8 @@ import os
 import threading
 from typing import Any
 
-from qec_kiln._errors import ObjectNotFound, StorageError
-from qec_kiln._storage._bucket import Bucket, RetryPolicy
+from qec_kiln._errors import ObjectNotFound, PreconditionFailed, StorageError
+from qec_kiln._storage._bucket import Bucket, RetryPolicy, _precondition_message
 from qec_kiln._storage._urls import BucketURL, _doing, _one_line
 
 _GCS_ADC_HINT = (
@@ -109,6 +109,41 @@ class GCSBucket(Bucket):
             )
 
         self._call("write", self.url_for(key), policy, op)
+
+    def read_versioned(self, key: str, *, retry: RetryPolicy | None = None) -> tuple[bytes, str]:
+        self._check_key(key)
+        policy = retry or self.retry
+
+        def op() -> tuple[bytes, str]:
+            blob = self._blob(key)
+            data = blob.download_as_bytes(timeout=self._timeout(policy), retry=self._retry(policy))
+            return data, str(blob.generation)
+
+        return self._call("read", self.url_for(key), policy, op)
+
+    def _write_if(
+        self, key: str, data: bytes, version: str | None, *, retry: RetryPolicy | None
+    ) -> str:
+        self._check_key(key)
+        policy = retry or self.retry
+        content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
+
+        def op() -> str:
+            from google.api_core.exceptions import PreconditionFailed as GCSPreconditionFailed
+
+            blob = self._blob(key)
+            try:
+                blob.upload_from_string(
+                    data, content_type=content_type, timeout=self._timeout(policy),
+                    retry=self._retry(policy),
+                    if_generation_match=0 if version is None else int(version),
+                )
+            except GCSPreconditionFailed:
+                raise PreconditionFailed(_precondition_message(
+                    self.url_for(key), version, "another")) from None
+            return str(blob.generation)
+
+        return self._call("write", self.url_for(key), policy, op)
 
     def list_keys(self, prefix: str = "", *, retry: RetryPolicy | None = None) -> list[str]:
         self._check_prefix(prefix)

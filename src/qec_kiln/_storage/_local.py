@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import time
 from pathlib import Path
 
 from qec_kiln._atomic import atomic_write
-from qec_kiln._errors import ObjectNotFound, StorageError
-from qec_kiln._storage._bucket import Bucket, RetryPolicy
+from qec_kiln._errors import ObjectNotFound, PreconditionFailed, StorageError
+from qec_kiln._storage._bucket import Bucket, RetryPolicy, _precondition_message
 from qec_kiln._storage._urls import BucketURL, _one_line
 
 # Temporary files of atomic local writes start with this; list_keys() never shows them.
@@ -46,6 +47,11 @@ def _remove_abandoned_temp_files(path: Path) -> None:
             tmp.unlink()
         except OSError:
             continue
+
+
+def _version(st: os.stat_result) -> str:
+    """A local object's version: a replaced file is a new inode, with a new mtime."""
+    return f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -98,6 +104,41 @@ class LocalBucket(Bucket):
         except OSError as exc:
             raise self._os_error(exc, "write", key) from exc
         _remove_abandoned_temp_files(path)
+
+    def read_versioned(self, key: str, *, retry: RetryPolicy | None = None) -> tuple[bytes, str]:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:  # the stat and the bytes of one inode
+                return f.read(), _version(os.fstat(f.fileno()))
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFound(f"{self.url_for(key)}: no such object") from None
+        except OSError as exc:
+            raise self._os_error(exc, "read", key) from exc
+
+    def _write_if(
+        self, key: str, data: bytes, version: str | None, *, retry: RetryPolicy | None
+    ) -> str:
+        """Check the version and write under an exclusive ``flock`` of the key's folder (every
+        conditional writer of a key takes it; the lock dies with its holder)."""
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX)
+                try:
+                    current: str | None = _version(path.stat())
+                except FileNotFoundError:
+                    current = None
+                if current != version:
+                    raise PreconditionFailed(_precondition_message(
+                        self.url_for(key), version, None if current is None else "another"))
+                self.write_bytes(key, data)
+                return _version(path.stat())
+            finally:
+                os.close(folder)  # releases the lock
+        except OSError as exc:
+            raise self._os_error(exc, "write", key) from exc
 
     def list_keys(self, prefix: str = "", *, retry: RetryPolicy | None = None) -> list[str]:
         prefix = self._check_prefix(prefix)

@@ -9,8 +9,8 @@ import os
 import threading
 from typing import Any
 
-from qec_kiln._errors import ObjectNotFound, StorageError
-from qec_kiln._storage._bucket import Bucket, RetryPolicy
+from qec_kiln._errors import ObjectNotFound, PreconditionFailed, StorageError
+from qec_kiln._storage._bucket import Bucket, RetryPolicy, _precondition_message
 from qec_kiln._storage._urls import BucketURL, _doing, _one_line, _s3_endpoint_setting
 
 _S3_BAD_CREDENTIAL_CODES = frozenset(
@@ -139,6 +139,46 @@ class S3Bucket(Bucket):
             )
 
         self._call("write", self.url_for(key), policy, op)
+
+    def read_versioned(self, key: str, *, retry: RetryPolicy | None = None) -> tuple[bytes, str]:
+        full = self._full_key(key)
+        policy = retry or self.retry
+
+        def op() -> tuple[bytes, str]:
+            response = self._client(policy).get_object(Bucket=self.bucket_name, Key=full)
+            with contextlib.closing(response["Body"]) as body:
+                return body.read(), str(response["ETag"])
+
+        return self._call("read", self.url_for(key), policy, op)
+
+    def _write_if(
+        self, key: str, data: bytes, version: str | None, *, retry: RetryPolicy | None
+    ) -> str:
+        full = self._full_key(key)
+        policy = retry or self.retry
+        content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+
+        def op() -> str:
+            from botocore.exceptions import ClientError
+
+            try:
+                response = self._client(policy).put_object(
+                    Bucket=self.bucket_name, Key=full, Body=data, ContentType=content_type,
+                    **condition,
+                )
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                    raise PreconditionFailed(_precondition_message(
+                        self.url_for(key), version, "another")) from None
+                if code in ("NoSuchKey", "404") and version is not None:
+                    raise PreconditionFailed(
+                        _precondition_message(self.url_for(key), version, None)) from None
+                raise
+            return str(response["ETag"])
+
+        return self._call("write", self.url_for(key), policy, op)
 
     def list_keys(self, prefix: str = "", *, retry: RetryPolicy | None = None) -> list[str]:
         full_prefix = self._list_prefix(self._check_prefix(prefix))
