@@ -117,6 +117,8 @@ class GCSBucket(Bucket):
         def op() -> tuple[bytes, str]:
             blob = self._blob(key)
             data = blob.download_as_bytes(timeout=self._timeout(policy), retry=self._retry(policy))
+            if blob.generation is None:  # a server that sends no x-goog-generation (an emulator)
+                blob.reload(timeout=self._timeout(policy), retry=self._retry(policy))
             return data, str(blob.generation)
 
         return self._call("read", self.url_for(key), policy, op)
