@@ -51,7 +51,7 @@ import time
 import uuid
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-TMP_PREFIX = ".kiln-tmp-"  # LocalBucket's temporary upload files (qec_kiln._storage._TMP_PREFIX)
+TMP_PREFIX = ".kiln-tmp-"  # LocalBucket's temporary upload files (qec_kiln._storage._local._TMP_PREFIX)
 IN_CREATE = 0x100
 MARKER_VAR = "QEC_KILN_KILLLOOP_TAG"
 

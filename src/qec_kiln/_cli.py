@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=positive_int, help="sinter --processes (default: cores)")
     p.add_argument("--sync-seconds", type=positive_float, default=30.0)
     p.add_argument("--work-dir", help="local folder for the resume file (default: temp dir)")
+    p.add_argument("--lease-seconds", type=positive_float,
+                   help="the batch's lease lasts this long unless renewed; a dead runner's batch "
+                        "may be taken over after it (default: 4 sync periods, at least 60)")
 
     p = sub.add_parser("merge", help="combine all fragments into one CSV for sinter plot")
     p.add_argument("--bucket", default="kiln-results")

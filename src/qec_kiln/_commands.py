@@ -111,7 +111,8 @@ def cmd_run_batch(args: argparse.Namespace) -> int:
             raise KilnError(f"--index {idx} is outside --batches ({len(ids)} batches)")
         batch = ids[idx]
     return run_batch(args.bucket, args.sweep, batch, processes=args.processes,
-                     sync_seconds=args.sync_seconds, work_dir=args.work_dir)
+                     sync_seconds=args.sync_seconds, work_dir=args.work_dir,
+                     lease_seconds=args.lease_seconds)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

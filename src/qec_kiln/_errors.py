@@ -22,3 +22,8 @@ class StorageError(KilnError):
 
 class ObjectNotFound(StorageError):
     """The object does not exist in the bucket."""
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write found another version of the object than the one it was given
+    (someone else created or replaced it first)."""

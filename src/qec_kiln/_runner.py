@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import functools
 import hashlib
 import math
@@ -31,8 +32,9 @@ import time
 from collections.abc import Callable
 
 from qec_kiln._atomic import atomic_write
-from qec_kiln._errors import KilnError, ObjectNotFound, StorageError
+from qec_kiln._errors import KilnError, ObjectNotFound, PreconditionFailed, StorageError
 from qec_kiln._fragments import complete_lines, parse_fragment
+from qec_kiln._lease import Lease, LeaseHeld, acquire, lease_key, release, renew
 from qec_kiln._manifest import (
     Manifest,
     circuit_key,
@@ -42,7 +44,6 @@ from qec_kiln._manifest import (
     package_versions,
 )
 from qec_kiln._plan import Batch
-from qec_kiln._status import read_fragment
 from qec_kiln._storage import PATIENT_RETRY, QUICK_RETRY, Bucket, RetryPolicy, open_bucket
 
 #: Logs are best effort: one short attempt, so a bucket outage does not slow the fragment syncs.
@@ -124,23 +125,35 @@ CONFLICT_EXIT = 3
 class FragmentSync:
     """Uploads complete lines of a local resume file whenever it has grown (thread-safe).
 
-    Before each upload it reads the bucket's object: it must be a prefix of what is about to be
-    written. If it is not, another run-batch of the same batch is writing it (a relaunch from a
-    second machine, a duplicated job): this one records a ``conflict``, calls ``on_conflict`` and
-    never uploads again, so the object keeps growing by extension of one history only.
+    Every upload is a compare-and-swap on the version of the object that this runner last wrote
+    (or restored from; a create-if-absent when there was none), so the object only ever grows by
+    extension of one history. If the swap fails, another run-batch of the same batch wrote the
+    object (a second launch, a duplicated job, a runner that took over an expired lease): this
+    one records a ``conflict``, calls ``on_conflict`` and never uploads again.
     """
 
     def __init__(self, bucket: Bucket, key: str, path: pathlib.Path, uploaded: int,
-                 log: Callable[[str], None], on_conflict: Callable[[], None] | None = None):
+                 log: Callable[[str], None], on_conflict: Callable[[], None] | None = None,
+                 version: str | None = None):
         self.bucket = bucket
         self.key = key
         self.path = path
         self.uploaded = uploaded
+        self.version = version
         self.log = log
         self.on_conflict = on_conflict
         self.conflict: str | None = None
         self.uploads = 0
         self._lock = threading.Lock()
+
+    def stand_down(self, why: str) -> None:
+        """Stop uploading for good (another runner owns the batch now)."""
+        if self.conflict:
+            return
+        self.conflict = why
+        self.log("error: " + why)
+        if self.on_conflict is not None:
+            self.on_conflict()
 
     def sync(self, retry: RetryPolicy | None = None) -> bool:
         """Upload if the file has more complete lines than the bucket; True when the bucket is current."""
@@ -154,21 +167,13 @@ class FragmentSync:
             if len(data) <= self.uploaded:
                 return True
             try:
-                try:
-                    current = self.bucket.read_bytes(self.key, retry=retry)
-                except ObjectNotFound:
-                    current = b""  # deleted (to rerun the batch) or never written
-                if not data.startswith(complete_lines(current)):
-                    self.conflict = (
-                        f"{self.bucket.url_for(self.key)} now holds {len(current)} bytes that this "
-                        "run-batch did not write: another run-batch of the same batch is running "
-                        "(a second launch or a duplicated job); this one stops without uploading"
-                    )
-                    self.log("error: " + self.conflict)
-                    if self.on_conflict is not None:
-                        self.on_conflict()
-                    return False
-                self.bucket.write_bytes(self.key, data, retry=retry)
+                self.version = self.bucket.write_if(self.key, data, self.version, retry=retry)
+            except PreconditionFailed as ex:
+                self.stand_down(
+                    f"{ex}: another run-batch of the same batch is running (a second launch or a "
+                    "duplicated job); this one stops without uploading"
+                )
+                return False
             except StorageError as ex:
                 self.log(f"warning: upload of {self.key} failed, will retry: {ex}")
                 return False
@@ -186,8 +191,13 @@ def run_batch(
     sync_seconds: float = 30.0,
     work_dir: str | pathlib.Path | None = None,
     out: Callable[[str], None] | None = None,
+    lease_seconds: float | None = None,
 ) -> int:
-    """Run one batch to completion (or until SIGTERM/SIGINT); return the exit code."""
+    """Run one batch to completion (or until SIGTERM/SIGINT); return the exit code.
+
+    ``lease_seconds``: how long the batch's lease lasts unless renewed (default: four sync
+    periods, at least 60 s); a runner that dies leaves the batch to others after that long.
+    """
     bucket = open_bucket(bucket_url)
     manifest = load_manifest(bucket, sweep)
     _check_versions(manifest)
@@ -195,6 +205,19 @@ def run_batch(
     work = pathlib.Path(work_dir) if work_dir else default_work_dir()
     work = work / sweep / batch_id
     work.mkdir(parents=True, exist_ok=True)
+    # One runner per work folder (its resume file and sinter's pgid file are this runner's):
+    # the lock dies with its holder, so a leftover one never blocks a restart.
+    work_lock = os.open(work / "run-batch.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(work_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(work_lock)
+        line = (f"{batch_id}: another run-batch of the same batch is running on this machine "
+                f"(work folder {work} is locked); this one exits without touching the batch")
+        (out or (lambda s: print(s, file=sys.stderr, flush=True)))(line)
+        return CONFLICT_EXIT
+    if lease_seconds is None:
+        lease_seconds = max(60.0, 4 * sync_seconds)
     log_path = work / "run-batch.log"
     log_file = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed below)
 
@@ -204,14 +227,25 @@ def run_batch(
         (out or (lambda s: print(s, file=sys.stderr, flush=True)))(line)
 
     try:
-        return _run(bucket, manifest, batch, work, log, log_path, processes, sync_seconds)
+        try:
+            lease = acquire(bucket, lease_key(sweep, batch_id), seconds=lease_seconds)
+        except LeaseHeld as held:
+            log(f"error: {held}")
+            return CONFLICT_EXIT
+        try:
+            return _run(bucket, manifest, batch, work, log, log_path, processes, sync_seconds,
+                        lease)
+        except KilnError:
+            release(lease)  # e.g. a circuit that fails its checksum: let the next one try
+            raise
     finally:
         log_file.close()
+        os.close(work_lock)
 
 
 def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
          log: Callable[[str], None], log_path: pathlib.Path, processes: int | None,
-         sync_seconds: float) -> int:
+         sync_seconds: float, lease: Lease) -> int:
     sweep = manifest.sweep
     pgid_file = work / "sinter.pgid"
     kill_stale_group(pgid_file)
@@ -219,7 +253,11 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
 
     # Restore the fragment: the bucket's copy, cut back to its last complete line.
     fkey = fragment_key(sweep, batch.id)
-    fragment = read_fragment(bucket, manifest, batch.id) or parse_fragment(b"", fkey)
+    try:
+        raw, version = bucket.read_versioned(fkey)  # our uploads swap this version
+    except ObjectNotFound:
+        raw, version = b"", None  # our first upload creates it, if nobody else did
+    fragment = parse_fragment(raw, bucket.url_for(fkey))
     resume = work / "resume.csv"
     with contextlib.suppress(FileNotFoundError):
         resume.unlink()
@@ -240,12 +278,22 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
                 os.killpg(p.pid, signal.SIGINT)
 
     syncer = FragmentSync(bucket, fkey, resume, uploaded=len(fragment.clean), log=log,
-                          on_conflict=stop_sinter)
+                          on_conflict=stop_sinter, version=version)
     stop_syncing = threading.Event()
 
     def sync_loop() -> None:
-        while not stop_syncing.wait(sync_seconds):
+        # The fragment first (what counts), then the lease, renewed at least three times per
+        # lease period.
+        while not stop_syncing.wait(min(sync_seconds, lease.seconds / 3)):
             syncer.sync(retry=QUICK_RETRY)
+            if not syncer.conflict:
+                try:
+                    renew(lease, retry=QUICK_RETRY)
+                except PreconditionFailed as ex:
+                    syncer.stand_down(f"lost the lease: {ex}: another run-batch of the same batch "
+                                      "took it over; this one stops without uploading")
+                except StorageError as ex:
+                    log(f"warning: could not renew the lease, will retry: {ex}")
             _upload_log(bucket, sweep, batch.id, log_path)
 
     thread = threading.Thread(target=sync_loop, name="fragment-sync", daemon=True)
@@ -324,6 +372,8 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
                 stop_signal = late[0] if late else (-rc if rc < 0 else None)
             if rc == 0 and stop_signal is None and not syncer.conflict:
                 log("batch finished")
+            if not syncer.conflict:
+                release(lease)
             _upload_log(bucket, sweep, batch.id, log_path)
         finally:
             for s, h in old.items():

@@ -34,6 +34,10 @@ from qec_kiln._backends._base import (
     quote_argv,
 )
 
+# run-batch's exit code (qec_kiln._runner.CONFLICT_EXIT) when another run-batch holds the batch
+# (a second launch of the same sweep at the same time): the batch is not failed, only not ours.
+_ELSEWHERE_EXIT = 3
+
 
 def _state_dir(bucket_url: str, sweep: str) -> pathlib.Path:
     """``$QEC_KILN_HOME/local/<sweep>-<8 hex of the bucket URL>``: one sweep name in two buckets
@@ -155,7 +159,10 @@ class LocalBackend(Backend):
                             (state / f"{b}.exit").write_text(str(p.returncode))
                             del running[b]
                             progress.advance(bar)
-                            if p.returncode:
+                            if p.returncode == _ELSEWHERE_EXIT:
+                                console.print(f"{b}: run by another run-batch of this sweep "
+                                              "(another launch); not counted as failed")
+                            elif p.returncode:
                                 console.print(f"[red]{b} failed (exit {p.returncode}); "
                                               f"log: {state / (b + '.out')}")
             except KeyboardInterrupt:
@@ -172,11 +179,15 @@ class LocalBackend(Backend):
                             os.killpg(p.pid, signal.SIGKILL)
                         codes[b] = p.wait()
                     (state / f"{b}.exit").write_text(str(codes[b]))
-        failed = sorted(b for b, c in codes.items() if c != 0)
+        failed = sorted(b for b, c in codes.items() if c not in (0, _ELSEWHERE_EXIT))
+        elsewhere = sorted(b for b, c in codes.items() if c == _ELSEWHERE_EXIT)
         if interrupted:
             msg = "interrupted: run the same launch again to resume"
         elif failed:
             msg = f"{len(failed)} batch(es) failed: {', '.join(failed)}; logs in {state}"
+        elif elsewhere:
+            msg = (f"{len(codes) - len(elsewhere)} batch(es) finished; {len(elsewhere)} run by "
+                   f"another launch of this sweep ({', '.join(elsewhere)}): see `qec-kiln status`")
         else:
             msg = f"all {len(codes)} batch(es) finished"
         return Submission(job_ids={b: str(b) for b in request.batch_ids}, commands=commands,

@@ -1,0 +1,166 @@
+"""Exactly one writer per batch: leases (local, moto S3, fake-gcs-server), the runner's
+compare-and-swap uploads, and two launches of one sweep at the same time (real subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import sinter
+from conftest import write_surface_circuits
+from test_reliability import make_sweep, total_shots
+
+from qec_kiln._errors import PreconditionFailed
+from qec_kiln._lease import LeaseHeld, acquire, release, renew
+from qec_kiln._manifest import fragment_key
+from qec_kiln._runner import CONFLICT_EXIT
+from qec_kiln._storage import open_bucket
+
+KEY = "s/leases/b000.json"
+
+
+@pytest.fixture(params=["local", "s3", "gcs"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "bucket")
+    return request.getfixturevalue("s3_env" if request.param == "s3" else "fake_gcs_env").url
+
+
+def test_lease_acquire_renew_release(url: str) -> None:
+    bucket = open_bucket(url)
+    lease = acquire(bucket, KEY, seconds=60)
+    with pytest.raises(LeaseHeld, match="another run-batch of the same batch is running"):
+        acquire(bucket, KEY, seconds=60, watch=False)
+    before = lease.version
+    renew(lease)
+    assert lease.version != before
+    stale = type(lease)(**{**lease.__dict__, "version": before})
+    with pytest.raises(PreconditionFailed):
+        renew(stale)  # a renewal on an old version fails: the lease is not blindly overwritten
+    release(lease)
+    other = acquire(bucket, KEY, seconds=60, watch=False)  # a released lease is free at once
+    assert other.owner["token"] != lease.owner["token"]
+
+
+def test_expired_lease_is_taken_over_and_the_old_holder_loses_it(url: str) -> None:
+    bucket = open_bucket(url)
+    old = acquire(bucket, KEY, seconds=60)
+    later = lambda: time.time() + 61  # noqa: E731 - a clock past the old lease's expiry
+    new = acquire(bucket, KEY, seconds=60, watch=False, clock=later)
+    assert json.loads(bucket.read_bytes(KEY))["owner"] == new.owner
+    with pytest.raises(PreconditionFailed):
+        renew(old)  # the old holder learns it lost the batch
+    renew(new)
+
+
+def test_watching_a_lease_tells_a_live_holder_from_a_dead_one(url: str) -> None:
+    bucket = open_bucket(url)
+    holder = acquire(bucket, KEY, seconds=1.5)
+    stop = threading.Event()
+
+    def keep_renewing() -> None:
+        while not stop.wait(0.2):
+            renew(holder)
+
+    renewer = threading.Thread(target=keep_renewing)
+    renewer.start()
+    try:
+        start = time.monotonic()
+        with pytest.raises(LeaseHeld):
+            acquire(bucket, KEY, seconds=1.5, poll=0.1)  # sees a renewal: the holder is alive
+        assert time.monotonic() - start < 10
+    finally:
+        stop.set()
+        renewer.join()
+    start = time.monotonic()
+    taker = acquire(bucket, KEY, seconds=60, poll=0.1)  # no renewals: taken over at expiry
+    assert 0.5 < time.monotonic() - start < 30
+    assert json.loads(bucket.read_bytes(KEY))["owner"] == taker.owner
+
+
+def test_lease_of_a_dead_pid_on_this_host_is_free_at_once(tmp_path: Path) -> None:
+    bucket = open_bucket(str(tmp_path / "bucket"))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    owner = {"host": socket.gethostname(), "pid": dead.pid, "token": "x"}
+    bucket.write_if(KEY, json.dumps({"owner": owner, "expires": time.time() + 3600}).encode(), None)
+    start = time.monotonic()
+    acquire(bucket, KEY, seconds=60)
+    assert time.monotonic() - start < 5
+
+
+def test_runner_never_overwrites_a_fragment_someone_else_wrote(tmp_path: Path) -> None:
+    """While a run-batch runs, another writer replaces its fragment: the runner's next upload (a
+    compare-and-swap on the version it wrote) fails, it stops its sinter and exits 3."""
+    circuits = write_surface_circuits(tmp_path / "circuits", distances=(5,), noises=(0.003,))
+    bucket, manifest = make_sweep(circuits, str(tmp_path / "bucket"), "cas",
+                                  max_shots=10**9, max_errors=10**9)
+    batch = manifest.batches[0].id
+    fkey = fragment_key("cas", batch)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qec_kiln", "run-batch", "--bucket", bucket.url, "--sweep", "cas",
+         "--batch", batch, "--sync-seconds", "0.3", "--processes", "1",
+         "--work-dir", str(tmp_path / "work")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (bucket.exists(fkey) and total_shots(bucket.read_bytes(fkey)) > 0):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        theirs = bucket.read_bytes(fkey)
+        bucket.write_bytes(fkey, theirs)  # same bytes, but a new version: not this runner's
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    assert proc.returncode == CONFLICT_EXIT, out
+    assert "another run-batch of the same batch is running" in out and "final upload skipped" in out
+    assert bucket.read_bytes(fkey) == theirs  # never overwritten
+    sinter_pids = (tmp_path / "work" / "cas" / batch / "sinter.pgid")
+    assert not sinter_pids.exists()  # its sinter was stopped and its group cleaned up
+
+
+def _launch(circuits: Path, bucket: Path, home: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "QEC_KILN_HOME": str(home / "home"), "QEC_KILN_WORK_DIR": str(home / "work")}
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "qec_kiln", "launch", str(circuits), "--max-shots", "3000",
+             "--max-errors", "1000000", "--bucket", str(bucket), "--name", "twice", "--jobs", "1",
+             "--sync-seconds", "0.5", "--processes", "1"],
+            stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def test_two_launches_of_one_sweep_at_once_count_every_shot_once(tmp_path: Path) -> None:
+    """The issue's trial, 10 times: two `qec-kiln launch` of one sweep started together (sharing a
+    machine's state folder, or as if from two machines). Every time, merge gives exactly
+    max_shots per task, and neither launch reports a failure."""
+    circuits = write_surface_circuits(tmp_path / "circuits", distances=(3,), noises=(0.001, 0.01))
+    times, contended = [], 0
+    for trial in range(10):
+        bucket = tmp_path / f"bucket{trial}"
+        shared = trial % 2 == 0  # even trials: one machine; odd: two "machines"
+        homes = [tmp_path / f"home{trial}"] * 2 if shared else [
+            tmp_path / f"home{trial}a", tmp_path / f"home{trial}b"]
+        logs = [tmp_path / f"launch{trial}{i}.log" for i in range(2)]
+        start = time.monotonic()
+        procs = [_launch(circuits, bucket, homes[i], logs[i]) for i in range(2)]
+        codes = [p.wait(timeout=120) for p in procs]
+        times.append(time.monotonic() - start)
+        outputs = "\n---\n".join(log.read_text() for log in logs)
+        assert codes == [0, 0], f"trial {trial}: {codes}\n{outputs}"
+        assert "failed (exit" not in outputs and "batch(es) failed" not in outputs, outputs
+        stats = sinter.read_stats_from_csv_files(
+            *sorted((bucket / "twice" / "fragments").glob("*.csv")))
+        assert len(stats) == 2, outputs
+        assert [s.shots for s in stats] == [3000, 3000], (trial, stats, outputs)
+        contended += "run by another run-batch" in outputs
+    print(f"\n10 trials of two launches at once: {min(times):.1f}-{max(times):.1f} s each; in "
+          f"{contended} a batch was run by the other launch's run-batch")
