@@ -223,7 +223,8 @@ def default_sweep_name(folder: str | list[str], digest: str) -> str:
     >>> default_sweep_name(["c/d=5.stim", "c/d=3.stim"], "01234567ab")
     'c-01234567'
     """
-    if isinstance(folder, list):
+    if isinstance(folder, list) or not pathlib.Path(folder).is_dir():  # files or patterns
+        folder = [folder] if isinstance(folder, str) else folder
         dirs = [p if p.is_dir() else p.parent
                 for p in (pathlib.Path(f.rstrip("/")).resolve() for f in folder)]
         folder = os.path.commonpath([str(d) for d in dirs])

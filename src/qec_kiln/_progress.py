@@ -112,7 +112,7 @@ class LaunchProgress:
             self.live.update(self.render())
             self.live.__exit__(*exc)
         else:
-            self.console.print(self.line(), markup=False, highlight=False)
+            self.console.print(self.line(), markup=False, highlight=False, soft_wrap=True)
 
     def _read(self) -> None:
         self._rows = [self.reader.batch(b) for b in self.batch_ids]
@@ -129,7 +129,7 @@ class LaunchProgress:
                 self.live.update(self.render())
         if self.live is None and now - self._last_print >= self.period:
             self._last_print = now
-            self.console.print(self.line(), markup=False, highlight=False)
+            self.console.print(self.line(), markup=False, highlight=False, soft_wrap=True)
 
     @property
     def shots(self) -> int:

@@ -188,8 +188,9 @@ class LocalBackend(Backend):
         for b in codes:
             if ended[b] == "done":  # its fragment is final: the local copy is not needed
                 shutil.rmtree(_work_dir(state, request.sweep, b), ignore_errors=True)
-        with contextlib.suppress(OSError):
-            (state / "work" / request.sweep).rmdir()
+        for empty in (state / "work" / request.sweep, state / "work"):
+            with contextlib.suppress(OSError):
+                empty.rmdir()
         if stopped:
             msg = "interrupted: run the same launch again to resume"
         elif failed:
