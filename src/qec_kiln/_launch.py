@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import glob
 import importlib
 import os
 import pathlib
@@ -223,7 +224,7 @@ def default_sweep_name(folder: str | list[str], digest: str) -> str:
     >>> default_sweep_name(["c/d=5.stim", "c/d=3.stim"], "01234567ab")
     'c-01234567'
     """
-    if isinstance(folder, list) or not pathlib.Path(folder).is_dir():  # files or patterns
+    if isinstance(folder, list) or pathlib.Path(folder).is_file() or glob.has_magic(folder):
         folder = [folder] if isinstance(folder, str) else folder
         dirs = [p if p.is_dir() else p.parent
                 for p in (pathlib.Path(f.rstrip("/")).resolve() for f in folder)]
