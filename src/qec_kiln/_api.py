@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 Log = Callable[[str], None]
 PathLike = str | os.PathLike
+Circuits = PathLike | Sequence[PathLike]  # a folder, or folders, .stim files and glob patterns
 
 
 def _quiet(_: str) -> None:
@@ -63,6 +64,8 @@ class LaunchResult:
     message: str = ""
     failed: list[str] = dataclasses.field(default_factory=list)
     interrupted: bool = False
+    signal: int = 0  # the signal that interrupted the launch (2 for Ctrl-C, 15 for SIGTERM...)
+    cancelled: list[str] = dataclasses.field(default_factory=list)  # by `qec-kiln cancel`
     done: list[str] = dataclasses.field(default_factory=list)
     running: list[str] = dataclasses.field(default_factory=list)
     dry_run: bool = False
@@ -73,7 +76,7 @@ class LaunchResult:
         return self.plan.sweep
 
 
-def _spec(circuits: PathLike, *, decoders: Sequence[str], max_shots: int, max_errors: int,
+def _spec(circuits: Circuits, *, decoders: Sequence[str], max_shots: int, max_errors: int,
           bucket: str, name: str | None, backend: str,
           backend_options: BackendOptions | Mapping[str, Any] | None, jobs: int | None,
           target_hours: float | None, circuits_per_job: int | None, shards: bool,
@@ -85,10 +88,15 @@ def _spec(circuits: PathLike, *, decoders: Sequence[str], max_shots: int, max_er
     if isinstance(decoders, str):
         decoders = [decoders]
     b = get_backend(backend)
+    options = b.options(backend_options)
+    b.check_options(options)
+    paths = [str(circuits)] if isinstance(circuits, str | os.PathLike) else list(map(str, circuits))
+    if not paths:
+        raise KilnError("no circuits given: pass a folder of .stim files, or .stim files")
     return SweepSpec(
-        circuits=str(circuits), decoders=list(decoders), max_shots=max_shots,
-        max_errors=max_errors, bucket=str(bucket), name=name, backend=b.name,
-        options=b.options(backend_options), jobs=jobs, target_hours=target_hours,
+        circuits=paths[0] if len(paths) == 1 else paths, decoders=list(decoders),
+        max_shots=max_shots, max_errors=max_errors, bucket=str(bucket), name=name,
+        backend=b.name, options=options, jobs=jobs, target_hours=target_hours,
         circuits_per_job=circuits_per_job, calibrate=calibrate,
         calibrate_seconds=calibrate_seconds,
         custom_decoders_module_function=custom_decoders_module_function,
@@ -130,7 +138,7 @@ def _prepare(spec: SweepSpec, *, need_bucket: bool, log: Log) -> tuple[Backend, 
 
 
 def plan(
-    circuits: PathLike, *, decoders: Sequence[str] = ("pymatching",), max_shots: int = 1_000_000,
+    circuits: Circuits, *, decoders: Sequence[str] = ("pymatching",), max_shots: int = 1_000_000,
     max_errors: int = 1000, bucket: PathLike = "kiln-results", name: str | None = None,
     backend: str = "local", backend_options: BackendOptions | Mapping[str, Any] | None = None,
     jobs: int | None = None, target_hours: float | None = None,
@@ -139,8 +147,9 @@ def plan(
     sinter_options: Sequence[str] = (), price_per_cpu_hour: float | None = None,
     price_per_gpu_hour: float | None = None, log: Log | None = None,
 ) -> PlanResult:
-    """Discover the ``.stim`` files under ``circuits`` and balance them into batches; upload and
-    start nothing (``qec-kiln plan``).
+    """Discover the ``.stim`` files under ``circuits`` (a folder, searched recursively, or a list
+    of folders, ``.stim`` files and glob patterns, as ``sinter collect --circuits``) and balance
+    them into batches; upload and start nothing (``qec-kiln plan``).
 
     ``jobs``, ``target_hours`` or ``circuits_per_job`` pick the number of batches (default: from
     the backend). ``backend_options`` are the backend's settings, e.g. ``{"processes": 4}`` or
@@ -170,7 +179,7 @@ def plan(
 
 
 def launch(
-    circuits: PathLike, *, decoders: Sequence[str] = ("pymatching",), max_shots: int = 1_000_000,
+    circuits: Circuits, *, decoders: Sequence[str] = ("pymatching",), max_shots: int = 1_000_000,
     max_errors: int = 1000, bucket: PathLike = "kiln-results", name: str | None = None,
     backend: str = "local", backend_options: BackendOptions | Mapping[str, Any] | None = None,
     jobs: int | None = None, target_hours: float | None = None,
@@ -209,9 +218,12 @@ def launch(
     chosen, store, prepared = _prepare(spec, need_bucket=not dry_run, log=log)
     if dry_run:
         request = make_request(store, prepared, [b.id for b in prepared.batches], spec.options)
+        description = chosen.describe(request)
+        for w in chosen.warnings():
+            log(f"warning: {w}")
         return LaunchResult(prepared, store.url, [], dry_run=True,
                             message="dry run: nothing was uploaded or launched",
-                            description=chosen.describe(request))
+                            description=description)
     if not prepared.exists:
         upload_sweep(store, prepared, log)
     todo, info = batches_to_launch(store, prepared, chosen)
@@ -226,9 +238,12 @@ def launch(
     if before_start is not None:
         before_start(prepared, todo)
     started = chosen.launch(make_request(store, prepared, todo, spec.options))
+    for w in chosen.warnings():
+        log(f"warning: {w}")
     return LaunchResult(prepared, store.url, todo, job_ids=started.job_ids,
                         message=started.message, failed=started.failed,
-                        interrupted=started.interrupted, done=done, running=running)
+                        interrupted=started.interrupted, signal=started.signal,
+                        cancelled=started.cancelled, done=done, running=running)
 
 
 def status(bucket: PathLike = "kiln-results", *, sweep: str | None = None,
@@ -261,12 +276,39 @@ def status(bucket: PathLike = "kiln-results", *, sweep: str | None = None,
             log(f"warning: {ex}; showing fragment progress only")
             states = {}
         report = sweep_progress(store, manifest, states)
+        _prefer_live(report, chosen.live_fragments(store.url, name))
         report.backend = chosen.name
         report.backend_warnings = chosen.warnings()
         for w in report.backend_warnings:
             log(f"warning: {w}")
         reports.append(report)
     return reports
+
+
+def _prefer_live(report: SweepProgress, live: Mapping[str, bytes]) -> None:
+    """Use a batch's local resume file (parsed by sinter) where it holds more shots than the
+    fragment in the bucket (it is synced only every ``sync_seconds``)."""
+    from qec_kiln._fragments import parse_fragment
+    from qec_kiln._status import batch_progress
+
+    for bp in report.batches:
+        data = live.get(bp.batch.id)
+        if not data or bp.problem:
+            continue
+        try:
+            shards = batch_progress(bp.batch, parse_fragment(data, bp.batch.id))
+        except KilnError:
+            continue
+        if sum(s.shots for s in shards) > bp.shots:
+            bp.shards, bp.fragment_found = shards, True
+
+
+def sweep_names(bucket: PathLike = "kiln-results") -> list[str]:
+    """The sweeps in ``bucket`` (what ``status`` and ``cancel`` without a sweep act on)."""
+    from qec_kiln._manifest import resolve_sweep
+    from qec_kiln._storage import open_bucket
+
+    return resolve_sweep(open_bucket(str(bucket)), None)
 
 
 def merge(bucket: PathLike = "kiln-results", out: PathLike = "merged.csv", *,

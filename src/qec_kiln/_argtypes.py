@@ -2,6 +2,8 @@
 
 >>> positive_int("1_000_000"), positive_int("1e6"), positive_float("0.5")
 (1000000, 1000000, 0.5)
+>>> processes("auto"), processes("4"), sync_seconds("0.5")
+(None, 4, 0.5)
 """
 
 from __future__ import annotations
@@ -37,6 +39,32 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive, finite number, got {text!r}")
+    return value
+
+
+def processes(text: str) -> int | None:
+    """``--processes``: a positive integer, or ``auto`` (as in ``sinter collect``) for the
+    default (the cores the batch gets)."""
+    if text.strip().lower() == "auto":
+        return None
+    return positive_int(text)
+
+
+#: The longest sync period: one day (a longer wait overflows Python's timers).
+MAX_SYNC_SECONDS = 86_400.0
+
+
+def sync_seconds(text: str) -> float:
+    """``--sync-seconds``: positive, finite and at most one day.
+
+    >>> sync_seconds("1e10")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: must be at most 86400 (one day), got '1e10'
+    """
+    value = positive_float(text)
+    if value > MAX_SYNC_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SYNC_SECONDS:g} (one day), got {text!r}")
     return value
 
 

@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
 from qec_kiln import __version__
-from qec_kiln._argtypes import SINTER_OPTIONS, positive_float, positive_int, sinter_options
+from qec_kiln._argtypes import (
+    SINTER_OPTIONS,
+    positive_float,
+    positive_int,
+    processes,
+    sinter_options,
+    sync_seconds,
+)
 from qec_kiln._backends import BACKENDS
 from qec_kiln._backends import add_arguments as add_backend_arguments
 from qec_kiln._errors import KilnError
@@ -45,8 +53,12 @@ def _underscore_aliases(names: Sequence[str]) -> list[str]:
 
 
 def _add_sweep_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("circuits", help="folder of .stim circuits (searched recursively); names like "
-                   "d=5,p=0.001,b=X,type=rotated_surface_memory.stim give the metadata")
+    p.add_argument("circuits", nargs="*", metavar="DIR_OR_FILES",
+                   help="folders of .stim circuits (searched recursively), .stim files or glob "
+                   "patterns; names like d=5,p=0.001,b=X,type=rotated_surface_memory.stim give "
+                   "the metadata")
+    p.add_argument("--circuits", nargs="+", dest="circuits_opt", metavar="DIR_OR_FILES",
+                   help="the same, spelled as in `sinter collect --circuits`")
     p.add_argument("--decoders", nargs="+", default=["pymatching"], metavar="NAME",
                    help="sinter decoders (default: pymatching)")
     p.add_argument("--custom-decoders-module-function", metavar="MODULE:FUNC",
@@ -60,7 +72,8 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-hours", type=positive_float,
                    help="as many batches as needed so none is predicted to run longer")
     g.add_argument("--circuits-per-job", type=positive_int,
-                   help="ceil(circuits / K) batches, balanced by predicted cost")
+                   help="ceil(tasks / K) batches, a task being one circuit x decoder, balanced "
+                   "by predicted cost")
     g.add_argument("--no-shards", action="store_true",
                    help="never split a big circuit's shots over several batches")
     g.add_argument("--calibrate", action="store_true",
@@ -114,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", help="batch id, e.g. b003")
     p.add_argument("--batches", help="comma-separated batch ids; --index picks one")
     p.add_argument("--index", help="index into --batches (e.g. $SLURM_ARRAY_TASK_ID)")
-    p.add_argument("--processes", type=positive_int, help="sinter --processes (default: cores)")
-    p.add_argument("--sync-seconds", type=positive_float, default=30.0)
+    p.add_argument("--processes", type=processes, metavar="N|auto",
+                   help="sinter --processes (default auto: the cores)")
+    p.add_argument("--sync-seconds", type=sync_seconds, default=30.0)
     p.add_argument("--work-dir", help="local folder for the resume file (default: temp dir)")
     p.add_argument("--lease-seconds", type=positive_float,
                    help="the batch's lease lasts this long unless renewed; a dead runner's batch "
@@ -137,17 +151,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cancel", help="stop every job of a sweep (fragments are kept)")
     p.add_argument("--bucket", default="kiln-results")
-    p.add_argument("--sweep", required=True)
+    p.add_argument("--sweep", help="default: every sweep in the bucket")
     p.add_argument("--backend", help="default: the one the sweep was launched with")
+
+    p = sub.add_parser("clean", help="remove old local state (job records, work folders) under "
+                       "$QEC_KILN_HOME, default ~/.cache/qec-kiln; buckets are not touched")
+    p.add_argument("--older-than", type=float, default=7.0, metavar="DAYS",
+                   help="only sweeps untouched for this many days (default 7; 0: all that are "
+                   "not running)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed")
     return parser
 
 
+def _join_sinter_options(argv: Sequence[str]) -> list[str]:
+    """``--sinter-option --flag`` as ``--sinter-option=--flag`` (argparse would take ``--flag``
+    for an option of its own).
+
+    >>> _join_sinter_options(["--sinter-option", "--count_detection_events", "--jobs", "2"])
+    ['--sinter-option=--count_detection_events', '--jobs', '2']
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in ("--sinter-option", "--sinter_option") and i + 1 < len(argv) \
+                and argv[i + 1].startswith("-"):
+            out.append(f"{word}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(word)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(_join_sinter_options(sys.argv[1:] if argv is None else list(argv)))
+    if args.command in ("plan", "launch"):
+        args.circuits = list(args.circuits) + list(args.circuits_opt or [])
+        if not args.circuits:
+            parser.error("no circuits: give a folder of .stim files, .stim files, or "
+                         "--circuits DIR_OR_FILES...")
     from qec_kiln import _commands
 
     try:
         return getattr(_commands, "cmd_" + args.command.replace("-", "_"))(args)
+    except BrokenPipeError:  # `qec-kiln status --json | head -1`: the reader left; end quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the exit flush does not fail again
+        return 141
     except KilnError as ex:
         msg = str(ex).replace("\n", " ")
         if getattr(args, "json", False):

@@ -86,8 +86,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
                 out.print(f"  {b}: job {j}", markup=False)
         _print_next_steps(r.bucket, r.sweep)
     if r.interrupted:
-        return 130
-    return 1 if r.failed else 0
+        return 128 + (r.signal or 2)  # 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
+    if r.failed:
+        return 1
+    return 130 if r.cancelled else 0  # stopped by `qec-kiln cancel`: resume by launching again
 
 
 def _print_next_steps(bucket_url: str, sweep: str) -> None:
@@ -150,14 +152,29 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    cancelled = _api.cancel(args.bucket, args.sweep, backend=args.backend)
-    sweep = args.sweep
-    if cancelled:
-        out.print(f"cancelled {len(cancelled)} job(s) of sweep {sweep}: "
-                  f"{', '.join(cancelled)}; fragments are kept, `launch` again to resume",
-                  markup=False)
-    else:
-        out.print(f"no running job of sweep {sweep} found", markup=False)
+    sweeps = [args.sweep] if args.sweep else _api.sweep_names(args.bucket)
+    for sweep in sweeps:  # like status: every sweep of the bucket unless --sweep says which
+        cancelled = _api.cancel(args.bucket, sweep, backend=args.backend)
+        if cancelled:
+            out.print(f"cancelled {len(cancelled)} job(s) of sweep {sweep}: "
+                      f"{', '.join(cancelled)}; fragments are kept, `launch` again to resume",
+                      markup=False)
+        else:
+            out.print(f"no running job of sweep {sweep} found", markup=False)
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from qec_kiln._backends import kiln_home
+    from qec_kiln._clean import clean_state
+
+    home = kiln_home().expanduser()
+    removed = clean_state(home, older_than_days=args.older_than, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for folder in removed:
+        out.print(f"{verb} {folder}", markup=False)
+    out.print(f"{verb} {len(removed)} sweep folder(s) untouched for {args.older_than:g} day(s) "
+              f"under {home} (QEC_KILN_HOME); buckets are not touched", markup=False)
     return 0
 
 
@@ -178,8 +195,11 @@ def _hours(seconds: float) -> str:
 def print_plan(prepared: PlanResult, only: set[str] | None = None) -> None:
     m = prepared.manifest
     plan = m.plan
+    left = prepared.remaining if only is not None else None
     title = (f"sweep {m.sweep}: {len(m.circuits)} circuit(s) x {len(m.decoders)} decoder(s), "
              f"{len(plan.batches)} batch(es) ({plan.strategy})")
+    if left is not None:
+        title += f"; relaunch: {len(only or ())} batch(es) with work left"
     table = Table(title=title, title_justify="left")
     for col in ("batch", "tasks", "of them shards", "predicted shots", "core-hours", "wall hours"):
         table.add_column(col, justify="left" if col == "batch" else "right")
@@ -187,11 +207,16 @@ def print_plan(prepared: PlanResult, only: set[str] | None = None) -> None:
         if only is not None and b.id not in only:
             continue
         n_sharded = sum(1 for s in b.shards if s.count > 1)
+        seconds = b.predicted_seconds if left is None else left.get(b.id, b.predicted_seconds)
         table.add_row(b.id, str(len(b.shards)), str(n_sharded),
-                      f"{b.predicted_shots:,.0f}", _hours(b.predicted_seconds),
-                      _hours(prepared.wall_seconds(b.predicted_seconds)))
+                      f"{b.predicted_shots:,.0f}", _hours(seconds),
+                      _hours(prepared.wall_seconds(seconds)))
     out.print(table)
     total = plan.total_predicted_seconds
+    if left is not None:
+        out.print(f"remaining: {_hours(sum(left.values()))} of {_hours(total)} CPU-hours planned "
+                  "(by the fragments so far)", markup=False)
+        return
     out.print(
         f"balance (predicted makespan / ideal): {plan.balance_ratio:.3f}   "
         f"total: {_hours(total)} CPU-hours   "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import hashlib
 import json
 import math
@@ -342,3 +343,46 @@ def check_decodable(circuits: Sequence[CircuitFile], decoders: Iterable[str]) ->
             "hypergraph_union_find, or chromobius / tesseract) or change the circuit's noise so "
             "its errors decompose"
         )
+
+
+def discover_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
+                    allow_tagged_gates: bool = False,
+                    log: Callable[[str], None] | None = None) -> list[CircuitFile]:
+    """The circuits of ``--circuits DIR_OR_FILES...`` as ``sinter collect`` takes them: folders
+    (searched as :func:`discover_circuits`), ``.stim`` files and glob patterns, with the same
+    checks. A file's key is its name, a folder's files keep their paths inside it; two inputs
+    giving one key are refused. Sorted by key.
+
+    >>> discover_inputs(["no/such/*.stim"])
+    Traceback (most recent call last):
+    ...
+    qec_kiln._errors.KilnError: no/such/*.stim: the pattern matches no .stim file; check it
+    """
+    items = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+    if len(items) == 1 and not pathlib.Path(items[0]).is_file() and not glob.has_magic(str(items[0])):
+        return discover_circuits(items[0], allow_tagged_gates=allow_tagged_gates, log=log)
+    found: list[CircuitFile] = []
+    for item in items:
+        text = str(item)
+        path = pathlib.Path(text)
+        if not path.exists() and glob.has_magic(text):
+            matches = sorted(pathlib.Path(m) for m in glob.glob(text, recursive=True))
+            files = [m for m in matches if m.is_file() and m.suffix == ".stim"]
+            if not files:
+                raise KilnError(f"{text}: the pattern matches no .stim file; check it")
+            found += [_read_circuit(f.parent, f, allow_tagged_gates) for f in files]
+        elif path.is_dir():
+            found += discover_circuits(path, allow_tagged_gates=allow_tagged_gates, log=log)
+        elif path.is_file():
+            if path.suffix != ".stim":
+                raise KilnError(f"{text}: not a .stim file; pass stim circuit files or folders")
+            found.append(_read_circuit(path.parent, path, allow_tagged_gates))
+        else:
+            raise KilnError(f"{text}: no such file or folder; pass .stim files or folders of them")
+    by_key: dict[str, CircuitFile] = {}
+    for c in found:
+        other = by_key.setdefault(c.key, c)
+        if other is not c and other.path != c.path:
+            raise KilnError(f"{other.path} and {c.path} would both be {c.key!r} in the sweep; "
+                            "pass their common folder instead")
+    return sorted(by_key.values(), key=lambda c: c.key)

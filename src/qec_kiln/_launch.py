@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import glob
 import importlib
+import os
 import pathlib
 from collections.abc import Callable
 
@@ -17,7 +19,7 @@ import sinter
 
 from qec_kiln._backends import Backend, BackendOptions, LaunchRequest, get_backend
 from qec_kiln._cost import estimate_costs
-from qec_kiln._discover import CircuitFile, check_decodable, check_duplicates, discover_circuits
+from qec_kiln._discover import CircuitFile, check_decodable, check_duplicates, discover_inputs
 from qec_kiln._errors import KilnError, ObjectNotFound
 from qec_kiln._manifest import (
     CircuitEntry,
@@ -46,7 +48,7 @@ DECODER_PACKAGES = {
 class SweepSpec:
     """Everything ``plan``/``launch`` was asked for on the command line."""
 
-    circuits: str
+    circuits: str | list[str]  # a folder, or several folders, .stim files and glob patterns
     decoders: list[str]
     max_shots: int
     max_errors: int
@@ -83,6 +85,8 @@ class PlanResult:
     startup_seconds: float
     slots: int = 0  # batches running at once (0: all of them)
     estimated_cost: float | None = None  # from the prices per CPU/GPU hour, start-up included
+    #: A relaunch: the predicted core-seconds still to do per batch to launch (by its fragment).
+    remaining: dict[str, float] | None = None
 
     @property
     def sweep(self) -> str:
@@ -210,12 +214,21 @@ def load_custom_decoders(spec: str | None, *, required: bool = True) -> dict | N
         return None
 
 
-def default_sweep_name(folder: str, digest: str) -> str:
+def default_sweep_name(folder: str | list[str], digest: str) -> str:
     """``<folder>-<8 hex of the inputs digest>``: the same inputs give the same sweep (idempotent).
+    Several inputs (files, folders, patterns) are named after their common folder, whatever
+    their order.
 
     >>> default_sweep_name("circuits/", "0123456789abcdef")
     'circuits-01234567'
+    >>> default_sweep_name(["c/d=5.stim", "c/d=3.stim"], "01234567ab")
+    'c-01234567'
     """
+    if isinstance(folder, list) or pathlib.Path(folder).is_file() or glob.has_magic(folder):
+        folder = [folder] if isinstance(folder, str) else folder
+        dirs = [p if p.is_dir() else p.parent
+                for p in (pathlib.Path(f.rstrip("/")).resolve() for f in folder)]
+        folder = os.path.commonpath([str(d) for d in dirs])
     base = pathlib.Path(folder.rstrip("/")).resolve().name or "sweep"
     base = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in base).strip("-._") or "sweep"
     return f"{base[:40]}-{digest[:8]}"
@@ -228,7 +241,7 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
     backend = get_backend(spec.backend)
     options = backend.options(spec.options)
     check_decoders(spec.decoders, spec.custom_decoders_module_function, backend.decoders_run_here)
-    circuits = discover_circuits(
+    circuits = discover_inputs(
         spec.circuits, allow_tagged_gates=bool(spec.custom_decoders_module_function), log=log
     )
     check_decodable(circuits, spec.decoders)
@@ -249,6 +262,10 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
                 "targets; choose another --name (or delete that sweep's folder to start over)"
             )
         log(f"sweep {name!r} exists in {bucket.url} with the same inputs: reusing its plan")
+        ignored = _ignored_flags(spec, existing)
+        if ignored:
+            log(f"warning: {', '.join(ignored)} ignored: sweep {name!r} keeps its stored plan "
+                f"({len(existing.batches)} batch(es)); give --name NEW for a new plan")
         n = len(existing.batches)
         result = PlanResult(existing, True, circuits, backend.node_processes(options, n), startup,
                             slots=backend.batch_slots(options, n))
@@ -294,6 +311,23 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
     return result
 
 
+def _ignored_flags(spec: SweepSpec, existing: Manifest) -> list[str]:
+    """Partition flags that would have changed the stored plan of an existing sweep."""
+    plan = existing.plan
+    flags = []
+    if spec.jobs is not None and spec.jobs != len(plan.batches):
+        flags.append(f"--jobs {spec.jobs}")
+    if spec.target_hours is not None:
+        flags.append(f"--target-hours {spec.target_hours:g}")
+    if spec.circuits_per_job is not None:
+        flags.append(f"--circuits-per-job {spec.circuits_per_job}")
+    if not spec.allow_shards and any(s.count > 1 for b in plan.batches for s in b.shards):
+        flags.append("--no-shards")
+    if spec.calibrate:
+        flags.append("--calibrate")
+    return flags
+
+
 def upload_sweep(bucket: Bucket, prepared: PlanResult, log: Callable[[str], None]) -> None:
     """Circuits first, the manifest last: a manifest in the bucket means the sweep is complete there."""
     m = prepared.manifest
@@ -315,6 +349,8 @@ def batches_to_launch(bucket: Bucket, prepared: PlanResult, backend: Backend
     if bad:
         raise KilnError(bad[0].problem)
     todo = [b.batch.id for b in progress.batches if not b.done and not (b.job and b.job.active)]
+    prepared.remaining = {b.batch.id: b.batch.predicted_seconds * (1.0 - b.fraction)
+                          for b in progress.batches if b.batch.id in todo}
     return todo, {"done": [b.batch.id for b in progress.batches if b.done],
                   "running": [b.batch.id for b in progress.batches if b.job and b.job.active]}
 

@@ -21,7 +21,9 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from qec_kiln._argtypes import positive_float, positive_int
+from qec_kiln._argtypes import MAX_SYNC_SECONDS
+from qec_kiln._argtypes import processes as processes_type
+from qec_kiln._argtypes import sync_seconds as sync_seconds_type
 from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import KilnError
 
@@ -50,11 +52,12 @@ class BackendOptions:
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of :class:`BackendOptions`, shared by every backend."""
-    parser.add_argument("--processes", type=positive_int, help="sinter --processes per batch")
-    parser.add_argument("--sync-seconds", type=positive_float, default=30.0,
-                        help="how often a batch uploads its resume CSV (default 30)")
-    parser.add_argument("--cpus", help="CPUs per node: skypilot e.g. 16+ (default from the YAML); "
-                        "slurm per array task")
+    parser.add_argument("--processes", type=processes_type, metavar="N|auto",
+                        help="sinter --processes per batch (default auto: the cores it gets)")
+    parser.add_argument("--sync-seconds", type=sync_seconds_type, default=30.0,
+                        help="how often a batch uploads its resume CSV (default 30, at most 86400)")
+    parser.add_argument("--cpus", help="CPUs a batch gets: slurm per array task (e.g. 8), "
+                        "skypilot per node (e.g. 16+; default from the YAML)")
     parser.add_argument("--gpus", help="accelerators, e.g. H100:1 (skypilot: uses the GPU job "
                         "YAML, configs/sinter_job_gpu.yaml)")
 
@@ -108,6 +111,8 @@ class Submission:
     message: str = ""
     failed: list[str] = dataclasses.field(default_factory=list)
     interrupted: bool = False
+    signal: int = 0  # the signal that stopped the launch (interrupted), e.g. 15 for SIGTERM
+    cancelled: list[str] = dataclasses.field(default_factory=list)  # by `qec-kiln cancel`
 
 
 @dataclasses.dataclass
@@ -210,6 +215,26 @@ class Backend(abc.ABC):
         wall = sum(task_seconds) / self.node_processes(options, 1)
         n_tasks = len(task_seconds)
         return max(1, min(n_tasks * 4, math.floor(wall / (4 * self.startup_seconds)) or 1))
+
+    def max_processes(self, options: BackendOptions) -> int | None:
+        """The most sinter processes per batch that make sense here (None: no limit known)."""
+        return None
+
+    def check_options(self, options: BackendOptions) -> None:
+        """Refuse settings that cannot work, with one line naming the flag."""
+        if not (0 < options.sync_seconds <= MAX_SYNC_SECONDS):
+            raise KilnError(f"--sync-seconds {options.sync_seconds:g}: must be positive and at "
+                            f"most {MAX_SYNC_SECONDS:g} (one day)")
+        most = self.max_processes(options)
+        if options.processes is not None and most is not None and options.processes > most:
+            raise KilnError(f"--processes {options.processes}: more than {most} sinter processes "
+                            f"per batch on the {self.name} backend (4x the cores); use fewer, "
+                            "or auto")
+
+    def live_fragments(self, bucket_url: str, sweep: str) -> dict[str, bytes]:
+        """Resume files of batches this machine runs, newer than their fragments may be
+        (``status`` prefers them when they hold more shots); {} when none are here."""
+        return {}
 
     def bucket_problem(self, bucket_url: str) -> str | None:
         """Why this backend's batches could not reach ``bucket_url``, or None."""

@@ -1,8 +1,10 @@
 """The default backend: each batch is a local ``qec-kiln run-batch`` process.
 
 ``launch`` runs up to ``--parallel`` batches at once in the foreground and splits the cores
-between them (sinter's ``--processes``). Ctrl-C sends SIGTERM to every batch, which stops sinter
-and uploads the complete lines of its resume file, so the next ``launch`` resumes. ``status`` and
+between them (sinter's ``--processes``), showing live shots, errors and an ETA read from the
+batches' resume files. Ctrl-C, SIGTERM or SIGHUP sends SIGTERM to every batch, which stops sinter
+and uploads the complete lines of its resume file, so the next ``launch`` resumes; a finished
+batch's local work folder is removed. ``status`` and
 ``cancel`` work from another terminal through the records in ``$QEC_KILN_HOME/local/<sweep>/``.
 """
 
@@ -15,13 +17,13 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from qec_kiln._argtypes import positive_int
 from qec_kiln._backends._base import (
@@ -130,6 +132,9 @@ class LocalBackend(Backend):
         lines += ["  " + quote_argv(self._argv(request, b, procs)) for b in request.batch_ids]
         return "\n".join(lines)
 
+    def max_processes(self, options: BackendOptions) -> int | None:
+        return 4 * _cores()
+
     def launch(self, request: LaunchRequest) -> Submission:
         state = _state_dir(request.bucket_url, request.sweep)
         state.mkdir(parents=True, exist_ok=True)
@@ -140,34 +145,39 @@ class LocalBackend(Backend):
         codes: dict[str, int] = {}
         commands: list[list[str]] = []
         console = Console(stderr=True)
-        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=console, transient=False)
-        interrupted = False
-        with progress:
-            bar = progress.add_task(f"sweep {request.sweep}", total=len(pending))
-            try:
-                while pending or running:
-                    while pending and len(running) < slots:
-                        b = pending.pop(0)
-                        argv = self._argv(request, b, procs)
-                        commands.append(argv)
-                        running[b] = self._start(state, b, argv)
-                    time.sleep(0.2)
-                    for b, p in list(running.items()):
-                        if p.poll() is not None:
-                            codes[b] = p.returncode
-                            (state / f"{b}.exit").write_text(str(p.returncode))
-                            del running[b]
-                            progress.advance(bar)
-                            if p.returncode == _ELSEWHERE_EXIT:
-                                console.print(f"{b}: run by another run-batch of this sweep "
-                                              "(another launch); not counted as failed")
-                            elif p.returncode:
-                                console.print(f"[red]{b} failed (exit {p.returncode}); "
-                                              f"log: {state / (b + '.out')}")
-            except KeyboardInterrupt:
-                interrupted = True
-                console.print("interrupted: stopping batches and uploading their resume files...")
+        stopped: list[int] = []  # the terminating signal(s) this launch received
+
+        def states() -> dict[str, str]:
+            out = {b: "waiting" for b in pending}
+            out.update({b: "running" for b in running})
+            out.update({b: _ended(state, b, c) for b, c in codes.items()})
+            return out
+
+        with _StopSignals(stopped), _progress(self, request, state, states, console) as shown:
+            while (pending or running) and not stopped:
+                while pending and len(running) < slots and not stopped:
+                    b = pending.pop(0)
+                    argv = self._argv(request, b, procs)
+                    commands.append(argv)
+                    running[b] = self._start(state, b, argv)
+                time.sleep(0.2)
+                for b, p in list(running.items()):
+                    if p.poll() is not None:
+                        codes[b] = p.returncode
+                        (state / f"{b}.exit").write_text(str(p.returncode))
+                        del running[b]
+                        ended_as = _ended(state, b, p.returncode)
+                        if ended_as == "failed":
+                            console.print(f"[red]{b} failed (exit {p.returncode}); "
+                                          f"log: {state / (b + '.out')}")
+                        elif ended_as == "elsewhere":
+                            console.print(f"{b}: run by another run-batch of this sweep "
+                                          "(another launch); not counted as failed")
+                if shown is not None:
+                    shown.update()
+            if stopped:
+                name = signal.Signals(stopped[0]).name
+                console.print(f"{name}: stopping batches and uploading their resume files...")
                 for p in running.values():
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(p.pid, signal.SIGTERM)
@@ -179,23 +189,37 @@ class LocalBackend(Backend):
                             os.killpg(p.pid, signal.SIGKILL)
                         codes[b] = p.wait()
                     (state / f"{b}.exit").write_text(str(codes[b]))
-        failed = sorted(b for b, c in codes.items() if c not in (0, _ELSEWHERE_EXIT))
-        elsewhere = sorted(b for b, c in codes.items() if c == _ELSEWHERE_EXIT)
-        if interrupted:
+                running.clear()
+        ended = states()
+        failed = sorted(b for b in codes if ended[b] == "failed")
+        cancelled = sorted(b for b in codes if ended[b] == "cancelled")
+        elsewhere = sorted(b for b in codes if ended[b] == "elsewhere")
+        for b in codes:
+            if ended[b] == "done":  # its fragment is final: the local copy is not needed
+                shutil.rmtree(_work_dir(state, request.sweep, b), ignore_errors=True)
+        for empty in (state / "work" / request.sweep, state / "work"):
+            with contextlib.suppress(OSError):
+                empty.rmdir()
+        if stopped:
             msg = "interrupted: run the same launch again to resume"
         elif failed:
             msg = f"{len(failed)} batch(es) failed: {', '.join(failed)}; logs in {state}"
+        elif cancelled:
+            msg = (f"{len(cancelled)} batch(es) cancelled (qec-kiln cancel): "
+                   f"{', '.join(cancelled)}; run the same launch again to resume")
         elif elsewhere:
             msg = (f"{len(codes) - len(elsewhere)} batch(es) finished; {len(elsewhere)} run by "
                    f"another launch of this sweep ({', '.join(elsewhere)}): see `qec-kiln status`")
         else:
             msg = f"all {len(codes)} batch(es) finished"
         return Submission(job_ids={b: str(b) for b in request.batch_ids}, commands=commands,
-                            message=msg, failed=failed, interrupted=interrupted)
+                          message=msg, failed=failed, interrupted=bool(stopped),
+                          signal=stopped[0] if stopped else 0, cancelled=cancelled)
 
     def _start(self, state: pathlib.Path, batch: str, argv: list[str]) -> subprocess.Popen:
-        with contextlib.suppress(FileNotFoundError):
-            (state / f"{batch}.exit").unlink()
+        for old in (f"{batch}.exit", f"{batch}.cancel"):
+            with contextlib.suppress(FileNotFoundError):
+                (state / old).unlink()
         out = open(state / f"{batch}.out", "ab")  # noqa: SIM115 (the child holds it)
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
@@ -221,7 +245,7 @@ class LocalBackend(Backend):
             except (OSError, ValueError):
                 out[b] = JobState(b, "STOPPED", job_id=f"pid {pid}", detail="exited without a record")
                 continue
-            name = "SUCCEEDED" if rc == 0 else ("CANCELLED" if rc in (130, 143) else "FAILED")
+            name = {"done": "SUCCEEDED", "cancelled": "CANCELLED"}.get(_ended(state, b, rc), "FAILED")
             out[b] = JobState(b, name, job_id=f"pid {pid}", detail=f"exit {rc}")
         return out
 
@@ -231,10 +255,82 @@ class LocalBackend(Backend):
         for pid_file in sorted(state.glob("*.pid")) if state.is_dir() else []:
             pid = _read_pid(pid_file)
             if pid is not None and _is_run_batch(pid, sweep):
+                # The record first: the launcher then reports the batch CANCELLED, not failed.
+                (state / f"{pid_file.stem}.cancel").write_text(str(time.time()))
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGTERM)
                 cancelled.append(pid_file.stem)
         return cancelled
+
+    def live_fragments(self, bucket_url: str, sweep: str) -> dict[str, bytes]:
+        work = _state_dir(bucket_url, sweep) / "work" / sweep
+        out = {}
+        for resume in sorted(work.glob("*/resume.csv")) if work.is_dir() else []:
+            with contextlib.suppress(OSError):
+                out[resume.parent.name] = resume.read_bytes()
+        return out
+
+
+#: Exit codes of a run-batch stopped by SIGINT, SIGTERM or SIGHUP (it uploads, then exits so).
+STOPPED_CODES = frozenset({128 + signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGHUP,
+                           -signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP})
+
+
+def _ended(state: pathlib.Path, batch: str, code: int) -> str:
+    """``done``, ``elsewhere`` (another run-batch holds the batch), ``cancelled`` (a cancel
+    record, or stopped by a signal this launch did not send) or ``failed``."""
+    if code == 0:
+        return "done"
+    if code == _ELSEWHERE_EXIT:
+        return "elsewhere"
+    if code in STOPPED_CODES or (state / f"{batch}.cancel").exists():
+        return "cancelled"
+    return "failed"
+
+
+def _work_dir(state: pathlib.Path, sweep: str, batch: str) -> pathlib.Path:
+    """Where run-batch keeps the batch's circuits and resume file (``--work-dir``)."""
+    return state / "work" / sweep / batch
+
+
+class _StopSignals:
+    """While active, SIGINT, SIGTERM and SIGHUP are recorded in ``stopped`` (the launch loop
+    then stops every batch the way Ctrl-C does) instead of ending the process at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, stopped: list[int]):
+        self.stopped = stopped
+        self.old: dict[int, object] = {}
+
+    def __enter__(self) -> _StopSignals:
+        for s in self.SIGNALS:
+            self.old[s] = signal.signal(s, lambda signum, _frame: self.stopped.append(signum))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _progress(backend: LocalBackend, request: LaunchRequest, state: pathlib.Path, states,
+              console: Console):
+    """Live shots/errors/ETA of the batches (None, and a warning, if the plan cannot be read)."""
+    from qec_kiln._errors import KilnError
+    from qec_kiln._manifest import load_manifest
+    from qec_kiln._progress import LaunchProgress, ResumeReader
+    from qec_kiln._storage import open_bucket
+
+    try:
+        manifest = load_manifest(open_bucket(request.bucket_url), request.sweep)
+    except KilnError as ex:
+        console.print(f"warning: no live progress ({ex})", markup=False)
+        yield None
+        return
+    reader = ResumeReader(manifest, lambda b: _work_dir(state, request.sweep, b) / "resume.csv")
+    with LaunchProgress(reader, request.batch_ids, states, console) as shown:
+        yield shown
 
 
 def _read_pid(path: pathlib.Path) -> int | None:

@@ -229,8 +229,19 @@ class SlurmBackend(RemoteBackend):
 
     # ------------------------------------------------------------------ rendering
 
+    def warnings(self) -> list[str]:
+        return super().warnings() + ([self.bucket_warning] if self.bucket_warning else [])
+
+    #: Set by :meth:`render` when the bucket is a path on this machine (see :meth:`warnings`).
+    bucket_warning: str = ""
+
     def render(self, request: LaunchRequest) -> Rendered:
         opts = self.options(request.options)
+        url = request.bucket_url
+        if "://" not in url or url.startswith("file://"):
+            self.bucket_warning = (
+                f"--bucket {url} is a folder of this machine: every Slurm node must see it at "
+                "the same path (a shared file system), or use an s3:// or gs:// bucket")
         if not request.batch_ids:
             raise KilnError("no batches to launch")
         bad = [b for b in request.batch_ids if not _PLAIN_NAME_RE.fullmatch(b)]

@@ -1,0 +1,66 @@
+"""``qec-kiln clean``: remove old local state under ``$QEC_KILN_HOME`` (default
+``~/.cache/qec-kiln``): the local backend's job records and work folders, and the rendered Slurm
+and SkyPilot job files, of sweeps untouched for ``older_than_days``. Folders of a local batch
+that is still running are kept. Fragments in buckets are never touched.
+
+    >>> import os, tempfile, pathlib
+    >>> home = pathlib.Path(tempfile.mkdtemp())
+    >>> old = home / "local" / "s-1234abcd"
+    >>> old.mkdir(parents=True); _ = (old / "b000.exit").write_text("0")
+    >>> os.utime(old / "b000.exit", (0, 0)); os.utime(old, (0, 0))
+    >>> [p.name for p in clean_state(home, older_than_days=1)]
+    ['s-1234abcd']
+    >>> old.exists()
+    False
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import time
+
+#: The sub-folders of ``$QEC_KILN_HOME`` that hold one folder per sweep.
+KINDS = ("local", "slurm", "skypilot")
+
+
+def _newest_mtime(folder: pathlib.Path) -> float:
+    newest = folder.stat().st_mtime
+    for p in folder.rglob("*"):
+        try:
+            newest = max(newest, p.lstat().st_mtime)
+        except OSError:
+            continue
+    return newest
+
+
+def _running(folder: pathlib.Path) -> bool:
+    """Whether a local run-batch recorded in ``folder`` still runs."""
+    for pid_file in folder.glob("*.pid"):
+        try:
+            pid = int(json.loads(pid_file.read_text())["pid"])
+            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if b"run-batch" in cmdline.split(b"\0"):
+            return True
+    return False
+
+
+def clean_state(home: pathlib.Path, *, older_than_days: float, dry_run: bool = False
+                ) -> list[pathlib.Path]:
+    """Remove (or with ``dry_run`` only list) sweep folders untouched for ``older_than_days``."""
+    cutoff = time.time() - older_than_days * 86400
+    removed = []
+    for kind in KINDS:
+        base = home / kind
+        for folder in sorted(base.iterdir()) if base.is_dir() else []:
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            if _newest_mtime(folder) > cutoff or _running(folder):
+                continue
+            if not dry_run:
+                shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed

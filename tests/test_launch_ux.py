@@ -1,0 +1,190 @@
+"""What a person sees and does at the command line (issue 13): signals to `launch`, live progress,
+sinter's `--circuits` habits, limits on flags, cancel, clean, and quiet surprises made loud."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import sinter
+from conftest import write_surface_circuits
+
+from qec_kiln._backends.local import _state_dir
+from qec_kiln._cli import build_parser
+
+
+def _popen_launch(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "qec_kiln", "launch", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **(env or {})))
+
+
+def _wait_for_rows(folder: pathlib.Path, timeout: float = 90) -> None:
+    """Until some resume file under ``folder`` has a row beyond its header."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for f in folder.rglob("resume.csv"):
+            if f.read_bytes().count(b"\n") >= 2:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"no batch made progress under {folder}")
+
+
+def _survivors(marker: str) -> list[str]:
+    """Command lines of live (non-zombie) processes that mention ``marker``."""
+    out = []
+    for p in pathlib.Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (p / "cmdline").read_bytes().decode(errors="replace")
+            stat = (p / "stat").read_text()
+        except OSError:
+            continue
+        if marker in cmd and not stat[stat.rindex(")") + 2:].startswith("Z"):
+            out.append(cmd.replace("\0", " "))
+    return out
+
+
+@pytest.fixture
+def slow_sweep(tmp_path):
+    """Two circuits that take ~10 s each on one core at 600,000 shots."""
+    circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.001, 0.003))
+    return circuits, ["--max-shots", "600_000", "--max-errors", "1_000_000_000", "--jobs", "2",
+                      "--processes", "1", "--sync-seconds", "1"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminating_signal_stops_every_batch_cleanly_and_a_relaunch_is_exact(
+        tmp_path, slow_sweep, kiln, kiln_isolated, signum):
+    circuits, flags = slow_sweep
+    bucket = tmp_path / "bucket"
+    proc = _popen_launch(str(circuits), "--bucket", str(bucket), "--name", "sig", *flags)
+    _wait_for_rows(kiln_isolated / "home" / "local")
+    proc.send_signal(signum)  # to the launcher only, as a closed terminal or `kill` would
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert signal.Signals(signum).name in err and "failed" not in err
+    time.sleep(0.5)
+    assert not _survivors(str(bucket)), "a batch (run-batch or sinter) outlived the launcher"
+    # Its work was uploaded: the relaunch shows only the work left, then finishes exactly.
+    r = kiln("launch", str(circuits), "--bucket", str(bucket), "--name", "sig", *flags, check=True)
+    assert "remaining:" in r.stdout and "CPU-hours planned" in r.stdout
+    out = tmp_path / "merged.csv"
+    kiln("merge", "--bucket", str(bucket), "--out", str(out), check=True)
+    stats = sinter.read_stats_from_csv_files(str(out))
+    assert [s.shots for s in stats] == [600_000, 600_000]
+
+
+def test_cancel_without_sweep_stops_every_sweep_and_the_launcher_says_cancelled(
+        tmp_path, slow_sweep, kiln, kiln_isolated):
+    circuits, flags = slow_sweep
+    bucket = tmp_path / "bucket"
+    proc = _popen_launch(str(circuits), "--bucket", str(bucket), "--name", "cx", *flags)
+    _wait_for_rows(kiln_isolated / "home" / "local")
+    r = kiln("cancel", "--bucket", str(bucket), check=True)  # no --sweep: like status
+    assert "cancelled 2 job(s) of sweep cx" in r.stdout
+    _, err = proc.communicate(timeout=120)
+    assert "2 batch(es) cancelled" in err and "failed" not in err, err
+    assert proc.returncode == 130
+    r = kiln("status", "--bucket", str(bucket), "--json", check=True)
+    assert {b["state"] for b in json.loads(r.stdout)[0]["batches"]} == {"CANCELLED"}
+
+
+def test_progress_lines_without_a_terminal_and_status_reads_local_resume_files(
+        tmp_path, kiln):
+    circuits = write_surface_circuits(tmp_path / "c", distances=(3, 5), noises=(0.003,))
+    bucket = tmp_path / "bucket"
+    r = kiln("launch", str(circuits), "--bucket", str(bucket), "--name", "p", "--jobs", "2",
+             "--max-shots", "300_000", "--max-errors", "1_000_000_000",
+             env={"QEC_KILN_PROGRESS_SECONDS": "0.5"}, check=True)
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("progress:")]
+    assert len(lines) >= 2, r.stderr
+    assert "ETA" in lines[0] and "/s)" in lines[0] and "errors" in lines[0]
+    assert any(" b000 " in ln or "; b00" in ln for ln in lines[:-1])  # per running batch
+    assert lines[-1].startswith("progress: 2/2 batch(es) ended, 600,000 shots")
+    # A finished batch's local work folder is removed.
+    state = _state_dir(str(bucket.resolve()), "p")
+    assert not (state / "work").exists()
+
+    # status prefers a local resume file holding more than the (older) fragment in the bucket.
+    frag = bucket / "p" / "fragments" / "b000.csv"
+    data = frag.read_bytes()
+    frag.write_bytes(data.split(b"\n", 1)[0] + b"\n")  # the bucket's copy: header only
+    resume = state / "work" / "p" / "b000" / "resume.csv"
+    resume.parent.mkdir(parents=True)
+    resume.write_bytes(data)
+    r = kiln("status", "--bucket", str(bucket), "--sweep", "p", "--json", check=True)
+    b000 = json.loads(r.stdout)[0]["batches"][0]
+    assert b000["shots"] == 300_000
+
+
+def test_circuits_as_in_sinter_collect(tmp_path, kiln):
+    circuits = write_surface_circuits(tmp_path / "c", distances=(3, 5), noises=(0.001,))
+    files = sorted(str(p) for p in circuits.glob("*.stim"))
+    common = ["--bucket", str(tmp_path / "b"), "--max-shots", "1000", "--json"]
+    a = kiln("plan", "--circuits", *files, *common, check=True)
+    b = kiln("plan", "--circuits", *reversed(files), *common, check=True)
+    c = kiln("plan", str(circuits / "d=*.stim"), *common, check=True)  # a glob, unexpanded
+    d = kiln("plan", str(circuits), *common, check=True)
+    names = {json.loads(x.stdout)["sweep"] for x in (a, b, c, d)}
+    assert len(names) == 1 and names.pop().startswith("c-")  # stable, named after the folder
+    assert sum(len(x["shards"]) for x in json.loads(a.stdout)["batches"]) == 2
+    r = kiln("plan", "--circuits", files[0], str(tmp_path / "nothing.stim"), *common)
+    assert r.returncode == 2 and "nothing.stim: no such file" in r.stderr
+    r = kiln("plan", files[0], "--processes", "auto", "--sinter-option",
+             "--count_observable_error_combos", *common)
+    assert r.returncode == 0, r.stderr
+    from qec_kiln._cli import _join_sinter_options
+
+    assert _join_sinter_options(["--sinter-option", "--max_batch_size=9"]) == [
+        "--sinter-option=--max_batch_size=9"]
+
+
+def test_flag_limits_are_one_line_errors(tmp_path, kiln):
+    circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001,))
+    for flags, word in [(["--sync-seconds", "1e10"], "--sync-seconds"),
+                        (["--processes", "100000"], "--processes")]:
+        r = kiln("launch", str(circuits), "--bucket", str(tmp_path / "b"), *flags)
+        assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+        assert word in r.stderr
+    r = kiln("run-batch", "--bucket", str(tmp_path / "b"), "--sweep", "x", "--batch", "b000",
+             "--sync-seconds", "1e10")
+    assert r.returncode == 2 and "one day" in r.stderr
+    # Remote nodes may have many cores: Slurm takes it (and warns about a local bucket path).
+    r = kiln("launch", str(circuits), "--bucket", str(tmp_path / "b"), "--backend", "slurm",
+             "--processes", "256", "--dry-run", check=True)
+    assert "every Slurm node must see it" in r.stderr
+
+
+def test_quiet_surprises_are_said(tmp_path, kiln, kiln_isolated):
+    circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001, 0.01))
+    bucket = str(tmp_path / "b")
+    kiln("launch", str(circuits), "--bucket", bucket, "--name", "q", "--jobs", "1",
+         "--max-shots", "2000", check=True)
+    r = kiln("plan", str(circuits), "--bucket", bucket, "--name", "q", "--jobs", "2",
+             "--max-shots", "2000", check=True)
+    assert "--jobs 2 ignored" in r.stderr and "--name" in r.stderr
+    help_text = " ".join(kiln("launch", "--help", check=True).stdout.split())
+    assert "circuit x decoder" in help_text and "slurm per array task" in help_text
+    # BrokenPipe when the reader leaves: no traceback.
+    p = subprocess.Popen([sys.executable, "-m", "qec_kiln", "status", "--bucket", bucket,
+                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) in (0, 141) and "Traceback" not in err, err
+    # clean removes old local state (here: everything, --older-than 0) under QEC_KILN_HOME.
+    home = kiln_isolated / "home"
+    assert any((home / "local").iterdir())
+    r = kiln("clean", "--older-than", "0", check=True)
+    assert "removed 1 sweep folder(s)" in r.stdout
+    assert not any((home / "local").iterdir())
+
+
+def test_parser_takes_circuits_option_and_positional_alike():
+    a = build_parser().parse_args(["plan", "--circuits", "x.stim", "y.stim", "--jobs", "2"])
+    assert a.circuits_opt == ["x.stim", "y.stim"] and a.jobs == 2
