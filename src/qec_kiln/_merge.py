@@ -13,9 +13,12 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import pathlib
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 
@@ -165,3 +168,31 @@ def _outcomes(manifest: Manifest, per_task: dict[str, sinter.TaskStats]) -> list
         out.append(TaskOutcome(manifest.sweep, sid, decoder, metadata, st.shots if st else 0,
                                st.errors if st else 0, ts, te))
     return out
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    report = merge_sweeps(args.bucket, args.out, sweep=args.sweep, skip_bad=args.skip_bad,
+                          log=_log)
+    if args.json:
+        print(json.dumps({
+            "out": str(report.out), "rows": report.rows, "tasks": report.total,
+            "reached": report.reached, "missing_batches": report.missing_batches,
+            "not_reached": [dict(t.metadata, decoder=t.decoder, shots=t.shots, errors=t.errors,
+                                 target_shots=t.target_shots, target_errors=t.target_errors)
+                            for t in report.not_reached],
+            "warnings": report.warnings,
+        }, indent=1))
+        return 0
+    print(f"wrote {report.out} ({report.rows} rows): {report.reached} of {report.total} "
+          "task(s) reached max_shots or max_errors")
+    if report.missing_batches:
+        print(f"batches without a fragment yet: {', '.join(report.missing_batches)}")
+    for t in report.not_reached:
+        name = ",".join(f"{k}={v}" for k, v in t.metadata.items())
+        print(f"  not yet: {name} ({t.decoder}): {t.shots:,}/{t.target_shots:,} shots, "
+              f"{t.errors:,}/{t.target_errors:,} errors")
+    return 0
