@@ -177,8 +177,7 @@ def cmd_run_batch(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from qec_kiln._status import sweep_progress
 
-    bucket = open_bucket(args.bucket)
-    bucket.check_access()
+    bucket = open_bucket(args.bucket)  # only read: a read-only bucket is fine
     reports = []
     for name in resolve_sweep(bucket, args.sweep):
         manifest = load_manifest(bucket, name)

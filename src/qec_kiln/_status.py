@@ -10,6 +10,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import sinter
 
@@ -18,7 +20,12 @@ from qec_kiln._errors import KilnError, ObjectNotFound
 from qec_kiln._fragments import Fragment, parse_fragment
 from qec_kiln._manifest import Manifest, fragment_key
 from qec_kiln._plan import Batch, Shard
-from qec_kiln._storage import Bucket
+from qec_kiln._storage import Bucket, LocalBucket
+
+#: Fragments read at once from a cloud bucket: N fragments take about N/16 round trips.
+CLOUD_READERS = 16
+#: Job states after which a batch's fragment must exist (the job uploaded it before it ended).
+FINISHED_STATES = frozenset({"SUCCEEDED"})
 
 
 @dataclasses.dataclass
@@ -52,7 +59,13 @@ class BatchProgress:
 
     @property
     def done(self) -> bool:
-        return self.problem is None and all(s.done for s in self.shards)
+        return self.problem is None and not self.lost and all(s.done for s in self.shards)
+
+    @property
+    def lost(self) -> bool:
+        """The batch's job finished (so it uploaded its fragment) but the fragment is gone."""
+        return (self.problem is None and not self.fragment_found and self.job is not None
+                and self.job.state.upper() in FINISHED_STATES)
 
     @property
     def shots(self) -> int:
@@ -77,6 +90,8 @@ class BatchProgress:
     def state(self) -> str:
         if self.problem:
             return "BAD FRAGMENT"
+        if self.lost:
+            return "LOST"
         if self.job is not None and self.job.active:
             return self.job.state.upper()
         if self.done:
@@ -151,6 +166,27 @@ def read_fragment(bucket: Bucket, manifest: Manifest, batch_id: str) -> Fragment
     return parse_fragment(data, f"{bucket.url_for(key)}")
 
 
+def read_fragments(bucket: Bucket, manifest: Manifest, batch_ids: Sequence[str], *,
+                   workers: int | None = None) -> list[Fragment | KilnError | None]:
+    """:func:`read_fragment` of each batch, in order, read by ``workers`` threads at once
+    (default: :data:`CLOUD_READERS` for a cloud bucket, 1 for a directory); a fragment that
+    cannot be read or parsed gives its KilnError in its place.
+    """
+    if workers is None:
+        workers = 1 if isinstance(bucket, LocalBucket) else CLOUD_READERS
+
+    def one(batch_id: str) -> Fragment | KilnError | None:
+        try:
+            return read_fragment(bucket, manifest, batch_id)
+        except KilnError as ex:
+            return ex
+
+    if workers <= 1 or len(batch_ids) <= 1:
+        return [one(b) for b in batch_ids]
+    with ThreadPoolExecutor(max_workers=min(workers, len(batch_ids))) as pool:
+        return list(pool.map(one, batch_ids))
+
+
 def batch_progress(batch: Batch, fragment: Fragment | None) -> list[ShardProgress]:
     stats: dict[str, sinter.TaskStats] = fragment.stats if fragment else {}
     out = []
@@ -163,18 +199,24 @@ def batch_progress(batch: Batch, fragment: Fragment | None) -> list[ShardProgres
 
 def sweep_progress(bucket: Bucket, manifest: Manifest,
                    job_states: dict[str, JobState] | None = None) -> SweepProgress:
-    """Progress of every batch; a damaged fragment is reported, not raised."""
+    """Progress of every batch; a damaged fragment, or a finished batch's lost one, is reported,
+    not raised."""
     job_states = job_states or {}
     batches, warnings = [], []
-    for b in manifest.batches:
+    ids = [b.id for b in manifest.batches]
+    for b, frag in zip(manifest.batches, read_fragments(bucket, manifest, ids), strict=True):
         problem = None
-        try:
-            frag = read_fragment(bucket, manifest, b.id)
-        except KilnError as ex:
-            frag, problem = None, str(ex)
+        if isinstance(frag, KilnError):
+            frag, problem = None, str(frag)
             warnings.append(problem)
         if frag is not None and frag.warning:
             warnings.append(frag.warning)
-        batches.append(BatchProgress(b, batch_progress(b, frag), frag is not None,
-                                     job=job_states.get(b.id), problem=problem))
+        progress = BatchProgress(b, batch_progress(b, frag), frag is not None,
+                                 job=job_states.get(b.id), problem=problem)
+        if progress.lost:
+            warnings.append(
+                f"{bucket.url_for(fragment_key(manifest.sweep, b.id))}: batch {b.id}'s job "
+                f"{progress.job.state.upper()} but its fragment is gone (deleted or moved), so its "
+                "shots are lost; launch the sweep again to rerun the batch")
+        batches.append(progress)
     return SweepProgress(manifest, batches, warnings)
