@@ -314,3 +314,28 @@ def test_fragments_are_read_concurrently(tmp_path, small_circuits):
     assert [f.name.rsplit("/", 1)[1] for f in frags] == [f"{i}.csv" for i in ids]  # in order
     assert slow.most >= 8, slow.most
     assert took < 1.5, took
+
+
+def test_many_local_fragments_parsed_by_forked_processes_give_the_same(tmp_path, small_circuits):
+    import functools
+
+    from qec_kiln import _status
+
+    bucket = tmp_path / "bucket"
+    m = make_sweep(small_circuits, bucket, "s", jobs=4)
+    finish(bucket, m)
+    (bucket / "s" / "fragments" / "b002.csv").write_bytes(b"garbage\n")
+    (bucket / "s" / "fragments" / "b003.csv").unlink()
+    b = open_bucket(str(bucket))
+    one = functools.partial(_status._read_one, b, m)
+    ids = [x.id for x in m.batches] * 5
+    here = [one(i) for i in ids]
+    forked = _status._in_processes(one, ids, 3)
+    assert [type(f) for f in forked] == [type(f) for f in here]
+    assert type(here[2]).__name__ == "KilnError" and here[3] is None
+    for a, c in zip(forked, here, strict=True):
+        if a is not None and not isinstance(a, Exception):
+            assert (a.name, a.stats, a.clean) == (c.name, c.stats, c.clean)
+        else:
+            assert str(a) == str(c)
+    assert _status._local_processes(10) == 1  # few fragments: this process alone

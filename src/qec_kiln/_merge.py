@@ -116,7 +116,6 @@ def merge_sweeps(
     warnings: list[str] = []
     missing: list[str] = []
     outcomes: list[TaskOutcome] = []
-    total: dict[str, sinter.TaskStats] = {}
     per_sweep: dict[str, dict[str, sinter.TaskStats]] = {}
     manifests = [load_manifest(bucket, name) for name in resolve_sweep(bucket, sweep)]
     for manifest in manifests:
@@ -139,8 +138,11 @@ def merge_sweeps(
                 warnings.append(dropped)
             for sid, st in kept.items():  # sinter combine's order: file by file, row by row
                 mine[sid] = mine[sid] + st if sid in mine else st
-                total[sid] = total[sid] + st if sid in total else st
         outcomes += _outcomes(manifest, mine)
+    total: dict[str, sinter.TaskStats] = {}
+    for mine in per_sweep.values():  # one sweep: its own sums, unchanged
+        for sid, st in mine.items():
+            total[sid] = total[sid] + st if sid in total else st
     if not total:
         raise KilnError(
             f"{bucket.url}: no fragment has any rows yet, so there is nothing to merge; "

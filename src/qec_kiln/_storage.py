@@ -172,13 +172,16 @@ def _bad_url(url: object, why: str) -> StorageError:
     return StorageError(f"bad bucket URL {str(url)!r}: {why}; use {ACCEPTED_FORMS}")
 
 
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
+
+
 def _path_problem(path: str, *, partial_last: bool = False) -> str | None:
     """Why ``path`` is not a safe relative key (or key prefix), or None if it is."""
     if path.startswith("/"):
         return "absolute keys are not allowed"
     if "\\" in path:
         return "use '/' as the separator, not '\\'"
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+    if _CONTROL_CHARACTER.search(path):
         return "control characters are not allowed"
     parts = path.split("/")
     if partial_last and parts and parts[-1] == "":
@@ -717,6 +720,7 @@ class S3Bucket(Bucket):
                         connect_timeout=policy.connect_timeout,
                         read_timeout=policy.read_timeout,
                         retries={"total_max_attempts": 1, "mode": "standard"},
+                        max_pool_connections=32,  # merge/status read 16 fragments at once
                     ),
                 )
                 self._clients[timeouts] = client
