@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -90,13 +91,17 @@ def build(tmp: pathlib.Path, n_fragments: int, rows: int) -> tuple[pathlib.Path,
     return bucket_dir, paths
 
 
-def timed(argv: list[str], env: dict[str, str]) -> tuple[float, bytes]:
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, bytes]:
+    """Wall seconds, CPU seconds (user + system, its children included) and standard output."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     r = subprocess.run(argv, capture_output=True, env=env)
     took = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
         raise SystemExit(f"{argv[0]} failed: {r.stderr.decode()[-2000:]}")
-    return took, r.stdout
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return took, cpu, r.stdout
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,26 +110,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rows", type=int, default=4, help="rows per planned task in each fragment")
     p.add_argument("--repeats", type=int, default=7)
     args = p.parse_args(argv)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
     with tempfile.TemporaryDirectory(prefix="kiln-merge-bench-") as d:
         tmp = pathlib.Path(d)
+        # Both commands start from compiled bytecode, as an installed package does (even where
+        # PYTHONDONTWRITEBYTECODE is set): a shared cache, filled by one untimed run of each.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env.update(PYTHONPYCACHEPREFIX=str(tmp / "pycache"), PYTHONPATH=os.pathsep.join(
+            [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
         bucket, paths = build(tmp, args.fragments, args.rows)
         kiln = [str(BIN / "qec-kiln"), "merge", "--bucket", str(bucket), "--sweep", "bench", "--out", "-"]
         plain = [str(BIN / "sinter"), "combine", *map(str, paths)]
-        times: dict[str, list[float]] = {"kiln": [], "sinter": []}
+        if timed(kiln, env)[2] != timed(plain, env)[2]:
+            raise SystemExit("qec-kiln merge and sinter combine printed different CSVs")
+        wall: dict[str, list[float]] = {"kiln": [], "sinter": []}
+        cpu: dict[str, list[float]] = {"kiln": [], "sinter": []}
         for rep in range(args.repeats):
             order = [("kiln", kiln), ("sinter", plain)]
-            outputs = {}
             for name, cmd in order if rep % 2 == 0 else order[::-1]:
-                took, outputs[name] = timed(cmd, env)
-                times[name].append(took)
-            if outputs["kiln"] != outputs["sinter"]:
-                raise SystemExit("qec-kiln merge and sinter combine printed different CSVs")
-    k, s = statistics.median(times["kiln"]), statistics.median(times["sinter"])
+                w, c, _ = timed(cmd, env)
+                wall[name].append(w)
+                cpu[name].append(c)
+    k, s = statistics.median(wall["kiln"]), statistics.median(wall["sinter"])
+    kc, sc = statistics.median(cpu["kiln"]), statistics.median(cpu["sinter"])
     rows = args.fragments * 3 * args.rows
     print(f"{args.fragments} fragments, {rows:,} rows; median of {args.repeats} alternating runs: "
-          f"qec-kiln merge {k:.3f} s, sinter combine {s:.3f} s")
+          f"qec-kiln merge {k:.3f} s, sinter combine {s:.3f} s wall; CPU {kc:.3f} s vs {sc:.3f} s "
+          f"(kiln/sinter {kc / sc:.2f}); load average {os.getloadavg()[0]:.1f} on "
+          f"{len(os.sched_getaffinity(0))} cores")
     print(f"merge: kiln/sinter = {k / s:.2f}")
 
 

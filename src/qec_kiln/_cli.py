@@ -206,8 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("merge", help="combine all fragments into one CSV for sinter plot")
     p.add_argument("--bucket", default="kiln-results")
-    p.add_argument("--out", default="merged.csv")
-    p.add_argument("--sweep", help="only this sweep (default: every sweep in the bucket)")
+    p.add_argument("--out", default="merged.csv",
+                   help="the merged CSV (default merged.csv), or - for standard output")
+    p.add_argument("--sweep", help="only this sweep (default: every sweep in the bucket, combined "
+                   "into one CSV with each sweep's share reported)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip damaged fragments with a warning instead of stopping")
     p.add_argument("--json", action="store_true")
