@@ -22,7 +22,7 @@ from qec_kiln._launch import SweepSpec, prepare_sweep, upload_sweep
 from qec_kiln._manifest import Manifest, fragment_key
 from qec_kiln._merge import merge_sweeps
 from qec_kiln._status import sweep_progress
-from qec_kiln._storage import LocalBucket, open_bucket, parse_url
+from qec_kiln._storage import LocalBucket, S3Bucket, open_bucket, parse_url
 
 
 def make_sweep(circuits, bucket_url, name, *, max_shots=4000, max_errors=10**6, jobs=2) -> Manifest:
@@ -314,6 +314,41 @@ def test_fragments_are_read_concurrently(tmp_path, small_circuits):
     assert [f.name.rsplit("/", 1)[1] for f in frags] == [f"{i}.csv" for i in ids]  # in order
     assert slow.most >= 8, slow.most
     assert took < 1.5, took
+
+
+class CountingS3Bucket(S3Bucket):
+    """The real S3 bucket (moto's server), counting the reads in flight."""
+
+    def __init__(self, url):
+        super().__init__(parse_url(url))
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+
+    def read_bytes(self, key, *, retry=None):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.02)  # a round trip to a real store
+            return super().read_bytes(key, retry=retry)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_cloud_fragments_are_read_16_at_a_time_by_default(tmp_path, small_circuits, s3_env, caplog):
+    from qec_kiln._status import CLOUD_READERS, read_fragments
+
+    m = make_sweep(small_circuits, s3_env.url, "s", jobs=4)
+    finish(s3_env.url, m)
+    bucket = CountingS3Bucket(s3_env.url)
+    ids = [b.id for b in m.batches] * 16
+    frags = read_fragments(bucket, m, ids)  # the default for a cloud bucket
+    assert [f.name.rsplit("/", 1)[1] for f in frags] == [f"{i}.csv" for i in ids]
+    assert bucket.most == CLOUD_READERS == 16
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]  # one connection each
+    report = merge_sweeps(s3_env.url, tmp_path / "merged.csv")
+    assert report.reached == report.total == 4
 
 
 def test_many_local_fragments_parsed_by_forked_processes_give_the_same(tmp_path, small_circuits):
