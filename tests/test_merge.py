@@ -351,6 +351,27 @@ def test_cloud_fragments_are_read_16_at_a_time_by_default(tmp_path, small_circui
     assert report.reached == report.total == 4
 
 
+def test_an_outage_stops_the_reads_instead_of_retrying_every_fragment(small_circuits, s3_env):
+    from qec_kiln._errors import StorageError
+    from qec_kiln._status import read_fragments
+    from qec_kiln._storage import RetryPolicy
+
+    m = make_sweep(small_circuits, s3_env.url, "s", jobs=4)
+    finish(s3_env.url, m)
+    bucket = open_bucket(s3_env.url, retry=RetryPolicy(attempts=1, read_timeout=1, connect_timeout=1))
+    ids = [b.id for b in m.batches] * 16  # 64 reads: 4 rounds of 16 of 1 s each, were all tried
+    s3_env.server.pause()
+    try:
+        start = time.monotonic()
+        frags = read_fragments(bucket, m, ids)
+        took = time.monotonic() - start
+    finally:
+        s3_env.server.resume()
+    assert all(isinstance(f, StorageError) for f in frags)
+    assert sum("as reading an earlier fragment failed" in str(f) for f in frags) >= 48
+    assert took < 3, took
+
+
 def test_many_local_fragments_parsed_by_forked_processes_give_the_same(tmp_path, small_circuits):
     import functools
 
@@ -362,7 +383,7 @@ def test_many_local_fragments_parsed_by_forked_processes_give_the_same(tmp_path,
     (bucket / "s" / "fragments" / "b002.csv").write_bytes(b"garbage\n")
     (bucket / "s" / "fragments" / "b003.csv").unlink()
     b = open_bucket(str(bucket))
-    one = functools.partial(_status._read_one, b, m)
+    one = functools.partial(_status._read_one, b, m, [])
     ids = [x.id for x in m.batches] * 5
     here = [one(i) for i in ids]
     forked = _status._in_processes(one, ids, 3)

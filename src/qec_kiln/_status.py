@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import sinter
 
-from qec_kiln._errors import KilnError, ObjectNotFound
+from qec_kiln._errors import KilnError, ObjectNotFound, StorageError
 from qec_kiln._fragments import Fragment, parse_fragment
 from qec_kiln._manifest import Manifest, fragment_key
 from qec_kiln._plan import Batch, Shard
@@ -184,7 +184,7 @@ def read_fragments(bucket: Bucket, manifest: Manifest, batch_ids: Sequence[str],
     :data:`LOCAL_PROCESSES` forked processes (parsing is what takes the time there, and threads
     would share one core).
     """
-    one = functools.partial(_read_one, bucket, manifest)
+    one = functools.partial(_read_one, bucket, manifest, [])
     if workers is None and isinstance(bucket, LocalBucket):
         procs = _local_processes(len(batch_ids))
         if procs > 1:
@@ -203,9 +203,18 @@ def read_fragments(bucket: Bucket, manifest: Manifest, batch_ids: Sequence[str],
 LOCAL_PROCESSES, FRAGMENTS_PER_PROCESS = 4, 250
 
 
-def _read_one(bucket: Bucket, manifest: Manifest, batch_id: str) -> Fragment | KilnError | None:
+def _read_one(bucket: Bucket, manifest: Manifest, failed: list[StorageError],
+              batch_id: str) -> Fragment | KilnError | None:
+    """One fragment, or its error; once the bucket has failed (after its retries), the fragments
+    not yet read are not tried (an outage would otherwise cost every one its retries)."""
+    if failed:
+        return StorageError(f"{bucket.url_for(fragment_key(manifest.sweep, batch_id))}: not read, "
+                            f"as reading an earlier fragment failed ({failed[0]})")
     try:
         return read_fragment(bucket, manifest, batch_id)
+    except StorageError as ex:
+        failed.append(ex)
+        return ex
     except KilnError as ex:
         return ex
 
