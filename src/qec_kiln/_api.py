@@ -264,8 +264,7 @@ def status(bucket: PathLike = "kiln-results", *, sweep: str | None = None,
     from qec_kiln._storage import open_bucket
 
     log = log or _quiet
-    store = open_bucket(str(bucket))
-    store.check_access()
+    store = open_bucket(str(bucket))  # only read: a read-only bucket is fine
     reports = []
     for name in resolve_sweep(store, sweep):
         manifest = load_manifest(store, name)

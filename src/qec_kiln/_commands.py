@@ -117,30 +117,6 @@ def cmd_run_batch(args: argparse.Namespace) -> int:
                      lease_seconds=args.lease_seconds)
 
 
-def cmd_merge(args: argparse.Namespace) -> int:
-    report = _api.merge(args.bucket, args.out, sweep=args.sweep, skip_bad=args.skip_bad, log=_log)
-    if args.json:
-        print(json.dumps({
-            "out": str(report.out), "rows": report.rows, "tasks": report.total,
-            "reached": report.reached, "missing_batches": report.missing_batches,
-            "not_reached": [dict(t.metadata, decoder=t.decoder, shots=t.shots, errors=t.errors,
-                                 target_shots=t.target_shots, target_errors=t.target_errors)
-                            for t in report.not_reached],
-            "warnings": report.warnings,
-        }, indent=1))
-        return 0
-    out.print(f"wrote {report.out} ({report.rows} rows): {report.reached} of {report.total} "
-              "task(s) reached max_shots or max_errors", markup=False)
-    if report.missing_batches:
-        out.print(f"batches without a fragment yet: {', '.join(report.missing_batches)}",
-                  markup=False)
-    for t in report.not_reached:
-        name = ",".join(f"{k}={v}" for k, v in t.metadata.items())
-        out.print(f"  not yet: {name} ({t.decoder}): {t.shots:,}/{t.target_shots:,} shots, "
-                  f"{t.errors:,}/{t.target_errors:,} errors", markup=False)
-    return 0
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     reports = _api.status(args.bucket, sweep=args.sweep, backend=args.backend, log=_log)
     if args.json:

@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import re
-from importlib import metadata as importlib_metadata
 
 from qec_kiln import __version__
 from qec_kiln._errors import KilnError, ObjectNotFound
@@ -60,6 +59,8 @@ def log_key(sweep: str, batch: str) -> str:
 
 def package_versions() -> dict[str, str]:
     """Versions that change strong_ids or results: every node of a sweep must use the same."""
+    from importlib import metadata as importlib_metadata  # here: merge and status never need it
+
     out = {"qec-kiln": __version__}
     for dist in ("stim", "sinter", "pymatching"):
         try:

@@ -75,6 +75,7 @@ class S3Bucket(Bucket):
                         # botocore's own loop makes one attempt; the hook below, called first,
                         # asks its standard-mode classifier and retries under the policy.
                         retries={"mode": "standard", "total_max_attempts": 1},
+                        max_pool_connections=32,  # merge/status read 16 fragments at once
                     ),
                 )
                 client.meta.events.register_first(
