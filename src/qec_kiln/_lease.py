@@ -64,6 +64,8 @@ class Lease:
     seconds: float
     version: str
     expires: float
+    created: bool = False  # this process created the lease object (it was not there before)
+    previous: bytes | None = None  # what the object held before this process took it over
 
 
 def _owner() -> dict:
@@ -98,17 +100,17 @@ def acquire(bucket: Bucket, key: str, *, seconds: float, retry: RetryPolicy | No
         body = _body(owner, clock() + seconds)
         try:
             version = bucket.write_if(key, body, None, retry=retry)
-            return Lease(bucket, key, owner, seconds, version, clock() + seconds)
+            return Lease(bucket, key, owner, seconds, version, clock() + seconds, created=True)
         except PreconditionFailed:
             pass
         try:
-            current, holder = _read(bucket, key, retry)
+            current, holder, raw = _read_raw(bucket, key, retry)
             while not _free(holder, clock()):
                 if not watch:
                     raise _held(bucket, key, holder, clock())
                 time.sleep(max(0.01, min(poll, float(holder["expires"]) - clock())))
                 seen = current
-                current, holder = _read(bucket, key, retry)
+                current, holder, raw = _read_raw(bucket, key, retry)
                 if current != seen and not _free(holder, clock()):
                     raise _held(bucket, key, holder, clock())  # renewed: its runner is alive
         except ObjectNotFound:
@@ -121,19 +123,24 @@ def acquire(bucket: Bucket, key: str, *, seconds: float, retry: RetryPolicy | No
                 f"{bucket.url_for(key)}: another run-batch of the same batch is running (it took "
                 "over the expired lease first); this one exits without touching the batch"
             ) from None
-        return Lease(bucket, key, owner, seconds, version, clock() + seconds)
+        return Lease(bucket, key, owner, seconds, version, clock() + seconds, previous=raw)
     raise LeaseHeld(f"{bucket.url_for(key)}: the lease keeps disappearing; is someone deleting "
                     "leases? this run-batch exits without touching the batch")
 
 
 def _read(bucket: Bucket, key: str, retry: RetryPolicy | None) -> tuple[str, dict]:
+    version, holder, _ = _read_raw(bucket, key, retry)
+    return version, holder
+
+
+def _read_raw(bucket: Bucket, key: str, retry: RetryPolicy | None) -> tuple[str, dict, bytes]:
     data, version = bucket.read_versioned(key, retry=retry)
     try:
         holder = json.loads(data)
         float(holder["expires"])
     except (ValueError, KeyError, TypeError):
         holder = {"expires": 0.0}  # unreadable: nobody can renew it either
-    return version, holder
+    return version, holder, data
 
 
 def _free(holder: dict, now: float) -> bool:
@@ -169,8 +176,21 @@ def renew(lease: Lease, *, retry: RetryPolicy | None = None,
     lease.expires = expires
 
 
-def release(lease: Lease, *, retry: RetryPolicy | None = None) -> None:
-    """Mark the lease free (best effort: else it simply expires)."""
+def release(lease: Lease, *, retry: RetryPolicy | None = None, undo: bool = False) -> None:
+    """Mark the lease free (best effort: else it simply expires).
+
+    ``undo``: the run never started (bad input); a lease this process created is deleted, so
+    the bucket is left as it was.
+    """
+    if undo and lease.created:
+        with contextlib.suppress(StorageError):
+            lease.bucket.delete(lease.key, retry=retry)
+        return
+    if undo and lease.previous is not None:
+        with contextlib.suppress(StorageError):
+            lease.version = lease.bucket.write_if(lease.key, lease.previous, lease.version,
+                                                  retry=retry)
+        return
     with contextlib.suppress(StorageError):
         lease.version = lease.bucket.write_if(
             lease.key, _body(lease.owner, 0.0, released=True), lease.version, retry=retry)

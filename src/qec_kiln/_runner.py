@@ -236,7 +236,7 @@ def run_batch(
             return _run(bucket, manifest, batch, work, log, log_path, processes, sync_seconds,
                         lease)
         except KilnError:
-            release(lease)  # e.g. a circuit that fails its checksum: let the next one try
+            release(lease, undo=True)  # e.g. a garbage fragment: leave the bucket as it was
             raise
     finally:
         log_file.close()
