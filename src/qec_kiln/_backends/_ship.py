@@ -71,7 +71,7 @@ class KilnWheel:
     @property
     def remote_path(self) -> str:
         """Where the node sees the wheel (a SkyPilot ``file_mounts`` destination)."""
-        return f"/kiln/wheel/{self.path.name}"
+        return f"~/.kiln/wheel/{self.path.name}"
 
 
 def package_dir() -> Path:
