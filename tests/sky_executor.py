@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import Any
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+#: Variables that differ from node to node without changing what setup installs.
+_PER_NODE_VARS = {"HOME", "TMPDIR", "KILN_EXECUTOR_SANDBOX", "SKYPILOT_JOB_RANK",
+                  "SKYPILOT_MANAGED_JOB_ID", "SKYPILOT_TASK_ID"}
 _VAR_RE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -149,7 +152,7 @@ class Node:
         setup = self.cfg.get("setup") or ""
         env = self.env()
         h = hashlib.sha256(setup.encode())
-        for name in sorted(set(_VAR_RE.findall(setup))):
+        for name in sorted(set(_VAR_RE.findall(setup)) - _PER_NODE_VARS):
             h.update(f"\0{name}={env.get(name)}".encode())
         for remote, local in sorted((self.cfg.get("file_mounts") or {}).items()):
             p = Path(local).expanduser()
