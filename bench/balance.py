@@ -40,7 +40,9 @@ sys.path.insert(0, str(REPO / "examples"))
 import sinter  # noqa: E402
 from generate_surface_codes import main as generate  # noqa: E402
 
-from qec_kiln._launch import SweepSpec, prepare_sweep, upload_sweep  # noqa: E402
+import qec_kiln  # noqa: E402
+from qec_kiln._cost import shots_needed  # noqa: E402
+from qec_kiln._launch import upload_sweep  # noqa: E402
 from qec_kiln._plan import Batch, Plan, Shard  # noqa: E402
 from qec_kiln._storage import open_bucket  # noqa: E402
 
@@ -102,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         # A fresh calibration cache: the pilot measures this machine now, not an earlier run.
         os.environ.setdefault("QEC_KILN_CACHE_DIR", str(tmp / "cache"))
         generate(["--out", str(tmp / "circuits")])
-        spec = SweepSpec(circuits=str(tmp / "circuits"), decoders=["pymatching"],
-                         max_shots=args.max_shots, max_errors=args.max_errors, name="kiln",
-                         jobs=args.jobs, calibrate=args.calibrate, calibrate_seconds=60)
         t0 = time.perf_counter()
-        kiln = prepare_sweep(spec, open_bucket(str(tmp / "kiln-bucket")), print)
+        kiln = qec_kiln.plan(tmp / "circuits", max_shots=args.max_shots,
+                             max_errors=args.max_errors, name="kiln", jobs=args.jobs,
+                             calibrate=args.calibrate, calibrate_seconds=60,
+                             bucket=tmp / "kiln-bucket", log=print)
         print(f"planned in {time.perf_counter() - t0:.1f} s: predicted balance "
               f"{kiln.manifest.plan.balance_ratio:.3f}")
         naive = dataclasses.replace(kiln, manifest=dataclasses.replace(
@@ -124,9 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             st = measured.get(t["strong_id"])
             if st is None:
                 continue
-            shots_needed = max(1.0, min(args.max_shots, args.max_errors / t["p_logical"])
-                               if t["p_logical"] > 0 else args.max_shots)
-            pred = t["seconds_per_shot"] * shots_needed
+            pred = t["seconds_per_shot"] * shots_needed(args.max_shots, args.max_errors,
+                                                        t["p_logical"])
             err = pred / st.seconds - 1 if st.seconds > 0 else float("nan")
             errors.append(abs(err))
             print(f"{t['circuit']:55s} {pred:8.2f} {st.seconds:8.2f} {err:+7.0%}")

@@ -194,13 +194,13 @@ def test_calibrate_and_warm_cache(tmp_path, monkeypatch):
     tasks = _tiny_tasks()
 
     runs = []
-    real_run = _cost._run_sinter
+    real_run = _cost._calibrate._run_sinter
 
     def counting_run(*args, **kwargs):
         runs.append(1)
         return real_run(*args, **kwargs)
 
-    monkeypatch.setattr(_cost, "_run_sinter", counting_run)
+    monkeypatch.setattr(_cost._calibrate, "_run_sinter", counting_run)
 
     t0 = time.monotonic()
     cals = calibrate(tasks, seconds_budget=3.0, min_shots=1000, cache=cache)
@@ -273,3 +273,46 @@ def test_model_file_is_complete():
     assert set(model["seconds_per_shot"]["pymatching"]) == {"log_a", "log_b", "c", "e", "f"}
     assert "pymatching" in model["task_overhead"]
     assert math.isfinite(model["process_startup_seconds"])
+
+
+def test_estimate_costs_checks_the_cache_once_and_predicts_like_predict_task_seconds(
+        tmp_path, monkeypatch):
+    from qec_kiln._discover import check_duplicates, discover_circuits
+
+    monkeypatch.setenv("QEC_KILN_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "circuits"
+    folder.mkdir()
+    for d in (3, 5):
+        stim.Circuit.generated("repetition_code:memory", distance=d, rounds=d,
+                               after_clifford_depolarization=0.02).to_file(folder / f"d={d}.stim")
+    circuits = discover_circuits(folder)
+    ids = check_duplicates(circuits, ["pymatching"])
+    warm = Calibration(seconds_per_shot=3e-5, shots=10_000, errors=700)
+    CalibrationCache().put(ids[("d=3.stim", "pymatching")], warm)
+
+    runs, lines = [], []
+    real_run = _cost._calibrate._run_sinter
+
+    def counting_run(pilots, **kwargs):
+        runs.append([p.strong_id for p in pilots])
+        return real_run(pilots, **kwargs)
+
+    monkeypatch.setattr(_cost._calibrate, "_run_sinter", counting_run)
+    costs, feats = _cost.estimate_costs(circuits, ["pymatching"], ids, calibrate=True,
+                                        calibrate_seconds=2.0, log=lines.append)
+    cold = ids[("d=5.stim", "pymatching")]
+    assert lines == ["calibrating 1 task(s) for up to 2 s (1 cached)"]
+    assert runs and all(r == [cold] for r in runs)  # the cached task is never sampled
+    by_key = {c.circuit: c for c in costs}
+    assert by_key["d=3.stim"].seconds_per_shot == warm.seconds_per_shot
+    f3 = CircuitFeatures.from_json(feats["d=3.stim"])
+    assert by_key["d=3.stim"].predicted_seconds(10**6, 100) == predict_task_seconds(
+        f3, "pymatching", max_shots=10**6, max_errors=100, calibration=warm)
+
+    # Warm for both now: nothing runs, nothing is logged; without --calibrate: the model alone.
+    runs.clear()
+    lines.clear()
+    again, _ = _cost.estimate_costs(circuits, ["pymatching"], ids, calibrate=True, log=lines.append)
+    assert runs == [] and lines == [] and again == costs
+    model_only, _ = _cost.estimate_costs(circuits, ["pymatching"], ids)
+    assert model_only[0].seconds_per_shot == predict_seconds_per_shot(f3, "pymatching")

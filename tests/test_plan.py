@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import random
+import time
 
 import pytest
 
 from qec_kiln._errors import KilnError
-from qec_kiln._plan import TaskCost, make_plan, split_targets
+from qec_kiln._plan import TaskCost, make_plan, split_targets, target_work_seconds
 
 
 def spread_tasks(n: int = 30, seed: int = 1) -> list[TaskCost]:
@@ -116,3 +117,86 @@ def test_no_shard_is_smaller_than_the_minimum():
         for s in b.shards:
             assert s.count == 1 or s.predicted_seconds >= floor * 0.999
     assert len(plan.batches) < len(many.batches)
+
+
+# --- Planning at scale: near-linear, and impossible targets refused at once -----------------
+
+class CountingSizes(list):
+    """Sizes that count how often the balancer reads one: its work, independent of machine load."""
+
+    reads = 0
+
+    def __getitem__(self, i):
+        CountingSizes.reads += 1
+        return super().__getitem__(i)
+
+
+def balancer_reads(n_items: int, n_bins: int) -> int:
+    from qec_kiln._balance import improve, lpt
+
+    tasks = spread_tasks(n_items)
+    sizes = CountingSizes(t.predicted_seconds(10**6, 1000) for t in tasks)
+    groups = [t.strong_id for t in tasks]
+    CountingSizes.reads = 0
+    bins = lpt(sizes, groups, n_bins)
+    improve(bins, sizes, groups)
+    return CountingSizes.reads
+
+
+def test_balancer_work_grows_about_linearly():
+    small = balancer_reads(1_000, 4)
+    assert balancer_reads(10_000, 4) < 15 * small  # a quadratic search would be ~100x
+    assert balancer_reads(10_000, 1_000) < 30 * small
+
+
+def best_time(tasks, repeat: int, **kwargs) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        make_plan(tasks, max_shots=10**6, max_errors=1000, **kwargs)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def test_planning_time_grows_about_linearly():
+    # Ratios with ample slack (a shared machine is noisy): linear is ~10x, quadratic ~100x.
+    small = best_time(spread_tasks(1_000), 5, jobs=4)
+    assert best_time(spread_tasks(10_000), 3, jobs=4) < 40 * small
+    assert best_time(spread_tasks(10_000), 2, jobs=1_000) < 60 * small
+
+
+def test_big_plans_keep_their_balance():
+    tasks = spread_tasks(10_000)
+    plan = make_plan(tasks, max_shots=10**6, max_errors=1000, jobs=1_000)
+    check_targets(plan, tasks, 10**6, 1000)
+    assert len(plan.batches) == 1_000 and plan.balance_ratio < 1.05
+
+
+def test_target_below_the_start_up_is_refused_in_one_line():
+    with pytest.raises(KilnError, match=r"--target-hours 0.0001 \(0.36 s\) .*start-up \(360 s\)"):
+        target_work_seconds(0.0001, 360.0, 16)
+    assert target_work_seconds(1.0, 360.0, 16) == (3600 - 360) * 16
+
+
+def test_targets_needing_too_many_batches_are_refused_at_once():
+    tasks = spread_tasks(30)
+    total = sum(t.predicted_seconds(10**6, 1000) for t in tasks)
+    t0 = time.perf_counter()
+    with pytest.raises(KilnError, match="--target-hours.*more than the 30 batches"):
+        make_plan(tasks, max_shots=10**6, max_errors=1000, target_seconds=total / 31,
+                  allow_shards=False)
+    with pytest.raises(KilnError, match="--target-hours.*more than the 100,000 batches"):
+        make_plan(tasks, max_shots=10**6, max_errors=1000, target_seconds=total * 1e-9)
+    with pytest.raises(KilnError, match="--jobs 100,001 is more than"):
+        make_plan(tasks, max_shots=10**6, max_errors=1000, jobs=100_001)
+    assert time.perf_counter() - t0 < 5  # refused before any partitioning
+
+
+def test_cli_refuses_target_hours_below_the_start_up(small_circuits, kiln):
+    t0 = time.perf_counter()
+    r = kiln("plan", str(small_circuits), "--target-hours", "0.0001", timeout=120)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --target-hours 0.0001"), r.stderr
+    assert "start-up" in lines[0]
+    assert time.perf_counter() - t0 < 60

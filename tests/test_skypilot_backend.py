@@ -22,7 +22,7 @@ from unittest import mock
 import pytest
 import yaml
 
-from qec_kiln._backends import BackendOptions, LaunchRequest, get_backend
+from qec_kiln._backends import LaunchRequest, get_backend
 from qec_kiln._backends import skypilot as sp
 from qec_kiln._errors import KilnError
 
@@ -49,7 +49,7 @@ def _hermetic(tmp_path, monkeypatch):
 
 def request(batches=("b000", "b003", "b007"), bucket="s3://bkt/sweeps", sweep="surface-d3",
             **opts) -> LaunchRequest:
-    return LaunchRequest(bucket, sweep, tuple(batches), BackendOptions(**opts),
+    return LaunchRequest(bucket, sweep, tuple(batches), sp.SkyPilotOptions(**opts),
                          num_batches_total=8, kiln_version="0.1.0")
 
 

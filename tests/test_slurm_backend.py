@@ -17,7 +17,7 @@ import pytest
 import sinter
 from conftest import REPO, run_kiln, write_surface_circuits
 
-from qec_kiln._backends import BackendOptions, LaunchRequest, get_backend
+from qec_kiln._backends import LaunchRequest, get_backend
 from qec_kiln._backends import slurm as sl
 from qec_kiln._errors import KilnError
 
@@ -27,7 +27,7 @@ HOSTILE_SWEEP = "d3 to d13; rm -rf ~ ${HOME}"
 
 def request(batches=("b000", "b003", "b007"), bucket="s3://bkt/sweeps", sweep="surface-d3",
             **opts) -> LaunchRequest:
-    return LaunchRequest(bucket, sweep, tuple(batches), BackendOptions(**opts),
+    return LaunchRequest(bucket, sweep, tuple(batches), sl.SlurmOptions(**opts),
                          num_batches_total=8, kiln_version="0.1.0")
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 
 from qec_kiln import __version__
+from qec_kiln._argtypes import SINTER_OPTIONS, positive_float, positive_int, sinter_options
+from qec_kiln._backends import BACKENDS
+from qec_kiln._backends import add_arguments as add_backend_arguments
 from qec_kiln._errors import KilnError
 
 
@@ -40,74 +42,6 @@ def _underscore_aliases(names: Sequence[str]) -> list[str]:
     ['--max_shots']
     """
     return ["--" + n[2:].replace("-", "_") for n in names if n.startswith("--") and "-" in n[2:]]
-
-
-def positive_int(text: str) -> int:
-    """``1000``, ``1_000_000`` or ``1e6``; refuse zero, negatives and garbage.
-
-    >>> positive_int("1_000_000"), positive_int("1e6")
-    (1000000, 1000000)
-    """
-    try:
-        value = int(text)
-    except ValueError:
-        try:
-            f = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not f.is_integer():
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        value = int(f)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive, finite number, got {text!r}")
-    return value
-
-
-#: sinter collect options a sweep may pass through: they change how sinter samples or what it
-#: counts, never a task's strong_id (postselection would, so it is not here).
-SINTER_OPTIONS = ("--count_detection_events", "--count_observable_error_combos",
-                  "--max_batch_size", "--start_batch_size", "--max_batch_seconds")
-
-
-def sinter_options(values: Sequence[str]) -> list[str]:
-    """Check ``--sinter-option`` values; return sinter's argv words.
-
-    >>> sinter_options(["--count_observable_error_combos", "--max_batch_size=1024"])
-    ['--count_observable_error_combos', '--max_batch_size', '1024']
-    """
-    out: list[str] = []
-    for value in values:
-        flag, _, arg = value.partition("=")
-        flag = "--" + flag.lstrip("-").replace("-", "_")
-        if flag not in SINTER_OPTIONS:
-            raise KilnError(
-                f"--sinter-option {value!r} is not allowed; use one of {', '.join(SINTER_OPTIONS)} "
-                "(the others are set by qec-kiln or would change strong_ids)"
-            )
-        takes_value = flag in ("--max_batch_size", "--start_batch_size", "--max_batch_seconds")
-        if takes_value:
-            try:
-                if int(arg) < 1:
-                    raise ValueError
-            except ValueError:
-                raise KilnError(f"--sinter-option {value!r} needs a positive integer, "
-                                f"e.g. {flag}=1000") from None
-            out += [flag, arg]
-        elif arg:
-            raise KilnError(f"--sinter-option {value!r}: {flag} takes no value")
-        else:
-            out.append(flag)
-    return out
 
 
 def _add_sweep_args(p: argparse.ArgumentParser) -> None:
@@ -147,28 +81,10 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _add_backend_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="local", help="local (default), skypilot or slurm")
-    p.add_argument("--dry-run", action="store_true",
-                   help="show the plan, rendered job files and exact commands; launch nothing")
-    p.add_argument("--parallel", type=positive_int, help="local: batches at once")
-    p.add_argument("--processes", type=positive_int, help="sinter --processes per batch")
-    p.add_argument("--sync-seconds", type=positive_float, default=30.0,
-                   help="how often a batch uploads its resume CSV (default 30)")
-    s = p.add_argument_group("skypilot")
-    s.add_argument("--cpus", help="e.g. 16+ (default from the YAML)")
-    s.add_argument("--gpus", help="accelerators, e.g. H100:1 (uses the GPU job YAML, "
-                   "configs/sinter_job_gpu.yaml)")
-    s.add_argument("--infra", help="e.g. aws, gcp/us-central1, k8s")
-    s.add_argument("--no-spot", action="store_true", help="on-demand instead of spot")
-    s.add_argument("--yaml", help="your own copy of configs/sinter_job.yaml")
-    sl = p.add_argument_group("slurm")
-    sl.add_argument("--partition")
-    sl.add_argument("--account")
-    sl.add_argument("--time", help="time limit per array task, e.g. 04:00:00")
-    sl.add_argument("--sbatch-template", help="your own copy of configs/sinter_job.sbatch")
-    sl.add_argument("--sbatch-option", action="append", default=[], metavar="OPT",
-                    help="extra #SBATCH option, e.g. --sbatch-option=--qos=long (repeatable)")
+def _add_backend_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--backend", default="local",
+                   help=f"{', '.join(BACKENDS)} (default local); {what}")
+    add_backend_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,14 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="discover and partition circuits; print the plan")
     _add_sweep_args(p)
-    p.add_argument("--backend", default="local", help="the plan's defaults depend on it")
-    p.add_argument("--processes", type=positive_int, help="sinter processes per batch")
-    p.add_argument("--parallel", type=positive_int, help="local: batches at once")
-    p.add_argument("--cpus", help="cpus per node, for predicted hours")
+    _add_backend_args(p, "the plan's defaults depend on it")
 
     p = sub.add_parser("launch", help="plan, upload and start the sweep's batches")
     _add_sweep_args(p)
-    _add_backend_args(p)
+    _add_backend_args(p, "where the batches run")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show the plan, rendered job files and exact commands; launch nothing")
 
     p = sub.add_parser("run-batch", help="run one batch (what a node runs)")
     p.add_argument("--bucket", required=True)
@@ -239,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+__all__ = ["SINTER_OPTIONS", "build_parser", "main", "positive_float", "positive_int",
+           "sinter_options"]
 
 
 if __name__ == "__main__":

@@ -10,16 +10,15 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib
-import math
 import pathlib
 from collections.abc import Callable
 
 import sinter
 
-from qec_kiln._backends import BackendOptions, LaunchRequest
+from qec_kiln._backends import Backend, BackendOptions, LaunchRequest, get_backend
+from qec_kiln._cost import estimate_costs
 from qec_kiln._discover import CircuitFile, check_duplicates, discover_circuits
 from qec_kiln._errors import KilnError, ObjectNotFound
-from qec_kiln._estimate import estimate_costs
 from qec_kiln._manifest import (
     CircuitEntry,
     Manifest,
@@ -29,12 +28,9 @@ from qec_kiln._manifest import (
     load_manifest,
     manifest_key,
 )
-from qec_kiln._plan import make_plan
+from qec_kiln._plan import Batch, make_plan, target_work_seconds
 from qec_kiln._status import sweep_progress
 from qec_kiln._storage import Bucket
-
-#: Seconds a batch's job takes to start, by backend: a plan weighs it against each batch's work.
-STARTUP_SECONDS = {"local": 2.0, "slurm": 30.0, "skypilot": 360.0}
 
 #: Python packages a built-in sinter decoder needs on the machine that runs it.
 DECODER_PACKAGES = {
@@ -71,30 +67,111 @@ class SweepSpec:
 
 
 @dataclasses.dataclass
-class PreparedSweep:
+class PlanResult:
+    """A sweep's plan, what ``qec_kiln.plan`` returns: the manifest (batches, shards, predicted
+    seconds) and how the backend would run it.
+
+    ``exists``: the sweep was already in the bucket with the same inputs, and this is its stored
+    plan. Hours are predicted: core-hours of sinter's work, wall hours with ``node_processes``
+    processes per batch plus ``startup_seconds`` each, ``slots`` batches at once.
+    """
+
     manifest: Manifest
     exists: bool  # the manifest was already in the bucket (a relaunch)
-    circuits: list[CircuitFile]
+    circuits: list[CircuitFile] = dataclasses.field(repr=False)
     node_processes: int
     startup_seconds: float
     slots: int = 0  # batches running at once (0: all of them)
+    estimated_cost: float | None = None  # from the prices per CPU/GPU hour, start-up included
+
+    @property
+    def sweep(self) -> str:
+        return self.manifest.sweep
+
+    @property
+    def batches(self) -> list[Batch]:
+        return self.manifest.batches
+
+    @property
+    def balance_ratio(self) -> float:
+        """Predicted makespan over the ideal one (1.0: perfectly balanced)."""
+        return self.manifest.plan.balance_ratio
+
+    def wall_seconds(self, core_seconds: float) -> float:
+        """Predicted wall seconds of a batch with ``core_seconds`` of work, start-up included."""
+        return core_seconds / self.node_processes + self.startup_seconds
+
+    @property
+    def predicted_makespan_seconds(self) -> float:
+        """Wall seconds until the last batch ends, started in plan order on the free slots."""
+        walls = [self.wall_seconds(b.predicted_seconds) for b in self.batches]
+        slots = [0.0] * max(1, self.slots or len(walls))
+        for w in walls:
+            i = slots.index(min(slots))
+            slots[i] += w
+        return max(slots)
+
+    def to_json(self) -> dict:
+        """What ``qec-kiln plan --json`` prints."""
+        plan = self.manifest.plan
+        data = {
+            "sweep": self.sweep,
+            "existing": self.exists,
+            "strategy": plan.strategy,
+            "batches": [
+                {"id": b.id, "circuits": len({s.circuit for s in b.shards}),
+                 "shards": [s.to_json() for s in b.shards],
+                 "predicted_core_hours": b.predicted_seconds / 3600,
+                 "predicted_wall_hours": self.wall_seconds(b.predicted_seconds) / 3600,
+                 "predicted_shots": b.predicted_shots}
+                for b in plan.batches
+            ],
+            "balance_ratio": plan.balance_ratio,
+            "total_predicted_cpu_hours": plan.total_predicted_seconds / 3600,
+            "predicted_makespan_hours": self.predicted_makespan_seconds / 3600,
+            "batches_at_once": self.slots or len(plan.batches),
+            "processes_per_batch": self.node_processes,
+            "startup_seconds_per_batch": self.startup_seconds,
+        }
+        if self.estimated_cost is not None:
+            data["estimated_cost"] = self.estimated_cost
+        return data
 
 
-def check_decoders(decoders: list[str], custom: str | None, backend: str) -> None:
-    """Refuse unknown decoders before anything is planned."""
+#: The name this class had before it was the API's result; some tests still use it.
+PreparedSweep = PlanResult
+
+
+def estimate_cost(prepared: PlanResult, spec: SweepSpec) -> float | None:
+    """Node-hours of all batches (start-up included) times the price of a node-hour."""
+    node_hours = sum(prepared.wall_seconds(b.predicted_seconds)
+                     for b in prepared.manifest.plan.batches) / 3600
+    total = None
+    if spec.price_per_cpu_hour is not None:
+        total = node_hours * prepared.node_processes * spec.price_per_cpu_hour
+    gpus = spec.options.gpus
+    if spec.price_per_gpu_hour is not None and gpus:
+        count = int(gpus.rpartition(":")[2] or 1) if ":" in gpus else 1
+        total = (total or 0.0) + node_hours * count * spec.price_per_gpu_hour
+    return total
+
+
+def check_decoders(decoders: list[str], custom: str | None, run_here: bool) -> None:
+    """Refuse unknown decoders before anything is planned; ``run_here``: the batches run on this
+    machine, so their decoders must import here."""
     if not decoders:
         raise KilnError("--decoders needs at least one decoder, e.g. --decoders pymatching")
     known = set(sinter.BUILT_IN_SAMPLERS)
     if custom:
-        known |= set(_custom_decoder_names(custom, required=backend == "local"))
+        known |= set(_custom_decoder_names(custom, required=run_here))
     for d in decoders:
-        if d not in known and not (custom and backend != "local"):
+        if d not in known and not (custom and not run_here):
             raise KilnError(
                 f"--decoders {d!r} is not a sinter decoder; choose from {', '.join(sorted(known))} "
                 "or add --custom-decoders-module-function module:function"
             )
         pkg = DECODER_PACKAGES.get(d)
-        if pkg and backend == "local":
+        if pkg and run_here:
             try:
                 importlib.import_module(pkg)
             except ImportError:
@@ -144,26 +221,13 @@ def default_sweep_name(folder: str, digest: str) -> str:
     return f"{base[:40]}-{digest[:8]}"
 
 
-def node_processes(spec: SweepSpec, num_batches_hint: int) -> int:
-    """sinter processes a batch will have, for predicted wall hours."""
-    if spec.options.processes:
-        return spec.options.processes
-    if spec.backend == "local":
-        from qec_kiln._backends.local import split_cores
-
-        return split_cores(num_batches_hint, spec.options.parallel, None)[1]
-    if spec.options.cpus:
-        digits = "".join(ch for ch in spec.options.cpus if ch.isdigit())
-        if digits:
-            return max(1, int(digits))
-    return 16 if spec.backend == "skypilot" else 1
-
-
-def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -> PreparedSweep:
+def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -> PlanResult:
     """Discover and plan (or reload the stored plan of an existing sweep with the same inputs)."""
     if spec.max_shots < 1 or spec.max_errors < 1:
         raise KilnError("--max-shots and --max-errors must be positive integers")
-    check_decoders(spec.decoders, spec.custom_decoders_module_function, spec.backend)
+    backend = get_backend(spec.backend)
+    options = backend.options(spec.options)
+    check_decoders(spec.decoders, spec.custom_decoders_module_function, backend.decoders_run_here)
     circuits = discover_circuits(
         spec.circuits, allow_tagged_gates=bool(spec.custom_decoders_module_function)
     )
@@ -172,7 +236,7 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
     digest = inputs_digest(entries, spec.decoders, spec.max_shots, spec.max_errors,
                            spec.custom_decoders_module_function, spec.sinter_args)
     name = check_sweep_name(spec.name) if spec.name else default_sweep_name(spec.circuits, digest)
-    startup = STARTUP_SECONDS.get(spec.backend, 60.0)
+    startup = backend.startup_seconds
     try:
         existing = load_manifest(bucket, name) if bucket.exists(manifest_key(name)) else None
     except ObjectNotFound:
@@ -184,9 +248,11 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
                 "targets; choose another --name (or delete that sweep's folder to start over)"
             )
         log(f"sweep {name!r} exists in {bucket.url} with the same inputs: reusing its plan")
-        procs = node_processes(spec, len(existing.batches))
-        return PreparedSweep(existing, True, circuits, procs, startup,
-                             slots=batch_slots(spec, len(existing.batches)))
+        n = len(existing.batches)
+        result = PlanResult(existing, True, circuits, backend.node_processes(options, n), startup,
+                            slots=backend.batch_slots(options, n))
+        result.estimated_cost = estimate_cost(result, spec)
+        return result
 
     custom = load_custom_decoders(spec.custom_decoders_module_function) if spec.calibrate else None
     costs, features = estimate_costs(circuits, spec.decoders, strong_ids, calibrate=spec.calibrate,
@@ -195,16 +261,15 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
     jobs = spec.jobs
     target_seconds = None
     if spec.target_hours is not None:
-        # Locally, many batches share the cores: count one process per batch (the worst case).
-        procs = spec.options.processes or (1 if spec.backend == "local" else node_processes(spec, 1))
-        target_seconds = max(1e-9, spec.target_hours * 3600 - startup) * procs
+        procs = backend.target_processes(options)
+        target_seconds = target_work_seconds(spec.target_hours, startup, procs)
     if jobs is None and spec.target_hours is None and spec.circuits_per_job is None:
-        jobs = default_jobs(spec, [c.predicted_seconds(spec.max_shots, spec.max_errors) for c in costs],
-                            startup)
+        jobs = backend.default_jobs(
+            options, [c.predicted_seconds(spec.max_shots, spec.max_errors) for c in costs])
     plan = make_plan(costs, max_shots=spec.max_shots, max_errors=spec.max_errors, jobs=jobs,
                      target_seconds=target_seconds, circuits_per_job=spec.circuits_per_job,
                      allow_shards=spec.allow_shards,
-                     min_shard_seconds=startup * node_processes(spec, jobs or 1))
+                     min_shard_seconds=startup * backend.node_processes(options, jobs or 1))
     for entry in entries:
         entry.features = features.get(entry.key)
     manifest = Manifest(
@@ -216,41 +281,19 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
         circuits=entries,
         plan=plan,
         inputs_digest=digest,
-        backend=spec.backend,
+        backend=backend.name,
         custom_decoders_module_function=spec.custom_decoders_module_function,
         sinter_args=list(spec.sinter_args),
         tasks=[dataclasses.asdict(c) for c in costs],
     )
-    return PreparedSweep(manifest, False, circuits, node_processes(spec, len(plan.batches)), startup,
-                         slots=batch_slots(spec, len(plan.batches)))
+    n = len(plan.batches)
+    result = PlanResult(manifest, False, circuits, backend.node_processes(options, n), startup,
+                        slots=backend.batch_slots(options, n))
+    result.estimated_cost = estimate_cost(result, spec)
+    return result
 
 
-def batch_slots(spec: SweepSpec, num_batches: int) -> int:
-    """How many batches run at once: locally the core slots, elsewhere all of them."""
-    if spec.backend == "local":
-        from qec_kiln._backends.local import split_cores
-
-        return split_cores(num_batches, spec.options.parallel, spec.options.processes)[0]
-    return num_batches
-
-
-def default_jobs(spec: SweepSpec, task_seconds: list[float], startup: float) -> int:
-    """How many batches when none of --jobs/--target-hours/--circuits-per-job is given.
-
-    Local: one per core slot. Remote: as many as keep each job's work at least 4x its start-up
-    (about 80% efficiency), since on a cloud a job takes minutes to start (see docs/design.md).
-    """
-    n_tasks = len(task_seconds)
-    if spec.backend == "local":
-        from qec_kiln._backends.local import split_cores
-
-        return split_cores(n_tasks, spec.options.parallel, spec.options.processes)[0]
-    procs = node_processes(spec, 1)
-    wall = sum(task_seconds) / procs
-    return max(1, min(n_tasks * 4, math.floor(wall / (4 * startup)) or 1))
-
-
-def upload_sweep(bucket: Bucket, prepared: PreparedSweep, log: Callable[[str], None]) -> None:
+def upload_sweep(bucket: Bucket, prepared: PlanResult, log: Callable[[str], None]) -> None:
     """Circuits first, the manifest last: a manifest in the bucket means the sweep is complete there."""
     m = prepared.manifest
     for c in prepared.circuits:
@@ -259,7 +302,8 @@ def upload_sweep(bucket: Bucket, prepared: PreparedSweep, log: Callable[[str], N
     log(f"uploaded {len(prepared.circuits)} circuit(s) and the manifest to {bucket.url_for(m.sweep)}")
 
 
-def batches_to_launch(bucket: Bucket, prepared: PreparedSweep, backend) -> tuple[list[str], dict]:
+def batches_to_launch(bucket: Bucket, prepared: PlanResult, backend: Backend
+                      ) -> tuple[list[str], dict]:
     """Batches that are neither finished nor running (all of them for a new sweep)."""
     m = prepared.manifest
     if not prepared.exists:
@@ -274,7 +318,7 @@ def batches_to_launch(bucket: Bucket, prepared: PreparedSweep, backend) -> tuple
                   "running": [b.batch.id for b in progress.batches if b.job and b.job.active]}
 
 
-def make_request(bucket: Bucket, prepared: PreparedSweep, batch_ids: list[str],
+def make_request(bucket: Bucket, prepared: PlanResult, batch_ids: list[str],
                  options: BackendOptions) -> LaunchRequest:
     from qec_kiln import __version__
 
@@ -290,7 +334,7 @@ def make_request(bucket: Bucket, prepared: PreparedSweep, batch_ids: list[str],
 
 __all__ = [
     "SweepSpec",
-    "PreparedSweep",
+    "PlanResult",
     "prepare_sweep",
     "upload_sweep",
     "batches_to_launch",

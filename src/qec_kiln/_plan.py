@@ -22,28 +22,9 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+from qec_kiln._balance import improve, lpt
+from qec_kiln._cost import TaskCost
 from qec_kiln._errors import KilnError
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskCost:
-    """The predicted cost of one (circuit, decoder) task."""
-
-    circuit: str  # circuit key (path relative to the sweep folder)
-    decoder: str
-    strong_id: str
-    seconds_per_shot: float
-    p_logical: float
-    overhead_seconds: float = 0.0
-
-    def shots_needed(self, max_shots: int, max_errors: int) -> float:
-        """Shots sinter will take before it stops: min(max_shots, max_errors / p_logical)."""
-        if self.p_logical <= 0:
-            return float(max_shots)
-        return max(1.0, min(float(max_shots), max_errors / self.p_logical))
-
-    def predicted_seconds(self, max_shots: int, max_errors: int) -> float:
-        return self.overhead_seconds + self.seconds_per_shot * self.shots_needed(max_shots, max_errors)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +137,35 @@ def split_targets(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
+#: The most batches a plan may have: more is a mistake (and would take long to plan and launch).
+MAX_BATCHES = 100_000
+
+
+def target_work_seconds(target_hours: float, startup_seconds: float, processes: int = 1) -> float:
+    """Core-seconds of work a batch may hold so that it ends within ``target_hours``.
+
+    A job first spends ``startup_seconds`` starting, then runs ``processes`` sinter processes.
+    Refuses (one line) a target at or below the start-up: no batch could meet it.
+
+    Example:
+        >>> target_work_seconds(1.0, 360.0, processes=16)
+        51840.0
+        >>> target_work_seconds(0.0001, 2.0)
+        Traceback (most recent call last):
+        ...
+        qec_kiln._errors.KilnError: --target-hours 0.0001 (0.36 s) is not more than a job's ...
+    """
+    if not target_hours > 0:
+        raise KilnError(f"--target-hours must be positive (got {target_hours:g})")
+    work = target_hours * 3600 - startup_seconds
+    if work <= 0:
+        raise KilnError(
+            f"--target-hours {target_hours:g} ({target_hours * 3600:g} s) is not more than a job's "
+            f"start-up ({startup_seconds:g} s): ask for more than {startup_seconds / 3600:.2g} hours"
+        )
+    return work * max(1, processes)
+
+
 def make_plan(
     tasks: Sequence[TaskCost],
     *,
@@ -170,10 +180,13 @@ def make_plan(
     """Balance ``tasks`` into batches by predicted cost.
 
     Exactly one of ``jobs`` (N batches), ``target_seconds`` (as many batches as needed so none is
-    predicted to exceed it, in core-seconds) or ``circuits_per_job`` (ceil(tasks / K) batches) sets
-    the number of batches. Plans are deterministic: the same input gives the same plan.
-    A task is never split into shards predicted to cost less than ``min_shard_seconds`` each
-    (a job's start-up would outweigh them), so a plan may have fewer batches than asked for.
+    predicted to exceed it, in core-seconds; see :func:`target_work_seconds`) or
+    ``circuits_per_job`` (ceil(tasks / K) batches) sets the number of batches. Plans are
+    deterministic: the same input gives the same plan. A task is never split into shards
+    predicted to cost less than ``min_shard_seconds`` each (a job's start-up would outweigh them),
+    so a plan may have fewer batches than asked for. Near-linear in tasks and batches (see
+    :mod:`qec_kiln._balance`); more than :data:`MAX_BATCHES` batches, or a ``target_seconds`` that
+    needs more batches than the tasks can be split into, is refused with one line.
     """
     if not tasks:
         raise KilnError("nothing to plan: no circuits were found")
@@ -189,24 +202,77 @@ def make_plan(
         return _partition(tasks, max_shots, max_errors, n, allow_shards, min_shard_seconds,
                           strategy=f"circuits-per-job={circuits_per_job}")
     if target_seconds is not None:
-        if target_seconds <= 0:
-            raise KilnError(f"--target-hours must be positive (got {target_seconds / 3600:g})")
-        total = sum(t.predicted_seconds(max_shots, max_errors) for t in tasks)
-        n = max(1, math.ceil(total / target_seconds))
-        while True:
-            plan = _partition(tasks, max_shots, max_errors, n, allow_shards, min_shard_seconds,
-                              strategy="target-hours")
-            if plan.makespan_seconds <= target_seconds * 1.0001 or n >= 4 * n_tasks + 64:
-                return plan
-            if len(plan.batches) < n:  # more batches cannot help: shards are as small as allowed
-                return plan
-            n += 1
+        return _plan_for_target(tasks, max_shots, max_errors, target_seconds, allow_shards,
+                                min_shard_seconds)
     if jobs is None:
         jobs = 1
     if jobs < 1:
         raise KilnError(f"--jobs must be at least 1 (got {jobs})")
+    if jobs > MAX_BATCHES:
+        raise KilnError(f"--jobs {jobs:,} is more than the {MAX_BATCHES:,} batches a plan may have")
     return _partition(tasks, max_shots, max_errors, jobs, allow_shards, min_shard_seconds,
                       strategy=f"jobs={jobs}")
+
+
+def _max_shards(cost: float, max_shots: int, max_errors: int, allow_shards: bool,
+                min_shard_seconds: float) -> int:
+    """The most shards a task of predicted ``cost`` can be split into (however many batches)."""
+    if not allow_shards:
+        return 1
+    k = min(max_shots, max_errors)
+    if min_shard_seconds > 0:
+        k = min(k, math.floor(cost / min_shard_seconds))
+    return max(1, k)
+
+
+def _plan_for_target(
+    tasks: Sequence[TaskCost], max_shots: int, max_errors: int, target_seconds: float,
+    allow_shards: bool, min_shard_seconds: float,
+) -> Plan:
+    """The fewest batches (searched by doubling, then bisection) whose makespan meets the target."""
+    if not target_seconds > 0:
+        raise KilnError(f"--target-hours must be positive (got {target_seconds / 3600:g})")
+    costs = [t.predicted_seconds(max_shots, max_errors) for t in tasks]
+    total = sum(costs)
+    first = max(1, math.ceil(total / target_seconds))
+    most = sum(_max_shards(c, max_shots, max_errors, allow_shards, min_shard_seconds) for c in costs)
+    if first > min(most, MAX_BATCHES):
+        limit = (f"the {MAX_BATCHES:,} batches a plan may have" if first > MAX_BATCHES else
+                 f"the {most:,} batches its tasks can be split into (at most one shard of a task "
+                 f"per batch, none under {min_shard_seconds:g} s)")
+        raise KilnError(
+            f"--target-hours: batches of {target_seconds:,.4g} core-seconds need {first:,} batches "
+            f"for {total:,.4g} predicted core-seconds, more than {limit}; ask for more hours"
+        )
+    last = min(most, MAX_BATCHES, max(first, 4 * len(tasks) + 64))  # where the search gives up
+
+    def attempt(n: int) -> tuple[Plan, bool]:
+        plan = _partition(tasks, max_shots, max_errors, n, allow_shards, min_shard_seconds,
+                          strategy="target-hours")
+        # Met, or more batches cannot help (shards are as small as allowed).
+        return plan, plan.makespan_seconds <= target_seconds * 1.0001 or len(plan.batches) < n
+
+    plan, done = attempt(first)
+    if done:
+        return plan
+    low, step = first, 1  # low: too few batches
+    while True:
+        n = min(low + step, last)
+        plan, done = attempt(n)
+        if done or n >= last:
+            break
+        low, step = n, 2 * step
+    if not done:
+        return plan  # the best the search found: some task cannot be split below the target
+    high, best = n, plan
+    while high - low > 1:
+        mid = (low + high) // 2
+        plan, done = attempt(mid)
+        if done:
+            high, best = mid, plan
+        else:
+            low = mid
+    return best
 
 
 def _partition(
@@ -215,7 +281,7 @@ def _partition(
 ) -> Plan:
     costs = {t.strong_id: t.predicted_seconds(max_shots, max_errors) for t in tasks}
     share = sum(costs.values()) / n
-    shards: list[Shard] = []
+    shards: list[Shard] = []  # in (circuit, decoder, index) order: ties in balance() go by it
     for t in sorted(tasks, key=lambda t: (t.circuit, t.decoder)):
         cost = costs[t.strong_id]
         k = 1
@@ -239,62 +305,15 @@ def _partition(
                     count=k,
                 )
             )
-    bins = _lpt(shards, n)
-    _improve(bins)
-    bins = [b for b in bins if b]
-    batches = [
-        Batch(id=batch_id(i), shards=sorted(b, key=lambda s: (s.circuit, s.decoder, s.index)))
-        for i, b in enumerate(sorted(bins, key=lambda b: (-_load(b), b[0].circuit)))
-    ]
+    sizes = [s.predicted_seconds for s in shards]
+    groups = [s.strong_id for s in shards]
+    bins = lpt(sizes, groups, n)
+    improve(bins, sizes, groups)
+    filled = [[shards[i] for i in sorted(b)] for b in bins if b]  # sorted(b): name order
+    filled.sort(key=lambda b: (-_load(b), b[0].circuit, b[0].decoder, b[0].index))
+    batches = [Batch(id=batch_id(i), shards=b) for i, b in enumerate(filled)]
     return Plan(batches=batches, max_shots=max_shots, max_errors=max_errors, strategy=strategy)
 
 
 def _load(items: list[Shard]) -> float:
     return sum(s.predicted_seconds for s in items)
-
-
-def _lpt(shards: list[Shard], n: int) -> list[list[Shard]]:
-    """Longest processing time first: each shard to the least loaded batch without its task."""
-    bins: list[list[Shard]] = [[] for _ in range(n)]
-    loads = [0.0] * n
-    for s in sorted(shards, key=lambda s: (-s.predicted_seconds, s.circuit, s.decoder, s.index)):
-        candidates = [i for i in range(n) if all(x.strong_id != s.strong_id for x in bins[i])]
-        i = min(candidates, key=lambda i: (loads[i], i))
-        bins[i].append(s)
-        loads[i] += s.predicted_seconds
-    return bins
-
-
-def _improve(bins: list[list[Shard]], rounds: int = 200) -> None:
-    """Local search: move or swap shards off the most loaded batch while that lowers the makespan."""
-
-    def fits(s: Shard, b: list[Shard], leaving: Shard | None = None) -> bool:
-        return all(x.strong_id != s.strong_id or x is leaving for x in b)
-
-    for _ in range(rounds):
-        loads = [_load(b) for b in bins]
-        hi = max(range(len(bins)), key=lambda i: (loads[i], -i))
-        best: tuple[float, int, int, int] | None = None  # (new max of the pair, shard idx, target, swap idx)
-        for si, s in enumerate(bins[hi]):
-            for j, b in enumerate(bins):
-                if j == hi:
-                    continue
-                if fits(s, b):
-                    new = max(loads[hi] - s.predicted_seconds, loads[j] + s.predicted_seconds)
-                    if new < loads[hi] - 1e-12 and (best is None or new < best[0]):
-                        best = (new, si, j, -1)
-                for ti, t in enumerate(b):
-                    delta = s.predicted_seconds - t.predicted_seconds
-                    if delta <= 0 or not fits(s, b, t) or not fits(t, bins[hi], s):
-                        continue
-                    new = max(loads[hi] - delta, loads[j] + delta)
-                    if new < loads[hi] - 1e-12 and (best is None or new < best[0]):
-                        best = (new, si, j, ti)
-        if best is None:
-            return
-        _, si, j, ti = best
-        s = bins[hi].pop(si)
-        if ti >= 0:
-            t = bins[j].pop(ti)
-            bins[hi].append(t)
-        bins[j].append(s)

@@ -101,10 +101,13 @@ class BatchProgress:
 
 @dataclasses.dataclass
 class SweepProgress:
+    """One sweep's progress (``qec_kiln.status`` returns one per sweep, as ``StatusReport``)."""
+
     manifest: Manifest
     batches: list[BatchProgress]
-    warnings: list[str]
+    warnings: list[str]  # about the fragments (damaged, truncated)
     backend: str = ""  # the backend whose job states were joined in
+    backend_warnings: list[str] = dataclasses.field(default_factory=list)  # what it could not tell
 
     @property
     def fraction_done(self) -> float:
@@ -178,3 +181,7 @@ def sweep_progress(bucket: Bucket, manifest: Manifest,
         batches.append(BatchProgress(b, batch_progress(b, frag), frag is not None,
                                      job=job_states.get(b.id), problem=problem))
     return SweepProgress(manifest, batches, warnings)
+
+
+#: The public name of a sweep's progress report (``qec_kiln.StatusReport``).
+StatusReport = SweepProgress

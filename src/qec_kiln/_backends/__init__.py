@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 
 from qec_kiln._backends._base import (
@@ -9,7 +10,8 @@ from qec_kiln._backends._base import (
     BackendOptions,
     JobState,
     LaunchRequest,
-    LaunchResult,
+    Submission,
+    add_common_arguments,
     kiln_home,
     quote_argv,
 )
@@ -22,11 +24,12 @@ BACKENDS = {
 }
 
 
-def get_backend(name: str) -> Backend:
-    """The backend called ``name``, imported only when asked for (SkyPilot is slow to import).
+def backend_class(name: str) -> type[Backend]:
+    """The class of the backend called ``name``, imported only when asked for (SkyPilot is slow to
+    import).
 
-    >>> get_backend("local").name
-    'local'
+    >>> backend_class("local").startup_seconds
+    2.0
     """
     name = name.lower()
     if name not in BACKENDS:
@@ -34,8 +37,23 @@ def get_backend(name: str) -> Backend:
             f"--backend {name!r} is not a backend; choose one of {', '.join(sorted(BACKENDS))}"
         )
     module_name, class_name = BACKENDS[name]
-    module = importlib.import_module(module_name)
-    return getattr(module, class_name)()
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of the common options and each backend's own group."""
+    add_common_arguments(parser)
+    for name in BACKENDS:
+        backend_class(name).add_arguments(parser)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name``, imported only when asked for (SkyPilot is slow to import).
+
+    >>> get_backend("local").name
+    'local'
+    """
+    return backend_class(name)()
 
 
 __all__ = [
@@ -44,7 +62,9 @@ __all__ = [
     "BackendOptions",
     "JobState",
     "LaunchRequest",
-    "LaunchResult",
+    "Submission",
+    "add_arguments",
+    "backend_class",
     "get_backend",
     "kiln_home",
     "quote_argv",

@@ -11,35 +11,52 @@ which picks ``batches[index]`` (or ``--batch b003`` directly).
 from __future__ import annotations
 
 import abc
+import argparse
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
+from qec_kiln._argtypes import positive_float, positive_int
 from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import KilnError
 
 
 @dataclasses.dataclass(frozen=True)
 class BackendOptions:
-    """Launch knobs from the command line; each backend reads the ones that concern it."""
+    """Settings every backend understands; each maps them onto its own terms (submitit's generic
+    parameters). A backend's own settings live in a subclass (``LocalOptions``, ``SlurmOptions``).
 
-    parallel: int | None = None  # local: batches at once (default: as many as cores allow)
+    >>> BackendOptions(processes=4).sync_seconds
+    30.0
+    """
+
     processes: int | None = None  # sinter --processes per batch (default: the node's cores)
     sync_seconds: float = 30.0  # how often run-batch uploads complete lines of its resume CSV
-    cpus: str | None = None  # skypilot/slurm: e.g. "16+" or "8"
-    gpus: str | None = None  # skypilot: accelerators, e.g. "H100:1"
-    infra: str | None = None  # skypilot: e.g. "aws", "gcp/us-central1", "k8s"
-    use_spot: bool = True  # skypilot: spot by default
-    yaml_path: str | None = None  # skypilot: task YAML to fill in (default configs/sinter_job*.yaml)
-    partition: str | None = None  # slurm
-    account: str | None = None  # slurm
-    time_limit: str | None = None  # slurm, e.g. "04:00:00"
-    sbatch_template: str | None = None  # slurm: template to fill in (default configs/sinter_job.sbatch)
-    extra_sbatch: tuple[str, ...] = ()  # slurm: extra "#SBATCH ..." option strings
-    work_dir: str | None = None  # local: where batches keep their resume files
+    cpus: str | None = None  # CPUs per node (SkyPilot, e.g. "16+") or per task (Slurm, "8")
+    gpus: str | None = None  # accelerators, e.g. "H100:1"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **own: Any) -> BackendOptions:
+        """The common settings from parsed flags (absent flags take their defaults), plus ``own``."""
+        return cls(processes=getattr(args, "processes", None),
+                   sync_seconds=getattr(args, "sync_seconds", None) or 30.0,
+                   cpus=getattr(args, "cpus", None), gpus=getattr(args, "gpus", None), **own)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of :class:`BackendOptions`, shared by every backend."""
+    parser.add_argument("--processes", type=positive_int, help="sinter --processes per batch")
+    parser.add_argument("--sync-seconds", type=positive_float, default=30.0,
+                        help="how often a batch uploads its resume CSV (default 30)")
+    parser.add_argument("--cpus", help="CPUs per node: skypilot e.g. 16+ (default from the YAML); "
+                        "slurm per array task")
+    parser.add_argument("--gpus", help="accelerators, e.g. H100:1 (skypilot: uses the GPU job "
+                        "YAML, configs/sinter_job_gpu.yaml)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +100,7 @@ class LaunchRequest:
 
 
 @dataclasses.dataclass
-class LaunchResult:
+class Submission:
     """What was started: one job id per batch (or one array id for all), and the commands used."""
 
     job_ids: dict[str, str]
@@ -105,7 +122,7 @@ class JobState:
 
     @property
     def active(self) -> bool:
-        return self.state.upper() in ACTIVE_STATES
+        return is_active(self.state)
 
 
 ACTIVE_STATES = frozenset(
@@ -114,17 +131,102 @@ ACTIVE_STATES = frozenset(
 )
 
 
-class Backend(abc.ABC):
-    """Starts, watches and stops the batches of a sweep on one kind of infrastructure."""
+def is_active(state: str) -> bool:
+    """Whether a job in ``state`` (JobState's vocabulary) may still run or start.
 
-    name: str = ""
+    >>> is_active("requeued"), is_active("FAILED")
+    (True, False)
+    """
+    return state.upper() in ACTIVE_STATES
+
+
+class Backend(abc.ABC):
+    """Starts, watches and stops the batches of a sweep on one kind of infrastructure, and answers
+    what only it knows: start-up time, processes and slots per batch, its flags and warnings.
+
+    >>> from qec_kiln._backends import get_backend
+    >>> b = get_backend("slurm")
+    >>> b.startup_seconds, b.node_processes(b.options({"cpus": "8"}), 3), b.batch_slots(b.options(), 3)
+    (30.0, 8, 3)
+    """
+
+    name: ClassVar[str] = ""
+    #: The dataclass of this backend's options (a subclass of BackendOptions).
+    options_type: ClassVar[type[BackendOptions]] = BackendOptions
+    #: Seconds a batch's job takes to start: a plan weighs it against each batch's work.
+    startup_seconds: ClassVar[float] = 60.0
+    #: Batches run on this machine, so their decoders must be importable here.
+    decoders_run_here: ClassVar[bool] = False
+    #: sinter processes per batch when neither --processes nor --cpus says.
+    default_processes: ClassVar[int] = 1
+
+    # ------------------------------------------------------------------ options
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add this backend's own flags (an argument group) to ``parser``; none by default."""
+        return None
+
+    @classmethod
+    def options_from_args(cls, args: argparse.Namespace) -> BackendOptions:
+        """This backend's options from parsed flags."""
+        return cls.options_type.from_args(args)
+
+    @classmethod
+    def options(cls, value: BackendOptions | Mapping[str, Any] | None = None) -> BackendOptions:
+        """``value`` as this backend's options: a mapping of field names, or options of any
+        backend (their common settings are kept); unknown names are refused."""
+        if isinstance(value, cls.options_type):
+            return value
+        if isinstance(value, BackendOptions):
+            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(BackendOptions)}
+        fields = [f.name for f in dataclasses.fields(cls.options_type)]
+        unknown = sorted(set(value or {}) - set(fields))
+        if unknown:
+            raise KilnError(f"backend option {unknown[0]!r} is not one of the {cls.name} "
+                            f"backend's: {', '.join(fields)}")
+        return cls.options_type(**dict(value or {}))
+
+    # ------------------------------------------------------------------ planning
+
+    def node_processes(self, options: BackendOptions, num_batches: int) -> int:
+        """sinter processes each of ``num_batches`` batches will have (for predicted wall hours)."""
+        if options.processes:
+            return options.processes
+        digits = "".join(ch for ch in options.cpus or "" if ch.isdigit())
+        return max(1, int(digits)) if digits else self.default_processes
+
+    def target_processes(self, options: BackendOptions) -> int:
+        """sinter processes a batch surely has, to turn --target-hours into work per batch."""
+        return options.processes or self.node_processes(options, 1)
+
+    def batch_slots(self, options: BackendOptions, num_batches: int) -> int:
+        """How many of ``num_batches`` batches run at once (default: all of them)."""
+        return num_batches
+
+    def default_jobs(self, options: BackendOptions, task_seconds: Sequence[float]) -> int:
+        """How many batches when neither --jobs, --target-hours nor --circuits-per-job is given:
+        as many as keep each job's work at least 4x its start-up (about 80% efficiency)."""
+        wall = sum(task_seconds) / self.node_processes(options, 1)
+        n_tasks = len(task_seconds)
+        return max(1, min(n_tasks * 4, math.floor(wall / (4 * self.startup_seconds)) or 1))
+
+    def bucket_problem(self, bucket_url: str) -> str | None:
+        """Why this backend's batches could not reach ``bucket_url``, or None."""
+        return None
+
+    def warnings(self) -> list[str]:
+        """What the last ``job_states`` could not find out (shown by ``status``)."""
+        return []
+
+    # ------------------------------------------------------------------ jobs
 
     @abc.abstractmethod
     def describe(self, request: LaunchRequest) -> str:
         """Human-readable dry run: rendered job files and the exact commands ``launch`` would run."""
 
     @abc.abstractmethod
-    def launch(self, request: LaunchRequest) -> LaunchResult:
+    def launch(self, request: LaunchRequest) -> Submission:
         """Start the batches in ``request.batch_ids``; raise KilnError before starting anything wrong."""
 
     @abc.abstractmethod

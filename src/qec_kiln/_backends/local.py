@@ -8,7 +8,9 @@ and uploads the complete lines of its resume file, so the next ``launch`` resume
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,11 +23,13 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from qec_kiln._argtypes import positive_int
 from qec_kiln._backends._base import (
     Backend,
+    BackendOptions,
     JobState,
     LaunchRequest,
-    LaunchResult,
+    Submission,
     kiln_home,
     quote_argv,
 )
@@ -60,8 +64,51 @@ def split_cores(num_batches: int, parallel: int | None, processes: int | None) -
     return slots, procs
 
 
+@dataclasses.dataclass(frozen=True)
+class LocalOptions(BackendOptions):
+    """The local backend's options: the common ones and how many batches run at once."""
+
+    parallel: int | None = None  # batches at once (default: as many as the cores allow)
+
+
 class LocalBackend(Backend):
+    """Batches as local processes, up to ``parallel`` at once, sharing the cores.
+
+    >>> b = LocalBackend()
+    >>> b.target_processes(b.options()), b.batch_slots(b.options({"parallel": 2}), 5)
+    (1, 2)
+    """
+
     name = "local"
+    options_type = LocalOptions
+    startup_seconds = 2.0
+    decoders_run_here = True
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("local")
+        g.add_argument("--parallel", type=positive_int,
+                       help="batches at once (default: as many as the cores allow)")
+
+    @classmethod
+    def options_from_args(cls, args: argparse.Namespace) -> BackendOptions:
+        return LocalOptions.from_args(args, parallel=getattr(args, "parallel", None))
+
+    def node_processes(self, options: BackendOptions, num_batches: int) -> int:
+        opts = self.options(options)
+        return opts.processes or split_cores(num_batches, opts.parallel, None)[1]
+
+    def target_processes(self, options: BackendOptions) -> int:
+        # Many batches share the cores: count one process per batch (the worst case).
+        return options.processes or 1
+
+    def batch_slots(self, options: BackendOptions, num_batches: int) -> int:
+        opts = self.options(options)
+        return split_cores(num_batches, opts.parallel, opts.processes)[0]
+
+    def default_jobs(self, options: BackendOptions, task_seconds) -> int:
+        """One batch per core slot."""
+        return self.batch_slots(options, len(task_seconds))
 
     def _argv(self, request: LaunchRequest, batch: str, processes: int) -> list[str]:
         argv = request.run_batch_argv(batch_id=batch)
@@ -72,18 +119,18 @@ class LocalBackend(Backend):
         return argv
 
     def describe(self, request: LaunchRequest) -> str:
-        slots, procs = split_cores(len(request.batch_ids), request.options.parallel,
-                                   request.options.processes)
+        opts = self.options(request.options)
+        slots, procs = split_cores(len(request.batch_ids), opts.parallel, opts.processes)
         lines = [f"local backend: {len(request.batch_ids)} batch(es), {slots} at a time, "
                  f"sinter --processes {procs} each; commands:"]
         lines += ["  " + quote_argv(self._argv(request, b, procs)) for b in request.batch_ids]
         return "\n".join(lines)
 
-    def launch(self, request: LaunchRequest) -> LaunchResult:
+    def launch(self, request: LaunchRequest) -> Submission:
         state = _state_dir(request.bucket_url, request.sweep)
         state.mkdir(parents=True, exist_ok=True)
-        slots, procs = split_cores(len(request.batch_ids), request.options.parallel,
-                                   request.options.processes)
+        opts = self.options(request.options)
+        slots, procs = split_cores(len(request.batch_ids), opts.parallel, opts.processes)
         pending = list(request.batch_ids)
         running: dict[str, subprocess.Popen] = {}
         codes: dict[str, int] = {}
@@ -132,7 +179,7 @@ class LocalBackend(Backend):
             msg = f"{len(failed)} batch(es) failed: {', '.join(failed)}; logs in {state}"
         else:
             msg = f"all {len(codes)} batch(es) finished"
-        return LaunchResult(job_ids={b: str(b) for b in request.batch_ids}, commands=commands,
+        return Submission(job_ids={b: str(b) for b in request.batch_ids}, commands=commands,
                             message=msg, failed=failed, interrupted=interrupted)
 
     def _start(self, state: pathlib.Path, batch: str, argv: list[str]) -> subprocess.Popen:

@@ -29,18 +29,16 @@ SkyPilot's CLI reads the value from the caller's environment. Inline secret valu
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
-import hashlib
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from importlib import resources
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,20 +46,33 @@ import yaml
 
 from qec_kiln._atomic import atomic_write
 from qec_kiln._backends._base import (
-    Backend,
+    BackendOptions,
     JobState,
     LaunchRequest,
-    LaunchResult,
+    Submission,
     append_launch_record,
+    is_active,
     kiln_home,
     last_line,
     quote_argv,
     read_launch_records,
 )
+from qec_kiln._backends._remote import (
+    RemoteBackend,
+    kiln_version,
+    packaged_text,
+    read_template,
+    rendered_by,
+    run_command,
+    short_digest,
+)
+from qec_kiln._backends._skypilot_queue import (
+    _sky_state,
+    map_queue_to_batches,
+    parse_job_ids,
+    parse_queue_json,
+)
 from qec_kiln._errors import KilnError
-
-# (argv, stream, timeout) -> CompletedProcess with text stdout. The single seam to SkyPilot.
-Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
 DEFAULT_YAML = "sinter_job.yaml"
 DEFAULT_GPU_YAML = "sinter_job_gpu.yaml"
@@ -95,19 +106,13 @@ def job_name(sweep: str) -> str:
         raise KilnError("the sweep name is empty; give a name with --sweep")
     name = "kiln-" + re.sub(r"[^-_.a-zA-Z0-9]", "-", sweep)
     if name != "kiln-" + sweep or not _SKY_NAME_RE.fullmatch(name) or len(name) > _MAX_NAME:
-        digest = hashlib.sha256(sweep.encode()).hexdigest()[:8]
-        name = name[: _MAX_NAME - 9].rstrip("-_.") + "-" + digest
+        name = name[: _MAX_NAME - 9].rstrip("-_.") + "-" + short_digest(sweep)
     return name
 
 
 def state_dir(sweep: str) -> Path:
     """Where the rendered YAML and the launch record of a sweep live on this machine."""
     return kiln_home().expanduser() / "skypilot" / job_name(sweep)[len("kiln-"):]
-
-
-def packaged_yaml_text(name: str) -> str:
-    """The text of a task YAML shipped inside the package (copies of ``configs/``)."""
-    return resources.files("qec_kiln").joinpath("data", name).read_text(encoding="utf-8")
 
 
 def sky_executable() -> str:
@@ -122,25 +127,9 @@ def sky_executable() -> str:
 def _default_runner(
     argv: Sequence[str], *, stream: bool = False, timeout: float | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` (no shell); with ``stream`` also copy its output to stderr line by line."""
+    """Run ``argv`` (no shell), finding ``sky`` next to this Python if it is not on PATH."""
     argv = [sky_executable(), *argv[1:]] if argv and argv[0] == "sky" else list(argv)
-    if not stream:
-        return subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-            check=False,
-        )
-    lines: list[str] = []
-    with subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, bufsize=1,
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            sys.stderr.write(line)
-            sys.stderr.flush()
-        rc = proc.wait()
-    return subprocess.CompletedProcess(argv, rc, "".join(lines), "")
+    return run_command(argv, stream=stream, timeout=timeout)
 
 
 @dataclasses.dataclass
@@ -157,18 +146,57 @@ class Rendered:
     notes: list[str]
 
 
-class SkyPilotBackend(Backend):
+@dataclasses.dataclass(frozen=True)
+class SkyPilotOptions(BackendOptions):
+    """The SkyPilot backend's options: the common ones (``cpus``/``gpus`` go into the task's
+    ``resources``) and where the jobs run."""
+
+    infra: str | None = None  # e.g. "aws", "gcp/us-central1", "k8s"
+    use_spot: bool = True  # spot by default
+    yaml_path: str | None = None  # task YAML to fill in (default configs/sinter_job*.yaml)
+
+
+class SkyPilotBackend(RemoteBackend):
     """Batches as SkyPilot managed jobs (spot by default, recovered by SkyPilot).
 
     ``job_states`` never raises for an unreachable SkyPilot: it returns ``{}`` and leaves the
     reason in ``self.warning`` so that ``status`` still shows fragment progress from the bucket.
+
+    >>> b = SkyPilotBackend()
+    >>> b.node_processes(b.options(), 4), b.bucket_problem("s3://b") is None
+    (16, True)
     """
 
     name = "skypilot"
+    options_type = SkyPilotOptions
+    startup_seconds = 360.0
+    default_processes = 16
+    default_runner = staticmethod(_default_runner)
 
-    def __init__(self, runner: Runner | None = None) -> None:
-        self.runner: Runner = runner or _default_runner
-        self.warning: str = ""
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("skypilot")
+        g.add_argument("--infra", help="e.g. aws, gcp/us-central1, k8s")
+        g.add_argument("--no-spot", action="store_true", help="on-demand instead of spot")
+        g.add_argument("--yaml", help="your own copy of configs/sinter_job.yaml")
+
+    @classmethod
+    def options_from_args(cls, args: argparse.Namespace) -> BackendOptions:
+        return SkyPilotOptions.from_args(args, infra=getattr(args, "infra", None),
+                                         use_spot=not getattr(args, "no_spot", False),
+                                         yaml_path=getattr(args, "yaml", None))
+
+    def bucket_problem(self, bucket_url: str) -> str | None:
+        """Cloud nodes cannot see this machine's folders."""
+        if bucket_url.startswith(("s3://", "gs://", "file://")):
+            return None
+        return (f"--bucket {bucket_url!r} is a folder on this machine, which SkyPilot's nodes "
+                "cannot see; use s3://BUCKET or gs://BUCKET (or file:///PATH for a volume mounted "
+                "at that path on every node, e.g. a Kubernetes PVC)")
+
+    def missing_command(self, argv: Sequence[str], what: str) -> str:
+        return (f"cannot {what} SkyPilot jobs: the `sky` command was not found; "
+                "pip install 'skypilot[aws,gcp,kubernetes]' (qec-kiln needs skypilot 0.14.x)")
 
     # ------------------------------------------------------------------ rendering
 
@@ -178,24 +206,15 @@ class SkyPilotBackend(Backend):
         return r.yaml_text, r.env_overrides, r.launch_argv
 
     def _render(self, request: LaunchRequest) -> Rendered:
-        opts = request.options
+        opts = self.options(request.options)
         if not request.batch_ids:
             raise KilnError("no batches to launch")
         bad = [b for b in request.batch_ids if not b or "," in b or b != b.strip()]
         if bad:
             raise KilnError(f"batch id {bad[0]!r} cannot go into a comma list; rename the batch")
-        if opts.yaml_path:
-            source = opts.yaml_path
-            try:
-                text = Path(opts.yaml_path).expanduser().read_text(encoding="utf-8")
-            except OSError as e:
-                raise KilnError(
-                    f"{source}: cannot read the SkyPilot task YAML ({e.strerror})"
-                ) from e
-        else:
-            name = DEFAULT_GPU_YAML if opts.gpus else DEFAULT_YAML
-            source = f"packaged:{name}"
-            text = packaged_yaml_text(name)
+        source, text = read_template(opts.yaml_path,
+                                     DEFAULT_GPU_YAML if opts.gpus else DEFAULT_YAML,
+                                     "SkyPilot task YAML")
         try:
             docs = [d for d in yaml.safe_load_all(text) if d is not None]
         except yaml.YAMLError as e:
@@ -207,10 +226,10 @@ class SkyPilotBackend(Backend):
             )
         cfg: dict[str, Any] = docs[0]
         notes: list[str] = []
-        changed = self._apply_options(cfg, request, source, notes)
+        changed = self._apply_options(cfg, opts, source, notes)
 
         secret_names = self._secret_names(cfg, source)
-        version = request.kiln_version or _kiln_version()
+        version = request.kiln_version or kiln_version()
         env_overrides = [
             ("KILN_BUCKET", request.bucket_url),
             ("KILN_SWEEP", request.sweep),
@@ -225,11 +244,7 @@ class SkyPilotBackend(Backend):
         self._validate(cfg, env_overrides, source, name)
 
         if changed:
-            shown = " ".join(source.split())  # a file name cannot break out of the comment
-            yaml_text = (
-                f"# Rendered by qec-kiln {version} from {shown}; see that file for comments.\n"
-                + _dump_yaml(cfg)
-            )
+            yaml_text = rendered_by(version, source, "; see that file for comments") + _dump_yaml(cfg)
         else:
             yaml_text = text if text.endswith("\n") else text + "\n"
         yaml_path = state_dir(request.sweep) / "job.yaml"
@@ -246,10 +261,9 @@ class SkyPilotBackend(Backend):
 
     @staticmethod
     def _apply_options(
-        cfg: dict[str, Any], request: LaunchRequest, source: str, notes: list[str]
+        cfg: dict[str, Any], opts: SkyPilotOptions, source: str, notes: list[str]
     ) -> bool:
         """Write --cpus/--gpus/--infra/--no-spot into ``cfg['resources']``; True if it changed."""
-        opts = request.options
         res = cfg.get("resources")
         if res is None:
             res = {}
@@ -359,7 +373,7 @@ class SkyPilotBackend(Backend):
         ]
         return "\n".join(lines) + "\n"
 
-    def launch(self, request: LaunchRequest) -> LaunchResult:
+    def launch(self, request: LaunchRequest) -> Submission:
         r = self._render(request)
         atomic_write(r.yaml_path, r.yaml_text)
         started = time.time()
@@ -392,7 +406,7 @@ class SkyPilotBackend(Backend):
                 "launched_at": started,
             },
         )
-        return LaunchResult(job_ids=job_ids, commands=[list(r.launch_argv)], message=message)
+        return Submission(job_ids=job_ids, commands=[list(r.launch_argv)], message=message)
 
     def queue_argv(self) -> list[str]:
         return ["sky", "jobs", "queue", "--output", "json", "--all"]
@@ -433,7 +447,7 @@ class SkyPilotBackend(Backend):
         ids = sorted({
             int(rec["job_id"]) for rec in records
             if rec.get("job_name") == name and rec.get("job_id") is not None
-            and str(rec.get("status") or "").upper() in _SKY_ACTIVE
+            and is_active(_sky_state(str(rec.get("status") or "")))
         })
         if not ids:
             return []
@@ -446,18 +460,6 @@ class SkyPilotBackend(Backend):
         return [str(i) for i in ids]
 
     # ------------------------------------------------------------------ plumbing
-
-    def _call(self, argv: list[str], *, stream: bool, timeout: float | None, what: str
-              ) -> subprocess.CompletedProcess[str]:
-        try:
-            return self.runner(argv, stream=stream, timeout=timeout)
-        except FileNotFoundError as e:
-            raise KilnError(
-                f"cannot {what} SkyPilot jobs: the `sky` command was not found; "
-                "pip install 'skypilot[aws,gcp,kubernetes]' (qec-kiln needs skypilot 0.14.x)"
-            ) from e
-        except subprocess.TimeoutExpired as e:
-            raise KilnError(f"`{quote_argv(argv)}` did not answer in {timeout:g} s") from e
 
     def _queue(self) -> list[dict[str, Any]] | None:
         """The queue records, or None (with ``self.warning`` set) when SkyPilot can't be asked."""
@@ -477,110 +479,6 @@ class SkyPilotBackend(Backend):
         except ValueError as e:
             self.warning = f"SkyPilot job states unavailable: {e}"
             return None
-
-
-# SkyPilot ManagedJobStatus values that are not terminal (sky/jobs/state.py).
-_SKY_ACTIVE = frozenset({"PENDING", "SUBMITTED", "STARTING", "RUNNING", "WINDING_DOWN",
-                         "RECOVERING", "CANCELLING"})
-
-
-def parse_job_ids(output: str) -> list[int]:
-    """Job ids from ``sky jobs launch`` output (ANSI codes already removed).
-
-    >>> parse_job_ids("Jobs submitted with IDs: 4-6,9.")
-    [4, 5, 6, 9]
-    >>> parse_job_ids("📋 Useful Commands\\nManaged Job ID: 12\\n")
-    [12]
-    """
-    for pattern in (r"Jobs submitted with IDs:\s*([0-9][0-9,\- ]*)",
-                    r"Managed Job ID:\s*([0-9]+)",
-                    r"Job submitted, ID:\s*([0-9][0-9,\-]*)"):
-        found = re.findall(pattern, output)
-        if found:
-            return _expand_ranges(found[-1])
-    return []
-
-
-def _expand_ranges(text: str) -> list[int]:
-    ids: list[int] = []
-    for part in text.replace(" ", "").strip(",-").split(","):
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        ids += list(range(int(lo), int(hi or lo) + 1))
-    return ids
-
-
-def parse_queue_json(text: str) -> list[dict[str, Any]]:
-    """The record list printed by ``sky jobs queue -o json`` (skipping any lines before it)."""
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"^\s*\[", text, re.MULTILINE):
-        try:
-            value, _ = decoder.raw_decode(text, match.end() - 1)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
-            return value
-    raise ValueError("`sky jobs queue -o json` printed no JSON list of jobs")
-
-
-def map_queue_to_batches(
-    records: list[dict[str, Any]], name: str, launches: list[dict[str, Any]]
-) -> tuple[dict[str, JobState], list[int]]:
-    """Batch -> JobState for the queue records named ``name``; also the ids of unmapped jobs.
-
-    A launch record lists its batches in rank order and the job ids SkyPilot gave back; rank k
-    is the k-th smallest id. A record without ids (output not parsed) takes the first jobs of
-    that name submitted after it started. A later launch of a batch wins over an earlier one.
-    """
-    by_id: dict[int, dict[str, Any]] = {}
-    for rec in records:
-        if rec.get("job_name") != name or rec.get("job_id") is None:
-            continue
-        jid = int(rec["job_id"])
-        # A pipeline has one record per task; ours have one task. Keep the first (task 0).
-        if jid not in by_id or (rec.get("task_id") or 0) < (by_id[jid].get("task_id") or 0):
-            by_id[jid] = rec
-    claimed: dict[int, str] = {}
-    for launch in sorted(launches, key=lambda x: x.get("launched_at") or 0):
-        batches = [str(b) for b in launch.get("batches") or []]
-        ids = sorted(int(i) for i in launch.get("job_ids") or [])
-        if not ids:
-            since = float(launch.get("launched_at") or 0) - 5.0
-            free = sorted(
-                i for i, rec in by_id.items()
-                if i not in claimed and float(rec.get("submitted_at") or 0) >= since
-            )
-            ids = free[: len(batches)] if len(free) >= len(batches) else []
-        if len(ids) != len(batches):
-            continue
-        for jid, batch in zip(ids, batches, strict=True):
-            claimed[jid] = batch
-    states: dict[str, JobState] = {}
-    newest: dict[str, int] = {}
-    for jid, batch in claimed.items():
-        rec = by_id.get(jid)
-        if rec is None or newest.get(batch, -1) > jid:
-            continue
-        newest[batch] = jid
-        states[batch] = _job_state(batch, jid, rec)
-    unknown = sorted(i for i in by_id if i not in claimed)
-    return states, unknown
-
-
-def _job_state(batch: str, jid: int, rec: dict[str, Any]) -> JobState:
-    status = str(rec.get("status") or "UNKNOWN").upper()
-    detail = rec.get("failure_reason") or rec.get("details") or ""
-    if status == "WINDING_DOWN":  # still active in SkyPilot, not a state our base class knows
-        status, detail = "RUNNING", detail or "winding down"
-    recoveries = rec.get("recovery_count")
-    return JobState(
-        batch_id=batch,
-        state=status,
-        job_id=str(jid),
-        recoveries=int(recoveries) if recoveries is not None else None,
-        detail=str(detail),
-    )
 
 
 def _parse_gpus(spec: str) -> str | dict[str, float | int]:
@@ -611,12 +509,6 @@ def _refuse_secret_values(source: str, yaml_text: str, argv: Sequence[str]) -> N
             )
 
 
-def _kiln_version() -> str:
-    from qec_kiln import __version__
-
-    return __version__
-
-
 class _LiteralDumper(yaml.SafeDumper):
     pass
 
@@ -638,6 +530,4 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split())
 
 
-
-
-
+packaged_yaml_text = packaged_text

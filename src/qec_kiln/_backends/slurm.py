@@ -30,34 +30,49 @@ or checked to be plain where it must stand unquoted (``#SBATCH`` lines).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import hashlib
 import os
 import re
 import shlex
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from importlib import resources
+from collections.abc import Sequence
 from pathlib import Path
 
 from qec_kiln._atomic import atomic_write
 from qec_kiln._backends._base import (
-    Backend,
+    ACTIVE_STATES,
+    BackendOptions,
     JobState,
     LaunchRequest,
-    LaunchResult,
+    Submission,
     append_launch_record,
     kiln_home,
     last_line,
     quote_argv,
     read_launch_records,
 )
+from qec_kiln._backends._remote import (
+    RemoteBackend,
+    kiln_version,
+    read_template,
+    rendered_by,
+    short_digest,
+)
+from qec_kiln._backends._slurm_parse import (
+    _id_key,
+    _plain_path,
+    check_account,
+    check_extra_option,
+    check_partition,
+    parse_cpus,
+    parse_parsable,
+    parse_sacct,
+    parse_squeue,
+    time_limit_minutes,
+)
 from qec_kiln._errors import KilnError
-
-# (argv, timeout) -> CompletedProcess with text output. The single seam to Slurm's commands.
-Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
 DEFAULT_TEMPLATE = "sinter_job.sbatch"
 INDEX_VAR = "SLURM_ARRAY_TASK_ID"
@@ -67,18 +82,6 @@ PLACEHOLDERS = (
 )
 _PLACEHOLDER_RE = re.compile(r"(?<!\$)\{([a-z_]+)\}")
 _PLAIN_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
-_PARTITION_RE = re.compile(r"[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*")
-_ACCOUNT_RE = re.compile(r"[A-Za-z0-9._@+-]+")
-# Slurm's time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; or UNLIMITED / INFINITE.
-_TIME_RE = re.compile(
-    r"(?P<m>\d+)(:(?P<ms>\d{1,2}))?"
-    r"|(?P<h>\d+):(?P<hm>\d{1,2}):(?P<hs>\d{1,2})"
-    r"|(?P<d>\d+)-(?P<dh>\d{1,2})(:(?P<dm>\d{1,2})(:(?P<ds>\d{1,2}))?)?"
-)
-_SAFE_PATH_RE = re.compile(r"[A-Za-z0-9._/+@:=,~-]+")
-# Options a template or --sbatch-option may not set: they would break the task -> batch mapping
-# or what qec-kiln reads back from sbatch.
-_FORBIDDEN_EXTRA = ("--array", "-a", "--wrap", "--parsable", "--test-only", "--hold", "-H")
 _SUBMIT_TIMEOUT_S = 120.0
 _QUERY_TIMEOUT_S = 60.0
 
@@ -123,7 +126,7 @@ def safe_name(sweep: str) -> str:
         raise KilnError("the sweep name is empty; give a name with --name")
     plain = re.sub(r"[^A-Za-z0-9._-]+", "-", sweep).strip("-.") or "sweep"
     if plain != sweep or len(sweep) > 80:
-        plain = plain[:60].rstrip("-.") + "-" + hashlib.sha256(sweep.encode()).hexdigest()[:8]
+        plain = plain[:60].rstrip("-.") + "-" + short_digest(sweep)
     return plain
 
 
@@ -135,111 +138,6 @@ def job_name(sweep: str) -> str:
 def state_dir(sweep: str) -> Path:
     """Where the rendered script, the launch record and the task logs of a sweep live."""
     return kiln_home().expanduser() / "slurm" / safe_name(sweep)
-
-
-def packaged_template_text(name: str = DEFAULT_TEMPLATE) -> str:
-    """The shipped template (``qec_kiln/data/``, a byte-identical copy of ``configs/``)."""
-    return resources.files("qec_kiln").joinpath("data", name).read_text(encoding="utf-8")
-
-
-def _default_runner(argv: Sequence[str], *, timeout: float | None = None
-                    ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=timeout, check=False)
-
-
-# --------------------------------------------------------------------------------------------
-# option checks
-
-
-def parse_cpus(spec: str | None, processes: int | None) -> int:
-    """``--cpus-per-task`` from ``--cpus`` ("8", or "8+" read as 8) else ``--processes`` else 1.
-
-    >>> parse_cpus("16+", None), parse_cpus(None, 4), parse_cpus(None, None)
-    (16, 4, 1)
-    """
-    if spec is None or not str(spec).strip():
-        return processes or 1
-    m = re.fullmatch(r"\s*(\d+)\+?\s*", str(spec))
-    if not m or int(m.group(1)) < 1:
-        raise KilnError(
-            f"--cpus {spec!r}: Slurm needs a whole number of CPUs per task, e.g. --cpus 16"
-        )
-    return int(m.group(1))
-
-
-def check_partition(value: str) -> str:
-    if not _PARTITION_RE.fullmatch(value):
-        raise KilnError(
-            f"--partition {value!r} is not a Slurm partition name (letters, digits, '.', '_', "
-            "'-'; several separated by commas); see `sinfo -s` for the partitions"
-        )
-    return value
-
-
-def check_account(value: str) -> str:
-    if not _ACCOUNT_RE.fullmatch(value):
-        raise KilnError(
-            f"--account {value!r} is not a Slurm account name (letters, digits, '.', '_', '-', "
-            "'@', '+'); see `sacctmgr show assoc user=$USER` for yours"
-        )
-    return value
-
-
-def time_limit_minutes(value: str) -> float | None:
-    """Minutes of a Slurm time limit, None for UNLIMITED; KilnError for anything else.
-
-    >>> time_limit_minutes("04:00:00"), time_limit_minutes("1-12"), time_limit_minutes("90")
-    (240.0, 2160.0, 90.0)
-    """
-    v = value.strip()
-    if v.upper() in ("UNLIMITED", "INFINITE"):
-        return None
-    m = _TIME_RE.fullmatch(v)
-    if not m:
-        raise KilnError(
-            f"--time {value!r} is not a Slurm time limit; use minutes, MM:SS, HH:MM:SS, D-HH, "
-            "D-HH:MM or D-HH:MM:SS (e.g. --time 04:00:00)"
-        )
-    g = {k: int(x) if x is not None else 0 for k, x in m.groupdict().items()}
-    if m.group("m") is not None:
-        minutes = g["m"] + g["ms"] / 60
-    elif m.group("h") is not None:
-        minutes = g["h"] * 60 + g["hm"] + g["hs"] / 60
-    else:
-        minutes = g["d"] * 1440 + g["dh"] * 60 + g["dm"] + g["ds"] / 60
-    if minutes <= 0:
-        raise KilnError(f"--time {value!r} is zero; give a positive time limit")
-    return minutes
-
-
-def check_extra_option(option: str) -> str:
-    """One ``--sbatch-option``: ``--qos=long`` or ``#SBATCH --qos=long`` -> ``#SBATCH --qos=long``."""
-    text = option.strip()
-    if text.startswith("#SBATCH"):
-        text = text[len("#SBATCH"):].strip()
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
-        raise KilnError(f"--sbatch-option {option!r}: control characters (a newline?) are not "
-                        "allowed; give one option per --sbatch-option")
-    if not text.startswith("-"):
-        raise KilnError(f"--sbatch-option {option!r} is not an sbatch option; write it as on the "
-                        "sbatch command line, e.g. --sbatch-option=--qos=long")
-    name = text.split("=", 1)[0].split()[0]
-    if name in _FORBIDDEN_EXTRA:
-        raise KilnError(f"--sbatch-option {option!r}: {name} is set by qec-kiln (one array task "
-                        "per batch); it cannot be changed")
-    return "#SBATCH " + text
-
-
-def _plain_path(path: Path, what: str) -> str:
-    text = str(path)
-    if not _SAFE_PATH_RE.fullmatch(text):
-        raise KilnError(
-            f"{what} {text!r} has characters an #SBATCH line cannot hold (spaces, quotes, '%', "
-            "...); set QEC_KILN_HOME to a plain path, or give "
-            "--sbatch-option=--output=/plain/path/%A_%a.out"
-        )
-    return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,7 +182,19 @@ def render_template(template: str, values: dict[str, str], source: str) -> str:
     return "".join(lines)
 
 
-class SlurmBackend(Backend):
+@dataclasses.dataclass(frozen=True)
+class SlurmOptions(BackendOptions):
+    """The Slurm backend's options: the common ones (``cpus`` is ``--cpus-per-task``) and the
+    job array's ``#SBATCH`` settings."""
+
+    partition: str | None = None
+    account: str | None = None
+    time_limit: str | None = None  # e.g. "04:00:00"
+    sbatch_template: str | None = None  # template to fill in (default configs/sinter_job.sbatch)
+    extra_sbatch: tuple[str, ...] = ()  # extra "#SBATCH ..." option strings
+
+
+class SlurmBackend(RemoteBackend):
     """Batches as the tasks of one Slurm job array per launch.
 
     ``runner`` replaces the function that runs ``sbatch``/``squeue``/``sacct``/``scancel``
@@ -293,15 +203,34 @@ class SlurmBackend(Backend):
     """
 
     name = "slurm"
+    options_type = SlurmOptions
+    startup_seconds = 30.0
 
-    def __init__(self, runner: Runner | None = None) -> None:
-        self.runner: Runner = runner or _default_runner
-        self.warning: str = ""
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("slurm")
+        g.add_argument("--partition")
+        g.add_argument("--account")
+        g.add_argument("--time", help="time limit per array task, e.g. 04:00:00")
+        g.add_argument("--sbatch-template", help="your own copy of configs/sinter_job.sbatch")
+        g.add_argument("--sbatch-option", action="append", default=[], metavar="OPT",
+                       help="extra #SBATCH option, e.g. --sbatch-option=--qos=long (repeatable)")
+
+    @classmethod
+    def options_from_args(cls, args: argparse.Namespace) -> BackendOptions:
+        g = lambda name: getattr(args, name, None)  # noqa: E731
+        return SlurmOptions.from_args(args, partition=g("partition"), account=g("account"),
+                                      time_limit=g("time"), sbatch_template=g("sbatch_template"),
+                                      extra_sbatch=tuple(g("sbatch_option") or ()))
+
+    def missing_command(self, argv: Sequence[str], what: str) -> str:
+        return (f"cannot {what} Slurm jobs: `{argv[0]}` was not found; run qec-kiln on a Slurm "
+                "login node (or install the Slurm client commands)")
 
     # ------------------------------------------------------------------ rendering
 
     def render(self, request: LaunchRequest) -> Rendered:
-        opts = request.options
+        opts = self.options(request.options)
         if not request.batch_ids:
             raise KilnError("no batches to launch")
         bad = [b for b in request.batch_ids if not _PLAIN_NAME_RE.fullmatch(b)]
@@ -311,15 +240,8 @@ class SlurmBackend(Backend):
             if any(ord(ch) < 32 for ch in value):
                 raise KilnError(f"the {what} {value!r} holds control characters")
 
-        if opts.sbatch_template:
-            source = opts.sbatch_template
-            try:
-                template = Path(source).expanduser().read_text(encoding="utf-8")
-            except OSError as e:
-                raise KilnError(f"{source}: cannot read the sbatch template ({e.strerror})") from e
-        else:
-            source = f"packaged:{DEFAULT_TEMPLATE}"
-            template = packaged_template_text()
+        source, template = read_template(opts.sbatch_template, DEFAULT_TEMPLATE,
+                                         "sbatch template")
         if not template.startswith("#!"):
             raise KilnError(f"{source}: an sbatch script must start with an interpreter line such "
                             "as #!/bin/bash")
@@ -355,7 +277,7 @@ class SlurmBackend(Backend):
         state = state_dir(request.sweep)
         log_dir = state / "logs"
         script_path = state / "job.sbatch"
-        version = request.kiln_version or _kiln_version()
+        version = request.kiln_version or kiln_version()
         values = {
             "job_name": job_name(request.sweep),
             "array": f"0-{len(request.batch_ids) - 1}",
@@ -372,10 +294,8 @@ class SlurmBackend(Backend):
         script = render_template(template, values, source)
         if not script.endswith("\n"):
             script += "\n"
-        shown = " ".join(source.split())  # a file name cannot break out of the comment
-        stamp = f"# Rendered by qec-kiln {' '.join(version.split())} from {shown}.\n"
         first, _, rest = script.partition("\n")
-        script = f"{first}\n{stamp}{rest}"
+        script = f"{first}\n{rendered_by(version, source)}{rest}"
         return Rendered(
             script=script, script_path=script_path,
             sbatch_argv=["sbatch", "--parsable", str(script_path)], source=source,
@@ -399,7 +319,7 @@ class SlurmBackend(Backend):
         ]
         return "\n".join(lines) + "\n"
 
-    def launch(self, request: LaunchRequest) -> LaunchResult:
+    def launch(self, request: LaunchRequest) -> Submission:
         r = self.render(request)
         r.log_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(r.script_path, r.script)
@@ -424,7 +344,7 @@ class SlurmBackend(Backend):
         job_ids = {b: f"{array_id}_{k}" for k, b in enumerate(request.batch_ids)}
         message = (f"submitted Slurm job array {array_id} ({r.job_name}, {len(job_ids)} task(s)); "
                    f"logs in {r.log_dir}/{array_id}_<task>.out")
-        return LaunchResult(job_ids=job_ids, commands=[list(r.sbatch_argv)], message=message)
+        return Submission(job_ids=job_ids, commands=[list(r.sbatch_argv)], message=message)
 
     def job_states(self, bucket_url: str, sweep: str) -> dict[str, JobState]:
         """Each launched batch's task state from ``squeue``, else ``sacct``; ``{}`` if unknown.
@@ -466,7 +386,7 @@ class SlurmBackend(Backend):
         if not ids:
             return []
         active = sorted({a for (a, _), (raw, _, _) in self._squeue(ids, strict=True).items()
-                         if _STATE_MAP.get(raw, "UNKNOWN") in _ACTIVE}, key=_id_key)
+                         if _STATE_MAP.get(raw, "UNKNOWN") in ACTIVE_STATES}, key=_id_key)
         if not active:
             return []
         argv = ["scancel", *active]
@@ -522,90 +442,3 @@ class SlurmBackend(Backend):
             # "Slurm accounting storage is disabled": finished tasks are then unknown here.
             return {}
         return parse_sacct(proc.stdout)
-
-    def _call(self, argv: list[str], *, timeout: float | None, what: str
-              ) -> subprocess.CompletedProcess[str]:
-        try:
-            return self.runner(argv, timeout=timeout)
-        except FileNotFoundError as e:
-            raise KilnError(
-                f"cannot {what} Slurm jobs: `{argv[0]}` was not found; run qec-kiln on a Slurm "
-                "login node (or install the Slurm client commands)"
-            ) from e
-        except subprocess.TimeoutExpired as e:
-            raise KilnError(f"`{quote_argv(argv)}` did not answer in {timeout:g} s") from e
-
-
-_ACTIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "REQUEUED"})
-
-
-def parse_parsable(output: str) -> str:
-    """The job id from ``sbatch --parsable`` output (``123`` or ``123;cluster``).
-
-    >>> parse_parsable("4242\\n"), parse_parsable("77;big-cluster\\n")
-    ('4242', '77')
-    """
-    for line in reversed(output.strip().splitlines()):
-        m = re.fullmatch(r"\s*(\d+)(;\S+)?\s*", line)
-        if m:
-            return m.group(1)
-    raise KilnError(f"sbatch printed no job id (got {output.strip()[:200]!r})")
-
-
-def _split_task(job: str) -> tuple[str, int] | None:
-    m = re.fullmatch(r"(\d+)_(\d+)", job.strip())
-    return (m.group(1), int(m.group(2))) if m else None
-
-
-def parse_squeue(output: str) -> dict[tuple[str, int], tuple[str, str, int | None]]:
-    """``{(array id, task): (STATE, reason, restarts)}`` from :meth:`SlurmBackend.squeue_argv`.
-
-    >>> parse_squeue("12_0|RUNNING|None|0|\\n12_1|PENDING|BeginTime|1|\\n12_[2-4]|PENDING|x|0|\\n")
-    {('12', 0): ('RUNNING', 'None', 0), ('12', 1): ('PENDING', 'BeginTime', 1)}
-    """
-    out: dict[tuple[str, int], tuple[str, str, int | None]] = {}
-    for line in output.splitlines():
-        parts = [p.strip() for p in line.split("|")]
-        if len(parts) < 4:
-            continue
-        key = _split_task(parts[0])
-        if key is None:
-            continue
-        restarts = int(parts[3]) if parts[3].isdigit() else None
-        out[key] = (parts[1].upper(), parts[2], restarts)
-    return out
-
-
-def parse_sacct(output: str) -> dict[tuple[str, int], tuple[str, str, int | None]]:
-    """The same mapping from :meth:`SlurmBackend.sacct_argv` (``CANCELLED by 0`` -> CANCELLED).
-
-    >>> parse_sacct("12_0|COMPLETED|0:0\\n12_1|CANCELLED by 0|0:15\\n12_2|FAILED|1:0\\n")[("12", 2)]
-    ('FAILED', 'exit code 1:0', None)
-    """
-    out: dict[tuple[str, int], tuple[str, str, int | None]] = {}
-    for line in output.splitlines():
-        parts = [p.strip() for p in line.split("|")]
-        if len(parts) < 2:
-            continue
-        key = _split_task(parts[0])
-        if key is None or not parts[1]:
-            continue
-        code = parts[2] if len(parts) > 2 else ""
-        detail = f"exit code {code}" if code and code != "0:0" else ""
-        out[key] = (parts[1].split()[0].upper(), detail, None)
-    return out
-
-
-def _id_key(job_id: str) -> tuple[int, str]:
-    return (int(job_id), "") if job_id.isdigit() else (0, job_id)
-
-
-
-
-def _kiln_version() -> str:
-    from qec_kiln import __version__
-
-    return __version__
-
-
-

@@ -1,0 +1,299 @@
+"""The Python API: ``plan``, ``launch``, ``status``, ``merge`` and ``cancel``, one function per
+``qec-kiln`` command, taking the same settings as keyword arguments (the CLI only parses flags and
+calls these). Heavy modules (sinter, the storage clients, SkyPilot) load on the first call, so
+``import qec_kiln`` stays fast.
+
+A whole sweep, locally, on a tiny circuit:
+
+    >>> import pathlib, tempfile, stim, qec_kiln
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> circuit = stim.Circuit.generated("repetition_code:memory", distance=3, rounds=3,
+    ...                                  after_clifford_depolarization=0.05)
+    >>> _ = (tmp / "c").mkdir(), (tmp / "c" / "d=3,p=0.05.stim").write_text(str(circuit))
+    >>> bucket = str(tmp / "bucket")
+    >>> r = qec_kiln.launch(tmp / "c", max_shots=2000, max_errors=50, bucket=bucket, name="demo")
+    >>> r.launched, r.failed
+    (['b000'], [])
+    >>> qec_kiln.status(bucket, sweep="demo")[0].fraction_done
+    1.0
+    >>> qec_kiln.merge(bucket, tmp / "merged.csv").rows
+    1
+    >>> qec_kiln.cancel(bucket, "demo")
+    []
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from qec_kiln._argtypes import sinter_options as check_sinter_options
+from qec_kiln._backends import BackendOptions, get_backend
+from qec_kiln._errors import KilnError
+
+if TYPE_CHECKING:
+    from qec_kiln._backends import Backend
+    from qec_kiln._launch import PlanResult, SweepSpec
+    from qec_kiln._merge import MergeReport
+    from qec_kiln._status import SweepProgress
+
+Log = Callable[[str], None]
+PathLike = str | os.PathLike
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclasses.dataclass
+class LaunchResult:
+    """What ``launch`` did: the plan, the batches it started now and their job ids.
+
+    ``done`` and ``running`` list the batches a relaunch left alone (finished by their fragments,
+    or still running). A dry run starts nothing and keeps the backend's rendered job files and
+    exact commands in ``description``.
+    """
+
+    plan: PlanResult
+    bucket: str
+    launched: list[str]
+    job_ids: dict[str, str] = dataclasses.field(default_factory=dict)
+    message: str = ""
+    failed: list[str] = dataclasses.field(default_factory=list)
+    interrupted: bool = False
+    done: list[str] = dataclasses.field(default_factory=list)
+    running: list[str] = dataclasses.field(default_factory=list)
+    dry_run: bool = False
+    description: str = ""
+
+    @property
+    def sweep(self) -> str:
+        return self.plan.sweep
+
+
+def _spec(circuits: PathLike, *, decoders: Sequence[str], max_shots: int, max_errors: int,
+          bucket: str, name: str | None, backend: str,
+          backend_options: BackendOptions | Mapping[str, Any] | None, jobs: int | None,
+          target_hours: float | None, circuits_per_job: int | None, shards: bool,
+          calibrate: bool, calibrate_seconds: float, custom_decoders_module_function: str | None,
+          sinter_options: Sequence[str], price_per_cpu_hour: float | None,
+          price_per_gpu_hour: float | None) -> SweepSpec:
+    from qec_kiln._launch import SweepSpec
+
+    if isinstance(decoders, str):
+        decoders = [decoders]
+    b = get_backend(backend)
+    return SweepSpec(
+        circuits=str(circuits), decoders=list(decoders), max_shots=max_shots,
+        max_errors=max_errors, bucket=str(bucket), name=name, backend=b.name,
+        options=b.options(backend_options), jobs=jobs, target_hours=target_hours,
+        circuits_per_job=circuits_per_job, calibrate=calibrate,
+        calibrate_seconds=calibrate_seconds,
+        custom_decoders_module_function=custom_decoders_module_function,
+        allow_shards=shards, sinter_args=check_sinter_options(sinter_options),
+        price_per_cpu_hour=price_per_cpu_hour, price_per_gpu_hour=price_per_gpu_hour,
+    )
+
+
+class _NoBucket:
+    """Stand-in for a bucket a dry run could not reach: nothing exists in it."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def exists(self, key: str) -> bool:
+        return False
+
+
+def _prepare(spec: SweepSpec, *, need_bucket: bool, log: Log) -> tuple[Backend, Any, PlanResult]:
+    from qec_kiln._errors import StorageError
+    from qec_kiln._launch import prepare_sweep
+    from qec_kiln._storage import open_bucket
+
+    backend = get_backend(spec.backend)
+    problem = backend.bucket_problem(spec.bucket)
+    if problem:
+        if need_bucket:
+            raise KilnError(problem)
+        log("warning: " + problem)
+    bucket = open_bucket(spec.bucket)
+    try:
+        bucket.check_access()
+    except StorageError as ex:
+        if need_bucket:
+            raise
+        log(f"warning: {ex} (dry run: showing a fresh plan)")
+        bucket = _NoBucket(bucket.url)
+    return backend, bucket, prepare_sweep(spec, bucket, log)
+
+
+def plan(
+    circuits: PathLike, *, decoders: Sequence[str] = ("pymatching",), max_shots: int = 1_000_000,
+    max_errors: int = 1000, bucket: PathLike = "kiln-results", name: str | None = None,
+    backend: str = "local", backend_options: BackendOptions | Mapping[str, Any] | None = None,
+    jobs: int | None = None, target_hours: float | None = None,
+    circuits_per_job: int | None = None, shards: bool = True, calibrate: bool = False,
+    calibrate_seconds: float = 60.0, custom_decoders_module_function: str | None = None,
+    sinter_options: Sequence[str] = (), price_per_cpu_hour: float | None = None,
+    price_per_gpu_hour: float | None = None, log: Log | None = None,
+) -> PlanResult:
+    """Discover the ``.stim`` files under ``circuits`` and balance them into batches; upload and
+    start nothing (``qec-kiln plan``).
+
+    ``jobs``, ``target_hours`` or ``circuits_per_job`` pick the number of batches (default: from
+    the backend). ``backend_options`` are the backend's settings, e.g. ``{"processes": 4}`` or
+    ``{"partition": "long"}`` for Slurm. ``sinter_options`` are ``--sinter-option`` values such
+    as ``"--count_observable_error_combos"``. When the sweep (``name``, default: the folder name
+    and a digest of the inputs) is already in ``bucket``, its stored plan is returned. ``log``
+    receives progress lines.
+
+        >>> import pathlib, tempfile, stim, qec_kiln
+        >>> tmp = pathlib.Path(tempfile.mkdtemp())
+        >>> for d in (3, 5):
+        ...     c = stim.Circuit.generated("repetition_code:memory", distance=d, rounds=d,
+        ...                                after_clifford_depolarization=0.01)
+        ...     _ = (tmp / f"d={d}.stim").write_text(str(c))
+        >>> p = qec_kiln.plan(tmp, max_shots=10_000, bucket=str(tmp / "bucket"), jobs=2)
+        >>> len(p.batches), p.exists, sorted(p.to_json())[:3]
+        (2, False, ['balance_ratio', 'batches', 'batches_at_once'])
+    """
+    spec = _spec(circuits, decoders=decoders, max_shots=max_shots, max_errors=max_errors,
+                 bucket=str(bucket), name=name, backend=backend, backend_options=backend_options,
+                 jobs=jobs, target_hours=target_hours, circuits_per_job=circuits_per_job,
+                 shards=shards, calibrate=calibrate, calibrate_seconds=calibrate_seconds,
+                 custom_decoders_module_function=custom_decoders_module_function,
+                 sinter_options=sinter_options, price_per_cpu_hour=price_per_cpu_hour,
+                 price_per_gpu_hour=price_per_gpu_hour)
+    return _prepare(spec, need_bucket=False, log=log or _quiet)[2]
+
+
+def launch(
+    circuits: PathLike, *, decoders: Sequence[str] = ("pymatching",), max_shots: int = 1_000_000,
+    max_errors: int = 1000, bucket: PathLike = "kiln-results", name: str | None = None,
+    backend: str = "local", backend_options: BackendOptions | Mapping[str, Any] | None = None,
+    jobs: int | None = None, target_hours: float | None = None,
+    circuits_per_job: int | None = None, shards: bool = True, calibrate: bool = False,
+    calibrate_seconds: float = 60.0, custom_decoders_module_function: str | None = None,
+    sinter_options: Sequence[str] = (), price_per_cpu_hour: float | None = None,
+    price_per_gpu_hour: float | None = None, dry_run: bool = False, log: Log | None = None,
+    before_start: Callable[[PlanResult, list[str]], None] | None = None,
+) -> LaunchResult:
+    """Plan (as :func:`plan`), upload the circuits and the manifest, and start every batch that is
+    neither finished nor running (``qec-kiln launch``). Idempotent: the same call again starts
+    only what is left. The local backend runs the batches before returning; the others submit
+    jobs and return. ``before_start(plan, batch_ids)`` is called just before anything starts (the
+    CLI prints the plan there). ``dry_run`` uploads and starts nothing.
+
+        >>> import pathlib, tempfile, stim, qec_kiln
+        >>> tmp = pathlib.Path(tempfile.mkdtemp())
+        >>> c = stim.Circuit.generated("repetition_code:memory", distance=3, rounds=3,
+        ...                            after_clifford_depolarization=0.01)
+        >>> _ = (tmp / "d=3.stim").write_text(str(c))
+        >>> r = qec_kiln.launch(tmp, bucket=str(tmp / "bucket"), backend="slurm",
+        ...                     backend_options={"partition": "long"}, dry_run=True)
+        >>> r.launched, "#SBATCH --partition=long" in r.description
+        ([], True)
+    """
+    from qec_kiln._launch import batches_to_launch, make_request, upload_sweep
+
+    log = log or _quiet
+    spec = _spec(circuits, decoders=decoders, max_shots=max_shots, max_errors=max_errors,
+                 bucket=str(bucket), name=name, backend=backend, backend_options=backend_options,
+                 jobs=jobs, target_hours=target_hours, circuits_per_job=circuits_per_job,
+                 shards=shards, calibrate=calibrate, calibrate_seconds=calibrate_seconds,
+                 custom_decoders_module_function=custom_decoders_module_function,
+                 sinter_options=sinter_options, price_per_cpu_hour=price_per_cpu_hour,
+                 price_per_gpu_hour=price_per_gpu_hour)
+    chosen, store, prepared = _prepare(spec, need_bucket=not dry_run, log=log)
+    if dry_run:
+        request = make_request(store, prepared, [b.id for b in prepared.batches], spec.options)
+        return LaunchResult(prepared, store.url, [], dry_run=True,
+                            message="dry run: nothing was uploaded or launched",
+                            description=chosen.describe(request))
+    if not prepared.exists:
+        upload_sweep(store, prepared, log)
+    todo, info = batches_to_launch(store, prepared, chosen)
+    if info:
+        log(f"{len(info['done'])} batch(es) already finished, {len(info['running'])} running")
+    done, running = info.get("done", []), info.get("running", [])
+    if not todo:
+        log(f"nothing to launch: sweep {prepared.sweep!r} has no unfinished, idle batch; "
+            "see `qec-kiln status`")
+        return LaunchResult(prepared, store.url, [], message="nothing to launch", done=done,
+                            running=running)
+    if before_start is not None:
+        before_start(prepared, todo)
+    started = chosen.launch(make_request(store, prepared, todo, spec.options))
+    return LaunchResult(prepared, store.url, todo, job_ids=started.job_ids,
+                        message=started.message, failed=started.failed,
+                        interrupted=started.interrupted, done=done, running=running)
+
+
+def status(bucket: PathLike = "kiln-results", *, sweep: str | None = None,
+           backend: str | None = None, log: Log | None = None) -> list[SweepProgress]:
+    """Progress of each sweep in ``bucket`` (or only ``sweep``), one ``StatusReport`` per sweep:
+    the fragments against the plan's targets, joined with the backend's job states
+    (``qec-kiln status``). ``backend`` defaults to the one the sweep was launched with. What the
+    backend could not find out is in ``report.backend_warnings`` (and sent to ``log``).
+
+        >>> import tempfile, qec_kiln
+        >>> qec_kiln.status(tempfile.mkdtemp())
+        Traceback (most recent call last):
+        ...
+        qec_kiln._errors.KilnError: ...: no sweeps in this bucket; ...
+    """
+    from qec_kiln._manifest import load_manifest, resolve_sweep
+    from qec_kiln._status import sweep_progress
+    from qec_kiln._storage import open_bucket
+
+    log = log or _quiet
+    store = open_bucket(str(bucket))
+    store.check_access()
+    reports = []
+    for name in resolve_sweep(store, sweep):
+        manifest = load_manifest(store, name)
+        chosen = get_backend(backend or manifest.backend)
+        try:
+            states = chosen.job_states(store.url, name)
+        except KilnError as ex:
+            log(f"warning: {ex}; showing fragment progress only")
+            states = {}
+        report = sweep_progress(store, manifest, states)
+        report.backend = chosen.name
+        report.backend_warnings = chosen.warnings()
+        for w in report.backend_warnings:
+            log(f"warning: {w}")
+        reports.append(report)
+    return reports
+
+
+def merge(bucket: PathLike = "kiln-results", out: PathLike = "merged.csv", *,
+          sweep: str | None = None, skip_bad: bool = False, log: Log | None = None
+          ) -> MergeReport:
+    """Combine every batch's fragment (of ``sweep``, or of every sweep in ``bucket``) with
+    ``sinter combine`` into the CSV ``out`` for ``sinter plot`` (``qec-kiln merge``).
+    ``skip_bad`` skips damaged fragments with a warning instead of stopping. The report counts
+    rows and the tasks that reached their targets. Example: see the module docstring above.
+    """
+    from qec_kiln._merge import merge_sweeps
+
+    return merge_sweeps(str(bucket), out, sweep=sweep, skip_bad=skip_bad, log=log)
+
+
+def cancel(bucket: PathLike = "kiln-results", sweep: str = "", *,
+           backend: str | None = None) -> list[str]:
+    """Stop every job of ``sweep`` (``qec-kiln cancel``); fragments are kept, so a later
+    :func:`launch` resumes. Returns the job ids cancelled ([] when none was running)."""
+    from qec_kiln._manifest import load_manifest
+    from qec_kiln._storage import open_bucket
+
+    if not sweep:
+        raise KilnError("cancel needs the sweep's name: --sweep NAME")
+    store = open_bucket(str(bucket))
+    manifest = load_manifest(store, sweep)
+    return get_backend(backend or manifest.backend).cancel(store.url, manifest.sweep)
+
+
+__all__ = ["LaunchResult", "cancel", "launch", "merge", "plan", "status"]

@@ -1,0 +1,77 @@
+"""Checks of command-line values shared by the CLI, the Python API and the backends' flags.
+
+>>> positive_int("1_000_000"), positive_int("1e6"), positive_float("0.5")
+(1000000, 1000000, 0.5)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+
+from qec_kiln._errors import KilnError
+
+
+def positive_int(text: str) -> int:
+    """``1000``, ``1_000_000`` or ``1e6``; refuse zero, negatives and garbage."""
+    try:
+        value = int(text)
+    except ValueError:
+        try:
+            f = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not f.is_integer():
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        value = int(f)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number, got {text!r}")
+    return value
+
+
+#: sinter collect options a sweep may pass through: they change how sinter samples or what it
+#: counts, never a task's strong_id (postselection would, so it is not here).
+SINTER_OPTIONS = ("--count_detection_events", "--count_observable_error_combos",
+                  "--max_batch_size", "--start_batch_size", "--max_batch_seconds")
+
+
+def sinter_options(values: Sequence[str]) -> list[str]:
+    """Check ``--sinter-option`` values; return sinter's argv words.
+
+    >>> sinter_options(["--count_observable_error_combos", "--max_batch_size=1024"])
+    ['--count_observable_error_combos', '--max_batch_size', '1024']
+    """
+    out: list[str] = []
+    for value in values:
+        flag, _, arg = value.partition("=")
+        flag = "--" + flag.lstrip("-").replace("-", "_")
+        if flag not in SINTER_OPTIONS:
+            raise KilnError(
+                f"--sinter-option {value!r} is not allowed; use one of {', '.join(SINTER_OPTIONS)} "
+                "(the others are set by qec-kiln or would change strong_ids)"
+            )
+        takes_value = flag in ("--max_batch_size", "--start_batch_size", "--max_batch_seconds")
+        if takes_value:
+            try:
+                if int(arg) < 1:
+                    raise ValueError
+            except ValueError:
+                raise KilnError(f"--sinter-option {value!r} needs a positive integer, "
+                                f"e.g. {flag}=1000") from None
+            out += [flag, arg]
+        elif arg:
+            raise KilnError(f"--sinter-option {value!r}: {flag} takes no value")
+        else:
+            out.append(flag)
+    return out

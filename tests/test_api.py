@@ -1,0 +1,130 @@
+"""The Python API (qec_kiln.plan/launch/status/merge/cancel) and the layering behind it: the CLI
+parses and calls the API, backends answer their own questions, nothing else names a backend."""
+
+from __future__ import annotations
+
+import ast
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+import qec_kiln
+from qec_kiln._backends import BACKENDS, backend_class, get_backend
+from qec_kiln._cli import build_parser
+
+SRC = REPO / "src" / "qec_kiln"
+
+# A comparison with a backend's name: `x == "local"`, `"slurm" != y`, `x in ("skypilot", ...)`.
+_NAMES = "|".join(BACKENDS)
+_COMPARES_A_NAME = re.compile(
+    rf"""(==|!=|\bin)\s*[(\[{{]?\s*["']({_NAMES})["']|["']({_NAMES})["']\s*(==|!=)"""
+)
+
+
+def _python_files_outside_backends() -> list[pathlib.Path]:
+    return [p for p in SRC.rglob("*.py") if "_backends" not in p.relative_to(SRC).parts]
+
+
+def test_the_name_check_catches_what_the_old_code_did():
+    for line in ('if spec.backend == "local":', 'return 16 if spec.backend == "skypilot" else 1',
+                 'if backend.name != "local":', 'if "slurm" == name:'):
+        assert _COMPARES_A_NAME.search(line), line
+    assert not _COMPARES_A_NAME.search('backend: str = "local"')
+
+
+def test_no_module_outside_the_backends_compares_a_backend_name():
+    files = _python_files_outside_backends()
+    assert len(files) > 10
+    found = [f"{p.relative_to(SRC)}:{i}: {line.strip()}"
+             for p in files for i, line in enumerate(p.read_text().splitlines(), 1)
+             if _COMPARES_A_NAME.search(line) or 'getattr(backend, "warning"' in line]
+    assert found == []
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    """Every qec_kiln module that ``path`` imports, at module level or inside functions."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("qec_kiln"):
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("qec_kiln"))
+    return out
+
+
+def test_only_the_entry_points_import_the_cli_and_the_api_imports_no_printer():
+    importers = {p.name for p in SRC.rglob("*.py")
+                 if any(m in ("qec_kiln._cli", "qec_kiln._commands") for m in _imports(p))}
+    assert importers <= {"_cli.py", "__main__.py"}
+    assert "qec_kiln._cli" not in _imports(SRC / "_commands.py")  # one direction: cli -> commands
+
+
+def test_import_is_fast_and_loads_neither_sinter_nor_skypilot():
+    code = ("import sys, qec_kiln; qec_kiln.launch, qec_kiln.plan, qec_kiln.LaunchResult; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('sinter', 'sky', 'stim', 'boto3', 'rich'))))")
+    r = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True,
+                       text=True, check=True)
+    assert json.loads(r.stdout) == []
+    assert qec_kiln.MergeReport.__name__ == "MergeReport"  # the lazy names resolve
+    assert qec_kiln.StatusReport.__name__ == "SweepProgress"
+
+
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_each_backend_builds_its_own_options_from_the_cli_flags(name):
+    args = build_parser().parse_args(
+        ["launch", "c/", "--backend", name, "--processes", "3", "--cpus", "8", "--sync-seconds",
+         "5", "--parallel", "2", "--infra", "aws", "--no-spot", "--partition", "p",
+         "--sbatch-option=--qos=long"])
+    opts = backend_class(name).options_from_args(args)
+    assert type(opts) is backend_class(name).options_type
+    assert (opts.processes, opts.cpus, opts.sync_seconds) == (3, "8", 5.0)
+    own = {"local": {"parallel": 2}, "skypilot": {"infra": "aws", "use_spot": False},
+           "slurm": {"partition": "p", "extra_sbatch": ("--qos=long",)}}[name]
+    assert {k: getattr(opts, k) for k in own} == own
+
+
+def test_backends_answer_their_own_planning_questions():
+    local, sky, slurm = (get_backend(n) for n in ("local", "skypilot", "slurm"))
+    assert (local.startup_seconds, slurm.startup_seconds, sky.startup_seconds) == (2, 30, 360)
+    assert local.decoders_run_here and not sky.decoders_run_here
+    assert sky.node_processes(sky.options(), 1) == 16
+    assert slurm.node_processes(slurm.options({"cpus": "16+"}), 1) == 16
+    assert local.target_processes(local.options()) == 1
+    assert slurm.batch_slots(slurm.options(), 7) == 7
+    assert local.batch_slots(local.options({"parallel": 2}), 7) == 2
+    # 24 core-hours on 16 processes is 5400 s of wall; each batch keeps >= 4x its 360 s start-up.
+    assert sky.default_jobs(sky.options(), [3600.0] * 24) == 3
+    assert sky.bucket_problem("results/") and sky.bucket_problem("s3://b") is None
+    assert slurm.bucket_problem("results/") is None
+
+
+def test_unknown_backend_option_is_one_clear_line():
+    with pytest.raises(qec_kiln.KilnError, match="'partition' is not one of the local"):
+        get_backend("local").options({"partition": "x"})
+
+
+def test_the_cli_plan_is_the_api_plan(tmp_path, small_circuits, kiln):
+    flags = ["--max-shots", "50_000", "--max-errors", "100", "--jobs", "2", "--bucket",
+             str(tmp_path / "b"), "--name", "same", "--price-per-cpu-hour", "0.05"]
+    r = kiln("plan", str(small_circuits), *flags, "--json", check=True)
+    api = qec_kiln.plan(small_circuits, max_shots=50_000, max_errors=100, jobs=2,
+                        bucket=tmp_path / "b", name="same", price_per_cpu_hour=0.05)
+    assert json.loads(r.stdout) == json.loads(json.dumps(api.to_json()))
+    assert api.estimated_cost is not None and len(api.batches) == 2
+
+
+def test_launch_dry_run_starts_nothing_and_describes_the_jobs(tmp_path, small_circuits):
+    bucket = tmp_path / "b"
+    r = qec_kiln.launch(small_circuits, bucket=bucket, backend="skypilot", dry_run=True,
+                        backend_options={"infra": "k8s"}, max_shots=1000, jobs=2)
+    assert r.dry_run and r.launched == [] and not bucket.exists()
+    assert "sky jobs launch" in r.description and "use_spot set to false" in r.description
+    with pytest.raises(qec_kiln.KilnError, match="SkyPilot's nodes cannot see"):
+        qec_kiln.launch(small_circuits, bucket=bucket, backend="skypilot", max_shots=1000)
