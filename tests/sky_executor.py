@@ -23,6 +23,7 @@ disappears.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -48,7 +49,9 @@ def task_config(task: Any) -> tuple[dict[str, Any], dict[str, str]]:
         secrets = {k: str(v) for k, v in (cfg.get("secrets") or {}).items() if v is not None}
         return cfg, secrets
     cfg = task.to_yaml_config()
-    return cfg, {k: str(v) for k, v in (task.secrets or {}).items() if v is not None}
+    secrets = {k: getattr(v, "get_secret_value", lambda v=v: v)()
+               for k, v in (task.secrets or {}).items() if v is not None}
+    return cfg, {k: str(v) for k, v in secrets.items()}
 
 
 @dataclasses.dataclass
@@ -232,10 +235,8 @@ class Node:
     def kill(self) -> None:
         """SIGKILL every process of the sandbox at once (a VM that disappears)."""
         for pid in self.pids():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self.proc is not None:
             self.wait(timeout=30)
         deadline = time.time() + 10

@@ -323,9 +323,9 @@ def test_skypilot_container_contract(dockerfile: Path) -> None:
     commands = [tokens for ins in stage if ins.keyword == "RUN" for tokens in shell_commands(ins.args)]
     names = {user}
     for tokens in commands:  # useradd ... --uid 10001 ... kiln: the uid's name
-        if tokens[:1] == ["useradd"] and "--uid" in tokens:
-            if tokens[tokens.index("--uid") + 1] == user:
-                names.add(tokens[-1])
+        if tokens[:1] == ["useradd"] and "--uid" in tokens \
+                and tokens[tokens.index("--uid") + 1] == user:
+            names.add(tokens[-1])
     installs_sudo = any(t[:2] == ["apt-get", "install"] and "sudo" in t for t in commands)
     assert installs_sudo, f"{dockerfile.name}: user {user} runs without sudo installed"
     text = " ".join(" ".join(t) for t in commands)

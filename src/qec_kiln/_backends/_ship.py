@@ -163,8 +163,10 @@ def installed_files(pkg: Path | None = None) -> tuple[metadata.Distribution, lis
 
 def build_wheel(cache: Path | None = None, *, pkg: Path | None = None,
                 log=lambda _msg: None) -> KilnWheel:
-    """Build (or reuse from ``cache``, default ``<kiln_home>/wheels``) a wheel of qec-kiln."""
-    cache = cache or kiln_home().expanduser() / "wheels"
+    """Build (or reuse from ``cache``: ``$QEC_KILN_WHEEL_CACHE`` or ``<kiln_home>/wheels``) a
+    wheel of qec-kiln."""
+    env = os.environ.get("QEC_KILN_WHEEL_CACHE")
+    cache = cache or (Path(env) if env else kiln_home().expanduser() / "wheels")
     pkg = pkg or package_dir()
     root = source_root(pkg)
     if root is not None:
