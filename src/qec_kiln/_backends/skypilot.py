@@ -243,9 +243,6 @@ class SkyPilotBackend(RemoteBackend):
         cfg: dict[str, Any] = docs[0]
         notes: list[str] = []
         self._apply_options(cfg, opts, source, notes)
-        problem = self.bucket_problem(request.bucket_url)
-        if problem:
-            raise KilnError(problem)
 
         secret_names = self._secret_names(cfg, source)
         install = apply_node_install(
