@@ -13,14 +13,17 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import sinter
 import yaml
 from conftest import write_surface_circuits
 from sky_executor import Node, NodeCache, run_ranks
 from test_local_sweep import fragment_rows, make_sweep
 
+from qec_kiln import _cli as cli
 from qec_kiln._backends import _ship
 from qec_kiln._backends.skypilot import packaged_yaml_text
 from qec_kiln._errors import ObjectNotFound
+from qec_kiln._storage import open_bucket
 
 pytestmark = pytest.mark.slow
 
@@ -87,25 +90,53 @@ def test_fresh_node_installs_the_launchers_code_and_no_skypilot(tmp_path, kiln_w
     assert "/work/main/.venv" not in probe.stdout
 
 
+def launch_through_qec_kiln(monkeypatch, tmp_path, circuits, env, name, *extra) -> dict:
+    """``qec-kiln launch --backend skypilot`` in-process, intercepting only SkyPilot's final SDK
+    calls; returns what ``sky.jobs.launch`` received (the exact task) and the CLI's answer."""
+    import sky
+
+    seen: dict = {}
+
+    def launch(task, name=None, num_jobs=None, **kw):
+        seen.update(task=task, name=name, num_jobs=num_jobs)
+        return "request-id"
+
+    monkeypatch.setattr(sky.jobs, "launch", launch)
+    monkeypatch.setattr(sky, "stream_and_get",
+                        lambda rid, **kw: (list(range(101, 101 + seen["num_jobs"])), None))
+    text = packaged_yaml_text("sinter_job.yaml").replace("# secrets:\n", "secrets:\n" + "".join(
+        f"  {k}: null\n" for k in env.env))
+    job_yaml = tmp_path / "job.yaml"
+    job_yaml.write_text(text)
+    rc = cli.main(["launch", str(circuits), "--backend", "skypilot", "--bucket", env.url,
+                   "--name", name, "--yaml", str(job_yaml), "--processes", "1",
+                   "--sync-seconds", "1", *extra])
+    assert rc == 0
+    return seen
+
+
 @pytest.mark.parametrize("cloud", ["s3", "gcs"])
-def test_sweep_of_n_jobs_merges_exactly(tmp_path, kiln_wheel, node_cache, request, cloud):
+def test_sweep_of_n_jobs_merges_exactly(tmp_path, node_cache, request, monkeypatch, cloud):
     env = request.getfixturevalue(f"{cloud}_env")
     circuits = write_surface_circuits(tmp_path / "c", distances=(3, 5), noises=(0.001, 0.01))
-    bucket, manifest = make_sweep(circuits, env.url, "nj", max_shots=3_000, max_errors=10_000,
-                                  jobs=3)
-    batches = [b.id for b in manifest.plan.batches]
-    assert len(batches) == 3
-    # The wheel and the requirement pins differ per bucket type, so one setup per cloud.
-    task = node_task(kiln_wheel, env.url, "nj", batches, env.env)
+    seen = launch_through_qec_kiln(monkeypatch, tmp_path, circuits, env, "nj", "--jobs", "3",
+                                   "--max-shots", "3_000", "--max-errors", "10_000")
+    task = seen["task"]
+    batches = task.envs["KILN_BATCHES"].split(",")
+    assert seen["num_jobs"] == len(batches) == 3
     runs = run_ranks(task, len(batches), tmp_path / "nodes", cache=node_cache)
     for r in runs:
         assert r.status == "SUCCEEDED", r.log
         assert f"{batches[r.rank]}: batch finished" in r.log  # rank k ran batch k
+    bucket = open_bucket(env.url)
     totals: dict[str, int] = {}
     for b in batches:
         for row in fragment_rows(bucket.read_bytes(f"nj/fragments/{b}.csv")):
             totals[row.strong_id] = totals.get(row.strong_id, 0) + row.shots
     assert sorted(totals.values()) == [3_000] * 4
+    merged = tmp_path / "merged.csv"
+    assert cli.main(["merge", "--bucket", env.url, "--out", str(merged)]) == 0
+    assert sum(s.shots for s in sinter.read_stats_from_csv_files(str(merged))) == 12_000
 
 
 def test_recovery_after_sigkill_resumes_exactly(tmp_path, kiln_wheel, node_cache, s3_env):

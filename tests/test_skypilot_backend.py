@@ -554,3 +554,22 @@ def test_installed_sky_cli_accepts_every_flag_we_pass(tmp_path):
                 assert re.search(rf"(^|[\s,]){re.escape(flag)}[\s,/]", proc.stdout, re.M), (
                     cmd, flag)
     assert time.monotonic() - started < 30
+
+
+def test_dry_run_json_gives_the_exact_task_and_its_file_mounts(tmp_path, small_circuits, capsys):
+    from qec_kiln import _cli
+
+    rc = _cli.main(["launch", str(small_circuits), "--backend", "skypilot", "--bucket",
+                    "s3://bkt/sweeps", "--name", "dry", "--infra", "aws", "--jobs", "2",
+                    "--max-shots", "1000", "--dry-run", "--json"])
+    assert rc == 0
+    backend = json.loads(capsys.readouterr().out)["backend"]
+    task = yaml.safe_load(backend["task_yaml"])
+    assert {k for k, v in task["envs"].items() if v is None} == set()
+    assert task["envs"]["KILN_BATCHES"] == "b000,b001" and backend["num_jobs"] == 2
+    assert backend["file_mounts"] == task["file_mounts"]
+    assert all(Path(local).is_file() for local in backend["file_mounts"].values())
+    assert task["envs"]["KILN_WHEEL"] in backend["file_mounts"]
+    assert "instance profile" in backend["node_identity"]
+    assert "stim==" in backend["node_install"] and "skypilot" not in backend["node_install"]
+    assert_no_planted(backend["task_yaml"], json.dumps(backend))

@@ -41,8 +41,9 @@ from qec_kiln._errors import KilnError
 
 #: Files of a source tree that the wheel build reads (the same set docker/Dockerfile.* copies).
 SOURCE_FILES = ("pyproject.toml", "README.md", "LICENSE")
-#: Distributions every node needs besides qec-kiln itself, pinned to the launcher's versions.
-NODE_DISTS = ("stim", "sinter", "pymatching", "rich")
+#: Distributions every node needs besides qec-kiln itself, pinned to the launcher's versions
+#: (pyyaml: the CLI's parser imports every backend, and the SkyPilot one reads YAML).
+NODE_DISTS = ("stim", "sinter", "pymatching", "rich", "pyyaml")
 #: The client library of each bucket scheme.
 BUCKET_DISTS = {"s3": "boto3", "gs": "google-cloud-storage"}
 #: sinter's built-in decoders that need a package of their own (sinter/_decoding/).
@@ -305,7 +306,7 @@ def node_requirements(bucket_url: str, decoders: Iterable[str] = (),
 
     >>> reqs = node_requirements("s3://b/p", ["pymatching"])
     >>> [r.split("==")[0] for r in reqs]
-    ['stim', 'sinter', 'pymatching', 'rich', 'boto3']
+    ['stim', 'sinter', 'pymatching', 'rich', 'pyyaml', 'boto3']
     >>> any(r.startswith("skypilot") for r in node_requirements("gs://b"))
     False
     """
