@@ -23,6 +23,8 @@ def kiln_isolated(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("QEC_KILN_HOME", str(home / "home"))
     monkeypatch.setenv("QEC_KILN_WORK_DIR", str(home / "work"))
     monkeypatch.setenv("QEC_KILN_CACHE_DIR", str(home / "cache"))
+    # Wheels of this checkout are cached by content hash, so every test may share one folder.
+    monkeypatch.setenv("QEC_KILN_WHEEL_CACHE", str(tmp_path_factory.getbasetemp() / "wheels"))
     return home
 
 

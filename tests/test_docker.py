@@ -310,3 +310,25 @@ def test_hadolint(dockerfile: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_skypilot_container_contract(dockerfile: Path) -> None:
+    """SkyPilot runs its set-up in the container as the image's user through ``sudo``
+    (sky/provision/docker_utils.py): that user is root, or has passwordless sudo."""
+    stage = final_stage(_load(dockerfile))
+    users = [ins for ins in stage if ins.keyword == "USER"]
+    user = users[-1].args.split(":")[0] if users else "root"
+    if user in ("root", "0"):
+        return
+    commands = [tokens for ins in stage if ins.keyword == "RUN" for tokens in shell_commands(ins.args)]
+    names = {user}
+    for tokens in commands:  # useradd ... --uid 10001 ... kiln: the uid's name
+        if tokens[:1] == ["useradd"] and "--uid" in tokens \
+                and tokens[tokens.index("--uid") + 1] == user:
+            names.add(tokens[-1])
+    installs_sudo = any(t[:2] == ["apt-get", "install"] and "sudo" in t for t in commands)
+    assert installs_sudo, f"{dockerfile.name}: user {user} runs without sudo installed"
+    text = " ".join(" ".join(t) for t in commands)
+    grants = [n for n in names if f"{n} ALL=(ALL) NOPASSWD:ALL" in text]
+    assert grants, f"{dockerfile.name}: user {user} ({names}) has no passwordless sudo"
+    assert "/etc/sudoers.d/" in text and "chmod 0440 /etc/sudoers.d/" in text

@@ -24,6 +24,7 @@ import yaml
 
 from qec_kiln._backends import LaunchRequest, get_backend
 from qec_kiln._backends import skypilot as sp
+from qec_kiln._backends._skypilot_queue import parse_job_ids
 from qec_kiln._errors import KilnError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +54,23 @@ def request(batches=("b000", "b003", "b007"), bucket="s3://bkt/sweeps", sweep="s
                          num_batches_total=8, kiln_version="0.1.0")
 
 
+def capture_sdk_launch(monkeypatch, ids=(11, 12, 13)):
+    """Replace only SkyPilot's final SDK calls (``sky.jobs.launch``, ``sky.stream_and_get``);
+    the returned dict receives the task, name and num_jobs they were given."""
+    import sky
+
+    seen: dict = {}
+
+    def launch(task, name=None, num_jobs=None, **kw):
+        seen.update(task=task, name=name, num_jobs=num_jobs, kw=kw)
+        return "request-id"
+
+    monkeypatch.setattr(sky.jobs, "launch", launch)
+    monkeypatch.setattr(sky, "stream_and_get",
+                        lambda rid, **kw: (list(ids)[: seen["num_jobs"]], None))
+    return seen
+
+
 def sky_validate(yaml_text: str, env_overrides):
     """Validate like SkyPilot does for `sky jobs launch job.yaml --env ...`; return the Task."""
     import sky
@@ -69,13 +87,16 @@ def assert_no_planted(*texts: str) -> None:
             assert value not in text, f"value of {key} leaked"
 
 
-def secrets_yaml(tmp_path: Path, names=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                        "AWS_SESSION_TOKEN")) -> Path:
-    """The packaged CPU YAML with its commented secrets block switched on for ``names``."""
-    text = sp.packaged_yaml_text("sinter_job.yaml")
+def secrets_yaml(tmp_path: Path, names=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+                 gpu: bool = False) -> Path:
+    """The packaged YAML with its commented secrets block switched on for ``names``."""
+    text = sp.packaged_yaml_text("sinter_job_gpu.yaml" if gpu else "sinter_job.yaml")
     text = text.replace("# secrets:\n", "secrets:\n")
     for name in names:
-        text = text.replace(f"#   {name}: null", f"  {name}: null")
+        if f"#   {name}: null" in text:
+            text = text.replace(f"#   {name}: null", f"  {name}: null")
+        else:
+            text = text.replace("secrets:\n", f"secrets:\n  {name}: null\n")
     path = tmp_path / "with secrets.yaml"
     path.write_text(text)
     return path
@@ -98,19 +119,24 @@ def test_configs_are_valid_skypilot_tasks(name):
     # Required values are null (given at launch); no secrets block by default, because SkyPilot
     # 0.14.1 refuses to launch a null secret that was not passed with --secret.
     assert {k for k, v in cfg["envs"].items() if v is None} == {
-        "KILN_BUCKET", "KILN_SWEEP", "KILN_BATCHES"}
+        "KILN_BUCKET", "KILN_SWEEP", "KILN_BATCHES", "KILN_VERSION", "KILN_NODE_REQUIREMENTS"}
     assert "secrets" not in cfg
     res = cfg["resources"]
     assert res["use_spot"] is True
-    assert res["job_recovery"] == {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": 3}
-    assert '"stim==1.16.0" "sinter==1.16.0"' in cfg["setup"]
-    assert "qec-kiln==${KILN_VERSION}" in cfg["setup"]
+    # Only exit 75 (final upload failed) is retried; config errors (2), conflicts (3) and
+    # failed setups are not.
+    assert res["job_recovery"] == {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": 0,
+                                   "recover_on_exit_codes": [75]}
+    setup = " ".join(cfg["setup"].replace("\\\n", " ").split())
+    assert "--no-deps \"$kiln\"" in setup and "$KILN_NODE_REQUIREMENTS" in setup
+    assert "python3 -m venv" in setup
     run = " ".join(cfg["run"].replace("\\\n", " ").split())
-    assert ('exec qec-kiln run-batch --bucket "$KILN_BUCKET" --sweep "$KILN_SWEEP" --batches '
+    assert ('exec "$kiln" run-batch --bucket "$KILN_BUCKET" --sweep "$KILN_SWEEP" --batches '
             '"$KILN_BATCHES" --index "$SKYPILOT_JOB_RANK" --sync-seconds "$KILN_SYNC_SECONDS" '
             '--processes "${KILN_PROCESSES:-$(nproc)}"') in run
-    task = sky_validate(text, [("KILN_BUCKET", "s3://b"), ("KILN_SWEEP", "s"),
-                               ("KILN_BATCHES", "b000")])
+    filled = [("KILN_BUCKET", "s3://b"), ("KILN_SWEEP", "s"), ("KILN_BATCHES", "b000"),
+              ("KILN_VERSION", "0.1.0"), ("KILN_NODE_REQUIREMENTS", "stim==1.16.0")]
+    task = sky_validate(text, filled)
     (first, *_) = task.resources
     assert first.use_spot and str(first.cpus).endswith("+")
     if name == "sinter_job.yaml":
@@ -148,8 +174,14 @@ def test_get_backend_and_state_dir(tmp_path):
         ({"processes": 4, "sync_seconds": 12.5}, "sinter_job.yaml", {"cpus": "16+"}),
     ],
 )
-def test_render_option_combinations(opts, expect_file, expect):
+def test_render_option_combinations(opts, expect_file, expect, tmp_path):
     backend = sp.SkyPilotBackend()
+    if opts.get("infra", "aws").split("/")[0] != "aws":  # nodes there need the keys as secrets
+        opts = dict(opts, yaml_path=str(secrets_yaml(
+            tmp_path, names=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))))
+        if "gpus" in opts:
+            opts["yaml_path"] = str(secrets_yaml(tmp_path, ("AWS_ACCESS_KEY_ID",
+                                                            "AWS_SECRET_ACCESS_KEY"), gpu=True))
     req = request(bucket=HOSTILE_BUCKET, sweep=HOSTILE_SWEEP, **opts)
     yaml_text, env, argv = backend.render(req)
     cfg = yaml.safe_load(yaml_text)
@@ -157,16 +189,18 @@ def test_render_option_combinations(opts, expect_file, expect):
         assert cfg["resources"][key] == value, key
     packaged = yaml.safe_load(sp.packaged_yaml_text(expect_file))
     assert cfg["run"] == packaged["run"] and cfg["setup"] == packaged["setup"]
-    if not any(k in opts for k in ("cpus", "gpus", "infra", "use_spot")):
-        assert yaml_text == sp.packaged_yaml_text(expect_file)  # untouched: comments kept
+    # The rendered YAML is the exact task: every env filled, the wheel mounted.
+    assert {k: v for k, v in cfg["envs"].items() if v is None} == {}
+    assert cfg["envs"]["KILN_WHEEL"] in cfg["file_mounts"]
+    assert Path(cfg["file_mounts"][cfg["envs"]["KILN_WHEEL"]]).is_file()
 
     envd = dict(env)
     assert envd["KILN_BUCKET"] == HOSTILE_BUCKET and envd["KILN_SWEEP"] == HOSTILE_SWEEP
     assert envd["KILN_BATCHES"] == "b000,b003,b007" and envd["KILN_VERSION"] == "0.1.0"
     assert envd["KILN_SYNC_SECONDS"] == f"{req.options.sync_seconds:g}"
     assert envd.get("KILN_PROCESSES") == (str(opts["processes"]) if "processes" in opts else None)
-    # Hostile values live only in argv words (no shell), never in the YAML.
-    assert HOSTILE_BUCKET not in yaml_text and "rm -rf" not in yaml_text
+    # Hostile values are YAML strings (never shell text) and come back unchanged.
+    assert cfg["envs"]["KILN_BUCKET"] == HOSTILE_BUCKET
 
     name = argv[argv.index("--name") + 1]
     assert argv[:5] == ["sky", "jobs", "launch", "--yes", "--detach-run"]
@@ -176,7 +210,7 @@ def test_render_option_combinations(opts, expect_file, expect):
     assert pairs == [f"{k}={v}" for k, v in env]
     assert argv[-1] == str(sp.state_dir(HOSTILE_SWEEP) / "job.yaml")
 
-    task = sky_validate(yaml_text, env)
+    task = sky_validate(yaml_text, [])
     assert task.envs["KILN_BUCKET"] == HOSTILE_BUCKET
     from sky.utils import common_utils
 
@@ -233,24 +267,27 @@ def test_user_yaml_with_any_of_gets_overrides_everywhere(tmp_path):
 # ---------------------------------------------------------------- secrets
 
 
-def test_secrets_are_passed_by_name_never_written(tmp_path):
+def test_secrets_are_passed_by_name_never_written(tmp_path, monkeypatch):
     backend = sp.SkyPilotBackend()
-    calls = []
-    backend.runner = lambda argv, **kw: (
-        calls.append((argv, Path(argv[-1]).read_text()))
-        or subprocess.CompletedProcess(argv, 0, "Jobs submitted with IDs: 5-7.\n", ""))
+    seen = capture_sdk_launch(monkeypatch)
     req = request(yaml_path=str(secrets_yaml(tmp_path)))
     yaml_text, env, argv = backend.render(req)
     secrets = [argv[i + 1] for i, a in enumerate(argv) if a == "--secret"]
-    assert secrets == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
+    assert secrets == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
     assert yaml.safe_load(yaml_text)["secrets"] == dict.fromkeys(secrets)
     described = backend.describe(req)
+    dry = backend.describe_json(req)
     result = backend.launch(req)
     written = sorted(p for p in (tmp_path / "kiln-home").rglob("*") if p.is_file())
     assert [p.name for p in written] == ["job.yaml", "launches.json"]
+    task = seen["task"]
+    assert task.secrets["AWS_SECRET_ACCESS_KEY"].get_secret_value() == "planted-secret-123"
     assert_no_planted(yaml_text, " ".join(argv), " ".join(map(str, env)), described,
-                      result.message, " ".join(calls[0][0]), calls[0][1],
-                      *(p.read_text() for p in written))
+                      result.message, str(dry), *(p.read_text() for p in written))
+    # A session token expires: SkyPilot would re-inject it stale on every recovery.
+    with pytest.raises(KilnError, match="AWS_SESSION_TOKEN expires"):
+        backend.render(request(yaml_path=str(secrets_yaml(
+            tmp_path, names=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")))))
     # SkyPilot accepts the null secrets offline (they are filled from --secret at launch).
     sky_validate(yaml_text, env)
 
@@ -270,45 +307,41 @@ def test_secret_problems_are_refused_without_echoing_values(tmp_path, monkeypatc
         sp.SkyPilotBackend().render(request(yaml_path=str(in_envs)))
     assert_no_planted(str(err.value))
 
-    monkeypatch.delenv("AWS_SESSION_TOKEN")
-    with pytest.raises(KilnError, match="AWS_SESSION_TOKEN is declared but not set"):
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(KilnError, match="AWS_SECRET_ACCESS_KEY is declared but not set"):
         sp.SkyPilotBackend().render(request(yaml_path=str(path)))
 
 
 # ---------------------------------------------------------------- launch
 
 
-def test_launch_request_captured_at_the_seam(tmp_path):
+def test_launch_hands_the_rendered_task_to_the_sdk(tmp_path, monkeypatch):
     backend = sp.SkyPilotBackend()
-    seen = {}
-
-    def runner(argv, *, stream=False, timeout=None):
-        seen.update(argv=list(argv), stream=stream, yaml=Path(argv[-1]).read_text())
-        out = "\x1b[36mJobs submitted with IDs: \x1b[36m13,11-12\x1b[0m.\n📋 Useful Commands\n"
-        return subprocess.CompletedProcess(argv, 0, out, "")
-
-    backend.runner = runner
+    seen = capture_sdk_launch(monkeypatch, ids=(13, 11, 12))
     req = request(cpus="8+", infra="aws")
     yaml_text, env, argv = backend.render(req)
     result = backend.launch(req)
-    assert seen == {"argv": argv, "stream": True, "yaml": yaml_text}
-    assert result.commands == [argv]
+    task = seen["task"]
+    assert seen["name"] == task.name == sp.job_name("surface-d3") and seen["num_jobs"] == 3
+    assert task.to_yaml_config()["envs"] == yaml.safe_load(yaml_text)["envs"]
+    assert {str(r.cpus) for r in task.resources} == {"8+"}
+    assert 'exec "$kiln" run-batch' in task.run and "--no-deps" in task.setup
+    (wheel_remote, wheel_local), = task.file_mounts.items()
+    assert task.envs["KILN_WHEEL"] == wheel_remote and Path(wheel_local).is_file()
+    assert "skypilot" not in task.envs["KILN_NODE_REQUIREMENTS"]
     assert result.job_ids == {"b000": "11", "b003": "12", "b007": "13"}  # rank = sorted id
     record = json.loads((sp.state_dir("surface-d3") / "launches.json").read_text())
     assert record[0]["job_ids"] == [11, 12, 13]
     assert record[0]["batches"] == ["b000", "b003", "b007"]
     assert record[0]["bucket"] == "s3://bkt/sweeps"
 
-    backend.runner = lambda argv, **kw: subprocess.CompletedProcess(
-        argv, 1, "sky.exceptions.ApiServerConnectionError: Could not connect\n", "")
-    with pytest.raises(KilnError, match=r"exit 1.*Could not connect"):
-        backend.launch(req)
+    import sky
 
-    def missing(argv, **kw):
-        raise FileNotFoundError(argv[0])
+    def no_server(task, **kw):
+        raise RuntimeError("Could not connect to SkyPilot API server")
 
-    backend.runner = missing
-    with pytest.raises(KilnError, match="`sky` command was not found"):
+    monkeypatch.setattr(sky.jobs, "launch", no_server)
+    with pytest.raises(KilnError, match=r"sky.jobs.launch failed.*Could not connect"):
         backend.launch(req)
 
 
@@ -327,38 +360,23 @@ def _run_sky_cli(args, **patches):
     return res
 
 
-@pytest.mark.parametrize("batches", [("b000", "b003", "b007"), ("b042",)])
-def test_launch_through_skypilots_own_cli(tmp_path, batches):
-    """Our argv goes through SkyPilot's `jobs launch` command up to the API request."""
-    captured = {}
-    ids = [21, 22, 23][: len(batches)]
-
-    def fake_launch(dag, name, pool, num_jobs, **kw):
-        captured.update(dag=dag, name=name, pool=pool, num_jobs=num_jobs)
-        return "request-id"
-
-    def runner(argv, *, stream=False, timeout=None):
-        res = _run_sky_cli(
-            argv[1:], managed_jobs={"launch": fake_launch},
-            command={"_async_call_or_wait": mock.Mock(return_value=(ids, None))})
-        return subprocess.CompletedProcess(argv, res.exit_code, res.output, "")
-
-    backend = sp.SkyPilotBackend(runner=runner)
-    req = request(batches=batches, bucket=HOSTILE_BUCKET, sweep=HOSTILE_SWEEP, cpus="8+",
-                  yaml_path=str(secrets_yaml(tmp_path)))
-    result = backend.launch(req)
-    assert result.job_ids == dict(zip(batches, map(str, ids), strict=True))
-    assert captured["num_jobs"] == len(batches) and captured["pool"] is None
-    assert captured["name"] == sp.job_name(HOSTILE_SWEEP) == captured["dag"].name
-    (task,) = captured["dag"].tasks
-    assert task.envs["KILN_BUCKET"] == HOSTILE_BUCKET
-    assert task.envs["KILN_SWEEP"] == HOSTILE_SWEEP
-    assert task.envs["KILN_BATCHES"] == ",".join(batches)
-    assert {str(r.cpus) for r in task.resources} == {"8+"}
-    assert all(r.use_spot for r in task.resources)
-    # --secret NAME: SkyPilot's CLI took the value from our environment, in memory only.
-    assert task.secrets["AWS_SECRET_ACCESS_KEY"].get_secret_value() == "planted-secret-123"
-    assert "exec qec-kiln run-batch" in task.run
+def test_pip_spec_and_image_choose_what_nodes_install(monkeypatch):
+    backend = sp.SkyPilotBackend()
+    seen = capture_sdk_launch(monkeypatch)
+    req = request(infra="aws", kiln_pip_spec="qec-kiln==0.1.0")
+    backend.launch(req)
+    task = seen["task"]
+    assert task.envs["KILN_PIP_SPEC"] == "qec-kiln==0.1.0" and task.envs["KILN_WHEEL"] == ""
+    assert not task.file_mounts
+    assert "install qec-kiln==0.1.0" in backend.describe(req)
+    req = request(infra="aws", image="docker:ghcr.io/me/qec-kiln:0.1.0")
+    backend.launch(req)
+    task = seen["task"]
+    assert task.setup is None and not task.file_mounts
+    assert {r.image_id and next(iter(r.image_id.values())) for r in task.resources} == {
+        "docker:ghcr.io/me/qec-kiln:0.1.0"}
+    with pytest.raises(KilnError, match="--image 'ghcr.io/x'"):
+        backend.render(request(infra="aws", image="ghcr.io/x"))
 
 
 # ---------------------------------------------------------------- queue / status / cancel
@@ -481,7 +499,7 @@ def test_cancel_by_ids_because_names_are_shared():
 
     backend = sp.SkyPilotBackend(runner=runner)
     assert backend.cancel("s3://bkt/sweeps", "surface-d3") == ["11", "13"]
-    assert calls[1] == ["sky", "jobs", "cancel", "--yes", "11", "13"]
+    assert calls[1] == ["sky", "jobs", "cancel", "--yes", "--graceful", "11", "13"]
 
     calls.clear()
     assert backend.cancel("s3://bkt/sweeps", "nothing-running") == []
@@ -494,15 +512,18 @@ def test_cancel_by_ids_because_names_are_shared():
 
     calls.clear()
     backend.runner = no_server
-    assert backend.cancel("s3://bkt/sweeps", "surface-d3") == [name]
-    assert calls[1] == ["sky", "jobs", "cancel", "--yes", "--name", name]
+    # Without the queue nothing can be cancelled by id, and a by-name cancel can lie (several
+    # jobs of one name: SkyPilot cancels none and exits 0): refuse, never report success.
+    with pytest.raises(KilnError, match="nothing was cancelled"):
+        backend.cancel("s3://bkt/sweeps", "surface-d3")
+    assert len(calls) == 1
 
 
 def test_parse_job_ids_from_real_cli_messages():
-    assert sp.parse_job_ids("Jobs submitted with IDs: 4-6,9.\n📋 Useful Commands") == [4, 5, 6, 9]
-    assert sp.parse_job_ids("\nManaged Job ID: 12\n├── To cancel") == [12]
-    assert sp.parse_job_ids("⚙︎ Job submitted, ID: 7-8\n") == [7, 8]
-    assert sp.parse_job_ids("nothing here") == []
+    assert parse_job_ids("Jobs submitted with IDs: 4-6,9.\n📋 Useful Commands") == [4, 5, 6, 9]
+    assert parse_job_ids("\nManaged Job ID: 12\n├── To cancel") == [12]
+    assert parse_job_ids("⚙︎ Job submitted, ID: 7-8\n") == [7, 8]
+    assert parse_job_ids("nothing here") == []
 
 
 # ---------------------------------------------------------------- the installed sky executable
@@ -516,7 +537,7 @@ def test_installed_sky_cli_accepts_every_flag_we_pass(tmp_path):
     used = {
         "launch": {a for a in launch if a.startswith("-")},
         "queue": {a for a in backend.queue_argv() if a.startswith("-")},
-        "cancel": {"--yes", "--name"},
+        "cancel": {"--yes", "--graceful"},
     }
     assert used["launch"] == {"--yes", "--detach-run", "--name", "--num-jobs", "--env",
                               "--secret"}
@@ -533,3 +554,22 @@ def test_installed_sky_cli_accepts_every_flag_we_pass(tmp_path):
                 assert re.search(rf"(^|[\s,]){re.escape(flag)}[\s,/]", proc.stdout, re.M), (
                     cmd, flag)
     assert time.monotonic() - started < 30
+
+
+def test_dry_run_json_gives_the_exact_task_and_its_file_mounts(tmp_path, small_circuits, capsys):
+    from qec_kiln import _cli
+
+    rc = _cli.main(["launch", str(small_circuits), "--backend", "skypilot", "--bucket",
+                    "s3://bkt/sweeps", "--name", "dry", "--infra", "aws", "--jobs", "2",
+                    "--max-shots", "1000", "--dry-run", "--json"])
+    assert rc == 0
+    backend = json.loads(capsys.readouterr().out)["backend"]
+    task = yaml.safe_load(backend["task_yaml"])
+    assert {k for k, v in task["envs"].items() if v is None} == set()
+    assert task["envs"]["KILN_BATCHES"] == "b000,b001" and backend["num_jobs"] == 2
+    assert backend["file_mounts"] == task["file_mounts"]
+    assert all(Path(local).is_file() for local in backend["file_mounts"].values())
+    assert task["envs"]["KILN_WHEEL"] in backend["file_mounts"]
+    assert "instance profile" in backend["node_identity"]
+    assert "stim==" in backend["node_install"] and "skypilot" not in backend["node_install"]
+    assert_no_planted(backend["task_yaml"], json.dumps(backend))

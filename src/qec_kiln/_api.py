@@ -70,6 +70,7 @@ class LaunchResult:
     running: list[str] = dataclasses.field(default_factory=list)
     dry_run: bool = False
     description: str = ""
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)  # backend's dry-run JSON
 
     @property
     def sweep(self) -> str:
@@ -223,7 +224,8 @@ def launch(
             log(f"warning: {w}")
         return LaunchResult(prepared, store.url, [], dry_run=True,
                             message="dry run: nothing was uploaded or launched",
-                            description=description)
+                            description=description,
+                            details=chosen.describe_json(request))
     if not prepared.exists:
         upload_sweep(store, prepared, log)
     todo, info = batches_to_launch(store, prepared, chosen)

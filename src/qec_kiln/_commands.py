@@ -60,7 +60,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if r.dry_run:
         if args.json:
             data = r.plan.to_json()
-            data["backend"] = {"name": args.backend.lower(), "describe": r.description}
+            data["backend"] = {"name": args.backend.lower(), "describe": r.description,
+                               **r.details}
             print(json.dumps(data, indent=1))
         else:
             print_plan(r.plan)

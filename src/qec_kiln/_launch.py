@@ -366,6 +366,8 @@ def make_request(bucket: Bucket, prepared: PlanResult, batch_ids: list[str],
         options=options,
         num_batches_total=len(prepared.manifest.batches),
         kiln_version=__version__,
+        decoders=tuple(prepared.manifest.decoders),
+        custom_decoders_module_function=prepared.manifest.custom_decoders_module_function,
     )
 
 

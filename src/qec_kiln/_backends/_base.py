@@ -72,6 +72,8 @@ class LaunchRequest:
     options: BackendOptions
     num_batches_total: int = 0
     kiln_version: str = ""
+    decoders: tuple[str, ...] = ()  # the sweep's decoders (a remote node installs their packages)
+    custom_decoders_module_function: str | None = None
 
     def run_batch_argv(self, index_expr: str | None = None, batch_id: str | None = None) -> list[str]:
         """The argv of the node command; ``index_expr`` is a shell word like ``"$SLURM_ARRAY_TASK_ID"``.
@@ -245,6 +247,10 @@ class Backend(abc.ABC):
         return []
 
     # ------------------------------------------------------------------ jobs
+
+    def describe_json(self, request: LaunchRequest) -> dict[str, Any]:
+        """Machine-readable parts of the dry run (``launch --dry-run --json`` under backend)."""
+        return {}
 
     @abc.abstractmethod
     def describe(self, request: LaunchRequest) -> str:

@@ -66,10 +66,10 @@ from qec_kiln._backends._remote import (
     run_command,
     short_digest,
 )
+from qec_kiln._backends._skypilot_node import apply_node_install, node_identity
 from qec_kiln._backends._skypilot_queue import (
     _sky_state,
     map_queue_to_batches,
-    parse_job_ids,
     parse_queue_json,
 )
 from qec_kiln._errors import KilnError
@@ -101,10 +101,13 @@ def job_name(sweep: str) -> str:
     'kiln-surface-d3_to_d13.v2'
     >>> job_name("my sweep/1")
     'kiln-my-sweep-1-82e27a33'
+    >>> job_name("d3 to d13; rm")
+    'kiln-d3-to-d13-rm-cdd05573'
     """
     if not sweep:
         raise KilnError("the sweep name is empty; give a name with --sweep")
-    name = "kiln-" + re.sub(r"[^-_.a-zA-Z0-9]", "-", sweep)
+    # SkyPilot also refuses runs of three dashes/underscores in a task name (sky/task.py).
+    name = "kiln-" + re.sub(r"[-_.]{2,}", "-", re.sub(r"[^-_.a-zA-Z0-9]", "-", sweep))
     if name != "kiln-" + sweep or not _SKY_NAME_RE.fullmatch(name) or len(name) > _MAX_NAME:
         name = name[: _MAX_NAME - 9].rstrip("-_.") + "-" + short_digest(sweep)
     return name
@@ -156,6 +159,10 @@ class Rendered:
     job_name: str
     secret_names: list[str]
     notes: list[str]
+    task_config: dict[str, Any]  # the exact task (envs filled, secrets by name only)
+    file_mounts: dict[str, str]  # node path -> local path, as SkyPilot receives them
+    install: str  # what the nodes install, and from where
+    identity: str  # which identity the nodes use for the bucket
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +173,8 @@ class SkyPilotOptions(BackendOptions):
     infra: str | None = None  # e.g. "aws", "gcp/us-central1", "k8s"
     use_spot: bool = True  # spot by default
     yaml_path: str | None = None  # task YAML to fill in (default configs/sinter_job*.yaml)
+    kiln_pip_spec: str | None = None  # a published qec-kiln for the nodes instead of our wheel
+    image: str | None = None  # docker:REF holding qec-kiln; drops setup
 
 
 class SkyPilotBackend(RemoteBackend):
@@ -191,20 +200,27 @@ class SkyPilotBackend(RemoteBackend):
         g.add_argument("--infra", help="e.g. aws, gcp/us-central1, k8s")
         g.add_argument("--no-spot", action="store_true", help="on-demand instead of spot")
         g.add_argument("--yaml", help="your own copy of configs/sinter_job.yaml")
+        g.add_argument("--kiln-pip-spec", metavar="SPEC",
+                       help="nodes pip-install this published qec-kiln (e.g. 'qec-kiln==0.1.0') "
+                       "instead of a wheel of this machine's qec-kiln")
+        g.add_argument("--image", metavar="docker:REF",
+                       help="container image with qec-kiln (docker/README.md); drops setup")
 
     @classmethod
     def options_from_args(cls, args: argparse.Namespace) -> BackendOptions:
         return SkyPilotOptions.from_args(args, infra=getattr(args, "infra", None),
                                          use_spot=not getattr(args, "no_spot", False),
-                                         yaml_path=getattr(args, "yaml", None))
+                                         yaml_path=getattr(args, "yaml", None),
+                                         kiln_pip_spec=getattr(args, "kiln_pip_spec", None),
+                                         image=getattr(args, "image", None))
 
     def bucket_problem(self, bucket_url: str) -> str | None:
         """Cloud nodes cannot see this machine's folders."""
-        if bucket_url.startswith(("s3://", "gs://", "file://")):
+        if bucket_url.startswith(("s3://", "gs://")):
             return None
         return (f"--bucket {bucket_url!r} is a folder on this machine, which SkyPilot's nodes "
-                "cannot see; use s3://BUCKET or gs://BUCKET (or file:///PATH for a volume mounted "
-                "at that path on every node, e.g. a Kubernetes PVC)")
+                "cannot see; use s3://BUCKET or gs://BUCKET (SkyPilot volumes/PVCs are not "
+                "supported yet)")
 
     def missing_command(self, argv: Sequence[str], what: str) -> str:
         return (f"cannot {what} SkyPilot jobs: the `sky` command was not found; "
@@ -238,9 +254,13 @@ class SkyPilotBackend(RemoteBackend):
             )
         cfg: dict[str, Any] = docs[0]
         notes: list[str] = []
-        changed = self._apply_options(cfg, opts, source, notes)
+        self._apply_options(cfg, opts, source, notes)
 
         secret_names = self._secret_names(cfg, source)
+        install = apply_node_install(
+            cfg, bucket_url=request.bucket_url, decoders=request.decoders,
+            custom=request.custom_decoders_module_function, image=opts.image,
+            pip_spec=opts.kiln_pip_spec, log=lambda m: print(m, file=sys.stderr))
         version = request.kiln_version or kiln_version()
         env_overrides = [
             ("KILN_BUCKET", request.bucket_url),
@@ -251,14 +271,20 @@ class SkyPilotBackend(RemoteBackend):
         ]
         if opts.processes:
             env_overrides.append(("KILN_PROCESSES", str(opts.processes)))
+        env_overrides += install.envs
 
         name = job_name(request.sweep)
         self._validate(cfg, env_overrides, source, name)
+        identity = node_identity(request.bucket_url, opts.infra, secret_names)
+        task_cfg = copy.deepcopy(cfg)
+        task_cfg["name"] = name
+        task_cfg["envs"] = {**{str(k): None if v is None else str(v)
+                               for k, v in (cfg.get("envs") or {}).items()},
+                            **dict(env_overrides)}
+        if secret_names:
+            task_cfg["secrets"] = dict.fromkeys(secret_names)
 
-        if changed:
-            yaml_text = rendered_by(version, source, "; see that file for comments") + _dump_yaml(cfg)
-        else:
-            yaml_text = text if text.endswith("\n") else text + "\n"
+        yaml_text = rendered_by(version, source, "; see that file for comments") + _dump_yaml(task_cfg)
         yaml_path = state_dir(request.sweep) / "job.yaml"
         argv = ["sky", "jobs", "launch", "--yes", "--detach-run", "--name", name,
                 "--num-jobs", str(len(request.batch_ids))]
@@ -269,7 +295,28 @@ class SkyPilotBackend(RemoteBackend):
         argv.append(str(yaml_path))
         _refuse_secret_values(source, yaml_text, argv)
         return Rendered(yaml_text, env_overrides, argv, source, yaml_path, name, secret_names,
-                        notes)
+                        notes, task_cfg, dict(task_cfg.get("file_mounts") or {}),
+                        install.summary, identity)
+
+    def sky_task(self, r: Rendered) -> Any:
+        """The ``sky.Task`` handed to ``sky.jobs.launch``: the rendered task plus secret values
+        taken from this environment (in memory only)."""
+        import sky
+
+        secrets = [(k, os.environ[k]) for k in r.secret_names]
+        try:
+            return sky.Task.from_yaml_config(copy.deepcopy(r.task_config),
+                                             secrets_overrides=secrets or None)
+        except Exception as e:  # SkyPilot raises ValueError and its own errors
+            raise KilnError(f"{r.source}: {_one_line(e)}") from e
+
+    def describe_json(self, request: LaunchRequest) -> dict[str, Any]:
+        """The dry run's ``backend`` section: the exact task and its file mounts."""
+        r = self._render(request)
+        return {"task_yaml": _dump_yaml(r.task_config), "file_mounts": r.file_mounts,
+                "job_name": r.job_name, "num_jobs": len(request.batch_ids),
+                "node_install": r.install, "node_identity": r.identity,
+                "secrets": r.secret_names}
 
     @staticmethod
     def _apply_options(
@@ -378,9 +425,13 @@ class SkyPilotBackend(RemoteBackend):
             ]
         lines += [f"# Note: {n}" for n in r.notes]
         lines += [
+            f"# Node install: {r.install}",
+            f"# Bucket identity on the nodes: {r.identity}",
             f"# One request, {len(request.batch_ids)} managed job(s) named {r.job_name}; job "
             "with SKYPILOT_JOB_RANK=k runs batch k:",
             "#   " + " ".join(f"{k}={b}" for k, b in enumerate(request.batch_ids)),
+            f"# launch calls sky.jobs.launch(task, name={r.job_name!r}, "
+            f"num_jobs={len(request.batch_ids)}); the same from a shell:",
             quote_argv(r.launch_argv),
         ]
         return "\n".join(lines) + "\n"
@@ -388,24 +439,18 @@ class SkyPilotBackend(RemoteBackend):
     def launch(self, request: LaunchRequest) -> Submission:
         r = self._render(request)
         atomic_write(r.yaml_path, r.yaml_text)
+        task = self.sky_task(r)
         started = time.time()
-        proc = self._call(r.launch_argv, stream=True, timeout=None, what="launch")
-        out = _ANSI_RE.sub("", proc.stdout or "") + _ANSI_RE.sub("", proc.stderr or "")
-        if proc.returncode != 0:
-            raise KilnError(
-                f"sky jobs launch failed (exit {proc.returncode}) for {r.yaml_path}: "
-                f"{last_line(out) or 'no output'}"
-            )
-        ids = parse_job_ids(out)
+        ids = submit_managed_jobs(task, r.job_name, len(request.batch_ids))
         job_ids: dict[str, str] = {}
-        message = f"submitted {len(request.batch_ids)} SkyPilot managed job(s) named {r.job_name}"
+        message = (f"submitted {len(request.batch_ids)} SkyPilot managed job(s) named "
+                   f"{r.job_name}; {r.install}; bucket identity: {r.identity}")
         if len(ids) == len(request.batch_ids):
             # SkyPilot ranks the jobs of one request by sorted job id (job_id_to_rank).
             job_ids = {b: str(i) for b, i in zip(request.batch_ids, sorted(ids), strict=True)}
             message += ": " + ", ".join(f"{b}={i}" for b, i in job_ids.items())
         else:
-            message += (f"; could not read their job ids from SkyPilot's output (found {ids}); "
-                        f"see `sky jobs queue`")
+            message += f"; SkyPilot returned job ids {ids}; see `sky jobs queue`"
             ids = []
         append_launch_record(
             r.yaml_path.parent / "launches.json",
@@ -445,17 +490,16 @@ class SkyPilotBackend(RemoteBackend):
         return states
 
     def cancel(self, bucket_url: str, sweep: str) -> list[str]:
+        """Cancel the sweep's active jobs by id, gracefully: SkyPilot signals each job (run-batch
+        uploads its complete lines) before it tears the cluster down.
+
+        Never by name: with several jobs of one name SkyPilot cancels none and still exits 0.
+        """
         name = job_name(sweep)
         records = self._queue()
         if records is None:
-            # Cannot list ids: cancel by name, which SkyPilot does only when one job is running.
-            argv = ["sky", "jobs", "cancel", "--yes", "--name", name]
-            proc = self._call(argv, stream=False, timeout=_CANCEL_TIMEOUT_S, what="cancel")
-            sys.stderr.write(proc.stdout or "")
-            if proc.returncode != 0:
-                raise KilnError(f"sky jobs cancel failed (exit {proc.returncode}): "
-                                f"{last_line(_ANSI_RE.sub('', proc.stdout or ''))}")
-            return [name]
+            raise KilnError(f"cannot list the jobs named {name}, so nothing was cancelled: "
+                            f"{self.warning}")
         ids = sorted({
             int(rec["job_id"]) for rec in records
             if rec.get("job_name") == name and rec.get("job_id") is not None
@@ -463,7 +507,7 @@ class SkyPilotBackend(RemoteBackend):
         })
         if not ids:
             return []
-        argv = ["sky", "jobs", "cancel", "--yes", *map(str, ids)]
+        argv = ["sky", "jobs", "cancel", "--yes", "--graceful", *map(str, ids)]
         proc = self._call(argv, stream=False, timeout=_CANCEL_TIMEOUT_S, what="cancel")
         sys.stderr.write(proc.stdout or "")
         if proc.returncode != 0:
@@ -491,6 +535,21 @@ class SkyPilotBackend(RemoteBackend):
         except ValueError as e:
             self.warning = f"SkyPilot job states unavailable: {e}"
             return None
+
+
+def submit_managed_jobs(task: Any, name: str, num_jobs: int) -> list[int]:
+    """``sky.jobs.launch(task, name=, num_jobs=)`` and its job ids: the one call that submits."""
+    import sky
+
+    try:
+        request_id = sky.jobs.launch(task, name=name, num_jobs=num_jobs)
+        result = sky.stream_and_get(request_id)
+    except Exception as e:  # SkyPilot raises its own errors (no API server, no credentials, ...)
+        raise KilnError(f"sky.jobs.launch failed for {name}: {_one_line(e)}") from e
+    ids = result[0] if isinstance(result, tuple) else result
+    if ids is None:
+        return []
+    return [int(i) for i in (ids if isinstance(ids, list | tuple) else [ids])]
 
 
 def _parse_gpus(spec: str) -> str | dict[str, float | int]:

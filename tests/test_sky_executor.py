@@ -1,0 +1,225 @@
+"""SkyPilot managed jobs executed on this machine (tests/sky_executor.py) against moto S3 and the
+GCS emulator: the task's own setup (a fresh virtualenv of the system Python, the launcher's
+wheel, pinned requirements) and run (run-batch of the batch its rank names)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import time
+import types
+import zipfile
+from pathlib import Path
+
+import pytest
+import sinter
+import yaml
+from conftest import write_surface_circuits
+from sky_executor import Node, NodeCache, run_ranks
+from test_local_sweep import fragment_rows, make_sweep
+
+from qec_kiln import _cli as cli
+from qec_kiln._backends import _ship
+from qec_kiln._backends.skypilot import packaged_yaml_text
+from qec_kiln._errors import ObjectNotFound
+from qec_kiln._storage import open_bucket
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def kiln_wheel(tmp_path_factory) -> _ship.KilnWheel:
+    """One wheel of this checkout for the whole session (built like `launch` builds it)."""
+    return _ship.build_wheel(tmp_path_factory.mktemp("wheels"))
+
+
+@pytest.fixture(scope="session")
+def node_cache() -> NodeCache:
+    return NodeCache()
+
+
+def node_task(wheel: _ship.KilnWheel, bucket_url: str, sweep: str, batches: list[str],
+              secrets: dict[str, str], sync_seconds: float = 1.0) -> dict:
+    """The packaged task YAML filled in as the launcher fills it (envs, secrets, wheel mount)."""
+    cfg = yaml.safe_load(packaged_yaml_text("sinter_job.yaml"))
+    cfg["file_mounts"] = {wheel.remote_path: str(wheel.path)}
+    cfg["envs"].update({
+        "KILN_BUCKET": bucket_url, "KILN_SWEEP": sweep, "KILN_BATCHES": ",".join(batches),
+        "KILN_VERSION": "0.1.0", "KILN_SYNC_SECONDS": f"{sync_seconds:g}", "KILN_PROCESSES": "1",
+        "KILN_WHEEL": wheel.remote_path,
+        "KILN_NODE_REQUIREMENTS": " ".join(_ship.node_requirements(bucket_url, ["pymatching"])),
+    })
+    cfg["secrets"] = dict(secrets)
+    return cfg
+
+
+def _venv_site(home: Path) -> Path:
+    (site,) = (home / "kiln-venv").resolve().glob("lib/python3*/site-packages")
+    return site
+
+
+def test_fresh_node_installs_the_launchers_code_and_no_skypilot(tmp_path, kiln_wheel, s3_env,
+                                                                node_cache):
+    """Setup in a fresh venv end to end; the venv holds the launcher's files byte for byte."""
+    circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001,))
+    make_sweep(circuits, s3_env.url, "fresh", max_shots=2_000, max_errors=100)
+    task = node_task(kiln_wheel, s3_env.url, "fresh", ["b000"], s3_env.env)
+    node = Node(task, 0, 1, tmp_path / "node", cache=node_cache)
+    result = node.run()
+    assert result.setup_rc == 0, result.log
+    assert not result.setup_reused and result.setup_seconds > 0
+    print(f"fresh node setup: {result.setup_seconds:.1f} s")
+    assert result.returncode == 0, result.log
+    assert "batch finished" in result.log
+
+    site = _venv_site(node.home)
+    assert not (site / "sky").exists() and not list(site.glob("skypilot*"))
+    root = _ship.source_root()
+    assert root is not None
+    for name, path in _ship.tree_files(root):
+        if name.startswith("src/qec_kiln/") and name.endswith(".py"):
+            installed = site / name[len("src/"):]
+            assert hashlib.sha256(installed.read_bytes()).digest() == \
+                hashlib.sha256(path.read_bytes()).digest(), name
+    python = node.home / "kiln-venv" / "bin" / "python"
+    probe = subprocess.run([str(python), "-c", "import importlib.util as u, sys; "
+                            "print(u.find_spec('sky'), sys.prefix)"],
+                           capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert probe.stdout.startswith("None"), probe.stdout + probe.stderr
+    assert "/work/main/.venv" not in probe.stdout
+
+
+def launch_through_qec_kiln(monkeypatch, tmp_path, circuits, env, name, *extra) -> dict:
+    """``qec-kiln launch --backend skypilot`` in-process, intercepting only SkyPilot's final SDK
+    calls; returns what ``sky.jobs.launch`` received (the exact task) and the CLI's answer."""
+    import sky
+
+    seen: dict = {}
+
+    def launch(task, name=None, num_jobs=None, **kw):
+        seen.update(task=task, name=name, num_jobs=num_jobs)
+        return "request-id"
+
+    monkeypatch.setattr(sky.jobs, "launch", launch)
+    monkeypatch.setattr(sky, "stream_and_get",
+                        lambda rid, **kw: (list(range(101, 101 + seen["num_jobs"])), None))
+    text = packaged_yaml_text("sinter_job.yaml").replace("# secrets:\n", "secrets:\n" + "".join(
+        f"  {k}: null\n" for k in env.env))
+    job_yaml = tmp_path / "job.yaml"
+    job_yaml.write_text(text)
+    rc = cli.main(["launch", str(circuits), "--backend", "skypilot", "--bucket", env.url,
+                   "--name", name, "--yaml", str(job_yaml), "--processes", "1",
+                   "--sync-seconds", "1", *extra])
+    assert rc == 0
+    return seen
+
+
+@pytest.mark.parametrize("cloud", ["s3", "gcs"])
+def test_sweep_of_n_jobs_merges_exactly(tmp_path, node_cache, request, monkeypatch, cloud):
+    env = request.getfixturevalue(f"{cloud}_env")
+    circuits = write_surface_circuits(tmp_path / "c", distances=(3, 5), noises=(0.001, 0.01))
+    seen = launch_through_qec_kiln(monkeypatch, tmp_path, circuits, env, "nj", "--jobs", "3",
+                                   "--max-shots", "3_000", "--max-errors", "10_000")
+    task = seen["task"]
+    batches = task.envs["KILN_BATCHES"].split(",")
+    assert seen["num_jobs"] == len(batches) == 3
+    runs = run_ranks(task, len(batches), tmp_path / "nodes", cache=node_cache)
+    for r in runs:
+        assert r.status == "SUCCEEDED", r.log
+        assert f"{batches[r.rank]}: batch finished" in r.log  # rank k ran batch k
+    bucket = open_bucket(env.url)
+    totals: dict[str, int] = {}
+    for b in batches:
+        for row in fragment_rows(bucket.read_bytes(f"nj/fragments/{b}.csv")):
+            totals[row.strong_id] = totals.get(row.strong_id, 0) + row.shots
+    assert sorted(totals.values()) == [3_000] * 4
+    merged = tmp_path / "merged.csv"
+    assert cli.main(["merge", "--bucket", env.url, "--out", str(merged)]) == 0
+    assert sum(s.shots for s in sinter.read_stats_from_csv_files(str(merged))) == 12_000
+
+
+def test_recovery_after_sigkill_resumes_exactly(tmp_path, kiln_wheel, node_cache, s3_env):
+    circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.001, 0.003))
+    max_shots = 200_000
+    bucket, _ = make_sweep(circuits, s3_env.url, "rec", max_shots=max_shots,
+                           max_errors=1_000_000)
+    task = node_task(kiln_wheel, s3_env.url, "rec", ["b000"], s3_env.env, sync_seconds=0.5)
+    first = Node(task, 0, 1, tmp_path / "vm1", cache=node_cache)
+    assert first.setup() == 0, first.result.log
+    first.start()
+    deadline = time.time() + 120
+    snapshot = b""
+    while time.time() < deadline and len(fragment_rows(snapshot)) < 2:
+        time.sleep(0.3)
+        try:
+            snapshot = bucket.read_bytes("rec/fragments/b000.csv")
+        except ObjectNotFound:
+            snapshot = b""
+    assert len(fragment_rows(snapshot)) >= 2, "no upload before the kill"
+    assert len(first.pids()) >= 3  # bash -> run-batch, sinter and its worker
+    first.kill()
+    assert first.pids() == []
+    at_kill = bucket.read_bytes("rec/fragments/b000.csv")
+
+    # SkyPilot's recovery: a new VM, setup and run again from scratch.
+    second = Node(task, 0, 1, tmp_path / "vm2", cache=node_cache)
+    result = second.run()
+    assert result.status == "SUCCEEDED", result.log
+    assert "restored" in result.log
+    final = bucket.read_bytes("rec/fragments/b000.csv")
+    assert final.startswith(at_kill)
+    totals: dict[str, int] = {}
+    for row in fragment_rows(final):
+        totals[row.strong_id] = totals.get(row.strong_id, 0) + row.shots
+    assert sorted(totals.values()) == [max_shots, max_shots]
+
+
+def _sky_would_restart(task: dict, exit_code: int) -> bool:
+    """SkyPilot's own decision (sky/jobs/recovery_strategy.py) for a job that exited so."""
+    from sky.jobs.recovery_strategy import StrategyExecutor
+
+    rec = task["resources"]["job_recovery"]
+    codes = rec.get("recover_on_exit_codes")
+    state = types.SimpleNamespace(
+        recover_on_exit_codes=[codes] if isinstance(codes, int) else list(codes or []),
+        max_restarts_on_errors=rec.get("max_restarts_on_errors", 0),
+        restart_cnt_on_failure=0,
+    )
+    return StrategyExecutor.should_restart_on_failure(state, exit_codes=[exit_code])
+
+
+def test_configuration_error_on_the_node_is_not_retried(tmp_path, kiln_wheel, node_cache, s3_env):
+    task = node_task(kiln_wheel, s3_env.url, "no-such-sweep", ["b000"], s3_env.env)
+    result = Node(task, 0, 1, tmp_path / "node", cache=node_cache).run()
+    assert result.setup_rc == 0, result.log
+    assert result.returncode == 2, result.log
+    errors = [ln for ln in result.log.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "no-such-sweep" in errors[0], result.log
+    assert not _sky_would_restart(task, result.returncode)
+    assert not _sky_would_restart(task, 3)  # another writer
+    assert _sky_would_restart(task, 75)  # the final upload failed: a new VM may reach the bucket
+
+
+def test_setup_without_a_qec_kiln_fails_fast(tmp_path, kiln_wheel, s3_env):
+    task = node_task(kiln_wheel, s3_env.url, "x", ["b000"], s3_env.env)
+    task["envs"]["KILN_WHEEL"] = ""
+    result = Node(task, 0, 1, tmp_path / "node", cache=None).run()
+    assert result.status == "FAILED_SETUP" and result.setup_rc == 2
+    assert "error: neither KILN_WHEEL nor KILN_PIP_SPEC is set" in result.log
+
+
+def test_installed_distribution_is_repacked_byte_for_byte(tmp_path, kiln_wheel):
+    """A launcher running an installed (non-editable) qec-kiln ships exactly those files."""
+    target = tmp_path / "site"
+    subprocess.run([shutil.which("pip") or "pip", "install", "--quiet", "--no-deps", "--target",
+                    str(target), str(kiln_wheel.path)], check=True)
+    repacked = _ship.build_wheel(tmp_path / "cache", pkg=target / "qec_kiln")
+    assert repacked.origin.startswith("installed distribution")
+    with zipfile.ZipFile(repacked.path) as zf:
+        names = [n for n in zf.namelist() if n.startswith("qec_kiln/")]
+        assert names
+        for n in names:
+            assert zf.read(n) == (target / n).read_bytes(), n
+    again = _ship.build_wheel(tmp_path / "cache", pkg=target / "qec_kiln")
+    assert again.path == repacked.path and again.sha256 == repacked.sha256
