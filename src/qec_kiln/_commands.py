@@ -111,7 +111,8 @@ def cmd_run_batch(args: argparse.Namespace) -> int:
             raise KilnError(f"--index {idx} is outside --batches ({len(ids)} batches)")
         batch = ids[idx]
     return run_batch(args.bucket, args.sweep, batch, processes=args.processes,
-                     sync_seconds=args.sync_seconds, work_dir=args.work_dir)
+                     sync_seconds=args.sync_seconds, work_dir=args.work_dir,
+                     cpus_allowed=args.cpus_allowed)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -198,6 +199,15 @@ def print_plan(prepared: PlanResult, only: set[str] | None = None) -> None:
         f"({prepared.node_processes} sinter process(es) per batch, "
         f"{prepared.slots or len(plan.batches)} batch(es) at once, "
         f"{prepared.startup_seconds:g} s start-up each)",
+        markup=False,
+    )
+    one = prepared.one_job_per_batch_makespan_seconds
+    out.print(
+        f"workers K={prepared.workers}, batches B={len(plan.batches)}: predicted makespan "
+        f"{_hours(prepared.predicted_makespan_seconds)} h, efficiency "
+        f"{prepared.efficiency(prepared.predicted_makespan_seconds):.0%}   one job per batch "
+        f"(B={prepared.workers}): {_hours(one)} h, {prepared.efficiency(one):.0%} "
+        "(efficiency: one worker's time / (K x makespan), start-up included)",
         markup=False,
     )
     cost = prepared.estimated_cost
