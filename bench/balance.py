@@ -7,13 +7,17 @@ into 5 batches both ways:
 - naive: the original design's ``--circuits-per-job 6`` in file-name order;
 - kiln: qec-kiln's plan (``--jobs 5 --calibrate``), balanced by predicted cost, with shot shards
   (``--no-calibrate``: from the fitted cost model alone, without the pilot run);
+- queue: B = 4 x 5 = 20 batches for K = 5 workers (``--jobs 20 --workers 5``), whose makespan is
+  the engine's queue: list scheduling (``_queue_plan.list_schedule``) of the measured batch times
+  in the order the backends start them (longest predicted first), plus ``--startup-seconds`` per
+  batch (ideal: the same work and start-ups spread evenly over the 5 workers);
 
 then runs every batch of both plans for real, one after another, each as one ``qec-kiln run-batch
 --processes 1`` (so the timings are comparable on a noisy machine), and prints for each plan the
 measured makespan ÷ ideal (ideal = sum of batch times ÷ 5), and the cost model's prediction error
 per circuit. A batch's time is the CPU time of its processes (run-batch, sinter and its worker),
 which other load on a shared machine barely changes; the wall-clock ratios are printed too. The
-last line is ``balance: kiln=<r1> naive=<r2>`` (CPU time).
+last line is ``balance: kiln=<r1> naive=<r2> queue=<r3>`` (CPU time).
 
 Usage::
 
@@ -42,8 +46,9 @@ from generate_surface_codes import main as generate  # noqa: E402
 
 import qec_kiln  # noqa: E402
 from qec_kiln._cost import shots_needed  # noqa: E402
-from qec_kiln._launch import upload_sweep  # noqa: E402
+from qec_kiln._launch import queue_order, upload_sweep  # noqa: E402
 from qec_kiln._plan import Batch, Plan, Shard  # noqa: E402
+from qec_kiln._queue_plan import list_schedule  # noqa: E402
 from qec_kiln._storage import open_bucket  # noqa: E402
 
 
@@ -69,11 +74,13 @@ def _children_cpu_seconds() -> float:
 
 
 def run_plan(label: str, prepared, bucket_dir: pathlib.Path):
-    """Run every batch; return (CPU seconds per batch, wall seconds per batch, fragments folder)."""
+    """Run every batch in the engine's order; return (CPU seconds per batch, wall seconds per
+    batch, fragments folder)."""
     bucket = open_bucket(str(bucket_dir))
     upload_sweep(bucket, prepared, lambda s: None)
     cpu, wall = [], []
-    for b in prepared.manifest.batches:
+    by_id = {b.id: b for b in prepared.manifest.batches}
+    for b in (by_id[i] for i in queue_order(prepared.manifest.batches)):
         c0, t0 = _children_cpu_seconds(), time.perf_counter()
         subprocess.run([sys.executable, "-m", "qec_kiln", "run-batch", "--bucket", str(bucket_dir),
                         "--sweep", prepared.manifest.sweep, "--batch", b.id, "--processes", "1",
@@ -95,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-shots", type=lambda s: int(float(s.replace("_", ""))), default=400_000)
     parser.add_argument("--max-errors", type=lambda s: int(float(s.replace("_", ""))), default=400)
     parser.add_argument("--jobs", type=int, default=5)
+    parser.add_argument("--batches-per-worker", type=int, default=4,
+                        help="the queue plan's B / K (default 4)")
+    parser.add_argument("--startup-seconds", type=float, default=2.0,
+                        help="start-up per batch in the queue plan (default: the local backend's)")
     parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                         help="plan from the fitted cost model only (no pilot run)")
     args = parser.parse_args(argv)
@@ -114,8 +125,20 @@ def main(argv: list[str] | None = None) -> int:
         naive = dataclasses.replace(kiln, manifest=dataclasses.replace(
             kiln.manifest, sweep="naive", plan=naive_plan(kiln, -(-30 // args.jobs))))
 
+        queue = qec_kiln.plan(tmp / "circuits", max_shots=args.max_shots,
+                              max_errors=args.max_errors, name="queue",
+                              jobs=args.batches_per_worker * args.jobs, calibrate=args.calibrate,
+                              calibrate_seconds=60, bucket=tmp / "queue-bucket",
+                              backend_options={"workers": args.jobs, "processes": 1})
+
         naive_times, naive_wall, _ = run_plan("naive", naive, tmp / "naive-bucket")
         kiln_times, kiln_wall, kiln_frags = run_plan("kiln", kiln, tmp / "kiln-bucket")
+        queue_times, queue_wall, _ = run_plan("queue", queue, tmp / "queue-bucket")
+        s_up = args.startup_seconds
+
+        def queue_ratio(times: list[float]) -> float:
+            ideal = (sum(times) + len(times) * s_up) / args.jobs
+            return list_schedule(times, args.jobs, s_up) / ideal
 
         # Prediction error per circuit: sinter's measured seconds vs the model's prediction.
         measured = {s.strong_id: s for s in sinter.read_stats_from_csv_files(
@@ -136,8 +159,14 @@ def main(argv: list[str] | None = None) -> int:
               f"max {errors[-1]:.0%}")
         print(f"naive: batch CPU s {[round(t, 1) for t in naive_times]}, sum {sum(naive_times):.1f} s")
         print(f"kiln:  batch CPU s {[round(t, 1) for t in kiln_times]}, sum {sum(kiln_times):.1f} s")
-        print(f"wall-clock balance: kiln={ratio(kiln_wall):.3f} naive={ratio(naive_wall):.3f}")
-        print(f"balance: kiln={ratio(kiln_times):.3f} naive={ratio(naive_times):.3f}")
+        print(f"queue: batch CPU s {[round(t, 1) for t in queue_times]}, sum {sum(queue_times):.1f}"
+              f" s; on {args.jobs} workers: makespan "
+              f"{list_schedule(queue_times, args.jobs, s_up):.1f} s (kiln's 5 batches, one per "
+              f"worker: {max(kiln_times) + s_up:.1f} s)")
+        print(f"wall-clock balance: kiln={ratio(kiln_wall):.3f} naive={ratio(naive_wall):.3f} "
+              f"queue={queue_ratio(queue_wall):.3f}")
+        print(f"balance: kiln={ratio(kiln_times):.3f} naive={ratio(naive_times):.3f} "
+              f"queue={queue_ratio(queue_times):.3f}")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -85,7 +86,7 @@ def test_each_backend_builds_its_own_options_from_the_cli_flags(name):
     opts = backend_class(name).options_from_args(args)
     assert type(opts) is backend_class(name).options_type
     assert (opts.processes, opts.cpus, opts.sync_seconds) == (3, "8", 5.0)
-    own = {"local": {"parallel": 2}, "skypilot": {"infra": "aws", "use_spot": False},
+    own = {"local": {"workers": 2}, "skypilot": {"infra": "aws", "use_spot": False},
            "slurm": {"partition": "p", "extra_sbatch": ("--qos=long",)}}[name]
     assert {k: getattr(opts, k) for k in own} == own
 
@@ -96,7 +97,7 @@ def test_backends_answer_their_own_planning_questions():
     assert local.decoders_run_here and not sky.decoders_run_here
     assert sky.node_processes(sky.options(), 1) == 16
     assert slurm.node_processes(slurm.options({"cpus": "16+"}), 1) == 16
-    assert local.target_processes(local.options()) == 1
+    assert local.target_processes(local.options()) == len(os.sched_getaffinity(0))  # 1 worker
     assert slurm.batch_slots(slurm.options(), 7) == 7
     assert local.batch_slots(local.options({"parallel": 2}), 7) == 2
     # 24 core-hours on 16 processes is 5400 s of wall; each batch keeps >= 4x its 360 s start-up.

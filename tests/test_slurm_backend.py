@@ -480,3 +480,56 @@ def test_killed_task_requeued_reaches_its_target_without_double_counting(slurm_c
         assert stat.shots == max_shots
     finally:
         slurm_cluster.run(["scancel", array], check=False)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(400)
+def test_eight_batches_on_two_workers_throttle_requeue_and_exact_merge(slurm_cluster, tmp_path):
+    """B = 8 batches, K = 2 workers: one array `--array=0-7%2`. squeue never shows more than 2
+    tasks running (the cluster has room for 4 one-CPU tasks), tasks start in index order (longest
+    batch first), one task is SIGKILLed and requeued, and the merge has exactly max_shots."""
+    circuits = write_surface_circuits(tmp_path / "circuits", distances=(3, 5),
+                                      noises=(0.001, 0.003, 0.005, 0.01))
+    bucket = tmp_path / "bucket"
+    env = {"SLURM_CONF": str(slurm_cluster.conf)}
+    max_shots = 300_000
+    r = run_kiln("launch", str(circuits), "--backend", "slurm", "--max-shots", str(max_shots),
+                 "--max-errors", "100_000_000", "--bucket", str(bucket), "--name", "sl-k2",
+                 "--jobs", "8", "--workers", "2", "--processes", "1", "--sync-seconds", "1",
+                 env=env, check=True)
+    array = r.stderr.split("submitted Slurm job array ")[1].split()[0]
+    assert "#SBATCH --array=0-7%2" in (sl.state_dir("sl-k2") / "job.sbatch").read_text()
+    fragment = bucket / "sl-k2" / "fragments" / "b000.csv"  # b000: the longest, task 0
+    task0 = f"{array}_0"
+    most, first_seen, killed = 0, [], False
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            states = slurm_cluster.states(array)
+            running = sorted(t for t, s in states.items() if s == "RUNNING")
+            most = max(most, len(running))
+            first_seen += [t for t in running if t not in first_seen]
+            if (not killed and task0 in running and fragment.exists()
+                    and fragment.read_bytes().count(b"\n") >= 2):
+                slurm_cluster.run(["scancel", "--batch", "--signal=KILL", task0])
+                slurm_cluster.wait_for(lambda: slurm_cluster.states(array).get(task0)
+                                       != "RUNNING", 30, "the killed task to stop")
+                slurm_cluster.run(["scontrol", "requeue", task0])
+                killed = True
+            if (len(states) == 8 and killed
+                    and all(s == "COMPLETED" for s in states.values())):
+                break
+            time.sleep(0.3)
+        assert killed, "task 0 never uploaded two rows while running"
+        assert slurm_cluster.states(array) == {f"{array}_{k}": "COMPLETED" for k in range(8)}
+        assert most == 2, f"at most {most} tasks ran at once (want the throttle's 2)"
+        assert first_seen[:2] == [f"{array}_0", f"{array}_1"], first_seen
+        log = (sl.state_dir("sl-k2") / "logs" / f"{task0}.out").read_text()
+        assert "restart 1" in log and "restored" in log, log
+        merged = tmp_path / "merged.csv"
+        m = run_kiln("merge", "--bucket", str(bucket), "--out", str(merged), check=True)
+        assert "8 of 8 task(s) reached" in m.stdout
+        stats = sinter.read_stats_from_csv_files(str(merged))
+        assert len(stats) == 8 and all(s.shots == max_shots for s in stats)
+    finally:
+        slurm_cluster.run(["scancel", array], check=False)

@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", help="comma-separated batch ids; --index picks one")
     p.add_argument("--index", help="index into --batches (e.g. $SLURM_ARRAY_TASK_ID)")
     p.add_argument("--processes", type=processes, metavar="N|auto",
-                   help="sinter --processes (default auto: the cores)")
+                   help="sinter --processes (default auto: one per allowed CPU)")
+    p.add_argument("--cpus-allowed", metavar="LIST",
+                   help="CPUs sinter may use, e.g. 0-3 (default: this process's affinity mask)")
     p.add_argument("--sync-seconds", type=sync_seconds, default=30.0)
     p.add_argument("--work-dir", help="local folder for the resume file (default: temp dir)")
     p.add_argument("--lease-seconds", type=positive_float,

@@ -115,7 +115,7 @@ def cmd_run_batch(args: argparse.Namespace) -> int:
         batch = ids[idx]
     return run_batch(args.bucket, args.sweep, batch, processes=args.processes,
                      sync_seconds=args.sync_seconds, work_dir=args.work_dir,
-                     lease_seconds=args.lease_seconds)
+                     lease_seconds=args.lease_seconds, cpus_allowed=args.cpus_allowed)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -201,6 +201,15 @@ def print_plan(prepared: PlanResult, only: set[str] | None = None) -> None:
         f"({prepared.node_processes} sinter process(es) per batch, "
         f"{prepared.slots or len(plan.batches)} batch(es) at once, "
         f"{prepared.startup_seconds:g} s start-up each)",
+        markup=False,
+    )
+    one = prepared.one_job_per_batch_makespan_seconds
+    out.print(
+        f"workers K={prepared.workers}, batches B={len(plan.batches)}: predicted makespan "
+        f"{_hours(prepared.predicted_makespan_seconds)} h, efficiency "
+        f"{prepared.efficiency(prepared.predicted_makespan_seconds):.0%}   one job per batch "
+        f"(B={prepared.workers}): {_hours(one)} h, {prepared.efficiency(one):.0%} "
+        "(efficiency: one worker's time / (K x makespan), start-up included)",
         markup=False,
     )
     cost = prepared.estimated_cost

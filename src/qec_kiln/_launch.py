@@ -31,8 +31,12 @@ from qec_kiln._manifest import (
     manifest_key,
 )
 from qec_kiln._plan import Batch, make_plan, target_work_seconds
+from qec_kiln._queue_plan import list_schedule, predicted_makespan
 from qec_kiln._status import sweep_progress
 from qec_kiln._storage import Bucket
+
+#: Relative error of a batch's predicted work (the dry run's makespan and efficiency).
+MODEL_ERROR = 0.2
 
 #: Python packages a built-in sinter decoder needs on the machine that runs it.
 DECODER_PACKAGES = {
@@ -106,14 +110,37 @@ class PlanResult:
         return core_seconds / self.node_processes + self.startup_seconds
 
     @property
+    def workers(self) -> int:
+        """K: batches running at once, each worker taking the next batch when it is free."""
+        return max(1, self.slots or len(self.batches))
+
+    @property
+    def work_seconds(self) -> float:
+        """One worker's time for the whole sweep without start-up: predicted core-seconds / the
+        processes of a batch."""
+        return self.manifest.plan.total_predicted_seconds / self.node_processes
+
+    def _model_makespan(self, batches: int) -> float:
+        return predicted_makespan(self.work_seconds, batches, self.workers, self.startup_seconds,
+                                  model_error=MODEL_ERROR) if self.work_seconds > 0 else 0.0
+
+    @property
     def predicted_makespan_seconds(self) -> float:
-        """Wall seconds until the last batch ends, started in plan order on the free slots."""
-        walls = [self.wall_seconds(b.predicted_seconds) for b in self.batches]
-        slots = [0.0] * max(1, self.slots or len(walls))
-        for w in walls:
-            i = slots.index(min(slots))
-            slots[i] += w
-        return max(slots)
+        """Wall seconds until the last batch ends: the engine's queue (batches in plan order,
+        longest first, each to the worker free first, a start-up each), and at least what the
+        model's error adds to balanced batches (``_queue_plan.predicted_makespan``)."""
+        walls = [b.predicted_seconds / self.node_processes for b in self.batches]
+        queue = list_schedule(walls, self.workers, self.startup_seconds)
+        return max(queue, self._model_makespan(len(walls)))
+
+    def efficiency(self, makespan: float) -> float:
+        """One worker's time / (K x makespan), start-up included."""
+        return self.work_seconds / (self.workers * makespan) if makespan > 0 else 1.0
+
+    @property
+    def one_job_per_batch_makespan_seconds(self) -> float:
+        """The same work as K balanced batches, one per worker (the model's error included)."""
+        return self._model_makespan(self.workers)
 
     def to_json(self) -> dict:
         """What ``qec-kiln plan --json`` prints."""
@@ -134,6 +161,14 @@ class PlanResult:
             "total_predicted_cpu_hours": plan.total_predicted_seconds / 3600,
             "predicted_makespan_hours": self.predicted_makespan_seconds / 3600,
             "batches_at_once": self.slots or len(plan.batches),
+            "workers": self.workers,
+            "num_batches": len(plan.batches),
+            "predicted_efficiency": self.efficiency(self.predicted_makespan_seconds),
+            "one_job_per_batch": {
+                "num_batches": self.workers,
+                "predicted_makespan_hours": self.one_job_per_batch_makespan_seconds / 3600,
+                "predicted_efficiency": self.efficiency(self.one_job_per_batch_makespan_seconds),
+            },
             "processes_per_batch": self.node_processes,
             "startup_seconds_per_batch": self.startup_seconds,
         }
@@ -337,12 +372,24 @@ def upload_sweep(bucket: Bucket, prepared: PlanResult, log: Callable[[str], None
     log(f"uploaded {len(prepared.circuits)} circuit(s) and the manifest to {bucket.url_for(m.sweep)}")
 
 
+def queue_order(batches: list[Batch]) -> list[str]:
+    """Batch ids longest (predicted) first, ties in id order: the order backends start them
+    (Slurm array task k, the local slots' queue), so the queue ends on short batches.
+
+    >>> from qec_kiln._plan import Shard
+    >>> b = lambda i, s: Batch(i, [Shard("c", "d", "x", 1, 1, s, 1)])
+    >>> queue_order([b("b000", 1.0), b("b001", 3.0), b("b002", 1.0)])
+    ['b001', 'b000', 'b002']
+    """
+    return [b.id for b in sorted(batches, key=lambda b: -b.predicted_seconds)]
+
+
 def batches_to_launch(bucket: Bucket, prepared: PlanResult, backend: Backend
                       ) -> tuple[list[str], dict]:
     """Batches that are neither finished nor running (all of them for a new sweep)."""
     m = prepared.manifest
     if not prepared.exists:
-        return [b.id for b in m.batches], {}
+        return queue_order(m.batches), {}
     states = backend.job_states(bucket.url, m.sweep)
     progress = sweep_progress(bucket, m, states)
     bad = [b for b in progress.batches if b.problem]
@@ -351,6 +398,7 @@ def batches_to_launch(bucket: Bucket, prepared: PlanResult, backend: Backend
     todo = [b.batch.id for b in progress.batches if not b.done and not (b.job and b.job.active)]
     prepared.remaining = {b.batch.id: b.batch.predicted_seconds * (1.0 - b.fraction)
                           for b in progress.batches if b.batch.id in todo}
+    todo = [b for b in queue_order(m.batches) if b in set(todo)]
     return todo, {"done": [b.batch.id for b in progress.batches if b.done],
                   "running": [b.batch.id for b in progress.batches if b.job and b.job.active]}
 

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 from qec_kiln._errors import KilnError
 
-__all__ = ["BatchChoice", "choose_batch_count", "efficiency", "list_schedule"]
+__all__ = ["BatchChoice", "choose_batch_count", "efficiency", "list_schedule", "predicted_makespan"]
 
 
 def _check(name: str, value: float, *, positive: bool = False) -> None:
@@ -114,11 +114,29 @@ def _predicted_makespan(work: float, batches: int, workers: int, startup: float,
     # r = ceil(B / K) rounds the queue ends at first + size + (r - 1) (startup + size). Each batch's
     # actual work is off by ~model_error (relative standard deviation), so the last batches to finish
     # overrun by about the expected maximum of min(B, K) such errors: sigma sqrt(2 ln n) size.
+    # One worker runs every batch in turn: its errors add up to the work's, no uneven tail.
     size = work / batches
     rounds = math.ceil(batches / workers)
     n = min(batches, workers)
-    tail = model_error * size * (math.sqrt(2 * math.log(n)) if n > 1 else 1.0)
+    tail = model_error * size * math.sqrt(2 * math.log(n)) if n > 1 else 0.0
     return first + size + (rounds - 1) * (startup + size) + tail
+
+
+def predicted_makespan(work_seconds: float, batches: int, workers: int, startup_seconds: float,
+                       *, first_startup_seconds: float | None = None,
+                       model_error: float = 0.2) -> float:
+    """Predicted makespan of ``batches`` balanced batches of ``work_seconds`` in all on ``workers``
+    workers, each batch's work off by ``model_error`` (relative standard deviation).
+
+    Example:
+        >>> predicted_makespan(100, 4, 2, 1, model_error=0)  # 2 rounds of (1 + 25)
+        52.0
+    """
+    _check("work_seconds", work_seconds, positive=True)
+    first = startup_seconds if first_startup_seconds is None else first_startup_seconds
+    if batches < 1 or workers < 1:
+        raise KilnError(f"error: batches and workers must be >= 1 (got {batches}, {workers})")
+    return _predicted_makespan(work_seconds, batches, workers, startup_seconds, first, model_error)
 
 
 def choose_batch_count(

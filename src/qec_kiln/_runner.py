@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import KilnError, ObjectNotFound, PreconditionFailed, StorageError
@@ -45,6 +45,7 @@ from qec_kiln._manifest import (
 )
 from qec_kiln._plan import Batch
 from qec_kiln._storage import PATIENT_RETRY, QUICK_RETRY, Bucket, RetryPolicy, open_bucket
+from qec_kiln._workers import allowed_cpus, format_cpus
 
 #: Logs are best effort: one short attempt, so a bucket outage does not slow the fragment syncs.
 LOG_RETRY = RetryPolicy(attempts=1, connect_timeout=3.0, read_timeout=10.0)
@@ -82,13 +83,15 @@ def sinter_collect_argv(
     custom_decoders_module_function: str | None = None,
     extra: list[str] | None = None,
     max_batch_seconds: int | None = None,
+    cpu_ids: Sequence[int] | None = None,
 ) -> list[str]:
     """The exact ``sinter collect`` argv of one target group (absolute paths, so no name is an option).
 
     ``max_batch_seconds`` caps how long a sinter worker keeps results before it writes them to the
     resume file (sinter's default cap is 120 s, reached a few minutes into a task: every row a
     worker has not written yet is lost on SIGKILL, whatever the sync period). Flags in ``extra``
-    come last, so a user's own ``--max_batch_seconds`` wins.
+    come last, so a user's own ``--max_batch_seconds`` wins. ``cpu_ids``: the CPUs sinter pins
+    its workers to (``--allowed_cpu_affinity_ids``; else it pins worker i to CPU i, see _workers).
 
     >>> argv = sinter_collect_argv([pathlib.Path("/w/d=3 $(x).stim")], decoder="pymatching",
     ...     max_shots=100, max_errors=10, processes=2, resume_path=pathlib.Path("/w/r.csv"))
@@ -109,6 +112,8 @@ def sinter_collect_argv(
     ]
     if max_batch_seconds is not None:
         argv += ["--max_batch_seconds", str(max_batch_seconds)]
+    if cpu_ids:
+        argv += ["--allowed_cpu_affinity_ids", *map(str, cpu_ids)]
     argv += list(extra or [])
     return argv
 
@@ -192,12 +197,16 @@ def run_batch(
     work_dir: str | pathlib.Path | None = None,
     out: Callable[[str], None] | None = None,
     lease_seconds: float | None = None,
+    cpus_allowed: str | None = None,
 ) -> int:
     """Run one batch to completion (or until SIGTERM/SIGINT); return the exit code.
 
     ``lease_seconds``: how long the batch's lease lasts unless renewed (default: four sync
     periods, at least 60 s); a runner that dies leaves the batch to others after that long.
+    sinter runs on ``cpus_allowed`` (a CPU list like ``0-3``), else on this process's CPUs
+    (``os.sched_getaffinity``: Slurm's cpuset), with one process per CPU unless ``processes``.
     """
+    cpus = allowed_cpus(cpus_allowed)
     bucket = open_bucket(bucket_url)
     manifest = load_manifest(bucket, sweep)
     _check_versions(manifest)
@@ -234,7 +243,7 @@ def run_batch(
             return CONFLICT_EXIT
         try:
             return _run(bucket, manifest, batch, work, log, log_path, processes, sync_seconds,
-                        lease)
+                        lease, cpus)
         except KilnError:
             release(lease, undo=True)  # e.g. a garbage fragment: leave the bucket as it was
             raise
@@ -245,7 +254,7 @@ def run_batch(
 
 def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
          log: Callable[[str], None], log_path: pathlib.Path, processes: int | None,
-         sync_seconds: float, lease: Lease) -> int:
+         sync_seconds: float, lease: Lease, cpus: Sequence[int] = ()) -> int:
     sweep = manifest.sweep
     pgid_file = work / "sinter.pgid"
     kill_stale_group(pgid_file)
@@ -307,7 +316,7 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
     rc = 0
     try:
         thread.start()
-        nproc = processes or os.cpu_count() or 1
+        nproc = processes or len(cpus) or os.cpu_count() or 1
         for decoder, max_shots, max_errors, shards in batch.target_groups():
             if syncer.conflict:
                 break
@@ -319,10 +328,11 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
                 extra=manifest.sinter_args,
                 # A worker writes its rows at least once per sync period, so a kill loses about
                 # one sync period of work however long the task has run (see sinter_collect_argv).
-                max_batch_seconds=max(1, math.ceil(sync_seconds)),
+                max_batch_seconds=max(1, math.ceil(sync_seconds)), cpu_ids=cpus,
             )
             log(f"sinter collect: {len(paths)} circuit(s), decoder {decoder}, "
-                f"max_shots {max_shots}, max_errors {max_errors}, processes {nproc}")
+                f"max_shots {max_shots}, max_errors {max_errors}, processes {nproc}, "
+                f"CPUs {format_cpus(cpus)}")
             with open(work / "sinter.log", "ab") as sinter_log:
                 proc = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=sinter_log, stderr=sinter_log,

@@ -21,7 +21,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from qec_kiln._argtypes import MAX_SYNC_SECONDS
+from qec_kiln._argtypes import MAX_SYNC_SECONDS, positive_int
 from qec_kiln._argtypes import processes as processes_type
 from qec_kiln._argtypes import sync_seconds as sync_seconds_type
 from qec_kiln._atomic import atomic_write
@@ -41,13 +41,15 @@ class BackendOptions:
     sync_seconds: float = 30.0  # how often run-batch uploads complete lines of its resume CSV
     cpus: str | None = None  # CPUs per node (SkyPilot, e.g. "16+") or per task (Slurm, "8")
     gpus: str | None = None  # accelerators, e.g. "H100:1"
+    workers: int | None = None  # K: machines/slots that run batches at once, taking them in turn
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **own: Any) -> BackendOptions:
         """The common settings from parsed flags (absent flags take their defaults), plus ``own``."""
         return cls(processes=getattr(args, "processes", None),
                    sync_seconds=getattr(args, "sync_seconds", None) or 30.0,
-                   cpus=getattr(args, "cpus", None), gpus=getattr(args, "gpus", None), **own)
+                   cpus=getattr(args, "cpus", None), gpus=getattr(args, "gpus", None),
+                   workers=getattr(args, "workers", None), **own)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +62,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         "skypilot per node (e.g. 16+; default from the YAML)")
     parser.add_argument("--gpus", help="accelerators, e.g. H100:1 (skypilot: uses the GPU job "
                         "YAML, configs/sinter_job_gpu.yaml)")
+    parser.add_argument("--workers", type=positive_int, metavar="K",
+                        help="machines (local: slots) running batches at once; each takes the "
+                        "next batch when it is free, so there may be more batches than workers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +171,9 @@ class Backend(abc.ABC):
     decoders_run_here: ClassVar[bool] = False
     #: sinter processes per batch when neither --processes nor --cpus says.
     default_processes: ClassVar[int] = 1
+    #: The engine has a queue that K workers take batches from (--workers); else every batch is
+    #: its own job and all start at once.
+    queue_workers: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ options
 
@@ -207,16 +215,35 @@ class Backend(abc.ABC):
         """sinter processes a batch surely has, to turn --target-hours into work per batch."""
         return options.processes or self.node_processes(options, 1)
 
+    def requested_workers(self, options: BackendOptions) -> int | None:
+        """K, the workers that take batches from the engine's queue, or None: one job per batch,
+        all at once. A backend without a queue refuses ``--workers``."""
+        if options.workers and not self.queue_workers:
+            raise KilnError(f"--workers {options.workers}: the {self.name} backend runs one job "
+                            "per batch, all at once (pools are not supported yet); leave out "
+                            "--workers and choose the batch count with --jobs")
+        return options.workers
+
     def batch_slots(self, options: BackendOptions, num_batches: int) -> int:
-        """How many of ``num_batches`` batches run at once (default: all of them)."""
-        return num_batches
+        """How many of ``num_batches`` batches run at once: K, or all of them."""
+        k = self.requested_workers(options)
+        return max(1, min(k or num_batches, num_batches))
 
     def default_jobs(self, options: BackendOptions, task_seconds: Sequence[float]) -> int:
-        """How many batches when neither --jobs, --target-hours nor --circuits-per-job is given:
-        as many as keep each job's work at least 4x its start-up (about 80% efficiency)."""
+        """How many batches when neither --jobs, --target-hours nor --circuits-per-job is given.
+
+        With K workers: ``_queue_plan.choose_batch_count`` (each batch's work >= 20x the start-up,
+        yet about 4 K batches where the work allows, so the queue evens out the model's error).
+        One job per batch: as many as keep each job's work at least 4x its start-up."""
+        from qec_kiln._queue_plan import choose_batch_count
+
         wall = sum(task_seconds) / self.node_processes(options, 1)
         n_tasks = len(task_seconds)
-        return max(1, min(n_tasks * 4, math.floor(wall / (4 * self.startup_seconds)) or 1))
+        k = self.requested_workers(options)
+        if k is None or wall <= 0:
+            return max(1, min(n_tasks * 4, math.floor(wall / (4 * self.startup_seconds)) or 1))
+        return choose_batch_count(wall, n_tasks=max(1, n_tasks), workers=k,
+                                  startup_seconds=self.startup_seconds).batches
 
     def max_processes(self, options: BackendOptions) -> int | None:
         """The most sinter processes per batch that make sense here (None: no limit known)."""

@@ -1,10 +1,13 @@
 """The default backend: each batch is a local ``qec-kiln run-batch`` process.
 
-``launch`` runs up to ``--parallel`` batches at once in the foreground and splits the cores
-between them (sinter's ``--processes``), showing live shots, errors and an ETA read from the
-batches' resume files. Ctrl-C, SIGTERM or SIGHUP sends SIGTERM to every batch, which stops sinter
-and uploads the complete lines of its resume file, so the next ``launch`` resumes; a finished
-batch's local work folder is removed. ``status`` and
+``launch`` runs the batches in the foreground on ``--workers K`` slots (``--parallel`` is an alias;
+default one slot with all the cores, or one per GPU with ``--gpus``): each slot takes the next
+batch, longest first, when it is free. Each slot has its own CPUs (``_workers.worker_environments``
+of this process's affinity mask), which run-batch hands to sinter (``--cpus-allowed``), so
+concurrent sinters never share a core by accident. The terminal shows live shots, errors and an
+ETA read from the batches' resume files. Ctrl-C, SIGTERM or SIGHUP sends SIGTERM to every batch,
+which stops sinter and uploads the complete lines of its resume file, so the next ``launch``
+resumes; a finished batch's local work folder is removed. ``status`` and
 ``cancel`` work from another terminal through the records in ``$QEC_KILN_HOME/local/<sweep>/``.
 """
 
@@ -35,6 +38,7 @@ from qec_kiln._backends._base import (
     kiln_home,
     quote_argv,
 )
+from qec_kiln._workers import Worker, format_cpus, gpu_ids, machine_cpus, worker_environments
 
 # run-batch's exit code (qec_kiln._runner.CONFLICT_EXIT) when another run-batch holds the batch
 # (a second launch of the same sweep at the same time): the batch is not failed, only not ours.
@@ -48,98 +52,112 @@ def _state_dir(bucket_url: str, sweep: str) -> pathlib.Path:
     return kiln_home() / "local" / f"{sweep}-{digest}"
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+def split_cores(num_batches: int, workers: int | None, processes: int | None,
+                gpus: str | None = None) -> tuple[int, int]:
+    """(batches at once, sinter processes each): K slots (default one, or one per GPU), each with
+    its share of this process's CPUs.
 
-
-def split_cores(num_batches: int, parallel: int | None, processes: int | None) -> tuple[int, int]:
-    """(batches at once, sinter processes each) so that together they use the machine's cores.
-
-    >>> split_cores(10, None, None)[0] <= 10
-    True
+    >>> split_cores(10, None, None)[0]
+    1
     >>> split_cores(3, 2, 4)
     (2, 4)
     """
-    cores = _cores()
-    slots = parallel or max(1, min(num_batches, cores))
-    slots = max(1, min(slots, num_batches))
-    procs = processes or max(1, cores // slots)
-    return slots, procs
+    workers_ = slot_workers(num_batches, workers, gpus)
+    return len(workers_), processes or len(workers_[0].cpus)
+
+
+def slot_workers(num_batches: int, workers: int | None, gpus: str | None = None) -> list[Worker]:
+    """The local slots: K workers (at most one per batch), each with disjoint CPUs and GPUs."""
+    gpu_list = gpu_ids(gpus)
+    k = workers or max(1, len(gpu_list))
+    k = max(1, min(k, num_batches))
+    return worker_environments(machine_cpus(), gpu_list, k)
 
 
 @dataclasses.dataclass(frozen=True)
 class LocalOptions(BackendOptions):
-    """The local backend's options: the common ones and how many batches run at once."""
-
-    parallel: int | None = None  # batches at once (default: as many as the cores allow)
+    """The local backend's options: the common ones; ``workers`` is how many batches run at once
+    (``parallel`` is an alias of it)."""
 
 
 class LocalBackend(Backend):
-    """Batches as local processes, up to ``parallel`` at once, sharing the cores.
+    """Batches as local processes on K slots, each with its own CPUs.
 
     >>> b = LocalBackend()
-    >>> b.target_processes(b.options()), b.batch_slots(b.options({"parallel": 2}), 5)
+    >>> b.target_processes(b.options({"processes": 1})), b.batch_slots(b.options({"parallel": 2}), 5)
     (1, 2)
+    >>> b.batch_slots(b.options(), 5)  # one slot with all the cores
+    1
     """
 
     name = "local"
     options_type = LocalOptions
     startup_seconds = 2.0
     decoders_run_here = True
+    queue_workers = True
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("local")
-        g.add_argument("--parallel", type=positive_int,
-                       help="batches at once (default: as many as the cores allow)")
+        g.add_argument("--parallel", type=positive_int, dest="workers", default=argparse.SUPPRESS,
+                       help="the same as --workers: batches at once (default 1 with all cores)")
 
     @classmethod
-    def options_from_args(cls, args: argparse.Namespace) -> BackendOptions:
-        return LocalOptions.from_args(args, parallel=getattr(args, "parallel", None))
+    def options(cls, value=None) -> BackendOptions:
+        if isinstance(value, dict) and "parallel" in value:  # the old name of workers
+            value = dict(value)
+            value.setdefault("workers", value.pop("parallel"))
+        return super().options(value)
+
+    def requested_workers(self, options: BackendOptions) -> int:
+        return options.workers or max(1, len(gpu_ids(options.gpus)))
 
     def node_processes(self, options: BackendOptions, num_batches: int) -> int:
         opts = self.options(options)
-        return opts.processes or split_cores(num_batches, opts.parallel, None)[1]
+        return split_cores(max(1, num_batches), opts.workers, opts.processes, opts.gpus)[1]
 
     def target_processes(self, options: BackendOptions) -> int:
-        # Many batches share the cores: count one process per batch (the worst case).
-        return options.processes or 1
+        return options.processes or self.node_processes(options, 10**9)
 
     def batch_slots(self, options: BackendOptions, num_batches: int) -> int:
         opts = self.options(options)
-        return split_cores(num_batches, opts.parallel, opts.processes)[0]
+        return split_cores(max(1, num_batches), opts.workers, opts.processes, opts.gpus)[0]
 
-    def default_jobs(self, options: BackendOptions, task_seconds) -> int:
-        """One batch per core slot."""
-        return self.batch_slots(options, len(task_seconds))
-
-    def _argv(self, request: LaunchRequest, batch: str, processes: int) -> list[str]:
+    def _argv(self, request: LaunchRequest, batch: str, worker: Worker) -> list[str]:
         argv = request.run_batch_argv(batch_id=batch)
         argv = [sys.executable, "-m", "qec_kiln"] + argv[1:]
         if "--processes" not in argv:
-            argv += ["--processes", str(processes)]
+            argv += ["--processes", str(len(worker.cpus))]
+        argv += ["--cpus-allowed", format_cpus(worker.cpus)]
         argv += ["--work-dir", str(_state_dir(request.bucket_url, request.sweep) / "work")]
         return argv
 
-    def describe(self, request: LaunchRequest) -> str:
+    def _workers(self, request: LaunchRequest) -> list[Worker]:
         opts = self.options(request.options)
-        slots, procs = split_cores(len(request.batch_ids), opts.parallel, opts.processes)
-        lines = [f"local backend: {len(request.batch_ids)} batch(es), {slots} at a time, "
-                 f"sinter --processes {procs} each; commands:"]
-        lines += ["  " + quote_argv(self._argv(request, b, procs)) for b in request.batch_ids]
+        return slot_workers(max(1, len(request.batch_ids)), opts.workers, opts.gpus)
+
+    def describe(self, request: LaunchRequest) -> str:
+        workers = self._workers(request)
+        opts = self.options(request.options)
+        lines = [f"local backend: {len(request.batch_ids)} batch(es) on {len(workers)} worker(s), "
+                 "each taking the next batch when free:"]
+        for w in workers:
+            env = "".join(f" {k}={v}" for k, v in w.env.items())
+            lines.append(f"  worker {w.index}: CPUs {format_cpus(w.cpus)}, sinter --processes "
+                         f"{opts.processes or len(w.cpus)}{env}")
+        lines.append("commands (CPUs as for the first batch of each worker):")
+        lines += ["  " + quote_argv(self._argv(request, b, workers[i % len(workers)]))
+                  for i, b in enumerate(request.batch_ids)]
         return "\n".join(lines)
 
     def max_processes(self, options: BackendOptions) -> int | None:
-        return 4 * _cores()
+        return 4 * (os.cpu_count() or 1)
 
     def launch(self, request: LaunchRequest) -> Submission:
         state = _state_dir(request.bucket_url, request.sweep)
         state.mkdir(parents=True, exist_ok=True)
-        opts = self.options(request.options)
-        slots, procs = split_cores(len(request.batch_ids), opts.parallel, opts.processes)
+        free = self._workers(request)  # idle slots; a finished batch gives its slot back
+        slot_of: dict[str, Worker] = {}
         pending = list(request.batch_ids)
         running: dict[str, subprocess.Popen] = {}
         codes: dict[str, int] = {}
@@ -155,17 +173,19 @@ class LocalBackend(Backend):
 
         with _StopSignals(stopped), _progress(self, request, state, states, console) as shown:
             while (pending or running) and not stopped:
-                while pending and len(running) < slots and not stopped:
+                while pending and free and not stopped:
                     b = pending.pop(0)
-                    argv = self._argv(request, b, procs)
+                    slot_of[b] = free.pop(0)
+                    argv = self._argv(request, b, slot_of[b])
                     commands.append(argv)
-                    running[b] = self._start(state, b, argv)
+                    running[b] = self._start(state, b, argv, slot_of[b].env)
                 time.sleep(0.2)
                 for b, p in list(running.items()):
                     if p.poll() is not None:
                         codes[b] = p.returncode
                         (state / f"{b}.exit").write_text(str(p.returncode))
                         del running[b]
+                        free.append(slot_of[b])
                         ended_as = _ended(state, b, p.returncode)
                         if ended_as == "failed":
                             console.print(f"[red]{b} failed (exit {p.returncode}); "
@@ -216,14 +236,16 @@ class LocalBackend(Backend):
                           message=msg, failed=failed, interrupted=bool(stopped),
                           signal=stopped[0] if stopped else 0, cancelled=cancelled)
 
-    def _start(self, state: pathlib.Path, batch: str, argv: list[str]) -> subprocess.Popen:
+    def _start(self, state: pathlib.Path, batch: str, argv: list[str],
+               env: dict[str, str] | None = None) -> subprocess.Popen:
         for old in (f"{batch}.exit", f"{batch}.cancel"):
             with contextlib.suppress(FileNotFoundError):
                 (state / old).unlink()
         out = open(state / f"{batch}.out", "ab")  # noqa: SIM115 (the child holds it)
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    start_new_session=True)
+                                    start_new_session=True,
+                                    env={**os.environ, **env} if env else None)
         finally:
             out.close()
         (state / f"{batch}.pid").write_text(json.dumps({"pid": proc.pid, "started": time.time()}))

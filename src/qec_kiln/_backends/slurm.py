@@ -130,6 +130,17 @@ def safe_name(sweep: str) -> str:
     return plain
 
 
+def array_spec(num_batches: int, workers: int | None) -> str:
+    """``--array`` of ``num_batches`` tasks, at most ``workers`` running at once (Slurm's ``%K``
+    throttle: the next task starts when one ends).
+
+    >>> array_spec(8, 2), array_spec(3, None), array_spec(3, 5)
+    ('0-7%2', '0-2', '0-2')
+    """
+    spec = f"0-{num_batches - 1}"
+    return f"{spec}%{workers}" if workers and workers < num_batches else spec
+
+
 def job_name(sweep: str) -> str:
     """``kiln-<sweep>``: the Slurm job name of a sweep's array."""
     return "kiln-" + safe_name(sweep)
@@ -205,6 +216,7 @@ class SlurmBackend(RemoteBackend):
     name = "slurm"
     options_type = SlurmOptions
     startup_seconds = 30.0
+    queue_workers = True  # the array's %K throttle: Slurm starts the next task when one ends
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -291,7 +303,7 @@ class SlurmBackend(RemoteBackend):
         version = request.kiln_version or kiln_version()
         values = {
             "job_name": job_name(request.sweep),
-            "array": f"0-{len(request.batch_ids) - 1}",
+            "array": array_spec(len(request.batch_ids), opts.workers),
             "cpus_per_task": str(cpus),
             "log_dir": _plain_path(log_dir, "the log folder"),
             "sbatch_options": "\n".join(sbatch_lines),
@@ -323,7 +335,9 @@ class SlurmBackend(RemoteBackend):
             "",
             *(f"# Note: {n}" for n in r.notes),
             f"# One job array named {r.job_name}, {len(request.batch_ids)} task(s) of "
-            f"{r.cpus_per_task} CPU(s); task k runs batch k:",
+            f"{r.cpus_per_task} CPU(s)"
+            + (f", at most {request.options.workers} at once" if request.options.workers else "")
+            + "; task k runs batch k (Slurm starts them in that order, longest first):",
             "#   " + " ".join(f"{k}={b}" for k, b in enumerate(request.batch_ids)),
             f"# Task logs: {r.log_dir}/<array job id>_<task>.out",
             quote_argv(r.sbatch_argv),
