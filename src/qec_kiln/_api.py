@@ -134,7 +134,7 @@ def _prepare(spec: SweepSpec, *, need_bucket: bool, log: Log) -> tuple[Backend, 
         if need_bucket:
             raise
         log(f"warning: {ex} (dry run: showing a fresh plan)")
-        bucket = _NoBucket(bucket.url)
+        bucket = _NoBucket(bucket.url)  # type: ignore[assignment]  # only .url and .exists()
     return backend, bucket, prepare_sweep(spec, bucket, log)
 
 
@@ -322,7 +322,7 @@ def merge(bucket: PathLike = "kiln-results", out: PathLike = "merged.csv", *,
     """
     from qec_kiln._merge import merge_sweeps
 
-    return merge_sweeps(str(bucket), out, sweep=sweep, skip_bad=skip_bad, log=log)
+    return merge_sweeps(str(bucket), str(out), sweep=sweep, skip_bad=skip_bad, log=log)
 
 
 def cancel(bucket: PathLike = "kiln-results", sweep: str = "", *,

@@ -37,7 +37,8 @@ class _Parser(argparse.ArgumentParser):
     def add_argument_group(self, *args, **kwargs):
         group = super().add_argument_group(*args, **kwargs)
         plain = group.add_argument
-        group.add_argument = lambda *names, **kw: plain(*names, *_underscore_aliases(names), **kw)
+        group.add_argument = (  # type: ignore[method-assign]
+            lambda *names, **kw: plain(*names, *_underscore_aliases(names), **kw))
         return group
 
     def error(self, message: str):  # one clear line, not the whole usage

@@ -360,7 +360,7 @@ def discover_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
     """
     items = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
     if len(items) == 1 and not pathlib.Path(items[0]).is_file() and not glob.has_magic(str(items[0])):
-        return discover_circuits(items[0], allow_tagged_gates=allow_tagged_gates, log=log)
+        return discover_circuits(str(items[0]), allow_tagged_gates=allow_tagged_gates, log=log)
     found: list[CircuitFile] = []
     for item in items:
         text = str(item)

@@ -288,8 +288,9 @@ def sweep_progress(bucket: Bucket, manifest: Manifest,
         if progress.lost:
             warnings.append(
                 f"{bucket.url_for(fragment_key(manifest.sweep, b.id))}: batch {b.id}'s job "
-                f"{progress.job.state.upper()} but its fragment is gone (deleted or moved), so its "
-                "shots are lost; launch the sweep again to rerun the batch")
+                f"{progress.job.state.upper() if progress.job else 'ENDED'} but its fragment is "
+                "gone (deleted or moved), so its shots are lost; launch the sweep again to rerun "
+                "the batch")
         batches.append(progress)
     return SweepProgress(manifest, batches, warnings)
 

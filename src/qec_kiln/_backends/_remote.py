@@ -35,7 +35,7 @@ def kiln_version() -> str:
 def packaged_text(name: str) -> str:
     """The text of a job template shipped inside the package (``qec_kiln/data/``, byte-identical
     copies of ``configs/``)."""
-    return resources.files("qec_kiln").joinpath("data", name).read_text(encoding="utf-8")
+    return resources.files("qec_kiln").joinpath("data").joinpath(name).read_text(encoding="utf-8")
 
 
 def run_command(

@@ -96,9 +96,10 @@ def map_queue_to_batches(
     states: dict[str, JobState] = {}
     newest: dict[str, int] = {}
     for jid, batch in claimed.items():
-        rec = by_id.get(jid)
-        if rec is None or newest.get(batch, -1) > jid:
+        found = by_id.get(jid)
+        if found is None or newest.get(batch, -1) > jid:
             continue
+        rec = found
         newest[batch] = jid
         states[batch] = _job_state(batch, jid, rec)
     unknown = sorted(i for i in by_id if i not in claimed)

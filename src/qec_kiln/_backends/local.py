@@ -25,6 +25,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from rich.console import Console
 
@@ -103,11 +105,13 @@ class LocalBackend(Backend):
                        help="the same as --workers: batches at once (default 1 with all cores)")
 
     @classmethod
-    def options(cls, value=None) -> BackendOptions:
-        if isinstance(value, dict) and "parallel" in value:  # the old name of workers
+    def options(cls, value: BackendOptions | Mapping[str, Any] | None = None) -> LocalOptions:
+        if isinstance(value, Mapping) and "parallel" in value:  # the old name of workers
             value = dict(value)
             value.setdefault("workers", value.pop("parallel"))
-        return super().options(value)
+        opts = super().options(value)
+        assert isinstance(opts, LocalOptions)
+        return opts
 
     def requested_workers(self, options: BackendOptions) -> int:
         return options.workers or max(1, len(gpu_ids(options.gpus)))
@@ -323,7 +327,7 @@ class _StopSignals:
 
     def __init__(self, stopped: list[int]):
         self.stopped = stopped
-        self.old: dict[int, object] = {}
+        self.old: dict[int, Any] = {}
 
     def __enter__(self) -> _StopSignals:
         for s in self.SIGNALS:

@@ -38,7 +38,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +190,12 @@ class SkyPilotBackend(RemoteBackend):
 
     name = "skypilot"
     options_type = SkyPilotOptions
+
+    @classmethod
+    def options(cls, value: BackendOptions | Mapping[str, Any] | None = None) -> SkyPilotOptions:
+        opts = super().options(value)
+        assert isinstance(opts, SkyPilotOptions)
+        return opts
     startup_seconds = 360.0
     default_processes = 16
     default_runner = staticmethod(_default_runner)

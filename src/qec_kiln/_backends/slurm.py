@@ -37,8 +37,9 @@ import re
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from qec_kiln._atomic import atomic_write
 from qec_kiln._backends._base import (
@@ -215,6 +216,12 @@ class SlurmBackend(RemoteBackend):
 
     name = "slurm"
     options_type = SlurmOptions
+
+    @classmethod
+    def options(cls, value: BackendOptions | Mapping[str, Any] | None = None) -> SlurmOptions:
+        opts = super().options(value)
+        assert isinstance(opts, SlurmOptions)
+        return opts
     startup_seconds = 30.0
     queue_workers = True  # the array's %K throttle: Slurm starts the next task when one ends
 
