@@ -301,7 +301,7 @@ class SlowBucket(LocalBucket):
 
 
 def test_fragments_are_read_concurrently(tmp_path, small_circuits):
-    from qec_kiln._status import read_fragments
+    from qec_kiln._fragments import read_fragments
 
     bucket = tmp_path / "bucket"
     m = make_sweep(small_circuits, bucket, "s", jobs=4)
@@ -337,7 +337,7 @@ class CountingS3Bucket(S3Bucket):
 
 
 def test_cloud_fragments_are_read_16_at_a_time_by_default(tmp_path, small_circuits, s3_env, caplog):
-    from qec_kiln._status import CLOUD_READERS, read_fragments
+    from qec_kiln._fragments import CLOUD_READERS, read_fragments
 
     m = make_sweep(small_circuits, s3_env.url, "s", jobs=4)
     finish(s3_env.url, m)
@@ -353,7 +353,7 @@ def test_cloud_fragments_are_read_16_at_a_time_by_default(tmp_path, small_circui
 
 def test_an_outage_stops_the_reads_instead_of_retrying_every_fragment(small_circuits, s3_env):
     from qec_kiln._errors import StorageError
-    from qec_kiln._status import read_fragments
+    from qec_kiln._fragments import read_fragments
     from qec_kiln._storage import RetryPolicy
 
     m = make_sweep(small_circuits, s3_env.url, "s", jobs=4)
@@ -375,7 +375,7 @@ def test_an_outage_stops_the_reads_instead_of_retrying_every_fragment(small_circ
 def test_many_local_fragments_parsed_by_forked_processes_give_the_same(tmp_path, small_circuits):
     import functools
 
-    from qec_kiln import _status
+    from qec_kiln import _fragments
 
     bucket = tmp_path / "bucket"
     m = make_sweep(small_circuits, bucket, "s", jobs=4)
@@ -383,10 +383,10 @@ def test_many_local_fragments_parsed_by_forked_processes_give_the_same(tmp_path,
     (bucket / "s" / "fragments" / "b002.csv").write_bytes(b"garbage\n")
     (bucket / "s" / "fragments" / "b003.csv").unlink()
     b = open_bucket(str(bucket))
-    one = functools.partial(_status._read_one, b, m, [])
+    one = functools.partial(_fragments._read_one, b, m, [])
     ids = [x.id for x in m.batches] * 5
     here = [one(i) for i in ids]
-    forked = _status._in_processes(one, ids, 3)
+    forked = _fragments._in_processes(one, ids, 3)
     assert [type(f) for f in forked] == [type(f) for f in here]
     assert type(here[2]).__name__ == "KilnError" and here[3] is None
     for a, c in zip(forked, here, strict=True):
@@ -394,4 +394,4 @@ def test_many_local_fragments_parsed_by_forked_processes_give_the_same(tmp_path,
             assert (a.name, a.stats, a.clean) == (c.name, c.stats, c.clean)
         else:
             assert str(a) == str(c)
-    assert _status._local_processes(10) == 1  # few fragments: this process alone
+    assert _fragments._local_processes(10) == 1  # few fragments: this process alone

@@ -34,11 +34,10 @@ from collections.abc import Callable
 import sinter
 
 from qec_kiln._errors import KilnError
-from qec_kiln._fragments import Fragment
+from qec_kiln._fragments import Fragment, read_fragments
 from qec_kiln._manifest import Manifest, load_manifest, resolve_sweep
 from qec_kiln._merge_out import STDOUT, check_output, write_output
 from qec_kiln._plan import Batch
-from qec_kiln._status import read_fragments
 from qec_kiln._storage import open_bucket
 
 

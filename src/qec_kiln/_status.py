@@ -10,27 +10,19 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
-import multiprocessing
-import os
-import sys
-import threading
-from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import sinter
 
-from qec_kiln._errors import KilnError, ObjectNotFound, StorageError
-from qec_kiln._fragments import Fragment, parse_fragment
+from qec_kiln._errors import KilnError
+from qec_kiln._fragments import Fragment, read_fragments
 from qec_kiln._manifest import Manifest, fragment_key
 from qec_kiln._plan import Batch, Shard
-from qec_kiln._storage import Bucket, LocalBucket
+from qec_kiln._storage import Bucket
 
 if TYPE_CHECKING:  # not imported at run time: merge starts faster without the backends
     from qec_kiln._backends import JobState
 
-#: Fragments read at once from a cloud bucket: N fragments take about N/16 round trips.
-CLOUD_READERS = 16
 #: Job states after which a batch's fragment must exist (the job uploaded it before it ended).
 FINISHED_STATES = frozenset({"SUCCEEDED"})
 
@@ -164,99 +156,6 @@ class SweepProgress:
             ],
             "warnings": self.warnings,
         }
-
-
-def read_fragment(bucket: Bucket, manifest: Manifest, batch_id: str) -> Fragment | None:
-    """The batch's fragment, parsed; None when it does not exist yet. Raises KilnError if damaged."""
-    key = fragment_key(manifest.sweep, batch_id)
-    try:
-        data = bucket.read_bytes(key)
-    except ObjectNotFound:
-        return None
-    return parse_fragment(data, f"{bucket.url_for(key)}")
-
-
-def read_fragments(bucket: Bucket, manifest: Manifest, batch_ids: Sequence[str], *,
-                   workers: int | None = None) -> list[Fragment | KilnError | None]:
-    """:func:`read_fragment` of each batch, in order; a fragment that cannot be read or parsed
-    gives its KilnError in its place.
-
-    ``workers`` threads read at once (default: :data:`CLOUD_READERS` for a cloud bucket). A
-    directory's fragments are read and parsed by this process alone, or, when there are many,
-    cores stand idle and this process runs no other thread, split over up to
-    :data:`LOCAL_PROCESSES` forked processes (parsing is what takes the time there, and threads
-    would share one core).
-    """
-    one = functools.partial(_read_one, bucket, manifest, [])
-    if workers is None and isinstance(bucket, LocalBucket):
-        procs = _local_processes(len(batch_ids))
-        if procs > 1:
-            return _in_processes(one, list(batch_ids), procs)
-        workers = 1
-    workers = CLOUD_READERS if workers is None else workers
-    if workers <= 1 or len(batch_ids) <= 1:
-        return [one(b) for b in batch_ids]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=min(workers, len(batch_ids))) as pool:
-        return list(pool.map(one, batch_ids))
-
-
-#: At most this many processes parse a directory's fragments, each at least this many.
-LOCAL_PROCESSES, FRAGMENTS_PER_PROCESS = 4, 250
-
-
-def _read_one(bucket: Bucket, manifest: Manifest, failed: list[StorageError],
-              batch_id: str) -> Fragment | KilnError | None:
-    """One fragment, or its error; once the bucket has failed (after its retries), the fragments
-    not yet read are not tried (an outage would otherwise cost every one its retries)."""
-    if failed:
-        return StorageError(f"{bucket.url_for(fragment_key(manifest.sweep, batch_id))}: not read, "
-                            f"as reading an earlier fragment failed ({failed[0]})")
-    try:
-        return read_fragment(bucket, manifest, batch_id)
-    except StorageError as ex:
-        failed.append(ex)
-        return ex
-    except KilnError as ex:
-        return ex
-
-
-def _local_processes(n: int) -> int:
-    """How many processes should parse ``n`` local fragments: 1 (this one alone) unless there
-    are many, cores that stand idle, and no other thread here (forking one that runs threads is
-    unsafe)."""
-    if threading.active_count() > 1 or "fork" not in multiprocessing.get_all_start_methods():
-        return 1
-    idle = len(os.sched_getaffinity(0)) - os.getloadavg()[0]
-    return max(1, min(LOCAL_PROCESSES, 1 + int(idle), n // FRAGMENTS_PER_PROCESS))
-
-
-_JOB: Callable | None = None  # what a forked process runs (set before the fork)
-
-
-def _run_chunk(ids: list[str]) -> list:
-    assert _JOB is not None
-    return [_JOB(b) for b in ids]
-
-
-def _in_processes(one: Callable, ids: list[str], procs: int) -> list:
-    """``[one(b) for b in ids]``, the first share here and the others in forked processes."""
-    global _JOB
-    size = -(-len(ids) // procs)
-    chunks = [ids[i:i + size] for i in range(0, len(ids), size)]
-    if len(chunks) < 2:
-        return [one(b) for b in ids]
-    _JOB = one
-    sys.stdout.flush()  # a forked process must not print this one's buffered output again
-    sys.stderr.flush()
-    try:
-        with multiprocessing.get_context("fork").Pool(len(chunks) - 1) as pool:
-            others = pool.map_async(_run_chunk, chunks[1:])
-            first = _run_chunk(chunks[0])
-            return first + [x for chunk in others.get() for x in chunk]
-    finally:
-        _JOB = None
 
 
 def batch_progress(batch: Batch, fragment: Fragment | None) -> list[ShardProgress]:
