@@ -218,10 +218,8 @@ def test_calibrate_and_warm_cache(tmp_path, monkeypatch):
 
     # Warm cache: nothing is sampled, the same values come back at once.
     runs.clear()
-    t0 = time.monotonic()
     again = calibrate(tasks, seconds_budget=3.0, cache=CalibrationCache())
-    assert time.monotonic() - t0 < 1.0
-    assert runs == []
+    assert runs == []  # nothing sampled (no wall-clock bound: the machine may be loaded)
     assert again == cals
 
 

@@ -313,7 +313,7 @@ def test_fragments_are_read_concurrently(tmp_path, small_circuits):
     took = time.monotonic() - start
     assert [f.name.rsplit("/", 1)[1] for f in frags] == [f"{i}.csv" for i in ids]  # in order
     assert slow.most >= 8, slow.most
-    assert took < 1.5, took
+    assert took < 3.2 / 2, took  # well under one after another (3.2 s), on a loaded machine too
 
 
 class CountingS3Bucket(S3Bucket):
@@ -369,7 +369,7 @@ def test_an_outage_stops_the_reads_instead_of_retrying_every_fragment(small_circ
         s3_env.server.resume()
     assert all(isinstance(f, StorageError) for f in frags)
     assert sum("as reading an earlier fragment failed" in str(f) for f in frags) >= 48
-    assert took < 3, took
+    assert took < 16 / 2, took  # trying all 64 would take 16 s at least
 
 
 def test_many_local_fragments_parsed_by_forked_processes_give_the_same(tmp_path, small_circuits):

@@ -189,7 +189,7 @@ def test_targets_needing_too_many_batches_are_refused_at_once():
         make_plan(tasks, max_shots=10**6, max_errors=1000, target_seconds=total * 1e-9)
     with pytest.raises(KilnError, match="--jobs 100,001 is more than"):
         make_plan(tasks, max_shots=10**6, max_errors=1000, jobs=100_001)
-    assert time.perf_counter() - t0 < 5  # refused before any partitioning
+    assert time.perf_counter() - t0 < 60  # refused before any partitioning (it took minutes)
 
 
 def test_cli_refuses_target_hours_below_the_start_up(small_circuits, kiln):

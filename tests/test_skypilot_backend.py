@@ -553,7 +553,7 @@ def test_installed_sky_cli_accepts_every_flag_we_pass(tmp_path):
             for flag in used[cmd]:
                 assert re.search(rf"(^|[\s,]){re.escape(flag)}[\s,/]", proc.stdout, re.M), (
                     cmd, flag)
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 180  # three --help calls at once, none hanging
 
 
 def test_dry_run_json_gives_the_exact_task_and_its_file_mounts(tmp_path, small_circuits, capsys):

@@ -297,7 +297,7 @@ def _no_aws_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def test_s3_missing_credentials(s3_env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _no_aws_config(monkeypatch, tmp_path)
-    bucket = open_bucket(s3_env.url)
+    bucket = open_bucket(s3_env.url, retry=PATIENT_RETRY)  # retrying would take 300 s
     start = time.monotonic()
     for call in (bucket.check_access, lambda: bucket.write_bytes("a.csv", b"x")):
         with pytest.raises(StorageError) as info:
@@ -305,7 +305,7 @@ def test_s3_missing_credentials(s3_env, monkeypatch: pytest.MonkeyPatch, tmp_pat
         message = str(info.value)
         assert message.startswith(f"no AWS credentials found for {s3_env.url}")
         assert "AWS_PROFILE" in message and "aws configure" in message
-    assert time.monotonic() - start < 5  # not retried
+    assert time.monotonic() - start < 60  # not retried (PATIENT_RETRY would try for 300 s)
 
 
 def test_s3_profile_not_found(s3_env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -324,7 +324,7 @@ def test_s3_wrong_credentials(s3_auth, monkeypatch: pytest.MonkeyPatch, tmp_path
     def use(key_id: str, secret: str) -> Bucket:
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-        return open_bucket(url)
+        return open_bucket(url, retry=PATIENT_RETRY)  # retrying would take 300 s
 
     good = use(s3_auth.access_key_id, s3_auth.secret_access_key)  # the server does accept these
     good.check_access()
@@ -340,7 +340,7 @@ def test_s3_wrong_credentials(s3_auth, monkeypatch: pytest.MonkeyPatch, tmp_path
         start = time.monotonic()
         with pytest.raises(StorageError) as info:
             bucket.check_access()
-        assert time.monotonic() - start < 5  # not retried
+        assert time.monotonic() - start < 60  # not retried (PATIENT_RETRY would try for 300 s)
         message = str(info.value)
         assert message.startswith(f"S3 rejected the AWS credentials for {url} ({code})")
         assert "wrong-secret-value" not in message and "\n" not in message
@@ -431,7 +431,7 @@ def test_unreachable_endpoint(cloud_env, monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(StorageError) as info:
         bucket.check_access()
     elapsed = time.monotonic() - start
-    assert 1.5 < elapsed < 6, elapsed  # retried until the 2 s deadline, then gave up
+    assert 1.5 < elapsed < 60, elapsed  # retried until the 2 s deadline, then gave up
     message = str(info.value)
     assert message.startswith("cannot reach ") and endpoint in message
     assert cloud_env.url in message and "attempts" in message and "\n" not in message
@@ -448,7 +448,7 @@ def test_hanging_endpoint_times_out(cloud_env, monkeypatch: pytest.MonkeyPatch) 
         start = time.monotonic()
         with pytest.raises(StorageError, match="cannot reach .*[Tt]ime"):
             open_bucket(cloud_env.url).write_bytes("a.csv", b"x", retry=policy)
-        assert time.monotonic() - start < 5
+        assert time.monotonic() - start < 60  # gave up (1 s deadline), did not hang
 
 
 def test_paused_s3_server_times_out_then_recovers(s3_env) -> None:
@@ -462,7 +462,7 @@ def test_paused_s3_server_times_out_then_recovers(s3_env) -> None:
         start = time.monotonic()
         with pytest.raises(StorageError, match="cannot reach S3 .*[Tt]ime"):
             bucket.read_bytes("a.csv", retry=policy)
-        assert time.monotonic() - start < 5
+        assert time.monotonic() - start < 60  # gave up (1 s deadline), did not hang
     finally:
         s3_env.server.resume()
     assert bucket.read_bytes("a.csv") == b"1"
@@ -474,7 +474,7 @@ def test_not_found_is_not_retried(cloud_env) -> None:
     with pytest.raises(ObjectNotFound):
         bucket.read_bytes("missing.csv")
     assert not bucket.exists("missing.csv")
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 150  # not retried: PATIENT_RETRY would try for 300 s
 
 
 def test_outage_recovery(cloud_env) -> None:
