@@ -367,6 +367,8 @@ class S3AuthServer:
     secret_access_key: str
     denied_access_key_id: str  # a user allowed nothing
     denied_secret_access_key: str
+    readonly_access_key_id: str = ""  # a user allowed s3:GetObject and s3:ListBucket only
+    readonly_secret_access_key: str = ""
 
 
 def unique_bucket_name() -> str:
@@ -438,7 +440,7 @@ def s3_auth(tmp_path_factory: pytest.TempPathFactory):
             aws_secret_access_key="setup",
         )
         keys = {}
-        for user in ("kiln-allowed", "kiln-denied"):
+        for user in ("kiln-allowed", "kiln-denied", "kiln-readonly"):
             iam.create_user(UserName=user)
             keys[user] = iam.create_access_key(UserName=user)["AccessKey"]
         iam.put_user_policy(
@@ -448,6 +450,17 @@ def s3_auth(tmp_path_factory: pytest.TempPathFactory):
                 {
                     "Version": "2012-10-17",
                     "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+                }
+            ),
+        )
+        iam.put_user_policy(
+            UserName="kiln-readonly",
+            PolicyName="read-s3",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"],
+                                   "Resource": "*"}],
                 }
             ),
         )
@@ -469,6 +482,8 @@ def s3_auth(tmp_path_factory: pytest.TempPathFactory):
             secret_access_key=keys["kiln-allowed"]["SecretAccessKey"],
             denied_access_key_id=keys["kiln-denied"]["AccessKeyId"],
             denied_secret_access_key=keys["kiln-denied"]["SecretAccessKey"],
+            readonly_access_key_id=keys["kiln-readonly"]["AccessKeyId"],
+            readonly_secret_access_key=keys["kiln-readonly"]["SecretAccessKey"],
         )
     finally:
         server.close()

@@ -248,6 +248,30 @@ class Node:
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGTERM)
 
+    def cancel(self, *, graceful: bool, grace: float = 30.0) -> float:
+        """``sky jobs cancel [--graceful]`` of this job; returns the seconds the run took to exit.
+
+        Graceful, as SkyPilot 0.14.1 does it: ``sky/core.py`` ``_graceful_job_cancel`` calls
+        ``cancel_jobs``, which SIGTERMs the job driver's process group (``skylet/job_lib.py``);
+        the run's own session is then SIGTERMed as a process tree by its watcher, which
+        SIGKILLs what is left 30 s later (``skylet/subprocess_daemon.py``); the cluster is torn
+        down right after the MOUNT_CACHED flush, without waiting for the job. Here: SIGTERM to
+        every process of the sandbox, then the teardown (SIGKILL of all) once the run has exited
+        or after ``grace`` seconds (at most those 30 s; on a real VM, the teardown's latency).
+        Not graceful: the teardown at once (SIGKILL; Kubernetes deletes pods with grace 0).
+        """
+        started = time.monotonic()
+        if graceful:
+            for pid in self.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            assert self.proc is not None
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=grace)
+        exited = time.monotonic() - started
+        self.kill()
+        return exited
+
 
 def run_ranks(task: Any, num_jobs: int, root: Path, *, cache: NodeCache | None = None,
               extra_env: dict[str, str] | None = None, timeout: float = 600) -> list[NodeRun]:

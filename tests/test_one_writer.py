@@ -164,3 +164,40 @@ def test_two_launches_of_one_sweep_at_once_count_every_shot_once(tmp_path: Path)
         contended += "run by another run-batch" in outputs
     print(f"\n10 trials of two launches at once: {min(times):.1f}-{max(times):.1f} s each; in "
           f"{contended} a batch was run by the other launch's run-batch")
+
+
+def test_read_only_credentials_end_run_batch_at_once(s3_auth, monkeypatch, tmp_path: Path) -> None:
+    """Credentials that can read the bucket but not write it: run-batch fails its first write (the
+    lease) with one `error:` line and exit 2, which the task YAML never retries (only 75 is), and
+    leaves nothing in the bucket."""
+    from conftest import run_kiln
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_auth.endpoint)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_auth.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_auth.secret_access_key)
+    url = f"s3://{s3_auth.bucket}/ro-{os.getpid()}-{time.time_ns()}"
+    circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001,))
+    bucket, _ = make_sweep(circuits, url, "ro", max_shots=1_000, max_errors=10)
+    before = sorted(bucket.list_keys("ro/"))
+    started = time.monotonic()
+    proc = run_kiln("run-batch", "--bucket", url, "--sweep", "ro", "--batch", "b000",
+                    "--sync-seconds", "1", timeout=120, env={
+                        "AWS_ACCESS_KEY_ID": s3_auth.readonly_access_key_id,
+                        "AWS_SECRET_ACCESS_KEY": s3_auth.readonly_secret_access_key,
+                        "QEC_KILN_WORK_DIR": str(tmp_path / "work")})
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert len(errors) == 1, proc.stderr
+    assert "S3 denied writing" in errors[0] and "ro/leases/b000.json" in errors[0], errors
+    assert "s3:PutObject" in errors[0]  # says what to grant
+    assert "Traceback" not in proc.stderr and "sinter collect" not in proc.stderr
+    assert elapsed < 60
+    assert sorted(bucket.list_keys("ro/")) == before
+    # SkyPilot retries only recover_on_exit_codes (75), never exit 2 (max_restarts_on_errors 0).
+    import yaml
+
+    from qec_kiln._backends.skypilot import packaged_yaml_text
+    rec = yaml.safe_load(packaged_yaml_text("sinter_job.yaml"))["resources"]["job_recovery"]
+    assert rec["recover_on_exit_codes"] == [75] and rec["max_restarts_on_errors"] == 0

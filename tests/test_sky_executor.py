@@ -4,6 +4,7 @@ wheel, pinned requirements) and run (run-batch of the batch its rank names)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from qec_kiln import _cli as cli
 from qec_kiln._backends import _ship
 from qec_kiln._backends.skypilot import packaged_yaml_text
 from qec_kiln._errors import ObjectNotFound
+from qec_kiln._fragments import complete_lines
 from qec_kiln._storage import open_bucket
 
 pytestmark = pytest.mark.slow
@@ -173,6 +175,54 @@ def test_recovery_after_sigkill_resumes_exactly(tmp_path, kiln_wheel, node_cache
     for row in fragment_rows(final):
         totals[row.strong_id] = totals.get(row.strong_id, 0) + row.shots
     assert sorted(totals.values()) == [max_shots, max_shots]
+
+
+def _rows_bytes(rows_data: bytes) -> tuple[int, float, int]:
+    """(shots, sinter seconds, rows) of a fragment's complete rows."""
+    rows = fragment_rows(rows_data)
+    return sum(r.shots for r in rows), sum(r.seconds for r in rows), len(rows)
+
+
+@pytest.mark.parametrize("graceful", [True, False], ids=["graceful", "sigkill"])
+def test_cancel_during_a_job_loses_what_skypilot_allows(tmp_path, kiln_wheel, node_cache, s3_env,
+                                                        graceful):
+    """A cancel mid-run. Graceful (SIGTERM, then teardown): run-batch uploads what sinter wrote up
+    to the signal, within one row. Not graceful (teardown = SIGKILL): the bucket keeps the last
+    periodic upload, so at most about one sync period of sinter's work is lost."""
+    sync = 2.0
+    circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.001,))
+    bucket, _ = make_sweep(circuits, s3_env.url, "cx", max_shots=50_000_000,
+                           max_errors=50_000_000)
+    task = node_task(kiln_wheel, s3_env.url, "cx", ["b000"], s3_env.env, sync_seconds=sync)
+    node = Node(task, 0, 1, tmp_path / "vm", cache=node_cache)
+    assert node.setup() == 0, node.result.log
+    node.start()
+    deadline = time.time() + 120
+    uploaded = b""
+    while time.time() < deadline and len(fragment_rows(uploaded)) < 3:
+        time.sleep(0.3)
+        with contextlib.suppress(ObjectNotFound):
+            uploaded = bucket.read_bytes("cx/fragments/b000.csv")
+    assert len(fragment_rows(uploaded)) >= 3, "no periodic uploads before the cancel"
+    time.sleep(sync * 0.7)  # somewhere between two periodic uploads
+    exited = node.cancel(graceful=graceful)
+    assert node.pids() == []
+    local = (node.sandbox / "tmp" / "qec-kiln-work" / "cx" / "b000" / "resume.csv").read_bytes()
+    final = bucket.read_bytes("cx/fragments/b000.csv")
+    assert complete_lines(local).startswith(final)  # one history; nothing counted twice
+    wrote, wrote_s, wrote_rows = _rows_bytes(complete_lines(local))
+    kept, kept_s, kept_rows = _rows_bytes(final)
+    lost_shots, lost_s, lost_rows = wrote - kept, wrote_s - kept_s, wrote_rows - kept_rows
+    print(f"cancel graceful={graceful}: run exited in {exited:.2f} s; sinter wrote {wrote_rows} "
+          f"rows ({wrote} shots, {wrote_s:.2f} s); the bucket lost {lost_rows} rows "
+          f"({lost_shots} shots, {lost_s:.2f} sinter-seconds); sync period {sync:g} s")
+    if graceful:
+        assert node.result.returncode == 128 + 15, node.result.log
+        assert "received SIGTERM" in node.result.log and "final upload done" in node.result.log
+        assert exited < 15
+        assert lost_rows <= 1, node.result.log
+    else:
+        assert lost_s <= 2 * sync + 1  # one sync period (plus sinter's --max_batch_seconds)
 
 
 def _sky_would_restart(task: dict, exit_code: int) -> bool:

@@ -14,7 +14,6 @@ import contextlib
 import json
 import re
 import shlex
-import subprocess
 import time
 from pathlib import Path
 from unittest import mock
@@ -382,34 +381,61 @@ def test_pip_spec_and_image_choose_what_nodes_install(monkeypatch):
 # ---------------------------------------------------------------- queue / status / cancel
 
 
-def _queue_json(rows) -> str:
-    """`sky jobs queue --output json --all` output, printed by SkyPilot's own CLI code."""
-    from sky.jobs import constants, state
-    from sky.schemas.api import responses
+class FakeController:
+    """SkyPilot's jobs controller as the SDK sees it: only the final SDK calls
+    (``sky.jobs.queue_v2``, ``sky.jobs.cancel``, ``sky.get``) are replaced. Queue answers are
+    server-format dicts decoded by SkyPilot's own decoder into its typed ``ManagedJobRecord``s;
+    a cancel marks jobs CANCELLING like SkyPilot's ``cancel_jobs_by_id`` (terminal ones skipped)
+    after ``cancel_lag`` further queue reads (the controller acts on the signal later)."""
 
-    records = []
-    for row in rows:
-        fields = dict.fromkeys(constants.DEFAULT_MANAGED_JOB_FIELDS)
-        fields.update(task_id=0, workspace="default", resources="1x[CPU:16+]", job_duration=30.0,
-                      recovery_count=0, submitted_at=1.7e9)
-        fields.update(row)
-        fields["task_name"] = fields["job_name"]
-        fields["status"] = state.ManagedJobStatus(fields["status"])
-        records.append(responses.ManagedJobRecord(**fields))
+    def __init__(self, monkeypatch, rows, *, cancel_lag=0, cancels=True):
+        import sky
+        from sky.jobs import constants
 
-    class V2:
-        def v2(self):
-            return True
+        self.rows, self.cancel_lag, self.cancels = [dict(r) for r in rows], cancel_lag, cancels
+        self.calls: list[tuple[str, dict]] = []
+        self.pending: list[int] = []
+        self.defaults = constants.DEFAULT_MANAGED_JOB_FIELDS
+        monkeypatch.setattr(sky.jobs, "queue_v2", self.queue_v2)
+        monkeypatch.setattr(sky.jobs, "cancel", self.cancel)
+        monkeypatch.setattr(sky, "get", self.get)
 
-    argv = sp.SkyPilotBackend().queue_argv()
-    res = _run_sky_cli(
-        argv[1:],
-        cli_utils={"get_managed_job_queue": mock.Mock(return_value=("rid", V2()))},
-        managed_jobs={"pool_status": mock.Mock(return_value=None)},
-        sdk={"stream_and_get": mock.Mock(return_value=(records, len(records), {}, len(records)))},
-    )
-    assert res.exit_code == 0
-    return res.output
+    def queue_v2(self, refresh, **kw):
+        self.calls.append(("queue_v2", dict(kw, refresh=refresh)))
+        return ("queue", kw.get("fields"))
+
+    def cancel(self, **kw):
+        self.calls.append(("cancel", kw))
+        return ("cancel", kw)
+
+    def get(self, rid):
+        from sky.jobs import state
+        from sky.server.requests.serializers import decoders
+
+        what, arg = rid
+        if what == "cancel":
+            if self.cancels:
+                self.pending = [int(i) for i in arg["job_ids"]]
+            return None
+        if self.pending and self.cancel_lag > 0:
+            self.cancel_lag -= 1
+        elif self.pending:
+            for row in self.rows:
+                if row["job_id"] in self.pending and \
+                        not state.ManagedJobStatus(row["status"]).is_terminal():
+                    row["status"] = "CANCELLING"
+            self.pending = []
+        jobs = []
+        for row in self.rows:
+            full = dict.fromkeys(arg)  # the server returns the fields asked for
+            full.update(task_id=0, workspace="default", resources="1x[CPU:16+]",
+                        job_duration=30.0, recovery_count=0, submitted_at=1.7e9)
+            full.update({k: v for k, v in row.items() if k in arg})
+            full["task_name"] = full["job_name"] = row["job_name"]
+            full["job_id"], full["status"] = row["job_id"], row["status"]
+            jobs.append(full)
+        return decoders.decode_jobs_queue_v2(
+            {"jobs": jobs, "total": len(jobs), "total_no_filter": len(jobs), "status_counts": {}})
 
 
 def _write_launches(sweep, records):
@@ -418,25 +444,29 @@ def _write_launches(sweep, records):
     (d / "launches.json").write_text(json.dumps(records))
 
 
-def test_job_states_from_skypilot_queue_json():
+FAILED_EXIT_2 = ("Job exited with exit code 2 (user program failure). To see the details, "
+                 "run: sky jobs logs --controller 13")
+
+
+def test_job_states_from_skypilot_sdk_records(monkeypatch):
     t0 = 1.7e9
     name = sp.job_name("surface-d3")
-    noise = "Starting SkyPilot API server, view logs at ~/.sky/api_server/server.log\n"
-    out = noise + _queue_json([
+    ctl = FakeController(monkeypatch, [
         {"job_id": 11, "job_name": name, "status": "RUNNING", "recovery_count": 2},
         {"job_id": 12, "job_name": name, "status": "SUCCEEDED", "recovery_count": 0},
-        {"job_id": 13, "job_name": name, "status": "FAILED_NO_RESOURCE", "recovery_count": 0},
+        {"job_id": 13, "job_name": name, "status": "FAILED", "recovery_count": 0,
+         "failure_reason": FAILED_EXIT_2, "details": f"Failure: {FAILED_EXIT_2}"},
         {"job_id": 14, "job_name": "kiln-other-sweep", "status": "RUNNING"},
         {"job_id": 20, "job_name": name, "status": "PENDING", "submitted_at": t0 + 50},
         {"job_id": 31, "job_name": name, "status": "RECOVERING", "recovery_count": 1,
-         "submitted_at": t0 + 100},
+         "submitted_at": t0 + 100, "details": "Recovering: spot preemption"},
         {"job_id": 40, "job_name": name, "status": "STARTING", "submitted_at": t0 + 200},
     ])
     _write_launches("surface-d3", [
-        {"bucket": "s3://bkt/sweeps", "batches": ["b000", "b003", "b007"],
-         "job_ids": [11, 12, 13], "launched_at": t0 - 10},
-        # relaunch of the failed batch: the newer job wins
-        {"bucket": "s3://bkt/sweeps", "batches": ["b007"], "job_ids": [31],
+        {"bucket": "s3://bkt/sweeps", "batches": ["b000", "b003", "b007", "b008"],
+         "job_ids": [11, 12, 13, 20], "launched_at": t0 - 10},
+        # relaunch of b008: the newer job wins
+        {"bucket": "s3://bkt/sweeps", "batches": ["b008"], "job_ids": [31],
          "launched_at": t0 + 90},
         # ids not read from the output: the first job of that name submitted after it
         {"bucket": "s3://bkt/sweeps", "batches": ["b009"], "job_ids": [],
@@ -444,79 +474,120 @@ def test_job_states_from_skypilot_queue_json():
         {"bucket": "s3://another-bucket", "batches": ["b001"], "job_ids": [14],
          "launched_at": t0},
     ])
-    calls = []
-    backend = sp.SkyPilotBackend(
-        runner=lambda argv, **kw: calls.append(argv) or subprocess.CompletedProcess(
-            argv, 0, out, ""))
+    backend = sp.SkyPilotBackend()
     states = backend.job_states("s3://bkt/sweeps", "surface-d3")
-    assert calls == [["sky", "jobs", "queue", "--output", "json", "--all"]]
+    ((call, kw),) = ctl.calls
+    assert call == "queue_v2" and kw["refresh"] is False and kw["skip_finished"] is False
+    assert {"failure_reason", "details", "recovery_count"} <= set(kw["fields"])
     assert {b: (s.state, s.job_id, s.recoveries, s.active) for b, s in states.items()} == {
         "b000": ("RUNNING", "11", 2, True),
         "b003": ("SUCCEEDED", "12", 0, False),
-        "b007": ("RECOVERING", "31", 1, True),
+        "b007": ("FAILED", "13", 0, False),
+        "b008": ("RECOVERING", "31", 1, True),
         "b009": ("STARTING", "40", 0, True),
     }
-    assert "20" in backend.warning and "unknown" in backend.warning
+    assert states["b007"].detail.startswith(FAILED_EXIT_2)
+    assert "exit 2: run-batch refused its input" in states["b007"].detail
+    assert "sky jobs logs 13" in states["b007"].detail
+    assert states["b008"].detail == "Recovering: spot preemption"
+    assert states["b000"].detail == ""
+    assert backend.warning == ""
 
 
-@pytest.mark.parametrize(
-    "failure",
-    [FileNotFoundError("sky"), subprocess.TimeoutExpired("sky", 180),
-     subprocess.CompletedProcess([], 1, "", "ApiServerConnectionError: Could not connect to "
-                                 "SkyPilot API server at http://127.0.0.1:46580\n"),
-     subprocess.CompletedProcess([], 0, "No in-progress managed jobs.\n", "")],
-)
-def test_job_states_when_skypilot_is_unreachable(failure):
-    def runner(argv, **kw):
-        if isinstance(failure, BaseException):
-            raise failure
-        return failure
+def test_status_shows_why_a_job_failed_and_its_recoveries(monkeypatch, tmp_path, small_circuits,
+                                                          capsys):
+    """`qec-kiln status` of a SkyPilot sweep: a line per failed/recovering batch with SkyPilot's
+    reason, the recoveries column, and the reason in --json."""
+    from test_local_sweep import make_sweep
 
-    backend = sp.SkyPilotBackend(runner=runner)
+    from qec_kiln import _cli
+
+    bucket = str(tmp_path / "bkt")
+    store, manifest = make_sweep(small_circuits, bucket, "st", max_shots=10, max_errors=10,
+                                 jobs=2)
+    name = sp.job_name("st")
+    FakeController(monkeypatch, [
+        {"job_id": 5, "job_name": name, "status": "FAILED", "failure_reason": FAILED_EXIT_2},
+        {"job_id": 6, "job_name": name, "status": "RECOVERING", "recovery_count": 3,
+         "details": "Recovering: spot preemption"},
+    ])
+    _write_launches("st", [{"bucket": store.url,
+                            "batches": [b.id for b in manifest.batches], "job_ids": [5, 6],
+                            "launched_at": 1.0}])
+    capsys.readouterr()
+    assert _cli.main(["status", "--bucket", bucket, "--sweep", "st",
+                      "--backend", "skypilot"]) == 0
+    text = capsys.readouterr().out
+    b0, b1 = (b.id for b in manifest.batches)
+    assert f"{b0} FAILED (job 5, 0 recoveries): {FAILED_EXIT_2} (exit 2:" in text
+    assert f"{b1} RECOVERING (job 6, 3 recoveries): Recovering: spot preemption" in text
+    assert "recoveries" in text  # the table's column
+    assert _cli.main(["status", "--bucket", bucket, "--sweep", "st", "--backend", "skypilot",
+                      "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    sweeps = data if isinstance(data, list) else data.get("sweeps", [data])
+    rows = {b["id"]: b for b in sweeps[0]["batches"]}
+    assert rows[b0]["job_detail"].startswith(FAILED_EXIT_2)
+    assert rows[b1]["recoveries"] == 3
+
+
+@pytest.mark.parametrize("failure", ["no-sky", "no-server"])
+def test_job_states_when_skypilot_is_unreachable(monkeypatch, failure):
+    import sky
+
+    if failure == "no-sky":
+        def fail(*a, **kw):
+            raise KilnError("--backend skypilot needs SkyPilot, which is not installed here")
+        monkeypatch.setattr(sp, "import_sky", fail)
+    else:
+        def fail(*a, **kw):  # what the SDK raises with no API server
+            raise sky.exceptions.ApiServerConnectionError("http://127.0.0.1:46580")
+        monkeypatch.setattr(sky.jobs, "queue_v2", fail)
+    backend = sp.SkyPilotBackend()
     assert backend.job_states("s3://bkt/sweeps", "surface-d3") == {}
     assert backend.warning.startswith("SkyPilot job states unavailable")
+    with pytest.raises(KilnError, match="nothing was cancelled"):
+        backend.cancel("s3://bkt/sweeps", "surface-d3")
 
 
-def test_cancel_by_ids_because_names_are_shared():
+def test_cancel_by_ids_gracefully_and_reports_only_what_was_cancelled(monkeypatch):
     name = sp.job_name("surface-d3")
-    out = _queue_json([
+    rows = [
         {"job_id": 11, "job_name": name, "status": "RUNNING"},
         {"job_id": 12, "job_name": name, "status": "SUCCEEDED"},
         {"job_id": 13, "job_name": name, "status": "RECOVERING"},
         {"job_id": 14, "job_name": "kiln-other", "status": "RUNNING"},
-    ])
-    calls = []
-
-    def runner(argv, **kw):
-        calls.append(list(argv))
-        if argv[2] == "queue":
-            return subprocess.CompletedProcess(argv, 0, out, "")
-        cancel = mock.Mock(return_value="rid")
-        res = _run_sky_cli(argv[1:], managed_jobs={"cancel": cancel},
-                           sdk={"stream_and_get": mock.Mock(return_value=None)})
-        assert cancel.call_args.kwargs["job_ids"] == (11, 13)  # SkyPilot parsed our ids
-        return subprocess.CompletedProcess(argv, res.exit_code, res.output, "")
-
-    backend = sp.SkyPilotBackend(runner=runner)
+    ]
+    ctl = FakeController(monkeypatch, rows, cancel_lag=2)
+    backend = sp.SkyPilotBackend()
+    backend.cancel_poll_s = 0.01
     assert backend.cancel("s3://bkt/sweeps", "surface-d3") == ["11", "13"]
-    assert calls[1] == ["sky", "jobs", "cancel", "--yes", "--graceful", "11", "13"]
+    cancels = [kw for c, kw in ctl.calls if c == "cancel"]
+    assert cancels == [{"job_ids": [11, 13], "graceful": True}]  # by id, never by name
+    assert [c for c, _ in ctl.calls].count("queue_v2") == 4  # waited for CANCELLING
+    assert {r["job_id"]: r["status"] for r in ctl.rows}[14] == "RUNNING"
 
-    calls.clear()
+    ctl.calls.clear()
     assert backend.cancel("s3://bkt/sweeps", "nothing-running") == []
-    assert len(calls) == 1  # only the queue
+    assert [c for c, _ in ctl.calls] == ["queue_v2"]
 
-    def no_server(argv, **kw):
-        calls.append(list(argv))
-        rc = 1 if argv[2] == "queue" else 0
-        return subprocess.CompletedProcess(argv, rc, "", "")
 
-    calls.clear()
-    backend.runner = no_server
-    # Without the queue nothing can be cancelled by id, and a by-name cancel can lie (several
-    # jobs of one name: SkyPilot cancels none and exits 0): refuse, never report success.
-    with pytest.raises(KilnError, match="nothing was cancelled"):
+def test_a_cancel_that_cancels_nothing_never_reports_success(monkeypatch, capsys, tmp_path,
+                                                             small_circuits):
+    """SkyPilot accepted the request but cancelled nothing (e.g. "No job to cancel", a job of
+    another workspace): cancel raises, and the CLI exits non-zero without "cancelled"."""
+    name = sp.job_name("surface-d3")
+    FakeController(monkeypatch, [{"job_id": 11, "job_name": name, "status": "RUNNING"}],
+                   cancels=False)
+    backend = sp.SkyPilotBackend()
+    backend.cancel_wait_s, backend.cancel_poll_s = 0.05, 0.01
+    with pytest.raises(KilnError, match=r"cancelled none of jobs \[11\].*11 RUNNING"):
         backend.cancel("s3://bkt/sweeps", "surface-d3")
-    assert len(calls) == 1
+
+    # The job ended by itself between the queue and the cancel: not reported as cancelled.
+    FakeController(monkeypatch, [{"job_id": 11, "job_name": name, "status": "RUNNING"}],
+                   cancels=True).rows[0]["status"] = "SUCCEEDED"
+    assert backend.cancel("s3://bkt/sweeps", "surface-d3") == []
 
 
 def test_parse_job_ids_from_real_cli_messages():
@@ -536,8 +607,7 @@ def test_installed_sky_cli_accepts_every_flag_we_pass(tmp_path):
     _, _, launch = backend.render(request(yaml_path=str(secrets_yaml(tmp_path))))
     used = {
         "launch": {a for a in launch if a.startswith("-")},
-        "queue": {a for a in backend.queue_argv() if a.startswith("-")},
-        "cancel": {"--yes", "--graceful"},
+        "cancel": {"--yes", "--graceful"},  # the shell equivalent docs/reliability.md names
     }
     assert used["launch"] == {"--yes", "--detach-run", "--name", "--num-jobs", "--env",
                               "--secret"}

@@ -240,5 +240,10 @@ def print_status(report) -> None:
     out.print(f"total: {shots:,} shots, {sum(b.errors for b in report.batches):,} errors; "
               f"{len(report.batches) - len(report.unfinished)}/{len(report.batches)} batches done",
               markup=False)
+    for b in report.batches:  # why a job failed, recovers or waits (SkyPilot's reason)
+        if b.job and b.job.detail and not b.done:
+            rec = "" if b.job.recoveries is None else f", {b.job.recoveries} recoveries"
+            out.print(f"{b.batch.id} {b.state} (job {b.job.job_id}{rec}): {b.job.detail}",
+                      markup=False)
     for w in report.warnings:
         err.print(f"warning: {w}", markup=False)

@@ -144,6 +144,7 @@ class SweepProgress:
                     "state": b.state,
                     "job_id": b.job.job_id if b.job else None,
                     "recoveries": b.job.recoveries if b.job else None,
+                    "job_detail": b.job.detail if b.job else "",
                     "shots": b.shots,
                     "errors": b.errors,
                     "target_shots": sum(s.max_shots for s in b.batch.shards),

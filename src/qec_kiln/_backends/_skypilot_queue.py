@@ -1,9 +1,9 @@
-"""Reading SkyPilot's answers: job ids from ``sky jobs launch`` output, the records of ``sky jobs
-queue -o json``, and which batch each queued job runs."""
+"""Reading SkyPilot's answers: job ids from ``sky jobs launch`` output, the typed records of
+``sky.jobs.queue_v2`` (``sky.schemas.api.responses.ManagedJobRecord``), and which batch each
+queued job runs."""
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -48,17 +48,22 @@ def _expand_ranges(text: str) -> list[int]:
     return ids
 
 
-def parse_queue_json(text: str) -> list[dict[str, Any]]:
-    """The record list printed by ``sky jobs queue -o json`` (skipping any lines before it)."""
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"^\s*\[", text, re.MULTILINE):
-        try:
-            value, _ = decoder.raw_decode(text, match.end() - 1)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
-            return value
-    raise ValueError("`sky jobs queue -o json` printed no JSON list of jobs")
+#: What ``sky.jobs.queue_v2`` is asked for: its default fields plus why a job failed or waits
+#: (``details``, ``failure_reason``), which the default leaves out (``sky/jobs/constants.py``).
+EXTRA_QUEUE_FIELDS = ("details", "failure_reason")
+
+
+def record_dict(rec: Any) -> dict[str, Any]:
+    """A queue record (SkyPilot's ``ManagedJobRecord`` or a plain dict) as a dict whose
+    ``status`` is the status's name.
+
+    >>> record_dict({"job_id": 3, "status": "RUNNING"})
+    {'job_id': 3, 'status': 'RUNNING'}
+    """
+    d = rec.model_dump() if hasattr(rec, "model_dump") else dict(rec)
+    status = d.get("status")
+    d["status"] = getattr(status, "value", status)
+    return d
 
 
 def map_queue_to_batches(
@@ -106,10 +111,36 @@ def map_queue_to_batches(
     return states, unknown
 
 
+#: What run-batch's exit codes mean (``qec_kiln._runner``; 75 is retried by the task YAML).
+_EXIT_MEANINGS = {
+    2: "run-batch refused its input (configuration, bucket access or versions)",
+    3: "another run-batch holds this batch",
+    75: "the final upload failed",
+}
+
+
+def explain_failure(reason: str, job_id: int) -> str:
+    """SkyPilot's failure reason, with what a run-batch exit code in it means and where the
+    job's own ``error:`` line is.
+
+    >>> explain_failure("Job exited with exit code 2. To see the details, run: "
+    ...                 "sky jobs logs --controller 7", 7)  # doctest: +NORMALIZE_WHITESPACE
+    'Job exited with exit code 2. To see the details, run: sky jobs logs --controller 7 (exit 2:
+    run-batch refused its input (configuration, bucket access or versions); its error: line is
+    in `sky jobs logs 7`)'
+    """
+    found = re.search(r"exit codes? \[?(\d+)", reason)
+    meaning = _EXIT_MEANINGS.get(int(found.group(1))) if found else None
+    if not meaning:
+        return reason
+    return f"{reason} (exit {found.group(1)}: {meaning}; its error: line is in `sky jobs logs {job_id}`)"
+
+
 def _job_state(batch: str, jid: int, rec: dict[str, Any]) -> JobState:
     raw = str(rec.get("status") or "UNKNOWN").upper()
     status = _sky_state(raw)
-    detail = rec.get("failure_reason") or rec.get("details") or ""
+    # failure_reason: SkyPilot's own line for a failed job; details: why it recovers or waits.
+    detail = explain_failure(str(rec.get("failure_reason") or rec.get("details") or ""), jid)
     if raw == "WINDING_DOWN":
         detail = detail or "winding down"
     recoveries = rec.get("recovery_count")

@@ -15,7 +15,9 @@ batch k; ``launch`` records that mapping under the state directory for ``job_sta
 
 All jobs of one sweep share the name ``kiln-<sweep>``. ``sky jobs cancel -n NAME`` refuses to
 cancel when several running jobs share a name (``sky/jobs/utils.py: cancel_job_by_name``), so
-``cancel`` looks the job ids up in the queue and cancels them by id.
+``cancel`` looks the job ids up in the queue and cancels them by id. Queue and cancel go through
+SkyPilot's Python SDK (``sky.jobs.queue_v2``, ``sky.jobs.cancel``), whose typed records carry
+``failure_reason`` and ``recovery_count``.
 
 The task YAML comes from ``--yaml`` or the copies of ``configs/sinter_job*.yaml`` packaged as
 ``qec_kiln/data/`` (a test keeps them byte-identical): an installed qec-kiln has no repository
@@ -53,7 +55,6 @@ from qec_kiln._backends._base import (
     append_launch_record,
     is_active,
     kiln_home,
-    last_line,
     quote_argv,
     read_launch_records,
 )
@@ -68,9 +69,10 @@ from qec_kiln._backends._remote import (
 )
 from qec_kiln._backends._skypilot_node import apply_node_install, node_identity
 from qec_kiln._backends._skypilot_queue import (
+    EXTRA_QUEUE_FIELDS,
     _sky_state,
     map_queue_to_batches,
-    parse_queue_json,
+    record_dict,
 )
 from qec_kiln._errors import KilnError
 
@@ -87,8 +89,6 @@ _SECRET_NAME_RE = re.compile(
     r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|API_KEY|ACCESS_KEY|SESSION|AUTH",
     re.IGNORECASE,
 )
-_QUEUE_TIMEOUT_S = 180.0
-_CANCEL_TIMEOUT_S = 300.0
 
 
 def job_name(sweep: str) -> str:
@@ -199,6 +199,8 @@ class SkyPilotBackend(RemoteBackend):
     startup_seconds = 360.0
     default_processes = 16
     default_runner = staticmethod(_default_runner)
+    cancel_wait_s = 60.0  # how long cancel waits for SkyPilot to mark its jobs CANCELLING
+    cancel_poll_s = 2.0
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -471,11 +473,9 @@ class SkyPilotBackend(RemoteBackend):
         )
         return Submission(job_ids=job_ids, commands=[list(r.launch_argv)], message=message)
 
-    def queue_argv(self) -> list[str]:
-        return ["sky", "jobs", "queue", "--output", "json", "--all"]
-
     def job_states(self, bucket_url: str, sweep: str) -> dict[str, JobState]:
-        """States of the sweep's jobs from ``sky jobs queue -o json --all``.
+        """States of the sweep's jobs from ``sky.jobs.queue_v2`` (with why a job failed and how
+        often it recovered).
 
         Returns ``{}`` with the reason in ``self.warning`` when SkyPilot cannot be asked (not
         installed, no API server, no controller): status then shows fragment progress only.
@@ -496,51 +496,78 @@ class SkyPilotBackend(RemoteBackend):
         return states
 
     def cancel(self, bucket_url: str, sweep: str) -> list[str]:
-        """Cancel the sweep's active jobs by id, gracefully: SkyPilot signals each job (run-batch
-        uploads its complete lines) before it tears the cluster down.
+        """Cancel the sweep's active jobs by id, gracefully: SkyPilot SIGTERMs each job's
+        process group (run-batch uploads its complete lines) before it tears the cluster down
+        (see docs/reliability.md for what a cancel loses).
 
-        Never by name: with several jobs of one name SkyPilot cancels none and still exits 0.
+        Never by name: with several jobs of one name SkyPilot cancels none. The SDK's cancel
+        returns nothing, so the queue is read again: only jobs now CANCELLING or CANCELLED are
+        reported, and a cancel that cancelled none of its jobs raises.
         """
         name = job_name(sweep)
         records = self._queue()
         if records is None:
             raise KilnError(f"cannot list the jobs named {name}, so nothing was cancelled: "
                             f"{self.warning}")
-        ids = sorted({
-            int(rec["job_id"]) for rec in records
-            if rec.get("job_name") == name and rec.get("job_id") is not None
-            and is_active(_sky_state(str(rec.get("status") or "")))
-        })
+        ids = _active_ids(records, name)
         if not ids:
             return []
-        argv = ["sky", "jobs", "cancel", "--yes", "--graceful", *map(str, ids)]
-        proc = self._call(argv, stream=False, timeout=_CANCEL_TIMEOUT_S, what="cancel")
-        sys.stderr.write(proc.stdout or "")
-        if proc.returncode != 0:
-            raise KilnError(f"sky jobs cancel failed (exit {proc.returncode}): "
-                            f"{last_line(_ANSI_RE.sub('', proc.stdout or ''))}")
-        return [str(i) for i in ids]
+        sky = import_sky()
+        try:
+            sky.get(sky.jobs.cancel(job_ids=ids, graceful=True))
+        except Exception as e:  # SkyPilot raises its own errors (no controller, ...)
+            raise KilnError(f"sky.jobs.cancel failed for jobs {ids} of {name}: "
+                            f"{_one_line(e)}") from e
+        # SkyPilot marks a running job CANCELLING only when its controller reads the signal.
+        deadline = time.monotonic() + self.cancel_wait_s
+        while True:
+            after = self._queue()
+            if after is None:
+                raise KilnError(f"asked SkyPilot to cancel jobs {ids} of {name} but cannot "
+                                f"list them to check: {self.warning}")
+            status = {int(r["job_id"]): str(r.get("status") or "").upper() for r in after
+                      if r.get("job_name") == name and r.get("job_id") is not None}
+            done = [i for i in ids if status.get(i) in ("CANCELLING", "CANCELLED")]
+            waiting = [i for i in ids if i not in done and is_active(_sky_state(status.get(i, "")))]
+            if not waiting or time.monotonic() >= deadline:
+                break
+            time.sleep(self.cancel_poll_s)
+        if not done:
+            raise KilnError(
+                f"SkyPilot cancelled none of jobs {ids} of {name}: they are now "
+                + ", ".join(f"{i} {status.get(i, 'missing')}" for i in ids)
+                + "; see `sky jobs queue`")
+        return [str(i) for i in done]
 
     # ------------------------------------------------------------------ plumbing
 
     def _queue(self) -> list[dict[str, Any]] | None:
-        """The queue records, or None (with ``self.warning`` set) when SkyPilot can't be asked."""
-        argv = self.queue_argv()
+        """This user's queue records (dicts, ``status`` as a name) from ``sky.jobs.queue_v2``,
+        or None (with ``self.warning`` set) when SkyPilot can't be asked."""
         try:
-            proc = self._call(argv, stream=False, timeout=_QUEUE_TIMEOUT_S, what="list")
+            sky = import_sky()
+            from sky.jobs import constants
+
+            fields = [*constants.DEFAULT_MANAGED_JOB_FIELDS, *EXTRA_QUEUE_FIELDS]
+            result = sky.get(sky.jobs.queue_v2(refresh=False, skip_finished=False,
+                                               fields=fields))
         except KilnError as e:
             self.warning = f"SkyPilot job states unavailable: {e}"
             return None
-        if proc.returncode != 0:
-            text = _ANSI_RE.sub("", (proc.stderr or "") + (proc.stdout or ""))
-            self.warning = (f"SkyPilot job states unavailable (`{quote_argv(argv)}` exit "
-                            f"{proc.returncode}): {last_line(text) or 'no output'}")
+        except Exception as e:  # no API server, no controller, ...: SkyPilot's own errors
+            self.warning = f"SkyPilot job states unavailable: {_one_line(e)}"
             return None
-        try:
-            return parse_queue_json(proc.stdout or "")
-        except ValueError as e:
-            self.warning = f"SkyPilot job states unavailable: {e}"
-            return None
+        records = result[0] if isinstance(result, tuple) else result
+        return [record_dict(r) for r in records or []]
+
+
+def _active_ids(records: list[dict[str, Any]], name: str) -> list[int]:
+    """Ids of the active jobs named ``name``."""
+    return sorted({
+        int(rec["job_id"]) for rec in records
+        if rec.get("job_name") == name and rec.get("job_id") is not None
+        and is_active(_sky_state(str(rec.get("status") or "")))
+    })
 
 
 def submit_managed_jobs(task: Any, name: str, num_jobs: int) -> list[int]:
