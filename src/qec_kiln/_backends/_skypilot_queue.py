@@ -130,8 +130,7 @@ def explain_failure(reason: str, job_id: int) -> str:
     in `sky jobs logs 7`)'
     """
     found = re.search(r"exit codes? \[?(\d+)", reason)
-    meaning = _EXIT_MEANINGS.get(int(found.group(1))) if found else None
-    if not meaning:
+    if found is None or not (meaning := _EXIT_MEANINGS.get(int(found.group(1)))):
         return reason
     return f"{reason} (exit {found.group(1)}: {meaning}; its error: line is in `sky jobs logs {job_id}`)"
 
