@@ -89,11 +89,11 @@ class Node:
 
     def __init__(self, task: Any, rank: int, num_jobs: int, sandbox: Path, *,
                  job_id: int | None = None, extra_env: dict[str, str] | None = None,
-                 cache: NodeCache | None = None) -> None:
+                 cache: NodeCache | None = None, home: Path | None = None) -> None:
         self.cfg, self.secrets = task_config(task)
         self.rank, self.num_jobs = rank, num_jobs
         self.sandbox = Path(sandbox).resolve()
-        self.home = self.sandbox / "home"
+        self.home = Path(home) if home is not None else self.sandbox / "home"
         self.job_id = job_id if job_id is not None else rank + 1
         self.extra_env = dict(extra_env or {})
         self.cache = cache
@@ -284,3 +284,32 @@ def run_ranks(task: Any, num_jobs: int, root: Path, *, cache: NodeCache | None =
         if node.result.setup_rc == 0:
             node.start()
     return [node.wait(timeout) if node.proc else node.result for node in nodes]
+
+
+class PoolWorker:
+    """One worker of a SkyPilot pool: the pool task's file mounts and ``setup`` run once, at
+    :meth:`setup`; then :meth:`run_job` runs pool jobs on it one after another, each with only
+    its own ``envs``/``secrets`` and ``run`` in the worker's HOME (SkyPilot ignores a pool job's
+    setup and file mounts). ``setups`` counts the setups that ran."""
+
+    def __init__(self, pool_task: Any, sandbox: Path) -> None:
+        self.node = Node(pool_task, 0, 1, Path(sandbox) / "worker")
+        self.sandbox = Path(sandbox)
+        self.setups = 0
+        self.jobs: list[NodeRun] = []
+
+    def setup(self, timeout: float = 600) -> int:
+        self.setups += 1
+        return self.node.setup(timeout)
+
+    def run_job(self, job_task: Any, rank: int, num_jobs: int, timeout: float = 600) -> NodeRun:
+        cfg, _ = task_config(job_task)
+        assert not cfg.get("setup") and not cfg.get("file_mounts"), "ignored by pools"
+        assert self.node.result.setup_rc == 0, "the worker's setup failed or did not run"
+        job = Node(job_task, rank, num_jobs, self.sandbox / f"job{len(self.jobs)}",
+                   job_id=100 + len(self.jobs), home=self.node.home)
+        job.mount()  # the job's TMPDIR; it has no file mounts
+        job.result.setup_rc = 0
+        job.start()
+        self.jobs.append(job.wait(timeout))
+        return self.jobs[-1]

@@ -98,10 +98,11 @@ def test_slurm_array_is_throttled_to_k_workers(kiln_isolated):
     assert "#SBATCH --array=0-1\n" in b.render(no_k).script
 
 
-def test_a_backend_without_a_queue_refuses_workers():
+def test_skypilot_workers_are_a_pool_with_a_warm_start_up():
     sky = get_backend("skypilot")
-    with pytest.raises(KilnError, match="pools are not supported yet"):
-        sky.batch_slots(sky.options({"workers": 4}), 8)
+    assert sky.batch_slots(sky.options({"workers": 4}), 8) == 4
+    assert sky.batch_startup_seconds(sky.options({"workers": 4})) < 60
+    assert sky.batch_startup_seconds(sky.options()) == sky.startup_seconds
 
 
 def test_default_batch_count_comes_from_start_up_and_workers():

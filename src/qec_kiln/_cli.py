@@ -160,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", help="default: every sweep in the bucket")
     p.add_argument("--backend", help="default: the one the sweep was launched with")
 
+    p = sub.add_parser("pool", help="SkyPilot pools of warm workers (--backend skypilot "
+                       "--workers K): show them, or take them down (idle workers bill)")
+    p.add_argument("action", choices=("status", "down"))
+    p.add_argument("name", nargs="?", help="the pool (default: every kiln-pool-* pool)")
+    p.add_argument("--pool", dest="pool_opt", metavar="NAME", help="the same as NAME")
+
     p = sub.add_parser("clean", help="remove old local state (job records, work folders) under "
                        "$QEC_KILN_HOME, default ~/.cache/qec-kiln; buckets are not touched")
     p.add_argument("--older-than", type=float, default=7.0, metavar="DAYS",

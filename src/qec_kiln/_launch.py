@@ -285,7 +285,7 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
     digest = inputs_digest(entries, spec.decoders, spec.max_shots, spec.max_errors,
                            spec.custom_decoders_module_function, spec.sinter_args)
     name = check_sweep_name(spec.name) if spec.name else default_sweep_name(spec.circuits, digest)
-    startup = backend.startup_seconds
+    startup = backend.batch_startup_seconds(options)
     try:
         existing = load_manifest(bucket, name) if bucket.exists(manifest_key(name)) else None
     except ObjectNotFound:
@@ -416,7 +416,16 @@ def make_request(bucket: Bucket, prepared: PlanResult, batch_ids: list[str],
         kiln_version=__version__,
         decoders=tuple(prepared.manifest.decoders),
         custom_decoders_module_function=prepared.manifest.custom_decoders_module_function,
+        node_hour_price=_node_hour_price(prepared),
     )
+
+
+def _node_hour_price(prepared: PlanResult) -> float | None:
+    """The price of one node-hour implied by the estimated cost (None without prices)."""
+    hours = sum(prepared.wall_seconds(b.predicted_seconds) for b in prepared.batches) / 3600
+    if prepared.estimated_cost is None or hours <= 0:
+        return None
+    return prepared.estimated_cost / hours
 
 
 __all__ = [

@@ -79,6 +79,7 @@ class LaunchRequest:
     kiln_version: str = ""
     decoders: tuple[str, ...] = ()  # the sweep's decoders (a remote node installs their packages)
     custom_decoders_module_function: str | None = None
+    node_hour_price: float | None = None  # from --price-per-cpu/gpu-hour (idle cost of a pool)
 
     def run_batch_argv(self, index_expr: str | None = None, batch_id: str | None = None) -> list[str]:
         """The argv of the node command; ``index_expr`` is a shell word like ``"$SLURM_ARRAY_TASK_ID"``.
@@ -204,6 +205,11 @@ class Backend(abc.ABC):
 
     # ------------------------------------------------------------------ planning
 
+    def batch_startup_seconds(self, options: BackendOptions) -> float:
+        """Seconds a batch's job takes to start with ``options`` (``startup_seconds`` unless
+        the options change it, e.g. warm pool workers)."""
+        return self.startup_seconds
+
     def node_processes(self, options: BackendOptions, num_batches: int) -> int:
         """sinter processes each of ``num_batches`` batches will have (for predicted wall hours)."""
         if options.processes:
@@ -243,7 +249,8 @@ class Backend(abc.ABC):
         if k is None or wall <= 0:
             return max(1, min(n_tasks * 4, math.floor(wall / (4 * self.startup_seconds)) or 1))
         return choose_batch_count(wall, n_tasks=max(1, n_tasks), workers=k,
-                                  startup_seconds=self.startup_seconds).batches
+                                  startup_seconds=self.batch_startup_seconds(options),
+                                  first_startup_seconds=self.startup_seconds).batches
 
     def max_processes(self, options: BackendOptions) -> int | None:
         """The most sinter processes per batch that make sense here (None: no limit known)."""

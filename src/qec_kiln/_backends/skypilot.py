@@ -47,6 +47,7 @@ from typing import Any
 import yaml
 
 from qec_kiln._atomic import atomic_write
+from qec_kiln._backends import _skypilot_pool as pools
 from qec_kiln._backends._base import (
     BackendOptions,
     JobState,
@@ -163,6 +164,8 @@ class Rendered:
     file_mounts: dict[str, str]  # node path -> local path, as SkyPilot receives them
     install: str  # what the nodes install, and from where
     identity: str  # which identity the nodes use for the bucket
+    pool: pools.PoolRendered | None = None  # --workers K: the pool; task_config is its job
+    pool_argv: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +178,8 @@ class SkyPilotOptions(BackendOptions):
     yaml_path: str | None = None  # task YAML to fill in (default configs/sinter_job*.yaml)
     kiln_pip_spec: str | None = None  # a published qec-kiln for the nodes instead of our wheel
     image: str | None = None  # docker:REF holding qec-kiln; drops setup
+    pool: str | None = None  # with --workers: this pool's name instead of kiln-pool-<hash>
+    keep_pool: bool = False  # status does not ask to take the pool down when the sweep is done
 
 
 class SkyPilotBackend(RemoteBackend):
@@ -198,6 +203,7 @@ class SkyPilotBackend(RemoteBackend):
         return opts
     startup_seconds = 360.0
     default_processes = 16
+    queue_workers = True  # --workers K: a SkyPilot pool of K warm workers (_skypilot_pool)
     default_runner = staticmethod(_default_runner)
     cancel_wait_s = 60.0  # how long cancel waits for SkyPilot to mark its jobs CANCELLING
     cancel_poll_s = 2.0
@@ -213,6 +219,12 @@ class SkyPilotBackend(RemoteBackend):
                        "instead of a wheel of this machine's qec-kiln")
         g.add_argument("--image", metavar="docker:REF",
                        help="container image with qec-kiln (docker/README.md); drops setup")
+        g.add_argument("--pool", metavar="NAME",
+                       help="with --workers: use (or create) this SkyPilot pool instead of the "
+                       "one named after the install, kiln-pool-<hash>")
+        g.add_argument("--keep-pool", action="store_true",
+                       help="with --workers: keep the pool when the sweep is done (idle workers "
+                       "bill; status then does not ask you to take it down)")
 
     @classmethod
     def options_from_args(cls, args: argparse.Namespace) -> BackendOptions:
@@ -220,7 +232,13 @@ class SkyPilotBackend(RemoteBackend):
                                          use_spot=not getattr(args, "no_spot", False),
                                          yaml_path=getattr(args, "yaml", None),
                                          kiln_pip_spec=getattr(args, "kiln_pip_spec", None),
-                                         image=getattr(args, "image", None))
+                                         image=getattr(args, "image", None),
+                                         pool=getattr(args, "pool", None),
+                                         keep_pool=getattr(args, "keep_pool", False))
+
+    def batch_startup_seconds(self, options: BackendOptions) -> float:
+        """A warm pool worker starts a batch in seconds; a managed job waits for a new VM."""
+        return pools.WARM_STARTUP_SECONDS if options.workers else self.startup_seconds
 
     def bucket_problem(self, bucket_url: str) -> str | None:
         """Cloud nodes cannot see this machine's folders."""
@@ -292,19 +310,32 @@ class SkyPilotBackend(RemoteBackend):
         if secret_names:
             task_cfg["secrets"] = dict.fromkeys(secret_names)
 
+        pool = pool_argv = None
+        if opts.workers:
+            pool = pools.render_pool(self, opts, request, task_cfg, notes)
+            task_cfg = pool.job_config
+            env_overrides = [(k, v) for k, v in env_overrides if k not in pools.INSTALL_ENVS]
+        if opts.pool and not opts.workers:
+            raise KilnError(f"--pool {opts.pool}: give --workers K too (a pool's workers take "
+                            "the batches in turn)")
         yaml_text = rendered_by(version, source, "; see that file for comments") + _dump_yaml(task_cfg)
         yaml_path = state_dir(request.sweep) / "job.yaml"
         argv = ["sky", "jobs", "launch", "--yes", "--detach-run", "--name", name,
                 "--num-jobs", str(len(request.batch_ids))]
+        if pool:
+            argv[5:5] = ["--pool", pool.name]
+            pool_argv = ["sky", "jobs", "pool", "apply", "--yes", "--pool", pool.name,
+                         str(yaml_path.parent / "pool.yaml")]
         for key, value in env_overrides:
             argv += ["--env", f"{key}={value}"]
         for key in secret_names:
             argv += ["--secret", key]
         argv.append(str(yaml_path))
         _refuse_secret_values(source, yaml_text, argv)
+        mounts = pool.pool_config.get("file_mounts") if pool else task_cfg.get("file_mounts")
         return Rendered(yaml_text, env_overrides, argv, source, yaml_path, name, secret_names,
-                        notes, task_cfg, dict(task_cfg.get("file_mounts") or {}),
-                        install.summary, identity)
+                        notes, task_cfg, dict(mounts or {}), install.summary, identity,
+                        pool, pool_argv or [])
 
     def sky_task(self, r: Rendered) -> Any:
         """The ``sky.Task`` handed to ``sky.jobs.launch``: the rendered task plus secret values
@@ -321,10 +352,16 @@ class SkyPilotBackend(RemoteBackend):
     def describe_json(self, request: LaunchRequest) -> dict[str, Any]:
         """The dry run's ``backend`` section: the exact task and its file mounts."""
         r = self._render(request)
-        return {"task_yaml": _dump_yaml(r.task_config), "file_mounts": r.file_mounts,
-                "job_name": r.job_name, "num_jobs": len(request.batch_ids),
-                "node_install": r.install, "node_identity": r.identity,
-                "secrets": r.secret_names}
+        out = {"task_yaml": _dump_yaml(r.task_config), "file_mounts": r.file_mounts,
+               "job_name": r.job_name, "num_jobs": len(request.batch_ids),
+               "node_install": r.install, "node_identity": r.identity,
+               "secrets": r.secret_names}
+        if r.pool:
+            out.update(pool=r.pool.name, workers=r.pool.workers,
+                       pool_yaml=pools.pool_yaml(r.pool),
+                       pool_idle=pools.idle_cost_line(r.pool.name, r.pool.workers,
+                                                      request.node_hour_price)[2:])
+        return out
 
     @staticmethod
     def _apply_options(
@@ -417,7 +454,9 @@ class SkyPilotBackend(RemoteBackend):
 
     def describe(self, request: LaunchRequest) -> str:
         r = self._render(request)
-        lines = [
+        lines = pools.describe_lines(r.pool, r.pool_argv, request.node_hour_price) if r.pool \
+            else []
+        lines += [
             f"# SkyPilot task YAML from {r.source}, validated offline with SkyPilot's schema;",
             f"# launch writes it to {r.yaml_path}",
             r.yaml_text.rstrip("\n"),
@@ -439,7 +478,8 @@ class SkyPilotBackend(RemoteBackend):
             "with SKYPILOT_JOB_RANK=k runs batch k:",
             "#   " + " ".join(f"{k}={b}" for k, b in enumerate(request.batch_ids)),
             f"# launch calls sky.jobs.launch(task, name={r.job_name!r}, "
-            f"num_jobs={len(request.batch_ids)}); the same from a shell:",
+            + (f"pool={r.pool.name!r}, " if r.pool else "")
+            + f"num_jobs={len(request.batch_ids)}); the same from a shell:",
             quote_argv(r.launch_argv),
         ]
         return "\n".join(lines) + "\n"
@@ -449,10 +489,16 @@ class SkyPilotBackend(RemoteBackend):
         atomic_write(r.yaml_path, r.yaml_text)
         task = self.sky_task(r)
         started = time.time()
-        ids = submit_managed_jobs(task, r.job_name, len(request.batch_ids))
+        opts = self.options(request.options)
+        pool_note = ""
+        if r.pool:
+            pool_note = "; " + pools.launch_pool(r.pool, r.yaml_path.parent / "pool.yaml",
+                                                 request.node_hour_price, opts.keep_pool)
+        ids = submit_managed_jobs(task, r.job_name, len(request.batch_ids),
+                                  pool=r.pool.name if r.pool else None)
         job_ids: dict[str, str] = {}
         message = (f"submitted {len(request.batch_ids)} SkyPilot managed job(s) named "
-                   f"{r.job_name}; {r.install}; bucket identity: {r.identity}")
+                   f"{r.job_name}{pool_note}; {r.install}; bucket identity: {r.identity}")
         if len(ids) == len(request.batch_ids):
             # SkyPilot ranks the jobs of one request by sorted job id (job_id_to_rank).
             job_ids = {b: str(i) for b, i in zip(request.batch_ids, sorted(ids), strict=True)}
@@ -469,6 +515,8 @@ class SkyPilotBackend(RemoteBackend):
                 "batches": list(request.batch_ids),
                 "job_ids": sorted(ids),
                 "launched_at": started,
+                **({"pool": r.pool.name, "workers": r.pool.workers,
+                    "keep_pool": opts.keep_pool} if r.pool else {}),
             },
         )
         return Submission(job_ids=job_ids, commands=[list(r.launch_argv)], message=message)
@@ -480,7 +528,7 @@ class SkyPilotBackend(RemoteBackend):
         Returns ``{}`` with the reason in ``self.warning`` when SkyPilot cannot be asked (not
         installed, no API server, no controller): status then shows fragment progress only.
         """
-        self.warning = ""
+        self.warning = self.idle = ""
         records = self._queue()
         if records is None:
             return {}
@@ -488,12 +536,16 @@ class SkyPilotBackend(RemoteBackend):
         launches = read_launch_records(state_dir(sweep) / "launches.json")
         launches = [x for x in launches if x.get("bucket") in (None, bucket_url)]
         states, unknown = map_queue_to_batches(records, name, launches)
+        self.idle = pools.idle_warning(records, launches, any(s.active for s in states.values()))
         if unknown:
             self.warning = (
                 f"{len(unknown)} SkyPilot job(s) named {name} ({', '.join(map(str, unknown))}) "
                 "are not in this machine's launch record; their batches are unknown here"
             )
         return states
+
+    def warnings(self) -> list[str]:
+        return [w for w in (self.warning, getattr(self, "idle", "")) if w]
 
     def cancel(self, bucket_url: str, sweep: str) -> list[str]:
         """Cancel the sweep's active jobs by id, gracefully: SkyPilot SIGTERMs each job's
@@ -570,12 +622,15 @@ def _active_ids(records: list[dict[str, Any]], name: str) -> list[int]:
     })
 
 
-def submit_managed_jobs(task: Any, name: str, num_jobs: int) -> list[int]:
-    """``sky.jobs.launch(task, name=, num_jobs=)`` and its job ids: the one call that submits."""
+def submit_managed_jobs(task: Any, name: str, num_jobs: int, pool: str | None = None
+                        ) -> list[int]:
+    """``sky.jobs.launch(task, name=, [pool=,] num_jobs=)`` and its job ids: the one call that
+    submits."""
     import sky
 
     try:
-        request_id = sky.jobs.launch(task, name=name, num_jobs=num_jobs)
+        kw = {"pool": pool} if pool else {}
+        request_id = sky.jobs.launch(task, name=name, num_jobs=num_jobs, **kw)
         result = sky.stream_and_get(request_id)
     except Exception as e:  # SkyPilot raises its own errors (no API server, no credentials, ...)
         raise KilnError(f"sky.jobs.launch failed for {name}: {_one_line(e)}") from e
