@@ -629,7 +629,7 @@ def submit_managed_jobs(task: Any, name: str, num_jobs: int, pool: str | None = 
     import sky
 
     try:
-        kw = {"pool": pool} if pool else {}
+        kw: dict[str, Any] = {"pool": pool} if pool else {}
         request_id = sky.jobs.launch(task, name=name, num_jobs=num_jobs, **kw)
         result = sky.stream_and_get(request_id)
     except Exception as e:  # SkyPilot raises its own errors (no API server, no credentials, ...)
