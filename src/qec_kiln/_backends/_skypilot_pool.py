@@ -219,7 +219,7 @@ def describe_lines(pool: PoolRendered, pool_argv: list[str], node_hour_price: fl
 
 def pool_yaml(pool: PoolRendered) -> str:
     """The pool task as YAML (block scalars for setup), what ``sky jobs pool apply`` reads."""
-    from qec_kiln._backends.skypilot import _dump_yaml
+    from qec_kiln._backends._skypilot_sdk import _dump_yaml
 
     return _dump_yaml(pool.pool_config)
 
