@@ -7,16 +7,21 @@ into 5 batches both ways:
 - naive: the original design's ``--circuits-per-job 6`` in file-name order;
 - kiln: qec-kiln's plan (``--jobs 5 --calibrate``), balanced by predicted cost, with shot shards
   (``--no-calibrate``: from the fitted cost model alone, without the pilot run);
-- queue: B = 4 x 5 = 20 batches for K = 5 workers (``--jobs 20 --workers 5``), whose makespan is
-  the engine's queue: list scheduling (``_queue_plan.list_schedule``) of the measured batch times
-  in the order the backends start them (longest predicted first), plus ``--startup-seconds`` per
-  batch (ideal: the same work and start-ups spread evenly over the 5 workers);
+- queue: B = 4 x 5 = 20 batches for K = 5 workers (``--jobs 20 --workers 5``: rounds of 5 of
+  decreasing size), whose makespan is the engine's queue: list scheduling
+  (``_queue_plan.list_schedule``) of the measured batch times in the order the backends start
+  them (longest predicted first), plus ``--startup-seconds`` more per batch (ideal: the same work
+  and start-ups spread evenly over the 5 workers). A measured batch time already holds its
+  start-up on this machine (run-batch, sinter and its worker process), which is the local
+  backend's, so the default adds nothing more; a remote worker's start-up can be given;
 
 then runs every batch of both plans for real, one after another, each as one ``qec-kiln run-batch
 --processes 1`` (so the timings are comparable on a noisy machine), and prints for each plan the
 measured makespan ÷ ideal (ideal = sum of batch times ÷ 5), and the cost model's prediction error
 per circuit. A batch's time is the CPU time of its processes (run-batch, sinter and its worker),
-which other load on a shared machine barely changes; the wall-clock ratios are printed too. The
+which other load on a shared machine barely changes; the wall-clock ratios are printed too. Each
+ratio's ideal is its own plan's measured CPU ÷ 5 (the queue's 20 batches cost more start-ups than
+kiln's 5: the line before the last divides every makespan by one common ideal, kiln's). The
 last line is ``balance: kiln=<r1> naive=<r2> queue=<r3>`` (CPU time).
 
 Usage::
@@ -104,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=5)
     parser.add_argument("--batches-per-worker", type=int, default=4,
                         help="the queue plan's B / K (default 4)")
-    parser.add_argument("--startup-seconds", type=float, default=2.0,
-                        help="start-up per batch in the queue plan (default: the local backend's)")
+    parser.add_argument("--startup-seconds", type=float, default=0.0,
+                        help="start-up per batch in the queue plan on top of the measured one "
+                             "(default 0: each measured batch time holds its process start-up)")
     parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                         help="plan from the fitted cost model only (no pilot run)")
     args = parser.parse_args(argv)
@@ -136,9 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         queue_times, queue_wall, _ = run_plan("queue", queue, tmp / "queue-bucket")
         s_up = args.startup_seconds
 
-        def queue_ratio(times: list[float]) -> float:
-            ideal = (sum(times) + len(times) * s_up) / args.jobs
-            return list_schedule(times, args.jobs, s_up) / ideal
+        def queue_ratio(times: list[float], startup: float = s_up) -> float:
+            ideal = (sum(times) + len(times) * startup) / args.jobs
+            return list_schedule(times, args.jobs, startup) / ideal
 
         # Prediction error per circuit: sinter's measured seconds vs the model's prediction.
         measured = {s.strong_id: s for s in sinter.read_stats_from_csv_files(
@@ -163,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
               f" s; on {args.jobs} workers: makespan "
               f"{list_schedule(queue_times, args.jobs, s_up):.1f} s (kiln's 5 batches, one per "
               f"worker: {max(kiln_times) + s_up:.1f} s)")
+        common = sum(kiln_times) / args.jobs
+        print(f"makespan / kiln's ideal ({common:.1f} s CPU per worker): "
+              f"kiln={max(kiln_times) / common:.3f} naive={max(naive_times) / common:.3f} "
+              f"queue={list_schedule(queue_times, args.jobs, s_up) / common:.3f}; queue with "
+              f"+2 s per batch (the local planning constant) on its own ideal: "
+              f"{queue_ratio(queue_times, s_up + 2):.3f}")
         print(f"wall-clock balance: kiln={ratio(kiln_wall):.3f} naive={ratio(naive_wall):.3f} "
               f"queue={queue_ratio(queue_wall):.3f}")
         print(f"balance: kiln={ratio(kiln_times):.3f} naive={ratio(naive_times):.3f} "

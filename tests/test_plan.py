@@ -200,3 +200,88 @@ def test_cli_refuses_target_hours_below_the_start_up(small_circuits, kiln):
     assert len(lines) == 1 and lines[0].startswith("error: --target-hours 0.0001"), r.stderr
     assert "start-up" in lines[0]
     assert time.perf_counter() - t0 < 60
+
+
+# --- Plans for a queue of K workers: rounds of decreasing size -------------------------------
+
+def test_round_weights_fall_by_round_and_average_one():
+    from qec_kiln._plan import round_weights
+
+    for b, k in ((20, 5), (8, 2), (7, 3), (768, 64), (6, 5)):
+        w = round_weights(b, k)
+        assert len(w) == b and abs(sum(w) / b - 1) < 1e-9
+        rounds = [w[i:i + k] for i in range(0, b, k)]
+        assert all(len(set(r)) == 1 for r in rounds)  # a round's batches are equal
+        assert all(a[0] > c[0] for a, c in zip(rounds[:-1], rounds[1:], strict=True))  # then shrink
+    assert round_weights(20, 5)[-1] == pytest.approx(0.25)
+    assert round_weights(5, 5) == [1.0] * 5 and round_weights(20, 1) == [1.0] * 20
+
+
+@pytest.mark.parametrize("jobs,workers", [(20, 5), (45, 7), (8, 2)])
+def test_queue_plans_keep_exact_shards_and_end_on_short_batches(jobs, workers):
+    tasks = spread_tasks()
+    total = sum(t.predicted_seconds(10**6, 1000) for t in tasks)
+    floor = 0.2 * total / jobs
+    plan = make_plan(tasks, max_shots=10**6, max_errors=1000, jobs=jobs, workers=workers,
+                     min_shard_seconds=floor)
+    check_targets(plan, tasks, 10**6, 1000)
+    assert plan.workers == workers and "workers=" in plan.strategy
+    assert len({b.id for b in plan.batches}) == len(plan.batches) and all(b.shards for b in
+                                                                          plan.batches)
+    for b in plan.batches:
+        ids = [s.strong_id for s in b.shards]
+        assert len(ids) == len(set(ids))
+        assert all(s.count == 1 or s.predicted_seconds >= floor * 0.999 for s in b.shards)
+    sizes = [b.predicted_seconds for b in plan.batches]  # b000 first: the queue's order
+    assert sizes == sorted(sizes, reverse=True)
+    first, last = sizes[:workers], sizes[-workers:]
+    assert sum(last) < 0.5 * sum(first)
+    # The queue's predicted makespan is balanced: every worker ends about together.
+    assert plan.balance_ratio < 1.05
+
+
+def test_workers_change_nothing_for_one_job_per_batch_or_one_worker():
+    tasks = spread_tasks()
+
+    def plan(**kw):
+        p = make_plan(tasks, max_shots=10**6, max_errors=1000, **kw)
+        return [b.to_json() for b in p.batches], p.workers
+
+    assert plan(jobs=5, workers=5) == plan(jobs=5) == plan(jobs=5, workers=8)
+    assert plan(jobs=20, workers=1) == plan(jobs=20)
+    assert plan(jobs=20)[1] is None
+
+
+def test_queue_plan_evens_out_a_mispredicting_model():
+    """Measured-like times (each task off by a seeded factor, one start-up per batch) on K
+    workers: batches of decreasing size end sooner than equal ones, the same work and start-ups."""
+
+    from qec_kiln._queue_plan import list_schedule
+
+    tasks = spread_tasks(60, seed=3)
+    k, jobs, startup = 5, 20, 0.1
+    equal = make_plan(tasks, max_shots=10**6, max_errors=1000, jobs=jobs)
+    queue = make_plan(tasks, max_shots=10**6, max_errors=1000, jobs=jobs, workers=k)
+    ratios = {"equal": [], "queue": []}
+    for seed in range(20):
+        rng = random.Random(seed)
+        error = {t.strong_id: math.exp(rng.gauss(0, 0.5)) for t in tasks}
+        for name, p in (("equal", equal), ("queue", queue)):
+            times = [startup + sum(s.predicted_seconds * error[s.strong_id] for s in b.shards)
+                     for b in p.batches]
+            ratios[name].append(list_schedule(times, k) / (sum(times) / k))
+    mean = {name: sum(r) / len(r) for name, r in ratios.items()}
+    assert mean["queue"] < mean["equal"] - 0.02, mean
+
+
+def test_a_queue_plan_keeps_its_workers_in_the_manifest(small_circuits, tmp_path):
+    import qec_kiln
+
+    p = qec_kiln.plan(small_circuits, max_shots=20_000, max_errors=20, jobs=8,
+                      bucket=tmp_path / "bucket", backend_options={"workers": 2, "processes": 1})
+    m = p.manifest
+    assert m.plan.workers == 2 and len(m.batches) > 2
+    from qec_kiln._manifest import Manifest
+
+    again = Manifest.from_json(m.to_json())
+    assert again.plan.workers == 2 and again.plan.balance_ratio == m.plan.balance_ratio

@@ -37,18 +37,23 @@ __all__ = ["improve", "lpt"]
 _SCAN = 8
 
 
-def lpt(sizes: Sequence[float], groups: Sequence[Hashable], n: int) -> list[list[int]]:
+def lpt(sizes: Sequence[float], groups: Sequence[Hashable], n: int,
+        base: Sequence[float] | None = None) -> list[list[int]]:
     """Items (indices) in ``n`` bins, largest first, each to the least loaded bin without its group.
 
     Ties go to the lower index (item and bin). Every group must have at most ``n`` items.
+    ``base``: a load each bin starts with (a bin with more holds less: bins of unequal sizes).
 
     Example:
         >>> lpt([1.0, 1.0, 1.0], ["a", "a", "b"], 2)
         [[0, 2], [1]]
+        >>> lpt([2.0, 1.0, 1.0], ["a", "b", "c"], 2, base=[0.0, 1.5])  # bin 1 holds 1.5 less
+        [[0, 2], [1]]
     """
     bins: list[list[int]] = [[] for _ in range(n)]
     where: dict[Hashable, set[int]] = {}  # group -> bins holding one of its items
-    heap = [(0.0, b) for b in range(n)]  # sorted, so already a heap
+    heap = [(0.0 if base is None else float(base[b]), b) for b in range(n)]
+    heapq.heapify(heap)
     for item in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
         taken = where.setdefault(groups[item], set())
         skipped = []
@@ -118,13 +123,15 @@ def improve(
     *,
     rounds: int = 200,
     width: int = 8,
+    base: Sequence[float] | None = None,
 ) -> int:
     """Lower the most loaded bin by moves and swaps, in place; returns how many were made.
 
     Each round takes the most loaded bin ``hi`` and, for each of the ``width`` least loaded bins
     ``j`` (gap ``g`` between them), the move of one item of size ``d`` (or swap of items whose
     sizes differ by ``d``) with ``0 < d < g`` closest to ``g / 2``, keeping at most one item of a
-    group per bin; it makes the best of these if it lowers ``hi``, else stops.
+    group per bin; it makes the best of these if it lowers ``hi``, else stops. A bin's load counts
+    its ``base`` (as in :func:`lpt`).
 
     Example:
         >>> bins = [[0, 1], [2]]
@@ -139,7 +146,8 @@ def improve(
     n = len(bins)
     if n < 2:
         return 0
-    loads = _Loads([sum(sizes[i] for i in b) for b in bins])
+    loads = _Loads([(0.0 if base is None else float(base[j])) + sum(sizes[i] for i in b)
+                    for j, b in enumerate(bins)])
     where: dict[Hashable, set[int]] = {}
     for b, items in enumerate(bins):
         for i in items:

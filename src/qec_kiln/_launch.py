@@ -322,7 +322,8 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
     plan = make_plan(costs, max_shots=spec.max_shots, max_errors=spec.max_errors, jobs=jobs,
                      target_seconds=target_seconds, circuits_per_job=spec.circuits_per_job,
                      allow_shards=spec.allow_shards,
-                     min_shard_seconds=startup * backend.node_processes(options, jobs or 1))
+                     min_shard_seconds=startup * backend.node_processes(options, jobs or 1),
+                     workers=backend.requested_workers(options) if backend.queue_workers else None)
     for entry in entries:
         entry.features = features.get(entry.key)
     manifest = Manifest(

@@ -119,6 +119,7 @@ class Manifest:
             "max_errors": self.max_errors,
             "sinter_args": self.sinter_args,
             "strategy": self.plan.strategy,
+            "workers": self.plan.workers,
             "circuits": [dataclasses.asdict(c) for c in self.circuits],
             "tasks": self.tasks,
             "batches": [b.to_json() for b in self.plan.batches],
@@ -143,6 +144,7 @@ class Manifest:
                 max_shots=d["max_shots"],
                 max_errors=d["max_errors"],
                 strategy=d.get("strategy", ""),
+                workers=d.get("workers"),
             )
             return Manifest(
                 sweep=d["sweep"],

@@ -85,6 +85,8 @@ class Plan:
     max_shots: int
     max_errors: int
     strategy: str = ""
+    #: K when planned for a queue of K workers (batches of decreasing size), else None.
+    workers: int | None = None
 
     @property
     def total_predicted_seconds(self) -> float:
@@ -96,9 +98,16 @@ class Plan:
 
     @property
     def balance_ratio(self) -> float:
-        """Predicted makespan ÷ ideal (total ÷ number of batches); 1.0 is perfect."""
+        """Predicted makespan ÷ ideal (total ÷ number of batches); 1.0 is perfect. Planned for a
+        queue of K workers: the queue's predicted makespan (batches longest first, each to the
+        worker free first) ÷ (total ÷ K)."""
         if not self.batches or self.total_predicted_seconds <= 0:
             return 1.0
+        if self.workers and len(self.batches) > self.workers:
+            from qec_kiln._queue_plan import list_schedule
+
+            times = sorted((b.predicted_seconds for b in self.batches), reverse=True)
+            return list_schedule(times, self.workers) / (self.total_predicted_seconds / self.workers)
         return self.makespan_seconds / (self.total_predicted_seconds / len(self.batches))
 
     def batch(self, batch_id: str) -> Batch:
@@ -176,6 +185,7 @@ def make_plan(
     circuits_per_job: int | None = None,
     allow_shards: bool = True,
     min_shard_seconds: float = 0.0,
+    workers: int | None = None,
 ) -> Plan:
     """Balance ``tasks`` into batches by predicted cost.
 
@@ -187,6 +197,12 @@ def make_plan(
     so a plan may have fewer batches than asked for. Near-linear in tasks and batches (see
     :mod:`qec_kiln._balance`); more than :data:`MAX_BATCHES` batches, or a ``target_seconds`` that
     needs more batches than the tasks can be split into, is refused with one line.
+
+    ``workers`` (K, with ``jobs`` or ``circuits_per_job`` asking for more than K batches): the
+    batches run on K workers through the engine's queue, longest first, so they are planned in
+    rounds of K of decreasing size (:func:`round_weights`): each worker's last batch is short, and a
+    mispredicted batch is evened out by the short ones after it (unless the tasks are too few to
+    fill that many batches: then equal ones). Otherwise batches are of equal predicted size.
     """
     if not tasks:
         raise KilnError("nothing to plan: no circuits were found")
@@ -200,7 +216,7 @@ def make_plan(
         n = math.ceil(n_tasks / circuits_per_job)
         # --circuits-per-job keeps its meaning (how many batches) but is balanced by cost.
         return _partition(tasks, max_shots, max_errors, n, allow_shards, min_shard_seconds,
-                          strategy=f"circuits-per-job={circuits_per_job}")
+                          strategy=f"circuits-per-job={circuits_per_job}", workers=workers)
     if target_seconds is not None:
         return _plan_for_target(tasks, max_shots, max_errors, target_seconds, allow_shards,
                                 min_shard_seconds)
@@ -211,7 +227,7 @@ def make_plan(
     if jobs > MAX_BATCHES:
         raise KilnError(f"--jobs {jobs:,} is more than the {MAX_BATCHES:,} batches a plan may have")
     return _partition(tasks, max_shots, max_errors, jobs, allow_shards, min_shard_seconds,
-                      strategy=f"jobs={jobs}")
+                      strategy=f"jobs={jobs}", workers=workers)
 
 
 def _max_shards(cost: float, max_shots: int, max_errors: int, allow_shards: bool,
@@ -275,10 +291,32 @@ def _plan_for_target(
     return best
 
 
+def round_weights(batches: int, workers: int) -> list[float]:
+    """Relative sizes (mean 1) of ``batches`` batches run by ``workers`` workers in the queue's
+    order: rounds of K equal batches, falling linearly to the last round's ``f = max(1/4, 1/R)``
+    of the mean (R rounds), so that each worker ends on a short batch. Equal when B <= K.
+
+    Example:
+        >>> round_weights(8, 2)  # 4 rounds: 1.75, 1.25, 0.75, 0.25
+        [1.75, 1.75, 1.25, 1.25, 0.75, 0.75, 0.25, 0.25]
+        >>> round_weights(3, 5)
+        [1.0, 1.0, 1.0]
+    """
+    rounds = math.ceil(batches / workers)
+    if workers < 2 or rounds < 2:
+        return [1.0] * batches
+    f = max(0.25, 1 / rounds)
+    per_round = [(2 - f) - (2 - 2 * f) * r / (rounds - 1) for r in range(rounds)]
+    w = [per_round[i // workers] for i in range(batches)]
+    mean = sum(w) / batches  # a partial last round: renormalize
+    return [x / mean for x in w]
+
+
 def _partition(
     tasks: Sequence[TaskCost], max_shots: int, max_errors: int, n: int, allow_shards: bool,
-    min_shard_seconds: float, strategy: str,
+    min_shard_seconds: float, strategy: str, workers: int | None = None,
 ) -> Plan:
+    queue = workers is not None and workers >= 2 and n > workers
     costs = {t.strong_id: t.predicted_seconds(max_shots, max_errors) for t in tasks}
     share = sum(costs.values()) / n
     shards: list[Shard] = []  # in (circuit, decoder, index) order: ties in balance() go by it
@@ -307,12 +345,24 @@ def _partition(
             )
     sizes = [s.predicted_seconds for s in shards]
     groups = [s.strong_id for s in shards]
-    bins = lpt(sizes, groups, n)
-    improve(bins, sizes, groups)
+    base = None
+    if queue:
+        # Bins of unequal sizes: each starts with the load it should *not* take.
+        w = round_weights(n, workers)
+        base = [(w[0] - x) * share for x in w]
+        strategy += f" workers={workers}"
+    bins = lpt(sizes, groups, n, base)
+    improve(bins, sizes, groups, base=base)
     filled = [[shards[i] for i in sorted(b)] for b in bins if b]  # sorted(b): name order
+    if queue and len(filled) < n:  # too few shards for short last rounds: equal ones if more
+        equal = _partition(tasks, max_shots, max_errors, n, allow_shards, min_shard_seconds,
+                           strategy)
+        if len(equal.batches) > len(filled):
+            return equal
     filled.sort(key=lambda b: (-_load(b), b[0].circuit, b[0].decoder, b[0].index))
     batches = [Batch(id=batch_id(i), shards=b) for i, b in enumerate(filled)]
-    return Plan(batches=batches, max_shots=max_shots, max_errors=max_errors, strategy=strategy)
+    return Plan(batches=batches, max_shots=max_shots, max_errors=max_errors, strategy=strategy,
+                workers=workers if queue else None)
 
 
 def _load(items: list[Shard]) -> float:
