@@ -53,9 +53,9 @@ def _survivors(marker: str) -> list[str]:
 @pytest.fixture
 def slow_sweep(tmp_path):
     """Two circuits that take ~10 s each on one core at 600,000 shots."""
-    circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.001, 0.003))
+    circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.003, 0.005))
     return circuits, ["--max-shots", "600_000", "--max-errors", "1_000_000_000", "--jobs", "2",
-                      "--processes", "1", "--sync-seconds", "1"]
+                      "--workers", "2", "--processes", "1", "--sync-seconds", "1"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
@@ -92,7 +92,7 @@ def test_cancel_without_sweep_stops_every_sweep_and_the_launcher_says_cancelled(
     assert "2 batch(es) cancelled" in err and "failed" not in err, err
     assert proc.returncode == 130
     r = kiln("status", "--bucket", str(bucket), "--json", check=True)
-    assert {b["state"] for b in json.loads(r.stdout)[0]["batches"]} == {"CANCELLED"}
+    assert {b["state"] for b in json.loads(r.stdout)[0]["batches"]} == {"CANCELLED"}, r.stdout
 
 
 def test_progress_lines_without_a_terminal_and_status_reads_local_resume_files(

@@ -148,7 +148,7 @@ def test_local_batches_start_longest_first_on_their_workers_cpus(tmp_path):
     started = sorted(p.batches, key=lambda b: json.loads(
         (state / f"{b.id}.pid").read_text())["started"])
     assert [b.id for b in started] == by_cost
-    log = state / "work" / "q" / by_cost[0] / "run-batch.log"
+    log = state / f"{by_cost[0]}.out"  # run-batch's log (its work folder is gone once done)
     assert f"CPUs {lo.format_cpus(CPUS)}" in log.read_text()
     merged = tmp_path / "m.csv"
     qec_kiln.merge(bucket, merged, sweep="q")

@@ -116,12 +116,15 @@ class _NoBucket:
         return False
 
 
-def _prepare(spec: SweepSpec, *, need_bucket: bool, log: Log) -> tuple[Backend, Any, PlanResult]:
+def _prepare(spec: SweepSpec, *, need_bucket: bool, log: Log, need_launch: bool = False
+             ) -> tuple[Backend, Any, PlanResult]:
     from qec_kiln._errors import StorageError
     from qec_kiln._launch import prepare_sweep
     from qec_kiln._storage import open_bucket
 
     backend = get_backend(spec.backend)
+    if need_launch and (ready := backend.launch_problem()):
+        raise KilnError(ready)  # before anything is planned or uploaded
     problem = backend.bucket_problem(spec.bucket)
     if problem:
         if need_bucket:
@@ -216,7 +219,7 @@ def launch(
                  custom_decoders_module_function=custom_decoders_module_function,
                  sinter_options=sinter_options, price_per_cpu_hour=price_per_cpu_hour,
                  price_per_gpu_hour=price_per_gpu_hour)
-    chosen, store, prepared = _prepare(spec, need_bucket=not dry_run, log=log)
+    chosen, store, prepared = _prepare(spec, need_bucket=not dry_run, log=log, need_launch=True)
     if dry_run:
         request = make_request(store, prepared, [b.id for b in prepared.batches], spec.options)
         description = chosen.describe(request)

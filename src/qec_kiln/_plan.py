@@ -348,6 +348,7 @@ def _partition(
     base = None
     if queue:
         # Bins of unequal sizes: each starts with the load it should *not* take.
+        assert workers is not None
         w = round_weights(n, workers)
         base = [(w[0] - x) * share for x in w]
         strategy += f" workers={workers}"

@@ -276,6 +276,11 @@ class Backend(abc.ABC):
         """Why this backend's batches could not reach ``bucket_url``, or None."""
         return None
 
+    def launch_problem(self) -> str | None:
+        """Why this machine cannot launch (or render) with this backend, e.g. a missing package;
+        asked before anything is planned or uploaded. None when it can."""
+        return None
+
     def warnings(self) -> list[str]:
         """What the last ``job_states`` could not find out (shown by ``status``)."""
         return []

@@ -182,6 +182,14 @@ class SkyPilotBackend(RemoteBackend):
         """A warm pool worker starts a batch in seconds; a managed job waits for a new VM."""
         return pools.WARM_STARTUP_SECONDS if options.workers else self.startup_seconds
 
+    def launch_problem(self) -> str | None:
+        """SkyPilot is an optional extra: without it nothing can be rendered or launched."""
+        try:
+            import_sky()
+        except KilnError as e:
+            return str(e)
+        return None
+
     def bucket_problem(self, bucket_url: str) -> str | None:
         """Cloud nodes cannot see this machine's folders."""
         if bucket_url.startswith(("s3://", "gs://")):
