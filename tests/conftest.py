@@ -16,6 +16,19 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples"))
 
 
+#: Parametrized cases that take seconds (the other cases of their test are fast). Whole slow tests
+#: carry ``@pytest.mark.slow`` themselves; every ``slurm`` test is slow too.
+SLOW_CASES = ("[s3-unreachable-endpoint]", "[s3-no-credentials]", "[s3-wrong-credentials]",
+              "[merge-garbage-fragment]")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``make fast`` (``-m "not slow"``) skips the real cluster and the slow cases above."""
+    for item in items:
+        if item.get_closest_marker("slurm") or item.nodeid.endswith(SLOW_CASES):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def kiln_isolated(tmp_path_factory, monkeypatch):
     """Every test gets its own local state, work and cache folders (never the user's ~/.cache)."""

@@ -121,6 +121,7 @@ def test_the_cli_plan_is_the_api_plan(tmp_path, small_circuits, kiln):
     assert api.estimated_cost is not None and len(api.batches) == 2
 
 
+@pytest.mark.slow
 def test_launch_dry_run_starts_nothing_and_describes_the_jobs(tmp_path, small_circuits):
     bucket = tmp_path / "b"
     r = qec_kiln.launch(small_circuits, bucket=bucket, backend="skypilot", dry_run=True,

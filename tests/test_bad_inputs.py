@@ -562,6 +562,7 @@ HOSTILE_NAME = "d=3,p=0.001,b=X,type=it's \"a\";$(touch pwned) `id` ψ é.stim"
 PLAIN_NAME = "d=5,p=0.001,b=X,type=a b;c & d | e.stim"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store", ["local", "s3"])
 def test_hostile_file_names_work_end_to_end(store, tmp_path, request):
     src = write_surface_circuits(tmp_path / "src", distances=(3, 5), noises=(0.001,))

@@ -47,6 +47,7 @@ def test_sinter_options_are_checked():
             sinter_options([bad])
 
 
+@pytest.mark.slow
 def test_sinter_option_reaches_sinter_and_the_merged_csv(tmp_path, small_circuits, kiln):
     bucket = tmp_path / "bucket"
     kiln("launch", str(small_circuits), "--max-shots", "3_000", "--max-errors", "30",

@@ -24,6 +24,7 @@ def cloud(request):
     return request.getfixturevalue(f"{request.param}_env")
 
 
+@pytest.mark.slow
 def test_full_sweep_merges_from_the_object_store(tmp_path, small_circuits, cloud, kiln):
     r = kiln("launch", str(small_circuits), "--max-shots", "5_000", "--max-errors", "50",
              "--bucket", cloud.url, "--name", "cloud", "--jobs", "2", check=True)
@@ -45,6 +46,7 @@ def test_full_sweep_merges_from_the_object_store(tmp_path, small_circuits, cloud
     assert "100% done" in r.stdout
 
 
+@pytest.mark.slow
 def test_run_batch_killed_and_restarted_against_the_object_store(tmp_path, cloud, kiln):
     circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.001, 0.003))
     max_shots = 200_000
@@ -83,6 +85,7 @@ def test_run_batch_killed_and_restarted_against_the_object_store(tmp_path, cloud
     assert sorted(totals.values()) == [max_shots, max_shots]
 
 
+@pytest.mark.slow
 def test_original_merge_command_verbatim_on_s3(tmp_path, s3_env, small_circuits, kiln):
     s3_env.server.client().create_bucket(Bucket="sinter-results")
     kiln("launch", str(small_circuits), "--max-shots", "2_000", "--max-errors", "20",

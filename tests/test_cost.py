@@ -187,6 +187,7 @@ def _tiny_tasks() -> list[sinter.Task]:
     return out
 
 
+@pytest.mark.slow
 def test_calibrate_and_warm_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("QEC_KILN_CACHE_DIR", str(tmp_path / "cache"))
     cache = CalibrationCache()

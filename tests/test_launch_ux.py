@@ -58,6 +58,7 @@ def slow_sweep(tmp_path):
                       "--workers", "2", "--processes", "1", "--sync-seconds", "1"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_a_terminating_signal_stops_every_batch_cleanly_and_a_relaunch_is_exact(
         tmp_path, slow_sweep, kiln, kiln_isolated, signum):
@@ -80,6 +81,7 @@ def test_a_terminating_signal_stops_every_batch_cleanly_and_a_relaunch_is_exact(
     assert [s.shots for s in stats] == [600_000, 600_000]
 
 
+@pytest.mark.slow
 def test_cancel_without_sweep_stops_every_sweep_and_the_launcher_says_cancelled(
         tmp_path, slow_sweep, kiln, kiln_isolated):
     circuits, flags = slow_sweep
@@ -95,6 +97,7 @@ def test_cancel_without_sweep_stops_every_sweep_and_the_launcher_says_cancelled(
     assert {b["state"] for b in json.loads(r.stdout)[0]["batches"]} == {"CANCELLED"}, r.stdout
 
 
+@pytest.mark.slow
 def test_progress_lines_without_a_terminal_and_status_reads_local_resume_files(
         tmp_path, kiln):
     circuits = write_surface_circuits(tmp_path / "c", distances=(3, 5), noises=(0.003,))
@@ -123,6 +126,7 @@ def test_progress_lines_without_a_terminal_and_status_reads_local_resume_files(
     assert b000["shots"] == 300_000
 
 
+@pytest.mark.slow
 def test_circuits_as_in_sinter_collect(tmp_path, kiln):
     circuits = write_surface_circuits(tmp_path / "c", distances=(3, 5), noises=(0.001,))
     files = sorted(str(p) for p in circuits.glob("*.stim"))
@@ -161,6 +165,7 @@ def test_flag_limits_are_one_line_errors(tmp_path, kiln):
     assert "every Slurm node must see it" in r.stderr
 
 
+@pytest.mark.slow
 def test_quiet_surprises_are_said(tmp_path, kiln, kiln_isolated):
     circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001, 0.01))
     bucket = str(tmp_path / "b")

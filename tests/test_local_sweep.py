@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import sinter
 from conftest import REPO, run_kiln, write_surface_circuits
 
@@ -37,6 +38,7 @@ def fragment_rows(fragment: pathlib.Path | bytes) -> list[sinter.TaskStats]:
             for r in rows]
 
 
+@pytest.mark.slow
 def test_sweep_matches_plain_sinter_collect(tmp_path, small_circuits, kiln):
     bucket = tmp_path / "bucket"
     r = kiln("launch", str(small_circuits), "--max-shots", "20_000", "--max-errors", "100",
@@ -81,6 +83,7 @@ def test_sweep_matches_plain_sinter_collect(tmp_path, small_circuits, kiln):
     assert '"fraction_done": 1.0' in r.stdout
 
 
+@pytest.mark.slow
 def test_run_batch_sigkilled_and_restarted_loses_nothing_and_counts_nothing_twice(tmp_path):
     circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.001, 0.003))
     max_shots = 300_000
@@ -125,6 +128,7 @@ def _cmdline(p: pathlib.Path) -> str:
         return ""
 
 
+@pytest.mark.slow
 def test_merge_drops_a_truncated_last_line(tmp_path, small_circuits, kiln):
     bucket_dir = tmp_path / "bucket"
     kiln("launch", str(small_circuits), "--max-shots", "2000", "--max-errors", "100",
@@ -139,6 +143,7 @@ def test_merge_drops_a_truncated_last_line(tmp_path, small_circuits, kiln):
     assert merged_shots == sum(row.shots for row in fragment_rows(whole))
 
 
+@pytest.mark.slow
 def test_original_commands_work_verbatim(tmp_path):
     work = tmp_path / "w"
     write_surface_circuits(work / "circuits", distances=(3, 5), noises=(0.001, 0.01))
@@ -171,6 +176,7 @@ def test_original_commands_work_verbatim(tmp_path):
     shutil.rmtree(work / "kiln-results")
 
 
+@pytest.mark.slow
 def test_sharded_sweep_merges_into_one_row_equal_to_the_sum_of_its_shards(tmp_path, kiln):
     circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001, 0.003, 0.005))
     write_surface_circuits(circuits, distances=(9,), noises=(0.003,))  # far the most expensive

@@ -351,6 +351,7 @@ def test_cloud_fragments_are_read_16_at_a_time_by_default(tmp_path, small_circui
     assert report.reached == report.total == 4
 
 
+@pytest.mark.slow
 def test_an_outage_stops_the_reads_instead_of_retrying_every_fragment(small_circuits, s3_env):
     from qec_kiln._errors import StorageError
     from qec_kiln._fragments import read_fragments

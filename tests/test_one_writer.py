@@ -138,6 +138,7 @@ def _launch(circuits: Path, bucket: Path, home: Path, log: Path) -> subprocess.P
             stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
+@pytest.mark.slow
 def test_two_launches_of_one_sweep_at_once_count_every_shot_once(tmp_path: Path) -> None:
     """The issue's trial, 10 times: two `qec-kiln launch` of one sweep started together (sharing a
     machine's state folder, or as if from two machines). Every time, merge gives exactly

@@ -81,6 +81,7 @@ def test_skypilot_is_an_optional_extra_that_the_tests_install():
     assert "qec-kiln[skypilot]" in readme
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["launch", "--dry-run"], ["launch"]])
 def test_skypilot_backend_without_sky_says_how_to_install_it(tmp_path, small_circuits, args):
     """With SkyPilot absent (``import sky`` fails), --backend skypilot gives one error line."""

@@ -158,6 +158,7 @@ def best_time(tasks, repeat: int, **kwargs) -> float:
     return best
 
 
+@pytest.mark.slow
 def test_planning_time_grows_about_linearly():
     # Ratios with ample slack (a shared machine is noisy): linear is ~10x, quadratic ~100x.
     small = best_time(spread_tasks(1_000), 5, jobs=4)

@@ -97,6 +97,7 @@ def total_shots(data: bytes) -> int:
 # Kill loop
 
 
+@pytest.mark.slow
 def test_kill_loop_loses_at_most_a_sync_period_and_counts_nothing_twice(tmp_path):
     """>= 20 SIGKILLs of run-batch (timer kills, and kills in the middle of an upload), each batch
     restarted at once, until the sweep finishes; see bench/killloop.py for what is checked."""
@@ -149,6 +150,7 @@ def _watch_growth(path: pathlib.Path, stop: threading.Event, out: list[tuple[flo
             last = size
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store", ["s3", "gcs"])
 def test_object_store_outage_does_not_stop_sinter_and_sync_catches_up(store, request, tmp_path):
     """The S3 API (moto) / the GCS emulator goes away for 20 s in the middle of a run."""
@@ -264,6 +266,7 @@ def _grep_tree(root: pathlib.Path, needles: list[bytes]) -> list[str]:
     return hits
 
 
+@pytest.mark.slow
 def test_planted_secrets_reach_no_artifact(tmp_path, s3_env, monkeypatch, kiln_isolated):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.setenv("GOOGLE_API_KEY", GOOGLE_SECRET)
@@ -337,6 +340,7 @@ def _local_records(sweep: str) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(_local_state(sweep).glob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_relaunch_launches_nothing_twice_and_only_unfinished_batches(tmp_path):
     tag = uuid.uuid4().hex
     env = tagged_env(tag)
@@ -406,6 +410,7 @@ def test_relaunch_launches_nothing_twice_and_only_unfinished_batches(tmp_path):
 # Concurrent readers
 
 
+@pytest.mark.slow
 def test_merge_and_status_while_batches_write(tmp_path):
     """merge and status in loops (CLI subprocesses, and in-process merges racing on one --out)
     while two run-batch processes upload every 0.2 s: none fails, and progress never goes back."""
@@ -493,6 +498,7 @@ def test_merge_and_status_while_batches_write(tmp_path):
           f"{shots_seen['status']}")
 
 
+@pytest.mark.slow
 def test_stale_process_group_is_killed_on_restart(tmp_path):
     """SIGKILL of run-batch leaves sinter's workers running; the next run-batch of the batch kills
     them before it starts (and a finished batch leaves no process behind)."""
@@ -523,6 +529,7 @@ def test_stale_process_group_is_killed_on_restart(tmp_path):
     assert not wait_no_tagged_processes(tag, timeout=5), f"group {pgid} left processes running"
 
 
+@pytest.mark.slow
 def test_copy_of_the_work_dir_is_not_needed(tmp_path):
     """A recovered node has an empty work dir: run-batch resumes from the bucket alone, and a
     stale local resume file longer than the bucket's fragment is not trusted."""
@@ -551,6 +558,7 @@ def test_copy_of_the_work_dir_is_not_needed(tmp_path):
     assert sum(s.shots for s in stats_of(bucket.read_bytes(fkey)).values()) == 30_000
 
 
+@pytest.mark.slow
 def test_two_writers_of_one_batch_never_break_the_prefix_chain(tmp_path):
     """The same batch started twice at once (a relaunch from a second machine, a duplicated
     managed job), each with its own work dir: the fragment must still only ever grow by

@@ -173,6 +173,7 @@ def test_get_backend_and_state_dir(tmp_path):
         ({"processes": 4, "sync_seconds": 12.5}, "sinter_job.yaml", {"cpus": "16+"}),
     ],
 )
+@pytest.mark.slow
 def test_render_option_combinations(opts, expect_file, expect, tmp_path):
     backend = sp.SkyPilotBackend()
     if opts.get("infra", "aws").split("/")[0] != "aws":  # nodes there need the keys as secrets
@@ -396,6 +397,7 @@ class FakeController:
         self.calls: list[tuple[str, dict]] = []
         self.pending: list[int] = []
         self.defaults = constants.DEFAULT_MANAGED_JOB_FIELDS
+        self.other_get = sky.get  # requests that are not ours (e.g. a faked pool SDK's) go there
         monkeypatch.setattr(sky.jobs, "queue_v2", self.queue_v2)
         monkeypatch.setattr(sky.jobs, "cancel", self.cancel)
         monkeypatch.setattr(sky, "get", self.get)
@@ -412,6 +414,8 @@ class FakeController:
         from sky.jobs import state
         from sky.server.requests.serializers import decoders
 
+        if not (isinstance(rid, tuple) and len(rid) == 2 and rid[0] in ("queue", "cancel")):
+            return self.other_get(rid)
         what, arg = rid
         if what == "cancel":
             if self.cancels:
@@ -600,6 +604,7 @@ def test_parse_job_ids_from_real_cli_messages():
 # ---------------------------------------------------------------- the installed sky executable
 
 
+@pytest.mark.slow
 def test_installed_sky_cli_accepts_every_flag_we_pass(tmp_path):
     """The real `sky` executable, run through the backend's default runner (the seam's default)."""
     assert Path(sp.sky_executable()).name == "sky"
@@ -626,6 +631,7 @@ def test_installed_sky_cli_accepts_every_flag_we_pass(tmp_path):
     assert time.monotonic() - started < 180  # three --help calls at once, none hanging
 
 
+@pytest.mark.slow
 def test_dry_run_json_gives_the_exact_task_and_its_file_mounts(tmp_path, small_circuits, capsys):
     from qec_kiln import _cli
 

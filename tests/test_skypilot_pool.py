@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import yaml
 from conftest import write_surface_circuits
 from sky_executor import PoolWorker
 from test_local_sweep import fragment_rows
-from test_skypilot_backend import _queue_json, _run_sky_cli, _write_launches
+from test_skypilot_backend import FakeController, _run_sky_cli, _write_launches
 
 from qec_kiln import _cli as cli
 from qec_kiln._backends import LaunchRequest
@@ -180,17 +179,17 @@ def test_launch_creates_the_pool_once_then_reuses_it(monkeypatch):
     assert calls3[1][1] is None and calls3[1][4] == 2
 
 
-def test_status_says_the_idle_pool_bills_when_every_job_ended():
+def test_status_says_the_idle_pool_bills_when_every_job_ended(monkeypatch):
     name = sp.job_name("surface-d3")
     _write_launches("surface-d3", [
         {"bucket": "s3://bkt/sweeps", "batches": ["b000", "b001"], "job_ids": [11, 12],
          "launched_at": 1.7e9, "pool": "kiln-pool-abc", "workers": 2, "keep_pool": False}])
 
     def backend_for(statuses, other=()):
-        out = _queue_json([{"job_id": 11 + i, "job_name": name, "status": s,
-                            "pool": "kiln-pool-abc"} for i, s in enumerate(statuses)] + list(other))
-        return sp.SkyPilotBackend(runner=lambda argv, **kw: subprocess.CompletedProcess(
-            argv, 0, out, ""))
+        FakeController(monkeypatch, [{"job_id": 11 + i, "job_name": name, "status": s,
+                                      "pool": "kiln-pool-abc"} for i, s in enumerate(statuses)]
+                       + list(other))
+        return sp.SkyPilotBackend()
 
     b = backend_for(["SUCCEEDED", "RUNNING"])
     b.job_states("s3://bkt/sweeps", "surface-d3")
@@ -247,12 +246,10 @@ def test_pool_worker_sets_up_once_then_runs_batches_in_turn(tmp_path, s3_env, mo
 
     # SkyPilot's queue: two jobs done, the third ended without finishing (skypilot#7168: a
     # preempted pool job may not return to pending). `launch` again relaunches only that batch.
-    out = _queue_json([{"job_id": 201 + i, "job_name": sp.job_name("pl"), "status": st,
-                        "pool": name} for i, st in enumerate(["SUCCEEDED", "SUCCEEDED",
-                                                              "CANCELLED"])])
-    monkeypatch.setattr(sp.SkyPilotBackend, "default_runner", staticmethod(
-        lambda argv, **kw: subprocess.CompletedProcess(argv, 0, out, "")))
     again = fake_pool_sdk(monkeypatch, existing=[{"name": name, "target_num_replicas": 1}])
+    FakeController(monkeypatch, [{"job_id": 201 + i, "job_name": sp.job_name("pl"), "status": st,
+                                  "pool": name} for i, st in enumerate(["SUCCEEDED", "SUCCEEDED",
+                                                                        "CANCELLED"])])
     assert cli.main(argv) == 0
     assert [c[0] for c in again] == ["pool_status", "launch"]  # the warm pool is reused
     (_, job2, _, _, n2) = again[1]

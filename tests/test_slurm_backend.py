@@ -357,6 +357,7 @@ def test_launched_array_runs_and_cancel_sends_sigterm(slurm_cluster, tmp_path, m
         slurm_cluster.run(["scancel", array], check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_sweep_end_to_end_on_slurm(slurm_cluster, tmp_path):
     """`qec-kiln launch --backend slurm`, the real run-batch in each array task, then merge."""
@@ -393,6 +394,7 @@ def test_sweep_end_to_end_on_slurm(slurm_cluster, tmp_path):
     assert time.monotonic() - t0 < 120
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_requeued_task_resumes_from_its_fragment(slurm_cluster, tmp_path):
     """`scontrol requeue` of a running task: run-batch gets SIGTERM and uploads, Slurm starts the
@@ -438,6 +440,7 @@ def test_requeued_task_resumes_from_its_fragment(slurm_cluster, tmp_path):
         slurm_cluster.run(["scancel", array], check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_killed_task_requeued_reaches_its_target_without_double_counting(slurm_cluster, tmp_path):
     """A preempted node, Slurm style: SIGKILL of a running array task's run-batch (`scancel --batch
@@ -482,6 +485,7 @@ def test_killed_task_requeued_reaches_its_target_without_double_counting(slurm_c
         slurm_cluster.run(["scancel", array], check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.timeout(400)
 def test_eight_batches_on_two_workers_throttle_requeue_and_exact_merge(slurm_cluster, tmp_path):

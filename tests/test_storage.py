@@ -365,6 +365,7 @@ def test_s3_missing_bucket(s3_env) -> None:
         bucket.list_keys()
 
 
+@pytest.mark.slow
 def test_s3_service_specific_endpoint_wins(s3_env, monkeypatch: pytest.MonkeyPatch) -> None:
     """botocore itself reads AWS_ENDPOINT_URL_S3 before AWS_ENDPOINT_URL."""
     with socket.socket() as closed:
@@ -477,6 +478,7 @@ def test_not_found_is_not_retried(cloud_env) -> None:
     assert time.monotonic() - start < 150  # not retried: PATIENT_RETRY would try for 300 s
 
 
+@pytest.mark.slow
 def test_outage_recovery(cloud_env) -> None:
     """Stop the server, start a write with a deadline, restart the server ~3 s later: the write
     gets through, and what was stored before the outage is still there."""

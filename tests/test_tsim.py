@@ -113,6 +113,7 @@ def test_example_circuits_are_deterministic_and_differ_only_by_the_tags():
         repetition_t_memory(1, 0.01)
 
 
+@pytest.mark.slow
 @needs_tsim
 @pytest.mark.timeout(120)
 def test_sinter_collect_cli_with_the_tsim_sampler(tmp_path):
@@ -186,6 +187,7 @@ def test_tsim_matches_the_truth_where_ignoring_the_tag_does_not():
     assert _z(ignored_rate, n_stim, truth_rate, n_stim) > 20, (ignored_rate, truth_rate)
 
 
+@pytest.mark.slow
 @needs_tsim
 @pytest.mark.timeout(60)
 def test_a_detector_that_a_t_gate_makes_random_is_refused():

@@ -134,6 +134,7 @@ def test_plan_json_reports_workers_batches_and_efficiency(tmp_path, kiln):
     assert "workers K=2, batches B=4" in text and "one job per batch (B=2)" in text
 
 
+@pytest.mark.slow
 def test_local_batches_start_longest_first_on_their_workers_cpus(tmp_path):
     """A real local sweep, K = 1: batches run one after another, longest predicted first, each
     sinter pinned to the worker's CPUs; the merge holds every shot."""
