@@ -519,6 +519,7 @@ def _record(case_id: str, rc: int, line: str) -> None:
 # --- not errors: a truncated fragment, hostile names ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_truncated_fragment_merge_warns_and_run_batch_resumes(tmp_path, finished):
     bucket = tmp_path / "bucket"
     shutil.copytree(finished["root"] / "bucket", bucket)

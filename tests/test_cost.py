@@ -108,6 +108,7 @@ def _slowdown_of_cpu0(seconds: float = 0.15) -> float:
         os.sched_setaffinity(0, old)
 
 
+@pytest.mark.slow
 def test_prediction_within_factor_two_of_a_real_run():
     c = rotated(7, 0.005)
     predicted = predict_seconds_per_shot(CircuitFeatures.of(c), "pymatching")
@@ -274,6 +275,7 @@ def test_model_file_is_complete():
     assert math.isfinite(model["process_startup_seconds"])
 
 
+@pytest.mark.slow
 def test_estimate_costs_checks_the_cache_once_and_predicts_like_predict_task_seconds(
         tmp_path, monkeypatch):
     from qec_kiln._discover import check_duplicates, discover_circuits

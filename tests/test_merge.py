@@ -115,6 +115,7 @@ def test_merge_keeps_only_the_rows_each_batch_planned(tmp_path, small_circuits):
 # Issue 13.3: several sweeps in one bucket are combined openly, and judged one by one
 
 
+@pytest.mark.slow
 def test_merging_several_sweeps_says_what_it_combines(tmp_path, small_circuits):
     bucket = tmp_path / "bucket"
     a = make_sweep(small_circuits, bucket, "a4k", max_shots=4000, jobs=1)
@@ -336,6 +337,7 @@ class CountingS3Bucket(S3Bucket):
                 self.now -= 1
 
 
+@pytest.mark.slow
 def test_cloud_fragments_are_read_16_at_a_time_by_default(tmp_path, small_circuits, s3_env, caplog):
     from qec_kiln._fragments import CLOUD_READERS, read_fragments
 

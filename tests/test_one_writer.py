@@ -60,6 +60,7 @@ def test_expired_lease_is_taken_over_and_the_old_holder_loses_it(url: str) -> No
     renew(new)
 
 
+@pytest.mark.slow
 def test_watching_a_lease_tells_a_live_holder_from_a_dead_one(url: str) -> None:
     bucket = open_bucket(url)
     holder = acquire(bucket, KEY, seconds=1.5)
@@ -96,6 +97,7 @@ def test_lease_of_a_dead_pid_on_this_host_is_free_at_once(tmp_path: Path) -> Non
     assert time.monotonic() - start < 30  # at once, not after the hour-long expiry
 
 
+@pytest.mark.slow
 def test_runner_never_overwrites_a_fragment_someone_else_wrote(tmp_path: Path) -> None:
     """While a run-batch runs, another writer replaces its fragment: the runner's next upload (a
     compare-and-swap on the version it wrote) fails, it stops its sinter and exits 3."""

@@ -143,6 +143,7 @@ def balancer_reads(n_items: int, n_bins: int) -> int:
     return CountingSizes.reads
 
 
+@pytest.mark.slow
 def test_balancer_work_grows_about_linearly():
     small = balancer_reads(1_000, 4)
     assert balancer_reads(10_000, 4) < 15 * small  # a quadratic search would be ~100x
@@ -193,6 +194,7 @@ def test_targets_needing_too_many_batches_are_refused_at_once():
     assert time.perf_counter() - t0 < 60  # refused before any partitioning (it took minutes)
 
 
+@pytest.mark.slow
 def test_cli_refuses_target_hours_below_the_start_up(small_circuits, kiln):
     t0 = time.perf_counter()
     r = kiln("plan", str(small_circuits), "--target-hours", "0.0001", timeout=120)

@@ -617,6 +617,7 @@ def test_two_writers_of_one_batch_never_break_the_prefix_chain(tmp_path):
     assert not wait_no_tagged_processes(tag)
 
 
+@pytest.mark.slow
 def test_stale_pgid_file_never_kills_a_stranger(tmp_path):
     """The pgid file of a killed batch can outlive its process group (a reboot, a wrapped pid
     counter): the next run-batch must only kill a group that is really this batch's sinter."""
@@ -644,6 +645,7 @@ def test_stale_pgid_file_never_kills_a_stranger(tmp_path):
         stranger.wait()
 
 
+@pytest.mark.slow
 def test_upload_killed_midway_leaves_no_temp_file_behind(tmp_path):
     """A writer SIGKILLed between mkstemp and os.replace leaves a temp file; the next write of the
     same key removes it (its writer's pid is gone), so a results folder does not fill up."""

@@ -314,6 +314,7 @@ wait
 """
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_launched_array_runs_and_cancel_sends_sigterm(slurm_cluster, tmp_path, monkeypatch):
     out = tmp_path / "out"

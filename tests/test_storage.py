@@ -422,6 +422,7 @@ def _point_at(cloud_env, monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None
     monkeypatch.setenv(var, endpoint)
 
 
+@pytest.mark.slow
 def test_unreachable_endpoint(cloud_env, monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
@@ -438,6 +439,7 @@ def test_unreachable_endpoint(cloud_env, monkeypatch: pytest.MonkeyPatch) -> Non
     assert cloud_env.url in message and "attempts" in message and "\n" not in message
 
 
+@pytest.mark.slow
 def test_hanging_endpoint_times_out(cloud_env, monkeypatch: pytest.MonkeyPatch) -> None:
     """A server that accepts connections but never answers: the read timeout ends each try."""
     with socket.socket() as silent:
@@ -452,6 +454,7 @@ def test_hanging_endpoint_times_out(cloud_env, monkeypatch: pytest.MonkeyPatch) 
         assert time.monotonic() - start < 60  # gave up (1 s deadline), did not hang
 
 
+@pytest.mark.slow
 def test_paused_s3_server_times_out_then_recovers(s3_env) -> None:
     bucket = open_bucket(s3_env.url)
     bucket.write_bytes("a.csv", b"1")

@@ -120,6 +120,7 @@ def test_default_batch_count_comes_from_start_up_and_workers():
 # ---------------------------------------------------------------- plans, dry runs, real runs
 
 
+@pytest.mark.slow
 def test_plan_json_reports_workers_batches_and_efficiency(tmp_path, kiln):
     circuits = write_surface_circuits(tmp_path / "c", distances=(3, 5), noises=(0.001, 0.01))
     r = kiln("plan", str(circuits), "--bucket", str(tmp_path / "b"), "--jobs", "4",
