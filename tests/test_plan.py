@@ -243,6 +243,23 @@ def test_queue_plans_keep_exact_shards_and_end_on_short_batches(jobs, workers):
     assert plan.balance_ratio < 1.05
 
 
+@pytest.mark.parametrize("jobs,workers", [(63, 7), (256, 32)])
+def test_queue_plans_with_more_batches_than_tasks_split_to_the_short_batches(jobs, workers):
+    # Few tasks, many batches (a node-day sweep on a pool): the last round's batches are ~1/4 of
+    # the mean, so shards must be that small, or the short batches stay empty and the plan falls
+    # back to equal batches packed from shards of about one batch each (imbalanced).
+    tasks = spread_tasks(12, seed=5)
+    plan = make_plan(tasks, max_shots=10**6, max_errors=1000, jobs=jobs, workers=workers)
+    check_targets(plan, tasks, 10**6, 1000)
+    assert len(plan.batches) == jobs and plan.workers == workers
+    assert f"workers={workers}" in plan.strategy
+    sizes = [b.predicted_seconds for b in plan.batches]
+    assert sum(sizes[-workers:]) < 0.5 * sum(sizes[:workers])
+    assert plan.balance_ratio < 1.05
+    for b in plan.batches:
+        assert len({s.strong_id for s in b.shards}) == len(b.shards)
+
+
 def test_workers_change_nothing_for_one_job_per_batch_or_one_worker():
     tasks = spread_tasks()
 

@@ -201,8 +201,9 @@ def make_plan(
     ``workers`` (K, with ``jobs`` or ``circuits_per_job`` asking for more than K batches): the
     batches run on K workers through the engine's queue, longest first, so they are planned in
     rounds of K of decreasing size (:func:`round_weights`): each worker's last batch is short, and a
-    mispredicted batch is evened out by the short ones after it (unless the tasks are too few to
-    fill that many batches: then equal ones). Otherwise batches are of equal predicted size.
+    mispredicted batch is evened out by the short ones after it; a task is then split into shards
+    no bigger than the shortest batch (unless the tasks are too few to fill that many batches:
+    then equal ones). Otherwise batches are of equal predicted size.
     """
     if not tasks:
         raise KilnError("nothing to plan: no circuits were found")
@@ -319,12 +320,16 @@ def _partition(
     queue = workers is not None and workers >= 2 and n > workers
     costs = {t.strong_id: t.predicted_seconds(max_shots, max_errors) for t in tasks}
     share = sum(costs.values()) / n
+    weights = round_weights(n, workers) if queue and workers is not None else None
+    # A shard at most the smallest batch's share, so that the last round's short batches can be
+    # filled at all (and the long ones packed from several pieces): with a queue, f x the mean.
+    piece = share * min(weights) if weights else share
     shards: list[Shard] = []  # in (circuit, decoder, index) order: ties in balance() go by it
     for t in sorted(tasks, key=lambda t: (t.circuit, t.decoder)):
         cost = costs[t.strong_id]
         k = 1
-        if allow_shards and share > 0 and cost > share * 1.05:
-            k = min(n, math.ceil(cost / share), max_shots, max_errors)
+        if allow_shards and piece > 0 and cost > piece * 1.05:
+            k = min(n, math.ceil(cost / piece), max_shots, max_errors)
             if min_shard_seconds > 0:
                 k = max(1, min(k, math.floor(cost / min_shard_seconds)))
         shots = split_targets(max_shots, k)
@@ -346,12 +351,9 @@ def _partition(
     sizes = [s.predicted_seconds for s in shards]
     groups = [s.strong_id for s in shards]
     base = None
-    if queue:
+    if weights:
         # Bins of unequal sizes: each starts with the load it should *not* take.
-        assert workers is not None
-        w = round_weights(n, workers)
-        base = [(w[0] - x) * share for x in w]
-        strategy += f" workers={workers}"
+        base = [(weights[0] - x) * share for x in weights]
     bins = lpt(sizes, groups, n, base)
     improve(bins, sizes, groups, base=base)
     filled = [[shards[i] for i in sorted(b)] for b in bins if b]  # sorted(b): name order
@@ -360,6 +362,8 @@ def _partition(
                            strategy)
         if len(equal.batches) > len(filled):
             return equal
+    if queue:
+        strategy += f" workers={workers}"
     filled.sort(key=lambda b: (-_load(b), b[0].circuit, b[0].decoder, b[0].index))
     batches = [Batch(id=batch_id(i), shards=b) for i, b in enumerate(filled)]
     return Plan(batches=batches, max_shots=max_shots, max_errors=max_errors, strategy=strategy,
