@@ -107,13 +107,14 @@ def load_tasks() -> list[Task]:
     return tasks
 
 
-def plan_for(tasks: Sequence[Task], scale: float, batches: int) -> Plan:
-    """qec-kiln's plan from the uncalibrated model's predictions, scaled like the work."""
+def plan_for(tasks: Sequence[Task], scale: float, batches: int, workers: int | None = None) -> Plan:
+    """qec-kiln's plan from the uncalibrated model's predictions, scaled like the work; with
+    ``workers`` (K), planned for the engine's queue as the launch path does for backends with one."""
     d = "pymatching"
     costs = [TaskCost(t.name, d, t.name, scale * predict_seconds_per_shot(t.features, d),
                       predict_logical_error_rate(t.features, d), predict_task_overhead_seconds(t.features, d))
              for t in tasks]
-    return make_plan(costs, max_shots=MAX_SHOTS, max_errors=MAX_ERRORS, jobs=batches)
+    return make_plan(costs, max_shots=MAX_SHOTS, max_errors=MAX_ERRORS, jobs=batches, workers=workers)
 
 
 def actual_batches(plan: Plan, tasks: dict[str, Task], scale: float, work: float,
@@ -205,7 +206,7 @@ def run_case(case: Case, tasks: list[Task], repeats: int, seed: int) -> dict[str
     choice = choose_batch_count(case.work, len(tasks), case.workers, WARM_START, first_startup_seconds=first,
                                 max_shards_per_task=MAX_ERRORS)
     one_plan = plan_for(tasks, scale, case.workers)
-    pool_plan = plan_for(tasks, scale, choice.batches)
+    pool_plan = plan_for(tasks, scale, choice.batches, case.workers)
     rate = case.preempt_per_hour / HOUR
     rng = random.Random(seed)
     e1 = e2 = 0.0
