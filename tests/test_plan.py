@@ -305,3 +305,28 @@ def test_a_queue_plan_keeps_its_workers_in_the_manifest(small_circuits, tmp_path
 
     again = Manifest.from_json(m.to_json())
     assert again.plan.workers == 2 and again.plan.balance_ratio == m.plan.balance_ratio
+
+
+def test_plan_for_workers_picks_whole_rounds_no_worse_than_the_chooser():
+    from qec_kiln._plan import plan_for_workers
+    from qec_kiln._queue_plan import choose_batch_count, queue_makespan
+
+    tasks = spread_tasks(40, seed=7)
+    kw = dict(max_shots=10**6, max_errors=1000)
+    work = sum(t.predicted_seconds(**kw) for t in tasks)
+    for k, startup, first in ((4, 0.5, 20.0), (8, 0.1, 0.1)):
+        plan = plan_for_workers(tasks, workers=k, startup_seconds=startup, first_startup_seconds=first,
+                                **kw)
+        again = plan_for_workers(tasks, workers=k, startup_seconds=startup,
+                                 first_startup_seconds=first, **kw)
+        assert [b.to_json() for b in plan.batches] == [b.to_json() for b in again.batches]
+        check_targets(plan, tasks, 10**6, 1000)
+        b0 = choose_batch_count(work, len(tasks), k, startup, first_startup_seconds=first,
+                                max_shards_per_task=1000).batches
+        assert k <= len(plan.batches) <= b0
+        assert len(plan.batches) == b0 or len(plan.batches) % k == 0
+
+        chooser = make_plan(tasks, jobs=b0, workers=k, **kw)
+        t = [queue_makespan([[(s.strong_id, s.predicted_seconds) for s in b.shards] for b in p.batches],
+                            k, startup, first_startup_seconds=first) for p in (plan, chooser)]
+        assert t[0] <= t[1] + 1e-9

@@ -242,6 +242,66 @@ def _max_shards(cost: float, max_shots: int, max_errors: int, allow_shards: bool
     return max(1, k)
 
 
+def plan_for_workers(
+    tasks: Sequence[TaskCost],
+    *,
+    max_shots: int,
+    max_errors: int,
+    workers: int,
+    startup_seconds: float,
+    first_startup_seconds: float | None = None,
+    processes: int = 1,
+    model_error: float = 0.2,
+    allow_shards: bool = True,
+    min_shard_seconds: float = 0.0,
+) -> Plan:
+    """The plan for K ``workers`` when no batch count is given: a few whole rounds of K around
+    :func:`qec_kiln._queue_plan.choose_batch_count`'s B (B, 3/4 B, 1/2 B, none under min(B, 3 K)
+    or K), each planned, and the one whose batches the queue is predicted to finish first
+    (:func:`qec_kiln._queue_plan.queue_makespan`: each task's time off by ``model_error``, a
+    start-up per batch, ``processes`` sinter processes per batch; preemptions are not modelled).
+    Ties go to fewer batches.
+
+    Example:
+        >>> tasks = [TaskCost(f"c{i}.stim", "pymatching", f"id{i}", 1e-5 * (i + 1), 1e-3)
+        ...          for i in range(6)]
+        >>> p = plan_for_workers(tasks, max_shots=10**6, max_errors=1000, workers=2,
+        ...                      startup_seconds=1, first_startup_seconds=30)
+        >>> p.workers, len(p.batches) % 2, len(p.batches) >= 2
+        (2, 0, True)
+    """
+    from qec_kiln._queue_plan import choose_batch_count, queue_makespan
+
+    first = startup_seconds if first_startup_seconds is None else first_startup_seconds
+    procs = max(1, processes)
+    costs = [t.predicted_seconds(max_shots, max_errors) for t in tasks]
+    work = sum(costs) / procs
+    if not tasks or work <= 0:
+        return make_plan(tasks, max_shots=max_shots, max_errors=max_errors, jobs=1)
+    cap = sum(_max_shards(c, max_shots, max_errors, allow_shards, min_shard_seconds) for c in costs)
+    b0 = min(MAX_BATCHES, choose_batch_count(
+        work, n_tasks=len(tasks), workers=workers, startup_seconds=startup_seconds,
+        first_startup_seconds=first, model_error=model_error,
+        max_shards_per_task=max(1, math.ceil(cap / len(tasks)))).batches)
+    floor = max(min(workers, b0), min(b0, 3 * workers))
+    rounds = max(1, math.ceil(b0 / workers))
+    candidates = sorted({b0} | {max(floor, min(b0, r * workers))
+                                for r in (rounds * 3 // 4, rounds // 2) if r >= 1})
+    best: tuple[float, int, Plan] | None = None
+    for n in candidates:
+        plan = make_plan(tasks, max_shots=max_shots, max_errors=max_errors, jobs=n,
+                         allow_shards=allow_shards, min_shard_seconds=min_shard_seconds,
+                         workers=workers)
+        loads = [[(s.strong_id, s.predicted_seconds / procs) for s in b.shards]
+                 for b in plan.batches]
+        t = queue_makespan(loads, workers, startup_seconds, first_startup_seconds=first,
+                           model_error=model_error)
+        if best is None or (t, len(plan.batches)) < best[:2]:
+            best = (t, len(plan.batches), plan)
+    assert best is not None
+    return best[2]
+
+
 def _plan_for_target(
     tasks: Sequence[TaskCost], max_shots: int, max_errors: int, target_seconds: float,
     allow_shards: bool, min_shard_seconds: float,
