@@ -5,8 +5,10 @@ It compares two ways to run the same sweep:
 
 - one-job-per-batch: the original design; B = K batches, each its own job that pays a full start-up
   (a cold spot VM) and, when preempted, a full start-up again on a new VM;
-- pool+queue: K pool workers that stay up; B batches from ``qec_kiln._queue_plan.choose_batch_count``
-  (>= 20 x the per-batch start-up of work each, ~4 K of them), planned by qec-kiln's planner and
+- pool+queue: K pool workers that stay up; B batches and their plan from
+  ``qec_kiln._plan.plan_for_workers`` (what ``launch --workers K`` plans: a few whole rounds of K
+  up to ``choose_batch_count``'s B, each planned in rounds of decreasing size, the one the queue
+  is predicted to finish first), and
   handed longest first to whichever worker is free (the engine's queue); each worker pays one cold
   start-up, then a few seconds per batch; a preempted worker's batch goes back to the head of the
   queue and the pool replaces the worker with a cold VM.
@@ -46,7 +48,7 @@ from qec_kiln._cost import (
     predict_task_overhead_seconds,
     shots_needed,
 )
-from qec_kiln._plan import Plan, TaskCost, make_plan
+from qec_kiln._plan import Plan, TaskCost, make_plan, plan_for_workers
 from qec_kiln._queue_plan import choose_batch_count
 
 MAX_SHOTS, MAX_ERRORS = 1_000_000, 1000
@@ -75,8 +77,9 @@ fleet.py is a MODEL (discrete-event simulation), not a measurement. Assumptions 
 - spot preemptions (scenario c and the table): Poisson, {PREEMPT_PER_HOUR:.0%}/hour per VM
   (assumption, deliberately pessimistic, not measured); recovery = a new VM's cold start-up; work
   since the last resume-file sync is lost (sync every {SYNC_SECONDS:g} s, qec-kiln's period).
-- one-job-per-batch: B = K batches, each its own job (the original design). pool+queue: B from
-  choose_batch_count, batches longest first to the first free worker; a preempted batch goes back to
+- one-job-per-batch: B = K batches, each its own job (the original design). pool+queue: the plan of
+  plan_for_workers (its prediction: the model's error, not preemptions), batches longest first to
+  the first free worker; a preempted batch goes back to
   the head of the queue. Idle workers count as paid until the sweep ends.
 - public peer reference: 1 h 50 min on one node, 43 min 48 s on 7 nodes = 36% efficiency (measured
   by the peer; count-based batches, one cold cluster per batch)."""
@@ -107,13 +110,19 @@ def load_tasks() -> list[Task]:
     return tasks
 
 
-def plan_for(tasks: Sequence[Task], scale: float, batches: int) -> Plan:
-    """qec-kiln's plan from the uncalibrated model's predictions, scaled like the work."""
+def plan_for(tasks: Sequence[Task], scale: float, batches: int, workers: int | None = None) -> Plan:
+    """qec-kiln's plan from the uncalibrated model's predictions, scaled like the work; with
+    ``workers`` (K), planned for the engine's queue as the launch path does for backends with one."""
+    return make_plan(pool_costs(tasks, scale), max_shots=MAX_SHOTS, max_errors=MAX_ERRORS, jobs=batches,
+                     workers=workers)
+
+
+def pool_costs(tasks: Sequence[Task], scale: float) -> list[TaskCost]:
+    """The uncalibrated model's predictions, scaled like the work: what the planner sees."""
     d = "pymatching"
-    costs = [TaskCost(t.name, d, t.name, scale * predict_seconds_per_shot(t.features, d),
-                      predict_logical_error_rate(t.features, d), predict_task_overhead_seconds(t.features, d))
-             for t in tasks]
-    return make_plan(costs, max_shots=MAX_SHOTS, max_errors=MAX_ERRORS, jobs=batches)
+    return [TaskCost(t.name, d, t.name, scale * predict_seconds_per_shot(t.features, d),
+                     predict_logical_error_rate(t.features, d), predict_task_overhead_seconds(t.features, d))
+            for t in tasks]
 
 
 def actual_batches(plan: Plan, tasks: dict[str, Task], scale: float, work: float,
@@ -205,7 +214,9 @@ def run_case(case: Case, tasks: list[Task], repeats: int, seed: int) -> dict[str
     choice = choose_batch_count(case.work, len(tasks), case.workers, WARM_START, first_startup_seconds=first,
                                 max_shards_per_task=MAX_ERRORS)
     one_plan = plan_for(tasks, scale, case.workers)
-    pool_plan = plan_for(tasks, scale, choice.batches)
+    pool_plan = plan_for_workers(pool_costs(tasks, scale), max_shots=MAX_SHOTS, max_errors=MAX_ERRORS,
+                                 workers=case.workers, startup_seconds=WARM_START,
+                                 first_startup_seconds=first)
     rate = case.preempt_per_hour / HOUR
     rng = random.Random(seed)
     e1 = e2 = 0.0
@@ -249,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{case.name:<30} {case.workers:>4} {r['batches']:>5} {r['one']:>8.1%} {r['pool']:>7.1%}"
               f" {r['limit']:>6.1%} {r['pool'] / r['limit']:>6.3f}"
               f" {r['predicted_one']:>6.1%}/{r['predicted']:>6.1%}")
-    print(f"(mean of {args.repeats} seeded runs each; 'pred' = choose_batch_count's prediction; one-job ="
-          " one-job-per-batch, B = K)")
+    print(f"(mean of {args.repeats} seeded runs each; 'pred' = choose_batch_count's prediction for its own B;"
+          " one-job = one-job-per-batch, B = K)")
     print()
     for case in scenarios:
         r = results[case.name]

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from qec_kiln._errors import KilnError
-from qec_kiln._queue_plan import choose_batch_count, efficiency, list_schedule
+from qec_kiln._queue_plan import choose_batch_count, efficiency, list_schedule, queue_makespan
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -37,6 +37,23 @@ def test_list_schedule_is_between_the_bounds_of_list_scheduling():
         paid = [x + s for x in times]
         assert t >= max(max(paid), sum(paid) / k) - 1e-9
         assert t <= sum(paid) / k + max(paid) + 1e-9  # Graham's bound
+
+
+def test_queue_makespan_draws_one_factor_per_task():
+    rng = random.Random(5)
+    for _ in range(50):
+        k = rng.randint(1, 6)
+        batches = [[(f"t{rng.randint(0, 9)}", rng.uniform(0.1, 5))] for _ in range(rng.randint(1, 20))]
+        exact = list_schedule([b[0][1] for b in batches], k, 0.5)
+        assert queue_makespan(batches, k, 0.5, model_error=0) == exact
+        noisy = queue_makespan(batches, k, 0.5, model_error=0.3, seed=3)
+        assert noisy == queue_makespan(batches, k, 0.5, model_error=0.3, seed=3) > 0
+    # one task in two batches on one worker: a shared factor, so the sum scales as one
+    one = queue_makespan([[("a", 1.0)], [("a", 1.0)]], 1, model_error=0.5, draws=1, seed=2)
+    half = queue_makespan([[("a", 1.0)]], 1, model_error=0.5, draws=1, seed=2)
+    assert math.isclose(one, 2 * half)
+    with pytest.raises(KilnError, match="^error: "):
+        queue_makespan([[("a", 1.0)]], 1, model_error=-1)
 
 
 def test_efficiency_never_exceeds_one():
@@ -122,9 +139,10 @@ def test_list_schedule_refuses_bad_inputs():
             list_schedule(bad.get("batch", [1, 2]), bad.get("workers", 2), bad.get("startup_seconds", 0))
 
 
+@pytest.mark.slow
 def test_fleet_bench_beats_one_job_per_batch_near_its_limit():
     # Issue 15's goal is ratio >= 0.90; with its pessimistic assumptions (uncalibrated model, 5%/h
-    # preemptions) the 100-run means are 0.935, 0.914, 0.897, so a 3-run check asks for 0.85.
+    # preemptions) the 20-run means are 0.967, 0.956, 0.951, so a 3-run check asks for 0.90.
     out = subprocess.run([sys.executable, str(REPO / "bench" / "fleet.py"), "--repeats", "3"],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     lines = [x for x in out.splitlines() if x.startswith("fleet: ")]
@@ -134,5 +152,5 @@ def test_fleet_bench_beats_one_job_per_batch_near_its_limit():
         e1, e2, limit, ratio = (float(fields[k]) for k in ("one-job-per-batch", "pool+queue", "limit",
                                                            "ratio"))
         assert 0 < e1 < e2 <= limit <= 1, line
-        assert ratio >= 0.85, line
+        assert ratio >= 0.90, line
     assert "assumption" in out.lower() and "model" in out.lower()

@@ -243,6 +243,23 @@ def test_queue_plans_keep_exact_shards_and_end_on_short_batches(jobs, workers):
     assert plan.balance_ratio < 1.05
 
 
+@pytest.mark.parametrize("jobs,workers", [(63, 7), (256, 32)])
+def test_queue_plans_with_more_batches_than_tasks_split_to_the_short_batches(jobs, workers):
+    # Few tasks, many batches (a node-day sweep on a pool): the last round's batches are ~1/4 of
+    # the mean, so shards must be that small, or the short batches stay empty and the plan falls
+    # back to equal batches packed from shards of about one batch each (imbalanced).
+    tasks = spread_tasks(12, seed=5)
+    plan = make_plan(tasks, max_shots=10**6, max_errors=1000, jobs=jobs, workers=workers)
+    check_targets(plan, tasks, 10**6, 1000)
+    assert len(plan.batches) == jobs and plan.workers == workers
+    assert f"workers={workers}" in plan.strategy
+    sizes = [b.predicted_seconds for b in plan.batches]
+    assert sum(sizes[-workers:]) < 0.5 * sum(sizes[:workers])
+    assert plan.balance_ratio < 1.05
+    for b in plan.batches:
+        assert len({s.strong_id for s in b.shards}) == len(b.shards)
+
+
 def test_workers_change_nothing_for_one_job_per_batch_or_one_worker():
     tasks = spread_tasks()
 
@@ -288,3 +305,28 @@ def test_a_queue_plan_keeps_its_workers_in_the_manifest(small_circuits, tmp_path
 
     again = Manifest.from_json(m.to_json())
     assert again.plan.workers == 2 and again.plan.balance_ratio == m.plan.balance_ratio
+
+
+def test_plan_for_workers_picks_whole_rounds_no_worse_than_the_chooser():
+    from qec_kiln._plan import plan_for_workers
+    from qec_kiln._queue_plan import choose_batch_count, queue_makespan
+
+    tasks = spread_tasks(40, seed=7)
+    kw = dict(max_shots=10**6, max_errors=1000)
+    work = sum(t.predicted_seconds(**kw) for t in tasks)
+    for k, startup, first in ((4, 0.5, 20.0), (8, 0.1, 0.1)):
+        plan = plan_for_workers(tasks, workers=k, startup_seconds=startup, first_startup_seconds=first,
+                                **kw)
+        again = plan_for_workers(tasks, workers=k, startup_seconds=startup,
+                                 first_startup_seconds=first, **kw)
+        assert [b.to_json() for b in plan.batches] == [b.to_json() for b in again.batches]
+        check_targets(plan, tasks, 10**6, 1000)
+        b0 = choose_batch_count(work, len(tasks), k, startup, first_startup_seconds=first,
+                                max_shards_per_task=1000).batches
+        assert k <= len(plan.batches) <= b0
+        assert len(plan.batches) == b0 or len(plan.batches) % k == 0
+
+        chooser = make_plan(tasks, jobs=b0, workers=k, **kw)
+        t = [queue_makespan([[(s.strong_id, s.predicted_seconds) for s in b.shards] for b in p.batches],
+                            k, startup, first_startup_seconds=first) for p in (plan, chooser)]
+        assert t[0] <= t[1] + 1e-9

@@ -30,7 +30,7 @@ from qec_kiln._manifest import (
     load_manifest,
     manifest_key,
 )
-from qec_kiln._plan import Batch, make_plan, target_work_seconds
+from qec_kiln._plan import Batch, make_plan, plan_for_workers, target_work_seconds
 from qec_kiln._queue_plan import list_schedule, predicted_makespan
 from qec_kiln._status import sweep_progress
 from qec_kiln._storage import Bucket
@@ -316,14 +316,24 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
     if spec.target_hours is not None:
         procs = backend.target_processes(options)
         target_seconds = target_work_seconds(spec.target_hours, startup, procs)
-    if jobs is None and spec.target_hours is None and spec.circuits_per_job is None:
+    workers = backend.requested_workers(options) if backend.queue_workers else None
+    default = jobs is None and spec.target_hours is None and spec.circuits_per_job is None
+    if default and not workers:
         jobs = backend.default_jobs(
             options, [c.predicted_seconds(spec.max_shots, spec.max_errors) for c in costs])
-    plan = make_plan(costs, max_shots=spec.max_shots, max_errors=spec.max_errors, jobs=jobs,
-                     target_seconds=target_seconds, circuits_per_job=spec.circuits_per_job,
-                     allow_shards=spec.allow_shards,
-                     min_shard_seconds=startup * backend.node_processes(options, jobs or 1),
-                     workers=backend.requested_workers(options) if backend.queue_workers else None)
+    if default and workers:  # B: the best predicted of a few whole rounds of K (_plan)
+        procs = backend.node_processes(options, 1)
+        plan = plan_for_workers(costs, max_shots=spec.max_shots, max_errors=spec.max_errors,
+                                workers=workers, startup_seconds=backend.batch_startup_seconds(options),
+                                first_startup_seconds=backend.startup_seconds, processes=procs,
+                                model_error=MODEL_ERROR, allow_shards=spec.allow_shards,
+                                min_shard_seconds=startup * procs)
+    else:
+        plan = make_plan(costs, max_shots=spec.max_shots, max_errors=spec.max_errors, jobs=jobs,
+                         target_seconds=target_seconds, circuits_per_job=spec.circuits_per_job,
+                         allow_shards=spec.allow_shards,
+                         min_shard_seconds=startup * backend.node_processes(options, jobs or 1),
+                         workers=workers)
     for entry in entries:
         entry.features = features.get(entry.key)
     manifest = Manifest(

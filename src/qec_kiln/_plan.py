@@ -201,8 +201,9 @@ def make_plan(
     ``workers`` (K, with ``jobs`` or ``circuits_per_job`` asking for more than K batches): the
     batches run on K workers through the engine's queue, longest first, so they are planned in
     rounds of K of decreasing size (:func:`round_weights`): each worker's last batch is short, and a
-    mispredicted batch is evened out by the short ones after it (unless the tasks are too few to
-    fill that many batches: then equal ones). Otherwise batches are of equal predicted size.
+    mispredicted batch is evened out by the short ones after it; a task is then split into shards
+    no bigger than the shortest batch (unless the tasks are too few to fill that many batches:
+    then equal ones). Otherwise batches are of equal predicted size.
     """
     if not tasks:
         raise KilnError("nothing to plan: no circuits were found")
@@ -239,6 +240,66 @@ def _max_shards(cost: float, max_shots: int, max_errors: int, allow_shards: bool
     if min_shard_seconds > 0:
         k = min(k, math.floor(cost / min_shard_seconds))
     return max(1, k)
+
+
+def plan_for_workers(
+    tasks: Sequence[TaskCost],
+    *,
+    max_shots: int,
+    max_errors: int,
+    workers: int,
+    startup_seconds: float,
+    first_startup_seconds: float | None = None,
+    processes: int = 1,
+    model_error: float = 0.2,
+    allow_shards: bool = True,
+    min_shard_seconds: float = 0.0,
+) -> Plan:
+    """The plan for K ``workers`` when no batch count is given: a few whole rounds of K around
+    :func:`qec_kiln._queue_plan.choose_batch_count`'s B (B, 3/4 B, 1/2 B, none under min(B, 3 K)
+    or K), each planned, and the one whose batches the queue is predicted to finish first
+    (:func:`qec_kiln._queue_plan.queue_makespan`: each task's time off by ``model_error``, a
+    start-up per batch, ``processes`` sinter processes per batch; preemptions are not modelled).
+    Ties go to fewer batches.
+
+    Example:
+        >>> tasks = [TaskCost(f"c{i}.stim", "pymatching", f"id{i}", 1e-5 * (i + 1), 1e-3)
+        ...          for i in range(6)]
+        >>> p = plan_for_workers(tasks, max_shots=10**6, max_errors=1000, workers=2,
+        ...                      startup_seconds=1, first_startup_seconds=30)
+        >>> p.workers, len(p.batches) % 2, len(p.batches) >= 2
+        (2, 0, True)
+    """
+    from qec_kiln._queue_plan import choose_batch_count, queue_makespan
+
+    first = startup_seconds if first_startup_seconds is None else first_startup_seconds
+    procs = max(1, processes)
+    costs = [t.predicted_seconds(max_shots, max_errors) for t in tasks]
+    work = sum(costs) / procs
+    if not tasks or work <= 0:
+        return make_plan(tasks, max_shots=max_shots, max_errors=max_errors, jobs=1)
+    cap = sum(_max_shards(c, max_shots, max_errors, allow_shards, min_shard_seconds) for c in costs)
+    b0 = min(MAX_BATCHES, choose_batch_count(
+        work, n_tasks=len(tasks), workers=workers, startup_seconds=startup_seconds,
+        first_startup_seconds=first, model_error=model_error,
+        max_shards_per_task=max(1, math.ceil(cap / len(tasks)))).batches)
+    floor = max(min(workers, b0), min(b0, 3 * workers))
+    rounds = max(1, math.ceil(b0 / workers))
+    candidates = sorted({b0} | {max(floor, min(b0, r * workers))
+                                for r in (rounds * 3 // 4, rounds // 2) if r >= 1})
+    best: tuple[float, int, Plan] | None = None
+    for n in candidates:
+        plan = make_plan(tasks, max_shots=max_shots, max_errors=max_errors, jobs=n,
+                         allow_shards=allow_shards, min_shard_seconds=min_shard_seconds,
+                         workers=workers)
+        loads = [[(s.strong_id, s.predicted_seconds / procs) for s in b.shards]
+                 for b in plan.batches]
+        t = queue_makespan(loads, workers, startup_seconds, first_startup_seconds=first,
+                           model_error=model_error)
+        if best is None or (t, len(plan.batches)) < best[:2]:
+            best = (t, len(plan.batches), plan)
+    assert best is not None
+    return best[2]
 
 
 def _plan_for_target(
@@ -319,12 +380,16 @@ def _partition(
     queue = workers is not None and workers >= 2 and n > workers
     costs = {t.strong_id: t.predicted_seconds(max_shots, max_errors) for t in tasks}
     share = sum(costs.values()) / n
+    weights = round_weights(n, workers) if queue and workers is not None else None
+    # A shard at most the smallest batch's share, so that the last round's short batches can be
+    # filled at all (and the long ones packed from several pieces): with a queue, f x the mean.
+    piece = share * min(weights) if weights else share
     shards: list[Shard] = []  # in (circuit, decoder, index) order: ties in balance() go by it
     for t in sorted(tasks, key=lambda t: (t.circuit, t.decoder)):
         cost = costs[t.strong_id]
         k = 1
-        if allow_shards and share > 0 and cost > share * 1.05:
-            k = min(n, math.ceil(cost / share), max_shots, max_errors)
+        if allow_shards and piece > 0 and cost > piece * 1.05:
+            k = min(n, math.ceil(cost / piece), max_shots, max_errors)
             if min_shard_seconds > 0:
                 k = max(1, min(k, math.floor(cost / min_shard_seconds)))
         shots = split_targets(max_shots, k)
@@ -346,12 +411,9 @@ def _partition(
     sizes = [s.predicted_seconds for s in shards]
     groups = [s.strong_id for s in shards]
     base = None
-    if queue:
+    if weights:
         # Bins of unequal sizes: each starts with the load it should *not* take.
-        assert workers is not None
-        w = round_weights(n, workers)
-        base = [(w[0] - x) * share for x in w]
-        strategy += f" workers={workers}"
+        base = [(weights[0] - x) * share for x in weights]
     bins = lpt(sizes, groups, n, base)
     improve(bins, sizes, groups, base=base)
     filled = [[shards[i] for i in sorted(b)] for b in bins if b]  # sorted(b): name order
@@ -360,6 +422,8 @@ def _partition(
                            strategy)
         if len(equal.batches) > len(filled):
             return equal
+    if queue:
+        strategy += f" workers={workers}"
     filled.sort(key=lambda b: (-_load(b), b[0].circuit, b[0].decoder, b[0].index))
     batches = [Batch(id=batch_id(i), shards=b) for i, b in enumerate(filled)]
     return Plan(batches=batches, max_shots=max_shots, max_errors=max_errors, strategy=strategy,
