@@ -129,14 +129,16 @@ def test_batch_count_follows_the_startup_and_the_caps():
 def test_degenerate_inputs_are_refused(kwargs):
     args = dict(total_work_seconds=3600, n_tasks=10, workers=4, startup_seconds=5)
     args.update(kwargs)
-    with pytest.raises(KilnError, match="^error: .* must be"):
+    with pytest.raises(KilnError, match="must be") as info:
         choose_batch_count(**args)
+    assert not str(info.value).startswith("error:")  # the CLI adds it: never "error: error: ..."
 
 
 def test_list_schedule_refuses_bad_inputs():
     for bad in (dict(workers=0), dict(startup_seconds=-1), dict(batch=[1, -2]), dict(batch=[math.nan])):
-        with pytest.raises(KilnError, match="^error: "):
+        with pytest.raises(KilnError, match="must be") as info:
             list_schedule(bad.get("batch", [1, 2]), bad.get("workers", 2), bad.get("startup_seconds", 0))
+        assert not str(info.value).startswith("error:")
 
 
 @pytest.mark.slow

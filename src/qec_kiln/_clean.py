@@ -21,8 +21,10 @@ import pathlib
 import shutil
 import time
 
-#: The sub-folders of ``$QEC_KILN_HOME`` that hold one folder per sweep.
-KINDS = ("local", "slurm", "skypilot")
+from qec_kiln._backends import BACKENDS
+
+#: The sub-folders of ``$QEC_KILN_HOME`` that hold one folder per sweep: one per backend.
+KINDS = tuple(BACKENDS)
 
 
 def _newest_mtime(folder: pathlib.Path) -> float:

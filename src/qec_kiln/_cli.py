@@ -73,8 +73,8 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--jobs", type=positive_int, help="balance into N batches")
     g.add_argument("--target-hours", type=positive_float,
                    help="as many batches as needed so none is predicted to run longer")
-    g.add_argument("--circuits-per-job", type=positive_int,
-                   help="ceil(tasks / K) batches, a task being one circuit x decoder, balanced "
+    g.add_argument("--circuits-per-job", type=positive_int, metavar="N",
+                   help="ceil(tasks / N) batches, a task being one circuit x decoder, balanced "
                    "by predicted cost")
     g.add_argument("--no-shards", action="store_true",
                    help="never split a big circuit's shots over several batches")

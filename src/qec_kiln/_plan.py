@@ -191,7 +191,7 @@ def make_plan(
 
     Exactly one of ``jobs`` (N batches), ``target_seconds`` (as many batches as needed so none is
     predicted to exceed it, in core-seconds; see :func:`target_work_seconds`) or
-    ``circuits_per_job`` (ceil(tasks / K) batches) sets the number of batches. Plans are
+    ``circuits_per_job`` (ceil(tasks / N) batches) sets the number of batches. Plans are
     deterministic: the same input gives the same plan. A task is never split into shards
     predicted to cost less than ``min_shard_seconds`` each (a job's start-up would outweigh them),
     so a plan may have fewer batches than asked for. Near-linear in tasks and batches (see

@@ -42,7 +42,7 @@ __all__ = ["BatchChoice", "choose_batch_count", "efficiency", "list_schedule", "
 def _check(name: str, value: float, *, positive: bool = False) -> None:
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         need = "a positive" if positive else "a non-negative"
-        raise KilnError(f"error: {name} must be {need} finite number (got {value!r})")
+        raise KilnError(f"{name} must be {need} finite number (got {value!r})")
 
 
 def list_schedule(
@@ -69,7 +69,7 @@ def list_schedule(
         0.0
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise KilnError(f"error: workers must be a whole number >= 1 (got {workers!r})")
+        raise KilnError(f"workers must be a whole number >= 1 (got {workers!r})")
     _check("startup_seconds", startup_seconds)
     first = startup_seconds if first_startup_seconds is None else first_startup_seconds
     _check("first_startup_seconds", first)
@@ -134,7 +134,7 @@ def efficiency(work_seconds: float, workers: int, makespan_seconds: float) -> fl
     _check("work_seconds", work_seconds)
     _check("makespan_seconds", makespan_seconds, positive=True)
     if workers < 1:
-        raise KilnError(f"error: workers must be >= 1 (got {workers!r})")
+        raise KilnError(f"workers must be >= 1 (got {workers!r})")
     return work_seconds / (workers * makespan_seconds)
 
 
@@ -179,7 +179,7 @@ def predicted_makespan(work_seconds: float, batches: int, workers: int, startup_
     _check("work_seconds", work_seconds, positive=True)
     first = startup_seconds if first_startup_seconds is None else first_startup_seconds
     if batches < 1 or workers < 1:
-        raise KilnError(f"error: batches and workers must be >= 1 (got {batches}, {workers})")
+        raise KilnError(f"batches and workers must be >= 1 (got {batches}, {workers})")
     return _predicted_makespan(work_seconds, batches, workers, startup_seconds, first, model_error)
 
 
@@ -229,7 +229,7 @@ def choose_batch_count(
                         ("batches_per_worker", batches_per_worker),
                         ("max_shards_per_task", max_shards_per_task)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise KilnError(f"error: {name} must be a whole number >= 1 (got {value!r})")
+            raise KilnError(f"{name} must be a whole number >= 1 (got {value!r})")
     cap = n_tasks * max_shards_per_task
     floor = startup_seconds * min_work_per_startup  # the least work a batch should hold
     by_startup = cap if floor == 0 else min(cap, math.floor(total_work_seconds / floor))
