@@ -52,7 +52,7 @@ def test_queue_makespan_draws_one_factor_per_task():
     one = queue_makespan([[("a", 1.0)], [("a", 1.0)]], 1, model_error=0.5, draws=1, seed=2)
     half = queue_makespan([[("a", 1.0)]], 1, model_error=0.5, draws=1, seed=2)
     assert math.isclose(one, 2 * half)
-    with pytest.raises(KilnError, match="^error: "):
+    with pytest.raises(KilnError, match="^model_error must be"):
         queue_makespan([[("a", 1.0)]], 1, model_error=-1)
 
 

@@ -248,6 +248,8 @@ def choose_batch_count(
     count = max(0, (upper - start) // workers + 1)
     step = max(1, count // 4096)  # a bounded search for huge sweeps on cheap start-ups
     candidates = {lower, *range(start, start + count * workers, step * workers)}
+    if workers == 1:  # a queue with nothing to balance: one batch, one start-up
+        candidates.add(one)
     b = min(candidates, key=lambda n: (predict(n)[0], n))
     t_b, e_b = predict(b)
     t_1, e_1 = predict(one)
