@@ -59,6 +59,17 @@ def _imports(path: pathlib.Path) -> set[str]:
     return out
 
 
+def test_no_module_outside_the_backends_imports_a_backend_module():
+    """Shared stages reach a backend only through the interface (``qec_kiln._backends``), never
+    through one backend's modules (``local``, ``slurm``, ``skypilot``, ``_skypilot_pool``, ...)."""
+    modules = {f"qec_kiln._backends.{f.stem}" for f in (SRC / "_backends").glob("*.py")
+               if f.stem not in ("__init__", "_base")}
+    assert "qec_kiln._backends.skypilot" in modules
+    found = {f"{p.relative_to(SRC)}: {m}" for p in _python_files_outside_backends()
+             for m in _imports(p) if any(m == x or m.startswith(x + ".") for x in modules)}
+    assert found == set()
+
+
 def test_only_the_entry_points_import_the_cli_and_the_api_imports_no_printer():
     importers = {p.name for p in SRC.rglob("*.py")
                  if any(m in ("qec_kiln._cli", "qec_kiln._commands") for m in _imports(p))}

@@ -16,12 +16,11 @@ that is still running are kept. Fragments in buckets are never touched.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import shutil
 import time
 
-from qec_kiln._backends import BACKENDS
+from qec_kiln._backends import BACKENDS, get_backend
 
 #: The sub-folders of ``$QEC_KILN_HOME`` that hold one folder per sweep: one per backend.
 KINDS = tuple(BACKENDS)
@@ -37,17 +36,6 @@ def _newest_mtime(folder: pathlib.Path) -> float:
     return newest
 
 
-def _running(folder: pathlib.Path) -> bool:
-    """Whether a local run-batch recorded in ``folder`` still runs."""
-    for pid_file in folder.glob("*.pid"):
-        try:
-            pid = int(json.loads(pid_file.read_text())["pid"])
-            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if b"run-batch" in cmdline.split(b"\0"):
-            return True
-    return False
 
 
 def clean_state(home: pathlib.Path, *, older_than_days: float, dry_run: bool = False
@@ -56,11 +44,12 @@ def clean_state(home: pathlib.Path, *, older_than_days: float, dry_run: bool = F
     cutoff = time.time() - older_than_days * 86400
     removed = []
     for kind in KINDS:
+        backend = get_backend(kind)
         base = home / kind
         for folder in sorted(base.iterdir()) if base.is_dir() else []:
             if not folder.is_dir() or folder.is_symlink():
                 continue
-            if _newest_mtime(folder) > cutoff or _running(folder):
+            if _newest_mtime(folder) > cutoff or backend.state_running(folder):
                 continue
             if not dry_run:
                 shutil.rmtree(folder, ignore_errors=True)

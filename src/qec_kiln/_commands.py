@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qec_kiln import _api
-from qec_kiln._backends import backend_class
+from qec_kiln._backends import backend_class, get_backend
 from qec_kiln._errors import KilnError
 
 if TYPE_CHECKING:
@@ -142,23 +142,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_pool(args: argparse.Namespace) -> int:
-    from qec_kiln._backends import _skypilot_pool as pools
-
     name = args.pool_opt or args.name
     if args.name and args.pool_opt and args.name != args.pool_opt:
         raise KilnError(f"qec-kiln pool: two names ({args.name}, --pool {args.pool_opt}); give one")
-    records = pools.existing_pools([name] if name else None)
-    if not name:
-        records = [r for r in records if str(r.get("name", "")).startswith(pools.POOL_PREFIX)]
-    if args.action == "status":
-        for line in pools.status_lines(records) or [f"no pool {name or 'kiln-pool-*'} found"]:
-            out.print(line, markup=False)
-        return 0
-    names = [str(r["name"]) for r in records if r.get("name")]
-    if not names:
-        raise KilnError(f"no pool {name or 'kiln-pool-*'} found; see `qec-kiln pool status`")
-    pools.pool_down(names)
-    out.print(f"took down pool(s) {', '.join(names)}", markup=False)
+    for line in get_backend(args.backend).pool_command(args.action, name):
+        out.print(line, markup=False)
     return 0
 
 

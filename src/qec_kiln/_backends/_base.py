@@ -276,6 +276,15 @@ class Backend(abc.ABC):
         """Why this backend's batches could not reach ``bucket_url``, or None."""
         return None
 
+    def pool_command(self, action: str, name: str | None) -> list[str]:
+        """``qec-kiln pool status|down [NAME]``: lines to print. Backends without pools refuse."""
+        raise KilnError(f"the {self.name} backend has no pools of warm workers")
+
+    def state_running(self, folder: pathlib.Path) -> bool:
+        """Whether a job recorded in ``folder`` (this backend's local state of one sweep, under
+        ``$QEC_KILN_HOME/<backend>/``) still runs here; ``qec-kiln clean`` keeps such folders."""
+        return False
+
     def launch_problem(self) -> str | None:
         """Why this machine cannot launch (or render) with this backend, e.g. a missing package;
         asked before anything is planned or uploaded. None when it can."""

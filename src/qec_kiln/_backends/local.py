@@ -154,6 +154,18 @@ class LocalBackend(Backend):
                   for i, b in enumerate(request.batch_ids)]
         return "\n".join(lines)
 
+    def state_running(self, folder: pathlib.Path) -> bool:
+        """Whether a run-batch recorded in ``folder`` (its ``<batch>.pid`` files) still runs."""
+        for pid_file in folder.glob("*.pid"):
+            try:
+                pid = int(json.loads(pid_file.read_text())["pid"])
+                cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if b"run-batch" in cmdline.split(b"\0"):
+                return True
+        return False
+
     def max_processes(self, options: BackendOptions) -> int | None:
         return 4 * (os.cpu_count() or 1)
 

@@ -182,6 +182,19 @@ class SkyPilotBackend(RemoteBackend):
         """A warm pool worker starts a batch in seconds; a managed job waits for a new VM."""
         return pools.WARM_STARTUP_SECONDS if options.workers else self.startup_seconds
 
+    def pool_command(self, action: str, name: str | None) -> list[str]:
+        """``qec-kiln pool status|down [NAME]`` through the SDK (default: every kiln-pool-*)."""
+        records = pools.existing_pools([name] if name else None)
+        if not name:
+            records = [r for r in records if str(r.get("name", "")).startswith(pools.POOL_PREFIX)]
+        if action == "status":
+            return pools.status_lines(records) or [f"no pool {name or 'kiln-pool-*'} found"]
+        names = [str(r["name"]) for r in records if r.get("name")]
+        if not names:
+            raise KilnError(f"no pool {name or 'kiln-pool-*'} found; see `qec-kiln pool status`")
+        pools.pool_down(names)
+        return [f"took down pool(s) {', '.join(names)}"]
+
     def launch_problem(self) -> str | None:
         """SkyPilot is an optional extra: without it nothing can be rendered or launched."""
         try:
