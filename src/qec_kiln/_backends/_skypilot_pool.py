@@ -82,7 +82,9 @@ def render_pool(backend: Any, opts: Any, request: Any, task_cfg: dict[str, Any],
     cfg = yaml.safe_load(text)
     if not isinstance(cfg, dict) or not isinstance(cfg.get("pool"), dict):
         raise KilnError(f"{source}: needs a 'pool:' mapping (e.g. pool: {{workers: 1}})")
-    backend._apply_options(cfg, opts, source, notes)
+    from qec_kiln._backends._skypilot_render import apply_options
+
+    apply_options(cfg, opts, source, notes)
     install = apply_node_install(
         cfg, bucket_url=request.bucket_url, decoders=request.decoders,
         custom=request.custom_decoders_module_function, image=opts.image,
