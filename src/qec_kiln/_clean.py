@@ -1,17 +1,20 @@
 """``qec-kiln clean``: remove old local state under ``$QEC_KILN_HOME`` (default
 ``~/.cache/qec-kiln``): the local backend's job records and work folders, and the rendered Slurm
-and SkyPilot job files, of sweeps untouched for ``older_than_days``. Folders of a local batch
-that is still running are kept. Fragments in buckets are never touched.
+and SkyPilot job files, of sweeps untouched for ``older_than_days``, and wheels built for SkyPilot
+nodes that long ago. Folders of a local batch that is still running are kept. Fragments in buckets are never touched.
 
     >>> import os, tempfile, pathlib
     >>> home = pathlib.Path(tempfile.mkdtemp())
     >>> old = home / "local" / "s-1234abcd"
     >>> old.mkdir(parents=True); _ = (old / "b000.exit").write_text("0")
     >>> os.utime(old / "b000.exit", (0, 0)); os.utime(old, (0, 0))
+    >>> wheel = home / "wheels" / "0123abcd"
+    >>> wheel.mkdir(parents=True); _ = (wheel / "qec_kiln-0.1.0-py3-none-any.whl").write_text("")
+    >>> os.utime(wheel / "qec_kiln-0.1.0-py3-none-any.whl", (0, 0)); os.utime(wheel, (0, 0))
     >>> [p.name for p in clean_state(home, older_than_days=1)]
-    ['s-1234abcd']
-    >>> old.exists()
-    False
+    ['s-1234abcd', '0123abcd']
+    >>> old.exists(), wheel.exists()
+    (False, False)
 """
 
 from __future__ import annotations
@@ -51,6 +54,14 @@ def clean_state(home: pathlib.Path, *, older_than_days: float, dry_run: bool = F
                 continue
             if _newest_mtime(folder) > cutoff or backend.state_running(folder):
                 continue
+            if not dry_run:
+                shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    # Wheels of qec-kiln shipped to SkyPilot nodes, one folder per version of the code: a wheel
+    # unused for DAYS is rebuilt (in seconds) if a launch needs it again.
+    wheels = home / "wheels"
+    for folder in sorted(wheels.iterdir()) if wheels.is_dir() else []:
+        if folder.is_dir() and not folder.is_symlink() and _newest_mtime(folder) <= cutoff:
             if not dry_run:
                 shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
