@@ -1,7 +1,8 @@
 """``qec-kiln clean``: remove old local state under ``$QEC_KILN_HOME`` (default
 ``~/.cache/qec-kiln``): the local backend's job records and work folders, and the rendered Slurm
 and SkyPilot job files, of sweeps untouched for ``older_than_days``, and wheels built for SkyPilot
-nodes that long ago. Folders of a local batch that is still running are kept. Fragments in buckets are never touched.
+nodes that long ago. Folders of a local batch that is still running are kept. Fragments in
+buckets are never touched.
 
     >>> import os, tempfile, pathlib
     >>> home = pathlib.Path(tempfile.mkdtemp())
