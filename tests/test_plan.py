@@ -10,6 +10,7 @@ import pytest
 
 from qec_kiln._errors import KilnError
 from qec_kiln._plan import TaskCost, make_plan, split_targets, target_work_seconds
+from qec_kiln._queue_plan import list_schedule
 
 
 def spread_tasks(n: int = 30, seed: int = 1) -> list[TaskCost]:
@@ -88,6 +89,21 @@ def test_target_hours_bounds_every_batch():
     plan = make_plan(tasks, max_shots=10**6, max_errors=1000, target_seconds=target)
     assert plan.makespan_seconds <= target * 1.0001
     assert len(plan.batches) >= math.ceil(total / target)
+
+
+def test_target_hours_on_fewer_workers_reports_the_queues_balance():
+    """B batches bounded by the target, run K at a time: the balance is the queue's makespan over
+    total / K, not the largest batch over the mean (which said 1.9 for a plan that is fine)."""
+    tasks = spread_tasks()
+    total = sum(t.predicted_seconds(10**6, 1000) for t in tasks)
+    plan = make_plan(tasks, max_shots=10**6, max_errors=1000, target_seconds=total / 7.5,
+                     workers=2)
+    alone = make_plan(tasks, max_shots=10**6, max_errors=1000, target_seconds=total / 7.5)
+    assert [b.predicted_seconds for b in plan.batches] == [b.predicted_seconds for b in alone.batches]
+    assert plan.workers == 2 and alone.workers is None
+    times = sorted((b.predicted_seconds for b in plan.batches), reverse=True)
+    assert plan.balance_ratio == pytest.approx(
+        list_schedule(times, 2) / (plan.total_predicted_seconds / 2))
 
 
 def test_bad_partition_arguments():

@@ -219,8 +219,11 @@ def make_plan(
         return _partition(tasks, max_shots, max_errors, n, allow_shards, min_shard_seconds,
                           strategy=f"circuits-per-job={circuits_per_job}", workers=workers)
     if target_seconds is not None:
-        return _plan_for_target(tasks, max_shots, max_errors, target_seconds, allow_shards,
+        plan = _plan_for_target(tasks, max_shots, max_errors, target_seconds, allow_shards,
                                 min_shard_seconds)
+        if workers and len(plan.batches) > workers:  # its balance is the queue's, K at a time
+            plan.workers = workers
+        return plan
     if jobs is None:
         jobs = 1
     if jobs < 1:
