@@ -96,13 +96,16 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _add_backend_args(p: argparse.ArgumentParser, what: str) -> None:
+def _add_backend_args(p: argparse.ArgumentParser, what: str, light: bool) -> None:
     p.add_argument("--backend", default="local",
                    help=f"{', '.join(BACKENDS)} (default local); {what}")
-    add_backend_arguments(p)
+    if not light:
+        add_backend_arguments(p)  # imports every backend's module (SkyPilot's: yaml, ...)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, light: bool = False) -> argparse.ArgumentParser:
+    """The ``qec-kiln`` parser. ``light``: without the backends' own flags of ``plan`` and
+    ``launch`` (for the other commands, which start faster without importing every backend)."""
     parser = _Parser(
         prog="qec-kiln",
         description="Run Stim/sinter sweeps on many machines (local, Slurm, SkyPilot) and merge "
@@ -115,11 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="discover and partition circuits; print the plan")
     _add_sweep_args(p)
-    _add_backend_args(p, "the plan's defaults depend on it")
+    _add_backend_args(p, "the plan's defaults depend on it", light)
 
     p = sub.add_parser("launch", help="plan, upload and start the sweep's batches")
     _add_sweep_args(p)
-    _add_backend_args(p, "where the batches run")
+    _add_backend_args(p, "where the batches run", light)
     p.add_argument("--dry-run", action="store_true",
                    help="show the plan, rendered job files and exact commands; launch nothing")
 
@@ -202,8 +205,10 @@ _COMMAND_MODULES = {"merge": "qec_kiln._merge"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(_join_sinter_options(sys.argv[1:] if argv is None else list(argv)))
+    words = _join_sinter_options(sys.argv[1:] if argv is None else list(argv))
+    # merge needs neither the backends nor rich: it starts faster (it races `sinter combine`).
+    parser = build_parser(light=bool(words) and words[0] in _COMMAND_MODULES)
+    args = parser.parse_args(words)
     if args.command in ("plan", "launch"):
         args.circuits = list(args.circuits) + list(args.circuits_opt or [])
         if not args.circuits:
