@@ -149,7 +149,10 @@ def _local_processes(n: int) -> int:
     unsafe)."""
     if threading.active_count() > 1 or "fork" not in multiprocessing.get_all_start_methods():
         return 1
-    idle = len(os.sched_getaffinity(0)) - os.getloadavg()[0]
+    # Cores left once this process and the machine's load are counted. A forked share pays
+    # for sending its parsed rows back, which measured slower than parsing here on 2 cores
+    # (bench/merge_speed.py), so it takes a core nobody else would use.
+    idle = len(os.sched_getaffinity(0)) - os.getloadavg()[0] - 1
     return max(1, min(LOCAL_PROCESSES, 1 + int(idle), n // FRAGMENTS_PER_PROCESS))
 
 
