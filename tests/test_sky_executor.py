@@ -143,7 +143,7 @@ def test_sweep_of_n_jobs_merges_exactly(tmp_path, node_cache, request, monkeypat
 
 def test_recovery_after_sigkill_resumes_exactly(tmp_path, kiln_wheel, node_cache, s3_env):
     circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.001, 0.003))
-    max_shots = 200_000
+    max_shots = 1_000_000  # ~10 s on 2 cores: still running when the first rows are uploaded
     bucket, _ = make_sweep(circuits, s3_env.url, "rec", max_shots=max_shots,
                            max_errors=1_000_000)
     task = node_task(kiln_wheel, s3_env.url, "rec", ["b000"], s3_env.env, sync_seconds=0.5)

@@ -309,8 +309,7 @@ printf '%s\\n' "$@" > "$out.argv"
 echo "$SLURM_CPUS_PER_TASK" > "$out.cpus"
 trap 'echo TERM >> "$out.marker"; exit 0' TERM
 echo start >> "$out.marker"
-sleep 120 &
-wait
+while :; do sleep 1 & wait $!; done  # a killed sleep must not end the script
 """
 
 
@@ -345,7 +344,7 @@ def test_launched_array_runs_and_cancel_sends_sigterm(slurm_cluster, tmp_path, m
         assert backend.cancel(r.bucket_url, r.sweep) == [array]
         slurm_cluster.wait_for(
             lambda: all((out / f"task-{k}.marker").read_text().split() == ["start", "TERM"]
-                        for k in (0, 1)), 15, "SIGTERM to both tasks' (exec'd) qec-kiln")
+                        for k in (0, 1)), 60, "SIGTERM to both tasks' (exec'd) qec-kiln")
         slurm_cluster.wait_for(
             lambda: {s.state for s in backend.job_states(r.bucket_url, r.sweep).values()}
             == {"CANCELLED"}, 15, "both tasks CANCELLED")

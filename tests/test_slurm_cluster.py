@@ -50,17 +50,14 @@ def _write_script(path: Path, body: str) -> Path:
 # A batch script that records each start (with the restart count) and then sleeps.
 STARTS = """\
 echo "start ${SLURM_RESTART_COUNT:-0}" >> "$1/starts-${SLURM_ARRAY_TASK_ID:-x}"
-sleep 120 &
-wait
+while :; do sleep 1 & wait $!; done  # a killed sleep must not end the script
 """
 
 # A batch script that traps SIGTERM and records it.
 TRAP = """\
 trap 'echo TERM >> "$1/marker-$SLURM_JOB_ID"; exit 0' TERM
 echo start >> "$1/marker-$SLURM_JOB_ID"
-sleep 120 &
-wait
-echo end >> "$1/marker-$SLURM_JOB_ID"
+while :; do sleep 1 & wait $!; done  # a killed sleep must not end the script
 """
 
 # The shape of the real template: the batch shell exec's a program that handles SIGTERM.
