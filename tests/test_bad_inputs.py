@@ -558,6 +558,25 @@ def test_truncated_fragment_merge_warns_and_run_batch_resumes(tmp_path, finished
     assert report["reached"] == report["tasks"] and not report["warnings"], report
 
 
+def test_a_finished_batch_with_a_damaged_tail_is_repaired_by_run_batch(tmp_path, finished):
+    """Half a row after a finished fragment's complete lines (a copy by hand): run-batch has no
+    shot left to take, yet it replaces the object by its complete lines, so merge stops warning."""
+    bucket = tmp_path / "bucket"
+    shutil.copytree(finished["root"] / "bucket", bucket)
+    frag = bucket / "done" / "fragments" / "b001.csv"
+    whole = frag.read_bytes()
+    last = whole.splitlines(keepends=True)[-1]
+    frag.write_bytes(whole + last[: len(last) // 2])
+    r = run_kiln("run-batch", "--bucket", str(bucket), "--sweep", "done", "--batch", "b001",
+                 "--work-dir", str(tmp_path / "work"), "--processes", "1")
+    assert r.returncode == 0, r.stderr
+    assert "dropped a truncated last line" in r.stderr
+    assert frag.read_bytes() == whole
+    r = run_kiln("merge", "--bucket", str(bucket), "--out", str(tmp_path / "m.csv"), "--json")
+    report = json.loads(r.stdout)
+    assert report["reached"] == report["tasks"] and not report["warnings"], report
+
+
 HOSTILE_DIR = "we ird;'q\"$(touch pwned)`touch pwned2` ψ"
 HOSTILE_NAME = "d=3,p=0.001,b=X,type=it's \"a\";$(touch pwned) `id` ψ é.stim"
 PLAIN_NAME = "d=5,p=0.001,b=X,type=a b;c & d | e.stim"

@@ -286,7 +286,10 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.pid, signal.SIGINT)
 
-    syncer = FragmentSync(bucket, fkey, resume, uploaded=len(fragment.clean), log=log,
+    # A damaged object (a half row after its complete lines, e.g. a copy by hand) is replaced by
+    # its complete lines at the first sync, even if the batch has nothing left to do.
+    uploaded = len(fragment.clean) if raw == fragment.clean else -1
+    syncer = FragmentSync(bucket, fkey, resume, uploaded=uploaded, log=log,
                           on_conflict=stop_sinter, version=version)
     stop_syncing = threading.Event()
 
