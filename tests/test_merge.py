@@ -398,3 +398,28 @@ def test_many_local_fragments_parsed_by_forked_processes_give_the_same(tmp_path,
         else:
             assert str(a) == str(c)
     assert _fragments._local_processes(10) == 1  # few fragments: this process alone
+
+
+def test_many_local_fragments_are_parsed_by_one_process_per_core():
+    # In a fresh interpreter (no other thread): 2,000 fragments get one process per core, up to 4.
+    code = "from qec_kiln._fragments import _local_processes as f; print(f(2000), f(499), f(10))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    cores = len(os.sched_getaffinity(0))
+    assert out.stdout.split() == [str(min(4, cores)), "1", "1"]
+
+
+def test_read_fragments_keeps_only_the_stats_unless_asked(tmp_path, small_circuits):
+    from qec_kiln._fragments import read_fragment, read_fragments
+
+    bucket = tmp_path / "bucket"
+    m = make_sweep(small_circuits, bucket, "s", jobs=2)
+    finish(bucket, m)
+    b = open_bucket(str(bucket))
+    ids = [x.id for x in m.batches]
+    whole = [read_fragment(b, m, i) for i in ids]
+    light = read_fragments(b, m, ids)
+    kept = read_fragments(b, m, ids, keep_bytes=True)
+    assert all(w.clean for w in whole)
+    assert [f.stats for f in light] == [w.stats for w in whole] == [f.stats for f in kept]
+    assert [f.clean for f in light] == [b"", b""]
+    assert [f.clean for f in kept] == [w.clean for w in whole]
