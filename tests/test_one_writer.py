@@ -207,3 +207,75 @@ def test_read_only_credentials_end_run_batch_at_once(s3_auth, monkeypatch, tmp_p
     from qec_kiln._backends.skypilot import packaged_yaml_text
     rec = yaml.safe_load(packaged_yaml_text("sinter_job.yaml"))["resources"]["job_recovery"]
     assert rec["recover_on_exit_codes"] == [75] and rec["max_restarts_on_errors"] == 0
+
+
+def test_a_launch_that_loses_the_race_to_create_a_sweep_runs_the_winners_plan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two launches of one sweep at once with different partitions (--jobs 1 and --jobs 2):
+    the manifest the first one created is never replaced, and the other goes on with its plan,
+    so no batch of one plan runs under the other (a task's shards differ between plans)."""
+    import qec_kiln
+    from qec_kiln import _launch
+    from qec_kiln._launch import SweepSpec, prepare_sweep
+    from qec_kiln._manifest import load_manifest
+
+    circuits = write_surface_circuits(tmp_path / "circuits", distances=(3,), noises=(0.001, 0.01))
+    url = str(tmp_path / "bucket")
+    real_upload = _launch.upload_sweep
+    winner = {}
+
+    def the_other_launch_wins(bucket, prepared, log):  # it planned too, and uploads first
+        spec = SweepSpec(circuits=str(circuits), decoders=["pymatching"], max_shots=2000,
+                         max_errors=10**6, bucket=url, name="race", jobs=2)
+        other = prepare_sweep(spec, bucket, lambda s: None)
+        assert real_upload(bucket, other, lambda s: None) is True
+        winner["plan"] = other.manifest.dumps()
+        return real_upload(bucket, prepared, log)
+
+    monkeypatch.setattr(_launch, "upload_sweep", the_other_launch_wins)
+    said: list[str] = []
+    result = qec_kiln.launch(circuits, bucket=url, name="race", jobs=1, max_shots=2000,
+                             max_errors=10**6, backend_options={"processes": 1}, log=said.append)
+    bucket = open_bucket(url)
+    assert bucket.read_bytes("race/manifest.json") == winner["plan"]  # never replaced
+    assert any("created in" in s and "by another launch at the same time" in s for s in said), said
+    stored = load_manifest(bucket, "race")
+    assert sorted(result.launched) == [b.id for b in stored.batches] == ["b000", "b001"]
+    fragments = sorted((tmp_path / "bucket" / "race" / "fragments").glob("*.csv"))
+    stats = sinter.read_stats_from_csv_files(*fragments)
+    assert sorted(s.shots for s in stats) == [2000, 2000]
+
+
+def test_a_sweep_whose_manifest_was_deleted_is_not_planned_again(tmp_path: Path) -> None:
+    from conftest import run_kiln
+
+    circuits = write_surface_circuits(tmp_path / "circuits", distances=(3,), noises=(0.001,))
+    bucket = tmp_path / "bucket"
+    args = ("launch", str(circuits), "--bucket", str(bucket), "--name", "s", "--max-shots", "500",
+            "--processes", "1")
+    run_kiln(*args, check=True)
+    (bucket / "s" / "manifest.json").unlink()
+    before = sorted(p.relative_to(bucket) for p in bucket.rglob("*"))
+    proc = run_kiln(*args, "--jobs", "2")
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "holds 1 fragment(s) but no manifest.json" in last, proc.stderr
+    assert "--name NEW" in last
+    assert sorted(p.relative_to(bucket) for p in bucket.rglob("*")) == before  # nothing written
+
+
+def test_a_circuit_left_with_other_contents_is_never_replaced(tmp_path: Path) -> None:
+    from conftest import run_kiln
+
+    circuits = write_surface_circuits(tmp_path / "circuits", distances=(3,), noises=(0.001,))
+    name = next(circuits.glob("*.stim")).name
+    left = tmp_path / "bucket" / "s" / "circuits" / name  # an interrupted launch of other circuits
+    left.parent.mkdir(parents=True)
+    left.write_text("H 0\nM 0\n")
+    proc = run_kiln("launch", str(circuits), "--bucket", str(tmp_path / "bucket"), "--name", "s",
+                    "--max-shots", "500", "--processes", "1")
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "already exists with other contents" in last and name in last, proc.stderr
+    assert left.read_text() == "H 0\nM 0\n"
+    assert not (tmp_path / "bucket" / "s" / "manifest.json").exists()

@@ -115,6 +115,9 @@ class _NoBucket:
     def exists(self, key: str) -> bool:
         return False
 
+    def list_keys(self, prefix: str = "") -> list[str]:
+        return []
+
 
 def _prepare(spec: SweepSpec, *, need_bucket: bool, log: Log, need_launch: bool = False
              ) -> tuple[Backend, Any, PlanResult]:
@@ -137,7 +140,7 @@ def _prepare(spec: SweepSpec, *, need_bucket: bool, log: Log, need_launch: bool 
         if need_bucket:
             raise
         log(f"warning: {ex} (dry run: showing a fresh plan)")
-        bucket = _NoBucket(bucket.url)  # type: ignore[assignment]  # only .url and .exists()
+        bucket = _NoBucket(bucket.url)  # type: ignore[assignment]  # only .url, .exists(), .list_keys()
     return backend, bucket, prepare_sweep(spec, bucket, log)
 
 
@@ -229,8 +232,9 @@ def launch(
                             message="dry run: nothing was uploaded or launched",
                             description=description,
                             details=chosen.describe_json(request))
-    if not prepared.exists:
-        upload_sweep(store, prepared, log)
+    if not prepared.exists and not upload_sweep(store, prepared, log):
+        # Another launch of this sweep created it at the same time: go on with its plan.
+        chosen, store, prepared = _prepare(spec, need_bucket=True, log=log, need_launch=True)
     todo, info = batches_to_launch(store, prepared, chosen)
     if info:
         log(f"{len(info['done'])} batch(es) already finished, {len(info['running'])} running")

@@ -20,7 +20,7 @@ import sinter
 from qec_kiln._backends import Backend, BackendOptions, LaunchRequest, get_backend
 from qec_kiln._cost import estimate_costs
 from qec_kiln._discover import CircuitFile, check_decodable, check_duplicates, discover_inputs
-from qec_kiln._errors import KilnError, ObjectNotFound
+from qec_kiln._errors import KilnError, ObjectNotFound, PreconditionFailed
 from qec_kiln._manifest import (
     CircuitEntry,
     Manifest,
@@ -306,6 +306,7 @@ def prepare_sweep(spec: SweepSpec, bucket: Bucket, log: Callable[[str], None]) -
                             slots=backend.batch_slots(options, n))
         result.estimated_cost = estimate_cost(result, spec)
         return result
+    _check_no_orphans(bucket, name)
 
     custom = load_custom_decoders(spec.custom_decoders_module_function) if spec.calibrate else None
     costs, features = estimate_costs(circuits, spec.decoders, strong_ids, calibrate=spec.calibrate,
@@ -374,13 +375,47 @@ def _ignored_flags(spec: SweepSpec, existing: Manifest) -> list[str]:
     return flags
 
 
-def upload_sweep(bucket: Bucket, prepared: PlanResult, log: Callable[[str], None]) -> None:
-    """Circuits first, the manifest last: a manifest in the bucket means the sweep is complete there."""
+def upload_sweep(bucket: Bucket, prepared: PlanResult, log: Callable[[str], None]) -> bool:
+    """Circuits first, the manifest last: a manifest in the bucket means the sweep is complete there.
+
+    Each object is only created, never replaced (the same bytes already there count as written),
+    so two launches of one sweep at the same time cannot swap plans under each other's batches.
+    Returns False when another launch created the manifest first: that plan is the sweep's
+    (:func:`prepare_sweep` again reuses it).
+    """
     m = prepared.manifest
     for c in prepared.circuits:
-        bucket.write_bytes(circuit_key(m.sweep, c.key), c.text.encode("utf-8"))
-    bucket.write_bytes(manifest_key(m.sweep), m.dumps())
+        key = circuit_key(m.sweep, c.key)
+        try:
+            bucket.write_if(key, c.text.encode("utf-8"), None)
+        except PreconditionFailed:
+            raise KilnError(
+                f"{bucket.url_for(key)} already exists with other contents (left by a launch of "
+                f"sweep {m.sweep!r} with other circuits?); give --name NEW, or delete "
+                f"{bucket.url_for(m.sweep)} to start over"
+            ) from None
+    try:
+        bucket.write_if(manifest_key(m.sweep), m.dumps(), None)
+    except PreconditionFailed:
+        log(f"sweep {m.sweep!r} was created in {bucket.url} by another launch at the same time: "
+            "using its plan")
+        return False
     log(f"uploaded {len(prepared.circuits)} circuit(s) and the manifest to {bucket.url_for(m.sweep)}")
+    return True
+
+
+def _check_no_orphans(bucket: Bucket, sweep: str) -> None:
+    """Refuse a new plan where a sweep of that name left fragments but has no manifest: their
+    rows were counted against another plan (a task's shards differ between plans) and merging
+    them under a new one could exceed its targets."""
+    orphans = bucket.list_keys(f"{sweep}/fragments/")
+    if orphans:
+        raise KilnError(
+            f"{bucket.url_for(sweep)} holds {len(orphans)} fragment(s) but no manifest.json (was "
+            "it deleted?): their rows belong to an earlier plan and cannot be matched to a new "
+            f"one; restore the manifest to go on, give --name NEW, or delete "
+            f"{bucket.url_for(sweep)} to start over"
+        )
 
 
 def queue_order(batches: list[Batch]) -> list[str]:
