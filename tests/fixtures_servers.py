@@ -77,7 +77,18 @@ class Server(ThreadedWSGIServer):
             except OSError:
                 pass
 
-app = DomainDispatcherApplication(create_backend_app)
+moto_app = DomainDispatcherApplication(create_backend_app)
+writes = threading.Lock()
+
+def app(environ, start_response):
+    # S3 applies a conditional write (If-None-Match / If-Match) atomically; moto checks the
+    # condition and stores the object as separate steps on concurrent server threads, so two
+    # racing creates could both win. One write at a time here, as S3 guarantees; reads stay
+    # concurrent.
+    if environ.get("REQUEST_METHOD") in ("PUT", "POST", "DELETE"):
+        with writes:
+            return list(moto_app(environ, start_response))
+    return moto_app(environ, start_response)
 host, port = sys.argv[1], int(sys.argv[2])
 server = thread = None
 

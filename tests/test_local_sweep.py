@@ -14,6 +14,7 @@ import time
 import pytest
 import sinter
 from conftest import REPO, run_kiln, write_surface_circuits
+from test_reliability import tagged_env, wait_no_tagged_processes
 
 from qec_kiln._fragments import complete_lines
 from qec_kiln._launch import SweepSpec, prepare_sweep, upload_sweep
@@ -92,7 +93,9 @@ def test_run_batch_sigkilled_and_restarted_loses_nothing_and_counts_nothing_twic
     frag = tmp_path / "bucket" / fragment_key("kill", "b000")
     argv = [sys.executable, "-m", "qec_kiln", "run-batch", "--bucket", str(tmp_path / "bucket"),
             "--sweep", "kill", "--batch", "b000", "--processes", "1", "--sync-seconds", "0.3"]
-    proc = subprocess.Popen(argv, start_new_session=True, stderr=subprocess.DEVNULL)
+    tag = f"kill-{os.getpid()}-{time.monotonic_ns()}"  # every process of this test carries it
+    proc = subprocess.Popen(argv, start_new_session=True, stderr=subprocess.DEVNULL,
+                            env=tagged_env(tag))
     deadline = time.time() + 60
     while time.time() < deadline and len(fragment_rows(frag) if frag.exists() else []) < 3:
         time.sleep(0.1)
@@ -102,7 +105,7 @@ def test_run_batch_sigkilled_and_restarted_loses_nothing_and_counts_nothing_twic
     proc.wait()
     killed_snapshot = frag.read_bytes()
 
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=tagged_env(tag))
     assert r.returncode == 0, r.stderr
     assert "restored" in r.stderr
     final = frag.read_bytes()
@@ -114,18 +117,8 @@ def test_run_batch_sigkilled_and_restarted_loses_nothing_and_counts_nothing_twic
     assert len(totals) == 2
     for sid, shots in totals.items():
         assert shots == max_shots, (sid, shots)  # reached, and not one shot counted twice
-    # No sinter process of this batch is left behind.
-    time.sleep(0.5)
-    leftovers = [p for p in pathlib.Path("/proc").glob("[0-9]*")
-                 if _cmdline(p).count(str(tmp_path)) and b"sinter" in _cmdline(p).encode()]
-    assert not leftovers
-
-
-def _cmdline(p: pathlib.Path) -> str:
-    try:
-        return (p / "cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return ""
+    # No process of either run (the killed run-batch's sinter and its workers included) is left.
+    assert wait_no_tagged_processes(tag) == []
 
 
 @pytest.mark.slow

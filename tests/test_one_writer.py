@@ -66,7 +66,9 @@ def test_expired_lease_is_taken_over_and_the_old_holder_loses_it(url: str) -> No
 @pytest.mark.slow
 def test_watching_a_lease_tells_a_live_holder_from_a_dead_one(url: str) -> None:
     bucket = open_bucket(url)
-    holder = acquire(bucket, KEY, seconds=1.5)
+    # The holder renews every 0.2 s for a 3 s lease: a renewal round trip through a loaded
+    # emulator may stall a second or two without the lease lapsing under the watcher.
+    holder = acquire(bucket, KEY, seconds=3)
     stop = threading.Event()
 
     def keep_renewing() -> None:
@@ -78,14 +80,14 @@ def test_watching_a_lease_tells_a_live_holder_from_a_dead_one(url: str) -> None:
     try:
         start = time.monotonic()
         with pytest.raises(LeaseHeld):
-            acquire(bucket, KEY, seconds=1.5, poll=0.1)  # sees a renewal: the holder is alive
-        assert time.monotonic() - start < 60  # not the 1.5 s expiry's loop forever
+            acquire(bucket, KEY, seconds=3, poll=0.1)  # sees a renewal: the holder is alive
+        assert time.monotonic() - start < 60  # not the 3 s expiry's loop forever
     finally:
         stop.set()
         renewer.join()
     start = time.monotonic()
     taker = acquire(bucket, KEY, seconds=60, poll=0.1)  # no renewals: taken over at expiry
-    assert 0.5 < time.monotonic() - start < 60  # at expiry (1.5 s), not at once, not never
+    assert 1.5 < time.monotonic() - start < 60  # at expiry (3 s), not at once, not never
     assert json.loads(bucket.read_bytes(KEY))["owner"] == taker.owner
 
 

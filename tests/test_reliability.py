@@ -14,6 +14,7 @@ import os
 import pathlib
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -241,7 +242,10 @@ def test_object_store_outage_does_not_stop_sinter_and_sync_catches_up(store, req
     t_start = growth[0][0]
     gaps = [b[0] - a[0] for a, b in zip(growth, growth[1:], strict=False)
             if a[0] - t_start > 8.0]
-    assert gaps and max(gaps) <= SYNC_SECONDS + 2.0, gaps
+    # (Typically every gap is within a second of the sync period; a loaded 2-core machine can
+    # stretch one sinter batch a few seconds, never towards 120 s.)
+    assert gaps and statistics.median(gaps) <= SYNC_SECONDS + 1.0, gaps
+    assert max(gaps) <= SYNC_SECONDS + 5.0, gaps
     print(f"\n{store}: outage {OUTAGE_SECONDS:g} s, sinter pid {sinter_pid} ran throughout, "
           f"{len(warnings)} sync warning(s), bucket caught up {catch_up:.1f} s after the store "
           f"returned; {len(final)} bytes final = local resume file; largest gap between sinter "

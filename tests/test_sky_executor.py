@@ -222,7 +222,10 @@ def test_cancel_during_a_job_loses_what_skypilot_allows(tmp_path, kiln_wheel, no
         assert exited < 15
         assert lost_rows <= 1, node.result.log
     else:
-        assert lost_s <= 2 * sync + 1  # one sync period (plus sinter's --max_batch_seconds)
+        # One sync period plus its uploads' round trips, plus the row sinter was writing (up to
+        # --max_batch_seconds, longer when load rises after sinter sized it): margin for a
+        # loaded 2-core machine, still far below the run's length (a lost upload would be all).
+        assert lost_s <= 3 * sync + 2, (lost_s, wrote_s)
 
 
 def _sky_would_restart(task: dict, exit_code: int) -> bool:
