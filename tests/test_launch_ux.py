@@ -82,19 +82,56 @@ def test_a_terminating_signal_stops_every_batch_cleanly_and_a_relaunch_is_exact(
 
 
 @pytest.mark.slow
-def test_cancel_without_sweep_stops_every_sweep_and_the_launcher_says_cancelled(
+def test_cancel_without_sweep_stops_the_only_sweep_and_the_launcher_says_cancelled(
         tmp_path, slow_sweep, kiln, kiln_isolated):
     circuits, flags = slow_sweep
     bucket = tmp_path / "bucket"
     proc = _popen_launch(str(circuits), "--bucket", str(bucket), "--name", "cx", *flags)
     _wait_for_rows(kiln_isolated / "home" / "local")
-    r = kiln("cancel", "--bucket", str(bucket), check=True)  # no --sweep: like status
+    r = kiln("cancel", "--bucket", str(bucket), check=True)  # no --sweep: the bucket's only one
     assert "cancelled 2 job(s) of sweep cx" in r.stdout
     _, err = proc.communicate(timeout=120)
     assert "2 batch(es) cancelled" in err and "failed" not in err, err
     assert proc.returncode == 130
     r = kiln("status", "--bucket", str(bucket), "--json", check=True)
     assert {b["state"] for b in json.loads(r.stdout)[0]["batches"]} == {"CANCELLED"}, r.stdout
+
+
+@pytest.mark.slow
+def test_cancel_stops_the_waiting_batches_of_a_local_queue_too(tmp_path, kiln, kiln_isolated):
+    """One worker, three batches: one cancel ends the launch; the waiting two never start."""
+    circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.003, 0.004, 0.005))
+    bucket = tmp_path / "bucket"
+    proc = _popen_launch(str(circuits), "--bucket", str(bucket), "--name", "q", "--jobs", "3",
+                         "--workers", "1", "--processes", "1", "--sync-seconds", "1",
+                         "--max-shots", "900_000", "--max-errors", "1_000_000_000")
+    _wait_for_rows(kiln_isolated / "home" / "local")
+    r = kiln("cancel", "--bucket", str(bucket), "--sweep", "q", check=True)
+    assert "cancelled 3 job(s) of sweep q: b000, b001, b002" in r.stdout, r.stdout
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "3 batch(es) cancelled" in err and "never started" in err and "failed" not in err, err
+    time.sleep(0.5)
+    assert not _survivors(str(bucket)), "a batch outlived the cancel"
+    started = sorted(p.stem for p in (bucket / "q" / "fragments").glob("*.csv"))
+    assert len(started) == 1, started  # the one that ran uploaded; the others never ran
+
+
+@pytest.mark.slow
+def test_a_bare_cancel_of_a_bucket_with_several_sweeps_names_them_and_stops_nothing(
+        tmp_path, kiln):
+    circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001,))
+    bucket = tmp_path / "bucket"
+    for name in ("one", "two"):
+        kiln("launch", str(circuits), "--bucket", str(bucket), "--name", name, "--max-shots",
+             "200", "--processes", "1", check=True)
+    r = kiln("cancel", "--bucket", str(bucket))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == (f"error: {bucket} holds 2 sweeps (one, two): give --sweep NAME, "
+                                "or --all to cancel every one"), r.stderr
+    r = kiln("cancel", "--bucket", str(bucket), "--all", check=True)
+    assert "no running job of sweep one found" in r.stdout
+    assert "no running job of sweep two found" in r.stdout
 
 
 @pytest.mark.slow

@@ -160,7 +160,8 @@ def build_parser(*, light: bool = False) -> argparse.ArgumentParser:
 
     p = sub.add_parser("cancel", help="stop every job of a sweep (fragments are kept)")
     p.add_argument("--bucket", default="kiln-results")
-    p.add_argument("--sweep", help="default: every sweep in the bucket")
+    p.add_argument("--sweep", help="default: the bucket's only sweep (several need --all)")
+    p.add_argument("--all", action="store_true", help="cancel every sweep in the bucket")
     p.add_argument("--backend", help="default: the one the sweep was launched with")
 
     p = sub.add_parser("pool", help="SkyPilot pools of warm workers (--backend skypilot "

@@ -130,7 +130,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     sweeps = [args.sweep] if args.sweep else _api.sweep_names(args.bucket)
-    for sweep in sweeps:  # like status: every sweep of the bucket unless --sweep says which
+    if len(sweeps) > 1 and not args.all:  # a bare cancel never stops several sweeps by surprise
+        raise KilnError(f"{args.bucket} holds {len(sweeps)} sweeps ({', '.join(sweeps)}): give "
+                        "--sweep NAME, or --all to cancel every one")
+    for sweep in sweeps:  # the bucket's one sweep, or every one with --all
         cancelled = _api.cancel(args.bucket, sweep, backend=args.backend)
         if cancelled:
             out.print(f"cancelled {len(cancelled)} job(s) of sweep {sweep}: "

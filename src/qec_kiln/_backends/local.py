@@ -180,22 +180,43 @@ class LocalBackend(Backend):
         commands: list[list[str]] = []
         console = Console(stderr=True)
         stopped: list[int] = []  # the terminating signal(s) this launch received
+        never_started: list[str] = []  # waiting when `qec-kiln cancel` came
+        cancel_record = state / _SWEEP_CANCEL
+        cancel_record.unlink(missing_ok=True)  # an earlier cancel does not stop this launch
+        me = state / f"{_LAUNCHER}{os.getpid()}.json"  # what `cancel` reads: who waits here
 
         def states() -> dict[str, str]:
             out = {b: "waiting" for b in pending}
+            out.update({b: "cancelled" for b in never_started})
             out.update({b: "running" for b in running})
             out.update({b: _ended(state, b, c) for b, c in codes.items()})
             return out
 
+        def cancelled_here() -> bool:
+            """`qec-kiln cancel` of this sweep: start nothing more, and stop what runs (a
+            batch started while the cancel looked for running ones is stopped here)."""
+            if not cancel_record.exists():
+                return False
+            never_started.extend(pending)
+            pending.clear()
+            for b, p in running.items():
+                if not (state / f"{b}.cancel").exists():
+                    (state / f"{b}.cancel").write_text(str(time.time()))
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(p.pid, signal.SIGTERM)
+            return True
+
         with _StopSignals(stopped), _progress(self, request, state, states, console) as shown:
             while (pending or running) and not stopped:
-                while pending and free and not stopped:
+                me.write_text(json.dumps({"pid": os.getpid(), "waiting": pending}))
+                while pending and free and not stopped and not cancelled_here():
                     b = pending.pop(0)
                     slot_of[b] = free.pop(0)
                     argv = self._argv(request, b, slot_of[b])
                     commands.append(argv)
                     running[b] = self._start(state, b, argv, slot_of[b].env)
                 time.sleep(0.2)
+                cancelled_here()
                 for b, p in list(running.items()):
                     if p.poll() is not None:
                         codes[b] = p.returncode
@@ -226,9 +247,10 @@ class LocalBackend(Backend):
                         codes[b] = p.wait()
                     (state / f"{b}.exit").write_text(str(codes[b]))
                 running.clear()
+        me.unlink(missing_ok=True)
         ended = states()
         failed = sorted(b for b in codes if ended[b] == "failed")
-        cancelled = sorted(b for b in codes if ended[b] == "cancelled")
+        cancelled = sorted([b for b in codes if ended[b] == "cancelled"] + never_started)
         elsewhere = sorted(b for b in codes if ended[b] == "elsewhere")
         for b in codes:
             if ended[b] == "done":  # its fragment is final: the local copy is not needed
@@ -241,8 +263,9 @@ class LocalBackend(Backend):
         elif failed:
             msg = f"{len(failed)} batch(es) failed: {', '.join(failed)}; logs in {state}"
         elif cancelled:
+            waited = f" ({', '.join(never_started)} never started)" if never_started else ""
             msg = (f"{len(cancelled)} batch(es) cancelled (qec-kiln cancel): "
-                   f"{', '.join(cancelled)}; run the same launch again to resume")
+                   f"{', '.join(cancelled)}{waited}; run the same launch again to resume")
         elif elsewhere:
             msg = (f"{len(codes) - len(elsewhere)} batch(es) finished; {len(elsewhere)} run by "
                    f"another launch of this sweep ({', '.join(elsewhere)}): see `qec-kiln status`")
@@ -288,9 +311,19 @@ class LocalBackend(Backend):
         return out
 
     def cancel(self, bucket_url: str, sweep: str) -> list[str]:
+        """SIGTERM every running batch of the sweep, and tell its launches to start no more
+        (they stop any batch they start meanwhile); returns running and waiting batches."""
         state = _state_dir(bucket_url, sweep)
+        if not state.is_dir():
+            return []
+        (state / _SWEEP_CANCEL).write_text(str(time.time()))  # first: no launch starts more
         cancelled = []
-        for pid_file in sorted(state.glob("*.pid")) if state.is_dir() else []:
+        for launcher in sorted(state.glob(f"{_LAUNCHER}*.json")):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                record = json.loads(launcher.read_text())
+                if _is_launcher(int(record["pid"])):
+                    cancelled += [str(b) for b in record["waiting"]]
+        for pid_file in sorted(state.glob("*.pid")):
             pid = _read_pid(pid_file)
             if pid is not None and _is_run_batch(pid, sweep):
                 # The record first: the launcher then reports the batch CANCELLED, not failed.
@@ -298,7 +331,7 @@ class LocalBackend(Backend):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGTERM)
                 cancelled.append(pid_file.stem)
-        return cancelled
+        return sorted(set(cancelled))
 
     def live_fragments(self, bucket_url: str, sweep: str) -> dict[str, bytes]:
         work = _state_dir(bucket_url, sweep) / "work" / sweep
@@ -369,6 +402,21 @@ def _progress(backend: LocalBackend, request: LaunchRequest, state: pathlib.Path
     reader = ResumeReader(manifest, lambda b: _work_dir(state, request.sweep, b) / "resume.csv")
     with LaunchProgress(reader, request.batch_ids, states, console) as shown:
         yield shown
+
+
+#: In a sweep's state folder: `qec-kiln cancel` came (launches start no more batches), and
+#: each running launch's record (its pid and its waiting batches).
+_SWEEP_CANCEL, _LAUNCHER = "sweep.cancel", "launcher-"
+
+
+def _is_launcher(pid: int) -> bool:
+    """Whether the launch that wrote a record still runs (a launch from the Python API runs in
+    any program, so only its life is checked; a killed launch leaves a stale record)."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return not stat[stat.rindex(")") + 2:].startswith("Z")
 
 
 def _read_pid(path: pathlib.Path) -> int | None:
