@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import stat
 import subprocess
 import sys
@@ -423,3 +424,25 @@ def test_read_fragments_keeps_only_the_stats_unless_asked(tmp_path, small_circui
     assert [f.stats for f in light] == [w.stats for w in whole] == [f.stats for f in kept]
     assert [f.clean for f in light] == [b"", b""]
     assert [f.clean for f in kept] == [w.clean for w in whole]
+
+
+def test_a_sweep_folder_without_its_manifest_is_named_by_merge_and_status(tmp_path, small_circuits,
+                                                                          kiln):
+    bucket = tmp_path / "bucket"
+    for name in ("ok", "gone"):
+        finish(bucket, make_sweep(small_circuits, bucket, name))
+    (bucket / "gone" / "manifest.json").unlink()
+    out = tmp_path / "merged.csv"
+    r = kiln("merge", "--bucket", str(bucket), "--out", str(out), check=True)
+    warning = f"warning: {bucket}/gone holds 2 fragment(s) but no manifest.json (was it deleted?)"
+    assert warning in r.stderr, r.stderr
+    assert len(sinter.read_stats_from_csv_files(str(out))) == 4  # the sweep "ok" alone
+    r = kiln("status", "--bucket", str(bucket), check=True)
+    assert warning in r.stderr, r.stderr
+    r = kiln("merge", "--bucket", str(bucket), "--sweep", "gone", "--out", str(out))
+    assert r.returncode == 2 and "gone holds 2 fragment(s) but no manifest.json" in r.stderr
+    shutil.rmtree(bucket / "ok")
+    for cmd in ("merge", "status"):  # no sweep left: the error names the folder
+        r = kiln(cmd, "--bucket", str(bucket), *(["--out", str(out)] if cmd == "merge" else []))
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines()[-1].startswith(f"error: {bucket}/gone holds 2 fragment")

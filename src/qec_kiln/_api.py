@@ -275,7 +275,7 @@ def status(bucket: PathLike = "kiln-results", *, sweep: str | None = None,
     log = log or _quiet
     store = open_bucket(str(bucket))  # only read: a read-only bucket is fine
     reports = []
-    for name in resolve_sweep(store, sweep):
+    for name in resolve_sweep(store, sweep, lambda w: log(f"warning: {w}")):
         manifest = load_manifest(store, name)
         chosen = get_backend(backend or manifest.backend)
         try:

@@ -29,6 +29,7 @@ from qec_kiln._manifest import (
     inputs_digest,
     load_manifest,
     manifest_key,
+    orphan_message,
 )
 from qec_kiln._plan import Batch, make_plan, plan_for_workers, target_work_seconds
 from qec_kiln._queue_plan import list_schedule, predicted_makespan
@@ -410,12 +411,7 @@ def _check_no_orphans(bucket: Bucket, sweep: str) -> None:
     them under a new one could exceed its targets."""
     orphans = bucket.list_keys(f"{sweep}/fragments/")
     if orphans:
-        raise KilnError(
-            f"{bucket.url_for(sweep)} holds {len(orphans)} fragment(s) but no manifest.json (was "
-            "it deleted?): their rows belong to an earlier plan and cannot be matched to a new "
-            f"one; restore the manifest to go on, give --name NEW, or delete "
-            f"{bucket.url_for(sweep)} to start over"
-        )
+        raise KilnError(orphan_message(bucket, sweep, len(orphans)) + "; or give --name NEW")
 
 
 def queue_order(batches: list[Batch]) -> list[str]:

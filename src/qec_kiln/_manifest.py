@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Callable
 
 from qec_kiln import __version__
 from qec_kiln._errors import KilnError, ObjectNotFound
@@ -174,6 +175,9 @@ def load_manifest(bucket: Bucket, sweep: str) -> Manifest:
     try:
         raw = bucket.read_bytes(key)
     except ObjectNotFound:
+        left = bucket.list_keys(f"{sweep}/fragments/")
+        if left:
+            raise KilnError(orphan_message(bucket, sweep, len(left))) from None
         raise KilnError(
             f"{where}: no such sweep in the bucket; check --bucket and --sweep "
             "(`qec-kiln status --bucket URL` lists the sweeps)"
@@ -185,22 +189,46 @@ def load_manifest(bucket: Bucket, sweep: str) -> Manifest:
     return Manifest.from_json(data, where)
 
 
+def orphan_message(bucket: Bucket, sweep: str, fragments: int) -> str:
+    return (f"{bucket.url_for(sweep)} holds {fragments} fragment(s) but no manifest.json (was it "
+            "deleted?): without it their rows cannot be checked against a plan; restore the "
+            f"manifest, or delete {bucket.url_for(sweep)} if they are not wanted")
+
+
 def list_sweeps(bucket: Bucket) -> list[str]:
     """Names of the sweeps in a bucket (folders holding a manifest.json)."""
-    return sorted(
-        k[: -len("/manifest.json")] for k in bucket.list_keys("") if k.endswith("/manifest.json")
-        and k.count("/") == 1
-    )
+    return _sweeps_and_orphans(bucket)[0]
 
 
-def resolve_sweep(bucket: Bucket, sweep: str | None) -> list[str]:
-    """The sweeps a command acts on: the one named, or every sweep in the bucket."""
+def _sweeps_and_orphans(bucket: Bucket) -> tuple[list[str], dict[str, int]]:
+    """The sweeps, and the folders holding fragments but no manifest (with their counts)."""
+    keys = bucket.list_keys("")
+    sweeps = sorted(k[: -len("/manifest.json")] for k in keys
+                    if k.endswith("/manifest.json") and k.count("/") == 1)
+    orphans: dict[str, int] = {}
+    for k in keys:
+        folder, sep, rest = k.partition("/fragments/")
+        if sep and "/" not in folder and folder not in sweeps:
+            orphans[folder] = orphans.get(folder, 0) + 1
+    return sweeps, orphans
+
+
+def resolve_sweep(bucket: Bucket, sweep: str | None,
+                  warn: Callable[[str], None] | None = None) -> list[str]:
+    """The sweeps a command acts on: the one named, or every sweep in the bucket. A folder
+    with fragments but no manifest is never one of them: ``warn`` is told of it (and an
+    error names it when there is no sweep at all)."""
     if sweep:
         check_sweep_name(sweep)
         return [sweep]
-    sweeps = list_sweeps(bucket)
+    sweeps, orphans = _sweeps_and_orphans(bucket)
+    lines = [orphan_message(bucket, name, n) for name, n in sorted(orphans.items())]
     if not sweeps:
-        raise KilnError(f"{bucket.url}: no sweeps in this bucket; check --bucket, or launch one first")
+        raise KilnError(lines[0] if lines else
+                        f"{bucket.url}: no sweeps in this bucket; check --bucket, or launch one first")
+    for line in lines:
+        if warn is not None:
+            warn(line)
     return sweeps
 
 

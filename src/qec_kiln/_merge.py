@@ -116,7 +116,7 @@ def merge_sweeps(
     missing: list[str] = []
     outcomes: list[TaskOutcome] = []
     per_sweep: dict[str, dict[str, sinter.TaskStats]] = {}
-    manifests = [load_manifest(bucket, name) for name in resolve_sweep(bucket, sweep)]
+    manifests = [load_manifest(bucket, name) for name in resolve_sweep(bucket, sweep, warnings.append)]
     for manifest in manifests:
         warnings += _stray_objects(bucket, manifest)
         mine = per_sweep[manifest.sweep] = {}
