@@ -10,6 +10,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 from conftest import REPO
@@ -130,6 +131,26 @@ def test_the_cli_plan_is_the_api_plan(tmp_path, small_circuits, kiln):
                         bucket=tmp_path / "b", name="same", price_per_cpu_hour=0.05)
     assert json.loads(r.stdout) == json.loads(json.dumps(api.to_json()))
     assert api.estimated_cost is not None and len(api.batches) == 2
+
+
+def test_the_api_warns_when_a_stored_plan_ignores_its_settings(tmp_path, small_circuits):
+    from qec_kiln._launch import SweepSpec, prepare_sweep, upload_sweep
+    from qec_kiln._storage import open_bucket
+
+    kw = dict(max_shots=50_000, max_errors=100, bucket=tmp_path / "b", name="kept")
+    bucket = open_bucket(str(tmp_path / "b"))
+    stored = prepare_sweep(SweepSpec(circuits=str(small_circuits), decoders=["pymatching"],
+                                     max_shots=50_000, max_errors=100, name="kept", jobs=3),
+                           bucket, lambda s: None)
+    assert upload_sweep(bucket, stored, lambda s: None) and len(stored.batches) == 3
+    with pytest.warns(UserWarning, match=r"--jobs 2 ignored: sweep 'kept' keeps its stored plan"):
+        again = qec_kiln.plan(small_circuits, jobs=2, **kw)
+    assert again.exists and len(again.batches) == 3
+    said: list[str] = []  # with a log, the line goes there instead
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        qec_kiln.plan(small_circuits, jobs=2, log=said.append, **kw)
+    assert any(line.startswith("warning: --jobs 2 ignored") for line in said), said
 
 
 @pytest.mark.slow

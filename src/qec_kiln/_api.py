@@ -44,8 +44,13 @@ PathLike = str | os.PathLike
 Circuits = PathLike | Sequence[PathLike]  # a folder, or folders, .stim files and glob patterns
 
 
-def _quiet(_: str) -> None:
-    pass
+def _quiet(line: str) -> None:
+    """The API's default ``log``: progress lines are dropped; a ``warning: ...`` line (e.g.
+    flags a stored plan ignores) becomes a Python ``UserWarning``, so a script still sees it."""
+    if line.startswith("warning: "):
+        import warnings
+
+        warnings.warn(line[len("warning: "):], UserWarning, stacklevel=2)
 
 
 @dataclasses.dataclass
@@ -162,8 +167,9 @@ def plan(
     the backend). ``backend_options`` are the backend's settings, e.g. ``{"processes": 4}`` or
     ``{"partition": "long"}`` for Slurm. ``sinter_options`` are ``--sinter-option`` values such
     as ``"--count_observable_error_combos"``. When the sweep (``name``, default: the folder name
-    and a digest of the inputs) is already in ``bucket``, its stored plan is returned. ``log``
-    receives progress lines.
+    and a digest of the inputs) is already in ``bucket``, its stored plan is returned (with a
+    warning naming the settings it ignores). ``log`` receives progress and warning lines; without
+    it, warnings are issued as Python ``UserWarning``.
 
         >>> import pathlib, tempfile, stim, qec_kiln
         >>> tmp = pathlib.Path(tempfile.mkdtemp())
@@ -329,7 +335,7 @@ def merge(bucket: PathLike = "kiln-results", out: PathLike = "merged.csv", *,
     """
     from qec_kiln._merge import merge_sweeps
 
-    return merge_sweeps(str(bucket), str(out), sweep=sweep, skip_bad=skip_bad, log=log)
+    return merge_sweeps(str(bucket), str(out), sweep=sweep, skip_bad=skip_bad, log=log or _quiet)
 
 
 def cancel(bucket: PathLike = "kiln-results", sweep: str = "", *,
