@@ -140,6 +140,11 @@ def unparsable_file_name(ctx):
     return _launch(ctx, ctx.circuits({"surface code d3.stim": text}))
 
 
+def control_character_in_name(ctx):
+    text = ctx.request.getfixturevalue("circuit_text")
+    return _launch(ctx, ctx.circuits({"d=3,p=0.001,x=a\nb.stim": text}))
+
+
 def not_utf8(ctx):
     return _launch(ctx, ctx.circuits({"d=3,p=0.001,b=X,type=latin1.stim": b"R 0\n# caf\xe9\n"}))
 
@@ -405,6 +410,8 @@ CASES = [
                                                     "remove one")),
     Case("unparsable-file-name", unparsable_file_name, ("surface code d3.stim", "rename")),
     Case("not-utf8", not_utf8, ("type=latin1.stim", "encoding")),
+    Case("control-character-in-name", control_character_in_name,
+         ("p=0.001,x=a", "control characters", "rename")),
     Case("tsim-without-sampler", tsim_without_sampler, ("type=t_gate.stim", "S[T]", "tsim")),
     Case("undecomposable-for-pymatching", undecomposable_for_pymatching,
          ("type=hyper.stim", "--decoders pymatching", "hypergraph_union_find")),

@@ -25,6 +25,7 @@ import stim
 
 from qec_kiln._cost import dem_for_circuit
 from qec_kiln._errors import KilnError
+from qec_kiln._storage import key_problem
 
 #: Gates that tsim (bloqade-tsim) reinterprets when tagged, e.g. ``S[T] 0`` or ``I[R_Z(theta=0.1)] 0``.
 #: Plain stim ignores the tag and would simulate a different circuit without a word.
@@ -237,6 +238,11 @@ def _read_circuit(root: pathlib.Path, path: pathlib.Path, allow_tagged_gates: bo
             "`sinter collect --metadata_func auto` can read its metadata"
         ) from ex
     _check_file_name(shown, path.name, metadata)
+    key = path.relative_to(root).as_posix()
+    problem = key_problem(key)
+    if problem:
+        raise KilnError(f"{shown}: its path {key!r} cannot name an object in the bucket "
+                        f"({problem}); rename it")
     try:
         circuit = stim.Circuit(text)
     except ValueError as ex:
@@ -260,7 +266,7 @@ def _read_circuit(root: pathlib.Path, path: pathlib.Path, allow_tagged_gates: bo
             )
     found = CircuitFile(
         path=path.resolve(),
-        key=path.relative_to(root).as_posix(),
+        key=key,
         text=text,
         sha256=hashlib.sha256(raw).hexdigest(),
         metadata=metadata,

@@ -52,9 +52,16 @@ from qec_kiln._storage._bucket import (
 from qec_kiln._storage._gcs import GCSBucket
 from qec_kiln._storage._local import LocalBucket
 from qec_kiln._storage._s3 import S3Bucket
-from qec_kiln._storage._urls import ACCEPTED_FORMS, BucketURL, describe_url, parse_url
+from qec_kiln._storage._urls import (
+    ACCEPTED_FORMS,
+    BucketURL,
+    describe_url,
+    key_problem,
+    parse_url,
+)
 
 __all__ = [
+    "key_problem",
     "ACCEPTED_FORMS",
     "PATIENT_RETRY",
     "QUICK_RETRY",

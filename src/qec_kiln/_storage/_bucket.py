@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from qec_kiln._errors import ObjectNotFound, PreconditionFailed, StorageError
-from qec_kiln._storage._urls import BucketURL, _doing, _one_line, _path_problem, parse_url
+from qec_kiln._storage._urls import BucketURL, _doing, _one_line, key_problem, parse_url
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class Bucket(abc.ABC):
     def _check_key(self, key: str) -> str:
         if not isinstance(key, str) or not key:
             raise StorageError(f"{self.url}: empty or non-string object key {key!r}")
-        problem = _path_problem(key)
+        problem = key_problem(key)
         if problem:
             raise StorageError(f"{self.url}: invalid object key {key!r}: {problem}")
         return key
@@ -136,7 +136,7 @@ class Bucket(abc.ABC):
         if not isinstance(prefix, str):
             raise StorageError(f"{self.url}: non-string key prefix {prefix!r}")
         if prefix:
-            problem = _path_problem(prefix, partial_last=True)
+            problem = key_problem(prefix, partial_last=True)
             if problem:
                 raise StorageError(f"{self.url}: invalid key prefix {prefix!r}: {problem}")
         return prefix

@@ -34,7 +34,7 @@ def _bad_url(url: object, why: str) -> StorageError:
     return StorageError(f"bad bucket URL {str(url)!r}: {why}; use {ACCEPTED_FORMS}")
 
 
-def _path_problem(path: str, *, partial_last: bool = False) -> str | None:
+def key_problem(path: str, *, partial_last: bool = False) -> str | None:
     """Why ``path`` is not a safe relative key (or key prefix), or None if it is."""
     if path.startswith("/"):
         return "absolute keys are not allowed"
@@ -118,7 +118,7 @@ def parse_url(url: str | os.PathLike[str]) -> BucketURL:
         )
     prefix = prefix.strip("/")
     if prefix:
-        problem = _path_problem(prefix)
+        problem = key_problem(prefix)
         if problem:
             raise _bad_url(url, f"bad prefix {prefix!r}: {problem}")
     normalized = f"{scheme}://{bucket}" + (f"/{prefix}" if prefix else "")
