@@ -219,6 +219,12 @@ def test_quiet_surprises_are_said(tmp_path, kiln, kiln_isolated):
     p.stdout.close()
     err = p.stderr.read().decode()
     assert p.wait(timeout=60) in (0, 141) and "Traceback" not in err, err
+    p = subprocess.Popen([sys.executable, "-m", "qec_kiln", "plan", str(circuits), "--bucket",
+                          bucket, "--name", "q", "--max-shots", "2000"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader leaves before the plan (rich's table) is printed
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141 and "Traceback" not in err, err  # as a plain print's
     # clean removes old local state (here: everything, --older-than 0) under QEC_KILN_HOME.
     home = kiln_isolated / "home"
     assert any((home / "local").iterdir())

@@ -17,8 +17,16 @@ from qec_kiln._errors import KilnError
 if TYPE_CHECKING:
     from qec_kiln._launch import PlanResult
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader left (`qec-kiln plan | head -1`): end like a plain print would, through
+        `_cli.main`'s quiet exit 141, not rich's own exit 1."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
+out = _Console(highlight=False, soft_wrap=True)
+err = _Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _log(msg: str) -> None:
