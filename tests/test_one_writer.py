@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -261,9 +262,14 @@ def test_a_sweep_whose_manifest_was_deleted_is_not_planned_again(tmp_path: Path)
     proc = run_kiln(*args, "--jobs", "2")
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "holds 1 fragment(s) but no manifest.json" in last, proc.stderr
+    assert last.startswith("error: ") and "(1 fragment(s)) but no manifest.json" in last, proc.stderr
     assert "--name NEW" in last
     assert sorted(p.relative_to(bucket) for p in bucket.rglob("*")) == before  # nothing written
+    # A batch still running before its first sync has only its lease there: refused as well.
+    for old in ("fragments", "logs"):
+        shutil.rmtree(bucket / "s" / old)
+    proc = run_kiln(*args, "--jobs", "2")
+    assert proc.returncode == 2 and "holds 1 object(s) of a run (0 fragment(s))" in proc.stderr
 
 
 def test_a_circuit_left_with_other_contents_is_never_replaced(tmp_path: Path) -> None:
@@ -281,3 +287,25 @@ def test_a_circuit_left_with_other_contents_is_never_replaced(tmp_path: Path) ->
     assert "already exists with other contents" in last and name in last, proc.stderr
     assert left.read_text() == "H 0\nM 0\n"
     assert not (tmp_path / "bucket" / "s" / "manifest.json").exists()
+
+
+def test_a_create_the_bucket_refuses_with_nothing_there_is_not_blamed_on_another_launch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that answers a conflict to a create-if-absent, with no object there: launch says
+    so and starts nothing (it never goes on with a plan that was not stored)."""
+    import qec_kiln
+    from qec_kiln._storage import LocalBucket
+
+    circuits = write_surface_circuits(tmp_path / "circuits", distances=(3,), noises=(0.001,))
+    real = LocalBucket._write_if
+
+    def conflict_on_the_manifest(self, key, data, version, *, retry):
+        if key.endswith("manifest.json"):
+            raise PreconditionFailed(f"{self.url_for(key)}: conflicting conditional operation")
+        return real(self, key, data, version, retry=retry)
+
+    monkeypatch.setattr(LocalBucket, "_write_if", conflict_on_the_manifest)
+    with pytest.raises(qec_kiln.KilnError, match="refused to create it .* is not there; launch again"):
+        qec_kiln.launch(circuits, bucket=tmp_path / "bucket", name="c", max_shots=500)
+    assert not (tmp_path / "bucket" / "c" / "manifest.json").exists()
+    assert not (tmp_path / "bucket" / "c" / "leases").exists()  # no batch started

@@ -241,6 +241,9 @@ def launch(
     if not prepared.exists and not upload_sweep(store, prepared, log):
         # Another launch of this sweep created it at the same time: go on with its plan.
         chosen, store, prepared = _prepare(spec, need_bucket=True, log=log, need_launch=True)
+        if not prepared.exists:
+            raise KilnError(f"sweep {prepared.sweep!r}: another launch created its manifest, but "
+                            f"it cannot be read back from {store.url}; launch again")
     todo, info = batches_to_launch(store, prepared, chosen)
     if info:
         log(f"{len(info['done'])} batch(es) already finished, {len(info['running'])} running")

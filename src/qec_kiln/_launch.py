@@ -389,15 +389,18 @@ def upload_sweep(bucket: Bucket, prepared: PlanResult, log: Callable[[str], None
         key = circuit_key(m.sweep, c.key)
         try:
             bucket.write_if(key, c.text.encode("utf-8"), None)
-        except PreconditionFailed:
+        except PreconditionFailed as ex:
+            _refused_create(bucket, key, ex)
             raise KilnError(
                 f"{bucket.url_for(key)} already exists with other contents (left by a launch of "
                 f"sweep {m.sweep!r} with other circuits?); give --name NEW, or delete "
                 f"{bucket.url_for(m.sweep)} to start over"
             ) from None
+    key = manifest_key(m.sweep)
     try:
-        bucket.write_if(manifest_key(m.sweep), m.dumps(), None)
-    except PreconditionFailed:
+        bucket.write_if(key, m.dumps(), None)
+    except PreconditionFailed as ex:
+        _refused_create(bucket, key, ex)
         log(f"sweep {m.sweep!r} was created in {bucket.url} by another launch at the same time: "
             "using its plan")
         return False
@@ -405,13 +408,22 @@ def upload_sweep(bucket: Bucket, prepared: PlanResult, log: Callable[[str], None
     return True
 
 
+def _refused_create(bucket: Bucket, key: str, ex: PreconditionFailed) -> None:
+    """A create-if-absent refused although no object is there (a store that answered a
+    conflict, or the object deleted meanwhile): say so, rather than blame another launch."""
+    if not bucket.exists(key):
+        raise KilnError(f"{bucket.url_for(key)}: the bucket refused to create it ({ex}) and it "
+                        "is not there; launch again") from None
+
+
 def _check_no_orphans(bucket: Bucket, sweep: str) -> None:
-    """Refuse a new plan where a sweep of that name left fragments but has no manifest: their
-    rows were counted against another plan (a task's shards differ between plans) and merging
-    them under a new one could exceed its targets."""
-    orphans = bucket.list_keys(f"{sweep}/fragments/")
-    if orphans:
-        raise KilnError(orphan_message(bucket, sweep, len(orphans)) + "; or give --name NEW")
+    """Refuse a new plan where a sweep of that name left fragments, leases or logs but has no
+    manifest: those rows were counted against another plan (a task's shards differ between
+    plans), and a run-batch of it may still be writing; merging them under a new plan could
+    exceed its targets."""
+    left = [k for k in bucket.list_keys(f"{sweep}/") if not k.startswith(f"{sweep}/circuits/")]
+    if left:
+        raise KilnError(orphan_message(bucket, sweep, left) + "; or give --name NEW")
 
 
 def queue_order(batches: list[Batch]) -> list[str]:

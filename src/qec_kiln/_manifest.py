@@ -177,7 +177,7 @@ def load_manifest(bucket: Bucket, sweep: str) -> Manifest:
     except ObjectNotFound:
         left = bucket.list_keys(f"{sweep}/fragments/")
         if left:
-            raise KilnError(orphan_message(bucket, sweep, len(left))) from None
+            raise KilnError(orphan_message(bucket, sweep, left)) from None
         raise KilnError(
             f"{where}: no such sweep in the bucket; check --bucket and --sweep "
             "(`qec-kiln status --bucket URL` lists the sweeps)"
@@ -189,10 +189,19 @@ def load_manifest(bucket: Bucket, sweep: str) -> Manifest:
     return Manifest.from_json(data, where)
 
 
-def orphan_message(bucket: Bucket, sweep: str, fragments: int) -> str:
-    return (f"{bucket.url_for(sweep)} holds {fragments} fragment(s) but no manifest.json (was it "
-            "deleted?): without it their rows cannot be checked against a plan; restore the "
-            f"manifest, or delete {bucket.url_for(sweep)} if they are not wanted")
+def orphan_message(bucket: Bucket, sweep: str, keys: list[str]) -> str:
+    """One line about a sweep folder that holds ``keys`` (fragments, leases, logs) but no
+    manifest."""
+    fragments = sum(1 for k in keys if _FRAGMENT_RE.match(k))
+    what = f"{fragments} fragment(s)" if fragments == len(keys) else (
+        f"{len(keys)} object(s) of a run ({fragments} fragment(s))")
+    return (f"{bucket.url_for(sweep)} holds {what} but no manifest.json (was it deleted?): "
+            "without it their rows cannot be checked against a plan; restore the manifest, or "
+            f"delete {bucket.url_for(sweep)} if they are not wanted")
+
+
+#: A batch's fragment: ``<sweep>/fragments/<batch>.csv``.
+_FRAGMENT_RE = re.compile(r"^[^/]+/fragments/[^/]+\.csv$")
 
 
 def list_sweeps(bucket: Bucket) -> list[str]:
@@ -200,16 +209,16 @@ def list_sweeps(bucket: Bucket) -> list[str]:
     return _sweeps_and_orphans(bucket)[0]
 
 
-def _sweeps_and_orphans(bucket: Bucket) -> tuple[list[str], dict[str, int]]:
+def _sweeps_and_orphans(bucket: Bucket) -> tuple[list[str], dict[str, list[str]]]:
     """The sweeps, and the folders holding fragments but no manifest (with their counts)."""
     keys = bucket.list_keys("")
     sweeps = sorted(k[: -len("/manifest.json")] for k in keys
                     if k.endswith("/manifest.json") and k.count("/") == 1)
-    orphans: dict[str, int] = {}
+    orphans: dict[str, list[str]] = {}
     for k in keys:
-        folder, sep, rest = k.partition("/fragments/")
-        if sep and "/" not in folder and folder not in sweeps:
-            orphans[folder] = orphans.get(folder, 0) + 1
+        folder = k.partition("/")[0]
+        if _FRAGMENT_RE.match(k) and folder not in sweeps:
+            orphans.setdefault(folder, []).append(k)
     return sweeps, orphans
 
 
@@ -222,7 +231,7 @@ def resolve_sweep(bucket: Bucket, sweep: str | None,
         check_sweep_name(sweep)
         return [sweep]
     sweeps, orphans = _sweeps_and_orphans(bucket)
-    lines = [orphan_message(bucket, name, n) for name, n in sorted(orphans.items())]
+    lines = [orphan_message(bucket, name, keys) for name, keys in sorted(orphans.items())]
     if not sweeps:
         raise KilnError(lines[0] if lines else
                         f"{bucket.url}: no sweeps in this bucket; check --bucket, or launch one first")
