@@ -236,3 +236,29 @@ def test_quiet_surprises_are_said(tmp_path, kiln, kiln_isolated):
 def test_parser_takes_circuits_option_and_positional_alike():
     a = build_parser().parse_args(["plan", "--circuits", "x.stim", "y.stim", "--jobs", "2"])
     assert a.circuits_opt == ["x.stim", "y.stim"] and a.jobs == 2
+
+
+def test_stale_cancel_and_launch_records_change_nothing(tmp_path, kiln):
+    """A `sweep.cancel` written before a launch began does not stop it, and a record of a
+    launch that is gone (or a pid now someone else's) is not reported by cancel."""
+    import json as json_
+
+    from qec_kiln._backends import get_backend
+    from qec_kiln._backends.local import _state_dir
+    from qec_kiln._storage import parse_url
+
+    circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001,))
+    bucket = tmp_path / "bucket"
+    state = _state_dir(parse_url(str(bucket)).url, "st")
+    state.mkdir(parents=True)
+    (state / "sweep.cancel").write_text("1.0")  # a cancel of long ago
+    (state / f"launcher-{os.getpid()}.json").write_text(  # this pid, but another start time
+        json_.dumps({"pid": os.getpid(), "started": 1, "waiting": ["b007"]}))
+    (state / "launcher-999999999.json").write_text(
+        json_.dumps({"pid": 999999999, "started": 5, "waiting": ["b008"]}))
+    assert get_backend("local").cancel(parse_url(str(bucket)).url, "st") == []
+    (state / "sweep.cancel").write_text("1.0")
+    r = kiln("launch", str(circuits), "--bucket", str(bucket), "--name", "st", "--max-shots",
+             "500", "--processes", "1", check=True)
+    assert "all 1 batch(es) finished" in r.stdout + r.stderr
+    assert (state / "b000.exit").read_text() == "0"  # the launch kept its records right here

@@ -141,8 +141,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     if len(sweeps) > 1 and not args.all:  # a bare cancel never stops several sweeps by surprise
         raise KilnError(f"{args.bucket} holds {len(sweeps)} sweeps ({', '.join(sweeps)}): give "
                         "--sweep NAME, or --all to cancel every one")
-    for sweep in sweeps:  # the bucket's one sweep, or every one with --all
-        cancelled = _api.cancel(args.bucket, sweep, backend=args.backend)
+    # Every cancel first, then the report: a reader that leaves (`| head -1`) stops no cancel.
+    results = [(sweep, _api.cancel(args.bucket, sweep, backend=args.backend)) for sweep in sweeps]
+    for sweep, cancelled in results:  # the bucket's one sweep, or every one with --all
         if cancelled:
             out.print(f"cancelled {len(cancelled)} job(s) of sweep {sweep}: "
                       f"{', '.join(cancelled)}; fragments are kept, `launch` again to resume",

@@ -182,7 +182,7 @@ class LocalBackend(Backend):
         stopped: list[int] = []  # the terminating signal(s) this launch received
         never_started: list[str] = []  # waiting when `qec-kiln cancel` came
         cancel_record = state / _SWEEP_CANCEL
-        cancel_record.unlink(missing_ok=True)  # an earlier cancel does not stop this launch
+        began = time.time()  # a cancel recorded before this launch began does not stop it
         me = state / f"{_LAUNCHER}{os.getpid()}.json"  # what `cancel` reads: who waits here
 
         def states() -> dict[str, str]:
@@ -195,7 +195,10 @@ class LocalBackend(Backend):
         def cancelled_here() -> bool:
             """`qec-kiln cancel` of this sweep: start nothing more, and stop what runs (a
             batch started while the cancel looked for running ones is stopped here)."""
-            if not cancel_record.exists():
+            try:
+                if float(cancel_record.read_text()) < began:
+                    return False
+            except (OSError, ValueError):
                 return False
             never_started.extend(pending)
             pending.clear()
@@ -206,9 +209,11 @@ class LocalBackend(Backend):
                         os.killpg(p.pid, signal.SIGTERM)
             return True
 
-        with _StopSignals(stopped), _progress(self, request, state, states, console) as shown:
+        with (_StopSignals(stopped), _progress(self, request, state, states, console) as shown,
+              _removed_at_exit(me)):
             while (pending or running) and not stopped:
-                me.write_text(json.dumps({"pid": os.getpid(), "waiting": pending}))
+                me.write_text(json.dumps({"pid": os.getpid(), "started": _start_ticks(os.getpid()),
+                                          "waiting": pending}))
                 while pending and free and not stopped and not cancelled_here():
                     b = pending.pop(0)
                     slot_of[b] = free.pop(0)
@@ -247,7 +252,6 @@ class LocalBackend(Backend):
                         codes[b] = p.wait()
                     (state / f"{b}.exit").write_text(str(codes[b]))
                 running.clear()
-        me.unlink(missing_ok=True)
         ended = states()
         failed = sorted(b for b in codes if ended[b] == "failed")
         cancelled = sorted([b for b in codes if ended[b] == "cancelled"] + never_started)
@@ -321,8 +325,9 @@ class LocalBackend(Backend):
         for launcher in sorted(state.glob(f"{_LAUNCHER}*.json")):
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 record = json.loads(launcher.read_text())
-                if _is_launcher(int(record["pid"])):
-                    cancelled += [str(b) for b in record["waiting"]]
+                launch_pid = int(record["pid"])
+                if record["started"] is not None and _start_ticks(launch_pid) == record["started"]:
+                    cancelled += [str(b) for b in record["waiting"]]  # that launch still runs
         for pid_file in sorted(state.glob("*.pid")):
             pid = _read_pid(pid_file)
             if pid is not None and _is_run_batch(pid, sweep):
@@ -409,14 +414,25 @@ def _progress(backend: LocalBackend, request: LaunchRequest, state: pathlib.Path
 _SWEEP_CANCEL, _LAUNCHER = "sweep.cancel", "launcher-"
 
 
-def _is_launcher(pid: int) -> bool:
-    """Whether the launch that wrote a record still runs (a launch from the Python API runs in
-    any program, so only its life is checked; a killed launch leaves a stale record)."""
+def _start_ticks(pid: int) -> int | None:
+    """When a live process started (``/proc/<pid>/stat`` field 22, in clock ticks since boot):
+    with its pid, it tells the launch that wrote a record from a later process given the same
+    pid. None when the process is gone (or a zombie)."""
     try:
         stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return not stat[stat.rindex(")") + 2:].startswith("Z")
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+@contextlib.contextmanager
+def _removed_at_exit(path: pathlib.Path):
+    """Remove ``path`` however the block ends (a launch's record must not outlive it)."""
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _read_pid(path: pathlib.Path) -> int | None:
