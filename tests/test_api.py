@@ -143,9 +143,11 @@ def test_the_api_warns_when_a_stored_plan_ignores_its_settings(tmp_path, small_c
                                      max_shots=50_000, max_errors=100, name="kept", jobs=3),
                            bucket, lambda s: None)
     assert upload_sweep(bucket, stored, lambda s: None) and len(stored.batches) == 3
-    with pytest.warns(UserWarning, match=r"--jobs 2 ignored: sweep 'kept' keeps its stored plan"):
+    with pytest.warns(qec_kiln.KilnWarning,
+                      match=r"--jobs 2 ignored: sweep 'kept' keeps its stored plan") as said_:
         again = qec_kiln.plan(small_circuits, jobs=2, **kw)
     assert again.exists and len(again.batches) == 3
+    assert said_[0].filename == __file__  # attributed to the caller's line, not to qec_kiln
     said: list[str] = []  # with a log, the line goes there instead
     with warnings.catch_warnings():
         warnings.simplefilter("error")

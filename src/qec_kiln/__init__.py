@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 from typing import TYPE_CHECKING
 
-from qec_kiln._errors import KilnError  # noqa: E402
+from qec_kiln._errors import KilnError, KilnWarning  # noqa: E402
 
 if TYPE_CHECKING:  # what type checkers see; at run time each name loads when first asked for
     from qec_kiln._api import LaunchResult, cancel, launch, merge, plan, status
@@ -26,7 +26,7 @@ _LAZY = {  # loaded when first asked for: `qec-kiln merge` imports none of the r
 }
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         import importlib
 
@@ -35,8 +35,13 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'qec_kiln' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
 __all__ = [
     "KilnError",
+    "KilnWarning",
     "LaunchResult",
     "MergeReport",
     "PlanResult",

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from qec_kiln._argtypes import sinter_options as check_sinter_options
 from qec_kiln._backends import BackendOptions, get_backend
-from qec_kiln._errors import KilnError
+from qec_kiln._errors import KilnError, KilnWarning
 
 if TYPE_CHECKING:
     from qec_kiln._backends import Backend
@@ -46,11 +46,25 @@ Circuits = PathLike | Sequence[PathLike]  # a folder, or folders, .stim files an
 
 def _quiet(line: str) -> None:
     """The API's default ``log``: progress lines are dropped; a ``warning: ...`` line (e.g.
-    flags a stored plan ignores) becomes a Python ``UserWarning``, so a script still sees it."""
+    flags a stored plan ignores) becomes a :class:`KilnWarning`, so a script still sees it,
+    attributed to the caller's line."""
     if line.startswith("warning: "):
         import warnings
 
-        warnings.warn(line[len("warning: "):], UserWarning, stacklevel=2)
+        warnings.warn(line[len("warning: "):], KilnWarning, stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """``stacklevel`` of the first frame outside this package (as 3.12's skip_file_prefixes)."""
+    import sys
+    import types
+
+    here = os.path.dirname(__file__) + os.sep
+    frame: types.FrameType | None = sys._getframe(2)  # _quiet's caller
+    level = 2
+    while frame is not None and frame.f_code.co_filename.startswith(here):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @dataclasses.dataclass
@@ -169,7 +183,7 @@ def plan(
     as ``"--count_observable_error_combos"``. When the sweep (``name``, default: the folder name
     and a digest of the inputs) is already in ``bucket``, its stored plan is returned (with a
     warning naming the settings it ignores). ``log`` receives progress and warning lines; without
-    it, warnings are issued as Python ``UserWarning``.
+    it, warnings are issued as :class:`KilnWarning` (a ``UserWarning``).
 
         >>> import pathlib, tempfile, stim, qec_kiln
         >>> tmp = pathlib.Path(tempfile.mkdtemp())
@@ -338,13 +352,15 @@ def merge(bucket: PathLike = "kiln-results", out: PathLike = "merged.csv", *,
     """
     from qec_kiln._merge import merge_sweeps
 
-    return merge_sweeps(str(bucket), str(out), sweep=sweep, skip_bad=skip_bad, log=log or _quiet)
+    # Without a log, merge's warnings are in the report (MergeReport.warnings), not raised.
+    return merge_sweeps(str(bucket), str(out), sweep=sweep, skip_bad=skip_bad, log=log)
 
 
 def cancel(bucket: PathLike = "kiln-results", sweep: str = "", *,
            backend: str | None = None) -> list[str]:
     """Stop every job of ``sweep`` (``qec-kiln cancel``); fragments are kept, so a later
-    :func:`launch` resumes. Returns the job ids cancelled ([] when none was running)."""
+    :func:`launch` resumes. Returns the jobs it stopped ([] when none was running or waiting):
+    job ids, or for the local backend the batch ids, running or still waiting in a launch."""
     from qec_kiln._manifest import load_manifest
     from qec_kiln._storage import open_bucket
 

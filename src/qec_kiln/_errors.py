@@ -27,3 +27,8 @@ class ObjectNotFound(StorageError):
 class PreconditionFailed(StorageError):
     """A conditional write found another version of the object than the one it was given
     (someone else created or replaced it first)."""
+
+
+class KilnWarning(UserWarning):
+    """What the command prints as ``warning: ...``, from the Python API when no ``log`` is given
+    (e.g. ``jobs=`` ignored by a sweep's stored plan): filter it like any warning."""

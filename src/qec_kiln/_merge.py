@@ -3,7 +3,7 @@
 
 Only the objects named in the manifest (``fragments/<batch>.csv`` for the plan's batches) are
 read, each once: a stray copy in ``fragments/`` would otherwise be counted twice. From each
-fragment only the rows of the tasks its batch planned are kept (rows left by an earlier plan of
+fragment only the rows of the tasks its batch planned are kept (rows of another plan of
 the sweep are dropped with a warning). Fragments are parsed once, by sinter
 (``sinter.read_stats_from_csv_files``), summed with ``sinter.TaskStats`` addition in sinter
 combine's order, and printed with sinter's CSV functions in its default ``--order metadata``: the
@@ -171,7 +171,7 @@ def _planned_rows(frag: Fragment, batch: Batch) -> tuple[dict[str, sinter.TaskSt
     other = [st for sid, st in frag.stats.items() if sid not in planned]
     return kept, (
         f"{frag.name}: ignored {sum(s.shots for s in other):,} shots of {len(other)} task(s) that "
-        f"batch {batch.id} does not plan (left by an earlier plan of this sweep?); they are not merged"
+        f"batch {batch.id} does not plan (copied in from another plan or sweep?); they are not merged"
     )
 
 

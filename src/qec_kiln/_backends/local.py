@@ -266,6 +266,8 @@ class LocalBackend(Backend):
             msg = "interrupted: run the same launch again to resume"
         elif failed:
             msg = f"{len(failed)} batch(es) failed: {', '.join(failed)}; logs in {state}"
+            if cancelled:
+                msg += f"; {len(cancelled)} cancelled (qec-kiln cancel): {', '.join(cancelled)}"
         elif cancelled:
             waited = f" ({', '.join(never_started)} never started)" if never_started else ""
             msg = (f"{len(cancelled)} batch(es) cancelled (qec-kiln cancel): "
