@@ -446,3 +446,18 @@ def test_a_sweep_folder_without_its_manifest_is_named_by_merge_and_status(tmp_pa
         r = kiln(cmd, "--bucket", str(bucket), *(["--out", str(out)] if cmd == "merge" else []))
         assert r.returncode == 2, r.stderr
         assert r.stderr.strip().splitlines()[-1].startswith(f"error: {bucket}/gone holds 2 fragment")
+
+
+def _dies_in_a_forked_share(parent: int, item: str) -> str:
+    if os.getpid() != parent and item == "c":
+        os.kill(os.getpid(), 9)  # as the kernel's OOM killer would
+    return item.upper()
+
+
+def test_a_forked_share_whose_process_dies_is_parsed_here():
+    import functools
+
+    from qec_kiln import _fragments
+
+    one = functools.partial(_dies_in_a_forked_share, os.getpid())
+    assert _fragments._in_processes(one, list("abcdef"), 3) == list("ABCDEF")

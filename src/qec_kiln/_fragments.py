@@ -173,8 +173,12 @@ def _run_chunk(ids: list[str]) -> list:
 
 
 def _in_processes(one: Callable, ids: list[str], procs: int) -> list:
-    """``[one(b) for b in ids]``, the first share here and the others in forked processes."""
+    """``[one(b) for b in ids]``, the first share here and the others in forked processes. A
+    share whose process dies (killed, out of memory) is parsed here instead."""
     global _JOB
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
     size = -(-len(ids) // procs)
     chunks = [ids[i:i + size] for i in range(0, len(ids), size)]
     if len(chunks) < 2:
@@ -183,9 +187,15 @@ def _in_processes(one: Callable, ids: list[str], procs: int) -> list:
     sys.stdout.flush()  # a forked process must not print this one's buffered output again
     sys.stderr.flush()
     try:
-        with multiprocessing.get_context("fork").Pool(len(chunks) - 1) as pool:
-            others = pool.map_async(_run_chunk, chunks[1:])
-            first = _run_chunk(chunks[0])
-            return first + [x for chunk in others.get() for x in chunk]
+        with ProcessPoolExecutor(len(chunks) - 1,
+                                 mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = [pool.submit(_run_chunk, chunk) for chunk in chunks[1:]]
+            results = _run_chunk(chunks[0])
+            for chunk, future in zip(chunks[1:], futures, strict=True):
+                try:
+                    results += future.result()
+                except BrokenProcessPool:
+                    results += _run_chunk(chunk)
+            return results
     finally:
         _JOB = None
