@@ -164,3 +164,10 @@ def test_launch_dry_run_starts_nothing_and_describes_the_jobs(tmp_path, small_ci
     assert "sky jobs launch" in r.description and "use_spot set to false" in r.description
     with pytest.raises(qec_kiln.KilnError, match="SkyPilot's nodes cannot see"):
         qec_kiln.launch(small_circuits, bucket=bucket, backend="skypilot", max_shots=1000)
+
+
+def test_the_lazy_package_lists_its_api_and_refuses_unknown_names():
+    assert {"plan", "launch", "status", "merge", "cancel", "KilnError", "KilnWarning"} <= set(
+        dir(qec_kiln))
+    with pytest.raises(AttributeError, match="no attribute 'lanch'"):
+        qec_kiln.lanch  # noqa: B018 - a typo is an AttributeError, not a lazy import
