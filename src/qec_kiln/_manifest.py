@@ -210,14 +210,15 @@ def list_sweeps(bucket: Bucket) -> list[str]:
 
 
 def _sweeps_and_orphans(bucket: Bucket) -> tuple[list[str], dict[str, list[str]]]:
-    """The sweeps, and the folders holding fragments but no manifest (with their counts)."""
+    """The sweeps, and the folders holding fragments but no manifest (with those fragments)."""
     keys = bucket.list_keys("")
     sweeps = sorted(k[: -len("/manifest.json")] for k in keys
                     if k.endswith("/manifest.json") and k.count("/") == 1)
+    known = set(sweeps)
     orphans: dict[str, list[str]] = {}
     for k in keys:
         folder = k.partition("/")[0]
-        if _FRAGMENT_RE.match(k) and folder not in sweeps:
+        if folder not in known and _FRAGMENT_RE.match(k):
             orphans.setdefault(folder, []).append(k)
     return sweeps, orphans
 

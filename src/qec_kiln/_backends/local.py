@@ -184,6 +184,10 @@ class LocalBackend(Backend):
         cancel_record = state / _SWEEP_CANCEL
         began = time.time()  # a cancel recorded before this launch began does not stop it
         me = state / f"{_LAUNCHER}{os.getpid()}.json"  # what `cancel` reads: who waits here
+        my_start = _start_ticks(os.getpid())
+
+        def note_waiting() -> None:  # rewritten only when the waiting batches change
+            me.write_text(json.dumps({"pid": os.getpid(), "started": my_start, "waiting": pending}))
 
         def states() -> dict[str, str]:
             out = {b: "waiting" for b in pending}
@@ -200,8 +204,10 @@ class LocalBackend(Backend):
                     return False
             except (OSError, ValueError):
                 return False
-            never_started.extend(pending)
-            pending.clear()
+            if pending:
+                never_started.extend(pending)
+                pending.clear()
+                note_waiting()
             for b, p in running.items():
                 if not (state / f"{b}.cancel").exists():
                     (state / f"{b}.cancel").write_text(str(time.time()))
@@ -211,15 +217,15 @@ class LocalBackend(Backend):
 
         with (_StopSignals(stopped), _progress(self, request, state, states, console) as shown,
               _removed_at_exit(me)):
+            note_waiting()
             while (pending or running) and not stopped:
-                me.write_text(json.dumps({"pid": os.getpid(), "started": _start_ticks(os.getpid()),
-                                          "waiting": pending}))
                 while pending and free and not stopped and not cancelled_here():
                     b = pending.pop(0)
                     slot_of[b] = free.pop(0)
                     argv = self._argv(request, b, slot_of[b])
                     commands.append(argv)
                     running[b] = self._start(state, b, argv, slot_of[b].env)
+                    note_waiting()
                 time.sleep(0.2)
                 cancelled_here()
                 for b, p in list(running.items()):

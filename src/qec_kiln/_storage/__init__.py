@@ -61,7 +61,6 @@ from qec_kiln._storage._urls import (
 )
 
 __all__ = [
-    "key_problem",
     "ACCEPTED_FORMS",
     "PATIENT_RETRY",
     "QUICK_RETRY",
@@ -72,6 +71,7 @@ __all__ = [
     "RetryPolicy",
     "S3Bucket",
     "describe_url",
+    "key_problem",
     "open_bucket",
     "parse_url",
 ]
