@@ -7,14 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import sinter
 from conftest import REPO, write_surface_circuits
-from test_local_sweep import fragment_rows, make_sweep
+from test_local_sweep import fragment_rows, make_sweep, shots_per_task, wait_for_uploaded_rows
 
-from qec_kiln._errors import ObjectNotFound
 from qec_kiln._storage import open_bucket
 
 
@@ -60,16 +58,7 @@ def test_run_batch_killed_and_restarted_against_the_object_store(tmp_path, cloud
     argv = [sys.executable, "-m", "qec_kiln", "run-batch", "--bucket", cloud.url, "--sweep", "kill",
             "--batch", "b000", "--processes", "1", "--sync-seconds", "0.5"]
     proc = subprocess.Popen(argv, start_new_session=True, stderr=subprocess.DEVNULL)
-    snapshot = b""
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            snapshot = bucket.read_bytes("kill/fragments/b000.csv")
-        except ObjectNotFound:
-            snapshot = b""
-        if len(fragment_rows(snapshot)) >= 2:
-            break
-        time.sleep(0.2)
+    snapshot = wait_for_uploaded_rows(bucket, "kill/fragments/b000.csv", 2, timeout=90)
     assert len(fragment_rows(snapshot)) >= 2, "no upload before the kill"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -79,10 +68,7 @@ def test_run_batch_killed_and_restarted_against_the_object_store(tmp_path, cloud
     assert r.returncode == 0, r.stderr
     final = bucket.read_bytes("kill/fragments/b000.csv")
     assert final.startswith(at_kill)
-    totals: dict[str, int] = {}
-    for row in fragment_rows(final):
-        totals[row.strong_id] = totals.get(row.strong_id, 0) + row.shots
-    assert sorted(totals.values()) == [max_shots, max_shots]
+    assert sorted(shots_per_task(final).values()) == [max_shots, max_shots]
 
 
 @pytest.mark.slow

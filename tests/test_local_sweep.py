@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pathlib
@@ -16,6 +17,7 @@ import sinter
 from conftest import REPO, run_kiln, write_surface_circuits
 from test_reliability import tagged_env, wait_no_tagged_processes
 
+from qec_kiln._errors import ObjectNotFound
 from qec_kiln._fragments import complete_lines
 from qec_kiln._launch import SweepSpec, prepare_sweep, upload_sweep
 from qec_kiln._manifest import fragment_key, load_manifest
@@ -37,6 +39,29 @@ def fragment_rows(fragment: pathlib.Path | bytes) -> list[sinter.TaskStats]:
     rows = complete_lines(data).decode().splitlines()[1:]
     return [sinter.read_stats_from_csv_files(io.StringIO(f"{sinter.CSV_HEADER}\n{r}\n"))[0]
             for r in rows]
+
+
+def shots_per_task(*fragments: pathlib.Path | bytes) -> dict[str, int]:
+    """Shots per strong_id over the complete rows of ``fragments`` (what merge would sum)."""
+    totals: dict[str, int] = {}
+    for fragment in fragments:
+        for row in fragment_rows(fragment):
+            totals[row.strong_id] = totals.get(row.strong_id, 0) + row.shots
+    return totals
+
+
+def wait_for_uploaded_rows(bucket, key: str, rows: int, timeout: float) -> bytes:
+    """Poll the bucket's ``key`` until it holds ``rows`` complete rows or ``timeout`` seconds
+    pass; returns what it last read (``b""`` while the object does not exist)."""
+    deadline = time.time() + timeout
+    data = b""
+    while time.time() < deadline:
+        with contextlib.suppress(ObjectNotFound):
+            data = bucket.read_bytes(key)
+        if len(fragment_rows(data)) >= rows:
+            break
+        time.sleep(0.2)
+    return data
 
 
 @pytest.mark.slow
@@ -111,9 +136,7 @@ def test_run_batch_sigkilled_and_restarted_loses_nothing_and_counts_nothing_twic
     final = frag.read_bytes()
     # Only ever extended: what the bucket held at the kill is a prefix of the final fragment.
     assert final.startswith(killed_snapshot) and final.startswith(before_kill)
-    totals: dict[str, int] = {}
-    for row in fragment_rows(final):
-        totals[row.strong_id] = totals.get(row.strong_id, 0) + row.shots
+    totals = shots_per_task(final)
     assert len(totals) == 2
     for sid, shots in totals.items():
         assert shots == max_shots, (sid, shots)  # reached, and not one shot counted twice

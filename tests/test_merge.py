@@ -282,8 +282,11 @@ def test_out_dash_writes_standard_output(tmp_path, finished):
 # Issue 13.15: fragments are read concurrently
 
 
-class SlowBucket(LocalBucket):
-    """A local bucket whose reads take as long as a round trip to a cloud store (50 ms)."""
+class _CountsReadsInFlight:
+    """A bucket mixin: each read takes ``delay`` seconds (a round trip to a cloud store), and
+    ``most`` is the most reads that were in flight at once."""
+
+    delay = 0.0
 
     def __init__(self, url):
         super().__init__(parse_url(url))
@@ -295,11 +298,17 @@ class SlowBucket(LocalBucket):
             self.now += 1
             self.most = max(self.most, self.now)
         try:
-            time.sleep(0.05)
+            time.sleep(self.delay)
             return super().read_bytes(key, retry=retry)
         finally:
             with self.lock:
                 self.now -= 1
+
+
+class SlowBucket(_CountsReadsInFlight, LocalBucket):
+    """A local bucket whose reads take as long as a round trip to a cloud store (50 ms)."""
+
+    delay = 0.05
 
 
 def test_fragments_are_read_concurrently(tmp_path, small_circuits):
@@ -318,24 +327,10 @@ def test_fragments_are_read_concurrently(tmp_path, small_circuits):
     assert took < 3.2 / 2, took  # well under one after another (3.2 s), on a loaded machine too
 
 
-class CountingS3Bucket(S3Bucket):
+class CountingS3Bucket(_CountsReadsInFlight, S3Bucket):
     """The real S3 bucket (moto's server), counting the reads in flight."""
 
-    def __init__(self, url):
-        super().__init__(parse_url(url))
-        self.lock = threading.Lock()
-        self.now = self.most = 0
-
-    def read_bytes(self, key, *, retry=None):
-        with self.lock:
-            self.now += 1
-            self.most = max(self.most, self.now)
-        try:
-            time.sleep(0.02)  # a round trip to a real store
-            return super().read_bytes(key, retry=retry)
-        finally:
-            with self.lock:
-                self.now -= 1
+    delay = 0.02  # a round trip to a real store
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ wheel, pinned requirements) and run (run-batch of the batch its rank names)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import shutil
 import subprocess
@@ -18,12 +17,11 @@ import sinter
 import yaml
 from conftest import write_surface_circuits
 from sky_executor import Node, NodeCache, run_ranks
-from test_local_sweep import fragment_rows, make_sweep
+from test_local_sweep import fragment_rows, make_sweep, shots_per_task, wait_for_uploaded_rows
 
 from qec_kiln import _cli as cli
 from qec_kiln._backends import _ship
 from qec_kiln._backends.skypilot import packaged_yaml_text
-from qec_kiln._errors import ObjectNotFound
 from qec_kiln._fragments import complete_lines
 from qec_kiln._storage import open_bucket
 
@@ -131,10 +129,7 @@ def test_sweep_of_n_jobs_merges_exactly(tmp_path, node_cache, request, monkeypat
         assert r.status == "SUCCEEDED", r.log
         assert f"{batches[r.rank]}: batch finished" in r.log  # rank k ran batch k
     bucket = open_bucket(env.url)
-    totals: dict[str, int] = {}
-    for b in batches:
-        for row in fragment_rows(bucket.read_bytes(f"nj/fragments/{b}.csv")):
-            totals[row.strong_id] = totals.get(row.strong_id, 0) + row.shots
+    totals = shots_per_task(*(bucket.read_bytes(f"nj/fragments/{b}.csv") for b in batches))
     assert sorted(totals.values()) == [3_000] * 4
     merged = tmp_path / "merged.csv"
     assert cli.main(["merge", "--bucket", env.url, "--out", str(merged)]) == 0
@@ -150,14 +145,7 @@ def test_recovery_after_sigkill_resumes_exactly(tmp_path, kiln_wheel, node_cache
     first = Node(task, 0, 1, tmp_path / "vm1", cache=node_cache)
     assert first.setup() == 0, first.result.log
     first.start()
-    deadline = time.time() + 120
-    snapshot = b""
-    while time.time() < deadline and len(fragment_rows(snapshot)) < 2:
-        time.sleep(0.3)
-        try:
-            snapshot = bucket.read_bytes("rec/fragments/b000.csv")
-        except ObjectNotFound:
-            snapshot = b""
+    snapshot = wait_for_uploaded_rows(bucket, "rec/fragments/b000.csv", 2, timeout=120)
     assert len(fragment_rows(snapshot)) >= 2, "no upload before the kill"
     assert len(first.pids()) >= 3  # bash -> run-batch, sinter and its worker
     first.kill()
@@ -171,10 +159,7 @@ def test_recovery_after_sigkill_resumes_exactly(tmp_path, kiln_wheel, node_cache
     assert "restored" in result.log
     final = bucket.read_bytes("rec/fragments/b000.csv")
     assert final.startswith(at_kill)
-    totals: dict[str, int] = {}
-    for row in fragment_rows(final):
-        totals[row.strong_id] = totals.get(row.strong_id, 0) + row.shots
-    assert sorted(totals.values()) == [max_shots, max_shots]
+    assert sorted(shots_per_task(final).values()) == [max_shots, max_shots]
 
 
 def _rows_bytes(rows_data: bytes) -> tuple[int, float, int]:
@@ -197,12 +182,7 @@ def test_cancel_during_a_job_loses_what_skypilot_allows(tmp_path, kiln_wheel, no
     node = Node(task, 0, 1, tmp_path / "vm", cache=node_cache)
     assert node.setup() == 0, node.result.log
     node.start()
-    deadline = time.time() + 120
-    uploaded = b""
-    while time.time() < deadline and len(fragment_rows(uploaded)) < 3:
-        time.sleep(0.3)
-        with contextlib.suppress(ObjectNotFound):
-            uploaded = bucket.read_bytes("cx/fragments/b000.csv")
+    uploaded = wait_for_uploaded_rows(bucket, "cx/fragments/b000.csv", 3, timeout=120)
     assert len(fragment_rows(uploaded)) >= 3, "no periodic uploads before the cancel"
     time.sleep(sync * 0.7)  # somewhere between two periodic uploads
     exited = node.cancel(graceful=graceful)

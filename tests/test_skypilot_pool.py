@@ -14,7 +14,7 @@ import sinter
 import yaml
 from conftest import write_surface_circuits
 from sky_executor import PoolWorker
-from test_local_sweep import fragment_rows
+from test_local_sweep import shots_per_task
 from test_skypilot_backend import FakeController, _run_sky_cli, _write_launches
 
 from qec_kiln import _cli as cli
@@ -259,10 +259,7 @@ def test_pool_worker_sets_up_once_then_runs_batches_in_turn(tmp_path, s3_env, mo
     assert worker.setups == 1 and len(worker.jobs) == 3  # one setup, three batches in turn
 
     bucket = open_bucket(s3_env.url)
-    totals: dict[str, int] = {}
-    for b in batches:
-        for row in fragment_rows(bucket.read_bytes(f"pl/fragments/{b}.csv")):
-            totals[row.strong_id] = totals.get(row.strong_id, 0) + row.shots
+    totals = shots_per_task(*(bucket.read_bytes(f"pl/fragments/{b}.csv") for b in batches))
     assert sorted(totals.values()) == [3_000] * 4
     merged = tmp_path / "merged.csv"
     assert cli.main(["merge", "--bucket", s3_env.url, "--out", str(merged)]) == 0
