@@ -50,6 +50,19 @@ def shots_per_task(*fragments: pathlib.Path | bytes) -> dict[str, int]:
     return totals
 
 
+def assert_sweep_merges_exactly(url: str, sweep: str, batch_ids: list[str], *, tasks: int,
+                                shots_each: int, out: pathlib.Path) -> None:
+    """``tasks`` tasks of ``sweep``, each at exactly ``shots_each`` shots over its batches'
+    fragments, and ``qec-kiln merge`` of the bucket gives ``tasks * shots_each`` in all."""
+    from qec_kiln import _cli
+
+    bucket = open_bucket(url)
+    totals = shots_per_task(*(bucket.read_bytes(f"{sweep}/fragments/{b}.csv") for b in batch_ids))
+    assert sorted(totals.values()) == [shots_each] * tasks
+    assert _cli.main(["merge", "--bucket", url, "--out", str(out)]) == 0
+    assert sum(s.shots for s in sinter.read_stats_from_csv_files(str(out))) == tasks * shots_each
+
+
 def wait_for_uploaded_rows(bucket, key: str, rows: int, timeout: float) -> bytes:
     """Poll the bucket's ``key`` until it holds ``rows`` complete rows or ``timeout`` seconds
     pass; returns what it last read (``b""`` while the object does not exist)."""

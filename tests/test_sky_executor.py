@@ -13,17 +13,21 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import sinter
 import yaml
 from conftest import write_surface_circuits
 from sky_executor import Node, NodeCache, run_ranks
-from test_local_sweep import fragment_rows, make_sweep, shots_per_task, wait_for_uploaded_rows
+from test_local_sweep import (
+    assert_sweep_merges_exactly,
+    fragment_rows,
+    make_sweep,
+    shots_per_task,
+    wait_for_uploaded_rows,
+)
 
 from qec_kiln import _cli as cli
 from qec_kiln._backends import _ship
 from qec_kiln._backends.skypilot import packaged_yaml_text
 from qec_kiln._fragments import complete_lines
-from qec_kiln._storage import open_bucket
 
 pytestmark = pytest.mark.slow
 
@@ -128,12 +132,8 @@ def test_sweep_of_n_jobs_merges_exactly(tmp_path, node_cache, request, monkeypat
     for r in runs:
         assert r.status == "SUCCEEDED", r.log
         assert f"{batches[r.rank]}: batch finished" in r.log  # rank k ran batch k
-    bucket = open_bucket(env.url)
-    totals = shots_per_task(*(bucket.read_bytes(f"nj/fragments/{b}.csv") for b in batches))
-    assert sorted(totals.values()) == [3_000] * 4
-    merged = tmp_path / "merged.csv"
-    assert cli.main(["merge", "--bucket", env.url, "--out", str(merged)]) == 0
-    assert sum(s.shots for s in sinter.read_stats_from_csv_files(str(merged))) == 12_000
+    assert_sweep_merges_exactly(env.url, "nj", batches, tasks=4, shots_each=3_000,
+                                out=tmp_path / "merged.csv")
 
 
 def test_recovery_after_sigkill_resumes_exactly(tmp_path, kiln_wheel, node_cache, s3_env):

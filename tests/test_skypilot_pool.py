@@ -10,11 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
-import sinter
 import yaml
 from conftest import write_surface_circuits
 from sky_executor import PoolWorker
-from test_local_sweep import shots_per_task
+from test_local_sweep import assert_sweep_merges_exactly
 from test_skypilot_backend import FakeController, _run_sky_cli, _write_launches
 
 from qec_kiln import _cli as cli
@@ -22,7 +21,6 @@ from qec_kiln._backends import LaunchRequest
 from qec_kiln._backends import _skypilot_pool as pools
 from qec_kiln._backends import skypilot as sp
 from qec_kiln._errors import KilnError
-from qec_kiln._storage import open_bucket
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -258,9 +256,5 @@ def test_pool_worker_sets_up_once_then_runs_batches_in_turn(tmp_path, s3_env, mo
     assert run.status == "SUCCEEDED" and f"{batches[2]}: batch finished" in run.log, run.log
     assert worker.setups == 1 and len(worker.jobs) == 3  # one setup, three batches in turn
 
-    bucket = open_bucket(s3_env.url)
-    totals = shots_per_task(*(bucket.read_bytes(f"pl/fragments/{b}.csv") for b in batches))
-    assert sorted(totals.values()) == [3_000] * 4
-    merged = tmp_path / "merged.csv"
-    assert cli.main(["merge", "--bucket", s3_env.url, "--out", str(merged)]) == 0
-    assert sum(s.shots for s in sinter.read_stats_from_csv_files(str(merged))) == 12_000
+    assert_sweep_merges_exactly(s3_env.url, "pl", batches, tasks=4, shots_each=3_000,
+                                out=tmp_path / "merged.csv")
