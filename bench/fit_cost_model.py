@@ -1,6 +1,6 @@
 """Measure what sinter tasks cost on this machine and refit qec-kiln's cost model.
 
-Writes ``src/qec_kiln/data/cost_model.json``, which ``qec_kiln._cost`` loads. Run it from the
+Writes ``src/qec_kiln/data/cost_model.json``, which ``qec_kiln._planning._cost`` loads. Run it from the
 repository root after a stim/sinter/pymatching upgrade or on a new kind of machine::
 
     .venv/bin/python bench/fit_cost_model.py             # measure and fit: ~3 min on 2 cores
@@ -73,7 +73,7 @@ from scipy.optimize import least_squares, minimize
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from qec_kiln._cost import CircuitFeatures, dem_for_circuit  # noqa: E402
+from qec_kiln._planning._cost import CircuitFeatures, dem_for_circuit  # noqa: E402
 
 DEFAULT_OUT = REPO / "src" / "qec_kiln" / "data" / "cost_model.json"
 PS = (0.001, 0.003, 0.005, 0.008, 0.01)

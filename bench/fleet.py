@@ -6,7 +6,7 @@ It compares two ways to run the same sweep:
 - one-job-per-batch: the original design; B = K batches, each its own job that pays a full start-up
   (a cold spot VM) and, when preempted, a full start-up again on a new VM;
 - pool+queue: K pool workers that stay up; B batches and their plan from
-  ``qec_kiln._plan.plan_for_workers`` (what ``launch --workers K`` plans: a few whole rounds of K
+  ``qec_kiln._planning.plan.plan_for_workers`` (what ``launch --workers K`` plans: a few whole rounds of K
   up to ``choose_batch_count``'s B, each planned in rounds of decreasing size, the one the queue
   is predicted to finish first), and
   handed longest first to whichever worker is free (the engine's queue); each worker pays one cold
@@ -40,7 +40,7 @@ import random
 import sys
 from collections.abc import Sequence
 
-from qec_kiln._cost import (
+from qec_kiln._planning._cost import (
     CircuitFeatures,
     load_model,
     predict_logical_error_rate,
@@ -48,8 +48,8 @@ from qec_kiln._cost import (
     predict_task_overhead_seconds,
     shots_needed,
 )
-from qec_kiln._plan import Plan, TaskCost, make_plan, plan_for_workers
-from qec_kiln._queue_plan import choose_batch_count
+from qec_kiln._planning.plan import Plan, TaskCost, make_plan, plan_for_workers
+from qec_kiln._planning.queue import choose_batch_count
 
 MAX_SHOTS, MAX_ERRORS = 1_000_000, 1000
 HOUR = 3600.0
@@ -66,7 +66,7 @@ fleet.py is a MODEL (discrete-event simulation), not a measurement. Assumptions 
   max_shots 1e6, max_errors 1000), measured seconds/shot and p_L of real sinter runs from
   qec_kiln/data/cost_model.json 'measurements' (~134 core-s in all; d=13 p=0.003 is ~27% of it),
   scaled to each scenario's work; shot shards split a task's shots and errors evenly.
-- the plan: qec_kiln._plan.make_plan on qec-kiln's UNcalibrated cost-model predictions (its real
+- the plan: qec_kiln._planning.plan.make_plan on qec-kiln's UNcalibrated cost-model predictions (its real
   per-circuit errors on these circuits); run-to-run noise per shard: lognormal, mean 1, sigma
   {RUN_NOISE:g} (assumption: sinter's stop at max_errors, machine noise), total work held fixed.
 - cold start-up {COLD_START:g} s (5.5 min): the public peer's measurement, 5-6 min to provision an

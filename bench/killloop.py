@@ -195,7 +195,7 @@ def _csv_stats(data: bytes):
     """sinter TaskStats of complete rows (``data`` may lack the header)."""
     import sinter
 
-    from qec_kiln._fragments import HEADER_LINE, complete_lines
+    from qec_kiln._sweep.fragments import HEADER_LINE, complete_lines
 
     data = complete_lines(data)
     if not data.startswith(HEADER_LINE.split(b",")[0]):
@@ -213,7 +213,7 @@ def _alive(pid: int) -> bool:
 
 def _group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of a process group."""
-    from qec_kiln._runner import _pids_in_group
+    from qec_kiln._node.runner import _pids_in_group
 
     return [pid for pid in _pids_in_group(pgid) if _alive(pid)]
 
@@ -429,7 +429,7 @@ def run_killloop(cfg: Config, log=print) -> Result:
         except FileNotFoundError:
             remote = b""
         check_version(s.batch, remote, "at kill")
-        from qec_kiln._fragments import complete_lines
+        from qec_kiln._sweep.fragments import complete_lines
 
         resume_c = complete_lines(resume)
         if resume_c and not resume_c.startswith(remote):
@@ -509,7 +509,7 @@ def run_killloop(cfg: Config, log=print) -> Result:
                 if not any(f"pid {p}:" in o for o in orphans)]
 
     # Final fragments: each must extend what was seen before.
-    from qec_kiln._fragments import parse_fragment
+    from qec_kiln._sweep.fragments import parse_fragment
 
     per_task: dict[str, list[int]] = {}
     shots_total = 0

@@ -22,7 +22,7 @@ import argparse
 import random
 import time
 
-from qec_kiln._plan import TaskCost, make_plan
+from qec_kiln._planning.plan import TaskCost, make_plan
 
 MAX_SHOTS, MAX_ERRORS = 10**6, 1000
 

@@ -22,7 +22,7 @@ import pytest
 import sinter
 from conftest import REPO, run_kiln, write_surface_circuits
 
-from qec_kiln._fragments import parse_fragment
+from qec_kiln._sweep.fragments import parse_fragment
 
 SMALL = ("d=3,p=0.001,b=X,type=rotated_surface_memory.stim",
          "d=3,p=0.01,b=X,type=rotated_surface_memory.stim")

@@ -1,4 +1,4 @@
-"""Tests of qec_kiln._cost: circuit features, fitted predictions, pilot calibration and its cache.
+"""Tests of qec_kiln._planning._cost: circuit features, fitted predictions, pilot calibration and its cache.
 
 Fast (well under 20 s): the few sinter runs are sub-second to a few seconds each.
 """
@@ -17,8 +17,8 @@ import pytest
 import sinter
 import stim
 
-from qec_kiln import _cost
-from qec_kiln._cost import (
+from qec_kiln._planning import _cost
+from qec_kiln._planning._cost import (
     PROCESS_STARTUP_SECONDS,
     Calibration,
     CalibrationCache,
@@ -244,7 +244,7 @@ def test_calibrate_from_a_script_without_main_guard(tmp_path):
     script.write_text(
         textwrap.dedent("""
         import stim, sinter
-        from qec_kiln._cost import calibrate
+        from qec_kiln._planning._cost import calibrate
         print("top level ran", flush=True)
         c = stim.Circuit.generated("repetition_code:memory", distance=3, rounds=3,
                                    after_clifford_depolarization=0.02)
@@ -270,7 +270,7 @@ def test_model_file_is_complete():
 @pytest.mark.slow
 def test_estimate_costs_checks_the_cache_once_and_predicts_like_predict_task_seconds(
         tmp_path, monkeypatch):
-    from qec_kiln._discover import check_duplicates, discover_circuits
+    from qec_kiln._sweep.discover import check_duplicates, discover_circuits
 
     monkeypatch.setenv("QEC_KILN_CACHE_DIR", str(tmp_path / "cache"))
     folder = tmp_path / "circuits"

@@ -14,8 +14,8 @@ import pytest
 import sinter
 import stim
 
-from qec_kiln._discover import check_decodable, check_duplicates, discover_circuits
 from qec_kiln._errors import KilnError
+from qec_kiln._sweep.discover import check_decodable, check_duplicates, discover_circuits
 
 
 def test_metadata_and_keys_match_sinter_auto(small_circuits):
@@ -201,7 +201,7 @@ def test_an_unreadable_sub_folder_is_refused(small_circuits):
             if shutil.which("setpriv") is None:
                 pytest.skip("running as root without setpriv: cannot make a folder unreadable")
             prefix = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"]
-        code = ("import sys; from qec_kiln._discover import discover_circuits\n"
+        code = ("import sys; from qec_kiln._sweep.discover import discover_circuits\n"
                 "from qec_kiln._errors import KilnError\n"
                 "try: discover_circuits(sys.argv[1])\n"
                 "except KilnError as e: print(e); sys.exit(3)\n")

@@ -15,7 +15,7 @@ import pytest
 import sinter
 from conftest import write_surface_circuits
 
-from qec_kiln._backends.local import _state_dir
+from qec_kiln._backends.local.backend import _state_dir
 from qec_kiln._cli import build_parser
 
 
@@ -244,7 +244,7 @@ def test_stale_cancel_and_launch_records_change_nothing(tmp_path, kiln):
     import json as json_
 
     from qec_kiln._backends import get_backend
-    from qec_kiln._backends.local import _state_dir
+    from qec_kiln._backends.local.backend import _state_dir
     from qec_kiln._storage import parse_url
 
     circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001,))

@@ -18,10 +18,10 @@ from conftest import REPO, run_kiln, write_surface_circuits
 from test_reliability import tagged_env, wait_no_tagged_processes
 
 from qec_kiln._errors import ObjectNotFound
-from qec_kiln._fragments import complete_lines
 from qec_kiln._launch import SweepSpec, prepare_sweep, upload_sweep
-from qec_kiln._manifest import fragment_key, load_manifest
 from qec_kiln._storage import open_bucket
+from qec_kiln._sweep.fragments import complete_lines
+from qec_kiln._sweep.manifest import fragment_key, load_manifest
 
 
 def make_sweep(circuits, bucket_dir, name, *, max_shots, max_errors, jobs=1):

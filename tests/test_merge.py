@@ -20,10 +20,10 @@ from conftest import REPO, run_kiln
 
 from qec_kiln._backends import JobState
 from qec_kiln._launch import SweepSpec, prepare_sweep, upload_sweep
-from qec_kiln._manifest import Manifest, fragment_key
-from qec_kiln._merge import merge_sweeps
-from qec_kiln._status import sweep_progress
+from qec_kiln._report.merge import merge_sweeps
+from qec_kiln._report.status import sweep_progress
 from qec_kiln._storage import LocalBucket, S3Bucket, open_bucket, parse_url
+from qec_kiln._sweep.manifest import Manifest, fragment_key
 
 
 def make_sweep(circuits, bucket_url, name, *, max_shots=4000, max_errors=10**6, jobs=2) -> Manifest:
@@ -312,7 +312,7 @@ class SlowBucket(_CountsReadsInFlight, LocalBucket):
 
 
 def test_fragments_are_read_concurrently(tmp_path, small_circuits):
-    from qec_kiln._fragments import read_fragments
+    from qec_kiln._sweep.fragments import read_fragments
 
     bucket = tmp_path / "bucket"
     m = make_sweep(small_circuits, bucket, "s", jobs=4)
@@ -335,7 +335,7 @@ class CountingS3Bucket(_CountsReadsInFlight, S3Bucket):
 
 @pytest.mark.slow
 def test_cloud_fragments_are_read_16_at_a_time_by_default(tmp_path, small_circuits, s3_env, caplog):
-    from qec_kiln._fragments import CLOUD_READERS, read_fragments
+    from qec_kiln._sweep.fragments import CLOUD_READERS, read_fragments
 
     m = make_sweep(small_circuits, s3_env.url, "s", jobs=4)
     finish(s3_env.url, m)
@@ -352,8 +352,8 @@ def test_cloud_fragments_are_read_16_at_a_time_by_default(tmp_path, small_circui
 @pytest.mark.slow
 def test_an_outage_stops_the_reads_instead_of_retrying_every_fragment(small_circuits, s3_env):
     from qec_kiln._errors import StorageError
-    from qec_kiln._fragments import read_fragments
     from qec_kiln._storage import RetryPolicy
+    from qec_kiln._sweep.fragments import read_fragments
 
     m = make_sweep(small_circuits, s3_env.url, "s", jobs=4)
     finish(s3_env.url, m)
@@ -374,7 +374,7 @@ def test_an_outage_stops_the_reads_instead_of_retrying_every_fragment(small_circ
 def test_many_local_fragments_parsed_by_forked_processes_give_the_same(tmp_path, small_circuits):
     import functools
 
-    from qec_kiln import _fragments
+    from qec_kiln._sweep import fragments as _fragments
 
     bucket = tmp_path / "bucket"
     m = make_sweep(small_circuits, bucket, "s", jobs=4)
@@ -398,14 +398,14 @@ def test_many_local_fragments_parsed_by_forked_processes_give_the_same(tmp_path,
 
 def test_many_local_fragments_are_parsed_by_one_process_per_core():
     # In a fresh interpreter (no other thread): 2,000 fragments get one process per core, up to 4.
-    code = "from qec_kiln._fragments import _local_processes as f; print(f(2000), f(499), f(10))"
+    code = "from qec_kiln._sweep.fragments import _local_processes as f; print(f(2000), f(499), f(10))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     cores = len(os.sched_getaffinity(0))
     assert out.stdout.split() == [str(min(4, cores)), "1", "1"]
 
 
 def test_read_fragments_keeps_only_the_stats_unless_asked(tmp_path, small_circuits):
-    from qec_kiln._fragments import read_fragment, read_fragments
+    from qec_kiln._sweep.fragments import read_fragment, read_fragments
 
     bucket = tmp_path / "bucket"
     m = make_sweep(small_circuits, bucket, "s", jobs=2)
@@ -452,7 +452,7 @@ def _dies_in_a_forked_share(parent: int, item: str) -> str:
 def test_a_forked_share_whose_process_dies_is_parsed_here():
     import functools
 
-    from qec_kiln import _fragments
+    from qec_kiln._sweep import fragments as _fragments
 
     one = functools.partial(_dies_in_a_forked_share, os.getpid())
     assert _fragments._in_processes(one, list("abcdef"), 3) == list("ABCDEF")

@@ -19,10 +19,10 @@ from conftest import write_surface_circuits
 from test_reliability import make_sweep, total_shots
 
 from qec_kiln._errors import PreconditionFailed
-from qec_kiln._lease import LeaseHeld, acquire, release, renew
-from qec_kiln._manifest import fragment_key
-from qec_kiln._runner import CONFLICT_EXIT
+from qec_kiln._node.lease import LeaseHeld, acquire, release, renew
+from qec_kiln._node.runner import CONFLICT_EXIT
 from qec_kiln._storage import open_bucket
+from qec_kiln._sweep.manifest import fragment_key
 
 KEY = "s/leases/b000.json"
 
@@ -207,7 +207,7 @@ def test_read_only_credentials_end_run_batch_at_once(s3_auth, monkeypatch, tmp_p
     # SkyPilot retries only recover_on_exit_codes (75), never exit 2 (max_restarts_on_errors 0).
     import yaml
 
-    from qec_kiln._backends.skypilot import packaged_yaml_text
+    from qec_kiln._backends.skypilot.backend import packaged_yaml_text
     rec = yaml.safe_load(packaged_yaml_text("sinter_job.yaml"))["resources"]["job_recovery"]
     assert rec["recover_on_exit_codes"] == [75] and rec["max_restarts_on_errors"] == 0
 
@@ -220,7 +220,7 @@ def test_a_launch_that_loses_the_race_to_create_a_sweep_runs_the_winners_plan(
     import qec_kiln
     from qec_kiln import _launch
     from qec_kiln._launch import SweepSpec, prepare_sweep
-    from qec_kiln._manifest import load_manifest
+    from qec_kiln._sweep.manifest import load_manifest
 
     circuits = write_surface_circuits(tmp_path / "circuits", distances=(3,), noises=(0.001, 0.01))
     url = str(tmp_path / "bucket")

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from qec_kiln._errors import KilnError
-from qec_kiln._plan import TaskCost, make_plan, split_targets, target_work_seconds
-from qec_kiln._queue_plan import list_schedule
+from qec_kiln._planning.plan import TaskCost, make_plan, split_targets, target_work_seconds
+from qec_kiln._planning.queue import list_schedule
 
 
 def spread_tasks(n: int = 30, seed: int = 1) -> list[TaskCost]:
@@ -148,7 +148,7 @@ class CountingSizes(list):
 
 
 def balancer_reads(n_items: int, n_bins: int) -> int:
-    from qec_kiln._balance import improve, lpt
+    from qec_kiln._planning.balance import improve, lpt
 
     tasks = spread_tasks(n_items)
     sizes = CountingSizes(t.predicted_seconds(10**6, 1000) for t in tasks)
@@ -224,7 +224,7 @@ def test_cli_refuses_target_hours_below_the_start_up(small_circuits, kiln):
 # --- Plans for a queue of K workers: rounds of decreasing size -------------------------------
 
 def test_round_weights_fall_by_round_and_average_one():
-    from qec_kiln._plan import round_weights
+    from qec_kiln._planning.plan import round_weights
 
     for b, k in ((20, 5), (8, 2), (7, 3), (768, 64), (6, 5)):
         w = round_weights(b, k)
@@ -292,7 +292,7 @@ def test_queue_plan_evens_out_a_mispredicting_model():
     """Measured-like times (each task off by a seeded factor, one start-up per batch) on K
     workers: batches of decreasing size end sooner than equal ones, the same work and start-ups."""
 
-    from qec_kiln._queue_plan import list_schedule
+    from qec_kiln._planning.queue import list_schedule
 
     tasks = spread_tasks(60, seed=3)
     k, jobs, startup = 5, 20, 0.1
@@ -317,15 +317,15 @@ def test_a_queue_plan_keeps_its_workers_in_the_manifest(small_circuits, tmp_path
                       bucket=tmp_path / "bucket", backend_options={"workers": 2, "processes": 1})
     m = p.manifest
     assert m.plan.workers == 2 and len(m.batches) > 2
-    from qec_kiln._manifest import Manifest
+    from qec_kiln._sweep.manifest import Manifest
 
     again = Manifest.from_json(m.to_json())
     assert again.plan.workers == 2 and again.plan.balance_ratio == m.plan.balance_ratio
 
 
 def test_plan_for_workers_picks_whole_rounds_no_worse_than_the_chooser():
-    from qec_kiln._plan import plan_for_workers
-    from qec_kiln._queue_plan import choose_batch_count, queue_makespan
+    from qec_kiln._planning.plan import plan_for_workers
+    from qec_kiln._planning.queue import choose_batch_count, queue_makespan
 
     tasks = spread_tasks(40, seed=7)
     kw = dict(max_shots=10**6, max_errors=1000)

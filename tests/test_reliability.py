@@ -25,11 +25,11 @@ import pytest
 import sinter
 from conftest import REPO, run_kiln, write_surface_circuits
 
-from qec_kiln._fragments import complete_lines, parse_fragment
 from qec_kiln._launch import SweepSpec, prepare_sweep, upload_sweep
-from qec_kiln._manifest import fragment_key
-from qec_kiln._runner import CONFLICT_EXIT
+from qec_kiln._node.runner import CONFLICT_EXIT
 from qec_kiln._storage import open_bucket
+from qec_kiln._sweep.fragments import complete_lines, parse_fragment
+from qec_kiln._sweep.manifest import fragment_key
 
 MARKER_VAR = "QEC_KILN_TEST_TAG"
 
@@ -418,7 +418,7 @@ def test_relaunch_launches_nothing_twice_and_only_unfinished_batches(tmp_path):
 def test_merge_and_status_while_batches_write(tmp_path):
     """merge and status in loops (CLI subprocesses, and in-process merges racing on one --out)
     while two run-batch processes upload every 0.2 s: none fails, and progress never goes back."""
-    from qec_kiln._merge import merge_sweeps
+    from qec_kiln._report.merge import merge_sweeps
 
     tag = uuid.uuid4().hex
     env = tagged_env(tag)

@@ -25,9 +25,9 @@ from test_local_sweep import (
 )
 
 from qec_kiln import _cli as cli
-from qec_kiln._backends import _ship
-from qec_kiln._backends.skypilot import packaged_yaml_text
-from qec_kiln._fragments import complete_lines
+from qec_kiln._backends.skypilot import ship as _ship
+from qec_kiln._backends.skypilot.backend import packaged_yaml_text
+from qec_kiln._sweep.fragments import complete_lines
 
 pytestmark = pytest.mark.slow
 

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from qec_kiln._backends import LaunchRequest, get_backend
-from qec_kiln._backends import skypilot as sp
-from qec_kiln._backends._skypilot_queue import parse_job_ids
+from qec_kiln._backends.skypilot import backend as sp
+from qec_kiln._backends.skypilot.queue import parse_job_ids
 from qec_kiln._errors import KilnError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ import sinter
 from conftest import REPO, run_kiln, write_surface_circuits
 
 from qec_kiln._backends import LaunchRequest, get_backend
-from qec_kiln._backends import slurm as sl
+from qec_kiln._backends.slurm import backend as sl
 from qec_kiln._errors import KilnError
 
 HOSTILE_BUCKET = "s3://my-bucket/pre fix/$(touch /tmp/pwned)'\"`;|&*?~"

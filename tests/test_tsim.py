@@ -22,8 +22,8 @@ import stim
 from generate_tsim_circuits import main as generate
 from generate_tsim_circuits import repetition_t_memory
 
-from qec_kiln._discover import discover_circuits
 from qec_kiln._errors import KilnError
+from qec_kiln._sweep.discover import discover_circuits
 
 
 def _tsim_missing() -> str | None:

@@ -13,11 +13,11 @@ from conftest import write_surface_circuits
 
 import qec_kiln
 from qec_kiln._backends import LaunchRequest, get_backend
-from qec_kiln._backends import local as lo
-from qec_kiln._backends import slurm as sl
+from qec_kiln._backends.local import backend as lo
+from qec_kiln._backends.slurm import backend as sl
 from qec_kiln._errors import KilnError
-from qec_kiln._runner import sinter_collect_argv
-from qec_kiln._workers import allowed_cpus, gpu_ids, parse_cpus, worker_environments
+from qec_kiln._node.runner import sinter_collect_argv
+from qec_kiln._node.workers import allowed_cpus, gpu_ids, parse_cpus, worker_environments
 
 CPUS = sorted(os.sched_getaffinity(0))
 

@@ -36,8 +36,8 @@ from qec_kiln._errors import KilnError, KilnWarning
 if TYPE_CHECKING:
     from qec_kiln._backends import Backend
     from qec_kiln._launch import PlanResult, SweepSpec
-    from qec_kiln._merge import MergeReport
-    from qec_kiln._status import SweepProgress
+    from qec_kiln._report.merge import MergeReport
+    from qec_kiln._report.status import SweepProgress
 
 Log = Callable[[str], None]
 PathLike = str | os.PathLike
@@ -291,9 +291,9 @@ def status(bucket: PathLike = "kiln-results", *, sweep: str | None = None,
         ...
         qec_kiln._errors.KilnError: ...: no sweeps in this bucket; ...
     """
-    from qec_kiln._manifest import load_manifest, resolve_sweep
-    from qec_kiln._status import sweep_progress
+    from qec_kiln._report.status import sweep_progress
     from qec_kiln._storage import open_bucket
+    from qec_kiln._sweep.manifest import load_manifest, resolve_sweep
 
     log = log or _quiet
     store = open_bucket(str(bucket))  # only read: a read-only bucket is fine
@@ -319,8 +319,8 @@ def status(bucket: PathLike = "kiln-results", *, sweep: str | None = None,
 def _prefer_live(report: SweepProgress, live: Mapping[str, bytes]) -> None:
     """Use a batch's local resume file (parsed by sinter) where it holds more shots than the
     fragment in the bucket (it is synced only every ``sync_seconds``)."""
-    from qec_kiln._fragments import parse_fragment
-    from qec_kiln._status import batch_progress
+    from qec_kiln._report.status import batch_progress
+    from qec_kiln._sweep.fragments import parse_fragment
 
     for bp in report.batches:
         data = live.get(bp.batch.id)
@@ -336,8 +336,8 @@ def _prefer_live(report: SweepProgress, live: Mapping[str, bytes]) -> None:
 
 def sweep_names(bucket: PathLike = "kiln-results") -> list[str]:
     """The sweeps in ``bucket`` (what ``status`` and ``cancel`` without a sweep act on)."""
-    from qec_kiln._manifest import resolve_sweep
     from qec_kiln._storage import open_bucket
+    from qec_kiln._sweep.manifest import resolve_sweep
 
     return resolve_sweep(open_bucket(str(bucket)), None)
 
@@ -350,7 +350,7 @@ def merge(bucket: PathLike = "kiln-results", out: PathLike = "merged.csv", *,
     ``skip_bad`` skips damaged fragments with a warning instead of stopping. The report counts
     rows and the tasks that reached their targets. Example: see the module docstring above.
     """
-    from qec_kiln._merge import merge_sweeps
+    from qec_kiln._report.merge import merge_sweeps
 
     # Without a log, merge's warnings are in the report (MergeReport.warnings), not raised.
     return merge_sweeps(str(bucket), str(out), sweep=sweep, skip_bad=skip_bad, log=log)
@@ -361,8 +361,8 @@ def cancel(bucket: PathLike = "kiln-results", sweep: str = "", *,
     """Stop every job of ``sweep`` (``qec-kiln cancel``); fragments are kept, so a later
     :func:`launch` resumes. Returns the jobs it stopped ([] when none was running or waiting):
     job ids, or for the local backend the batch ids, running or still waiting in a launch."""
-    from qec_kiln._manifest import load_manifest
     from qec_kiln._storage import open_bucket
+    from qec_kiln._sweep.manifest import load_manifest
 
     if not sweep:
         raise KilnError("cancel needs the sweep's name: --sweep NAME")

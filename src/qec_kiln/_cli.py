@@ -202,7 +202,7 @@ def _join_sinter_options(argv: Sequence[str]) -> list[str]:
     return out
 
 
-_COMMAND_MODULES = {"merge": "qec_kiln._merge"}
+_COMMAND_MODULES = {"merge": "qec_kiln._report.merge"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

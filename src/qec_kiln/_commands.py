@@ -107,7 +107,7 @@ def _print_next_steps(bucket_url: str, sweep: str) -> None:
 
 
 def cmd_run_batch(args: argparse.Namespace) -> int:
-    from qec_kiln._runner import run_batch
+    from qec_kiln._node.runner import run_batch
 
     batch = args.batch
     if batch is None:

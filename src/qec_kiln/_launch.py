@@ -18,10 +18,14 @@ from collections.abc import Callable
 import sinter
 
 from qec_kiln._backends import Backend, BackendOptions, LaunchRequest, get_backend
-from qec_kiln._cost import estimate_costs
-from qec_kiln._discover import CircuitFile, check_decodable, check_duplicates, discover_inputs
 from qec_kiln._errors import KilnError, ObjectNotFound, PreconditionFailed
-from qec_kiln._manifest import (
+from qec_kiln._planning._cost import estimate_costs
+from qec_kiln._planning.plan import Batch, make_plan, plan_for_workers, target_work_seconds
+from qec_kiln._planning.queue import list_schedule, predicted_makespan
+from qec_kiln._report.status import sweep_progress
+from qec_kiln._storage import Bucket
+from qec_kiln._sweep.discover import CircuitFile, check_decodable, check_duplicates, discover_inputs
+from qec_kiln._sweep.manifest import (
     CircuitEntry,
     Manifest,
     check_sweep_name,
@@ -31,10 +35,6 @@ from qec_kiln._manifest import (
     manifest_key,
     orphan_message,
 )
-from qec_kiln._plan import Batch, make_plan, plan_for_workers, target_work_seconds
-from qec_kiln._queue_plan import list_schedule, predicted_makespan
-from qec_kiln._status import sweep_progress
-from qec_kiln._storage import Bucket
 
 #: Relative error of a batch's predicted work (the dry run's makespan and efficiency).
 MODEL_ERROR = 0.2
@@ -430,7 +430,7 @@ def queue_order(batches: list[Batch]) -> list[str]:
     """Batch ids longest (predicted) first, ties in id order: the order backends start them
     (Slurm array task k, the local slots' queue), so the queue ends on short batches.
 
-    >>> from qec_kiln._plan import Shard
+    >>> from qec_kiln._planning.plan import Shard
     >>> b = lambda i, s: Batch(i, [Shard("c", "d", "x", 1, 1, s, 1)])
     >>> queue_order([b("b000", 1.0), b("b001", 3.0), b("b002", 1.0)])
     ['b001', 'b000', 'b002']

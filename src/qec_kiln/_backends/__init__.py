@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from qec_kiln._backends._base import (
+from qec_kiln._backends.base import (
     Backend,
     BackendOptions,
     JobState,
@@ -18,9 +18,9 @@ from qec_kiln._backends._base import (
 from qec_kiln._errors import KilnError
 
 BACKENDS = {
-    "local": ("qec_kiln._backends.local", "LocalBackend"),
-    "skypilot": ("qec_kiln._backends.skypilot", "SkyPilotBackend"),
-    "slurm": ("qec_kiln._backends.slurm", "SlurmBackend"),
+    "local": ("qec_kiln._backends.local.backend", "LocalBackend"),
+    "skypilot": ("qec_kiln._backends.skypilot.backend", "SkyPilotBackend"),
+    "slurm": ("qec_kiln._backends.slurm.backend", "SlurmBackend"),
 }
 
 

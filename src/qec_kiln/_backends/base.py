@@ -1,0 +1,364 @@
+"""The one interface every backend (local, skypilot, slurm) implements.
+
+A backend only starts, watches and stops *batches*; discovery, planning, uploading the sweep to the
+bucket and merging are the same for all of them. On every node the batch runs the same command::
+
+    qec-kiln run-batch --bucket URL --sweep NAME --batches b000,b003 --index "$RANK"
+
+which picks ``batches[index]`` (or ``--batch b003`` directly).
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from qec_kiln._argtypes import MAX_SYNC_SECONDS, positive_int
+from qec_kiln._argtypes import processes as processes_type
+from qec_kiln._argtypes import sync_seconds as sync_seconds_type
+from qec_kiln._atomic import atomic_write
+from qec_kiln._errors import KilnError
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendOptions:
+    """Settings every backend understands; each maps them onto its own terms (submitit's generic
+    parameters). A backend's own settings live in a subclass (``LocalOptions``, ``SlurmOptions``).
+
+    >>> BackendOptions(processes=4).sync_seconds
+    30.0
+    """
+
+    processes: int | None = None  # sinter --processes per batch (default: the node's cores)
+    sync_seconds: float = 30.0  # how often run-batch uploads complete lines of its resume CSV
+    cpus: str | None = None  # CPUs per node (SkyPilot, e.g. "16+") or per task (Slurm, "8")
+    gpus: str | None = None  # accelerators, e.g. "H100:1"
+    workers: int | None = None  # K: machines/slots that run batches at once, taking them in turn
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **own: Any) -> BackendOptions:
+        """The common settings from parsed flags (absent flags take their defaults), plus ``own``."""
+        return cls(processes=getattr(args, "processes", None),
+                   sync_seconds=getattr(args, "sync_seconds", None) or 30.0,
+                   cpus=getattr(args, "cpus", None), gpus=getattr(args, "gpus", None),
+                   workers=getattr(args, "workers", None), **own)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of :class:`BackendOptions`, shared by every backend."""
+    parser.add_argument("--processes", type=processes_type, metavar="N|auto",
+                        help="sinter --processes per batch (default auto: the cores it gets)")
+    parser.add_argument("--sync-seconds", type=sync_seconds_type, default=30.0,
+                        help="how often a batch uploads its resume CSV (default 30, at most 86400)")
+    parser.add_argument("--cpus", help="CPUs a batch gets: slurm per array task (e.g. 8), "
+                        "skypilot per node (e.g. 16+; default from the YAML)")
+    parser.add_argument("--gpus", help="accelerators, e.g. H100:1 (skypilot: uses the GPU job "
+                        "YAML, configs/sinter_job_gpu.yaml)")
+    parser.add_argument("--workers", type=positive_int, metavar="K",
+                        help="machines (local: slots) running batches at once; each takes the "
+                        "next batch when it is free, so there may be more batches than workers")
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchRequest:
+    """Everything a backend needs to start some batches of a sweep."""
+
+    bucket_url: str
+    sweep: str
+    batch_ids: tuple[str, ...]
+    options: BackendOptions
+    num_batches_total: int = 0
+    kiln_version: str = ""
+    decoders: tuple[str, ...] = ()  # the sweep's decoders (a remote node installs their packages)
+    custom_decoders_module_function: str | None = None
+    node_hour_price: float | None = None  # from --price-per-cpu/gpu-hour (idle cost of a pool)
+
+    def run_batch_argv(self, index_expr: str | None = None, batch_id: str | None = None) -> list[str]:
+        """The argv of the node command; ``index_expr`` is a shell word like ``"$SLURM_ARRAY_TASK_ID"``.
+
+        >>> r = LaunchRequest("s3://b", "sw", ("b000", "b002"), BackendOptions())
+        >>> r.run_batch_argv(batch_id="b002")[:4]
+        ['qec-kiln', 'run-batch', '--bucket', 's3://b']
+        """
+        argv = ["qec-kiln", "run-batch", "--bucket", self.bucket_url, "--sweep", self.sweep]
+        if batch_id is not None:
+            argv += ["--batch", batch_id]
+        else:
+            argv += ["--batches", ",".join(self.batch_ids), "--index", index_expr or "0"]
+        argv += ["--sync-seconds", f"{self.options.sync_seconds:g}"]
+        if self.options.processes:
+            argv += ["--processes", str(self.options.processes)]
+        return argv
+
+    def run_batch_shell(self, index_var: str) -> str:
+        """The node command as one shell line, every word quoted except the ``$VAR`` index.
+
+        >>> r = LaunchRequest("s3://b", "sw", ("b000",), BackendOptions())
+        >>> r.run_batch_shell("SLURM_ARRAY_TASK_ID").split(" --index ")[1]
+        '"$SLURM_ARRAY_TASK_ID" --sync-seconds 30'
+        """
+        marker = "__KILN_INDEX__"
+        words = [shlex.quote(w) for w in self.run_batch_argv(index_expr=marker)]
+        return " ".join(f'"${index_var}"' if w == marker else w for w in words)
+
+
+@dataclasses.dataclass
+class Submission:
+    """What was started: one job id per batch (or one array id for all), and the commands used."""
+
+    job_ids: dict[str, str]
+    commands: list[list[str]]
+    message: str = ""
+    failed: list[str] = dataclasses.field(default_factory=list)
+    interrupted: bool = False
+    signal: int = 0  # the signal that stopped the launch (interrupted), e.g. 15 for SIGTERM
+    cancelled: list[str] = dataclasses.field(default_factory=list)  # by `qec-kiln cancel`
+
+
+@dataclasses.dataclass
+class JobState:
+    """A batch's job as its backend sees it."""
+
+    batch_id: str
+    state: str  # e.g. RUNNING, PENDING, SUCCEEDED, FAILED, CANCELLED, RECOVERING, UNKNOWN
+    job_id: str = ""
+    recoveries: int | None = None
+    detail: str = ""
+
+    @property
+    def active(self) -> bool:
+        return is_active(self.state)
+
+
+ACTIVE_STATES = frozenset(
+    {"PENDING", "STARTING", "RUNNING", "RECOVERING", "SUBMITTED", "CONFIGURING", "REQUEUED",
+     "CANCELLING"}
+)
+
+
+def is_active(state: str) -> bool:
+    """Whether a job in ``state`` (JobState's vocabulary) may still run or start.
+
+    >>> is_active("requeued"), is_active("FAILED")
+    (True, False)
+    """
+    return state.upper() in ACTIVE_STATES
+
+
+class Backend(abc.ABC):
+    """Starts, watches and stops the batches of a sweep on one kind of infrastructure, and answers
+    what only it knows: start-up time, processes and slots per batch, its flags and warnings.
+
+    >>> from qec_kiln._backends import get_backend
+    >>> b = get_backend("slurm")
+    >>> b.startup_seconds, b.node_processes(b.options({"cpus": "8"}), 3), b.batch_slots(b.options(), 3)
+    (30.0, 8, 3)
+    """
+
+    name: ClassVar[str] = ""
+    #: The dataclass of this backend's options (a subclass of BackendOptions).
+    options_type: ClassVar[type[BackendOptions]] = BackendOptions
+    #: Seconds a batch's job takes to start: a plan weighs it against each batch's work.
+    startup_seconds: ClassVar[float] = 60.0
+    #: Batches run on this machine, so their decoders must be importable here.
+    decoders_run_here: ClassVar[bool] = False
+    #: sinter processes per batch when neither --processes nor --cpus says.
+    default_processes: ClassVar[int] = 1
+    #: The engine has a queue that K workers take batches from (--workers); else every batch is
+    #: its own job and all start at once.
+    queue_workers: ClassVar[bool] = False
+
+    # ------------------------------------------------------------------ options
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add this backend's own flags (an argument group) to ``parser``; none by default."""
+        return None
+
+    @classmethod
+    def options_from_args(cls, args: argparse.Namespace) -> BackendOptions:
+        """This backend's options from parsed flags."""
+        return cls.options_type.from_args(args)
+
+    @classmethod
+    def options(cls, value: BackendOptions | Mapping[str, Any] | None = None) -> BackendOptions:
+        """``value`` as this backend's options: a mapping of field names, or options of any
+        backend (their common settings are kept); unknown names are refused."""
+        if isinstance(value, cls.options_type):
+            return value
+        if isinstance(value, BackendOptions):
+            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(BackendOptions)}
+        fields = [f.name for f in dataclasses.fields(cls.options_type)]
+        unknown = sorted(set(value or {}) - set(fields))
+        if unknown:
+            raise KilnError(f"backend option {unknown[0]!r} is not one of the {cls.name} "
+                            f"backend's: {', '.join(fields)}")
+        return cls.options_type(**dict(value or {}))
+
+    # ------------------------------------------------------------------ planning
+
+    def batch_startup_seconds(self, options: BackendOptions) -> float:
+        """Seconds a batch's job takes to start with ``options`` (``startup_seconds`` unless
+        the options change it, e.g. warm pool workers)."""
+        return self.startup_seconds
+
+    def node_processes(self, options: BackendOptions, num_batches: int) -> int:
+        """sinter processes each of ``num_batches`` batches will have (for predicted wall hours)."""
+        if options.processes:
+            return options.processes
+        digits = "".join(ch for ch in options.cpus or "" if ch.isdigit())
+        return max(1, int(digits)) if digits else self.default_processes
+
+    def target_processes(self, options: BackendOptions) -> int:
+        """sinter processes a batch surely has, to turn --target-hours into work per batch."""
+        return options.processes or self.node_processes(options, 1)
+
+    def requested_workers(self, options: BackendOptions) -> int | None:
+        """K, the workers that take batches from the engine's queue, or None: one job per batch,
+        all at once. A backend without a queue refuses ``--workers``."""
+        if options.workers and not self.queue_workers:
+            raise KilnError(f"--workers {options.workers}: the {self.name} backend runs one job "
+                            "per batch, all at once (pools are not supported yet); leave out "
+                            "--workers and choose the batch count with --jobs")
+        return options.workers
+
+    def batch_slots(self, options: BackendOptions, num_batches: int) -> int:
+        """How many of ``num_batches`` batches run at once: K, or all of them."""
+        k = self.requested_workers(options)
+        return max(1, min(k or num_batches, num_batches))
+
+    def default_jobs(self, options: BackendOptions, task_seconds: Sequence[float]) -> int:
+        """How many batches when neither --jobs, --target-hours nor --circuits-per-job is given.
+
+        With K workers: ``_queue_plan.choose_batch_count`` (each batch's work >= 20x the start-up,
+        yet about 4 K batches where the work allows, so the queue evens out the model's error).
+        One job per batch: as many as keep each job's work at least 4x its start-up."""
+        from qec_kiln._planning.queue import choose_batch_count
+
+        wall = sum(task_seconds) / self.node_processes(options, 1)
+        n_tasks = len(task_seconds)
+        k = self.requested_workers(options)
+        if k is None or wall <= 0:
+            return max(1, min(n_tasks * 4, math.floor(wall / (4 * self.startup_seconds)) or 1))
+        return choose_batch_count(wall, n_tasks=max(1, n_tasks), workers=k,
+                                  startup_seconds=self.batch_startup_seconds(options),
+                                  first_startup_seconds=self.startup_seconds).batches
+
+    def max_processes(self, options: BackendOptions) -> int | None:
+        """The most sinter processes per batch that make sense here (None: no limit known)."""
+        return None
+
+    def check_options(self, options: BackendOptions) -> None:
+        """Refuse settings that cannot work, with one line naming the flag."""
+        if not (0 < options.sync_seconds <= MAX_SYNC_SECONDS):
+            raise KilnError(f"--sync-seconds {options.sync_seconds:g}: must be positive and at "
+                            f"most {MAX_SYNC_SECONDS:g} (one day)")
+        most = self.max_processes(options)
+        if options.processes is not None and most is not None and options.processes > most:
+            raise KilnError(f"--processes {options.processes}: more than {most} sinter processes "
+                            f"per batch on the {self.name} backend (4x the cores); use fewer, "
+                            "or auto")
+
+    def live_fragments(self, bucket_url: str, sweep: str) -> dict[str, bytes]:
+        """Resume files of batches this machine runs, newer than their fragments may be
+        (``status`` prefers them when they hold more shots); {} when none are here."""
+        return {}
+
+    def bucket_problem(self, bucket_url: str) -> str | None:
+        """Why this backend's batches could not reach ``bucket_url``, or None."""
+        return None
+
+    def pool_command(self, action: str, name: str | None) -> list[str]:
+        """``qec-kiln pool status|down [NAME]``: lines to print. Backends without pools refuse."""
+        raise KilnError(f"the {self.name} backend has no pools of warm workers")
+
+    def state_running(self, folder: pathlib.Path) -> bool:
+        """Whether a job recorded in ``folder`` (this backend's local state of one sweep, under
+        ``$QEC_KILN_HOME/<backend>/``) still runs here; ``qec-kiln clean`` keeps such folders."""
+        return False
+
+    def launch_problem(self) -> str | None:
+        """Why this machine cannot launch (or render) with this backend, e.g. a missing package;
+        asked before anything is planned or uploaded. None when it can."""
+        return None
+
+    def warnings(self) -> list[str]:
+        """What the last ``job_states`` could not find out (shown by ``status``)."""
+        return []
+
+    # ------------------------------------------------------------------ jobs
+
+    def describe_json(self, request: LaunchRequest) -> dict[str, Any]:
+        """Machine-readable parts of the dry run (``launch --dry-run --json`` under backend)."""
+        return {}
+
+    @abc.abstractmethod
+    def describe(self, request: LaunchRequest) -> str:
+        """Human-readable dry run: rendered job files and the exact commands ``launch`` would run."""
+
+    @abc.abstractmethod
+    def launch(self, request: LaunchRequest) -> Submission:
+        """Start the batches in ``request.batch_ids``; raise KilnError before starting anything wrong."""
+
+    @abc.abstractmethod
+    def job_states(self, bucket_url: str, sweep: str) -> dict[str, JobState]:
+        """The current state of each batch's job that this backend knows of (may be empty)."""
+
+    @abc.abstractmethod
+    def cancel(self, bucket_url: str, sweep: str) -> list[str]:
+        """Stop every job of the sweep, leaving fragments intact; return what was cancelled."""
+
+
+def quote_argv(argv: Sequence[str]) -> str:
+    """One shell line for display.
+
+    >>> quote_argv(["sinter", "collect", "--circuits", "d=3 $(rm -rf).stim"])
+    "sinter collect --circuits 'd=3 $(rm -rf).stim'"
+    """
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def kiln_home() -> pathlib.Path:
+    """Where qec-kiln keeps local state (rendered job files, local job records):
+    ``$QEC_KILN_HOME`` or ``~/.cache/qec-kiln``."""
+    env = os.environ.get("QEC_KILN_HOME")
+    return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "qec-kiln"
+
+
+def last_line(text: str | None) -> str:
+    """The last non-blank line of a command's output (for one-line error messages).
+
+    >>> last_line(chr(10).join(["a", "  b  ", ""]))
+    'b'
+    """
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def read_launch_records(path: pathlib.Path) -> list[dict]:
+    """The launch records a backend keeps in ``path`` (a JSON list); [] when there are none."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as e:
+        raise KilnError(f"{path}: unreadable launch record ({e}); move it away to start afresh"
+                        ) from e
+    if not isinstance(data, list):
+        raise KilnError(f"{path}: not a list of launch records; move it away to start afresh")
+    return [x for x in data if isinstance(x, dict)]
+
+
+def append_launch_record(path: pathlib.Path, record: dict) -> None:
+    """Add one record to ``path``, replacing the file atomically."""
+    records = read_launch_records(path)
+    records.append(record)
+    atomic_write(path, json.dumps(records, indent=1) + "\n")

@@ -1,0 +1,199 @@
+"""One writer per batch: a lease object ``<sweep>/leases/<batch>.json`` in the bucket.
+
+A run-batch takes its batch's lease with a conditional create before it touches anything, renews
+it (compare-and-swap on the version it last wrote) well before it expires, and releases it at the
+end. A second run-batch of the same batch finds the lease held and stands down; the lease of a
+runner that died expires after ``seconds`` and may then be taken over (again by compare-and-swap,
+so of two runners taking over at once, one wins). Expiry times are wall-clock (``time.time()``):
+nodes' clocks must agree to well within a lease period (NTP does).
+
+The lease only keeps a second runner from starting work; what guarantees that nothing is counted
+twice is that every fragment upload is a compare-and-swap too (see ``_runner.FragmentSync``).
+
+Example:
+    >>> import tempfile
+    >>> from qec_kiln._storage import open_bucket
+    >>> bucket = open_bucket(tempfile.mkdtemp())
+    >>> lease = acquire(bucket, "s/leases/b000.json", seconds=60)
+    >>> acquire(bucket, "s/leases/b000.json", seconds=60, watch=False)
+    Traceback (most recent call last):
+    ...
+    qec_kiln._node.lease.LeaseHeld: ...b000.json: another run-batch of the same batch is running ...
+    >>> renew(lease); release(lease)
+    >>> acquire(bucket, "s/leases/b000.json", seconds=60).owner == lease.owner
+    False
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+
+from qec_kiln._errors import KilnError, ObjectNotFound, PreconditionFailed, StorageError
+from qec_kiln._storage import Bucket, RetryPolicy
+
+
+def lease_key(sweep: str, batch: str) -> str:
+    """The key of a batch's lease.
+
+    >>> lease_key("s1", "b003")
+    's1/leases/b003.json'
+    """
+    return f"{sweep}/leases/{batch}.json"
+
+
+class LeaseHeld(KilnError):
+    """Another live run-batch holds the batch's lease."""
+
+    exit_code = 3
+
+
+@dataclasses.dataclass
+class Lease:
+    """A lease this process holds: ``version`` is what it last wrote (for the next CAS)."""
+
+    bucket: Bucket
+    key: str
+    owner: dict
+    seconds: float
+    version: str
+    expires: float
+    created: bool = False  # this process created the lease object (it was not there before)
+    previous: bytes | None = None  # what the object held before this process took it over
+
+
+def _owner() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "token": secrets.token_hex(8)}
+
+
+def _body(owner: dict, expires: float, released: bool = False) -> bytes:
+    return json.dumps({"owner": owner, "expires": round(expires, 3), "released": released},
+                      sort_keys=True).encode()
+
+
+def _describe(holder: dict, now: float) -> str:
+    owner = holder.get("owner") or {}
+    left = float(holder.get("expires", 0)) - now
+    return (f"held by pid {owner.get('pid', '?')} on {owner.get('host', '?')}, "
+            f"for {max(left, 0):.0f} s more unless renewed")
+
+
+def acquire(bucket: Bucket, key: str, *, seconds: float, retry: RetryPolicy | None = None,
+            watch: bool = True, poll: float = 1.0,
+            clock: Callable[[], float] = time.time) -> Lease:
+    """Take the lease at ``key``: create it, or take over a released or expired one.
+
+    A lease held by a pid that no longer runs on this host is free at once. With ``watch``, a
+    lease held by someone else is watched until it expires: a holder that renews it is alive
+    (LeaseHeld is raised within one renewal period); one that does not is dead, and its lease
+    is taken over when it expires (a job restarted on a new machine resumes after at most
+    ``seconds``). Raises LeaseHeld (one line: who holds it) when a live runner has it.
+    """
+    owner = _owner()
+    for _ in range(3):  # a lease deleted between our create and our read: try again
+        body = _body(owner, clock() + seconds)
+        try:
+            version = bucket.write_if(key, body, None, retry=retry)
+            return Lease(bucket, key, owner, seconds, version, clock() + seconds, created=True)
+        except PreconditionFailed:
+            pass
+        try:
+            current, holder, raw = _read_raw(bucket, key, retry)
+            while not _free(holder, clock()):
+                if not watch:
+                    raise _held(bucket, key, holder, clock())
+                time.sleep(max(0.01, min(poll, float(holder["expires"]) - clock())))
+                seen = current
+                current, holder, raw = _read_raw(bucket, key, retry)
+                if current != seen and not _free(holder, clock()):
+                    raise _held(bucket, key, holder, clock())  # renewed: its runner is alive
+        except ObjectNotFound:
+            continue
+        body = _body(owner, clock() + seconds)
+        try:
+            version = bucket.write_if(key, body, current, retry=retry)
+        except PreconditionFailed:
+            raise LeaseHeld(
+                f"{bucket.url_for(key)}: another run-batch of the same batch is running (it took "
+                "over the expired lease first); this one exits without touching the batch"
+            ) from None
+        return Lease(bucket, key, owner, seconds, version, clock() + seconds, previous=raw)
+    raise LeaseHeld(f"{bucket.url_for(key)}: the lease keeps disappearing; is someone deleting "
+                    "leases? this run-batch exits without touching the batch")
+
+
+def _read(bucket: Bucket, key: str, retry: RetryPolicy | None) -> tuple[str, dict]:
+    version, holder, _ = _read_raw(bucket, key, retry)
+    return version, holder
+
+
+def _read_raw(bucket: Bucket, key: str, retry: RetryPolicy | None) -> tuple[str, dict, bytes]:
+    data, version = bucket.read_versioned(key, retry=retry)
+    try:
+        holder = json.loads(data)
+        float(holder["expires"])
+    except (ValueError, KeyError, TypeError):
+        holder = {"expires": 0.0}  # unreadable: nobody can renew it either
+    return version, holder, data
+
+
+def _free(holder: dict, now: float) -> bool:
+    """Whether a lease may be taken over: released, expired, or its runner is gone from here."""
+    if holder.get("released") or float(holder["expires"]) < now:
+        return True
+    owner = holder.get("owner") or {}
+    pid = owner.get("pid")
+    if owner.get("host") == socket.gethostname() and isinstance(pid, int) and pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True  # killed (a SIGKILL, a kill loop): restart at once
+        except PermissionError:
+            pass
+    return False
+
+
+def _held(bucket: Bucket, key: str, holder: dict, now: float) -> LeaseHeld:
+    return LeaseHeld(
+        f"{bucket.url_for(key)}: another run-batch of the same batch is running "
+        f"({_describe(holder, now)}); this one exits without touching the batch"
+    )
+
+
+def renew(lease: Lease, *, retry: RetryPolicy | None = None,
+          clock: Callable[[], float] = time.time) -> None:
+    """Extend the lease by ``lease.seconds`` from now. Raises PreconditionFailed when someone
+    else took it over (this runner lost the batch), StorageError when the bucket failed."""
+    expires = clock() + lease.seconds
+    lease.version = lease.bucket.write_if(lease.key, _body(lease.owner, expires), lease.version,
+                                          retry=retry)
+    lease.expires = expires
+
+
+def release(lease: Lease, *, retry: RetryPolicy | None = None, undo: bool = False) -> None:
+    """Mark the lease free (best effort: else it simply expires).
+
+    ``undo``: the run never started (bad input); a lease this process created is deleted, so
+    the bucket is left as it was.
+    """
+    if undo and lease.created:
+        with contextlib.suppress(StorageError):
+            lease.bucket.delete(lease.key, retry=retry)
+        return
+    if undo and lease.previous is not None:
+        with contextlib.suppress(StorageError):
+            lease.version = lease.bucket.write_if(lease.key, lease.previous, lease.version,
+                                                  retry=retry)
+        return
+    with contextlib.suppress(StorageError):
+        lease.version = lease.bucket.write_if(
+            lease.key, _body(lease.owner, 0.0, released=True), lease.version, retry=retry)
+
+
+__all__ = ["Lease", "LeaseHeld", "acquire", "lease_key", "release", "renew"]

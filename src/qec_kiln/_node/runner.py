@@ -1,0 +1,514 @@
+"""``qec-kiln run-batch``: what a node runs.
+
+It restores the batch's fragment from the bucket, runs the **unmodified** ``sinter collect`` (one
+invocation per target group, an argv list, never a shell) with ``--save_resume_filepath`` on a
+local file, and uploads complete lines of that file to ``<sweep>/fragments/<batch>.csv`` every
+``sync_seconds`` and at exit. The object in the bucket is only ever replaced by a longer prefix of
+the same resume file, so a restart (a recovered spot VM, a requeued Slurm task) resumes where the
+last upload ended: at most one sync period of work is lost and nothing is counted twice.
+
+Example (on a node)::
+
+    qec-kiln run-batch --bucket s3://my-results --sweep surface-3f2a --batch b003
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import functools
+import hashlib
+import math
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from qec_kiln._atomic import atomic_write
+from qec_kiln._errors import KilnError, ObjectNotFound, PreconditionFailed, StorageError
+from qec_kiln._node.lease import Lease, LeaseHeld, acquire, lease_key, release, renew
+from qec_kiln._node.workers import allowed_cpus, format_cpus
+from qec_kiln._planning.plan import Batch
+from qec_kiln._storage import PATIENT_RETRY, QUICK_RETRY, Bucket, RetryPolicy, open_bucket
+from qec_kiln._sweep.fragments import complete_lines, parse_fragment
+from qec_kiln._sweep.manifest import (
+    Manifest,
+    circuit_key,
+    fragment_key,
+    load_manifest,
+    log_key,
+    package_versions,
+)
+
+#: Logs are best effort: one short attempt, so a bucket outage does not slow the fragment syncs.
+LOG_RETRY = RetryPolicy(attempts=1, connect_timeout=3.0, read_timeout=10.0)
+#: Log bytes kept in ``logs/<batch>.log``.
+LOG_TAIL_BYTES = 64_000
+
+
+class _Stop(Exception):
+    """Raised in the main thread by the SIGTERM/SIGINT handler."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def sinter_executable() -> list[str]:
+    """The ``sinter`` command of this Python environment."""
+    beside = pathlib.Path(sys.executable).with_name("sinter")
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("sinter")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "import sys; from sinter._command._main import main; sys.exit(main())"]
+
+
+def sinter_collect_argv(
+    circuit_paths: list[pathlib.Path],
+    *,
+    decoder: str,
+    max_shots: int,
+    max_errors: int,
+    processes: int,
+    resume_path: pathlib.Path,
+    custom_decoders_module_function: str | None = None,
+    extra: list[str] | None = None,
+    max_batch_seconds: int | None = None,
+    cpu_ids: Sequence[int] | None = None,
+) -> list[str]:
+    """The exact ``sinter collect`` argv of one target group (absolute paths, so no name is an option).
+
+    ``max_batch_seconds`` caps how long a sinter worker keeps results before it writes them to the
+    resume file (sinter's default cap is 120 s, reached a few minutes into a task: every row a
+    worker has not written yet is lost on SIGKILL, whatever the sync period). Flags in ``extra``
+    come last, so a user's own ``--max_batch_seconds`` wins. ``cpu_ids``: the CPUs sinter pins
+    its workers to (``--allowed_cpu_affinity_ids``; else it pins worker i to CPU i, see _workers).
+
+    >>> argv = sinter_collect_argv([pathlib.Path("/w/d=3 $(x).stim")], decoder="pymatching",
+    ...     max_shots=100, max_errors=10, processes=2, resume_path=pathlib.Path("/w/r.csv"))
+    >>> argv[1:4]
+    ['collect', '--circuits', '/w/d=3 $(x).stim']
+    """
+    argv = sinter_executable() + ["collect", "--circuits", *[str(p) for p in circuit_paths]]
+    argv += ["--decoders", decoder]
+    if custom_decoders_module_function:
+        argv += ["--custom_decoders_module_function", custom_decoders_module_function]
+    argv += [
+        "--max_shots", str(max_shots),
+        "--max_errors", str(max_errors),
+        "--processes", str(processes),
+        "--save_resume_filepath", str(resume_path),
+        "--metadata_func", "auto",
+        "--quiet",
+    ]
+    if max_batch_seconds is not None:
+        argv += ["--max_batch_seconds", str(max_batch_seconds)]
+    if cpu_ids:
+        argv += ["--allowed_cpu_affinity_ids", *map(str, cpu_ids)]
+    argv += list(extra or [])
+    return argv
+
+
+def default_work_dir() -> pathlib.Path:
+    env = os.environ.get("QEC_KILN_WORK_DIR")
+    return pathlib.Path(env) if env else pathlib.Path(tempfile.gettempdir()) / "qec-kiln-work"
+
+
+#: Exit code of a run-batch that found another writer's rows in its batch's fragment.
+CONFLICT_EXIT = 3
+
+
+class FragmentSync:
+    """Uploads complete lines of a local resume file whenever it has grown (thread-safe).
+
+    Every upload is a compare-and-swap on the version of the object that this runner last wrote
+    (or restored from; a create-if-absent when there was none), so the object only ever grows by
+    extension of one history. If the swap fails, another run-batch of the same batch wrote the
+    object (a second launch, a duplicated job, a runner that took over an expired lease): this
+    one records a ``conflict``, calls ``on_conflict`` and never uploads again.
+    """
+
+    def __init__(self, bucket: Bucket, key: str, path: pathlib.Path, uploaded: int,
+                 log: Callable[[str], None], on_conflict: Callable[[], None] | None = None,
+                 version: str | None = None):
+        self.bucket = bucket
+        self.key = key
+        self.path = path
+        self.uploaded = uploaded
+        self.version = version
+        self.log = log
+        self.on_conflict = on_conflict
+        self.conflict: str | None = None
+        self.uploads = 0
+        self._lock = threading.Lock()
+
+    def stand_down(self, why: str) -> None:
+        """Stop uploading for good (another runner owns the batch now)."""
+        if self.conflict:
+            return
+        self.conflict = why
+        self.log("error: " + why)
+        if self.on_conflict is not None:
+            self.on_conflict()
+
+    def sync(self, retry: RetryPolicy | None = None) -> bool:
+        """Upload if the file has more complete lines than the bucket; True when the bucket is current."""
+        with self._lock:
+            if self.conflict:
+                return False
+            try:
+                data = complete_lines(self.path.read_bytes())
+            except FileNotFoundError:
+                return True
+            if len(data) <= self.uploaded:
+                return True
+            try:
+                self.version = self.bucket.write_if(self.key, data, self.version, retry=retry)
+            except PreconditionFailed as ex:
+                self.stand_down(
+                    f"{ex}: another run-batch of the same batch is running (a second launch or a "
+                    "duplicated job); this one stops without uploading"
+                )
+                return False
+            except StorageError as ex:
+                self.log(f"warning: upload of {self.key} failed, will retry: {ex}")
+                return False
+            self.uploaded = len(data)
+            self.uploads += 1
+            return True
+
+
+def run_batch(
+    bucket_url: str,
+    sweep: str,
+    batch_id: str,
+    *,
+    processes: int | None = None,
+    sync_seconds: float = 30.0,
+    work_dir: str | pathlib.Path | None = None,
+    out: Callable[[str], None] | None = None,
+    lease_seconds: float | None = None,
+    cpus_allowed: str | None = None,
+) -> int:
+    """Run one batch to completion (or until SIGTERM/SIGINT); return the exit code.
+
+    ``lease_seconds``: how long the batch's lease lasts unless renewed (default: four sync
+    periods, at least 60 s); a runner that dies leaves the batch to others after that long.
+    sinter runs on ``cpus_allowed`` (a CPU list like ``0-3``), else on this process's CPUs
+    (``os.sched_getaffinity``: Slurm's cpuset), with one process per CPU unless ``processes``.
+    """
+    cpus = allowed_cpus(cpus_allowed)
+    bucket = open_bucket(bucket_url)
+    manifest = load_manifest(bucket, sweep)
+    _check_versions(manifest)
+    batch = manifest.plan.batch(batch_id)
+    work = pathlib.Path(work_dir) if work_dir else default_work_dir()
+    work = work / sweep / batch_id
+    work.mkdir(parents=True, exist_ok=True)
+    # One runner per work folder (its resume file and sinter's pgid file are this runner's):
+    # the lock dies with its holder, so a leftover one never blocks a restart.
+    work_lock = os.open(work / "run-batch.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(work_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(work_lock)
+        line = (f"{batch_id}: another run-batch of the same batch is running on this machine "
+                f"(work folder {work} is locked); this one exits without touching the batch")
+        (out or (lambda s: print(s, file=sys.stderr, flush=True)))(line)
+        return CONFLICT_EXIT
+    if lease_seconds is None:
+        lease_seconds = max(60.0, 4 * sync_seconds)
+    log_path = work / "run-batch.log"
+    log_file = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed below)
+
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {batch_id}: {msg}"
+        log_file.write(line + "\n")
+        (out or (lambda s: print(s, file=sys.stderr, flush=True)))(line)
+
+    try:
+        try:
+            lease = acquire(bucket, lease_key(sweep, batch_id), seconds=lease_seconds)
+        except LeaseHeld as held:
+            log(f"error: {held}")
+            return CONFLICT_EXIT
+        try:
+            return _run(bucket, manifest, batch, work, log, log_path, processes, sync_seconds,
+                        lease, cpus)
+        except KilnError:
+            release(lease, undo=True)  # e.g. a garbage fragment: leave the bucket as it was
+            raise
+    finally:
+        log_file.close()
+        os.close(work_lock)
+
+
+def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
+         log: Callable[[str], None], log_path: pathlib.Path, processes: int | None,
+         sync_seconds: float, lease: Lease, cpus: Sequence[int] = ()) -> int:
+    sweep = manifest.sweep
+    pgid_file = work / "sinter.pgid"
+    kill_stale_group(pgid_file)
+    circuits = _fetch_circuits(bucket, manifest, batch, work / "circuits")
+
+    # Restore the fragment: the bucket's copy, cut back to its last complete line.
+    fkey = fragment_key(sweep, batch.id)
+    try:
+        raw, version = bucket.read_versioned(fkey)  # our uploads swap this version
+    except ObjectNotFound:
+        raw, version = b"", None  # our first upload creates it, if nobody else did
+    fragment = parse_fragment(raw, bucket.url_for(fkey))
+    resume = work / "resume.csv"
+    with contextlib.suppress(FileNotFoundError):
+        resume.unlink()
+    if fragment.clean:
+        resume.write_bytes(fragment.clean)
+    done_shots = sum(s.shots for s in fragment.stats.values())
+    log(f"restored {len(fragment.clean)} bytes ({done_shots} shots) from {fkey}"
+        if fragment.clean else f"starting fresh ({fkey} not found)")
+    if fragment.warning:
+        log("warning: " + fragment.warning)
+
+    running: dict[str, subprocess.Popen] = {}
+
+    def stop_sinter() -> None:  # from the sync thread, on a conflict
+        p = running.get("proc")
+        if p is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGINT)
+
+    # A damaged object (a half row after its complete lines, e.g. a copy by hand) is replaced by
+    # its complete lines at the first sync, even if the batch has nothing left to do.
+    uploaded = len(fragment.clean) if raw == fragment.clean else -1
+    syncer = FragmentSync(bucket, fkey, resume, uploaded=uploaded, log=log,
+                          on_conflict=stop_sinter, version=version)
+    stop_syncing = threading.Event()
+
+    def sync_loop() -> None:
+        # The fragment first (what counts), then the lease, renewed at least three times per
+        # lease period.
+        while not stop_syncing.wait(min(sync_seconds, lease.seconds / 3)):
+            syncer.sync(retry=QUICK_RETRY)
+            if not syncer.conflict:
+                try:
+                    renew(lease, retry=QUICK_RETRY)
+                except PreconditionFailed as ex:
+                    syncer.stand_down(f"lost the lease: {ex}: another run-batch of the same batch "
+                                      "took it over; this one stops without uploading")
+                except StorageError as ex:
+                    log(f"warning: could not renew the lease, will retry: {ex}")
+            _upload_log(bucket, sweep, batch.id, log_path)
+
+    thread = threading.Thread(target=sync_loop, name="fragment-sync", daemon=True)
+    stop_signal: int | None = None
+    proc: subprocess.Popen | None = None
+
+    def on_signal(signum, _frame):
+        raise _Stop(signum)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    rc = 0
+    try:
+        thread.start()
+        nproc = processes or len(cpus) or os.cpu_count() or 1
+        for decoder, max_shots, max_errors, shards in batch.target_groups():
+            if syncer.conflict:
+                break
+            paths = [circuits[s.circuit] for s in shards]
+            argv = sinter_collect_argv(
+                paths, decoder=decoder, max_shots=max_shots, max_errors=max_errors,
+                processes=nproc, resume_path=resume,
+                custom_decoders_module_function=manifest.custom_decoders_module_function,
+                extra=manifest.sinter_args,
+                # A worker writes its rows at least once per sync period, so a kill loses about
+                # one sync period of work however long the task has run (see sinter_collect_argv).
+                max_batch_seconds=max(1, math.ceil(sync_seconds)), cpu_ids=cpus,
+            )
+            log(f"sinter collect: {len(paths)} circuit(s), decoder {decoder}, "
+                f"max_shots {max_shots}, max_errors {max_errors}, processes {nproc}, "
+                f"CPUs {format_cpus(cpus)}")
+            with open(work / "sinter.log", "ab") as sinter_log:
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=sinter_log, stderr=sinter_log,
+                    start_new_session=True, cwd=work,
+                    preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+                )
+                pgid_file.write_text(str(proc.pid))
+                running["proc"] = proc
+                if syncer.conflict:
+                    stop_sinter()
+                rc = proc.wait()
+                running.pop("proc", None)
+            proc = None
+            if syncer.conflict:
+                break
+            if rc < 0:  # Slurm and Kubernetes signal every process of a job, sinter included
+                log(f"sinter collect was stopped by {_signal_name(-rc)}")
+                break
+            if rc != 0:
+                tail = (work / "sinter.log").read_bytes()[-2000:].decode("utf-8", "replace")
+                log(f"error: sinter collect exited with {rc}:\n{tail}")
+                break
+    except _Stop as stop:
+        stop_signal = stop.signum
+        log(f"received {_signal_name(stop.signum)}: stopping sinter and uploading")
+    finally:
+        # From here on a signal is only recorded: nothing may cut the final upload short.
+        late: list[int] = []
+        for s in old:
+            signal.signal(s, lambda signum, _frame: late.append(signum))
+        try:
+            if proc is not None:
+                syncer.sync(retry=QUICK_RETRY)  # what sinter wrote so far, before it is stopped
+                _stop_group(proc)
+            kill_stale_group(pgid_file)
+            stop_syncing.set()
+            if thread.is_alive():
+                thread.join(timeout=60)
+            ok = syncer.sync(retry=PATIENT_RETRY)
+            if syncer.conflict:
+                log(f"final upload skipped: {fkey} is another run-batch's now")
+            else:
+                log(f"final upload {'done' if ok else 'FAILED'}: {syncer.uploaded} bytes in {fkey}")
+            if not ok:
+                rc = rc or 75
+            if stop_signal is None:
+                stop_signal = late[0] if late else (-rc if rc < 0 else None)
+            if rc == 0 and stop_signal is None and not syncer.conflict:
+                log("batch finished")
+            if not syncer.conflict:
+                release(lease)
+            _upload_log(bucket, sweep, batch.id, log_path)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+    if syncer.conflict:
+        return CONFLICT_EXIT
+    if stop_signal is not None:
+        return 128 + stop_signal
+    return rc
+
+
+def _signal_name(signum: int) -> str:
+    """The name of a signal, for log lines.
+
+    >>> _signal_name(15)
+    'SIGTERM'
+    """
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _check_versions(manifest: Manifest) -> None:
+    here = package_versions()
+    for dist in ("stim", "sinter"):
+        want = manifest.versions.get(dist)
+        if want and here.get(dist) != want:
+            raise KilnError(
+                f"this node has {dist} {here.get(dist)} but sweep {manifest.sweep!r} was planned with "
+                f"{dist} {want}: strong_ids would differ; pin {dist}=={want} in the job's setup"
+            )
+
+
+def _fetch_circuits(bucket: Bucket, manifest: Manifest, batch: Batch,
+                    folder: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Download the batch's circuits (checking their sha256), keyed by circuit key."""
+    out: dict[str, pathlib.Path] = {}
+    for key in sorted({s.circuit for s in batch.shards}):
+        entry = manifest.circuit(key)
+        path = (folder / key).resolve()
+        if not path.is_relative_to(folder.resolve()):
+            raise KilnError(f"manifest circuit key {key!r} escapes the work folder; relaunch the sweep")
+        if not (path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == entry.sha256):
+            data = bucket.read_bytes(circuit_key(manifest.sweep, key))
+            if hashlib.sha256(data).hexdigest() != entry.sha256:
+                raise KilnError(
+                    f"{bucket.url}/{circuit_key(manifest.sweep, key)}: does not match the manifest's "
+                    "sha256; the bucket was modified: relaunch the sweep under a new --name"
+                )
+            atomic_write(path, data)
+        out[key] = path
+    return out
+
+
+def _upload_log(bucket: Bucket, sweep: str, batch: str, log_path: pathlib.Path) -> None:
+    try:
+        data = log_path.read_bytes()[-LOG_TAIL_BYTES:]
+        bucket.write_bytes(log_key(sweep, batch), data, retry=LOG_RETRY)
+    except (OSError, StorageError):
+        pass  # logs are best effort; fragments are what count
+
+
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
+    """Linux: SIGKILL sinter's main process when run-batch dies (PR_SET_PDEATHSIG).
+
+    If run-batch died between the fork and the prctl, no signal will ever come: exit instead of
+    running a sinter that no pgid file records (nothing would ever stop it).
+    """
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _pids_in_group(pgid: int) -> list[int]:
+    pids = []
+    for d in pathlib.Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[2]) == pgid:
+                pids.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def kill_stale_group(pgid_file: pathlib.Path) -> None:
+    """SIGKILL what is left of an earlier sinter of this batch (its workers outlive its main process).
+
+    The group is only killed when one of its processes runs in this batch's work folder (sinter is
+    started there and its workers inherit it): after a reboot or a wrap of the pid counter the
+    recorded pgid may belong to someone else's process group, even someone else's sinter.
+    """
+    try:
+        pgid = int(pgid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    work = str(pgid_file.parent.resolve())
+    for pid in _pids_in_group(pgid):
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if cwd in (work, work + " (deleted)"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+            break
+    with contextlib.suppress(FileNotFoundError):
+        pgid_file.unlink()
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
+    """SIGINT sinter's group (it flushes its resume file), then SIGKILL whatever is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)

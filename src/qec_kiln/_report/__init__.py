@@ -1,0 +1,2 @@
+"""Reading a sweep back: progress against targets (status, progress) and the merge into one CSV
+(merge, output)."""

@@ -1,0 +1,199 @@
+"""Progress of a sweep: the fragments in the bucket against the plan's targets, joined with what
+the backend says about each batch's job.
+
+Example:
+    >>> report = sweep_progress(bucket, manifest, job_states={})  # doctest: +SKIP
+    >>> report.fraction_done  # doctest: +SKIP
+    0.42
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import sinter
+
+from qec_kiln._errors import KilnError
+from qec_kiln._planning.plan import Batch, Shard
+from qec_kiln._storage import Bucket
+from qec_kiln._sweep.fragments import Fragment, read_fragments
+from qec_kiln._sweep.manifest import Manifest, fragment_key
+
+if TYPE_CHECKING:  # not imported at run time: merge starts faster without the backends
+    from qec_kiln._backends import JobState
+
+#: Job states after which a batch's fragment must exist (the job uploaded it before it ended).
+FINISHED_STATES = frozenset({"SUCCEEDED"})
+
+
+@dataclasses.dataclass
+class ShardProgress:
+    shard: Shard
+    shots: int
+    errors: int
+    seconds: float
+
+    @property
+    def done(self) -> bool:
+        return self.shots >= self.shard.max_shots or self.errors >= self.shard.max_errors
+
+    @property
+    def fraction(self) -> float:
+        """Share of the shard's predicted work done (by whichever target it is closest to)."""
+        if self.done:
+            return 1.0
+        by_shots = self.shots / max(1.0, self.shard.predicted_shots)
+        by_errors = self.errors / max(1, self.shard.max_errors)
+        return min(1.0, max(by_shots, by_errors))
+
+
+@dataclasses.dataclass
+class BatchProgress:
+    batch: Batch
+    shards: list[ShardProgress]
+    fragment_found: bool
+    job: JobState | None = None
+    problem: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.problem is None and not self.lost and all(s.done for s in self.shards)
+
+    @property
+    def lost(self) -> bool:
+        """The batch's job finished (so it uploaded its fragment) but the fragment is gone."""
+        return (self.problem is None and not self.fragment_found and self.job is not None
+                and self.job.state.upper() in FINISHED_STATES)
+
+    @property
+    def shots(self) -> int:
+        return sum(s.shots for s in self.shards)
+
+    @property
+    def errors(self) -> int:
+        return sum(s.errors for s in self.shards)
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.shards)
+
+    @property
+    def fraction(self) -> float:
+        total = self.batch.predicted_seconds
+        if total <= 0:
+            return 1.0 if self.done else 0.0
+        return sum(s.fraction * s.shard.predicted_seconds for s in self.shards) / total
+
+    @property
+    def state(self) -> str:
+        if self.problem:
+            return "BAD FRAGMENT"
+        if self.lost:
+            return "LOST"
+        if self.job is not None and self.job.active:
+            return self.job.state.upper()
+        if self.done:
+            return "DONE"
+        if self.job is not None:
+            return self.job.state.upper()
+        return "STARTED" if self.fragment_found else "NOT STARTED"
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Remaining wall seconds if the batch keeps its pace (None before any data, or when its
+        job has ended without finishing)."""
+        f = self.fraction
+        if self.done:
+            return 0.0
+        if self.job is not None and not self.job.active:
+            return None
+        if f <= 0 or self.seconds <= 0:
+            return None
+        return self.seconds * (1 - f) / f
+
+
+@dataclasses.dataclass
+class SweepProgress:
+    """One sweep's progress (``qec_kiln.status`` returns one per sweep, as ``StatusReport``)."""
+
+    manifest: Manifest
+    batches: list[BatchProgress]
+    warnings: list[str]  # about the fragments (damaged, truncated)
+    backend: str = ""  # the backend whose job states were joined in
+    backend_warnings: list[str] = dataclasses.field(default_factory=list)  # what it could not tell
+
+    @property
+    def fraction_done(self) -> float:
+        total = sum(b.batch.predicted_seconds for b in self.batches)
+        if total <= 0:
+            return 0.0
+        return sum(b.fraction * b.batch.predicted_seconds for b in self.batches) / total
+
+    @property
+    def unfinished(self) -> list[str]:
+        return [b.batch.id for b in self.batches if not b.done]
+
+    def to_json(self) -> dict:
+        return {
+            "sweep": self.manifest.sweep,
+            "fraction_done": round(self.fraction_done, 6),
+            "batches": [
+                {
+                    "id": b.batch.id,
+                    "state": b.state,
+                    "job_id": b.job.job_id if b.job else None,
+                    "recoveries": b.job.recoveries if b.job else None,
+                    "job_detail": b.job.detail if b.job else "",
+                    "shots": b.shots,
+                    "errors": b.errors,
+                    "target_shots": sum(s.max_shots for s in b.batch.shards),
+                    "target_errors": sum(s.max_errors for s in b.batch.shards),
+                    "fraction": round(b.fraction, 6),
+                    "eta_seconds": b.eta_seconds,
+                    "problem": b.problem,
+                }
+                for b in self.batches
+            ],
+            "warnings": self.warnings,
+        }
+
+
+def batch_progress(batch: Batch, fragment: Fragment | None) -> list[ShardProgress]:
+    stats: dict[str, sinter.TaskStats] = fragment.stats if fragment else {}
+    out = []
+    for s in batch.shards:
+        st = stats.get(s.strong_id)
+        out.append(ShardProgress(s, st.shots if st else 0, st.errors if st else 0,
+                                 st.seconds if st else 0.0))
+    return out
+
+
+def sweep_progress(bucket: Bucket, manifest: Manifest,
+                   job_states: dict[str, JobState] | None = None) -> SweepProgress:
+    """Progress of every batch; a damaged fragment, or a finished batch's lost one, is reported,
+    not raised."""
+    job_states = job_states or {}
+    batches, warnings = [], []
+    ids = [b.id for b in manifest.batches]
+    for b, frag in zip(manifest.batches, read_fragments(bucket, manifest, ids), strict=True):
+        problem = None
+        if isinstance(frag, KilnError):
+            frag, problem = None, str(frag)
+            warnings.append(problem)
+        if frag is not None and frag.warning:
+            warnings.append(frag.warning)
+        progress = BatchProgress(b, batch_progress(b, frag), frag is not None,
+                                 job=job_states.get(b.id), problem=problem)
+        if progress.lost:
+            warnings.append(
+                f"{bucket.url_for(fragment_key(manifest.sweep, b.id))}: batch {b.id}'s job "
+                f"{progress.job.state.upper() if progress.job else 'ENDED'} but its fragment is "
+                "gone (deleted or moved), so its shots are lost; launch the sweep again to rerun "
+                "the batch")
+        batches.append(progress)
+    return SweepProgress(manifest, batches, warnings)
+
+
+#: The public name of a sweep's progress report (``qec_kiln.StatusReport``).
+StatusReport = SweepProgress
