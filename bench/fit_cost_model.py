@@ -73,7 +73,8 @@ from scipy.optimize import least_squares, minimize
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from qec_kiln._planning._cost import CircuitFeatures, dem_for_circuit  # noqa: E402
+from qec_kiln._planning._cost import CircuitFeatures  # noqa: E402
+from qec_kiln._sweep.discover import dem_for_circuit  # noqa: E402
 
 DEFAULT_OUT = REPO / "src" / "qec_kiln" / "data" / "cost_model.json"
 PS = (0.001, 0.003, 0.005, 0.008, 0.01)

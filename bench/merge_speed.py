@@ -34,8 +34,8 @@ import sinter  # noqa: E402
 from generate_surface_codes import main as generate  # noqa: E402
 
 from qec_kiln._launch import SweepSpec, prepare_sweep, upload_sweep  # noqa: E402
-from qec_kiln._planning.plan import Batch, Plan, Shard, batch_id, split_targets  # noqa: E402
 from qec_kiln._storage import open_bucket  # noqa: E402
+from qec_kiln._sweep.batches import Batch, Plan, Shard, batch_id, split_targets  # noqa: E402
 from qec_kiln._sweep.manifest import fragment_key  # noqa: E402
 
 BIN = pathlib.Path(sys.executable).parent

@@ -23,6 +23,7 @@ import yaml
 
 from qec_kiln._backends import LaunchRequest, get_backend
 from qec_kiln._backends.skypilot import backend as sp
+from qec_kiln._backends.skypilot import sdk
 from qec_kiln._backends.skypilot.queue import parse_job_ids
 from qec_kiln._errors import KilnError
 
@@ -607,7 +608,7 @@ def test_parse_job_ids_from_real_cli_messages():
 @pytest.mark.slow
 def test_installed_sky_cli_accepts_every_flag_we_pass(tmp_path):
     """The real `sky` executable, run through the backend's default runner (the seam's default)."""
-    assert Path(sp.sky_executable()).name == "sky"
+    assert Path(sdk.sky_executable()).name == "sky"
     backend = sp.SkyPilotBackend()
     _, _, launch = backend.render(request(yaml_path=str(secrets_yaml(tmp_path))))
     used = {
@@ -618,13 +619,13 @@ def test_installed_sky_cli_accepts_every_flag_we_pass(tmp_path):
                               "--secret"}
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        futures = {cmd: pool.submit(sp._default_runner, ["sky", "jobs", cmd, "--help"],
+        futures = {cmd: pool.submit(sdk.run_sky, ["sky", "jobs", cmd, "--help"],
                                     stream=cmd == "launch", timeout=60)
                    for cmd in used}
         for cmd, future in futures.items():
             proc = future.result()
             assert proc.returncode == 0, proc.stdout + proc.stderr
-            assert proc.args[0] == sp.sky_executable()  # "sky" resolved to the installed one
+            assert proc.args[0] == sdk.sky_executable()  # "sky" resolved to the installed one
             for flag in used[cmd]:
                 assert re.search(rf"(^|[\s,]){re.escape(flag)}[\s,/]", proc.stdout, re.M), (
                     cmd, flag)

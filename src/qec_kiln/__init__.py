@@ -5,11 +5,10 @@ The Python API mirrors the ``qec-kiln`` command: :func:`plan`, :func:`launch`, :
 whole sweep as an example). Importing the package loads neither sinter nor SkyPilot.
 """
 
-__version__ = "0.1.0"
-
 from typing import TYPE_CHECKING
 
 from qec_kiln._errors import KilnError, KilnWarning  # noqa: E402
+from qec_kiln._version import __version__  # noqa: E402
 
 if TYPE_CHECKING:  # what type checkers see; at run time each name loads when first asked for
     from qec_kiln._api import LaunchResult, cancel, launch, merge, plan, status

@@ -14,7 +14,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-from qec_kiln import __version__
 from qec_kiln._argtypes import (
     SINTER_OPTIONS,
     positive_float,
@@ -26,6 +25,7 @@ from qec_kiln._argtypes import (
 from qec_kiln._backends import BACKENDS
 from qec_kiln._backends import add_arguments as add_backend_arguments
 from qec_kiln._errors import KilnError
+from qec_kiln._version import __version__
 
 
 class _Parser(argparse.ArgumentParser):

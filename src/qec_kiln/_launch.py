@@ -430,7 +430,7 @@ def queue_order(batches: list[Batch]) -> list[str]:
     """Batch ids longest (predicted) first, ties in id order: the order backends start them
     (Slurm array task k, the local slots' queue), so the queue ends on short batches.
 
-    >>> from qec_kiln._planning.plan import Shard
+    >>> from qec_kiln._sweep.batches import Shard
     >>> b = lambda i, s: Batch(i, [Shard("c", "d", "x", 1, 1, s, 1)])
     >>> queue_order([b("b000", 1.0), b("b001", 3.0), b("b002", 1.0)])
     ['b001', 'b000', 'b002']
@@ -459,7 +459,7 @@ def batches_to_launch(bucket: Bucket, prepared: PlanResult, backend: Backend
 
 def make_request(bucket: Bucket, prepared: PlanResult, batch_ids: list[str],
                  options: BackendOptions) -> LaunchRequest:
-    from qec_kiln import __version__
+    from qec_kiln._version import __version__
 
     return LaunchRequest(
         bucket_url=bucket.url,

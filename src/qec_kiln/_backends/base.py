@@ -26,6 +26,7 @@ from qec_kiln._argtypes import processes as processes_type
 from qec_kiln._argtypes import sync_seconds as sync_seconds_type
 from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import KilnError
+from qec_kiln._report.jobs import ACTIVE_STATES, JobState, is_active  # noqa: F401 (the interface's names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,36 +122,6 @@ class Submission:
     interrupted: bool = False
     signal: int = 0  # the signal that stopped the launch (interrupted), e.g. 15 for SIGTERM
     cancelled: list[str] = dataclasses.field(default_factory=list)  # by `qec-kiln cancel`
-
-
-@dataclasses.dataclass
-class JobState:
-    """A batch's job as its backend sees it."""
-
-    batch_id: str
-    state: str  # e.g. RUNNING, PENDING, SUCCEEDED, FAILED, CANCELLED, RECOVERING, UNKNOWN
-    job_id: str = ""
-    recoveries: int | None = None
-    detail: str = ""
-
-    @property
-    def active(self) -> bool:
-        return is_active(self.state)
-
-
-ACTIVE_STATES = frozenset(
-    {"PENDING", "STARTING", "RUNNING", "RECOVERING", "SUBMITTED", "CONFIGURING", "REQUEUED",
-     "CANCELLING"}
-)
-
-
-def is_active(state: str) -> bool:
-    """Whether a job in ``state`` (JobState's vocabulary) may still run or start.
-
-    >>> is_active("requeued"), is_active("FAILED")
-    (True, False)
-    """
-    return state.upper() in ACTIVE_STATES
 
 
 class Backend(abc.ABC):

@@ -27,7 +27,7 @@ Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
 def kiln_version() -> str:
-    from qec_kiln import __version__
+    from qec_kiln._version import __version__
 
     return __version__
 

@@ -35,8 +35,8 @@ from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import KilnError, ObjectNotFound, PreconditionFailed, StorageError
 from qec_kiln._node.lease import Lease, LeaseHeld, acquire, lease_key, release, renew
 from qec_kiln._node.workers import allowed_cpus, format_cpus
-from qec_kiln._planning.plan import Batch
 from qec_kiln._storage import PATIENT_RETRY, QUICK_RETRY, Bucket, RetryPolicy, open_bucket
+from qec_kiln._sweep.batches import Batch
 from qec_kiln._sweep.fragments import complete_lines, parse_fragment
 from qec_kiln._sweep.manifest import (
     Manifest,

@@ -34,9 +34,9 @@ from collections.abc import Callable
 import sinter
 
 from qec_kiln._errors import KilnError
-from qec_kiln._planning.plan import Batch
 from qec_kiln._report.output import STDOUT, check_output, write_output
 from qec_kiln._storage import open_bucket
+from qec_kiln._sweep.batches import Batch
 from qec_kiln._sweep.fragments import Fragment, read_fragments
 from qec_kiln._sweep.manifest import Manifest, load_manifest, resolve_sweep
 

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 import sinter
 
 from qec_kiln._errors import KilnError
-from qec_kiln._planning.plan import Batch, Shard
 from qec_kiln._storage import Bucket
+from qec_kiln._sweep.batches import Batch, Shard
 from qec_kiln._sweep.fragments import Fragment, read_fragments
 from qec_kiln._sweep.manifest import Manifest, fragment_key
 
 if TYPE_CHECKING:  # not imported at run time: merge starts faster without the backends
-    from qec_kiln._backends import JobState
+    from qec_kiln._report.jobs import JobState
 
 #: Job states after which a batch's fragment must exist (the job uploaded it before it ended).
 FINISHED_STATES = frozenset({"SUCCEEDED"})

@@ -47,10 +47,10 @@ from qec_kiln._storage._bucket import (
     QUICK_RETRY,
     Bucket,
     RetryPolicy,
-    open_bucket,
 )
 from qec_kiln._storage._gcs import GCSBucket
 from qec_kiln._storage._local import LocalBucket
+from qec_kiln._storage._open import open_bucket
 from qec_kiln._storage._s3 import S3Bucket
 from qec_kiln._storage._urls import (
     ACCEPTED_FORMS,

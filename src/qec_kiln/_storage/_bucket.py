@@ -1,11 +1,10 @@
-"""The Bucket interface, its retry policy and :func:`open_bucket`."""
+"""The Bucket interface and its retry policy (:func:`qec_kiln._storage.open_bucket` gives one)."""
 
 from __future__ import annotations
 
 import abc
 import dataclasses
 import logging
-import os
 import random
 import threading
 import time
@@ -13,7 +12,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from qec_kiln._errors import ObjectNotFound, PreconditionFailed, StorageError
-from qec_kiln._storage._urls import BucketURL, _doing, _one_line, key_problem, parse_url
+from qec_kiln._storage._urls import BucketURL, doing, key_problem, one_line
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +90,7 @@ class Bucket(abc.ABC):
 
     Example:
         >>> import tempfile
+        >>> from qec_kiln._storage import open_bucket
         >>> b = open_bucket(tempfile.mkdtemp())
         >>> b.write_bytes("a/x.csv", b"1")
         >>> b.exists("a/x.csv"), b.exists("a/y.csv")
@@ -172,6 +172,7 @@ class Bucket(abc.ABC):
 
         Example:
             >>> import tempfile
+            >>> from qec_kiln._storage import open_bucket
             >>> b = open_bucket(tempfile.mkdtemp())
             >>> v1 = b.write_if("lease.json", b"a", None)
             >>> b.write_if("lease.json", b"b", None)
@@ -223,7 +224,7 @@ class Bucket(abc.ABC):
     # -- retries: the client library classifies errors, the policy bounds the time ---------
 
     def _translate(self, exc: Exception, op: str, target: str) -> StorageError:
-        return StorageError(f"error while {_doing(op, target)}: {_one_line(exc)}")
+        return StorageError(f"error while {doing(op, target)}: {one_line(exc)}")
 
     def _give_up(
         self, exc: Exception, op: str, target: str, attempts: int, elapsed: float
@@ -246,7 +247,7 @@ class Bucket(abc.ABC):
             return None
         delay = min(policy.backoff(attempt), remaining)
         log.warning("%s: attempt %d failed (%s); retrying in %.1f s",
-                    tries.doing, attempt, _one_line(exc, 120) if isinstance(exc, BaseException)
+                    tries.doing, attempt, one_line(exc, 120) if isinstance(exc, BaseException)
                     else exc, delay)
         return delay
 
@@ -255,7 +256,7 @@ class Bucket(abc.ABC):
         to a one-line StorageError."""
         tries = self._tries
         tries.start, tries.attempts, tries.gave_up = time.monotonic(), 1, False
-        tries.doing = _doing(op, target)
+        tries.doing = doing(op, target)
         try:
             return fn()
         except (StorageError, TypeError, AttributeError, NameError, AssertionError):
@@ -268,10 +269,10 @@ class Bucket(abc.ABC):
             raise self._translate(cause, op, target) from exc
 
 
-def _precondition_message(target: str, expected: str | None, found: str | None) -> str:
+def precondition_message(target: str, expected: str | None, found: str | None) -> str:
     """One line for a failed conditional write.
 
-    >>> _precondition_message("/b/k", None, "7")
+    >>> precondition_message("/b/k", None, "7")
     '/b/k: already exists'
     """
     if expected is None:
@@ -279,29 +280,3 @@ def _precondition_message(target: str, expected: str | None, found: str | None) 
     if found is None:
         return f"{target}: no longer exists (version {expected} expected)"
     return f"{target}: was replaced by {found} writer (version {expected} expected)"
-
-
-def open_bucket(url: str | os.PathLike[str], *, retry: RetryPolicy | None = None) -> Bucket:
-    """The bucket at ``url`` (see the module docstring for the accepted forms).
-
-    Nothing is contacted yet: credentials and the endpoint are first used by the first call
-    (use :meth:`Bucket.check_access` to test them early). ``retry`` is the bucket's default
-    policy (else :data:`QUICK_RETRY`); every call can override it with ``retry=``.
-
-    Example:
-        >>> open_bucket("s3://my-bucket/sweeps")
-        S3Bucket('s3://my-bucket/sweeps')
-        >>> open_bucket("gs://my-bucket", retry=PATIENT_RETRY).retry.deadline_seconds
-        300.0
-    """
-    from qec_kiln._storage._gcs import GCSBucket
-    from qec_kiln._storage._local import LocalBucket
-    from qec_kiln._storage._s3 import S3Bucket
-
-    parsed = parse_url(url)
-    if parsed.scheme == "s3":
-        return S3Bucket(parsed, retry=retry)
-    if parsed.scheme == "gs":
-        return GCSBucket(parsed, retry=retry)
-    return LocalBucket(parsed, retry=retry)
-

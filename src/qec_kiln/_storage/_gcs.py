@@ -8,8 +8,8 @@ import threading
 from typing import Any
 
 from qec_kiln._errors import ObjectNotFound, PreconditionFailed, StorageError
-from qec_kiln._storage._bucket import Bucket, RetryPolicy, _precondition_message
-from qec_kiln._storage._urls import BucketURL, _doing, _one_line
+from qec_kiln._storage._bucket import Bucket, RetryPolicy, precondition_message
+from qec_kiln._storage._urls import BucketURL, doing, one_line
 
 _GCS_ADC_HINT = (
     "run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS"
@@ -141,7 +141,7 @@ class GCSBucket(Bucket):
                     if_generation_match=0 if version is None else int(version),
                 )
             except GCSPreconditionFailed:
-                raise PreconditionFailed(_precondition_message(
+                raise PreconditionFailed(precondition_message(
                     self.url_for(key), version, "another")) from None
             return str(blob.generation)
 
@@ -224,7 +224,7 @@ class GCSBucket(Bucket):
         """The useful part of a requests/urllib3 error ("... Connection refused")."""
         inner = exc.args[0] if exc.args else None
         reason = getattr(inner, "reason", None)
-        return _one_line(reason if isinstance(reason, BaseException) else exc, 160)
+        return one_line(reason if isinstance(reason, BaseException) else exc, 160)
 
     def _endpoint_text(self) -> str:
         emulator = os.environ.get("STORAGE_EMULATOR_HOST")
@@ -237,7 +237,7 @@ class GCSBucket(Bucket):
         if isinstance(exc, ax.DefaultCredentialsError):
             detail = ""
             if os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
-                detail = f" (GOOGLE_APPLICATION_CREDENTIALS: {_one_line(exc, 160)})"
+                detail = f" (GOOGLE_APPLICATION_CREDENTIALS: {one_line(exc, 160)})"
             return StorageError(
                 f"no Google Cloud credentials for {self.url}{detail}: {_GCS_ADC_HINT}"
             )
@@ -256,16 +256,16 @@ class GCSBucket(Bucket):
             )
         if isinstance(exc, gx.Forbidden):
             return StorageError(
-                f"GCS denied {_doing(op, target)} (HTTP 403): the account lacks permission; "
+                f"GCS denied {doing(op, target)} (HTTP 403): the account lacks permission; "
                 "grant it "
                 f"roles/storage.objectAdmin on gs://{self.bucket_name}, or {_GCS_ADC_HINT} "
                 "with another account"
             )
         if isinstance(exc, gx.GoogleAPICallError):
             return StorageError(
-                f"GCS error while {_doing(op, target)}: HTTP {exc.code}: {_one_line(exc, 160)}"
+                f"GCS error while {doing(op, target)}: HTTP {exc.code}: {one_line(exc, 160)}"
             )
-        return StorageError(f"GCS error while {_doing(op, target)}: {_one_line(exc)}")
+        return StorageError(f"GCS error while {doing(op, target)}: {one_line(exc)}")
 
     def _give_up(
         self, exc: Exception, op: str, target: str, attempts: int, elapsed: float
@@ -275,12 +275,12 @@ class GCSBucket(Bucket):
         tries = f"{attempts} attempt{'s' if attempts != 1 else ''} in {elapsed:.0f} s"
         if isinstance(exc, gx.GoogleAPICallError):
             return StorageError(
-                f"GCS kept failing while {_doing(op, target)} (HTTP {exc.code}, {tries}): "
+                f"GCS kept failing while {doing(op, target)} (HTTP {exc.code}, {tries}): "
                 "the service is "
                 "overloaded or down, try again later"
             )
         return StorageError(
-            f"cannot reach GCS at {self._endpoint_text()} while {_doing(op, target)} ({tries}; "
+            f"cannot reach GCS at {self._endpoint_text()} while {doing(op, target)} ({tries}; "
             f"last error: {self._cause(exc)}): check the network"
             + (" and STORAGE_EMULATOR_HOST" if os.environ.get("STORAGE_EMULATOR_HOST") else "")
             + ", or try again later"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import ObjectNotFound, PreconditionFailed, StorageError
-from qec_kiln._storage._bucket import Bucket, RetryPolicy, _precondition_message
-from qec_kiln._storage._urls import BucketURL, _one_line
+from qec_kiln._storage._bucket import Bucket, RetryPolicy, precondition_message
+from qec_kiln._storage._urls import BucketURL, one_line
 
 # Temporary files of atomic local writes start with this; list_keys() never shows them.
 _TMP_PREFIX = ".kiln-tmp-"
@@ -81,7 +81,7 @@ class LocalBucket(Bucket):
 
     def _os_error(self, exc: OSError, op: str, key: str | None) -> StorageError:
         target = self.url_for(key) if key else self.url
-        return StorageError(f"cannot {op} {target}: {exc.strerror or _one_line(exc)}")
+        return StorageError(f"cannot {op} {target}: {exc.strerror or one_line(exc)}")
 
     def read_bytes(self, key: str, *, retry: RetryPolicy | None = None) -> bytes:
         path = os.path.join(self.root, self._check_key(key))  # a plain string: merge reads thousands
@@ -132,7 +132,7 @@ class LocalBucket(Bucket):
                 except FileNotFoundError:
                     current = None
                 if current != version:
-                    raise PreconditionFailed(_precondition_message(
+                    raise PreconditionFailed(precondition_message(
                         self.url_for(key), version, None if current is None else "another"))
                 self.write_bytes(key, data)
                 return _version(path.stat())

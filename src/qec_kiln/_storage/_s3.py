@@ -10,8 +10,8 @@ import threading
 from typing import Any
 
 from qec_kiln._errors import ObjectNotFound, PreconditionFailed, StorageError
-from qec_kiln._storage._bucket import Bucket, RetryPolicy, _precondition_message
-from qec_kiln._storage._urls import BucketURL, _doing, _one_line, _s3_endpoint_setting
+from qec_kiln._storage._bucket import Bucket, RetryPolicy, precondition_message
+from qec_kiln._storage._urls import BucketURL, doing, one_line, s3_endpoint_setting
 
 _S3_BAD_CREDENTIAL_CODES = frozenset(
     {
@@ -171,11 +171,11 @@ class S3Bucket(Bucket):
             except ClientError as exc:
                 code = str(exc.response.get("Error", {}).get("Code", ""))
                 if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
-                    raise PreconditionFailed(_precondition_message(
+                    raise PreconditionFailed(precondition_message(
                         self.url_for(key), version, "another")) from None
                 if code in ("NoSuchKey", "404") and version is not None:
                     raise PreconditionFailed(
-                        _precondition_message(self.url_for(key), version, None)) from None
+                        precondition_message(self.url_for(key), version, None)) from None
                 raise
             return str(response["ETag"])
 
@@ -239,7 +239,7 @@ class S3Bucket(Bucket):
     # -- error handling -------------------------------------------------------------------
 
     def _endpoint_text(self) -> str:
-        return self._endpoint or _s3_endpoint_setting()
+        return self._endpoint or s3_endpoint_setting()
 
     def _translate(self, exc: Exception, op: str, target: str) -> StorageError:
         from botocore import exceptions as bx
@@ -248,7 +248,7 @@ class S3Bucket(Bucket):
             return StorageError(f"no AWS credentials found for {self.url}: {_AWS_CREDENTIALS_HINT}")
         if isinstance(exc, bx.PartialCredentialsError):
             return StorageError(
-                f"incomplete AWS credentials for {self.url} ({_one_line(exc)}): "
+                f"incomplete AWS credentials for {self.url} ({one_line(exc)}): "
                 f"{_AWS_CREDENTIALS_HINT}"
             )
         if isinstance(exc, bx.ProfileNotFound):
@@ -266,11 +266,11 @@ class S3Bucket(Bucket):
         if isinstance(exc, bx.SSLError):
             return StorageError(
                 f"TLS error talking to S3 at {self._endpoint_text()} for {target}: "
-                f"{_one_line(exc)}; check AWS_CA_BUNDLE and the endpoint URL"
+                f"{one_line(exc)}; check AWS_CA_BUNDLE and the endpoint URL"
             )
         if isinstance(exc, bx.ClientError):
             return self._translate_client_error(exc, op, target)
-        return StorageError(f"S3 error while {_doing(op, target)}: {_one_line(exc)}")
+        return StorageError(f"S3 error while {doing(op, target)}: {one_line(exc)}")
 
     def _translate_client_error(self, exc: Any, op: str, target: str) -> StorageError:
         error = exc.response.get("Error", {})
@@ -291,7 +291,7 @@ class S3Bucket(Bucket):
             )
         if code in ("AccessDenied", "AllAccessDisabled", "403") or status == 403:
             return StorageError(
-                f"S3 denied {_doing(op, target)} ({code if code.isalpha() else 'HTTP 403'}): "
+                f"S3 denied {doing(op, target)} ({code if code.isalpha() else 'HTTP 403'}): "
                 "the credentials are wrong or "
                 f"lack permission; grant s3:ListBucket, s3:GetObject, s3:PutObject and "
                 f"s3:DeleteObject on {self.bucket_name}, or {_AWS_CREDENTIALS_HINT}"
@@ -305,7 +305,7 @@ class S3Bucket(Bucket):
         detail = f": {message}" if message else ""
         code = code or "error"
         return StorageError(
-            f"S3 error while {_doing(op, target)}: {code} (HTTP {status}){detail}"
+            f"S3 error while {doing(op, target)}: {code} (HTTP {status}){detail}"
         )
 
     def _give_up(
@@ -318,8 +318,8 @@ class S3Bucket(Bucket):
             base = self._translate_client_error(exc, op, target)
             return StorageError(f"{base} ({tries}); the service is overloaded, try again later")
         return StorageError(
-            f"cannot reach S3 at {self._endpoint_text()} while {_doing(op, target)} ({tries}; "
+            f"cannot reach S3 at {self._endpoint_text()} while {doing(op, target)} ({tries}; "
             "last error: "
-            f"{_one_line(exc, 160)}): check the network and AWS_ENDPOINT_URL, or try again later"
+            f"{one_line(exc, 160)}): check the network and AWS_ENDPOINT_URL, or try again later"
         )
 

@@ -137,7 +137,7 @@ def describe_url(url: str | os.PathLike[str]) -> str:
     if parsed.scheme == "file":
         return f"local directory {parsed.url}"
     if parsed.scheme == "s3":
-        endpoint = _s3_endpoint_setting()
+        endpoint = s3_endpoint_setting()
         if os.environ.get("AWS_PROFILE"):
             creds = f"profile {os.environ['AWS_PROFILE']!r} (AWS_PROFILE)"
         elif os.environ.get("AWS_ACCESS_KEY_ID"):
@@ -157,7 +157,7 @@ def describe_url(url: str | os.PathLike[str]) -> str:
     )
 
 
-def _s3_endpoint_setting() -> str:
+def s3_endpoint_setting() -> str:
     for var in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
         if os.environ.get(var):
             return f"{os.environ[var]} ({var})"
@@ -174,12 +174,12 @@ _DOING = {
 }
 
 
-def _doing(op: str, target: str) -> str:
+def doing(op: str, target: str) -> str:
     """``("read", "s3://b/k")`` -> ``"reading s3://b/k"`` (for messages)."""
     return f"{_DOING.get(op, op)} {target}"
 
 
-def _one_line(exc: BaseException, limit: int = 200) -> str:
+def one_line(exc: BaseException, limit: int = 200) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -24,7 +24,6 @@ import sinter
 import stim
 
 from qec_kiln._errors import KilnError
-from qec_kiln._planning._cost import dem_for_circuit
 from qec_kiln._storage import key_problem
 
 #: Gates that tsim (bloqade-tsim) reinterprets when tagged, e.g. ``S[T] 0`` or ``I[R_Z(theta=0.1)] 0``.
@@ -40,6 +39,27 @@ MATCHING_DECODERS = frozenset({"pymatching", "pymatching-correlated", "fusion_bl
 
 # One DEM error line: ``error[tag](p) D0 D1 ^ D2 L0`` (stim escapes ']' inside tags).
 _DEM_ERROR_RE = re.compile(r"^\s*error(?:\[[^\]]*\])?\([^)]*\)(.*)$")
+
+
+def dem_for_circuit(circuit: stim.Circuit) -> stim.DetectorErrorModel:
+    """The detector error model sinter builds for a task given without one.
+
+    Same fallback chain as sinter 1.16 (``_fill_in_task``), so the DEM text, and so the task's
+    ``strong_id``, match what ``sinter collect`` computes.
+
+    Example:
+        >>> c = stim.Circuit.generated("repetition_code:memory", distance=3, rounds=2,
+        ...                            after_clifford_depolarization=0.01)
+        >>> dem_for_circuit(c).num_detectors
+        6
+    """
+    try:
+        return circuit.detector_error_model(decompose_errors=True, approximate_disjoint_errors=True)
+    except ValueError:
+        try:
+            return circuit.detector_error_model(approximate_disjoint_errors=True)
+        except ValueError:
+            return circuit.detector_error_model(approximate_disjoint_errors=True, flatten_loops=True)
 
 
 @dataclasses.dataclass(frozen=True)

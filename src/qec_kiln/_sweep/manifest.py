@@ -18,10 +18,10 @@ import json
 import re
 from collections.abc import Callable
 
-from qec_kiln import __version__
 from qec_kiln._errors import KilnError, ObjectNotFound
-from qec_kiln._planning.plan import Batch, Plan
 from qec_kiln._storage import Bucket
+from qec_kiln._sweep.batches import Batch, Plan
+from qec_kiln._version import __version__
 
 FORMAT = "qec-kiln/manifest"
 FORMAT_VERSION = 1

@@ -63,29 +63,26 @@ from qec_kiln._backends.remote import (
 )
 from qec_kiln._backends.skypilot import pool as pools
 from qec_kiln._backends.skypilot.node import apply_node_install, node_identity
+from qec_kiln._backends.skypilot.options import SkyPilotOptions
 from qec_kiln._backends.skypilot.queue import (
     EXTRA_QUEUE_FIELDS,
-    _sky_state,
     map_queue_to_batches,
     record_dict,
+    sky_state,
 )
-from qec_kiln._backends.skypilot.render import (  # noqa: F401 (NO_SPOT_INFRA re-exported)
-    NO_SPOT_INFRA,
+from qec_kiln._backends.skypilot.render import (
     apply_options,
+    dump_yaml,
+    refuse_secret_values,
     validate_task,
 )
 from qec_kiln._backends.skypilot.render import secret_names as declared_secrets
-from qec_kiln._backends.skypilot.sdk import (  # noqa: F401 (re-exported: tests use sp.job_name)
-    _ANSI_RE,
-    _active_ids,
-    _default_runner,
-    _dump_yaml,
-    _one_line,
-    _parse_gpus,
-    _refuse_secret_values,
+from qec_kiln._backends.skypilot.sdk import (
+    active_ids,
     import_sky,
     job_name,
-    sky_executable,
+    one_line,
+    run_sky,
     state_dir,
     submit_managed_jobs,
 )
@@ -115,20 +112,6 @@ class Rendered:
     pool_argv: list[str] = dataclasses.field(default_factory=list)
 
 
-@dataclasses.dataclass(frozen=True)
-class SkyPilotOptions(BackendOptions):
-    """The SkyPilot backend's options: the common ones (``cpus``/``gpus`` go into the task's
-    ``resources``) and where the jobs run."""
-
-    infra: str | None = None  # e.g. "aws", "gcp/us-central1", "k8s"
-    use_spot: bool = True  # spot by default
-    yaml_path: str | None = None  # task YAML to fill in (default configs/sinter_job*.yaml)
-    kiln_pip_spec: str | None = None  # a published qec-kiln for the nodes instead of our wheel
-    image: str | None = None  # docker:REF holding qec-kiln; drops setup
-    pool: str | None = None  # with --workers: this pool's name instead of kiln-pool-<hash>
-    keep_pool: bool = False  # status does not ask to take the pool down when the sweep is done
-
-
 class SkyPilotBackend(RemoteBackend):
     """Batches as SkyPilot managed jobs (spot by default, recovered by SkyPilot).
 
@@ -151,7 +134,7 @@ class SkyPilotBackend(RemoteBackend):
     startup_seconds = 360.0
     default_processes = 16
     queue_workers = True  # --workers K: a SkyPilot pool of K warm workers (_skypilot_pool)
-    default_runner = staticmethod(_default_runner)
+    default_runner = staticmethod(run_sky)
     cancel_wait_s = 60.0  # how long cancel waits for SkyPilot to mark its jobs CANCELLING
     cancel_poll_s = 2.0
 
@@ -240,7 +223,7 @@ class SkyPilotBackend(RemoteBackend):
         try:
             docs = [d for d in yaml.safe_load_all(text) if d is not None]
         except yaml.YAMLError as e:
-            raise KilnError(f"{source}: not valid YAML: {_one_line(e)}") from e
+            raise KilnError(f"{source}: not valid YAML: {one_line(e)}") from e
         if len(docs) != 1 or not isinstance(docs[0], dict):
             raise KilnError(
                 f"{source}: must hold exactly one SkyPilot task (a mapping); found {len(docs)} "
@@ -286,7 +269,7 @@ class SkyPilotBackend(RemoteBackend):
         if opts.pool and not opts.workers:
             raise KilnError(f"--pool {opts.pool}: give --workers K too (a pool's workers take "
                             "the batches in turn)")
-        yaml_text = rendered_by(version, source, "; see that file for comments") + _dump_yaml(task_cfg)
+        yaml_text = rendered_by(version, source, "; see that file for comments") + dump_yaml(task_cfg)
         yaml_path = state_dir(request.sweep) / "job.yaml"
         argv = ["sky", "jobs", "launch", "--yes", "--detach-run", "--name", name,
                 "--num-jobs", str(len(request.batch_ids))]
@@ -299,7 +282,7 @@ class SkyPilotBackend(RemoteBackend):
         for key in secret_names:
             argv += ["--secret", key]
         argv.append(str(yaml_path))
-        _refuse_secret_values(source, yaml_text, argv)
+        refuse_secret_values(source, yaml_text, argv)
         mounts = pool.pool_config.get("file_mounts") if pool else task_cfg.get("file_mounts")
         return Rendered(yaml_text, env_overrides, argv, source, yaml_path, name, secret_names,
                         notes, task_cfg, dict(mounts or {}), install.summary, identity,
@@ -315,12 +298,12 @@ class SkyPilotBackend(RemoteBackend):
             return sky.Task.from_yaml_config(copy.deepcopy(r.task_config),
                                              secrets_overrides=secrets or None)
         except Exception as e:  # SkyPilot raises ValueError and its own errors
-            raise KilnError(f"{r.source}: {_one_line(e)}") from e
+            raise KilnError(f"{r.source}: {one_line(e)}") from e
 
     def describe_json(self, request: LaunchRequest) -> dict[str, Any]:
         """The dry run's ``backend`` section: the exact task and its file mounts."""
         r = self._render(request)
-        out = {"task_yaml": _dump_yaml(r.task_config), "file_mounts": r.file_mounts,
+        out = {"task_yaml": dump_yaml(r.task_config), "file_mounts": r.file_mounts,
                "job_name": r.job_name, "num_jobs": len(request.batch_ids),
                "node_install": r.install, "node_identity": r.identity,
                "secrets": r.secret_names}
@@ -440,7 +423,7 @@ class SkyPilotBackend(RemoteBackend):
         if records is None:
             raise KilnError(f"cannot list the jobs named {name}, so nothing was cancelled: "
                             f"{self.warning}")
-        ids = _active_ids(records, name)
+        ids = active_ids(records, name)
         if not ids:
             return []
         sky = import_sky()
@@ -448,7 +431,7 @@ class SkyPilotBackend(RemoteBackend):
             sky.get(sky.jobs.cancel(job_ids=ids, graceful=True))
         except Exception as e:  # SkyPilot raises its own errors (no controller, ...)
             raise KilnError(f"sky.jobs.cancel failed for jobs {ids} of {name}: "
-                            f"{_one_line(e)}") from e
+                            f"{one_line(e)}") from e
         # SkyPilot marks a running job CANCELLING only when its controller reads the signal.
         deadline = time.monotonic() + self.cancel_wait_s
         while True:
@@ -459,7 +442,7 @@ class SkyPilotBackend(RemoteBackend):
             status = {int(r["job_id"]): str(r.get("status") or "").upper() for r in after
                       if r.get("job_name") == name and r.get("job_id") is not None}
             done = [i for i in ids if status.get(i) in ("CANCELLING", "CANCELLED")]
-            waiting = [i for i in ids if i not in done and is_active(_sky_state(status.get(i, "")))]
+            waiting = [i for i in ids if i not in done and is_active(sky_state(status.get(i, "")))]
             if not waiting or time.monotonic() >= deadline:
                 break
             time.sleep(self.cancel_poll_s)
@@ -486,7 +469,7 @@ class SkyPilotBackend(RemoteBackend):
             self.warning = f"SkyPilot job states unavailable: {e}"
             return None
         except Exception as e:  # no API server, no controller, ...: SkyPilot's own errors
-            self.warning = f"SkyPilot job states unavailable: {_one_line(e)}"
+            self.warning = f"SkyPilot job states unavailable: {one_line(e)}"
             return None
         records = result[0] if isinstance(result, tuple) else result
         return [record_dict(r) for r in records or []]

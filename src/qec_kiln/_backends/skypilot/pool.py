@@ -221,9 +221,9 @@ def describe_lines(pool: PoolRendered, pool_argv: list[str], node_hour_price: fl
 
 def pool_yaml(pool: PoolRendered) -> str:
     """The pool task as YAML (block scalars for setup), what ``sky jobs pool apply`` reads."""
-    from qec_kiln._backends.skypilot.sdk import _dump_yaml
+    from qec_kiln._backends.skypilot.render import dump_yaml
 
-    return _dump_yaml(pool.pool_config)
+    return dump_yaml(pool.pool_config)
 
 
 def launch_pool(pool: PoolRendered, path: Path, node_hour_price: float | None,

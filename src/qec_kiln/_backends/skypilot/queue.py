@@ -7,14 +7,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from qec_kiln._backends.base import JobState
+from qec_kiln._report.jobs import JobState
 
 
-def _sky_state(status: str) -> str:
+def sky_state(status: str) -> str:
     """A SkyPilot ManagedJobStatus (sky/jobs/state.py) in JobState's vocabulary: the same word,
     except WINDING_DOWN (still active in SkyPilot), which is RUNNING.
 
-    >>> _sky_state("winding_down"), _sky_state("SUCCEEDED")
+    >>> sky_state("winding_down"), sky_state("SUCCEEDED")
     ('RUNNING', 'SUCCEEDED')
     """
     status = status.upper()
@@ -137,7 +137,7 @@ def explain_failure(reason: str, job_id: int) -> str:
 
 def _job_state(batch: str, jid: int, rec: dict[str, Any]) -> JobState:
     raw = str(rec.get("status") or "UNKNOWN").upper()
-    status = _sky_state(raw)
+    status = sky_state(raw)
     # failure_reason: SkyPilot's own line for a failed job; details: why it recovers or waits.
     detail = explain_failure(str(rec.get("failure_reason") or rec.get("details") or ""), jid)
     if raw == "WINDING_DOWN":

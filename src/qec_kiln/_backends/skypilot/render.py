@@ -1,23 +1,30 @@
 """Filling in and checking a SkyPilot task: the command line's resources (``--cpus``, ``--gpus``,
-``--infra``, ``--no-spot``), the secrets a task declares, and SkyPilot's own schema and loader
-(moved out of ``skypilot.py``).
+``--infra``, ``--no-spot``), the secrets a task declares (and that no secret value is written),
+SkyPilot's own schema and loader, and the YAML it is written as.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from qec_kiln._backends.skypilot.sdk import _one_line, _parse_gpus, import_sky
+import yaml
+
+from qec_kiln._backends.skypilot.options import SkyPilotOptions
+from qec_kiln._backends.skypilot.sdk import import_sky, one_line
 from qec_kiln._errors import KilnError
-
-if TYPE_CHECKING:
-    from qec_kiln._backends.skypilot.backend import SkyPilotOptions
 
 #: Infrastructure without spot instances (``use_spot`` must be false there).
 NO_SPOT_INFRA = frozenset({"k8s", "kubernetes", "slurm", "ssh"})
+# Names whose values are credentials; used only to check that no such value ever lands in a
+# rendered file or a command line (the names themselves are fine).
+_SECRET_NAME_RE = re.compile(
+    r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|API_KEY|ACCESS_KEY|SESSION|AUTH",
+    re.IGNORECASE,
+)
 
 
 def apply_options(
@@ -44,7 +51,7 @@ def apply_options(
     if opts.cpus is not None:
         put("cpus", opts.cpus)
     if opts.gpus:
-        put("accelerators", _parse_gpus(opts.gpus))
+        put("accelerators", parse_gpus(opts.gpus))
     if opts.infra:
         put("infra", opts.infra, also_drop=("cloud", "region", "zone"))
     use_spot = opts.use_spot
@@ -102,6 +109,50 @@ def validate_task(
         sky.Task.from_yaml_config(copy.deepcopy(cfg), env_overrides=list(env_overrides))
         common_utils.check_cluster_name_is_valid(name)
     except Exception as e:  # SkyPilot raises ValueError, jsonschema and its own errors
-        raise KilnError(f"{source}: {_one_line(e)}") from e
+        raise KilnError(f"{source}: {one_line(e)}") from e
 
 # ------------------------------------------------------------------ Backend API
+
+
+def parse_gpus(spec: str) -> str | dict[str, float | int]:
+    """``"H100:1"`` stays a string; ``"H100:1,A100:1"`` becomes ``{"H100": 1, "A100": 1}``."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if len(parts) <= 1:
+        return spec.strip()
+    out: dict[str, float | int] = {}
+    for part in parts:
+        gpu, _, count = part.partition(":")
+        try:
+            n = float(count) if count else 1
+        except ValueError:
+            raise KilnError(f"--gpus {spec!r}: {part!r} is not NAME or NAME:COUNT") from None
+        out[gpu] = int(n) if float(n).is_integer() else n
+    return out
+
+
+def refuse_secret_values(source: str, yaml_text: str, argv: Sequence[str]) -> None:
+    """Defense in depth: no credential value from the environment may appear in our output."""
+    for key, value in os.environ.items():
+        if len(value) < 8 or not (_SECRET_NAME_RE.search(key) or key.startswith("AWS_ACCESS")):
+            continue
+        if value in yaml_text or any(value in a for a in argv):
+            raise KilnError(
+                f"{source}: the value of ${key} would be written into the job YAML or the "
+                f"command line; declare it under 'secrets: {{{key}: null}}' instead"
+            )
+
+
+class _LiteralDumper(yaml.SafeDumper):
+    pass
+
+
+def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_LiteralDumper.add_representer(str, _str_presenter)
+
+
+def dump_yaml(cfg: dict[str, Any]) -> str:
+    return yaml.dump(cfg, Dumper=_LiteralDumper, sort_keys=False, allow_unicode=True, width=100)

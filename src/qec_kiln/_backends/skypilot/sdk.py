@@ -1,12 +1,10 @@
-"""Talking to SkyPilot and writing what it reads: job names, the ``sky`` command and SDK calls
-that submit, and the YAML/secret helpers of the skypilot backend (moved out of ``skypilot.py``).
+"""Talking to SkyPilot: job names, the ``sky`` command and the SDK calls that submit.
 
 ``import sky`` takes about a second, so it happens only inside the functions that need it.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -15,23 +13,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from qec_kiln._backends.base import is_active, kiln_home
+from qec_kiln._backends.base import kiln_home
 from qec_kiln._backends.remote import run_command, short_digest
-from qec_kiln._backends.skypilot.queue import _sky_state
+from qec_kiln._backends.skypilot.queue import sky_state
 from qec_kiln._errors import KilnError
+from qec_kiln._report.jobs import is_active
 
 # SkyPilot's job (and cluster) name rule: sky/skylet/constants.py CLUSTER_NAME_VALID_REGEX.
 _SKY_NAME_RE = re.compile(r"[a-zA-Z]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?")
 _MAX_NAME = 63
-_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# Names whose values are credentials; used only to check that no such value ever lands in a
-# rendered file or a command line (the names themselves are fine).
-_SECRET_NAME_RE = re.compile(
-    r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|API_KEY|ACCESS_KEY|SESSION|AUTH",
-    re.IGNORECASE,
-)
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
 
 
 def job_name(sweep: str) -> str:
@@ -82,7 +74,7 @@ def import_sky() -> Any:
     return sky
 
 
-def _default_runner(
+def run_sky(
     argv: Sequence[str], *, stream: bool = False, timeout: float | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` (no shell), finding ``sky`` next to this Python if it is not on PATH."""
@@ -90,12 +82,12 @@ def _default_runner(
     return run_command(argv, stream=stream, timeout=timeout)
 
 
-def _active_ids(records: list[dict[str, Any]], name: str) -> list[int]:
+def active_ids(records: list[dict[str, Any]], name: str) -> list[int]:
     """Ids of the active jobs named ``name``."""
     return sorted({
         int(rec["job_id"]) for rec in records
         if rec.get("job_name") == name and rec.get("job_id") is not None
-        and is_active(_sky_state(str(rec.get("status") or "")))
+        and is_active(sky_state(str(rec.get("status") or "")))
     })
 
 
@@ -110,57 +102,13 @@ def submit_managed_jobs(task: Any, name: str, num_jobs: int, pool: str | None = 
         request_id = sky.jobs.launch(task, name=name, num_jobs=num_jobs, **kw)
         result = sky.stream_and_get(request_id)
     except Exception as e:  # SkyPilot raises its own errors (no API server, no credentials, ...)
-        raise KilnError(f"sky.jobs.launch failed for {name}: {_one_line(e)}") from e
+        raise KilnError(f"sky.jobs.launch failed for {name}: {one_line(e)}") from e
     ids = result[0] if isinstance(result, tuple) else result
     if ids is None:
         return []
     return [int(i) for i in (ids if isinstance(ids, list | tuple) else [ids])]
 
 
-def _parse_gpus(spec: str) -> str | dict[str, float | int]:
-    """``"H100:1"`` stays a string; ``"H100:1,A100:1"`` becomes ``{"H100": 1, "A100": 1}``."""
-    parts = [p.strip() for p in spec.split(",") if p.strip()]
-    if len(parts) <= 1:
-        return spec.strip()
-    out: dict[str, float | int] = {}
-    for part in parts:
-        gpu, _, count = part.partition(":")
-        try:
-            n = float(count) if count else 1
-        except ValueError:
-            raise KilnError(f"--gpus {spec!r}: {part!r} is not NAME or NAME:COUNT") from None
-        out[gpu] = int(n) if float(n).is_integer() else n
-    return out
-
-
-def _refuse_secret_values(source: str, yaml_text: str, argv: Sequence[str]) -> None:
-    """Defense in depth: no credential value from the environment may appear in our output."""
-    for key, value in os.environ.items():
-        if len(value) < 8 or not (_SECRET_NAME_RE.search(key) or key.startswith("AWS_ACCESS")):
-            continue
-        if value in yaml_text or any(value in a for a in argv):
-            raise KilnError(
-                f"{source}: the value of ${key} would be written into the job YAML or the "
-                f"command line; declare it under 'secrets: {{{key}: null}}' instead"
-            )
-
-
-class _LiteralDumper(yaml.SafeDumper):
-    pass
-
-
-def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
-    style = "|" if "\n" in data else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
-
-
-_LiteralDumper.add_representer(str, _str_presenter)
-
-
-def _dump_yaml(cfg: dict[str, Any]) -> str:
-    return yaml.dump(cfg, Dumper=_LiteralDumper, sort_keys=False, allow_unicode=True, width=100)
-
-
-def _one_line(e: BaseException) -> str:
-    text = _ANSI_RE.sub("", str(e)).strip() or type(e).__name__
+def one_line(e: BaseException) -> str:
+    text = ANSI_RE.sub("", str(e)).strip() or type(e).__name__
     return " ".join(text.split())

@@ -62,15 +62,15 @@ from qec_kiln._backends.remote import (
     short_digest,
 )
 from qec_kiln._backends.slurm.parse import (
-    _id_key,
-    _plain_path,
     check_account,
     check_extra_option,
     check_partition,
+    id_key,
     parse_cpus,
     parse_parsable,
     parse_sacct,
     parse_squeue,
+    plain_path,
     time_limit_minutes,
 )
 from qec_kiln._errors import KilnError
@@ -312,7 +312,7 @@ class SlurmBackend(RemoteBackend):
             "job_name": job_name(request.sweep),
             "array": array_spec(len(request.batch_ids), opts.workers),
             "cpus_per_task": str(cpus),
-            "log_dir": _plain_path(log_dir, "the log folder"),
+            "log_dir": plain_path(log_dir, "the log folder"),
             "sbatch_options": "\n".join(sbatch_lines),
             "python_bin": shlex.quote(str(Path(sys.executable).parent)),
             "bucket": shlex.quote(request.bucket_url),
@@ -389,9 +389,9 @@ class SlurmBackend(RemoteBackend):
             return {}
         tasks = {(str(x["array_job_id"]), k): str(b)
                  for x in launches for k, b in enumerate(x.get("batches") or [])}
-        ids = sorted({a for a, _ in tasks}, key=_id_key)
+        ids = sorted({a for a, _ in tasks}, key=id_key)
         found = self._squeue(ids)
-        missing = sorted({a for (a, k) in tasks if (a, k) not in found}, key=_id_key)
+        missing = sorted({a for (a, k) in tasks if (a, k) not in found}, key=id_key)
         if missing:
             found.update({key: v for key, v in self._sacct(missing).items() if key not in found})
         states: dict[str, JobState] = {}
@@ -414,11 +414,11 @@ class SlurmBackend(RemoteBackend):
     def cancel(self, bucket_url: str, sweep: str) -> list[str]:
         """``scancel`` every array of the sweep that still has a pending or running task."""
         launches = self._launches(bucket_url, sweep)
-        ids = sorted({str(x["array_job_id"]) for x in launches}, key=_id_key)
+        ids = sorted({str(x["array_job_id"]) for x in launches}, key=id_key)
         if not ids:
             return []
         active = sorted({a for (a, _), (raw, _, _) in self._squeue(ids, strict=True).items()
-                         if _STATE_MAP.get(raw, "UNKNOWN") in ACTIVE_STATES}, key=_id_key)
+                         if _STATE_MAP.get(raw, "UNKNOWN") in ACTIVE_STATES}, key=id_key)
         if not active:
             return []
         argv = ["scancel", *active]

@@ -104,7 +104,7 @@ def check_extra_option(option: str) -> str:
     return "#SBATCH " + text
 
 
-def _plain_path(path: Path, what: str) -> str:
+def plain_path(path: Path, what: str) -> str:
     text = str(path)
     if not _SAFE_PATH_RE.fullmatch(text):
         raise KilnError(
@@ -175,5 +175,5 @@ def parse_sacct(output: str) -> dict[tuple[str, int], tuple[str, str, int | None
     return out
 
 
-def _id_key(job_id: str) -> tuple[int, str]:
+def id_key(job_id: str) -> tuple[int, str]:
     return (int(job_id), "") if job_id.isdigit() else (0, job_id)

@@ -30,10 +30,10 @@ from qec_kiln._planning._cost._model import (
     MIN_SECONDS_PER_SHOT,
     PROCESS_STARTUP_SECONDS,
     CircuitFeatures,
-    dem_for_circuit,
     predict_seconds_per_shot,
     predict_task_overhead_seconds,
 )
+from qec_kiln._sweep.discover import dem_for_circuit
 
 __all__ = ["calibrate", "calibrate_by_strong_id", "strong_id_of"]
 

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import stim
 
+from qec_kiln._sweep.discover import dem_for_circuit
+
 if TYPE_CHECKING:
     from qec_kiln._planning._cost._cache import Calibration
 
@@ -40,7 +42,6 @@ __all__ = [
     "PROCESS_STARTUP_SECONDS",
     "CircuitFeatures",
     "TaskCost",
-    "dem_for_circuit",
     "load_model",
     "predict_logical_error_rate",
     "predict_seconds_per_shot",
@@ -87,25 +88,6 @@ PROCESS_STARTUP_SECONDS: float = float(load_model()["process_startup_seconds"])
 # ---------------------------------------------------------------------------------------------
 
 
-def dem_for_circuit(circuit: stim.Circuit) -> stim.DetectorErrorModel:
-    """The detector error model sinter builds for a task given without one.
-
-    Same fallback chain as sinter 1.16 (``_fill_in_task``), so the DEM text, and so the task's
-    ``strong_id``, match what ``sinter collect`` computes.
-
-    Example:
-        >>> c = stim.Circuit.generated("repetition_code:memory", distance=3, rounds=2,
-        ...                            after_clifford_depolarization=0.01)
-        >>> dem_for_circuit(c).num_detectors
-        6
-    """
-    try:
-        return circuit.detector_error_model(decompose_errors=True, approximate_disjoint_errors=True)
-    except ValueError:
-        try:
-            return circuit.detector_error_model(approximate_disjoint_errors=True)
-        except ValueError:
-            return circuit.detector_error_model(approximate_disjoint_errors=True, flatten_loops=True)
 
 
 def _count_errors(dem: stim.DetectorErrorModel) -> tuple[int, float]:
