@@ -17,6 +17,7 @@ from conftest import write_surface_circuits
 
 from qec_kiln._backends.local.backend import _state_dir
 from qec_kiln._cli import build_parser
+from qec_kiln._errors import Exit
 
 
 def _popen_launch(*args: str, env: dict | None = None) -> subprocess.Popen:
@@ -92,7 +93,7 @@ def test_cancel_without_sweep_stops_the_only_sweep_and_the_launcher_says_cancell
     assert "cancelled 2 job(s) of sweep cx" in r.stdout
     _, err = proc.communicate(timeout=120)
     assert "2 batch(es) cancelled" in err and "failed" not in err, err
-    assert proc.returncode == 130
+    assert proc.returncode == Exit.CANCELLED  # 4: not 130, which is Ctrl-C
     r = kiln("status", "--bucket", str(bucket), "--json", check=True)
     assert {b["state"] for b in json.loads(r.stdout)[0]["batches"]} == {"CANCELLED"}, r.stdout
 
@@ -109,7 +110,7 @@ def test_cancel_stops_the_waiting_batches_of_a_local_queue_too(tmp_path, kiln, k
     r = kiln("cancel", "--bucket", str(bucket), "--sweep", "q", check=True)
     assert "cancelled 3 job(s) of sweep q: b000, b001, b002" in r.stdout, r.stdout
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == Exit.CANCELLED, err
     assert "3 batch(es) cancelled" in err and "never started" in err and "failed" not in err, err
     time.sleep(0.5)
     assert not _survivors(str(bucket)), "a batch outlived the cancel"

@@ -18,9 +18,8 @@ import sinter
 from conftest import write_surface_circuits
 from test_reliability import make_sweep, total_shots
 
-from qec_kiln._errors import PreconditionFailed
+from qec_kiln._errors import Exit, PreconditionFailed
 from qec_kiln._node.lease import LeaseHeld, acquire, release, renew
-from qec_kiln._node.runner import CONFLICT_EXIT
 from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.manifest import fragment_key
 
@@ -129,7 +128,7 @@ def test_runner_never_overwrites_a_fragment_someone_else_wrote(tmp_path: Path) -
         if proc.poll() is None:
             os.killpg(proc.pid, 9)
             proc.wait()
-    assert proc.returncode == CONFLICT_EXIT, out
+    assert proc.returncode == Exit.CONFLICT, out
     assert "another run-batch of the same batch is running" in out and "final upload skipped" in out
     assert bucket.read_bytes(fkey) == theirs  # never overwritten
     sinter_pids = (tmp_path / "work" / "cas" / batch / "sinter.pgid")

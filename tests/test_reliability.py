@@ -25,8 +25,8 @@ import pytest
 import sinter
 from conftest import REPO, run_kiln, write_surface_circuits
 
+from qec_kiln._errors import Exit
 from qec_kiln._launch import SweepSpec, prepare_sweep, upload_sweep
-from qec_kiln._node.runner import CONFLICT_EXIT
 from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.fragments import complete_lines, parse_fragment
 from qec_kiln._sweep.manifest import fragment_key
@@ -613,8 +613,8 @@ def test_two_writers_of_one_batch_never_break_the_prefix_chain(tmp_path):
     assert not broken, (f"{len(broken)} of {len(versions)} fragment versions do not extend the "
                         "one before:\n" + "\n---\n".join(outputs))
     codes = sorted(p.returncode for p in procs)
-    assert codes == [0, CONFLICT_EXIT], outputs  # one finished the batch, the other stood down
-    loser = outputs[[p.returncode for p in procs].index(CONFLICT_EXIT)]
+    assert codes == [0, Exit.CONFLICT], outputs  # one finished the batch, the other stood down
+    loser = outputs[[p.returncode for p in procs].index(Exit.CONFLICT)]
     assert "another run-batch of the same batch is running" in loser, loser
     assert "exits without touching the batch" in loser and "upload" not in loser, loser
     assert total_shots(versions[-1]) == 2_000_000

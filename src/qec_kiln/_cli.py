@@ -24,7 +24,7 @@ from qec_kiln._argtypes import (
 )
 from qec_kiln._backends import BACKENDS
 from qec_kiln._backends import add_arguments as add_backend_arguments
-from qec_kiln._errors import KilnError
+from qec_kiln._errors import Exit, KilnError
 from qec_kiln._version import __version__
 
 
@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `qec-kiln status --json | head -1`: the reader left; end quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the exit flush does not fail again
-        return 141
+        return Exit.BROKEN_PIPE
     except KilnError as ex:
         msg = str(ex).replace("\n", " ")
         if getattr(args, "json", False):
@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ex.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return Exit.for_signal(2)
 
 
 __all__ = ["SINTER_OPTIONS", "build_parser", "main", "positive_float", "positive_int",

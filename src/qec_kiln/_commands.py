@@ -12,7 +12,7 @@ from rich.table import Table
 
 from qec_kiln import _api
 from qec_kiln._backends import backend_class, get_backend
-from qec_kiln._errors import KilnError
+from qec_kiln._errors import Exit, KilnError
 
 if TYPE_CHECKING:
     from qec_kiln._launch import PlanResult
@@ -95,10 +95,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
                 out.print(f"  {b}: job {j}", markup=False)
         _print_next_steps(r.bucket, r.sweep)
     if r.interrupted:
-        return 128 + (r.signal or 2)  # 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
+        return Exit.for_signal(r.signal or 2)  # 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
     if r.failed:
-        return 1
-    return 130 if r.cancelled else 0  # stopped by `qec-kiln cancel`: resume by launching again
+        return Exit.FAILED
+    return Exit.CANCELLED if r.cancelled else Exit.OK  # by `qec-kiln cancel`: launch again
 
 
 def _print_next_steps(bucket_url: str, sweep: str) -> None:

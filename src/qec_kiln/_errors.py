@@ -1,6 +1,34 @@
-"""The one exception type that the CLI turns into a single clear line and a non-zero exit."""
+"""The exception the CLI turns into one clear line, and every exit code qec-kiln gives.
+
+    >>> int(Exit.USAGE), int(Exit.CONFLICT), Exit.for_signal(2), int(Exit.CANCELLED)
+    (2, 3, 130, 4)
+"""
 
 from __future__ import annotations
+
+import enum
+
+
+class Exit(enum.IntEnum):
+    """qec-kiln's exit codes, in one table (the commands, run-batch on a node, the local backend).
+
+    ``CANCELLED`` (a launch stopped by ``qec-kiln cancel``) is not 130: 130 is Ctrl-C, as
+    ``128 + SIGINT`` for every signal (``for_signal``).
+    """
+
+    OK = 0
+    FAILED = 1  # a batch failed (launch), or a command failed in a way that is not the user's
+    USAGE = 2  # a KilnError: a problem the user can fix, named in one line
+    CONFLICT = 3  # run-batch: another runner holds the batch's lease (its work is not lost)
+    CANCELLED = 4  # launch: stopped by `qec-kiln cancel`; launch again to resume
+    UPLOAD_FAILED = 75  # run-batch: the final upload failed (EX_TEMPFAIL; a new node may succeed)
+    SIGNAL_BASE = 128  # 128 + n: stopped by signal n (130: Ctrl-C, 143: SIGTERM)
+    BROKEN_PIPE = 141  # the reader of our output left (`qec-kiln status | head -1`)
+
+    @staticmethod
+    def for_signal(signum: int) -> int:
+        """The code of a command stopped by signal ``signum`` (as a shell reports it)."""
+        return int(Exit.SIGNAL_BASE) + int(signum)
 
 
 class KilnError(Exception):
@@ -13,7 +41,7 @@ class KilnError(Exception):
         qec_kiln._errors.KilnError: circuits/bad.stim: not a valid stim circuit (line 3); fix or remove it
     """
 
-    exit_code: int = 2
+    exit_code: int = Exit.USAGE
 
 
 class StorageError(KilnError):

@@ -35,7 +35,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from qec_kiln._errors import KilnError, ObjectNotFound, PreconditionFailed, StorageError
+from qec_kiln._errors import Exit, KilnError, ObjectNotFound, PreconditionFailed, StorageError
 from qec_kiln._storage import Bucket, RetryPolicy
 
 
@@ -51,7 +51,7 @@ def lease_key(sweep: str, batch: str) -> str:
 class LeaseHeld(KilnError):
     """Another live run-batch holds the batch's lease."""
 
-    exit_code = 3
+    exit_code = Exit.CONFLICT
 
 
 @dataclasses.dataclass

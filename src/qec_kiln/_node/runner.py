@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from qec_kiln._atomic import atomic_write
-from qec_kiln._errors import KilnError, ObjectNotFound, PreconditionFailed, StorageError
+from qec_kiln._errors import Exit, KilnError, ObjectNotFound, PreconditionFailed, StorageError
 from qec_kiln._node.lease import Lease, LeaseHeld, acquire, lease_key, release, renew
 from qec_kiln._node.workers import allowed_cpus, format_cpus
 from qec_kiln._storage import PATIENT_RETRY, QUICK_RETRY, Bucket, RetryPolicy, open_bucket
@@ -124,7 +124,6 @@ def default_work_dir() -> pathlib.Path:
 
 
 #: Exit code of a run-batch that found another writer's rows in its batch's fragment.
-CONFLICT_EXIT = 3
 
 
 class FragmentSync:
@@ -224,7 +223,7 @@ def run_batch(
         line = (f"{batch_id}: another run-batch of the same batch is running on this machine "
                 f"(work folder {work} is locked); this one exits without touching the batch")
         (out or (lambda s: print(s, file=sys.stderr, flush=True)))(line)
-        return CONFLICT_EXIT
+        return Exit.CONFLICT
     if lease_seconds is None:
         lease_seconds = max(60.0, 4 * sync_seconds)
     log_path = work / "run-batch.log"
@@ -240,7 +239,7 @@ def run_batch(
             lease = acquire(bucket, lease_key(sweep, batch_id), seconds=lease_seconds)
         except LeaseHeld as held:
             log(f"error: {held}")
-            return CONFLICT_EXIT
+            return Exit.CONFLICT
         try:
             return _run(bucket, manifest, batch, work, log, log_path, processes, sync_seconds,
                         lease, cpus)
@@ -380,7 +379,7 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
             else:
                 log(f"final upload {'done' if ok else 'FAILED'}: {syncer.uploaded} bytes in {fkey}")
             if not ok:
-                rc = rc or 75
+                rc = rc or Exit.UPLOAD_FAILED
             if stop_signal is None:
                 stop_signal = late[0] if late else (-rc if rc < 0 else None)
             if rc == 0 and stop_signal is None and not syncer.conflict:
@@ -392,9 +391,9 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
             for s, h in old.items():
                 signal.signal(s, h)
     if syncer.conflict:
-        return CONFLICT_EXIT
+        return Exit.CONFLICT
     if stop_signal is not None:
-        return 128 + stop_signal
+        return Exit.for_signal(stop_signal)
     return rc
 
 

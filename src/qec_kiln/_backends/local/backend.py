@@ -42,10 +42,6 @@ from qec_kiln._backends.base import (
 )
 from qec_kiln._node.workers import Worker, format_cpus, gpu_ids, machine_cpus, worker_environments
 
-# run-batch's exit code (qec_kiln._node.runner.CONFLICT_EXIT) when another run-batch holds the batch
-# (a second launch of the same sweep at the same time): the batch is not failed, only not ours.
-_ELSEWHERE_EXIT = 3
-
 
 def _state_dir(bucket_url: str, sweep: str) -> pathlib.Path:
     """``$QEC_KILN_HOME/local/<sweep>-<8 hex of the bucket URL>``: one sweep name in two buckets
@@ -356,7 +352,8 @@ class LocalBackend(Backend):
 
 
 #: Exit codes of a run-batch stopped by SIGINT, SIGTERM or SIGHUP (it uploads, then exits so).
-STOPPED_CODES = frozenset({128 + signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGHUP,
+STOPPED_CODES = frozenset({Exit.for_signal(signal.SIGINT), Exit.for_signal(signal.SIGTERM),
+                           Exit.for_signal(signal.SIGHUP),
                            -signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP})
 
 
@@ -365,7 +362,7 @@ def _ended(state: pathlib.Path, batch: str, code: int) -> str:
     record, or stopped by a signal this launch did not send) or ``failed``."""
     if code == 0:
         return "done"
-    if code == _ELSEWHERE_EXIT:
+    if code == Exit.CONFLICT:  # another run-batch holds it (a second launch): not failed, not ours
         return "elsewhere"
     if code in STOPPED_CODES or (state / f"{batch}.cancel").exists():
         return "cancelled"

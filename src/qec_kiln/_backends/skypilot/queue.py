@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from qec_kiln._errors import Exit
 from qec_kiln._report.jobs import JobState
 
 
@@ -113,9 +114,9 @@ def map_queue_to_batches(
 
 #: What run-batch's exit codes mean (``qec_kiln._node.runner``; 75 is retried by the task YAML).
 _EXIT_MEANINGS = {
-    2: "run-batch refused its input (configuration, bucket access or versions)",
-    3: "another run-batch holds this batch",
-    75: "the final upload failed",
+    Exit.USAGE: "run-batch refused its input (configuration, bucket access or versions)",
+    Exit.CONFLICT: "another run-batch holds this batch",
+    Exit.UPLOAD_FAILED: "the final upload failed",
 }
 
 
