@@ -40,6 +40,7 @@ from qec_kiln._backends.base import (
     kiln_home,
     quote_argv,
 )
+from qec_kiln._errors import Exit
 from qec_kiln._node.workers import Worker, format_cpus, gpu_ids, machine_cpus, worker_environments
 
 
