@@ -113,7 +113,7 @@ def map_queue_to_batches(
 
 
 #: What run-batch's exit codes mean (``qec_kiln._node.runner``; 75 is retried by the task YAML).
-_EXIT_MEANINGS = {
+_EXIT_MEANINGS: dict[int, str] = {
     Exit.USAGE: "run-batch refused its input (configuration, bucket access or versions)",
     Exit.CONFLICT: "another run-batch holds this batch",
     Exit.UPLOAD_FAILED: "the final upload failed",
