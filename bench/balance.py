@@ -50,9 +50,12 @@ import sinter  # noqa: E402
 from generate_surface_codes import main as generate  # noqa: E402
 
 import qec_kiln  # noqa: E402
-from qec_kiln._launch import queue_order, upload_sweep  # noqa: E402
 from qec_kiln._planning._cost import shots_needed  # noqa: E402
-from qec_kiln._planning.queue import list_schedule  # noqa: E402
+from qec_kiln._planning.queue import (  # noqa: E402
+    list_schedule,  # noqa: E402
+    queue_order,
+    upload_sweep,
+)
 from qec_kiln._storage import open_bucket  # noqa: E402
 from qec_kiln._sweep.batches import Batch, Plan, Shard  # noqa: E402
 

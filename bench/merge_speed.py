@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "examples"))
 import sinter  # noqa: E402
 from generate_surface_codes import main as generate  # noqa: E402
 
-from qec_kiln._launch import SweepSpec, prepare_sweep, upload_sweep  # noqa: E402
+from qec_kiln._launch import Sweep, prepare_sweep, upload_sweep  # noqa: E402
 from qec_kiln._storage import open_bucket  # noqa: E402
 from qec_kiln._sweep.batches import Batch, Plan, Shard, batch_id, split_targets  # noqa: E402
 from qec_kiln._sweep.manifest import fragment_key  # noqa: E402
@@ -57,8 +57,8 @@ def build(tmp: pathlib.Path, n_fragments: int, rows: int) -> tuple[pathlib.Path,
     bucket_dir = tmp / "bucket"
     bucket = open_bucket(str(bucket_dir))
     max_shots = 10**9
-    spec = SweepSpec(circuits=str(circuits), decoders=["pymatching"], max_shots=max_shots,
-                     max_errors=10**9, name="bench", jobs=1)
+    spec = Sweep.build(str(circuits), dict(decoders=["pymatching"], max_shots=max_shots,
+                     max_errors=10**9, name="bench", jobs=1))
     prepared = prepare_sweep(spec, bucket, lambda s: None)
     m = prepared.manifest
     templates = real_rows(circuits, tmp)

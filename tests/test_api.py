@@ -18,6 +18,9 @@ from conftest import REPO
 import qec_kiln
 from qec_kiln._backends import BACKENDS, backend_class, get_backend
 from qec_kiln._cli import build_parser
+from qec_kiln._planning._cost import TaskCost
+from qec_kiln._planning.plan import plan_sweep
+from qec_kiln._sweep.spec import Partition, Targets
 
 SRC = REPO / "src" / "qec_kiln"
 
@@ -86,7 +89,7 @@ def test_import_is_fast_and_loads_neither_sinter_nor_skypilot():
                        text=True, check=True)
     assert json.loads(r.stdout) == []
     assert qec_kiln.MergeReport.__name__ == "MergeReport"  # the lazy names resolve
-    assert qec_kiln.StatusReport.__name__ == "SweepProgress"
+    assert qec_kiln.StatusReport.__name__ == "StatusReport"
 
 
 @pytest.mark.parametrize("name", list(BACKENDS))
@@ -107,13 +110,16 @@ def test_backends_answer_their_own_planning_questions():
     local, sky, slurm = (get_backend(n) for n in ("local", "skypilot", "slurm"))
     assert (local.startup_seconds, slurm.startup_seconds, sky.startup_seconds) == (2, 30, 360)
     assert local.decoders_run_here and not sky.decoders_run_here
-    assert sky.node_processes(sky.options(), 1) == 16
-    assert slurm.node_processes(slurm.options({"cpus": "16+"}), 1) == 16
-    assert local.target_processes(local.options()) == len(os.sched_getaffinity(0))  # 1 worker
-    assert slurm.batch_slots(slurm.options(), 7) == 7
-    assert local.batch_slots(local.options({"parallel": 2}), 7) == 2
+    assert sky.capacity(sky.options(), 1).processes == 16
+    assert slurm.capacity(slurm.options({"cpus": "16+"}), 1).processes == 16
+    assert local.capacity(local.options(), 1).surely_processes == len(os.sched_getaffinity(0))
+    assert slurm.capacity(slurm.options(), 7).slots == 7
+    assert local.capacity(local.options({"parallel": 2}), 7).slots == 2
     # 24 core-hours on 16 processes is 5400 s of wall; each batch keeps >= 4x its 360 s start-up.
-    assert sky.default_jobs(sky.options(), [3600.0] * 24) == 3
+    tasks = [TaskCost(f"c{i}", "pymatching", f"id{i}", 3600.0 / 1000, 1.0) for i in range(24)]
+    plan = plan_sweep(tasks, Targets(max_shots=1000, max_errors=10**9), Partition(),
+                      lambda n: sky.capacity(sky.options(), n))
+    assert len(plan.batches) == 3
     assert sky.bucket_problem("results/") and sky.bucket_problem("s3://b") is None
     assert slurm.bucket_problem("results/") is None
 
@@ -134,13 +140,13 @@ def test_the_cli_plan_is_the_api_plan(tmp_path, small_circuits, kiln):
 
 
 def test_the_api_warns_when_a_stored_plan_ignores_its_settings(tmp_path, small_circuits):
-    from qec_kiln._launch import SweepSpec, prepare_sweep, upload_sweep
+    from qec_kiln._launch import Sweep, prepare_sweep, upload_sweep
     from qec_kiln._storage import open_bucket
 
     kw = dict(max_shots=50_000, max_errors=100, bucket=tmp_path / "b", name="kept")
     bucket = open_bucket(str(tmp_path / "b"))
-    stored = prepare_sweep(SweepSpec(circuits=str(small_circuits), decoders=["pymatching"],
-                                     max_shots=50_000, max_errors=100, name="kept", jobs=3),
+    stored = prepare_sweep(Sweep.build(str(small_circuits), dict(decoders=["pymatching"],
+                                     max_shots=50_000, max_errors=100, name="kept", jobs=3)),
                            bucket, lambda s: None)
     assert upload_sweep(bucket, stored, lambda s: None) and len(stored.batches) == 3
     with pytest.warns(qec_kiln.KilnWarning,
@@ -161,7 +167,7 @@ def test_launch_dry_run_starts_nothing_and_describes_the_jobs(tmp_path, small_ci
     r = qec_kiln.launch(small_circuits, bucket=bucket, backend="skypilot", dry_run=True,
                         backend_options={"infra": "k8s"}, max_shots=1000, jobs=2)
     assert r.dry_run and r.launched == [] and not bucket.exists()
-    assert "sky jobs launch" in r.description and "use_spot set to false" in r.description
+    assert "sky jobs launch" in r.dry_run.description and "use_spot set to false" in r.dry_run.description
     with pytest.raises(qec_kiln.KilnError, match="SkyPilot's nodes cannot see"):
         qec_kiln.launch(small_circuits, bucket=bucket, backend="skypilot", max_shots=1000)
 

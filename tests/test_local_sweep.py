@@ -18,7 +18,7 @@ from conftest import REPO, run_kiln, write_surface_circuits
 from test_reliability import tagged_env, wait_no_tagged_processes
 
 from qec_kiln._errors import ObjectNotFound
-from qec_kiln._launch import SweepSpec, prepare_sweep, upload_sweep
+from qec_kiln._launch import Sweep, prepare_sweep, upload_sweep
 from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.fragments import complete_lines
 from qec_kiln._sweep.manifest import fragment_key, load_manifest
@@ -26,8 +26,8 @@ from qec_kiln._sweep.manifest import fragment_key, load_manifest
 
 def make_sweep(circuits, bucket_dir, name, *, max_shots, max_errors, jobs=1):
     bucket = open_bucket(str(bucket_dir))
-    spec = SweepSpec(circuits=str(circuits), decoders=["pymatching"], max_shots=max_shots,
-                     max_errors=max_errors, name=name, jobs=jobs)
+    spec = Sweep.build(str(circuits), dict(decoders=["pymatching"], max_shots=max_shots,
+                     max_errors=max_errors, name=name, jobs=jobs))
     prepared = prepare_sweep(spec, bucket, lambda s: None)
     upload_sweep(bucket, prepared, lambda s: None)
     return bucket, prepared.manifest

@@ -19,7 +19,7 @@ import sinter
 from conftest import REPO, run_kiln
 
 from qec_kiln._backends import JobState
-from qec_kiln._launch import SweepSpec, prepare_sweep, upload_sweep
+from qec_kiln._launch import Sweep, prepare_sweep, upload_sweep
 from qec_kiln._report.merge import merge_sweeps
 from qec_kiln._report.status import sweep_progress
 from qec_kiln._storage import LocalBucket, S3Bucket, open_bucket, parse_url
@@ -28,8 +28,8 @@ from qec_kiln._sweep.manifest import Manifest, fragment_key
 
 def make_sweep(circuits, bucket_url, name, *, max_shots=4000, max_errors=10**6, jobs=2) -> Manifest:
     bucket = open_bucket(str(bucket_url))
-    spec = SweepSpec(circuits=str(circuits), decoders=["pymatching"], max_shots=max_shots,
-                     max_errors=max_errors, name=name, jobs=jobs)
+    spec = Sweep.build(str(circuits), dict(decoders=["pymatching"], max_shots=max_shots,
+                     max_errors=max_errors, name=name, jobs=jobs))
     prepared = prepare_sweep(spec, bucket, lambda s: None)
     upload_sweep(bucket, prepared, lambda s: None)
     return prepared.manifest

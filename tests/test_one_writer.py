@@ -218,7 +218,7 @@ def test_a_launch_that_loses_the_race_to_create_a_sweep_runs_the_winners_plan(
     so no batch of one plan runs under the other (a task's shards differ between plans)."""
     import qec_kiln
     from qec_kiln import _launch
-    from qec_kiln._launch import SweepSpec, prepare_sweep
+    from qec_kiln._launch import Sweep, prepare_sweep
     from qec_kiln._sweep.manifest import load_manifest
 
     circuits = write_surface_circuits(tmp_path / "circuits", distances=(3,), noises=(0.001, 0.01))
@@ -227,8 +227,8 @@ def test_a_launch_that_loses_the_race_to_create_a_sweep_runs_the_winners_plan(
     winner = {}
 
     def the_other_launch_wins(bucket, prepared, log):  # it planned too, and uploads first
-        spec = SweepSpec(circuits=str(circuits), decoders=["pymatching"], max_shots=2000,
-                         max_errors=10**6, bucket=url, name="race", jobs=2)
+        spec = Sweep.build(str(circuits), dict(decoders=["pymatching"], max_shots=2000,
+                         max_errors=10**6, bucket=url, name="race", jobs=2))
         other = prepare_sweep(spec, bucket, lambda s: None)
         assert real_upload(bucket, other, lambda s: None) is True
         winner["plan"] = other.manifest.dumps()

@@ -26,7 +26,7 @@ import sinter
 from conftest import REPO, run_kiln, write_surface_circuits
 
 from qec_kiln._errors import Exit
-from qec_kiln._launch import SweepSpec, prepare_sweep, upload_sweep
+from qec_kiln._launch import Sweep, prepare_sweep, upload_sweep
 from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.fragments import complete_lines, parse_fragment
 from qec_kiln._sweep.manifest import fragment_key
@@ -45,8 +45,8 @@ def _load_killloop():
 def make_sweep(circuits: pathlib.Path, bucket_url: str, name: str, *, max_shots: int,
                max_errors: int, jobs: int = 1):
     bucket = open_bucket(bucket_url)
-    spec = SweepSpec(circuits=str(circuits), decoders=["pymatching"], max_shots=max_shots,
-                     max_errors=max_errors, bucket=bucket_url, name=name, jobs=jobs)
+    spec = Sweep.build(str(circuits), dict(decoders=["pymatching"], max_shots=max_shots,
+                     max_errors=max_errors, bucket=bucket_url, name=name, jobs=jobs))
     prepared = prepare_sweep(spec, bucket, lambda s: None)
     upload_sweep(bucket, prepared, lambda s: None)
     return bucket, prepared.manifest

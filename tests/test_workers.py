@@ -84,7 +84,8 @@ def test_local_slots_get_disjoint_cpus_in_the_commands(tmp_path):
     assert all(len(a) >= 1 for a in allowed)
     assert sum(map(len, allowed)) == len(set().union(*allowed))  # disjoint
     # Default: one worker with every core (one sinter with all of them).
-    assert b.batch_slots(b.options(), 10) == 1 and b.node_processes(b.options(), 10) == len(CPUS)
+    cap = b.capacity(b.options(), 10)
+    assert cap.slots == 1 and cap.processes == len(CPUS)
     assert b.options({"parallel": 2}).workers == 2  # the old name
 
 
@@ -100,20 +101,30 @@ def test_slurm_array_is_throttled_to_k_workers(kiln_isolated):
 
 def test_skypilot_workers_are_a_pool_with_a_warm_start_up():
     sky = get_backend("skypilot")
-    assert sky.batch_slots(sky.options({"workers": 4}), 8) == 4
-    assert sky.batch_startup_seconds(sky.options({"workers": 4})) < 60
-    assert sky.batch_startup_seconds(sky.options()) == sky.startup_seconds
+    pool = sky.capacity(sky.options({"workers": 4}), 8)
+    assert pool.slots == 4 and pool.startup_seconds < 60
+    assert pool.first_startup_seconds == sky.startup_seconds  # a new VM for a worker's first batch
+    assert sky.capacity(sky.options(), 8).startup_seconds == sky.startup_seconds
 
 
 def test_default_batch_count_comes_from_start_up_and_workers():
+    from qec_kiln._planning.queue import choose_batch_count
+
     slurm = get_backend("slurm")
+
+    def count(cpus: str, task_seconds: list[float]) -> int:
+        cap = slurm.capacity(slurm.options({"workers": 8, "cpus": cpus}), 1)
+        return choose_batch_count(sum(task_seconds) / cap.processes, n_tasks=len(task_seconds),
+                                  workers=cap.workers, startup_seconds=cap.startup_seconds,
+                                  first_startup_seconds=cap.first_startup_seconds).batches
+
     # 640 tasks x 1 h on 8 workers of 16 processes, 30 s start-up: >= 4 batches per worker.
-    b = slurm.default_jobs(slurm.options({"workers": 8, "cpus": "16"}), [3600.0] * 640)
+    b = count("16", [3600.0] * 640)
     assert b >= 32 and b % 8 == 0
     # A tenth of that: each batch keeps >= 20 x 30 s of work, so 24 batches (3 rounds of 8).
-    assert slurm.default_jobs(slurm.options({"workers": 8, "cpus": "16"}), [3600.0] * 64) == 24
+    assert count("16", [3600.0] * 64) == 24
     # Little work: each batch keeps >= 20 x its start-up, so fewer batches than 4 K.
-    small = slurm.default_jobs(slurm.options({"workers": 8, "cpus": "1"}), [600.0] * 8)
+    small = count("1", [600.0] * 8)
     assert 8 <= small <= 10
 
 
@@ -162,7 +173,7 @@ def test_slurm_array_task_k_runs_the_kth_longest_batch(tmp_path):
     circuits = write_surface_circuits(tmp_path / "c", distances=(3, 5), noises=(0.001, 0.01))
     p = qec_kiln.plan(circuits, max_shots=10**5, bucket=tmp_path / "b", jobs=4, backend="slurm",
                       backend_options={"workers": 2, "processes": 1})
-    from qec_kiln._launch import queue_order
+    from qec_kiln._planning.queue import queue_order
 
     order = queue_order(p.batches)
     costs = {b.id: b.predicted_seconds for b in p.batches}

@@ -29,15 +29,15 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from qec_kiln._argtypes import sinter_options as check_sinter_options
-from qec_kiln._backends import BackendOptions, get_backend
+from qec_kiln._backends import get_backend
 from qec_kiln._errors import KilnError, KilnWarning
 
 if TYPE_CHECKING:
-    from qec_kiln._backends import Backend
-    from qec_kiln._launch import PlanResult, SweepSpec
+    from qec_kiln._backends import Submission
+    from qec_kiln._launch import Relaunch, Sweep
+    from qec_kiln._planning.result import PlanResult
     from qec_kiln._report.merge import MergeReport
-    from qec_kiln._report.status import SweepProgress
+    from qec_kiln._report.status import StatusReport
 
 Log = Callable[[str], None]
 PathLike = str | os.PathLike
@@ -67,62 +67,76 @@ def _caller_level() -> int:
     return level
 
 
+@dataclasses.dataclass(frozen=True)
+class DryRun:
+    """What a dry run would do: the backend's rendered job files and exact commands."""
+
+    description: str
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)  # backend's dry-run JSON
+
+
 @dataclasses.dataclass
 class LaunchResult:
-    """What ``launch`` did: the plan, the batches it started now and their job ids.
+    """What ``launch`` did: the plan, and either what was submitted or the dry run, and for a
+    relaunch the batches it left alone (``relaunch.done``, ``relaunch.running``).
 
-    ``done`` and ``running`` list the batches a relaunch left alone (finished by their fragments,
-    or still running). A dry run starts nothing and keeps the backend's rendered job files and
-    exact commands in ``description``.
+    The submission's fields read through: ``launched``, ``job_ids``, ``failed``, ``cancelled``,
+    ``interrupted``, ``signal``.
     """
 
     plan: PlanResult
     bucket: str
-    launched: list[str]
-    job_ids: dict[str, str] = dataclasses.field(default_factory=dict)
     message: str = ""
-    failed: list[str] = dataclasses.field(default_factory=list)
-    interrupted: bool = False
-    signal: int = 0  # the signal that interrupted the launch (2 for Ctrl-C, 15 for SIGTERM...)
-    cancelled: list[str] = dataclasses.field(default_factory=list)  # by `qec-kiln cancel`
-    done: list[str] = dataclasses.field(default_factory=list)
-    running: list[str] = dataclasses.field(default_factory=list)
-    dry_run: bool = False
-    description: str = ""
-    details: dict[str, Any] = dataclasses.field(default_factory=dict)  # backend's dry-run JSON
+    launched: list[str] = dataclasses.field(default_factory=list)  # the batches started now
+    submission: Submission | None = None
+    dry_run: DryRun | None = None
+    relaunch: Relaunch | None = None
 
     @property
     def sweep(self) -> str:
         return self.plan.sweep
 
+    @property
+    def job_ids(self) -> dict[str, str]:
+        return self.submission.job_ids if self.submission else {}
 
-def _spec(circuits: Circuits, *, decoders: Sequence[str], max_shots: int, max_errors: int,
-          bucket: str, name: str | None, backend: str,
-          backend_options: BackendOptions | Mapping[str, Any] | None, jobs: int | None,
-          target_hours: float | None, circuits_per_job: int | None, shards: bool,
-          calibrate: bool, calibrate_seconds: float, custom_decoders_module_function: str | None,
-          sinter_options: Sequence[str], price_per_cpu_hour: float | None,
-          price_per_gpu_hour: float | None) -> SweepSpec:
-    from qec_kiln._launch import SweepSpec
+    @property
+    def failed(self) -> list[str]:
+        return self.submission.failed if self.submission else []
 
-    if isinstance(decoders, str):
-        decoders = [decoders]
-    b = get_backend(backend)
-    options = b.options(backend_options)
-    b.check_options(options)
-    paths = [str(circuits)] if isinstance(circuits, str | os.PathLike) else list(map(str, circuits))
-    if not paths:
-        raise KilnError("no circuits given: pass a folder of .stim files, or .stim files")
-    return SweepSpec(
-        circuits=paths[0] if len(paths) == 1 else paths, decoders=list(decoders),
-        max_shots=max_shots, max_errors=max_errors, bucket=str(bucket), name=name,
-        backend=b.name, options=options, jobs=jobs, target_hours=target_hours,
-        circuits_per_job=circuits_per_job, calibrate=calibrate,
-        calibrate_seconds=calibrate_seconds,
-        custom_decoders_module_function=custom_decoders_module_function,
-        allow_shards=shards, sinter_args=check_sinter_options(sinter_options),
-        price_per_cpu_hour=price_per_cpu_hour, price_per_gpu_hour=price_per_gpu_hour,
-    )
+    @property
+    def cancelled(self) -> list[str]:
+        return self.submission.cancelled if self.submission else []
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.submission and self.submission.interrupted)
+
+    @property
+    def signal(self) -> int:
+        return self.submission.signal if self.submission else 0
+
+    @property
+    def done(self) -> list[str]:
+        return self.relaunch.done if self.relaunch else []
+
+    @property
+    def running(self) -> list[str]:
+        return self.relaunch.running if self.relaunch else []
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``qec-kiln launch --json`` prints."""
+        if self.dry_run is not None:
+            data = self.plan.to_json()
+            data["backend"] = {"name": self.plan.manifest.backend,
+                               "describe": self.dry_run.description, **self.dry_run.details}
+            return data
+        out: dict[str, Any] = {"sweep": self.sweep, "launched": self.launched,
+                               "job_ids": self.job_ids, "message": self.message,
+                               "failed": self.failed}
+        if self.relaunch is not None and not self.launched:
+            out.update(done=self.done, running=self.running)
+        return out
 
 
 class _NoBucket:
@@ -138,21 +152,21 @@ class _NoBucket:
         return []
 
 
-def _prepare(spec: SweepSpec, *, need_bucket: bool, log: Log, need_launch: bool = False
-             ) -> tuple[Backend, Any, PlanResult]:
+def _prepare(sweep: Sweep, *, need_bucket: bool, log: Log, need_launch: bool = False
+             ) -> tuple[Any, PlanResult]:
     from qec_kiln._errors import StorageError
     from qec_kiln._launch import prepare_sweep
     from qec_kiln._storage import open_bucket
 
-    backend = get_backend(spec.backend)
+    backend = sweep.backend
     if need_launch and (ready := backend.launch_problem()):
         raise KilnError(ready)  # before anything is planned or uploaded
-    problem = backend.bucket_problem(spec.bucket)
+    problem = backend.bucket_problem(sweep.spec.bucket)
     if problem:
         if need_bucket:
             raise KilnError(problem)
         log("warning: " + problem)
-    bucket = open_bucket(spec.bucket)
+    bucket = open_bucket(sweep.spec.bucket)
     try:
         bucket.check_access()
     except StorageError as ex:
@@ -160,27 +174,26 @@ def _prepare(spec: SweepSpec, *, need_bucket: bool, log: Log, need_launch: bool 
             raise
         log(f"warning: {ex} (dry run: showing a fresh plan)")
         bucket = _NoBucket(bucket.url)  # type: ignore[assignment]  # only .url, .exists(), .list_keys()
-    return backend, bucket, prepare_sweep(spec, bucket, log)
+    return bucket, prepare_sweep(sweep, bucket, log)
 
 
-def plan(
-    circuits: Circuits, *, decoders: Sequence[str] = ("pymatching",), max_shots: int = 1_000_000,
-    max_errors: int = 1000, bucket: PathLike = "kiln-results", name: str | None = None,
-    backend: str = "local", backend_options: BackendOptions | Mapping[str, Any] | None = None,
-    jobs: int | None = None, target_hours: float | None = None,
-    circuits_per_job: int | None = None, shards: bool = True, calibrate: bool = False,
-    calibrate_seconds: float = 60.0, custom_decoders_module_function: str | None = None,
-    sinter_options: Sequence[str] = (), price_per_cpu_hour: float | None = None,
-    price_per_gpu_hour: float | None = None, log: Log | None = None,
-) -> PlanResult:
+def _sweep(circuits: Circuits, settings: Mapping[str, Any]) -> Sweep:
+    from qec_kiln._launch import Sweep
+
+    return Sweep.build(circuits, settings)
+
+
+def plan(circuits: Circuits, *, log: Log | None = None, **settings: Any) -> PlanResult:
     """Discover the ``.stim`` files under ``circuits`` (a folder, searched recursively, or a list
     of folders, ``.stim`` files and glob patterns, as ``sinter collect --circuits``) and balance
     them into batches; upload and start nothing (``qec-kiln plan``).
 
+    ``settings`` are the flags of ``qec-kiln plan`` as keywords (``max_shots=10_000``,
+    ``decoders=["pymatching"]``, ``jobs=4``, ``shards=False``, ``sinter_options=[...]``;
+    ``SweepSpec.setting_names()`` lists them and ``inspect.signature`` shows their defaults).
     ``jobs``, ``target_hours`` or ``circuits_per_job`` pick the number of batches (default: from
     the backend). ``backend_options`` are the backend's settings, e.g. ``{"processes": 4}`` or
-    ``{"partition": "long"}`` for Slurm. ``sinter_options`` are ``--sinter-option`` values such
-    as ``"--count_observable_error_combos"``. When the sweep (``name``, default: the folder name
+    ``{"partition": "long"}`` for Slurm. When the sweep (``name``, default: the folder name
     and a digest of the inputs) is already in ``bucket``, its stored plan is returned (with a
     warning naming the settings it ignores). ``log`` receives progress and warning lines; without
     it, warnings are issued as :class:`KilnWarning` (a ``UserWarning``).
@@ -195,32 +208,18 @@ def plan(
         >>> len(p.batches), p.exists, sorted(p.to_json())[:3]
         (2, False, ['balance_ratio', 'batches', 'batches_at_once'])
     """
-    spec = _spec(circuits, decoders=decoders, max_shots=max_shots, max_errors=max_errors,
-                 bucket=str(bucket), name=name, backend=backend, backend_options=backend_options,
-                 jobs=jobs, target_hours=target_hours, circuits_per_job=circuits_per_job,
-                 shards=shards, calibrate=calibrate, calibrate_seconds=calibrate_seconds,
-                 custom_decoders_module_function=custom_decoders_module_function,
-                 sinter_options=sinter_options, price_per_cpu_hour=price_per_cpu_hour,
-                 price_per_gpu_hour=price_per_gpu_hour)
-    return _prepare(spec, need_bucket=False, log=log or _quiet)[2]
+    return _prepare(_sweep(circuits, settings), need_bucket=False, log=log or _quiet)[1]
 
 
-def launch(
-    circuits: Circuits, *, decoders: Sequence[str] = ("pymatching",), max_shots: int = 1_000_000,
-    max_errors: int = 1000, bucket: PathLike = "kiln-results", name: str | None = None,
-    backend: str = "local", backend_options: BackendOptions | Mapping[str, Any] | None = None,
-    jobs: int | None = None, target_hours: float | None = None,
-    circuits_per_job: int | None = None, shards: bool = True, calibrate: bool = False,
-    calibrate_seconds: float = 60.0, custom_decoders_module_function: str | None = None,
-    sinter_options: Sequence[str] = (), price_per_cpu_hour: float | None = None,
-    price_per_gpu_hour: float | None = None, dry_run: bool = False, log: Log | None = None,
-    before_start: Callable[[PlanResult, list[str]], None] | None = None,
-) -> LaunchResult:
-    """Plan (as :func:`plan`), upload the circuits and the manifest, and start every batch that is
-    neither finished nor running (``qec-kiln launch``). Idempotent: the same call again starts
-    only what is left. The local backend runs the batches before returning; the others submit
-    jobs and return. ``before_start(plan, batch_ids)`` is called just before anything starts (the
-    CLI prints the plan there). ``dry_run`` uploads and starts nothing.
+def launch(circuits: Circuits, *, dry_run: bool = False, log: Log | None = None,
+           before_start: Callable[[PlanResult, list[str], Relaunch | None], None] | None = None,
+           **settings: Any) -> LaunchResult:
+    """Plan (as :func:`plan`, with the same ``settings``), upload the circuits and the manifest,
+    and start every batch that is neither finished nor running (``qec-kiln launch``).
+    Idempotent: the same call again starts only what is left. The local backend runs the
+    batches before returning; the others submit jobs and return. ``before_start(plan,
+    batch_ids, relaunch)`` is called just before anything starts (the CLI prints the plan
+    there). ``dry_run`` uploads and starts nothing.
 
         >>> import pathlib, tempfile, stim, qec_kiln
         >>> tmp = pathlib.Path(tempfile.mkdtemp())
@@ -229,57 +228,63 @@ def launch(
         >>> _ = (tmp / "d=3.stim").write_text(str(c))
         >>> r = qec_kiln.launch(tmp, bucket=str(tmp / "bucket"), backend="slurm",
         ...                     backend_options={"partition": "long"}, dry_run=True)
-        >>> r.launched, "#SBATCH --partition=long" in r.description
+        >>> r.launched, "#SBATCH --partition=long" in r.dry_run.description
         ([], True)
     """
     from qec_kiln._launch import batches_to_launch, make_request, upload_sweep
 
     log = log or _quiet
-    spec = _spec(circuits, decoders=decoders, max_shots=max_shots, max_errors=max_errors,
-                 bucket=str(bucket), name=name, backend=backend, backend_options=backend_options,
-                 jobs=jobs, target_hours=target_hours, circuits_per_job=circuits_per_job,
-                 shards=shards, calibrate=calibrate, calibrate_seconds=calibrate_seconds,
-                 custom_decoders_module_function=custom_decoders_module_function,
-                 sinter_options=sinter_options, price_per_cpu_hour=price_per_cpu_hour,
-                 price_per_gpu_hour=price_per_gpu_hour)
-    chosen, store, prepared = _prepare(spec, need_bucket=not dry_run, log=log, need_launch=True)
+    sweep = _sweep(circuits, settings)
+    chosen, options = sweep.backend, sweep.options
+    store, prepared = _prepare(sweep, need_bucket=not dry_run, log=log, need_launch=True)
     if dry_run:
-        request = make_request(store, prepared, [b.id for b in prepared.batches], spec.options)
-        description = chosen.describe(request)
+        request = make_request(store, prepared, [b.id for b in prepared.batches], options)
+        dry = DryRun(chosen.describe(request), chosen.describe_json(request))
         for w in chosen.warnings():
             log(f"warning: {w}")
-        return LaunchResult(prepared, store.url, [], dry_run=True,
-                            message="dry run: nothing was uploaded or launched",
-                            description=description,
-                            details=chosen.describe_json(request))
+        return LaunchResult(prepared, store.url, "dry run: nothing was uploaded or launched",
+                            dry_run=dry)
     if not prepared.exists and not upload_sweep(store, prepared, log):
         # Another launch of this sweep created it at the same time: go on with its plan.
-        chosen, store, prepared = _prepare(spec, need_bucket=True, log=log, need_launch=True)
+        store, prepared = _prepare(sweep, need_bucket=True, log=log, need_launch=True)
         if not prepared.exists:
             raise KilnError(f"sweep {prepared.sweep!r}: another launch created its manifest, but "
                             f"it cannot be read back from {store.url}; launch again")
-    todo, info = batches_to_launch(store, prepared, chosen)
-    if info:
-        log(f"{len(info['done'])} batch(es) already finished, {len(info['running'])} running")
-    done, running = info.get("done", []), info.get("running", [])
+    todo, relaunch = batches_to_launch(store, prepared, chosen)
+    if relaunch is not None:
+        log(f"{len(relaunch.done)} batch(es) already finished, {len(relaunch.running)} running")
     if not todo:
         log(f"nothing to launch: sweep {prepared.sweep!r} has no unfinished, idle batch; "
             "see `qec-kiln status`")
-        return LaunchResult(prepared, store.url, [], message="nothing to launch", done=done,
-                            running=running)
+        return LaunchResult(prepared, store.url, "nothing to launch", relaunch=relaunch)
     if before_start is not None:
-        before_start(prepared, todo)
-    started = chosen.launch(make_request(store, prepared, todo, spec.options))
+        before_start(prepared, todo, relaunch)
+    started = chosen.launch(make_request(store, prepared, todo, options))
     for w in chosen.warnings():
         log(f"warning: {w}")
-    return LaunchResult(prepared, store.url, todo, job_ids=started.job_ids,
-                        message=started.message, failed=started.failed,
-                        interrupted=started.interrupted, signal=started.signal,
-                        cancelled=started.cancelled, done=done, running=running)
+    return LaunchResult(prepared, store.url, started.message, launched=todo, submission=started,
+                        relaunch=relaunch)
+
+
+def _with_settings_signature(func: Callable[..., Any]) -> None:
+    """Show every setting with its default in ``help()`` and ``inspect.signature``."""
+    import inspect
+
+    from qec_kiln._sweep.spec import SweepSpec
+
+    sig = inspect.signature(func)
+    params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+               for name, default in SweepSpec.defaults().items()]
+    func.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+
+
+_with_settings_signature(plan)
+_with_settings_signature(launch)
 
 
 def status(bucket: PathLike = "kiln-results", *, sweep: str | None = None,
-           backend: str | None = None, log: Log | None = None) -> list[SweepProgress]:
+           backend: str | None = None, log: Log | None = None) -> list[StatusReport]:
     """Progress of each sweep in ``bucket`` (or only ``sweep``), one ``StatusReport`` per sweep:
     the fragments against the plan's targets, joined with the backend's job states
     (``qec-kiln status``). ``backend`` defaults to the one the sweep was launched with. What the
@@ -316,7 +321,7 @@ def status(bucket: PathLike = "kiln-results", *, sweep: str | None = None,
     return reports
 
 
-def _prefer_live(report: SweepProgress, live: Mapping[str, bytes]) -> None:
+def _prefer_live(report: StatusReport, live: Mapping[str, bytes]) -> None:
     """Use a batch's local resume file (parsed by sinter) where it holds more shots than the
     fragment in the bucket (it is synced only every ``sync_seconds``)."""
     from qec_kiln._report.status import batch_progress
@@ -371,4 +376,4 @@ def cancel(bucket: PathLike = "kiln-results", sweep: str = "", *,
     return get_backend(backend or manifest.backend).cancel(store.url, manifest.sweep)
 
 
-__all__ = ["LaunchResult", "cancel", "launch", "merge", "plan", "status"]
+__all__ = ["DryRun", "LaunchResult", "cancel", "launch", "merge", "plan", "status"]

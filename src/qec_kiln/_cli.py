@@ -55,44 +55,55 @@ def _underscore_aliases(names: Sequence[str]) -> list[str]:
 
 
 def _add_sweep_args(p: argparse.ArgumentParser) -> None:
+    """The flags of a SweepSpec: each flag's dest is its setting's name (``--max-shots`` is
+    ``max_shots``), and an absent flag takes the spec's default (shown in the help)."""
+    from qec_kiln._sweep.spec import SweepSpec
+
+    default = SweepSpec.defaults()
+    keep = argparse.SUPPRESS  # absent: not in the namespace, so the spec's default applies
     p.add_argument("circuits", nargs="*", metavar="DIR_OR_FILES",
                    help="folders of .stim circuits (searched recursively), .stim files or glob "
                    "patterns; names like d=5,p=0.001,b=X,type=rotated_surface_memory.stim give "
                    "the metadata")
     p.add_argument("--circuits", nargs="+", dest="circuits_opt", metavar="DIR_OR_FILES",
                    help="the same, spelled as in `sinter collect --circuits`")
-    p.add_argument("--decoders", nargs="+", default=["pymatching"], metavar="NAME",
-                   help="sinter decoders (default: pymatching)")
-    p.add_argument("--custom-decoders-module-function", metavar="MODULE:FUNC",
+    p.add_argument("--decoders", nargs="+", default=keep, metavar="NAME",
+                   help=f"sinter decoders (default: {' '.join(default['decoders'])})")
+    p.add_argument("--custom-decoders-module-function", default=keep, metavar="MODULE:FUNC",
                    help="passed to sinter collect unchanged (e.g. chromobius:sinter_decoders)")
-    p.add_argument("--max-shots", type=positive_int, default=1_000_000,
-                   help="shots per circuit and decoder (default 1_000_000)")
-    p.add_argument("--max-errors", type=positive_int, default=1000,
-                   help="stop a circuit after this many logical errors (default 1000)")
+    p.add_argument("--max-shots", type=positive_int, default=keep,
+                   help=f"shots per circuit and decoder (default {default['max_shots']:_})")
+    p.add_argument("--max-errors", type=positive_int, default=keep,
+                   help=f"stop a circuit after this many logical errors (default "
+                   f"{default['max_errors']})")
     g = p.add_argument_group("partitioning (pick one; default: chosen from the backend)")
-    g.add_argument("--jobs", type=positive_int, help="balance into N batches")
-    g.add_argument("--target-hours", type=positive_float,
+    g.add_argument("--jobs", type=positive_int, default=keep, help="balance into N batches")
+    g.add_argument("--target-hours", type=positive_float, default=keep,
                    help="as many batches as needed so none is predicted to run longer")
-    g.add_argument("--circuits-per-job", type=positive_int, metavar="N",
+    g.add_argument("--circuits-per-job", type=positive_int, metavar="N", default=keep,
                    help="ceil(tasks / N) batches, a task being one circuit x decoder, balanced "
                    "by predicted cost")
-    g.add_argument("--no-shards", action="store_true",
+    g.add_argument("--no-shards", action="store_false", dest="shards", default=keep,
                    help="never split a big circuit's shots over several batches")
-    g.add_argument("--calibrate", action="store_true",
+    g.add_argument("--calibrate", action="store_true", default=keep,
                    help="time a short pilot of every circuit here first (cached by strong_id)")
-    g.add_argument("--calibrate-seconds", type=positive_float, default=60.0,
-                   help="total time budget of --calibrate (default 60)")
-    g.add_argument("--price-per-cpu-hour", type=positive_float, help="for a cost estimate")
-    g.add_argument("--price-per-gpu-hour", type=positive_float, help="for a cost estimate")
-    p.add_argument("--sinter-option", action="append", default=[], metavar="OPT",
+    g.add_argument("--calibrate-seconds", type=positive_float, default=keep,
+                   help=f"total time budget of --calibrate (default "
+                   f"{default['calibrate_seconds']:g})")
+    g.add_argument("--price-per-cpu-hour", type=positive_float, default=keep,
+                   help="for a cost estimate")
+    g.add_argument("--price-per-gpu-hour", type=positive_float, default=keep,
+                   help="for a cost estimate")
+    p.add_argument("--sinter-option", action="append", dest="sinter_options", default=keep,
+                   metavar="OPT",
                    help="passed to every sinter collect, e.g. "
                    "--sinter-option=--count_observable_error_combos (repeatable; only options "
                    "that leave strong_ids unchanged: " + ", ".join(SINTER_OPTIONS) + ")")
-    p.add_argument("--bucket", default="kiln-results",
+    p.add_argument("--bucket", default=keep,
                    help="s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or a directory "
-                   "(default ./kiln-results)")
-    p.add_argument("--name", help="sweep name (default: folder name + digest of the inputs, so "
-                   "relaunching the same command resumes the same sweep)")
+                   f"(default ./{default['bucket']})")
+    p.add_argument("--name", default=keep, help="sweep name (default: folder name + digest of "
+                   "the inputs, so relaunching the same command resumes the same sweep)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 

@@ -15,7 +15,8 @@ from qec_kiln._backends import backend_class, get_backend
 from qec_kiln._errors import Exit, KilnError
 
 if TYPE_CHECKING:
-    from qec_kiln._launch import PlanResult
+    from qec_kiln._launch import Relaunch
+    from qec_kiln._planning.result import PlanResult
 
 class _Console(Console):
     def on_broken_pipe(self) -> None:
@@ -33,24 +34,18 @@ def _log(msg: str) -> None:
     err.print(msg, markup=False)
 
 
-def _sweep_kwargs(args: argparse.Namespace) -> dict:
-    """``plan``/``launch`` flags as the API's keyword arguments."""
-    backend = backend_class(args.backend)
-    return dict(
-        decoders=list(args.decoders), max_shots=args.max_shots, max_errors=args.max_errors,
-        bucket=args.bucket, name=args.name, backend=backend.name,
-        backend_options=backend.options_from_args(args), jobs=args.jobs,
-        target_hours=args.target_hours, circuits_per_job=args.circuits_per_job,
-        shards=not args.no_shards, calibrate=args.calibrate,
-        calibrate_seconds=args.calibrate_seconds,
-        custom_decoders_module_function=args.custom_decoders_module_function,
-        sinter_options=args.sinter_option, price_per_cpu_hour=args.price_per_cpu_hour,
-        price_per_gpu_hour=args.price_per_gpu_hour, log=_log,
-    )
+def _settings(args: argparse.Namespace) -> dict:
+    """``plan``/``launch`` flags as the API's settings: a flag's dest is its setting's name."""
+    from qec_kiln._sweep.spec import SweepSpec
+
+    settings = {name: getattr(args, name) for name in SweepSpec.setting_names()
+                if hasattr(args, name)}
+    settings["backend_options"] = backend_class(args.backend).options_from_args(args)
+    return settings
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    prepared = _api.plan(args.circuits, **_sweep_kwargs(args))
+    prepared = _api.plan(args.circuits, log=_log, **_settings(args))
     if args.json:
         print(json.dumps(prepared.to_json(), indent=1))
     else:
@@ -59,35 +54,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    def before_start(prepared: PlanResult, todo: list[str]) -> None:
+    def before_start(prepared: PlanResult, todo: list[str], relaunch: Relaunch | None) -> None:
         if not args.json:
-            print_plan(prepared, only=set(todo))
+            print_plan(prepared, only=set(todo), relaunch=relaunch)
 
-    r = _api.launch(args.circuits, dry_run=args.dry_run, before_start=before_start,
-                    **_sweep_kwargs(args))
-    if r.dry_run:
-        if args.json:
-            data = r.plan.to_json()
-            data["backend"] = {"name": args.backend.lower(), "describe": r.description,
-                               **r.details}
-            print(json.dumps(data, indent=1))
-        else:
-            print_plan(r.plan)
-            out.print()
-            out.print(r.description, markup=False)
-            out.print("\n[bold]dry run:[/] nothing was uploaded or launched")
-        return 0
-    if not r.launched:
-        if args.json:
-            info = {"done": r.done, "running": r.running} if r.plan.exists else {}
-            print(json.dumps({"sweep": r.sweep, "launched": [], "job_ids": {},
-                              "message": r.message, "failed": [], **info}, indent=1))
-        else:
-            _print_next_steps(r.bucket, r.sweep)
-        return 0
+    r = _api.launch(args.circuits, dry_run=args.dry_run, before_start=before_start, log=_log,
+                    **_settings(args))
     if args.json:
-        print(json.dumps({"sweep": r.sweep, "launched": r.launched, "job_ids": r.job_ids,
-                          "message": r.message, "failed": r.failed}, indent=1))
+        print(json.dumps(r.to_json(), indent=1))
+    elif r.dry_run is not None:
+        print_plan(r.plan)
+        out.print()
+        out.print(r.dry_run.description, markup=False)
+        out.print("\n[bold]dry run:[/] nothing was uploaded or launched")
+        return Exit.OK
+    elif not r.launched:
+        _print_next_steps(r.bucket, r.sweep)
     else:
         _log(r.message)
         if any(j != b for b, j in r.job_ids.items()):  # a scheduler's own ids: worth showing
@@ -190,10 +172,11 @@ def _hours(seconds: float) -> str:
     return f"{h:.3g}" if h < 10 else f"{h:.1f}"
 
 
-def print_plan(prepared: PlanResult, only: set[str] | None = None) -> None:
+def print_plan(prepared: PlanResult, only: set[str] | None = None,
+               relaunch: Relaunch | None = None) -> None:
     m = prepared.manifest
     plan = m.plan
-    left = prepared.remaining if only is not None else None
+    left = relaunch.remaining if relaunch is not None and only is not None else None
     title = (f"sweep {m.sweep}: {len(m.circuits)} circuit(s) x {len(m.decoders)} decoder(s), "
              f"{len(plan.batches)} batch(es) ({plan.strategy})")
     if left is not None:

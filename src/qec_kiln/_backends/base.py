@@ -14,7 +14,6 @@ import abc
 import argparse
 import dataclasses
 import json
-import math
 import os
 import pathlib
 import shlex
@@ -26,31 +25,9 @@ from qec_kiln._argtypes import processes as processes_type
 from qec_kiln._argtypes import sync_seconds as sync_seconds_type
 from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import KilnError
+from qec_kiln._planning.capacity import Capacity
 from qec_kiln._report.jobs import ACTIVE_STATES, JobState, is_active  # noqa: F401 (the interface's names)
-
-
-@dataclasses.dataclass(frozen=True)
-class BackendOptions:
-    """Settings every backend understands; each maps them onto its own terms (submitit's generic
-    parameters). A backend's own settings live in a subclass (``LocalOptions``, ``SlurmOptions``).
-
-    >>> BackendOptions(processes=4).sync_seconds
-    30.0
-    """
-
-    processes: int | None = None  # sinter --processes per batch (default: the node's cores)
-    sync_seconds: float = 30.0  # how often run-batch uploads complete lines of its resume CSV
-    cpus: str | None = None  # CPUs per node (SkyPilot, e.g. "16+") or per task (Slurm, "8")
-    gpus: str | None = None  # accelerators, e.g. "H100:1"
-    workers: int | None = None  # K: machines/slots that run batches at once, taking them in turn
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, **own: Any) -> BackendOptions:
-        """The common settings from parsed flags (absent flags take their defaults), plus ``own``."""
-        return cls(processes=getattr(args, "processes", None),
-                   sync_seconds=getattr(args, "sync_seconds", None) or 30.0,
-                   cpus=getattr(args, "cpus", None), gpus=getattr(args, "gpus", None),
-                   workers=getattr(args, "workers", None), **own)
+from qec_kiln._sweep.spec import BackendOptions
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,7 +107,8 @@ class Backend(abc.ABC):
 
     >>> from qec_kiln._backends import get_backend
     >>> b = get_backend("slurm")
-    >>> b.startup_seconds, b.node_processes(b.options({"cpus": "8"}), 3), b.batch_slots(b.options(), 3)
+    >>> c = b.capacity(b.options({"cpus": "8"}), 3)
+    >>> c.startup_seconds, c.processes, c.slots
     (30.0, 8, 3)
     """
 
@@ -176,52 +154,26 @@ class Backend(abc.ABC):
 
     # ------------------------------------------------------------------ planning
 
-    def batch_startup_seconds(self, options: BackendOptions) -> float:
-        """Seconds a batch's job takes to start with ``options`` (``startup_seconds`` unless
-        the options change it, e.g. warm pool workers)."""
-        return self.startup_seconds
-
-    def node_processes(self, options: BackendOptions, num_batches: int) -> int:
-        """sinter processes each of ``num_batches`` batches will have (for predicted wall hours)."""
-        if options.processes:
-            return options.processes
-        digits = "".join(ch for ch in options.cpus or "" if ch.isdigit())
-        return max(1, int(digits)) if digits else self.default_processes
-
-    def target_processes(self, options: BackendOptions) -> int:
-        """sinter processes a batch surely has, to turn --target-hours into work per batch."""
-        return options.processes or self.node_processes(options, 1)
-
-    def requested_workers(self, options: BackendOptions) -> int | None:
-        """K, the workers that take batches from the engine's queue, or None: one job per batch,
-        all at once. A backend without a queue refuses ``--workers``."""
+    def capacity(self, options: BackendOptions, n_batches: int) -> Capacity:
+        """The one question planning asks: how ``n_batches`` batches would run with ``options``
+        (processes each, start-up, batches at once, K workers of a queue). A backend without a
+        queue refuses ``--workers``."""
         if options.workers and not self.queue_workers:
             raise KilnError(f"--workers {options.workers}: the {self.name} backend runs one job "
                             "per batch, all at once (pools are not supported yet); leave out "
                             "--workers and choose the batch count with --jobs")
-        return options.workers
+        n = max(1, n_batches)
+        return Capacity(processes=self._processes(options), startup_seconds=self.startup_seconds,
+                        slots=max(1, min(options.workers or n, n)), workers=options.workers,
+                        min_processes=options.processes or self._processes(options),
+                        decoders_run_here=self.decoders_run_here)
 
-    def batch_slots(self, options: BackendOptions, num_batches: int) -> int:
-        """How many of ``num_batches`` batches run at once: K, or all of them."""
-        k = self.requested_workers(options)
-        return max(1, min(k or num_batches, num_batches))
-
-    def default_jobs(self, options: BackendOptions, task_seconds: Sequence[float]) -> int:
-        """How many batches when neither --jobs, --target-hours nor --circuits-per-job is given.
-
-        With K workers: ``_queue_plan.choose_batch_count`` (each batch's work >= 20x the start-up,
-        yet about 4 K batches where the work allows, so the queue evens out the model's error).
-        One job per batch: as many as keep each job's work at least 4x its start-up."""
-        from qec_kiln._planning.queue import choose_batch_count
-
-        wall = sum(task_seconds) / self.node_processes(options, 1)
-        n_tasks = len(task_seconds)
-        k = self.requested_workers(options)
-        if k is None or wall <= 0:
-            return max(1, min(n_tasks * 4, math.floor(wall / (4 * self.startup_seconds)) or 1))
-        return choose_batch_count(wall, n_tasks=max(1, n_tasks), workers=k,
-                                  startup_seconds=self.batch_startup_seconds(options),
-                                  first_startup_seconds=self.startup_seconds).batches
+    def _processes(self, options: BackendOptions) -> int:
+        """sinter processes per batch: --processes, else the digits of --cpus, else the default."""
+        if options.processes:
+            return options.processes
+        digits = "".join(ch for ch in options.cpus or "" if ch.isdigit())
+        return max(1, int(digits)) if digits else self.default_processes
 
     def max_processes(self, options: BackendOptions) -> int | None:
         """The most sinter processes per batch that make sense here (None: no limit known)."""

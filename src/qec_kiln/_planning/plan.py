@@ -19,12 +19,14 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from qec_kiln._errors import KilnError
 from qec_kiln._planning._cost import TaskCost
 from qec_kiln._planning.balance import improve, lpt
+from qec_kiln._planning.capacity import Capacity
 from qec_kiln._sweep.batches import Batch, Plan, Shard, batch_id, split_targets
+from qec_kiln._sweep.spec import Partition, Targets
 
 #: The most batches a plan may have: more is a mistake (and would take long to plan and launch).
 MAX_BATCHES = 100_000
@@ -53,6 +55,45 @@ def target_work_seconds(target_hours: float, startup_seconds: float, processes: 
             f"start-up ({startup_seconds:g} s): ask for more than {startup_seconds / 3600:.2g} hours"
         )
     return work * max(1, processes)
+
+
+def plan_sweep(tasks: Sequence[TaskCost], targets: Targets, partition: Partition,
+               capacity_of: Callable[[int], Capacity], *, model_error: float = 0.2) -> Plan:
+    """The sweep's batches: the one place that decides how many. ``capacity_of(n)`` is the
+    backend's answer for n batches (``Backend.capacity``).
+
+    --jobs, --target-hours or --circuits-per-job choose the count; else, with K workers taking
+    batches from a queue, :func:`plan_for_workers`; else (one job per batch, all at once) as many
+    batches as keep each job's work at least 4x its start-up (at most 4 per task).
+
+        >>> one = lambda n: Capacity(processes=1, startup_seconds=10.0, slots=n)
+        >>> tasks = [TaskCost(f"c{i}", "pymatching", f"id{i}", 1e-4, 1e-3) for i in range(3)]
+        >>> len(plan_sweep(tasks, Targets(max_shots=10**6), Partition(), one).batches)
+        7
+    """
+    one = capacity_of(1)
+    shots, errors = targets.max_shots, targets.max_errors
+    if partition.is_default and one.workers:
+        return plan_for_workers(tasks, max_shots=shots, max_errors=errors, workers=one.workers,
+                                startup_seconds=one.startup_seconds,
+                                first_startup_seconds=one.first_startup_seconds,
+                                processes=one.processes, model_error=model_error,
+                                allow_shards=partition.shards,
+                                min_shard_seconds=one.startup_seconds * one.processes)
+    jobs = partition.jobs
+    if partition.is_default:
+        wall = sum(t.predicted_seconds(shots, errors) for t in tasks) / one.processes
+        jobs = max(1, min(len(tasks) * 4, math.floor(wall / (4 * one.startup_seconds)) or 1)) \
+            if wall > 0 else 1
+    target_seconds = None
+    if partition.target_hours is not None:
+        target_seconds = target_work_seconds(partition.target_hours, one.startup_seconds,
+                                             one.surely_processes)
+    return make_plan(tasks, max_shots=shots, max_errors=errors, jobs=jobs,
+                     target_seconds=target_seconds, circuits_per_job=partition.circuits_per_job,
+                     allow_shards=partition.shards,
+                     min_shard_seconds=one.startup_seconds * capacity_of(jobs or 1).processes,
+                     workers=one.workers)
 
 
 def make_plan(

@@ -34,8 +34,10 @@ import random
 from collections.abc import Hashable, Sequence
 
 from qec_kiln._errors import KilnError
+from qec_kiln._sweep.batches import Batch
 
 __all__ = ["BatchChoice", "choose_batch_count", "efficiency", "list_schedule", "predicted_makespan",
+           "queue_order",
            "queue_makespan"]
 
 
@@ -259,3 +261,15 @@ def choose_batch_count(
         one_job_per_batch_batches=one, one_job_per_batch_makespan_seconds=t_1,
         one_job_per_batch_efficiency=e_1, limit=ideal / (ideal + first),
     )
+
+
+def queue_order(batches: list[Batch]) -> list[str]:
+    """Batch ids longest (predicted) first, ties in id order: the order backends start them
+    (Slurm array task k, the local slots' queue), so the queue ends on short batches.
+
+    >>> from qec_kiln._sweep.batches import Batch, Shard
+    >>> b = lambda i, s: Batch(i, [Shard("c", "d", "x", 1, 1, s, 1)])
+    >>> queue_order([b("b000", 1.0), b("b001", 3.0), b("b002", 1.0)])
+    ['b001', 'b000', 'b002']
+    """
+    return [b.id for b in sorted(batches, key=lambda b: -b.predicted_seconds)]

@@ -114,8 +114,8 @@ class BatchProgress:
 
 
 @dataclasses.dataclass
-class SweepProgress:
-    """One sweep's progress (``qec_kiln.status`` returns one per sweep, as ``StatusReport``)."""
+class StatusReport:
+    """One sweep's progress (``qec_kiln.status`` returns one per sweep)."""
 
     manifest: Manifest
     batches: list[BatchProgress]
@@ -170,7 +170,7 @@ def batch_progress(batch: Batch, fragment: Fragment | None) -> list[ShardProgres
 
 
 def sweep_progress(bucket: Bucket, manifest: Manifest,
-                   job_states: dict[str, JobState] | None = None) -> SweepProgress:
+                   job_states: dict[str, JobState] | None = None) -> StatusReport:
     """Progress of every batch; a damaged fragment, or a finished batch's lost one, is reported,
     not raised."""
     job_states = job_states or {}
@@ -192,8 +192,6 @@ def sweep_progress(bucket: Bucket, manifest: Manifest,
                 "gone (deleted or moved), so its shots are lost; launch the sweep again to rerun "
                 "the batch")
         batches.append(progress)
-    return SweepProgress(manifest, batches, warnings)
+    return StatusReport(manifest, batches, warnings)
 
 
-#: The public name of a sweep's progress report (``qec_kiln.StatusReport``).
-StatusReport = SweepProgress

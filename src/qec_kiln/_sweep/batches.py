@@ -3,7 +3,7 @@
 
     >>> b = Batch("b000", [Shard("d=3.stim", "pymatching", "id", 1, 1, 1000, 10)])
     >>> b.predicted_seconds, batch_id(12)
-    (1000.0, 'b012')
+    (1000, 'b012')
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from qec_kiln._backends.base import (
 )
 from qec_kiln._errors import Exit
 from qec_kiln._node.workers import Worker, format_cpus, gpu_ids, machine_cpus, worker_environments
+from qec_kiln._planning.capacity import Capacity
 
 
 def _state_dir(bucket_url: str, sweep: str) -> pathlib.Path:
@@ -83,10 +84,10 @@ class LocalBackend(Backend):
     """Batches as local processes on K slots, each with its own CPUs.
 
     >>> b = LocalBackend()
-    >>> b.target_processes(b.options({"processes": 1})), b.batch_slots(b.options({"parallel": 2}), 5)
-    (1, 2)
-    >>> b.batch_slots(b.options(), 5)  # one slot with all the cores
+    >>> b.capacity(b.options({"processes": 1}), 5).surely_processes
     1
+    >>> b.capacity(b.options({"parallel": 2}), 5).slots, b.capacity(b.options(), 5).slots
+    (2, 1)
     """
 
     name = "local"
@@ -110,19 +111,15 @@ class LocalBackend(Backend):
         assert isinstance(opts, LocalOptions)
         return opts
 
-    def requested_workers(self, options: BackendOptions) -> int:
-        return options.workers or max(1, len(gpu_ids(options.gpus)))
-
-    def node_processes(self, options: BackendOptions, num_batches: int) -> int:
+    def capacity(self, options: BackendOptions, n_batches: int) -> Capacity:
+        """K slots (default one with every core, or one per GPU), the cores split among them."""
         opts = self.options(options)
-        return split_cores(max(1, num_batches), opts.workers, opts.processes, opts.gpus)[1]
-
-    def target_processes(self, options: BackendOptions) -> int:
-        return options.processes or self.node_processes(options, 10**9)
-
-    def batch_slots(self, options: BackendOptions, num_batches: int) -> int:
-        opts = self.options(options)
-        return split_cores(max(1, num_batches), opts.workers, opts.processes, opts.gpus)[0]
+        slots, procs = split_cores(max(1, n_batches), opts.workers, opts.processes, opts.gpus)
+        return Capacity(processes=procs, startup_seconds=self.startup_seconds, slots=slots,
+                        workers=opts.workers or max(1, len(gpu_ids(opts.gpus))),
+                        min_processes=opts.processes or split_cores(
+                            10**9, opts.workers, opts.processes, opts.gpus)[1],
+                        decoders_run_here=True)
 
     def _argv(self, request: LaunchRequest, batch: str, worker: Worker) -> list[str]:
         argv = request.run_batch_argv(batch_id=batch)

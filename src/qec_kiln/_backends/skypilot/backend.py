@@ -87,6 +87,7 @@ from qec_kiln._backends.skypilot.sdk import (
     submit_managed_jobs,
 )
 from qec_kiln._errors import KilnError
+from qec_kiln._planning.capacity import Capacity
 
 DEFAULT_YAML = "sinter_job.yaml"
 DEFAULT_GPU_YAML = "sinter_job_gpu.yaml"
@@ -119,7 +120,7 @@ class SkyPilotBackend(RemoteBackend):
     reason in ``self.warning`` so that ``status`` still shows fragment progress from the bucket.
 
     >>> b = SkyPilotBackend()
-    >>> b.node_processes(b.options(), 4), b.bucket_problem("s3://b") is None
+    >>> b.capacity(b.options(), 4).processes, b.bucket_problem("s3://b") is None
     (16, True)
     """
 
@@ -166,9 +167,14 @@ class SkyPilotBackend(RemoteBackend):
                                          pool=getattr(args, "pool", None),
                                          keep_pool=getattr(args, "keep_pool", False))
 
-    def batch_startup_seconds(self, options: BackendOptions) -> float:
-        """A warm pool worker starts a batch in seconds; a managed job waits for a new VM."""
-        return pools.WARM_STARTUP_SECONDS if options.workers else self.startup_seconds
+    def capacity(self, options: BackendOptions, n_batches: int) -> Capacity:
+        """A warm pool worker starts a batch in seconds (its first start waits for a new VM); a
+        managed job always waits for a new VM."""
+        cap = super().capacity(options, n_batches)
+        if not options.workers:
+            return cap
+        return dataclasses.replace(cap, startup_seconds=pools.WARM_STARTUP_SECONDS,
+                                   first_startup_seconds_=self.startup_seconds)
 
     def pool_command(self, action: str, name: str | None) -> list[str]:
         """``qec-kiln pool status|down [NAME]`` through the SDK (default: every kiln-pool-*)."""

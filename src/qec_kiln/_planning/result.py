@@ -1,0 +1,141 @@
+"""A sweep's plan with its predictions: what ``qec_kiln.plan`` returns (``PlanResult``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from qec_kiln._planning.capacity import Capacity
+from qec_kiln._planning.queue import list_schedule, predicted_makespan
+from qec_kiln._sweep.batches import Batch
+from qec_kiln._sweep.discover import CircuitFile
+from qec_kiln._sweep.manifest import Manifest
+from qec_kiln._sweep.spec import Pricing
+
+#: Relative error of a batch's predicted work (the dry run's makespan and efficiency).
+MODEL_ERROR = 0.2
+
+
+@dataclasses.dataclass
+class PlanResult:
+    """A sweep's plan, what ``qec_kiln.plan`` returns: the manifest (batches, shards, predicted
+    seconds) and how the backend would run it.
+
+    ``exists``: the sweep was already in the bucket with the same inputs, and this is its stored
+    plan. Hours are predicted: core-hours of sinter's work, wall hours with ``node_processes``
+    processes per batch plus ``startup_seconds`` each, ``slots`` batches at once.
+    """
+
+    manifest: Manifest
+    exists: bool  # the manifest was already in the bucket (a relaunch)
+    circuits: list[CircuitFile] = dataclasses.field(repr=False)
+    capacity: Capacity  # how the backend runs these batches (processes, start-up, slots)
+    estimated_cost: float | None = None  # from the prices per CPU/GPU hour, start-up included
+
+    @property
+    def node_processes(self) -> int:
+        return self.capacity.processes
+
+    @property
+    def startup_seconds(self) -> float:
+        return self.capacity.startup_seconds
+
+    @property
+    def slots(self) -> int:
+        return self.capacity.slots
+
+    @property
+    def sweep(self) -> str:
+        return self.manifest.sweep
+
+    @property
+    def batches(self) -> list[Batch]:
+        return self.manifest.batches
+
+    @property
+    def balance_ratio(self) -> float:
+        """Predicted makespan over the ideal one (1.0: perfectly balanced)."""
+        return self.manifest.plan.balance_ratio
+
+    def wall_seconds(self, core_seconds: float) -> float:
+        """Predicted wall seconds of a batch with ``core_seconds`` of work, start-up included."""
+        return core_seconds / self.node_processes + self.startup_seconds
+
+    @property
+    def workers(self) -> int:
+        """K: batches running at once, each worker taking the next batch when it is free."""
+        return max(1, self.slots or len(self.batches))
+
+    @property
+    def work_seconds(self) -> float:
+        """One worker's time for the whole sweep without start-up: predicted core-seconds / the
+        processes of a batch."""
+        return self.manifest.plan.total_predicted_seconds / self.node_processes
+
+    def _model_makespan(self, batches: int) -> float:
+        return predicted_makespan(self.work_seconds, batches, self.workers, self.startup_seconds,
+                                  model_error=MODEL_ERROR) if self.work_seconds > 0 else 0.0
+
+    @property
+    def predicted_makespan_seconds(self) -> float:
+        """Wall seconds until the last batch ends: the engine's queue (batches in plan order,
+        longest first, each to the worker free first, a start-up each), and at least what the
+        model's error adds to balanced batches (``queue.predicted_makespan``)."""
+        walls = [b.predicted_seconds / self.node_processes for b in self.batches]
+        queue = list_schedule(walls, self.workers, self.startup_seconds)
+        return max(queue, self._model_makespan(len(walls)))
+
+    def efficiency(self, makespan: float) -> float:
+        """One worker's time / (K x makespan), start-up included."""
+        return self.work_seconds / (self.workers * makespan) if makespan > 0 else 1.0
+
+    @property
+    def one_job_per_batch_makespan_seconds(self) -> float:
+        """The same work as K balanced batches, one per worker (the model's error included)."""
+        return self._model_makespan(self.workers)
+
+    def to_json(self) -> dict:
+        """What ``qec-kiln plan --json`` prints."""
+        plan = self.manifest.plan
+        data = {
+            "sweep": self.sweep,
+            "existing": self.exists,
+            "strategy": plan.strategy,
+            "batches": [
+                {"id": b.id, "circuits": len({s.circuit for s in b.shards}),
+                 "shards": [s.to_json() for s in b.shards],
+                 "predicted_core_hours": b.predicted_seconds / 3600,
+                 "predicted_wall_hours": self.wall_seconds(b.predicted_seconds) / 3600,
+                 "predicted_shots": b.predicted_shots}
+                for b in plan.batches
+            ],
+            "balance_ratio": plan.balance_ratio,
+            "total_predicted_cpu_hours": plan.total_predicted_seconds / 3600,
+            "predicted_makespan_hours": self.predicted_makespan_seconds / 3600,
+            "batches_at_once": self.slots or len(plan.batches),
+            "workers": self.workers,
+            "num_batches": len(plan.batches),
+            "predicted_efficiency": self.efficiency(self.predicted_makespan_seconds),
+            "one_job_per_batch": {
+                "num_batches": self.workers,
+                "predicted_makespan_hours": self.one_job_per_batch_makespan_seconds / 3600,
+                "predicted_efficiency": self.efficiency(self.one_job_per_batch_makespan_seconds),
+            },
+            "processes_per_batch": self.node_processes,
+            "startup_seconds_per_batch": self.startup_seconds,
+        }
+        if self.estimated_cost is not None:
+            data["estimated_cost"] = self.estimated_cost
+        return data
+
+
+def estimate_cost(prepared: PlanResult, pricing: Pricing, gpus: str | None) -> float | None:
+    """Node-hours of all batches (start-up included) times the price of a node-hour."""
+    node_hours = sum(prepared.wall_seconds(b.predicted_seconds)
+                     for b in prepared.manifest.plan.batches) / 3600
+    total = None
+    if pricing.price_per_cpu_hour is not None:
+        total = node_hours * prepared.node_processes * pricing.price_per_cpu_hour
+    if pricing.price_per_gpu_hour is not None and gpus:
+        count = int(gpus.rpartition(":")[2] or 1) if ":" in gpus else 1
+        total = (total or 0.0) + node_hours * count * pricing.price_per_gpu_hour
+    return total

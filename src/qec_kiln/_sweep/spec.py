@@ -1,0 +1,186 @@
+"""A sweep's settings, in one frozen ``SweepSpec``: what ``qec-kiln plan``/``launch`` and
+``qec_kiln.plan``/``launch`` are asked for. Every setting has one name: the API's keyword, the
+field here, and the flag (dashes for underscores: ``max_shots`` is ``--max-shots``).
+
+    >>> spec = SweepSpec.build("circuits/", {"max_shots": 10_000, "jobs": 2})
+    >>> spec.targets.max_shots, spec.partition.jobs, spec.inputs.decoders
+    (10000, 2, ('pymatching',))
+    >>> SweepSpec.build("c/", {"max_shot": 1})
+    Traceback (most recent call last):
+    ...
+    qec_kiln._errors.KilnError: unknown setting 'max_shot'; the settings are: ...
+
+Adding a setting is a field in one of the groups below plus its flag in ``_cli.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import os
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+from qec_kiln._argtypes import sinter_options as check_sinter_options
+from qec_kiln._errors import KilnError
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendOptions:
+    """Settings every backend understands; each maps them onto its own terms (submitit's generic
+    parameters). A backend's own settings live in a subclass (``LocalOptions``, ``SlurmOptions``).
+
+    >>> BackendOptions(processes=4).sync_seconds
+    30.0
+    """
+
+    processes: int | None = None  # sinter --processes per batch (default: the node's cores)
+    sync_seconds: float = 30.0  # how often run-batch uploads complete lines of its resume CSV
+    cpus: str | None = None  # CPUs per node (SkyPilot, e.g. "16+") or per task (Slurm, "8")
+    gpus: str | None = None  # accelerators, e.g. "H100:1"
+    workers: int | None = None  # K: machines/slots that run batches at once, taking them in turn
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **own: Any) -> BackendOptions:
+        """The common settings from parsed flags (absent flags take their defaults), plus ``own``."""
+        return cls(processes=getattr(args, "processes", None),
+                   sync_seconds=getattr(args, "sync_seconds", None) or 30.0,
+                   cpus=getattr(args, "cpus", None), gpus=getattr(args, "gpus", None),
+                   workers=getattr(args, "workers", None), **own)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What is sampled: the circuits (folders, ``.stim`` files, glob patterns) and decoders."""
+
+    circuits: tuple[str, ...] = ()
+    decoders: tuple[str, ...] = ("pymatching",)
+    custom_decoders_module_function: str | None = None  # sinter's, e.g. chromobius:sinter_decoders
+    sinter_options: tuple[str, ...] = ()  # sinter collect's argv words (--sinter-option, checked)
+
+
+@dataclasses.dataclass(frozen=True)
+class Targets:
+    """Per task (circuit x decoder): stop at ``max_shots`` shots or ``max_errors`` errors."""
+
+    max_shots: int = 1_000_000
+    max_errors: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+    """How the tasks become batches (at most one of jobs, target_hours, circuits_per_job)."""
+
+    jobs: int | None = None
+    target_hours: float | None = None
+    circuits_per_job: int | None = None
+    shards: bool = True  # split a big task's shots over several batches (--no-shards: never)
+    calibrate: bool = False  # time a short pilot of every task here first
+    calibrate_seconds: float = 60.0
+
+    @property
+    def is_default(self) -> bool:
+        """None of jobs, target_hours, circuits_per_job: the planner chooses the batch count."""
+        return self.jobs is None and self.target_hours is None and self.circuits_per_job is None
+
+
+@dataclasses.dataclass(frozen=True)
+class Pricing:
+    """Prices for a cost estimate (any currency)."""
+
+    price_per_cpu_hour: float | None = None
+    price_per_gpu_hour: float | None = None
+
+
+#: The groups of a SweepSpec and their types; a setting's name is its field's name.
+GROUPS: dict[str, type] = {"inputs": Inputs, "targets": Targets, "partition": Partition,
+                           "pricing": Pricing}
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSpec:
+    """Everything a sweep is asked for, grouped; built once by :meth:`build`."""
+
+    inputs: Inputs
+    targets: Targets = Targets()
+    partition: Partition = Partition()
+    pricing: Pricing = Pricing()
+    bucket: str = "kiln-results"  # s3://B[/P], gs://B[/P] or a directory
+    name: str | None = None  # default: the folder's name and a digest of the inputs
+    backend: str = "local"
+    backend_options: BackendOptions = BackendOptions()
+
+    @staticmethod
+    def setting_names() -> list[str]:
+        """Every setting's name (the API's keywords; the flags are these with dashes)."""
+        names = [f.name for group in GROUPS.values() for f in dataclasses.fields(group)]
+        return [n for n in names if n != "circuits"] + ["bucket", "name", "backend",
+                                                         "backend_options"]
+
+    @staticmethod
+    def defaults() -> dict[str, Any]:
+        """Each setting's default (for signatures and help texts)."""
+        out = {f.name: f.default for group in GROUPS.values() for f in dataclasses.fields(group)}
+        out.pop("circuits")
+        top = {f.name: f.default for f in dataclasses.fields(SweepSpec) if f.name not in GROUPS}
+        return {**out, **top, "backend_options": None}
+
+    @classmethod
+    def build(cls, circuits: Any, settings: Mapping[str, Any]) -> SweepSpec:
+        """The spec from ``circuits`` and flat ``settings`` (names as :meth:`setting_names`);
+        absent or None settings take their defaults. ``backend_options`` is kept as given: the
+        backend normalises it (``Backend.options``)."""
+        known = set(cls.setting_names())
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise KilnError(f"unknown setting {unknown[0]!r}; the settings are: "
+                            f"{', '.join(sorted(known))}")
+        given = {k: v for k, v in settings.items() if v is not None}
+        paths = ([os.fspath(circuits)] if isinstance(circuits, str | os.PathLike)
+                 else [os.fspath(c) for c in circuits])
+        if not paths:
+            raise KilnError("no circuits given: pass a folder of .stim files, or .stim files")
+        for key in ("decoders", "sinter_options"):
+            if isinstance(given.get(key), str):
+                given[key] = [given[key]]
+            if key in given:
+                given[key] = tuple(given[key])
+        if "sinter_options" in given:  # checked, as the argv words sinter collect receives
+            given["sinter_options"] = tuple(check_sinter_options(given["sinter_options"]))
+        groups = {}
+        for group_name, group in GROUPS.items():
+            fields = {f.name for f in dataclasses.fields(group)}
+            groups[group_name] = group(**{k: v for k, v in given.items() if k in fields})
+        groups["inputs"] = dataclasses.replace(groups["inputs"], circuits=tuple(paths))
+        top = {k: given[k] for k in ("bucket", "name", "backend", "backend_options") if k in given}
+        if "bucket" in top:
+            top["bucket"] = os.fspath(top["bucket"])
+        return cls(**groups, **top)
+
+    @property
+    def circuits(self) -> str | list[str]:
+        """The circuits as given: one path, or several."""
+        paths = list(self.inputs.circuits)
+        return paths[0] if len(paths) == 1 else paths
+
+
+def default_sweep_name(folder: str | list[str], digest: str) -> str:
+    """``<folder>-<8 hex of the inputs digest>``: the same inputs give the same sweep (idempotent).
+    Several inputs (files, folders, patterns) are named after their common folder, whatever
+    their order.
+
+    >>> default_sweep_name("circuits/", "0123456789abcdef")
+    'circuits-01234567'
+    >>> default_sweep_name(["c/d=5.stim", "c/d=3.stim"], "01234567ab")
+    'c-01234567'
+    """
+    if isinstance(folder, list) or pathlib.Path(folder).is_file() or glob.has_magic(folder):
+        folder = [folder] if isinstance(folder, str) else folder
+        dirs = [p if p.is_dir() else p.parent
+                for p in (pathlib.Path(f.rstrip("/")).resolve() for f in folder)]
+        folder = os.path.commonpath([str(d) for d in dirs])
+    base = pathlib.Path(folder.rstrip("/")).resolve().name or "sweep"
+    base = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in base).strip("-._") or "sweep"
+    return f"{base[:40]}-{digest[:8]}"
