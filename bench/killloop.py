@@ -213,9 +213,9 @@ def _alive(pid: int) -> bool:
 
 def _group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of a process group."""
-    from qec_kiln._node.runner import _pids_in_group
+    from qec_kiln._node.processes import pids_in_group
 
-    return [pid for pid in _pids_in_group(pgid) if _alive(pid)]
+    return [pid for pid in pids_in_group(pgid) if _alive(pid)]
 
 
 def tagged_processes(tag: str) -> list[str]:

@@ -15,7 +15,6 @@ Example (on a node)::
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import functools
 import hashlib
@@ -34,6 +33,7 @@ from collections.abc import Callable, Sequence
 from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import Exit, KilnError, ObjectNotFound, PreconditionFailed, StorageError
 from qec_kiln._node.lease import Lease, LeaseHeld, acquire, lease_key, release, renew
+from qec_kiln._node.processes import die_with_parent, kill_stale_group, stop_group
 from qec_kiln._node.workers import allowed_cpus, format_cpus
 from qec_kiln._storage import PATIENT_RETRY, QUICK_RETRY, Bucket, RetryPolicy, open_bucket
 from qec_kiln._sweep.batches import Batch
@@ -339,7 +339,7 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
                 proc = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=sinter_log, stderr=sinter_log,
                     start_new_session=True, cwd=work,
-                    preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+                    preexec_fn=functools.partial(die_with_parent, os.getpid()),
                 )
                 pgid_file.write_text(str(proc.pid))
                 running["proc"] = proc
@@ -368,7 +368,7 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
         try:
             if proc is not None:
                 syncer.sync(retry=QUICK_RETRY)  # what sinter wrote so far, before it is stopped
-                _stop_group(proc)
+                stop_group(proc)
             kill_stale_group(pgid_file)
             stop_syncing.set()
             if thread.is_alive():
@@ -447,67 +447,3 @@ def _upload_log(bucket: Bucket, sweep: str, batch: str, log_path: pathlib.Path) 
         bucket.write_bytes(log_key(sweep, batch), data, retry=LOG_RETRY)
     except (OSError, StorageError):
         pass  # logs are best effort; fragments are what count
-
-
-def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
-    """Linux: SIGKILL sinter's main process when run-batch dies (PR_SET_PDEATHSIG).
-
-    If run-batch died between the fork and the prctl, no signal will ever come: exit instead of
-    running a sinter that no pgid file records (nothing would ever stop it).
-    """
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(1)
-
-
-def _pids_in_group(pgid: int) -> list[int]:
-    pids = []
-    for d in pathlib.Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[2]) == pgid:
-                pids.append(int(d.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return pids
-
-
-def kill_stale_group(pgid_file: pathlib.Path) -> None:
-    """SIGKILL what is left of an earlier sinter of this batch (its workers outlive its main process).
-
-    The group is only killed when one of its processes runs in this batch's work folder (sinter is
-    started there and its workers inherit it): after a reboot or a wrap of the pid counter the
-    recorded pgid may belong to someone else's process group, even someone else's sinter.
-    """
-    try:
-        pgid = int(pgid_file.read_text().strip())
-    except (OSError, ValueError):
-        return
-    work = str(pgid_file.parent.resolve())
-    for pid in _pids_in_group(pgid):
-        try:
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-        except OSError:
-            continue
-        if cwd in (work, work + " (deleted)"):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
-            break
-    with contextlib.suppress(FileNotFoundError):
-        pgid_file.unlink()
-
-
-def _stop_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
-    """SIGINT sinter's group (it flushes its resume file), then SIGKILL whatever is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGINT)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)

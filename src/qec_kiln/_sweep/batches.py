@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import heapq
 
 from qec_kiln._errors import KilnError
 
@@ -90,10 +91,10 @@ class Plan:
         if not self.batches or self.total_predicted_seconds <= 0:
             return 1.0
         if self.workers and len(self.batches) > self.workers:
-            from qec_kiln._planning.queue import list_schedule
-
-            times = sorted((b.predicted_seconds for b in self.batches), reverse=True)
-            return list_schedule(times, self.workers) / (self.total_predicted_seconds / self.workers)
+            free = [0.0] * self.workers  # when each worker is next free (a heap)
+            for seconds in sorted((b.predicted_seconds for b in self.batches), reverse=True):
+                heapq.heappush(free, heapq.heappop(free) + seconds)
+            return max(free) / (self.total_predicted_seconds / self.workers)
         return self.makespan_seconds / (self.total_predicted_seconds / len(self.batches))
 
     def batch(self, batch_id: str) -> Batch:

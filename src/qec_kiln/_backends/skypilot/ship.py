@@ -76,10 +76,9 @@ class KilnWheel:
 
 
 def package_dir() -> Path:
-    """The folder of the ``qec_kiln`` package this Python imports."""
-    import qec_kiln
-
-    return Path(qec_kiln.__file__).resolve().parent
+    """The folder of the ``qec_kiln`` package this Python imports (three folders above this
+    module: qec_kiln/_backends/skypilot/ship.py)."""
+    return Path(__file__).resolve().parents[2]
 
 
 def source_root(pkg: Path | None = None) -> Path | None:

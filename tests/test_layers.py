@@ -1,0 +1,142 @@
+"""The package's structure, checked from its imports: rooms by stage, each importing only
+downward, no import circle, no private name taken from another module, and one spelling per
+sweep setting (the API keyword, the SweepSpec field and the flag's dest are one name)."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+from qec_kiln._cli import build_parser
+from qec_kiln._sweep.spec import SweepSpec
+
+SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "qec_kiln"
+
+#: Bottom to top: a module may import its own layer's modules and any layer below.
+LAYERS = [
+    {"_errors", "_atomic", "_argtypes", "_version"},
+    {"_storage"},
+    {"_sweep"},
+    {"_planning"},
+    {"_node"},
+    {"_report"},
+    {"_backends"},
+    {"_launch", "_clean", "tsim"},
+    {"_api"},
+    {"_commands"},
+    {"_cli", "__main__", "__init__"},
+]
+
+
+def _module(path: pathlib.Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _layer(module: str) -> int:
+    room = _room(module)
+    return next(i for i, rooms in enumerate(LAYERS) if room in rooms)
+
+
+def _imports(path: pathlib.Path) -> list[tuple[str, list[str], bool]]:
+    """(module, names, at module level?) of every qec_kiln import in ``path``, type-only ones
+    left out."""
+    tree = ast.parse(path.read_text())
+    type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                 and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("qec_kiln"):
+            out.append((node.module, [a.name for a in node.names], node.col_offset == 0))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, [], node.col_offset == 0) for a in node.names
+                    if a.name.startswith("qec_kiln")]
+    return out
+
+
+FILES = sorted(SRC.rglob("*.py"))
+MODULES = {_module(p) for p in FILES}
+
+
+def _target(module: str, name: str) -> str:
+    """The module an import names: ``from pkg import sub`` names the submodule."""
+    return f"{module}.{name}" if f"{module}.{name}" in MODULES else module
+
+
+def test_every_room_has_a_layer():
+    rooms = {_room(_module(p)) for p in FILES}
+    assert rooms <= set().union(*LAYERS), rooms - set().union(*LAYERS)
+
+
+def test_imports_go_only_downward():
+    upward = []
+    for p in FILES:
+        here = _module(p)
+        for module, names, _ in _imports(p):
+            for target in {_target(module, n) for n in names} or {module}:
+                if target == "qec_kiln" and here != "qec_kiln":
+                    upward.append(f"{here} -> qec_kiln (the package face)")
+                elif _layer(target) > _layer(here):
+                    upward.append(f"{here} -> {target}")
+    assert upward == []
+
+
+def test_no_import_circle():
+    """Module-level and function-level imports alike: a depth-first search finds no cycle."""
+    graph: dict[str, set[str]] = {m: set() for m in MODULES}
+    for p in FILES:
+        here = _module(p)
+        for module, names, _ in _imports(p):
+            for target in {_target(module, n) for n in names} or {module}:
+                if target in MODULES and target != here and not here.startswith(target + "."):
+                    graph[here].add(target)  # a package's own face is not a circle
+    state: dict[str, int] = {}
+    circle: list[str] = []
+
+    def visit(m: str, path: list[str]) -> bool:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                circle.extend(path[path.index(n):] + [n] if n in path else [m, n])
+                return True
+            if n not in state and visit(n, path + [n]):
+                return True
+        state[m] = 2
+        return False
+
+    for m in sorted(graph):
+        if m not in state and visit(m, [m]):
+            break
+    assert circle == []
+
+
+def test_no_private_name_is_imported_from_another_module():
+    found = [f"{_module(p)}: {module}.{n}" for p in FILES for module, names, _ in _imports(p)
+             for n in names if n.startswith("_") and not n.startswith("__")
+             and f"{module}.{n}" not in MODULES]
+    assert found == []
+
+
+def test_no_module_is_over_500_lines():
+    assert {p.name: n for p in FILES if (n := len(p.read_text().splitlines())) > 500} == {}
+
+
+@pytest.mark.parametrize("command", ["plan", "launch"])
+def test_each_sweep_setting_is_one_flag_of_the_same_name(command):
+    """Adding a setting is a SweepSpec field plus its flag: the flag's dest is the field's name."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    dests = {a.dest for a in sub._actions}
+    settings = set(SweepSpec.setting_names()) - {"backend_options"}  # the backends' own flags
+    assert settings <= dests, settings - dests
+    args = build_parser().parse_args([command, "c/"])
+    assert not settings & set(vars(args)) - {"backend"}  # absent flags keep the spec's defaults
