@@ -15,7 +15,7 @@ import pytest
 import sinter
 from conftest import write_surface_circuits
 
-from qec_kiln._backends.local.backend import _state_dir
+from qec_kiln._backends.local.state import StateFolder
 from qec_kiln._cli import build_parser
 from qec_kiln._errors import Exit
 
@@ -149,7 +149,7 @@ def test_progress_lines_without_a_terminal_and_status_reads_local_resume_files(
     assert any(" b000 " in ln or "; b00" in ln for ln in lines[:-1])  # per running batch
     assert lines[-1].startswith("progress: 2/2 batch(es) ended, 600,000 shots")
     # A finished batch's local work folder is removed.
-    state = _state_dir(str(bucket.resolve()), "p")
+    state = StateFolder.of(str(bucket.resolve()), "p").root
     assert not (state / "work").exists()
 
     # status prefers a local resume file holding more than the (older) fragment in the bucket.
@@ -245,12 +245,11 @@ def test_stale_cancel_and_launch_records_change_nothing(tmp_path, kiln):
     import json as json_
 
     from qec_kiln._backends import get_backend
-    from qec_kiln._backends.local.backend import _state_dir
     from qec_kiln._storage import parse_url
 
     circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001,))
     bucket = tmp_path / "bucket"
-    state = _state_dir(parse_url(str(bucket)).url, "st")
+    state = StateFolder.of(parse_url(str(bucket)).url, "st").root
     state.mkdir(parents=True)
     (state / "sweep.cancel").write_text("1.0")  # a cancel of long ago
     (state / f"launcher-{os.getpid()}.json").write_text(  # this pid, but another start time

@@ -14,6 +14,7 @@ from conftest import write_surface_circuits
 import qec_kiln
 from qec_kiln._backends import LaunchRequest, get_backend
 from qec_kiln._backends.local import backend as lo
+from qec_kiln._backends.local.state import StateFolder
 from qec_kiln._backends.slurm import backend as sl
 from qec_kiln._errors import KilnError
 from qec_kiln._node.runner import sinter_collect_argv
@@ -157,7 +158,7 @@ def test_local_batches_start_longest_first_on_their_workers_cpus(tmp_path):
     assert not sub.failed, sub.message
     p = qec_kiln.plan(circuits, max_shots=3000, max_errors=10**6, bucket=bucket, name="q")
     by_cost = [b.id for b in sorted(p.batches, key=lambda b: -b.predicted_seconds)]
-    state = lo._state_dir(str(bucket), "q")
+    state = StateFolder.of(str(bucket), "q").root
     started = sorted(p.batches, key=lambda b: json.loads(
         (state / f"{b.id}.pid").read_text())["started"])
     assert [b.id for b in started] == by_cost

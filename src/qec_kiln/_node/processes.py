@@ -1,5 +1,13 @@
-"""The processes of a batch's sinter: its own process group, found by /proc and stopped whole
-(sinter's workers outlive its main process when that is SIGKILLed)."""
+"""Processes by their identity in /proc (state, start time, process group, command line), and a
+batch's sinter as one process group, found and stopped whole (sinter's workers outlive its main
+process when that is SIGKILLed). Used by run-batch and by the local backend.
+
+    >>> me = os.getpid()
+    >>> start_ticks(me) is not None and me in pids_in_group(os.getpgid(0))
+    True
+    >>> b"python" in b" ".join(command_line(me)).lower() or command_line(me) != []
+    True
+"""
 
 from __future__ import annotations
 
@@ -23,18 +31,46 @@ def die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the chil
         os._exit(1)
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """``/proc/<pid>/stat`` after the command name (field 3, the state, is ``[0]``); None when
+    the process is gone."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2:].split()
+    except (OSError, ValueError):
+        return None
+
+
+def start_ticks(pid: int) -> int | None:
+    """When a live process started (field 22, clock ticks since boot): with its pid it tells a
+    process from a later one given the same pid. None when it is gone or a zombie."""
+    fields = stat_fields(pid)
+    if not fields or fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def is_live(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    fields = stat_fields(pid)
+    return fields is not None and bool(fields) and fields[0] != "Z"
+
+
+def command_line(pid: int) -> list[bytes]:
+    """The process's argv ([] when it is gone)."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
 def pids_in_group(pgid: int) -> list[int]:
+    """Every process of process group ``pgid``."""
     pids = []
     for d in pathlib.Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[2]) == pgid:
-                pids.append(int(d.name))
-        except (OSError, ValueError, IndexError):
-            continue
+        if d.name.isdigit() and (fields := stat_fields(d.name)) and len(fields) > 2 \
+                and fields[2] == str(pgid):
+            pids.append(int(d.name))
     return pids
 
 

@@ -16,13 +16,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import pathlib
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -37,19 +34,13 @@ from qec_kiln._backends.base import (
     JobState,
     LaunchRequest,
     Submission,
-    kiln_home,
     quote_argv,
 )
-from qec_kiln._errors import Exit
+from qec_kiln._backends.local.queue import SlotQueue, StopSignals, removed_at_exit
+from qec_kiln._backends.local.state import StateFolder, is_run_batch
+from qec_kiln._node.processes import start_ticks
 from qec_kiln._node.workers import Worker, format_cpus, gpu_ids, machine_cpus, worker_environments
 from qec_kiln._planning.capacity import Capacity
-
-
-def _state_dir(bucket_url: str, sweep: str) -> pathlib.Path:
-    """``$QEC_KILN_HOME/local/<sweep>-<8 hex of the bucket URL>``: one sweep name in two buckets
-    gets two folders (job records and work files never mix)."""
-    digest = hashlib.sha256(bucket_url.encode()).hexdigest()[:8]
-    return kiln_home() / "local" / f"{sweep}-{digest}"
 
 
 def split_cores(num_batches: int, workers: int | None, processes: int | None,
@@ -127,7 +118,7 @@ class LocalBackend(Backend):
         if "--processes" not in argv:
             argv += ["--processes", str(len(worker.cpus))]
         argv += ["--cpus-allowed", format_cpus(worker.cpus)]
-        argv += ["--work-dir", str(_state_dir(request.bucket_url, request.sweep) / "work")]
+        argv += ["--work-dir", str(StateFolder.of(request.bucket_url, request.sweep).work)]
         return argv
 
     def _workers(self, request: LaunchRequest) -> list[Worker]:
@@ -151,197 +142,71 @@ class LocalBackend(Backend):
     def state_running(self, folder: pathlib.Path) -> bool:
         """Whether a run-batch recorded in ``folder`` (its ``<batch>.pid`` files) still runs."""
         for pid_file in folder.glob("*.pid"):
-            try:
-                pid = int(json.loads(pid_file.read_text())["pid"])
-                cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if b"run-batch" in cmdline.split(b"\0"):
-                return True
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                if is_run_batch(int(json.loads(pid_file.read_text())["pid"])):
+                    return True
         return False
 
     def max_processes(self, options: BackendOptions) -> int | None:
         return 4 * (os.cpu_count() or 1)
 
     def launch(self, request: LaunchRequest) -> Submission:
-        state = _state_dir(request.bucket_url, request.sweep)
-        state.mkdir(parents=True, exist_ok=True)
-        free = self._workers(request)  # idle slots; a finished batch gives its slot back
-        slot_of: dict[str, Worker] = {}
-        pending = list(request.batch_ids)
-        running: dict[str, subprocess.Popen] = {}
-        codes: dict[str, int] = {}
-        commands: list[list[str]] = []
+        state = StateFolder.of(request.bucket_url, request.sweep)
+        state.root.mkdir(parents=True, exist_ok=True)
         console = Console(stderr=True)
-        stopped: list[int] = []  # the terminating signal(s) this launch received
-        never_started: list[str] = []  # waiting when `qec-kiln cancel` came
-        cancel_record = state / _SWEEP_CANCEL
-        began = time.time()  # a cancel recorded before this launch began does not stop it
-        me = state / f"{_LAUNCHER}{os.getpid()}.json"  # what `cancel` reads: who waits here
-        my_start = _start_ticks(os.getpid())
-
-        def note_waiting() -> None:  # rewritten only when the waiting batches change
-            me.write_text(json.dumps({"pid": os.getpid(), "started": my_start, "waiting": pending}))
-
-        def states() -> dict[str, str]:
-            out = {b: "waiting" for b in pending}
-            out.update({b: "cancelled" for b in never_started})
-            out.update({b: "running" for b in running})
-            out.update({b: _ended(state, b, c) for b, c in codes.items()})
-            return out
-
-        def cancelled_here() -> bool:
-            """`qec-kiln cancel` of this sweep: start nothing more, and stop what runs (a
-            batch started while the cancel looked for running ones is stopped here)."""
-            try:
-                if float(cancel_record.read_text()) < began:
-                    return False
-            except (OSError, ValueError):
-                return False
-            if pending:
-                never_started.extend(pending)
-                pending.clear()
-                note_waiting()
-            for b, p in running.items():
-                if not (state / f"{b}.cancel").exists():
-                    (state / f"{b}.cancel").write_text(str(time.time()))
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(p.pid, signal.SIGTERM)
-            return True
-
-        with (_StopSignals(stopped), _progress(self, request, state, states, console) as shown,
-              _removed_at_exit(me)):
-            note_waiting()
-            while (pending or running) and not stopped:
-                while pending and free and not stopped and not cancelled_here():
-                    b = pending.pop(0)
-                    slot_of[b] = free.pop(0)
-                    argv = self._argv(request, b, slot_of[b])
-                    commands.append(argv)
-                    running[b] = self._start(state, b, argv, slot_of[b].env)
-                    note_waiting()
-                time.sleep(0.2)
-                cancelled_here()
-                for b, p in list(running.items()):
-                    if p.poll() is not None:
-                        codes[b] = p.returncode
-                        (state / f"{b}.exit").write_text(str(p.returncode))
-                        del running[b]
-                        free.append(slot_of[b])
-                        ended_as = _ended(state, b, p.returncode)
-                        if ended_as == "failed":
-                            console.print(f"[red]{b} failed (exit {p.returncode}); "
-                                          f"log: {state / (b + '.out')}")
-                        elif ended_as == "elsewhere":
-                            console.print(f"{b}: run by another run-batch of this sweep "
-                                          "(another launch); not counted as failed")
-                if shown is not None:
-                    shown.update()
-            if stopped:
-                name = signal.Signals(stopped[0]).name
-                console.print(f"{name}: stopping batches and uploading their resume files...")
-                for p in running.values():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(p.pid, signal.SIGTERM)
-                for b, p in running.items():
-                    try:
-                        codes[b] = p.wait(timeout=60)
-                    except subprocess.TimeoutExpired:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.killpg(p.pid, signal.SIGKILL)
-                        codes[b] = p.wait()
-                    (state / f"{b}.exit").write_text(str(codes[b]))
-                running.clear()
-        ended = states()
-        failed = sorted(b for b in codes if ended[b] == "failed")
-        cancelled = sorted([b for b in codes if ended[b] == "cancelled"] + never_started)
-        elsewhere = sorted(b for b in codes if ended[b] == "elsewhere")
-        for b in codes:
-            if ended[b] == "done":  # its fragment is final: the local copy is not needed
-                shutil.rmtree(_work_dir(state, request.sweep, b), ignore_errors=True)
-        for empty in (state / "work" / request.sweep, state / "work"):
-            with contextlib.suppress(OSError):
-                empty.rmdir()
-        if stopped:
-            msg = "interrupted: run the same launch again to resume"
-        elif failed:
-            msg = f"{len(failed)} batch(es) failed: {', '.join(failed)}; logs in {state}"
-            if cancelled:
-                msg += f"; {len(cancelled)} cancelled (qec-kiln cancel): {', '.join(cancelled)}"
-        elif cancelled:
-            waited = f" ({', '.join(never_started)} never started)" if never_started else ""
-            msg = (f"{len(cancelled)} batch(es) cancelled (qec-kiln cancel): "
-                   f"{', '.join(cancelled)}{waited}; run the same launch again to resume")
-        elif elsewhere:
-            msg = (f"{len(codes) - len(elsewhere)} batch(es) finished; {len(elsewhere)} run by "
-                   f"another launch of this sweep ({', '.join(elsewhere)}): see `qec-kiln status`")
-        else:
-            msg = f"all {len(codes)} batch(es) finished"
-        return Submission(job_ids={b: str(b) for b in request.batch_ids}, commands=commands,
-                          message=msg, failed=failed, interrupted=bool(stopped),
-                          signal=stopped[0] if stopped else 0, cancelled=cancelled)
-
-    def _start(self, state: pathlib.Path, batch: str, argv: list[str],
-               env: dict[str, str] | None = None) -> subprocess.Popen:
-        for old in (f"{batch}.exit", f"{batch}.cancel"):
-            with contextlib.suppress(FileNotFoundError):
-                (state / old).unlink()
-        out = open(state / f"{batch}.out", "ab")  # noqa: SIM115 (the child holds it)
-        try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    start_new_session=True,
-                                    env={**os.environ, **env} if env else None)
-        finally:
-            out.close()
-        (state / f"{batch}.pid").write_text(json.dumps({"pid": proc.pid, "started": time.time()}))
-        return proc
+        queue = SlotQueue(state, list(request.batch_ids), self._workers(request),
+                          lambda b, slot: self._argv(request, b, slot), console)
+        with (StopSignals(queue.stopped), _progress(request, state, queue.states, console) as shown,
+              removed_at_exit(queue.me)):
+            queue.run(shown)
+        return queue.submission(list(request.batch_ids))
 
     def job_states(self, bucket_url: str, sweep: str) -> dict[str, JobState]:
-        state = _state_dir(bucket_url, sweep)
+        state = StateFolder.of(bucket_url, sweep)
         out: dict[str, JobState] = {}
-        if not state.is_dir():
+        if not state.root.is_dir():
             return out
-        for pid_file in sorted(state.glob("*.pid")):
+        for pid_file in state.pid_files():
             b = pid_file.stem
-            pid = _read_pid(pid_file)
-            if pid is not None and _is_run_batch(pid, sweep):
+            pid = state.read_pid(b)
+            if state.running_pid(b) is not None:
                 out[b] = JobState(b, "RUNNING", job_id=f"pid {pid}")
                 continue
             try:
-                rc = int((state / f"{b}.exit").read_text())
+                rc = int(state.exit(b).read_text())
             except (OSError, ValueError):
                 out[b] = JobState(b, "STOPPED", job_id=f"pid {pid}", detail="exited without a record")
                 continue
-            name = {"done": "SUCCEEDED", "cancelled": "CANCELLED"}.get(_ended(state, b, rc), "FAILED")
+            name = {"done": "SUCCEEDED", "cancelled": "CANCELLED"}.get(state.ended(b, rc), "FAILED")
             out[b] = JobState(b, name, job_id=f"pid {pid}", detail=f"exit {rc}")
         return out
 
     def cancel(self, bucket_url: str, sweep: str) -> list[str]:
         """SIGTERM every running batch of the sweep, and tell its launches to start no more
         (they stop any batch they start meanwhile); returns running and waiting batches."""
-        state = _state_dir(bucket_url, sweep)
-        if not state.is_dir():
+        state = StateFolder.of(bucket_url, sweep)
+        if not state.root.is_dir():
             return []
-        (state / _SWEEP_CANCEL).write_text(str(time.time()))  # first: no launch starts more
+        state.sweep_cancel.write_text(str(time.time()))  # first: no launch starts more
         cancelled = []
-        for launcher in sorted(state.glob(f"{_LAUNCHER}*.json")):
+        for launcher in state.launchers():
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 record = json.loads(launcher.read_text())
-                launch_pid = int(record["pid"])
-                if record["started"] is not None and _start_ticks(launch_pid) == record["started"]:
+                if record["started"] is not None and start_ticks(int(record["pid"])) == record["started"]:
                     cancelled += [str(b) for b in record["waiting"]]  # that launch still runs
-        for pid_file in sorted(state.glob("*.pid")):
-            pid = _read_pid(pid_file)
-            if pid is not None and _is_run_batch(pid, sweep):
+        for pid_file in state.pid_files():
+            pid = state.running_pid(pid_file.stem)
+            if pid is not None:
                 # The record first: the launcher then reports the batch CANCELLED, not failed.
-                (state / f"{pid_file.stem}.cancel").write_text(str(time.time()))
+                state.cancel(pid_file.stem).write_text(str(time.time()))
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGTERM)
                 cancelled.append(pid_file.stem)
         return sorted(set(cancelled))
 
     def live_fragments(self, bucket_url: str, sweep: str) -> dict[str, bytes]:
-        work = _state_dir(bucket_url, sweep) / "work" / sweep
+        state = StateFolder.of(bucket_url, sweep)
+        work = state.work / sweep
         out = {}
         for resume in sorted(work.glob("*/resume.csv")) if work.is_dir() else []:
             with contextlib.suppress(OSError):
@@ -349,52 +214,8 @@ class LocalBackend(Backend):
         return out
 
 
-#: Exit codes of a run-batch stopped by SIGINT, SIGTERM or SIGHUP (it uploads, then exits so).
-STOPPED_CODES = frozenset({Exit.for_signal(signal.SIGINT), Exit.for_signal(signal.SIGTERM),
-                           Exit.for_signal(signal.SIGHUP),
-                           -signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP})
-
-
-def _ended(state: pathlib.Path, batch: str, code: int) -> str:
-    """``done``, ``elsewhere`` (another run-batch holds the batch), ``cancelled`` (a cancel
-    record, or stopped by a signal this launch did not send) or ``failed``."""
-    if code == 0:
-        return "done"
-    if code == Exit.CONFLICT:  # another run-batch holds it (a second launch): not failed, not ours
-        return "elsewhere"
-    if code in STOPPED_CODES or (state / f"{batch}.cancel").exists():
-        return "cancelled"
-    return "failed"
-
-
-def _work_dir(state: pathlib.Path, sweep: str, batch: str) -> pathlib.Path:
-    """Where run-batch keeps the batch's circuits and resume file (``--work-dir``)."""
-    return state / "work" / sweep / batch
-
-
-class _StopSignals:
-    """While active, SIGINT, SIGTERM and SIGHUP are recorded in ``stopped`` (the launch loop
-    then stops every batch the way Ctrl-C does) instead of ending the process at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self, stopped: list[int]):
-        self.stopped = stopped
-        self.old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignals:
-        for s in self.SIGNALS:
-            self.old[s] = signal.signal(s, lambda signum, _frame: self.stopped.append(signum))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self.old.items():
-            signal.signal(s, h)
-
-
 @contextlib.contextmanager
-def _progress(backend: LocalBackend, request: LaunchRequest, state: pathlib.Path, states,
-              console: Console):
+def _progress(request: LaunchRequest, state: StateFolder, states, console: Console):
     """Live shots/errors/ETA of the batches (None, and a warning, if the plan cannot be read)."""
     from qec_kiln._errors import KilnError
     from qec_kiln._report.progress import LaunchProgress, ResumeReader
@@ -407,52 +228,6 @@ def _progress(backend: LocalBackend, request: LaunchRequest, state: pathlib.Path
         console.print(f"warning: no live progress ({ex})", markup=False)
         yield None
         return
-    reader = ResumeReader(manifest, lambda b: _work_dir(state, request.sweep, b) / "resume.csv")
+    reader = ResumeReader(manifest, state.resume_file)
     with LaunchProgress(reader, request.batch_ids, states, console) as shown:
         yield shown
-
-
-#: In a sweep's state folder: `qec-kiln cancel` came (launches start no more batches), and
-#: each running launch's record (its pid and its waiting batches).
-_SWEEP_CANCEL, _LAUNCHER = "sweep.cancel", "launcher-"
-
-
-def _start_ticks(pid: int) -> int | None:
-    """When a live process started (``/proc/<pid>/stat`` field 22, in clock ticks since boot):
-    with its pid, it tells the launch that wrote a record from a later process given the same
-    pid. None when the process is gone (or a zombie)."""
-    try:
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return None if fields[0] == "Z" else int(fields[19])
-
-
-@contextlib.contextmanager
-def _removed_at_exit(path: pathlib.Path):
-    """Remove ``path`` however the block ends (a launch's record must not outlive it)."""
-    try:
-        yield
-    finally:
-        path.unlink(missing_ok=True)
-
-
-def _read_pid(path: pathlib.Path) -> int | None:
-    try:
-        return int(json.loads(path.read_text())["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _is_run_batch(pid: int, sweep: str) -> bool:
-    """Whether ``pid`` is (still) a run-batch of this sweep, not a recycled pid."""
-    try:
-        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if stat[stat.rindex(")") + 2:].startswith("Z"):
-        return False
-    args = cmdline.split(b"\0")
-    return b"run-batch" in args and sweep.encode() in args

@@ -1,0 +1,236 @@
+"""The local backend's launch: K slots taking batches, longest first, from one queue.
+
+A slot starts the next waiting batch as soon as its batch exits (the launch waits on the
+children's pidfds, not on a timer). ``qec-kiln cancel`` from another terminal writes
+``sweep.cancel``: the queue starts no more batches and stops any it started meanwhile. Ctrl-C,
+SIGTERM or SIGHUP stop every running batch the same way (run-batch uploads its last complete
+lines first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from rich.console import Console
+
+from qec_kiln._backends.base import Submission
+from qec_kiln._backends.local.state import StateFolder
+from qec_kiln._node.processes import start_ticks
+from qec_kiln._node.workers import Worker
+
+#: How often the queue looks for a cancel record and redraws progress while nothing exits.
+TICK_SECONDS = 0.2
+
+
+class SlotQueue:
+    """Runs ``batches`` on ``slots``; ``argv_for(batch, slot)`` is each batch's command."""
+
+    def __init__(self, state: StateFolder, batches: list[str], slots: list[Worker],
+                 argv_for: Callable[[str, Worker], list[str]], console: Console):
+        self.state, self.argv_for, self.console = state, argv_for, console
+        self.pending = list(batches)
+        self.free = list(slots)  # idle slots; a finished batch gives its slot back
+        self.slot_of: dict[str, Worker] = {}
+        self.running: dict[str, subprocess.Popen] = {}
+        self.codes: dict[str, int] = {}
+        self.commands: list[list[str]] = []
+        self.stopped: list[int] = []  # the terminating signal(s) this launch received
+        self.never_started: list[str] = []  # waiting when `qec-kiln cancel` came
+        self.began = time.time()  # a cancel recorded before this launch began does not stop it
+        self.me = state.launcher(os.getpid())  # what `cancel` reads: who waits here
+        self.my_start = start_ticks(os.getpid())
+
+    # ------------------------------------------------------------------ what it shows
+
+    def states(self) -> dict[str, str]:
+        """Each batch: waiting, running, or how it ended (done, cancelled, failed, ...)."""
+        out = {b: "waiting" for b in self.pending}
+        out.update({b: "cancelled" for b in self.never_started})
+        out.update({b: "running" for b in self.running})
+        out.update({b: self.state.ended(b, c) for b, c in self.codes.items()})
+        return out
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, shown: Any) -> None:
+        """Until every batch ended, or a signal came (``shown``: the live progress, or None)."""
+        self._note_waiting()
+        while (self.pending or self.running) and not self.stopped:
+            while self.pending and self.free and not self.stopped and not self._cancelled():
+                self._start_next()
+            self._wait_for_an_exit(TICK_SECONDS)
+            self._cancelled()
+            self._reap()
+            if shown is not None:
+                shown.update()
+        if self.stopped:
+            self._stop_all()
+
+    def _note_waiting(self) -> None:  # rewritten only when the waiting batches change
+        self.me.write_text(json.dumps({"pid": os.getpid(), "started": self.my_start,
+                                       "waiting": self.pending}))
+
+    def _cancelled(self) -> bool:
+        """`qec-kiln cancel` of this sweep: start nothing more, and stop what runs (a batch
+        started while the cancel looked for running ones is stopped here)."""
+        try:
+            if float(self.state.sweep_cancel.read_text()) < self.began:
+                return False
+        except (OSError, ValueError):
+            return False
+        if self.pending:
+            self.never_started.extend(self.pending)
+            self.pending.clear()
+            self._note_waiting()
+        for b, p in self.running.items():
+            if not self.state.cancel(b).exists():
+                self.state.cancel(b).write_text(str(time.time()))
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+        return True
+
+    def _start_next(self) -> None:
+        b = self.pending.pop(0)
+        self.slot_of[b] = self.free.pop(0)
+        argv = self.argv_for(b, self.slot_of[b])
+        self.commands.append(argv)
+        self.running[b] = start_batch(self.state, b, argv, self.slot_of[b].env)
+        self._note_waiting()
+
+    def _wait_for_an_exit(self, timeout: float) -> None:
+        """Return when a running batch exits, or after ``timeout``."""
+        fds = []
+        try:
+            for p in self.running.values():
+                with contextlib.suppress(OSError):
+                    fds.append(os.pidfd_open(p.pid))
+            if fds:
+                select.select(fds, [], [], timeout)
+            else:
+                time.sleep(timeout)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _reap(self) -> None:
+        for b, p in list(self.running.items()):
+            if p.poll() is None:
+                continue
+            self.codes[b] = p.returncode
+            self.state.exit(b).write_text(str(p.returncode))
+            del self.running[b]
+            self.free.append(self.slot_of[b])
+            ended_as = self.state.ended(b, p.returncode)
+            if ended_as == "failed":
+                self.console.print(f"[red]{b} failed (exit {p.returncode}); "
+                                   f"log: {self.state.out(b)}")
+            elif ended_as == "elsewhere":
+                self.console.print(f"{b}: run by another run-batch of this sweep "
+                                   "(another launch); not counted as failed")
+
+    def _stop_all(self) -> None:
+        name = signal.Signals(self.stopped[0]).name
+        self.console.print(f"{name}: stopping batches and uploading their resume files...")
+        for p in self.running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        for b, p in self.running.items():
+            try:
+                self.codes[b] = p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                self.codes[b] = p.wait()
+            self.state.exit(b).write_text(str(self.codes[b]))
+        self.running.clear()
+
+    # ------------------------------------------------------------------ the outcome
+
+    def submission(self, batch_ids: list[str]) -> Submission:
+        """What ran, how each ended, and the one-line message; finished batches' work folders
+        are removed (their fragments are final)."""
+        ended = self.states()
+        codes = self.codes
+        failed = sorted(b for b in codes if ended[b] == "failed")
+        cancelled = sorted([b for b in codes if ended[b] == "cancelled"] + self.never_started)
+        elsewhere = sorted(b for b in codes if ended[b] == "elsewhere")
+        for b in codes:
+            if ended[b] == "done":
+                shutil.rmtree(self.state.work_dir(b), ignore_errors=True)
+        for empty in (self.state.work / self.state.sweep, self.state.work):
+            with contextlib.suppress(OSError):
+                empty.rmdir()
+        if self.stopped:
+            msg = "interrupted: run the same launch again to resume"
+        elif failed:
+            msg = f"{len(failed)} batch(es) failed: {', '.join(failed)}; logs in {self.state.root}"
+            if cancelled:
+                msg += f"; {len(cancelled)} cancelled (qec-kiln cancel): {', '.join(cancelled)}"
+        elif cancelled:
+            waited = (f" ({', '.join(self.never_started)} never started)"
+                      if self.never_started else "")
+            msg = (f"{len(cancelled)} batch(es) cancelled (qec-kiln cancel): "
+                   f"{', '.join(cancelled)}{waited}; run the same launch again to resume")
+        elif elsewhere:
+            msg = (f"{len(codes) - len(elsewhere)} batch(es) finished; {len(elsewhere)} run by "
+                   f"another launch of this sweep ({', '.join(elsewhere)}): see `qec-kiln status`")
+        else:
+            msg = f"all {len(codes)} batch(es) finished"
+        return Submission(job_ids={b: str(b) for b in batch_ids}, commands=self.commands,
+                          message=msg, failed=failed, interrupted=bool(self.stopped),
+                          signal=self.stopped[0] if self.stopped else 0, cancelled=cancelled)
+
+
+def start_batch(state: StateFolder, batch: str, argv: list[str],
+                env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start one run-batch in its own session, its output in ``<b>.out``, its pid recorded."""
+    for old in (state.exit(batch), state.cancel(batch)):
+        old.unlink(missing_ok=True)
+    out = open(state.out(batch), "ab")  # noqa: SIM115 (the child holds it)
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True,
+                                env={**os.environ, **env} if env else None)
+    finally:
+        out.close()
+    state.pid(batch).write_text(json.dumps({"pid": proc.pid, "started": time.time()}))
+    return proc
+
+
+class StopSignals:
+    """While active, SIGINT, SIGTERM and SIGHUP are recorded in ``stopped`` (the queue then
+    stops every batch the way Ctrl-C does) instead of ending the process at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, stopped: list[int]):
+        self.stopped = stopped
+        self.old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        for s in self.SIGNALS:
+            self.old[s] = signal.signal(s, lambda signum, _frame: self.stopped.append(signum))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def removed_at_exit(path: os.PathLike) -> Iterator[None]:
+    """Remove ``path`` however the block ends (a launch's record must not outlive it)."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
