@@ -43,8 +43,8 @@ def backend_class(name: str) -> type[Backend]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of the common options and each backend's own group."""
     add_common_arguments(parser)
-    for name in BACKENDS:
-        backend_class(name).add_arguments(parser)
+    for name in BACKENDS:  # each backend's light options module, not the backend itself
+        importlib.import_module(f"qec_kiln._backends.{name}.options").add_arguments(parser)
 
 
 def get_backend(name: str) -> Backend:

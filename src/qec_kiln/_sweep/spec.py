@@ -21,10 +21,12 @@ import glob
 import os
 import pathlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from qec_kiln._argtypes import sinter_options as check_sinter_options
 from qec_kiln._errors import KilnError
+
+_O = TypeVar("_O", bound="BackendOptions")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +45,7 @@ class BackendOptions:
     workers: int | None = None  # K: machines/slots that run batches at once, taking them in turn
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, **own: Any) -> BackendOptions:
+    def from_args(cls: type[_O], args: argparse.Namespace, **own: Any) -> _O:
         """The common settings from parsed flags (absent flags take their defaults), plus ``own``."""
         return cls(processes=getattr(args, "processes", None),
                    sync_seconds=getattr(args, "sync_seconds", None) or 30.0,

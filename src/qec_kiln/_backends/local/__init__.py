@@ -1,5 +1,5 @@
-"""The local backend: batches as processes of this machine, on K slots with their own CPUs."""
+"""The local backend: batches as processes of this machine, on K slots with their own CPUs.
 
-from qec_kiln._backends.local.backend import LocalBackend, LocalOptions
-
-__all__ = ["LocalBackend", "LocalOptions"]
+The package's modules load only when asked for: ``options`` (flags, read by every parser) is
+light; ``backend`` imports what the backend needs.
+"""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import pathlib
@@ -27,7 +26,6 @@ from typing import Any
 
 from rich.console import Console
 
-from qec_kiln._argtypes import positive_int
 from qec_kiln._backends.base import (
     Backend,
     BackendOptions,
@@ -36,6 +34,7 @@ from qec_kiln._backends.base import (
     Submission,
     quote_argv,
 )
+from qec_kiln._backends.local.options import LocalOptions, add_arguments
 from qec_kiln._backends.local.queue import SlotQueue, StopSignals, removed_at_exit
 from qec_kiln._backends.local.state import StateFolder, is_run_batch
 from qec_kiln._node.processes import start_ticks
@@ -65,12 +64,6 @@ def slot_workers(num_batches: int, workers: int | None, gpus: str | None = None)
     return worker_environments(machine_cpus(), gpu_list, k)
 
 
-@dataclasses.dataclass(frozen=True)
-class LocalOptions(BackendOptions):
-    """The local backend's options: the common ones; ``workers`` is how many batches run at once
-    (``parallel`` is an alias of it)."""
-
-
 class LocalBackend(Backend):
     """Batches as local processes on K slots, each with its own CPUs.
 
@@ -89,9 +82,7 @@ class LocalBackend(Backend):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("local")
-        g.add_argument("--parallel", type=positive_int, dest="workers", default=argparse.SUPPRESS,
-                       help="the same as --workers: batches at once (default 1 with all cores)")
+        add_arguments(parser)
 
     @classmethod
     def options(cls, value: BackendOptions | Mapping[str, Any] | None = None) -> LocalOptions:

@@ -63,7 +63,7 @@ from qec_kiln._backends.remote import (
 )
 from qec_kiln._backends.skypilot import pool as pools
 from qec_kiln._backends.skypilot.node import apply_node_install, node_identity
-from qec_kiln._backends.skypilot.options import SkyPilotOptions
+from qec_kiln._backends.skypilot.options import SkyPilotOptions, add_arguments, options_from_args
 from qec_kiln._backends.skypilot.queue import (
     EXTRA_QUEUE_FIELDS,
     map_queue_to_batches,
@@ -141,31 +141,11 @@ class SkyPilotBackend(RemoteBackend):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("skypilot")
-        g.add_argument("--infra", help="e.g. aws, gcp/us-central1, k8s")
-        g.add_argument("--no-spot", action="store_true", help="on-demand instead of spot")
-        g.add_argument("--yaml", help="your own copy of configs/sinter_job.yaml")
-        g.add_argument("--kiln-pip-spec", metavar="SPEC",
-                       help="nodes pip-install this published qec-kiln (e.g. 'qec-kiln==0.1.0') "
-                       "instead of a wheel of this machine's qec-kiln")
-        g.add_argument("--image", metavar="docker:REF",
-                       help="container image with qec-kiln (docker/README.md); drops setup")
-        g.add_argument("--pool", metavar="NAME",
-                       help="with --workers: use (or create) this SkyPilot pool instead of the "
-                       "one named after the install, kiln-pool-<hash>")
-        g.add_argument("--keep-pool", action="store_true",
-                       help="with --workers: keep the pool when the sweep is done (idle workers "
-                       "bill; status then does not ask you to take it down)")
+        add_arguments(parser)
 
     @classmethod
     def options_from_args(cls, args: argparse.Namespace) -> BackendOptions:
-        return SkyPilotOptions.from_args(args, infra=getattr(args, "infra", None),
-                                         use_spot=not getattr(args, "no_spot", False),
-                                         yaml_path=getattr(args, "yaml", None),
-                                         kiln_pip_spec=getattr(args, "kiln_pip_spec", None),
-                                         image=getattr(args, "image", None),
-                                         pool=getattr(args, "pool", None),
-                                         keep_pool=getattr(args, "keep_pool", False))
+        return options_from_args(args)
 
     def capacity(self, options: BackendOptions, n_batches: int) -> Capacity:
         """A warm pool worker starts a batch in seconds (its first start waits for a new VM); a

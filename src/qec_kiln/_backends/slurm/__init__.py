@@ -1,5 +1,5 @@
-"""The Slurm backend: one job array per launch, ``%K`` throttled, through sbatch/squeue/scancel."""
+"""The Slurm backend: one job array per launch, ``%K`` throttled, through sbatch/squeue/scancel.
 
-from qec_kiln._backends.slurm.backend import SlurmBackend, SlurmOptions
-
-__all__ = ["SlurmBackend", "SlurmOptions"]
+The package's modules load only when asked for: ``options`` (flags, read by every parser) is
+light; ``backend`` imports what the backend needs.
+"""

@@ -61,6 +61,7 @@ from qec_kiln._backends.remote import (
     rendered_by,
     short_digest,
 )
+from qec_kiln._backends.slurm.options import SlurmOptions, add_arguments, options_from_args
 from qec_kiln._backends.slurm.parse import (
     check_account,
     check_extra_option,
@@ -194,18 +195,6 @@ def render_template(template: str, values: dict[str, str], source: str) -> str:
     return "".join(lines)
 
 
-@dataclasses.dataclass(frozen=True)
-class SlurmOptions(BackendOptions):
-    """The Slurm backend's options: the common ones (``cpus`` is ``--cpus-per-task``) and the
-    job array's ``#SBATCH`` settings."""
-
-    partition: str | None = None
-    account: str | None = None
-    time_limit: str | None = None  # e.g. "04:00:00"
-    sbatch_template: str | None = None  # template to fill in (default configs/sinter_job.sbatch)
-    extra_sbatch: tuple[str, ...] = ()  # extra "#SBATCH ..." option strings
-
-
 class SlurmBackend(RemoteBackend):
     """Batches as the tasks of one Slurm job array per launch.
 
@@ -227,20 +216,11 @@ class SlurmBackend(RemoteBackend):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("slurm")
-        g.add_argument("--partition")
-        g.add_argument("--account")
-        g.add_argument("--time", help="time limit per array task, e.g. 04:00:00")
-        g.add_argument("--sbatch-template", help="your own copy of configs/sinter_job.sbatch")
-        g.add_argument("--sbatch-option", action="append", default=[], metavar="OPT",
-                       help="extra #SBATCH option, e.g. --sbatch-option=--qos=long (repeatable)")
+        add_arguments(parser)
 
     @classmethod
     def options_from_args(cls, args: argparse.Namespace) -> BackendOptions:
-        g = lambda name: getattr(args, name, None)  # noqa: E731
-        return SlurmOptions.from_args(args, partition=g("partition"), account=g("account"),
-                                      time_limit=g("time"), sbatch_template=g("sbatch_template"),
-                                      extra_sbatch=tuple(g("sbatch_option") or ()))
+        return options_from_args(args)
 
     def missing_command(self, argv: Sequence[str], what: str) -> str:
         return (f"cannot {what} Slurm jobs: `{argv[0]}` was not found; run qec-kiln on a Slurm "
