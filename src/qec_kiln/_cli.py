@@ -107,16 +107,15 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _add_backend_args(p: argparse.ArgumentParser, what: str, light: bool) -> None:
+def _add_backend_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--backend", default="local",
                    help=f"{', '.join(BACKENDS)} (default local); {what}")
-    if not light:
-        add_backend_arguments(p)  # imports every backend's module (SkyPilot's: yaml, ...)
+    add_backend_arguments(p)  # each backend's light options module only
 
 
-def build_parser(*, light: bool = False) -> argparse.ArgumentParser:
-    """The ``qec-kiln`` parser. ``light``: without the backends' own flags of ``plan`` and
-    ``launch`` (for the other commands, which start faster without importing every backend)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``qec-kiln`` parser (it imports no backend: each one's flags are in its light
+    ``options`` module)."""
     parser = _Parser(
         prog="qec-kiln",
         description="Run Stim/sinter sweeps on many machines (local, Slurm, SkyPilot) and merge "
@@ -129,11 +128,11 @@ def build_parser(*, light: bool = False) -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="discover and partition circuits; print the plan")
     _add_sweep_args(p)
-    _add_backend_args(p, "the plan's defaults depend on it", light)
+    _add_backend_args(p, "the plan's defaults depend on it")
 
     p = sub.add_parser("launch", help="plan, upload and start the sweep's batches")
     _add_sweep_args(p)
-    _add_backend_args(p, "where the batches run", light)
+    _add_backend_args(p, "where the batches run")
     p.add_argument("--dry-run", action="store_true",
                    help="show the plan, rendered job files and exact commands; launch nothing")
 
@@ -213,20 +212,20 @@ def _join_sinter_options(argv: Sequence[str]) -> list[str]:
     return out
 
 
-_COMMAND_MODULES = {"merge": "qec_kiln._report.merge"}
+#: Commands that live outside _commands (none yet; a command module of its own goes here).
+_COMMAND_MODULES: dict[str, str] = {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = _join_sinter_options(sys.argv[1:] if argv is None else list(argv))
-    # merge needs neither the backends nor rich: it starts faster (it races `sinter combine`).
-    parser = build_parser(light=bool(words) and words[0] in _COMMAND_MODULES)
+    parser = build_parser()
     args = parser.parse_args(words)
     if args.command in ("plan", "launch"):
         args.circuits = list(args.circuits) + list(args.circuits_opt or [])
         if not args.circuits:
             parser.error("no circuits: give a folder of .stim files, .stim files, or "
                          "--circuits DIR_OR_FILES...")
-    # merge lives apart from _commands: it needs neither rich nor the backends, and starts faster.
+    # _commands loads rich only when it prints a table: merge and cancel start without it.
     module = importlib.import_module(_COMMAND_MODULES.get(args.command, "qec_kiln._commands"))
 
     try:

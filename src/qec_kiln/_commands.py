@@ -5,29 +5,49 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import TYPE_CHECKING
-
-from rich.console import Console
-from rich.table import Table
 
 from qec_kiln import _api
 from qec_kiln._backends import backend_class, get_backend
 from qec_kiln._errors import Exit, KilnError
+from qec_kiln._report.output import STDOUT
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from qec_kiln._launch import Relaunch
     from qec_kiln._planning.result import PlanResult
+    from qec_kiln._report.merge import MergeReport
 
-class _Console(Console):
-    def on_broken_pipe(self) -> None:
-        """The reader left (`qec-kiln plan | head -1`): end like a plain print would, through
-        `_cli.main`'s quiet exit 141, not rich's own exit 1."""
-        self.quiet = True
-        raise BrokenPipeError
+def _console(stderr: bool) -> Console:
+    """A rich console that ends like a plain print when its reader leaves (`qec-kiln plan |
+    head -1`): through `_cli.main`'s quiet exit 141, not rich's own exit 1."""
+    from rich.console import Console
+
+    class _Quiet(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return _Quiet(stderr=stderr, highlight=False, soft_wrap=True)
 
 
-out = _Console(highlight=False, soft_wrap=True)
-err = _Console(stderr=True, highlight=False, soft_wrap=True)
+class _Lazy:
+    """The console, made on first use: `qec-kiln merge` and `cancel` never import rich."""
+
+    def __init__(self, stderr: bool):
+        self.stderr = stderr
+        self.made: Console | None = None
+
+    def __getattr__(self, name: str):
+        if self.made is None:
+            self.made = _console(self.stderr)
+        return getattr(self.made, name)
+
+
+out = _Lazy(stderr=False)
+err = _Lazy(stderr=True)
 
 
 def _log(msg: str) -> None:
@@ -135,6 +155,20 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    if args.out == STDOUT and args.json:
+        raise KilnError("--out - and --json both write to standard output; give --out a file path")
+    report = _api.merge(args.bucket, args.out, sweep=args.sweep, skip_bad=args.skip_bad,
+                        log=lambda line: print(line, file=sys.stderr))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+        return 0
+    text = sys.stderr if args.out == STDOUT else sys.stdout  # the CSV has standard output
+    for line in merge_lines(report):
+        print(line, file=text)
+    return 0
+
+
 def cmd_pool(args: argparse.Namespace) -> int:
     name = args.pool_opt or args.name
     if args.name and args.pool_opt and args.name != args.pool_opt:
@@ -181,6 +215,8 @@ def print_plan(prepared: PlanResult, only: set[str] | None = None,
              f"{len(plan.batches)} batch(es) ({plan.strategy})")
     if left is not None:
         title += f"; relaunch: {len(only or ())} batch(es) with work left"
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left")
     for col in ("batch", "tasks", "of them shards", "predicted shots", "core-hours", "wall hours"):
         table.add_column(col, justify="left" if col == "batch" else "right")
@@ -224,6 +260,8 @@ def print_plan(prepared: PlanResult, only: set[str] | None = None,
 
 def print_status(report) -> None:
     m = report.manifest
+    from rich.table import Table
+
     table = Table(title=f"sweep {m.sweep} ({report.backend or m.backend}): "
                   f"{report.fraction_done:.0%} done",
                   title_justify="left")
@@ -251,3 +289,33 @@ def print_status(report) -> None:
                       markup=False)
     for w in report.warnings:
         err.print(f"warning: {w}", markup=False)
+
+
+def merge_lines(report: MergeReport) -> list[str]:
+    """What ``qec-kiln merge`` prints about the merge (the CSV goes to its file)."""
+    where = "standard output" if report.out == STDOUT else report.out
+    lines = [f"wrote {where} ({report.rows} rows): {report.reached} of {report.total} "
+             "task(s) reached max_shots or max_errors"]
+    if len(report.sweeps) > 1:
+        lines.append(f"combined {len(report.sweeps)} sweeps into one CSV, targets judged per sweep; "
+                     "a task in several sweeps is one row with their shots summed "
+                     "(`--sweep NAME` merges one):")
+        for s in report.sweeps:
+            mine = report.of_sweep(s)
+            lines.append(f"  sweep {s}: {len(mine)} task(s), {sum(t.reached for t in mine)} of "
+                         f"{len(mine)} reached, {sum(t.shots for t in mine):,} shots")
+        for r in report.combined:
+            shares = " + ".join(f"{s} {n:,}" for s, n in r.shots_per_sweep.items())
+            lines.append(f"  {_name(r.metadata)} ({r.decoder}): {r.shots:,} shots = {shares}")
+    if report.missing_batches:
+        lines.append(f"batches without a fragment yet: {', '.join(report.missing_batches)}")
+    several = len(report.sweeps) > 1
+    for t in report.not_reached:
+        lines.append(f"  not yet: {_name(t.metadata)} ({t.decoder}"
+                     f"{', sweep ' + t.sweep if several else ''}): {t.shots:,}/{t.target_shots:,} "
+                     f"shots, {t.errors:,}/{t.target_errors:,} errors")
+    return lines
+
+
+def _name(metadata: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in metadata.items())

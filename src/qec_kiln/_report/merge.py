@@ -25,16 +25,14 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
 from collections.abc import Callable
 
 import sinter
 
 from qec_kiln._errors import KilnError
-from qec_kiln._report.output import STDOUT, check_output, write_output
+from qec_kiln._report.output import check_output, write_output
 from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.batches import Batch
 from qec_kiln._sweep.fragments import Fragment, read_fragments
@@ -96,6 +94,26 @@ class MergeReport:
 
     def of_sweep(self, sweep: str) -> list[TaskOutcome]:
         return [t for t in self.tasks if t.sweep == sweep]
+
+    def to_json(self) -> dict:
+        """What ``qec-kiln merge --json`` prints."""
+        report = self
+        return {
+            "out": report.out, "rows": report.rows, "tasks": report.total,
+            "reached": report.reached, "missing_batches": report.missing_batches,
+            "sweeps": report.sweeps,
+            "per_sweep": [{"sweep": s, "tasks": len(report.of_sweep(s)),
+                           "reached": sum(t.reached for t in report.of_sweep(s)),
+                           "shots": sum(t.shots for t in report.of_sweep(s))} for s in report.sweeps],
+            "combined": [dict(r.metadata, decoder=r.decoder, strong_id=r.strong_id, shots=r.shots,
+                              shots_per_sweep=r.shots_per_sweep, errors_per_sweep=r.errors_per_sweep)
+                         for r in report.combined],
+            "not_reached": [dict(t.metadata, decoder=t.decoder, sweep=t.sweep, shots=t.shots,
+                                 errors=t.errors, target_shots=t.target_shots,
+                                 target_errors=t.target_errors)
+                            for t in report.not_reached],
+            "warnings": report.warnings,
+        }
 
 
 def merge_sweeps(
@@ -222,68 +240,3 @@ def _combined_rows(manifests: list[Manifest],
 # ---------------------------------------------------------------------------------------------
 # The command
 
-
-def _name(metadata: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in metadata.items())
-
-
-def report_json(report: MergeReport) -> dict:
-    return {
-        "out": report.out, "rows": report.rows, "tasks": report.total,
-        "reached": report.reached, "missing_batches": report.missing_batches,
-        "sweeps": report.sweeps,
-        "per_sweep": [{"sweep": s, "tasks": len(report.of_sweep(s)),
-                       "reached": sum(t.reached for t in report.of_sweep(s)),
-                       "shots": sum(t.shots for t in report.of_sweep(s))} for s in report.sweeps],
-        "combined": [dict(r.metadata, decoder=r.decoder, strong_id=r.strong_id, shots=r.shots,
-                          shots_per_sweep=r.shots_per_sweep, errors_per_sweep=r.errors_per_sweep)
-                     for r in report.combined],
-        "not_reached": [dict(t.metadata, decoder=t.decoder, sweep=t.sweep, shots=t.shots,
-                             errors=t.errors, target_shots=t.target_shots,
-                             target_errors=t.target_errors)
-                        for t in report.not_reached],
-        "warnings": report.warnings,
-    }
-
-
-def report_lines(report: MergeReport) -> list[str]:
-    where = "standard output" if report.out == STDOUT else report.out
-    lines = [f"wrote {where} ({report.rows} rows): {report.reached} of {report.total} "
-             "task(s) reached max_shots or max_errors"]
-    if len(report.sweeps) > 1:
-        lines.append(f"combined {len(report.sweeps)} sweeps into one CSV, targets judged per sweep; "
-                     "a task in several sweeps is one row with their shots summed "
-                     "(`--sweep NAME` merges one):")
-        for s in report.sweeps:
-            mine = report.of_sweep(s)
-            lines.append(f"  sweep {s}: {len(mine)} task(s), {sum(t.reached for t in mine)} of "
-                         f"{len(mine)} reached, {sum(t.shots for t in mine):,} shots")
-        for r in report.combined:
-            shares = " + ".join(f"{s} {n:,}" for s, n in r.shots_per_sweep.items())
-            lines.append(f"  {_name(r.metadata)} ({r.decoder}): {r.shots:,} shots = {shares}")
-    if report.missing_batches:
-        lines.append(f"batches without a fragment yet: {', '.join(report.missing_batches)}")
-    several = len(report.sweeps) > 1
-    for t in report.not_reached:
-        lines.append(f"  not yet: {_name(t.metadata)} ({t.decoder}"
-                     f"{', sweep ' + t.sweep if several else ''}): {t.shots:,}/{t.target_shots:,} "
-                     f"shots, {t.errors:,}/{t.target_errors:,} errors")
-    return lines
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr)
-
-
-def cmd_merge(args: argparse.Namespace) -> int:
-    if args.out == STDOUT and args.json:
-        raise KilnError("--out - and --json both write to standard output; give --out a file path")
-    report = merge_sweeps(args.bucket, args.out, sweep=args.sweep, skip_bad=args.skip_bad,
-                          log=_log)
-    if args.json:
-        print(json.dumps(report_json(report), indent=1))
-        return 0
-    text = sys.stderr if args.out == STDOUT else sys.stdout  # the CSV has standard output
-    for line in report_lines(report):
-        print(line, file=text)
-    return 0
