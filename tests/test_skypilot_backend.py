@@ -184,7 +184,8 @@ def test_render_option_combinations(opts, expect_file, expect, tmp_path):
             opts["yaml_path"] = str(secrets_yaml(tmp_path, ("AWS_ACCESS_KEY_ID",
                                                             "AWS_SECRET_ACCESS_KEY"), gpu=True))
     req = request(bucket=HOSTILE_BUCKET, sweep=HOSTILE_SWEEP, **opts)
-    yaml_text, env, argv = backend.render(req)
+    rendered = backend.render(req)
+    yaml_text, env, argv = rendered.yaml_text, rendered.env_overrides, rendered.launch_argv
     cfg = yaml.safe_load(yaml_text)
     for key, value in expect.items():
         assert cfg["resources"][key] == value, key
@@ -257,8 +258,9 @@ def test_user_yaml_with_any_of_gets_overrides_everywhere(tmp_path):
     path.write_text(
         "resources:\n  use_spot: true\n  any_of:\n    - {infra: aws, cpus: 4+}\n"
         "    - {infra: gcp, cpus: 4+}\nenvs: {KILN_BUCKET: null}\nrun: echo hi\n")
-    yaml_text, env, _ = sp.SkyPilotBackend().render(
+    rendered = sp.SkyPilotBackend().render(
         request(yaml_path=str(path), cpus="64+", use_spot=False))
+    yaml_text, env = rendered.yaml_text, rendered.env_overrides
     assert yaml_text.startswith("# Rendered by qec-kiln")
     task = sky_validate(yaml_text, env)
     assert {str(r.cloud) for r in task.resources} == {"AWS", "GCP"}
@@ -272,7 +274,8 @@ def test_secrets_are_passed_by_name_never_written(tmp_path, monkeypatch):
     backend = sp.SkyPilotBackend()
     seen = capture_sdk_launch(monkeypatch)
     req = request(yaml_path=str(secrets_yaml(tmp_path)))
-    yaml_text, env, argv = backend.render(req)
+    rendered = backend.render(req)
+    yaml_text, env, argv = rendered.yaml_text, rendered.env_overrides, rendered.launch_argv
     secrets = [argv[i + 1] for i, a in enumerate(argv) if a == "--secret"]
     assert secrets == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
     assert yaml.safe_load(yaml_text)["secrets"] == dict.fromkeys(secrets)
@@ -320,7 +323,7 @@ def test_launch_hands_the_rendered_task_to_the_sdk(tmp_path, monkeypatch):
     backend = sp.SkyPilotBackend()
     seen = capture_sdk_launch(monkeypatch, ids=(13, 11, 12))
     req = request(cpus="8+", infra="aws")
-    yaml_text, env, argv = backend.render(req)
+    yaml_text = backend.render(req).yaml_text
     result = backend.launch(req)
     task = seen["task"]
     assert seen["name"] == task.name == sp.job_name("surface-d3") and seen["num_jobs"] == 3

@@ -83,7 +83,7 @@ def test_packaged_pool_yaml_is_byte_identical_and_has_no_job_recovery():
 def test_pool_task_passes_skypilots_checks_and_job_recovery_is_refused_by_them():
     from sky.serve import serve_utils
 
-    r = sp.SkyPilotBackend()._render(request(cpus="8+"))
+    r = sp.SkyPilotBackend().render(request(cpus="8+"))
     pool = r.pool
     assert pool is not None and pool.workers == 2 and pool.name.startswith("kiln-pool-")
     task = pools.validate_pool(pool.pool_config, "t")  # schema, loader, validate_service_task
@@ -108,23 +108,23 @@ def test_pool_task_passes_skypilots_checks_and_job_recovery_is_refused_by_them()
 
 def test_pool_name_is_reused_across_sweeps_and_changes_with_the_install():
     b = sp.SkyPilotBackend()
-    a = b._render(request()).pool.name
-    assert b._render(request(sweep="other", batches=("b000", "b001", "b002"))).pool.name == a
-    assert b._render(request(workers=3)).pool.name == a  # the worker count is not in the name
-    assert b._render(request(cpus="32+")).pool.name != a
-    assert b._render(request(kiln_pip_spec="qec-kiln==0.1.0")).pool.name != a
-    assert b._render(request(pool="my-pool")).pool.name == "my-pool"
-    assert b._render(request(workers=9)).pool.workers == 4  # no more workers than batches
+    a = b.render(request()).pool.name
+    assert b.render(request(sweep="other", batches=("b000", "b001", "b002"))).pool.name == a
+    assert b.render(request(workers=3)).pool.name == a  # the worker count is not in the name
+    assert b.render(request(cpus="32+")).pool.name != a
+    assert b.render(request(kiln_pip_spec="qec-kiln==0.1.0")).pool.name != a
+    assert b.render(request(pool="my-pool")).pool.name == "my-pool"
+    assert b.render(request(workers=9)).pool.workers == 4  # no more workers than batches
     with pytest.raises(KilnError, match="--pool 'bad name': .* is invalid"):
-        b._render(request(pool="bad name"))
+        b.render(request(pool="bad name"))
     with pytest.raises(KilnError, match="give --workers K too"):
-        b._render(request(workers=None, pool="p"))
+        b.render(request(workers=None, pool="p"))
     with pytest.raises(KilnError, match="GPU pools"):
-        b._render(request(gpus="H100:1"))
+        b.render(request(gpus="H100:1"))
 
 
 def test_skypilots_click_commands_accept_our_pool_argv(tmp_path):
-    r = sp.SkyPilotBackend()._render(request())
+    r = sp.SkyPilotBackend().render(request())
     (tmp_path / "pool.yaml").write_text(pools.pool_yaml(r.pool))
     (tmp_path / "job.yaml").write_text(r.yaml_text)
     seen = {}

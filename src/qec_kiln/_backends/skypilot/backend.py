@@ -191,12 +191,9 @@ class SkyPilotBackend(RemoteBackend):
 
     # ------------------------------------------------------------------ rendering
 
-    def render(self, request: LaunchRequest) -> tuple[str, list[tuple[str, str]], list[str]]:
-        """``(yaml_text, env_overrides, launch_argv)`` for ``request``, validated offline."""
-        r = self._render(request)
-        return r.yaml_text, r.env_overrides, r.launch_argv
-
-    def _render(self, request: LaunchRequest) -> Rendered:
+    def render(self, request: LaunchRequest) -> Rendered:
+        """The filled-in task YAML, its env overrides and the launch command, validated
+        offline."""
         opts = self.options(request.options)
         if not request.batch_ids:
             raise KilnError("no batches to launch")
@@ -288,7 +285,7 @@ class SkyPilotBackend(RemoteBackend):
 
     def describe_json(self, request: LaunchRequest) -> dict[str, Any]:
         """The dry run's ``backend`` section: the exact task and its file mounts."""
-        r = self._render(request)
+        r = self.render(request)
         out = {"task_yaml": dump_yaml(r.task_config), "file_mounts": r.file_mounts,
                "job_name": r.job_name, "num_jobs": len(request.batch_ids),
                "node_install": r.install, "node_identity": r.identity,
@@ -301,7 +298,7 @@ class SkyPilotBackend(RemoteBackend):
         return out
 
     def describe(self, request: LaunchRequest) -> str:
-        r = self._render(request)
+        r = self.render(request)
         lines = pools.describe_lines(r.pool, r.pool_argv, request.node_hour_price) if r.pool \
             else []
         lines += [
@@ -333,7 +330,7 @@ class SkyPilotBackend(RemoteBackend):
         return "\n".join(lines) + "\n"
 
     def launch(self, request: LaunchRequest) -> Submission:
-        r = self._render(request)
+        r = self.render(request)
         atomic_write(r.yaml_path, r.yaml_text)
         task = self.sky_task(r)
         started = time.time()
