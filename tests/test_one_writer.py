@@ -308,3 +308,26 @@ def test_a_create_the_bucket_refuses_with_nothing_there_is_not_blamed_on_another
         qec_kiln.launch(circuits, bucket=tmp_path / "bucket", name="c", max_shots=500)
     assert not (tmp_path / "bucket" / "c" / "manifest.json").exists()
     assert not (tmp_path / "bucket" / "c" / "leases").exists()  # no batch started
+
+
+def test_a_manifest_created_between_the_check_and_the_listing_is_reused(tmp_path: Path) -> None:
+    """The race seen under load: launch A finds no manifest, launch B then creates it, and A
+    lists the folder. A must take B's plan, not call B's manifest an orphan left by a run."""
+    from qec_kiln._launch import Sweep, prepare_sweep
+
+    circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001,))
+    url = str(tmp_path / "bucket")
+    bucket, made = make_sweep(circuits, url, "race", max_shots=1000, max_errors=10)
+    exists = bucket.exists
+    calls = []
+
+    def late_exists(key: str) -> bool:  # the first look misses the manifest B is writing
+        calls.append(key)
+        return False if len(calls) == 1 else exists(key)
+
+    bucket.exists = late_exists  # type: ignore[method-assign]
+    sweep = Sweep.build(circuits, dict(max_shots=1000, max_errors=10, name="race", jobs=1,
+                                       bucket=url))
+    again = prepare_sweep(sweep, bucket, lambda line: None)
+    assert again.exists and len(calls) == 2
+    assert again.manifest.dumps() == made.dumps()

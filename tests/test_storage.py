@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -436,7 +437,9 @@ def test_unreachable_endpoint(cloud_env, monkeypatch: pytest.MonkeyPatch) -> Non
     assert 1.5 < elapsed < 60, elapsed  # retried until the 2 s deadline, then gave up
     message = str(info.value)
     assert message.startswith("cannot reach ") and endpoint in message
-    assert cloud_env.url in message and "attempts" in message and "\n" not in message
+    # "N attempts in T s"; on a loaded machine the first attempt alone may outlast the deadline
+    assert cloud_env.url in message and re.search(r"\b\d+ attempts? in ", message), message
+    assert "\n" not in message
 
 
 @pytest.mark.slow

@@ -96,10 +96,13 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log) -> PlanResult:
     digest = inputs_digest(entries, decoders, targets.max_shots, targets.max_errors,
                            inputs.custom_decoders_module_function, list(inputs.sinter_options))
     name = check_sweep_name(spec.name) if spec.name else default_sweep_name(spec.circuits, digest)
-    try:
-        existing = load_manifest(bucket, name) if bucket.exists(manifest_key(name)) else None
-    except ObjectNotFound:
-        existing = None
+    existing = _stored_manifest(bucket, name)
+    if existing is None:
+        left = bucket.list_keys(f"{name}/")
+        if manifest_key(name) in left:  # another launch created the sweep just now
+            existing = _stored_manifest(bucket, name)
+        if existing is None:
+            _check_no_orphans(bucket, name, left)
     if existing is not None:
         if existing.inputs_digest != digest:
             raise KilnError(
@@ -112,7 +115,6 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log) -> PlanResult:
             log(f"warning: {', '.join(ignored)} ignored: sweep {name!r} keeps its stored plan "
                 f"({len(existing.batches)} batch(es)); give --name NEW for a new plan")
         return _result(sweep, existing, True, circuits)
-    _check_no_orphans(bucket, name)
 
     costs, features = estimate_costs(circuits, decoders, strong_ids,
                                      calibrate=spec.partition.calibrate,
@@ -203,12 +205,19 @@ def _refused_create(bucket: Bucket, key: str, ex: PreconditionFailed) -> None:
                         "is not there; launch again") from None
 
 
-def _check_no_orphans(bucket: Bucket, sweep: str) -> None:
-    """Refuse a new plan where a sweep of that name left fragments, leases or logs but has no
-    manifest: those rows were counted against another plan (a task's shards differ between
-    plans), and a run-batch of it may still be writing; merging them under a new plan could
-    exceed its targets."""
-    left = [k for k in bucket.list_keys(f"{sweep}/") if not k.startswith(f"{sweep}/circuits/")]
+def _stored_manifest(bucket: Bucket, sweep: str) -> Manifest | None:
+    try:
+        return load_manifest(bucket, sweep) if bucket.exists(manifest_key(sweep)) else None
+    except ObjectNotFound:
+        return None
+
+
+def _check_no_orphans(bucket: Bucket, sweep: str, keys: list[str]) -> None:
+    """Refuse a new plan where a sweep of that name left fragments, leases or logs (``keys``:
+    the sweep folder's objects) but has no manifest: those rows were counted against another
+    plan (a task's shards differ between plans), and a run-batch of it may still be writing;
+    merging them under a new plan could exceed its targets."""
+    left = [k for k in keys if not k.startswith(f"{sweep}/circuits/")]
     if left:
         raise KilnError(orphan_message(bucket, sweep, left) + "; or give --name NEW")
 
