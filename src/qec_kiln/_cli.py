@@ -26,6 +26,7 @@ from qec_kiln._argtypes import (
 from qec_kiln._backends import BACKENDS
 from qec_kiln._backends import add_arguments as add_backend_arguments
 from qec_kiln._errors import KilnError
+from qec_kiln._view import cli as _view_cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -178,6 +179,8 @@ def build_parser(*, light: bool = False) -> argparse.ArgumentParser:
                    help="only sweeps untouched for this many days (default 7; 0: all that are "
                    "not running)")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed")
+
+    _view_cli.add_parsers(sub, _Parser)  # watch, plot, report
     return parser
 
 
@@ -202,7 +205,8 @@ def _join_sinter_options(argv: Sequence[str]) -> list[str]:
     return out
 
 
-_COMMAND_MODULES = {"merge": "qec_kiln._merge"}
+_COMMAND_MODULES = {"merge": "qec_kiln._merge", "watch": "qec_kiln._view.cli",
+                    "plot": "qec_kiln._view.cli", "report": "qec_kiln._view.cli"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
