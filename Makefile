@@ -14,7 +14,7 @@ DEMO   := demo
 DEMO_SHOTS  ?= 500_000
 DEMO_ERRORS ?= 500
 
-.PHONY: install install-test demo test fast lint bench clean slurm-deps
+.PHONY: install install-test demo test fast lint bench clean slurm-deps browser-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +50,12 @@ lint: $(TEST_STAMP)
 slurm-deps:
 	@if [ "$$(id -u)" = 0 ] && ! command -v slurmctld >/dev/null 2>&1; then .ci/slurm.sh install; fi
 
-test: lint slurm-deps
+# As root, the page tests drive Debian's headless chromium: install it and its driver once.
+browser-deps:
+	@if [ "$$(id -u)" = 0 ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then \
+		.ci/browser.sh install; fi
+
+test: lint slurm-deps browser-deps
 	$(VENV)/bin/pytest
 
 # The fast loop for daily work: no test marked slow (end-to-end sweeps, servers, Slurm).
