@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import threading
+import warnings
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -107,7 +108,9 @@ def render(stats: list[sinter.TaskStats], *, reached: Collection[str], spec: Plo
     from sinter._command._main_plot import _plot_helper
 
     args = _sinter_args(spec)
-    with _LOCK, matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "qec-kiln"}):
+    with _LOCK, matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "qec-kiln"}), \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "No artists with labels found")  # no rows: no legend
         try:
             fig, axes = _plot_helper(
                 samples=stats, group_func=args.group_func, x_func=args.x_func,
