@@ -2,6 +2,7 @@
 #   make demo   set up .venv, generate the 30-circuit sweep, run it locally, merge, plot threshold.png
 #   make test   set up .venv (with the test extra), lint (ruff), type-check (mypy), run the test suite
 #   make fast   the daily loop: ruff, mypy and the tests not marked slow (about a minute)
+#   make watch-demo  while `make demo` runs: the live page of its sweep, http://127.0.0.1:8787/
 # The demo installs only what it runs (qec-kiln without extras); the test extra is added on top.
 PYTHON ?= python3
 VENV   := .venv
@@ -9,12 +10,13 @@ PY     := $(VENV)/bin/python
 KILN   := $(VENV)/bin/qec-kiln
 STAMP      := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+VIEW_STAMP := $(VENV)/.installed-view
 DEMO   := demo
 # Small targets so the demo ends in a few minutes on 2 cores.
 DEMO_SHOTS  ?= 500_000
 DEMO_ERRORS ?= 500
 
-.PHONY: install install-test demo test fast lint bench clean slurm-deps
+.PHONY: install install-test demo test fast lint bench clean slurm-deps browser-deps watch-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +27,10 @@ $(STAMP): pyproject.toml
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(TEST_STAMP)
+
+$(VIEW_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[view]'
+	touch $(VIEW_STAMP)
 
 install: $(STAMP)
 
@@ -42,6 +48,10 @@ demo: $(STAMP)
 		--title "rotated surface code memory (qec-kiln demo)" --out $(DEMO)/threshold.png
 	@echo "demo: $(DEMO)/merged.csv and $(DEMO)/threshold.png"
 
+# The demo's sweep as a live page (Ctrl-C stops it; the demo itself opens nothing).
+watch-demo: $(VIEW_STAMP)
+	$(KILN) watch --bucket $(DEMO)/bucket --sweep demo
+
 lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check src tests scripts examples bench
 	$(VENV)/bin/mypy
@@ -50,7 +60,12 @@ lint: $(TEST_STAMP)
 slurm-deps:
 	@if [ "$$(id -u)" = 0 ] && ! command -v slurmctld >/dev/null 2>&1; then .ci/slurm.sh install; fi
 
-test: lint slurm-deps
+# As root, the page tests drive Debian's headless chromium: install it and its driver once.
+browser-deps:
+	@if [ "$$(id -u)" = 0 ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then \
+		.ci/browser.sh install; fi
+
+test: lint slurm-deps browser-deps
 	$(VENV)/bin/pytest
 
 # The fast loop for daily work: no test marked slow (end-to-end sweeps, servers, Slurm).

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-pytest_plugins = ["fixtures_servers", "fixtures_slurm"]
+pytest_plugins = ["fixtures_servers", "fixtures_slurm", "fixtures_browser"]
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples"))

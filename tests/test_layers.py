@@ -25,7 +25,7 @@ LAYERS = [
     {"_backends"},
     {"_launch", "_clean", "tsim"},
     {"_api"},
-    {"_commands"},
+    {"_commands", "_view"},
     {"_cli", "__main__", "__init__"},
 ]
 

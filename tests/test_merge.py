@@ -84,6 +84,22 @@ def test_merged_bytes_equal_sinter_combine_of_the_fragments(tmp_path, small_circ
     assert report.rows == 4 and report.reached == 0 and report.total == 4
 
 
+def test_merge_to_no_file_keeps_the_merged_rows_in_memory(tmp_path, small_circuits):
+    bucket = tmp_path / "bucket"
+    m = make_sweep(small_circuits, bucket, "s", jobs=2)
+    import qec_kiln
+
+    empty = qec_kiln.merge(bucket, None)  # no rows yet: no error without a file to write
+    assert (empty.rows, empty.stats, empty.total) == (0, [], 4)
+    finish(bucket, m, shots_of=lambda s: 1000 + 7 * len(s.circuit))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    report = qec_kiln.merge(bucket, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and report.out == ""
+    merge_sweeps(str(bucket), tmp_path / "merged.csv")
+    expected = (tmp_path / "merged.csv").read_text().splitlines()[1:]
+    assert [s.to_csv_line() for s in report.stats] == expected
+
+
 # ------------------------------------------------------------------------------------------------
 # Issue 13.2: rows of tasks a batch did not plan are not counted
 

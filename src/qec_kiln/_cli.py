@@ -26,6 +26,7 @@ from qec_kiln._backends import BACKENDS
 from qec_kiln._backends import add_arguments as add_backend_arguments
 from qec_kiln._errors import Exit, KilnError
 from qec_kiln._version import __version__
+from qec_kiln._view import cli as _view_cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -188,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only sweeps untouched for this many days (default 7; 0: all that are "
                    "not running)")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed")
+
+    _view_cli.add_parsers(sub, _Parser)  # watch, plot, report
     return parser
 
 
@@ -212,8 +215,9 @@ def _join_sinter_options(argv: Sequence[str]) -> list[str]:
     return out
 
 
-#: Commands that live outside _commands (none yet; a command module of its own goes here).
-_COMMAND_MODULES: dict[str, str] = {}
+#: Commands that live outside _commands: the views of a bucket (watch, plot, report).
+_COMMAND_MODULES = {"watch": "qec_kiln._view.cli", "plot": "qec_kiln._view.cli",
+                    "report": "qec_kiln._view.cli"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
