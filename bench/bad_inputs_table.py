@@ -54,7 +54,7 @@ def normalise(line: str, tmp: str) -> str:
     """The line as the docs show it: no path, port or bucket name of one run."""
     line = line.replace(tmp, "<tmp>")
     line = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", line)
-    return re.sub(r"kiln-test-[0-9a-f]{16}", "BUCKET", line)
+    return re.sub(r"kiln-(test|bad)-[0-9a-f]+", "BUCKET", line)
 
 
 def cell(text: str) -> str:
