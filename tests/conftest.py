@@ -1,5 +1,6 @@
-"""Shared fixtures. Server fixtures (moto S3, GCS emulator) and the real Slurm cluster live in
-their own plugin modules next to this file."""
+"""Shared fixtures and helpers. Server fixtures (moto S3, GCS emulator) and the real Slurm cluster
+live in their own plugin modules next to this file; ``bucket_env`` here gives a test a fresh bucket
+on each kind of store, and ``wait_until`` is the one polling loop of the suite."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 
@@ -14,6 +18,8 @@ pytest_plugins = ["fixtures_servers", "fixtures_slurm", "fixtures_browser"]
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples"))
+
+T = TypeVar("T")
 
 
 #: Parametrized cases that take seconds (the other cases of their test are fast). Whole slow tests
@@ -71,3 +77,57 @@ def run_kiln(*args: str, cwd=None, env=None, timeout=300, check=False) -> subpro
 def kiln():
     """``kiln("launch", ...)`` runs the CLI as a subprocess; see run_kiln."""
     return run_kiln
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str | Callable[[], str], *,
+               interval: float = 0.1, fail: bool = True) -> T:
+    """Call ``predicate()`` every ``interval`` seconds until it returns something truthy, and
+    return that. After ``timeout`` seconds fail (AssertionError) naming ``what`` (a string, or a
+    function called then, for a log read at that moment) and how long it waited; with
+    ``fail=False`` return the last falsy value instead, for a caller that asserts on its own.
+    An exception (an ``assert`` that the process under test is still alive) ends the wait."""
+    start = time.monotonic()
+    while True:
+        value = predicate()
+        if value:
+            return value
+        waited = time.monotonic() - start
+        if waited >= timeout:
+            if not fail:
+                return value
+            text = what() if callable(what) else what
+            raise AssertionError(f"timed out after {waited:.1f} s (limit {timeout:g} s) waiting "
+                                 f"for {text}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def gcs_bucket_fixture() -> str:
+    """The fixture ``bucket_env`` takes its ``gcs`` bucket from: the gcp-storage-emulator. A module
+    of conditional writes overrides this with ``"fake_gcs_env"`` (fake-gcs-server enforces
+    ``if_generation_match``; the emulator ignores it)."""
+    return "gcs_env"
+
+
+@pytest.fixture(params=["local", "s3", "gcs"])
+def bucket_env(request: pytest.FixtureRequest, tmp_path, gcs_bucket_fixture):
+    """A fresh, empty bucket with a prefix on each kind of store: a local folder, moto's S3 or a
+    GCS emulator (their variables set). ``.kind`` ("local", "s3", "gcs"), ``.url``, ``.env``
+    (variables for subprocesses), ``.server`` (None for a local folder). A test of some kinds
+    only says so, as ``@ON_CLOUDS`` does."""
+    from fixtures_servers import LocalEnv
+
+    if request.param == "local":
+        return LocalEnv(url=str(tmp_path / "bucket" / "kiln"))
+    name = "s3_env" if request.param == "s3" else gcs_bucket_fixture
+    return request.getfixturevalue(name)
+
+
+#: ``bucket_env`` on the object stores only: S3 (moto) and GCS, not a local folder.
+ON_CLOUDS = pytest.mark.parametrize("bucket_env", ["s3", "gcs"], indirect=True)
+
+
+@pytest.fixture
+def bucket_url(bucket_env) -> str:
+    """``bucket_env.url``: the URL of a fresh bucket on each kind of store."""
+    return bucket_env.url

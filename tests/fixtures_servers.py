@@ -20,6 +20,8 @@ Fixtures:
 * ``fake_gcs_server`` / ``fake_gcs_env``: the same on ``fake-gcs-server`` (in memory), which
   enforces ``if_generation_match``; gcp-storage-emulator ignores it (see NOTES.md).
 
+``bucket_env`` (conftest.py) picks one of these per kind of store (or a local folder).
+
 All readiness waits are bounded (20 s) and every child process is killed at session end (the
 children also exit when the test process dies).
 """
@@ -35,13 +37,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 
 READY_TIMEOUT = 20.0
 
@@ -287,8 +289,7 @@ class GcsEmulator:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
+        def answers() -> bool:
             if self._proc.poll() is not None:
                 raise RuntimeError(
                     f"gcp-storage-emulator exited ({self._proc.returncode}); log:\n"
@@ -298,17 +299,16 @@ class GcsEmulator:
                 with urllib.request.urlopen(
                     f"{self.endpoint}/storage/v1/b?project=kiln-test", timeout=2
                 ) as response:
-                    if response.status == 200:
-                        return
+                    return response.status == 200
             except (OSError, urllib.error.URLError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(
-                    f"gcp-storage-emulator did not answer on port {self.port} within "
-                    f"{READY_TIMEOUT:.0f} s; log:\n{_log_tail(self.log_path)}"
-                )
-            time.sleep(0.1)
+                return False
+
+        if not wait_until(answers, READY_TIMEOUT, "gcp-storage-emulator", fail=False):
+            self.stop()
+            raise RuntimeError(
+                f"gcp-storage-emulator did not answer on port {self.port} within "
+                f"{READY_TIMEOUT:.0f} s; log:\n{_log_tail(self.log_path)}"
+            )
 
     def stop(self) -> None:
         """Kill the emulator process; what it stored stays in ``data_dir``."""
@@ -353,6 +353,7 @@ class S3Env:
     prefix: str
     env: dict[str, str]  # the AWS_* variables, to pass to subprocesses
     server: MotoServer
+    kind: str = "s3"
 
 
 @dataclasses.dataclass
@@ -365,6 +366,17 @@ class GcsEnv:
     prefix: str
     env: dict[str, str]  # STORAGE_EMULATOR_HOST, GOOGLE_CLOUD_PROJECT
     server: GcsEmulator  # or a FakeGcsServer
+    kind: str = "gcs"
+
+
+@dataclasses.dataclass
+class LocalEnv:
+    """``bucket_env``'s local case: a folder (not yet created), with no server and no variables."""
+
+    url: str
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    server: None = None
+    kind: str = "local"
 
 
 @dataclasses.dataclass

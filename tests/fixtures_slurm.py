@@ -36,11 +36,11 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 SLURM_SH = REPO / ".ci" / "slurm.sh"
@@ -116,17 +116,9 @@ class SlurmCluster:
         return info
 
     def wait_for(self, predicate, timeout: float, what: str, interval: float = 0.25):
-        """Poll ``predicate()`` until it returns something truthy; fail after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out after {timeout:g}s waiting for {what}; jobs: {self.states()}"
-                )
-            time.sleep(interval)
+        """``wait_until`` (conftest.py), naming the cluster's jobs when it times out."""
+        return wait_until(predicate, timeout, lambda: f"{what}; jobs: {self.states()}",
+                          interval=interval)
 
     def wait_idle(self, timeout: float = 60.0) -> None:
         """Wait until ``squeue`` lists no pending, running or completing job."""

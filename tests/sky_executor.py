@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from conftest import wait_until
+
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 #: Variables that differ from node to node without changing what setup installs.
 _PER_NODE_VARS = {"HOME", "TMPDIR", "KILN_EXECUTOR_SANDBOX", "SKYPILOT_JOB_RANK",
@@ -239,9 +241,7 @@ class Node:
                 os.kill(pid, signal.SIGKILL)
         if self.proc is not None:
             self.wait(timeout=30)
-        deadline = time.time() + 10
-        while self.pids() and time.time() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: not self.pids(), 10, "the sandbox's processes to go", fail=False)
 
     def terminate(self) -> None:
         """SIGTERM the run's shell (a graceful cancel: SkyPilot signals the job's process)."""

@@ -502,8 +502,7 @@ def test_bad_input_gets_one_clear_error_and_changes_nothing(case: Case, tmp_path
         assert [p.name for p in ctx.out.parent.glob(".merged.csv*")] == [], "staged file left"
     if ctx.s3 is not None:  # the shared test bucket holds no new object (other tests write there too)
         assert _s3_keys(ctx.s3) == ctx.s3_before, "an object was written to the S3 bucket"
-    print(f"\n{case.id}: exit {proc.returncode}: {line}")
-    _record(case.id, proc.returncode, line)
+    print(f"\n{case.id}: exit {proc.returncode}: {line}")  # bench/bad_inputs_table.py reads it
 
 
 def _s3_keys(s3) -> set[str]:
@@ -513,14 +512,6 @@ def _s3_keys(s3) -> set[str]:
     except client.exceptions.NoSuchBucket:
         return set()
     return {o["Key"] for o in listed}
-
-
-def _record(case_id: str, rc: int, line: str) -> None:
-    """Collect the measured outcome for docs/reliability.md (QEC_KILN_RECORD=path)."""
-    target = os.environ.get("QEC_KILN_RECORD")
-    if target:
-        with open(target, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"case": case_id, "exit": rc, "line": line}) + "\n")
 
 
 # --- not errors: a truncated fragment, hostile names ---------------------------------------------

@@ -5,7 +5,6 @@ GCS preconditions)."""
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -13,15 +12,14 @@ from qec_kiln._errors import ObjectNotFound, PreconditionFailed
 from qec_kiln._storage import open_bucket
 
 
-@pytest.fixture(params=["local", "s3", "gcs"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "local":
-        return str(tmp_path / "bucket")
-    return request.getfixturevalue("s3_env" if request.param == "s3" else "fake_gcs_env").url
+@pytest.fixture
+def gcs_bucket_fixture() -> str:
+    """``bucket_url``'s GCS case on fake-gcs-server, which enforces preconditions."""
+    return "fake_gcs_env"
 
 
-def test_create_if_absent_and_compare_and_swap(url: str) -> None:
-    bucket = open_bucket(url)
+def test_create_if_absent_and_compare_and_swap(bucket_url: str) -> None:
+    bucket = open_bucket(bucket_url)
     v1 = bucket.write_if("s/leases/b000.json", b"first", None)
     with pytest.raises(PreconditionFailed, match="already exists"):
         bucket.write_if("s/leases/b000.json", b"second", None)  # second create fails
@@ -38,8 +36,8 @@ def test_create_if_absent_and_compare_and_swap(url: str) -> None:
         bucket.read_versioned("s/leases/b000.json")
 
 
-def test_a_plain_write_makes_a_cas_fail(url: str) -> None:
-    bucket = open_bucket(url)
+def test_a_plain_write_makes_a_cas_fail(bucket_url: str) -> None:
+    bucket = open_bucket(bucket_url)
     v1 = bucket.write_if("k.csv", b"a\n", None)
     bucket.write_bytes("k.csv", b"b\n")
     with pytest.raises(PreconditionFailed, match="replaced"):
@@ -47,8 +45,8 @@ def test_a_plain_write_makes_a_cas_fail(url: str) -> None:
     assert bucket.read_bytes("k.csv") == b"b\n"
 
 
-def test_racing_creates_have_one_winner(url: str) -> None:
-    bucket = open_bucket(url)
+def test_racing_creates_have_one_winner(bucket_url: str) -> None:
+    bucket = open_bucket(bucket_url)
     winners: list[int] = []
     losers: list[int] = []
     start = threading.Barrier(6)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import sinter
-from conftest import write_surface_circuits
+from conftest import wait_until, write_surface_circuits
 
 from qec_kiln._backends.local.state import StateFolder
 from qec_kiln._cli import build_parser
@@ -28,13 +28,8 @@ def _popen_launch(*args: str, env: dict | None = None) -> subprocess.Popen:
 
 def _wait_for_rows(folder: pathlib.Path, timeout: float = 90) -> None:
     """Until some resume file under ``folder`` has a row beyond its header."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for f in folder.rglob("resume.csv"):
-            if f.read_bytes().count(b"\n") >= 2:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"no batch made progress under {folder}")
+    wait_until(lambda: any(f.read_bytes().count(b"\n") >= 2 for f in folder.rglob("resume.csv")),
+               timeout, f"a batch to make progress under {folder}")
 
 
 def _survivors(marker: str) -> list[str]:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 import sinter
-from conftest import REPO, run_kiln, write_surface_circuits
+from conftest import REPO, run_kiln, wait_until, write_surface_circuits
 from test_reliability import tagged_env, wait_no_tagged_processes
 
 from qec_kiln._errors import ObjectNotFound
@@ -65,16 +65,17 @@ def assert_sweep_merges_exactly(url: str, sweep: str, batch_ids: list[str], *, t
 
 def wait_for_uploaded_rows(bucket, key: str, rows: int, timeout: float) -> bytes:
     """Poll the bucket's ``key`` until it holds ``rows`` complete rows or ``timeout`` seconds
-    pass; returns what it last read (``b""`` while the object does not exist)."""
-    deadline = time.time() + timeout
-    data = b""
-    while time.time() < deadline:
+    pass; returns what it last read (``b""`` while the object does not exist), so the caller
+    asserts on the rows itself (``wait_until(..., fail=False)``)."""
+    last = [b""]
+
+    def enough() -> bool:
         with contextlib.suppress(ObjectNotFound):
-            data = bucket.read_bytes(key)
-        if len(fragment_rows(data)) >= rows:
-            break
-        time.sleep(0.2)
-    return data
+            last[0] = bucket.read_bytes(key)
+        return len(fragment_rows(last[0])) >= rows
+
+    wait_until(enough, timeout, f"{rows} rows in {key}", interval=0.2, fail=False)
+    return last[0]
 
 
 @pytest.mark.slow
@@ -134,9 +135,8 @@ def test_run_batch_sigkilled_and_restarted_loses_nothing_and_counts_nothing_twic
     tag = f"kill-{os.getpid()}-{time.monotonic_ns()}"  # every process of this test carries it
     proc = subprocess.Popen(argv, start_new_session=True, stderr=subprocess.DEVNULL,
                             env=tagged_env(tag))
-    deadline = time.time() + 60
-    while time.time() < deadline and len(fragment_rows(frag) if frag.exists() else []) < 3:
-        time.sleep(0.1)
+    wait_until(lambda: frag.exists() and len(fragment_rows(frag)) >= 3, 60,
+               "3 rows in the fragment", fail=False)  # the assert below says what went wrong
     before_kill = frag.read_bytes()
     assert len(fragment_rows(before_kill)) >= 3, "no progress before the kill"
     os.killpg(proc.pid, signal.SIGKILL)  # the node dies: run-batch and its whole session

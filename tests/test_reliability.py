@@ -23,7 +23,7 @@ import uuid
 
 import pytest
 import sinter
-from conftest import REPO, run_kiln, write_surface_circuits
+from conftest import ON_CLOUDS, REPO, run_kiln, wait_until, write_surface_circuits
 
 from qec_kiln._errors import Exit
 from qec_kiln._launch import Sweep, prepare_sweep, upload_sweep
@@ -78,11 +78,15 @@ def tagged_processes(tag: str) -> list[str]:
 
 
 def wait_no_tagged_processes(tag: str, timeout: float = 10.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    left = tagged_processes(tag)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = tagged_processes(tag)
+    """Until no process carries ``tag`` or ``timeout`` seconds pass; returns those still alive
+    (the caller asserts on them: ``wait_until(..., fail=False)``)."""
+    left: list[str] = []
+
+    def gone() -> bool:
+        left[:] = tagged_processes(tag)
+        return not left
+
+    wait_until(gone, timeout, f"the processes tagged {tag} to exit", interval=0.2, fail=False)
     return left
 
 
@@ -152,10 +156,11 @@ def _watch_growth(path: pathlib.Path, stop: threading.Event, out: list[tuple[flo
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("store", ["s3", "gcs"])
-def test_object_store_outage_does_not_stop_sinter_and_sync_catches_up(store, request, tmp_path):
+@ON_CLOUDS
+def test_object_store_outage_does_not_stop_sinter_and_sync_catches_up(bucket_env, tmp_path):
     """The S3 API (moto) / the GCS emulator goes away for 20 s in the middle of a run."""
-    env_fixture = request.getfixturevalue("s3_env" if store == "s3" else "gcs_env")
+    env_fixture = bucket_env
+    store = bucket_env.kind
     server = env_fixture.server
     circuits = write_surface_circuits(tmp_path / "circuits", distances=(7,), noises=(0.002,))
     bucket, manifest = make_sweep(circuits, env_fixture.url, "outage", max_shots=10**9,
@@ -179,14 +184,14 @@ def test_object_store_outage_does_not_stop_sinter_and_sync_catches_up(store, req
     watcher.start()
     try:
         # Wait for a first upload with rows.
-        deadline = time.monotonic() + 40
-        while True:
+        def uploaded() -> bool:
             assert proc.poll() is None, log_path.read_text()
             with contextlib.suppress(Exception):
-                if total_shots(bucket.read_bytes(fkey)) > 0:
-                    break
-            assert time.monotonic() < deadline, "no fragment uploaded:\n" + log_path.read_text()
-            time.sleep(0.2)
+                return total_shots(bucket.read_bytes(fkey)) > 0
+            return False
+
+        wait_until(uploaded, 40, lambda: "a fragment upload; no fragment uploaded:\n"
+                   + log_path.read_text(), interval=0.2)
         sinter_pid = int((bwork / "sinter.pgid").read_text())
         before = complete_lines((bwork / "resume.csv").read_bytes())
 
@@ -205,15 +210,16 @@ def test_object_store_outage_does_not_stop_sinter_and_sync_catches_up(store, req
         assert int((bwork / "sinter.pgid").read_text()) == sinter_pid, "sinter was restarted"
 
         # After the outage, a sync catches up with everything written during it.
-        deadline = time.monotonic() + 45
-        while True:
+        def caught_up() -> bytes | None:
             with contextlib.suppress(Exception):
                 remote = bucket.read_bytes(fkey)
                 if len(remote) >= len(during):
-                    break
+                    return remote
             assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "the bucket never caught up:\n" + log_path.read_text()
-            time.sleep(0.2)
+            return None
+
+        remote = wait_until(caught_up, 45, lambda: "the bucket to catch up; it never did:\n"
+                            + log_path.read_text(), interval=0.2)
         catch_up = time.monotonic() - t_up
         assert remote.startswith(before) and during.startswith(remote[:len(during)])
 
@@ -378,11 +384,13 @@ def test_relaunch_launches_nothing_twice_and_only_unfinished_batches(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     frag = bucket / "partial" / "fragments" / "b001.csv"
     try:
-        deadline = time.monotonic() + 60
-        while not (frag.exists() and total_shots(frag.read_bytes()) > 0):
+        def uploaded() -> bool:
+            if frag.exists() and total_shots(frag.read_bytes()) > 0:
+                return True
             assert launch.poll() is None, launch.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+            return False
+
+        wait_until(uploaded, 60, f"rows in {frag}")
         pid = json.loads((_local_state("partial") / "b001.pid").read_text())["pid"]
         os.killpg(pid, signal.SIGKILL)  # the batch's run-batch, as a lost node
         out, err = launch.communicate(timeout=120)
@@ -473,11 +481,13 @@ def test_merge_and_status_while_batches_write(tmp_path):
                for c in ("merge", "status")]
     threads.append(threading.Thread(target=in_process_loop, daemon=True))
     try:
-        deadline = time.monotonic() + 60
-        while not list((bucket / "busy" / "fragments").glob("*.csv")):
+        def a_fragment() -> bool:
+            if list((bucket / "busy" / "fragments").glob("*.csv")):
+                return True
             assert launch.poll() is None, launch.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+            return False
+
+        wait_until(a_fragment, 60, "a first fragment", interval=0.05)
         for t in threads:
             t.start()
         _, err = launch.communicate(timeout=180)
@@ -519,10 +529,13 @@ def test_stale_process_group_is_killed_on_restart(tmp_path):
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     resume = work / "stale" / batch / "resume.csv"
-    deadline = time.monotonic() + 30
-    while not (resume.exists() and total_shots(resume.read_bytes()) > 0):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    def resumed() -> bool:
+        if resume.exists() and total_shots(resume.read_bytes()) > 0:
+            return True
+        assert proc.poll() is None
+        return False
+
+    wait_until(resumed, 30, f"rows in {resume}", interval=0.05)
     pgid = int((work / "stale" / batch / "sinter.pgid").read_text())
     proc.kill()
     proc.wait()
@@ -596,10 +609,9 @@ def test_two_writers_of_one_batch_never_break_the_prefix_chain(tmp_path):
                  "--work-dir", str(tmp_path / f"node{i}")],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                 start_new_session=True))
-            deadline = time.monotonic() + 60  # the second starts once the first has uploaded
-            while i == 0 and not (frag.exists() and frag.read_bytes().count(b"\n") > 1):
-                assert time.monotonic() < deadline, "the first writer uploaded nothing"
-                time.sleep(0.05)
+            if i == 0:  # the second starts once the first has uploaded
+                wait_until(lambda: frag.exists() and frag.read_bytes().count(b"\n") > 1, 60,
+                           "the first writer's upload (it uploaded nothing)", interval=0.05)
         outputs = [p.communicate(timeout=120)[0] for p in procs]
     finally:
         stop.set()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_surface_circuits
+from conftest import ON_CLOUDS, write_surface_circuits
 from sky_executor import Node, NodeCache, run_ranks
 from test_local_sweep import (
     assert_sweep_merges_exactly,
@@ -119,9 +119,9 @@ def launch_through_qec_kiln(monkeypatch, tmp_path, circuits, env, name, *extra) 
     return seen
 
 
-@pytest.mark.parametrize("cloud", ["s3", "gcs"])
-def test_sweep_of_n_jobs_merges_exactly(tmp_path, node_cache, request, monkeypatch, cloud):
-    env = request.getfixturevalue(f"{cloud}_env")
+@ON_CLOUDS
+def test_sweep_of_n_jobs_merges_exactly(tmp_path, node_cache, monkeypatch, bucket_env):
+    env = bucket_env
     circuits = write_surface_circuits(tmp_path / "c", distances=(3, 5), noises=(0.001, 0.01))
     seen = launch_through_qec_kiln(monkeypatch, tmp_path, circuits, env, "nj", "--jobs", "3",
                                    "--max-shots", "3_000", "--max-errors", "10_000")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import sinter
-from conftest import REPO, run_kiln, write_surface_circuits
+from conftest import REPO, run_kiln, wait_until, write_surface_circuits
 
 from qec_kiln._backends import LaunchRequest, get_backend
 from qec_kiln._backends.slurm import backend as sl
@@ -506,24 +506,26 @@ def test_eight_batches_on_two_workers_throttle_requeue_and_exact_merge(slurm_clu
     fragment = bucket / "sl-k2" / "fragments" / "b000.csv"  # b000: the longest, task 0
     task0 = f"{array}_0"
     most, first_seen, killed = 0, [], False
+
+    def step() -> bool:
+        """One look at the array (kill task 0 once it uploaded); True once all 8 completed."""
+        nonlocal most, killed
+        states = slurm_cluster.states(array)
+        running = sorted(t for t, s in states.items() if s == "RUNNING")
+        most = max(most, len(running))
+        first_seen.extend([t for t in running if t not in first_seen])
+        if (not killed and task0 in running and fragment.exists()
+                and fragment.read_bytes().count(b"\n") >= 2):
+            slurm_cluster.run(["scancel", "--batch", "--signal=KILL", task0])
+            slurm_cluster.wait_for(lambda: slurm_cluster.states(array).get(task0)
+                                   != "RUNNING", 30, "the killed task to stop")
+            slurm_cluster.run(["scontrol", "requeue", task0])
+            killed = True
+        return len(states) == 8 and killed and all(s == "COMPLETED" for s in states.values())
+
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            states = slurm_cluster.states(array)
-            running = sorted(t for t, s in states.items() if s == "RUNNING")
-            most = max(most, len(running))
-            first_seen += [t for t in running if t not in first_seen]
-            if (not killed and task0 in running and fragment.exists()
-                    and fragment.read_bytes().count(b"\n") >= 2):
-                slurm_cluster.run(["scancel", "--batch", "--signal=KILL", task0])
-                slurm_cluster.wait_for(lambda: slurm_cluster.states(array).get(task0)
-                                       != "RUNNING", 30, "the killed task to stop")
-                slurm_cluster.run(["scontrol", "requeue", task0])
-                killed = True
-            if (len(states) == 8 and killed
-                    and all(s == "COMPLETED" for s in states.values())):
-                break
-            time.sleep(0.3)
+        # No failure at the time limit: the asserts below say what did not happen.
+        wait_until(step, 300, "the array to finish", interval=0.3, fail=False)
         assert killed, "task 0 never uploaded two rows while running"
         assert slurm_cluster.states(array) == {f"{array}_{k}": "COMPLETED" for k in range(8)}
         assert most == 2, f"at most {most} tasks ran at once (want the throttle's 2)"

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ON_CLOUDS
 
 from qec_kiln._errors import KilnError, ObjectNotFound, StorageError
 from qec_kiln._storage import (
@@ -27,13 +28,10 @@ from qec_kiln._storage import (
 FAST = RetryPolicy(deadline_seconds=2.0, base_delay=0.2, max_delay=0.5, connect_timeout=1.0)
 
 
-@pytest.fixture(params=["local", "s3", "gcs"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    """(kind, url) of a fresh, empty bucket with a prefix, and the URL of its bucket root."""
-    if request.param == "local":
-        return "local", str(tmp_path / "root" / "kiln")
-    env = request.getfixturevalue("s3_env" if request.param == "s3" else "gcs_env")
-    return request.param, env.url
+@pytest.fixture
+def backend(bucket_env) -> tuple[str, str]:
+    """(kind, url) of a fresh, empty bucket with a prefix (conftest's ``bucket_env``)."""
+    return bucket_env.kind, bucket_env.url
 
 
 def root_url(url: str) -> str:
@@ -413,23 +411,19 @@ def test_gcs_missing_bucket(gcs_env) -> None:
 # Unreachable and hanging endpoints, outages
 
 
-@pytest.fixture(params=["s3", "gcs"])
-def cloud_env(request: pytest.FixtureRequest):
-    return request.getfixturevalue("s3_env" if request.param == "s3" else "gcs_env")
-
-
-def _point_at(cloud_env, monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
-    var = "AWS_ENDPOINT_URL" if cloud_env.url.startswith("s3://") else "STORAGE_EMULATOR_HOST"
+def _point_at(bucket_env, monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    var = "AWS_ENDPOINT_URL" if bucket_env.url.startswith("s3://") else "STORAGE_EMULATOR_HOST"
     monkeypatch.setenv(var, endpoint)
 
 
+@ON_CLOUDS
 @pytest.mark.slow
-def test_unreachable_endpoint(cloud_env, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_endpoint(bucket_env, monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
-    _point_at(cloud_env, monkeypatch, endpoint)
-    bucket = open_bucket(cloud_env.url, retry=FAST)
+    _point_at(bucket_env, monkeypatch, endpoint)
+    bucket = open_bucket(bucket_env.url, retry=FAST)
     start = time.monotonic()
     with pytest.raises(StorageError) as info:
         bucket.check_access()
@@ -438,22 +432,23 @@ def test_unreachable_endpoint(cloud_env, monkeypatch: pytest.MonkeyPatch) -> Non
     message = str(info.value)
     assert message.startswith("cannot reach ") and endpoint in message
     # "N attempts in T s"; on a loaded machine the first attempt alone may outlast the deadline
-    assert cloud_env.url in message and re.search(r"\b\d+ attempts? in ", message), message
+    assert bucket_env.url in message and re.search(r"\b\d+ attempts? in ", message), message
     assert "\n" not in message
 
 
+@ON_CLOUDS
 @pytest.mark.slow
-def test_hanging_endpoint_times_out(cloud_env, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hanging_endpoint_times_out(bucket_env, monkeypatch: pytest.MonkeyPatch) -> None:
     """A server that accepts connections but never answers: the read timeout ends each try."""
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        _point_at(cloud_env, monkeypatch, endpoint)
+        _point_at(bucket_env, monkeypatch, endpoint)
         policy = RetryPolicy(deadline_seconds=1.0, base_delay=0.2, read_timeout=0.5)
         start = time.monotonic()
         with pytest.raises(StorageError, match="cannot reach .*[Tt]ime"):
-            open_bucket(cloud_env.url).write_bytes("a.csv", b"x", retry=policy)
+            open_bucket(bucket_env.url).write_bytes("a.csv", b"x", retry=policy)
         assert time.monotonic() - start < 60  # gave up (1 s deadline), did not hang
 
 
@@ -475,8 +470,9 @@ def test_paused_s3_server_times_out_then_recovers(s3_env) -> None:
     assert bucket.read_bytes("a.csv") == b"1"
 
 
-def test_not_found_is_not_retried(cloud_env) -> None:
-    bucket = open_bucket(cloud_env.url, retry=PATIENT_RETRY)
+@ON_CLOUDS
+def test_not_found_is_not_retried(bucket_env) -> None:
+    bucket = open_bucket(bucket_env.url, retry=PATIENT_RETRY)
     start = time.monotonic()
     with pytest.raises(ObjectNotFound):
         bucket.read_bytes("missing.csv")
@@ -484,12 +480,13 @@ def test_not_found_is_not_retried(cloud_env) -> None:
     assert time.monotonic() - start < 150  # not retried: PATIENT_RETRY would try for 300 s
 
 
+@ON_CLOUDS
 @pytest.mark.slow
-def test_outage_recovery(cloud_env) -> None:
+def test_outage_recovery(bucket_env) -> None:
     """Stop the server, start a write with a deadline, restart the server ~3 s later: the write
     gets through, and what was stored before the outage is still there."""
-    server = cloud_env.server
-    bucket = open_bucket(cloud_env.url)
+    server = bucket_env.server
+    bucket = open_bucket(bucket_env.url)
     bucket.write_bytes("before.csv", b"old")
     server.stop()
     result: dict[str, object] = {}
