@@ -242,4 +242,4 @@ def test_a_launch_waits_for_the_planning_lock(tmp_path):
         assert not done and any("waiting for another launch" in ln for ln in lines)
     t.join(60)
     assert done and done[0].committed  # type: ignore[union-attr]
-    assert bucket.read_bytes(PLAN_LOCK_KEY)  # released, not deleted: the next launch takes it
+    assert not bucket.exists(PLAN_LOCK_KEY)  # released: the next launch creates it again

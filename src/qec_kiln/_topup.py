@@ -4,7 +4,7 @@
 
 Why a lock: a top-up plans each task ``target - existing``. Two launches planning the same
 tasks at once would both count the same rows and together sample past the targets; holding
-``_kiln/plan-lock.json`` (a lease: conditional create, released at the end, free once its
+``_kiln/plan-lock.json`` (a lease: conditional create, deleted at the end, free once its
 holder dies) from the count to the manifest's commit makes the later one see the earlier
 sweep, whose unfinished work then refuses the plan (see :func:`count_existing`).
 
@@ -69,7 +69,7 @@ def plan_lock(bucket: Bucket, log: Log, *, seconds: float = 300.0, wait: float =
     try:
         yield
     finally:
-        release(lease)
+        release(lease, undo=True)  # deleted (or as it was): the bucket keeps no trace of it
 
 
 @dataclasses.dataclass
