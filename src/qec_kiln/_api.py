@@ -238,6 +238,11 @@ def launch(circuits: Circuits, *, dry_run: bool = False, log: Log | None = None,
     chosen, options = sweep.backend, sweep.options
     store, prepared = _prepare(sweep, need_bucket=not dry_run, log=log, need_launch=True,
                                commit=not dry_run)
+    if not prepared.batches:
+        log(f"nothing to launch: every task already reaches max_shots or max_errors with the "
+            f"rows that exist (in {store.url} or --existing-data)")
+        nothing = DryRun("nothing to sample") if dry_run else None
+        return LaunchResult(prepared, store.url, "nothing to launch", dry_run=nothing)
     if dry_run:
         request = make_request(store, prepared, [b.id for b in prepared.batches], options)
         dry = DryRun(chosen.describe(request), chosen.describe_json(request))
@@ -245,10 +250,6 @@ def launch(circuits: Circuits, *, dry_run: bool = False, log: Log | None = None,
             log(f"warning: {w}")
         return LaunchResult(prepared, store.url, "dry run: nothing was uploaded or launched",
                             dry_run=dry)
-    if not prepared.batches:
-        log(f"nothing to launch: every task already reaches max_shots or max_errors with the "
-            f"rows that exist (in {store.url} or --existing-data)")
-        return LaunchResult(prepared, store.url, "nothing to launch")
     if not prepared.exists and not prepared.committed:
         # Another launch of this sweep created it at the same time: go on with its plan.
         store, prepared = _prepare(sweep, need_bucket=True, log=log, need_launch=True)
