@@ -346,11 +346,13 @@ def relaunch_with_garbage_fragment(ctx):
     return ["launch", *fin["args"], "--bucket", str(bucket)]
 
 
-def relaunch_with_other_inputs(ctx):
+def relaunch_fresh_with_other_inputs(ctx):
+    """--name of a finished sweep with other targets tops it up (a new sweep NAME-<hash>);
+    with --fresh it is refused: a merge of the bucket would add the rows already there."""
     bucket, fin = ctx.finished_copy()
     args = list(fin["args"])
     args[args.index("--max-shots") + 1] = "8000"
-    return ["launch", *args, "--bucket", str(bucket)]
+    return ["launch", *args, "--bucket", str(bucket), "--fresh"]
 
 
 def _other_version(ctx) -> pathlib.Path:
@@ -447,8 +449,8 @@ CASES = [
          ("done/fragments/b000.csv", "not a sinter", "move it out")),
     Case("relaunch-garbage-fragment", relaunch_with_garbage_fragment,
          ("done/fragments/b000.csv", "not a sinter", "move it out")),
-    Case("relaunch-other-inputs", relaunch_with_other_inputs, ("'done'", "already exists",
-                                                               "another --name")),
+    Case("relaunch-fresh-other-inputs", relaunch_fresh_with_other_inputs,
+         ("--fresh", "already holds rows", "new --bucket")),
     Case("manifest-other-version-merge", manifest_other_version_merge,
          ("done/manifest.json", "format 99", "9.9.0")),
     Case("manifest-other-version-status", manifest_other_version_status,

@@ -118,9 +118,9 @@ def test_a_bare_cancel_of_a_bucket_with_several_sweeps_names_them_and_stops_noth
         tmp_path, kiln):
     circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001,))
     bucket = tmp_path / "bucket"
-    for name in ("one", "two"):
+    for name, shots in (("one", "200"), ("two", "400")):  # "two" tops "one" up to 400 shots
         kiln("launch", str(circuits), "--bucket", str(bucket), "--name", name, "--max-shots",
-             "200", "--processes", "1", check=True)
+             shots, "--processes", "1", check=True)
     r = kiln("cancel", "--bucket", str(bucket))
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip() == (f"error: {bucket} holds 2 sweeps (one, two): give --sweep NAME, "

@@ -16,7 +16,7 @@ import time
 
 import pytest
 import sinter
-from conftest import REPO, run_kiln
+from conftest import REPO, run_kiln, write_surface_circuits
 
 from qec_kiln._backends import JobState
 from qec_kiln._launch import Sweep, prepare_sweep, upload_sweep
@@ -440,8 +440,9 @@ def test_read_fragments_keeps_only_the_stats_unless_asked(tmp_path, small_circui
 def test_a_sweep_folder_without_its_manifest_is_named_by_merge_and_status(tmp_path, small_circuits,
                                                                           kiln):
     bucket = tmp_path / "bucket"
-    for name in ("ok", "gone"):
-        finish(bucket, make_sweep(small_circuits, bucket, name))
+    other = write_surface_circuits(tmp_path / "other", noises=(0.002, 0.005))  # other tasks
+    for name, circuits in (("ok", small_circuits), ("gone", other)):
+        finish(bucket, make_sweep(circuits, bucket, name))
     (bucket / "gone" / "manifest.json").unlink()
     out = tmp_path / "merged.csv"
     r = kiln("merge", "--bucket", str(bucket), "--out", str(out), check=True)

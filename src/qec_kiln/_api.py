@@ -152,8 +152,8 @@ class _NoBucket:
         return []
 
 
-def _prepare(sweep: Sweep, *, need_bucket: bool, log: Log, need_launch: bool = False
-             ) -> tuple[Any, PlanResult]:
+def _prepare(sweep: Sweep, *, need_bucket: bool, log: Log, need_launch: bool = False,
+             commit: bool = False) -> tuple[Any, PlanResult]:
     from qec_kiln._errors import StorageError
     from qec_kiln._launch import prepare_sweep
     from qec_kiln._storage import open_bucket
@@ -174,7 +174,7 @@ def _prepare(sweep: Sweep, *, need_bucket: bool, log: Log, need_launch: bool = F
             raise
         log(f"warning: {ex} (dry run: showing a fresh plan)")
         bucket = _NoBucket(bucket.url)  # type: ignore[assignment]  # only .url, .exists(), .list_keys()
-    return bucket, prepare_sweep(sweep, bucket, log)
+    return bucket, prepare_sweep(sweep, bucket, log, commit=commit)
 
 
 def _sweep(circuits: Circuits, settings: Mapping[str, Any]) -> Sweep:
@@ -231,12 +231,18 @@ def launch(circuits: Circuits, *, dry_run: bool = False, log: Log | None = None,
         >>> r.launched, "#SBATCH --partition=long" in r.dry_run.description
         ([], True)
     """
-    from qec_kiln._launch import batches_to_launch, make_request, upload_sweep
+    from qec_kiln._launch import batches_to_launch, make_request
 
     log = log or _quiet
     sweep = _sweep(circuits, settings)
     chosen, options = sweep.backend, sweep.options
-    store, prepared = _prepare(sweep, need_bucket=not dry_run, log=log, need_launch=True)
+    store, prepared = _prepare(sweep, need_bucket=not dry_run, log=log, need_launch=True,
+                               commit=not dry_run)
+    if not prepared.batches:
+        log(f"nothing to launch: every task already reaches max_shots or max_errors with the "
+            f"rows that exist (in {store.url} or --existing-data)")
+        nothing = DryRun("nothing to sample") if dry_run else None
+        return LaunchResult(prepared, store.url, "nothing to launch", dry_run=nothing)
     if dry_run:
         request = make_request(store, prepared, [b.id for b in prepared.batches], options)
         dry = DryRun(chosen.describe(request), chosen.describe_json(request))
@@ -244,7 +250,7 @@ def launch(circuits: Circuits, *, dry_run: bool = False, log: Log | None = None,
             log(f"warning: {w}")
         return LaunchResult(prepared, store.url, "dry run: nothing was uploaded or launched",
                             dry_run=dry)
-    if not prepared.exists and not upload_sweep(store, prepared, log):
+    if not prepared.exists and not prepared.committed:
         # Another launch of this sweep created it at the same time: go on with its plan.
         store, prepared = _prepare(sweep, need_bucket=True, log=log, need_launch=True)
         if not prepared.exists:

@@ -84,6 +84,10 @@ def sinter_options(values: Sequence[str]) -> list[str]:
     for value in values:
         flag, _, arg = value.partition("=")
         flag = "--" + flag.lstrip("-").replace("-", "_")
+        if flag == "--existing_data_filepaths":
+            raise KilnError(
+                f"--sinter-option {value!r}: give the files as --existing-data CSV... (their rows "
+                "count toward the targets, as in sinter; --merge-existing-data also merges them)")
         if flag not in SINTER_OPTIONS:
             raise KilnError(
                 f"--sinter-option {value!r} is not allowed; use one of {', '.join(SINTER_OPTIONS)} "

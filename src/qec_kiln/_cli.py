@@ -77,6 +77,16 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-errors", type=positive_int, default=keep,
                    help=f"stop a circuit after this many logical errors (default "
                    f"{default['max_errors']})")
+    p.add_argument("--existing-data", "--existing-data-filepaths", nargs="+", default=keep,
+                   metavar="CSV", help="sinter CSVs from elsewhere (e.g. a workstation's "
+                   "`sinter collect`) whose rows count toward the targets, as sinter's "
+                   "--existing_data_filepaths; rows the bucket already holds count without it")
+    p.add_argument("--merge-existing-data", action="store_true", default=keep,
+                   help="also import the --existing-data rows into the bucket (once, as a "
+                   "read-only sweep import-HASH) so that merge includes them")
+    p.add_argument("--fresh", action="store_true", default=keep,
+                   help="count no existing rows; refused where the bucket holds rows of these "
+                   "tasks (a merge would add them): give a new --bucket")
     g = p.add_argument_group("partitioning (pick one; default: chosen from the backend)")
     g.add_argument("--jobs", type=positive_int, default=keep, help="balance into N batches")
     g.add_argument("--target-hours", type=positive_float, default=keep,

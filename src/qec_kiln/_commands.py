@@ -88,6 +88,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
         out.print(r.dry_run.description, markup=False)
         out.print("\n[bold]dry run:[/] nothing was uploaded or launched")
         return Exit.OK
+    elif not r.launched and not r.plan.batches:
+        _log(f"next: qec-kiln merge --bucket {r.bucket} --out merged.csv")
     elif not r.launched:
         _print_next_steps(r.bucket, r.sweep)
     else:
@@ -215,6 +217,12 @@ def print_plan(prepared: PlanResult, only: set[str] | None = None,
              f"{len(plan.batches)} batch(es) ({plan.strategy})")
     if left is not None:
         title += f"; relaunch: {len(only or ())} batch(es) with work left"
+    if m.existing and only is None:
+        print_existing(prepared)
+    if not plan.batches:
+        out.print(f"sweep {m.sweep}: nothing to sample, every task already reaches max_shots "
+                  f"{m.max_shots:,} or max_errors {m.max_errors:,}", markup=False)
+        return
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
@@ -256,6 +264,33 @@ def print_plan(prepared: PlanResult, only: set[str] | None = None,
     if cost is not None:
         out.print(f"estimated cost: {cost:,.2f} (in the currency of --price-per-cpu-hour/"
                   "--price-per-gpu-hour; start-up included)", markup=False)
+
+
+#: Tasks the dry run lists one per line; beyond it, a count.
+TASK_LINES = 40
+
+
+def print_existing(prepared: PlanResult) -> None:
+    """Per task: the rows that exist (counted toward the targets) and what is left."""
+    from rich.table import Table
+
+    m = prepared.manifest
+    table = Table(title=f"existing rows counted toward max_shots {m.max_shots:,} / max_errors "
+                  f"{m.max_errors:,} (as sinter counts its resume file)", title_justify="left")
+    several = len(m.decoders) > 1
+    for col in ("task", "existing shots", "errors", "left shots", "left errors"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    rows = prepared.task_rows()
+    for r in rows[:TASK_LINES]:
+        done = r["left_shots"] == 0
+        table.add_row(r["circuit"].removesuffix(".stim") + (f" ({r['decoder']})" if several else ""),
+                      f"{r['existing_shots']:,}", f"{r['existing_errors']:,}",
+                      "done" if done else f"{r['left_shots']:,}",
+                      "done" if done else f"{r['left_errors']:,}")
+    out.print(table)
+    if len(rows) > TASK_LINES:
+        out.print(f"... and {len(rows) - TASK_LINES} more task(s) (--json lists them all)",
+                  markup=False)
 
 
 def print_status(report) -> None:

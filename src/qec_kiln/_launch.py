@@ -7,6 +7,7 @@ finished (by their fragments) nor running (by the backend) are started again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 from collections.abc import Callable, Mapping
@@ -20,8 +21,10 @@ from qec_kiln._planning.queue import queue_order
 from qec_kiln._planning.result import MODEL_ERROR, PlanResult, estimate_cost
 from qec_kiln._report.status import sweep_progress
 from qec_kiln._storage import Bucket
+from qec_kiln._sweep.batches import Plan
 from qec_kiln._sweep.decoders import check_decoders, load_custom_decoders
 from qec_kiln._sweep.discover import check_decodable, check_duplicates, discover_inputs
+from qec_kiln._sweep.existing import read_existing_file, remaining_targets
 from qec_kiln._sweep.manifest import (
     CircuitEntry,
     Manifest,
@@ -33,6 +36,7 @@ from qec_kiln._sweep.manifest import (
     orphan_message,
 )
 from qec_kiln._sweep.spec import SweepSpec, default_sweep_name
+from qec_kiln._topup import count_existing, import_rows, plan_lock, with_measured_rates
 from qec_kiln._version import __version__
 
 Log = Callable[[str], None]
@@ -75,12 +79,23 @@ class Relaunch:
     remaining: dict[str, float]
 
 
-def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log) -> PlanResult:
-    """Discover and plan (or reload the stored plan of an existing sweep with the same inputs)."""
+def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log, *, commit: bool = False
+                  ) -> PlanResult:
+    """Discover and plan (or reload the stored plan of an existing sweep with the same inputs).
+
+    A new plan counts what already exists of its tasks (the bucket's other sweeps and
+    --existing-data files) and gives each task only what is left of its targets (none when it
+    already reaches them), as sinter counts its resume file. ``commit`` (a launch): count and
+    upload under the bucket's planning lock, importing --merge-existing-data rows first; the
+    result's ``committed`` says whether this call created the manifest."""
     spec, backend, options = sweep.spec, sweep.backend, sweep.options
     inputs, targets = spec.inputs, spec.targets
     if targets.max_shots < 1 or targets.max_errors < 1:
         raise KilnError("--max-shots and --max-errors must be positive integers")
+    if targets.fresh and targets.existing_data:
+        raise KilnError("--fresh counts no existing rows: it cannot be given with --existing-data")
+    if targets.merge_existing_data and not targets.existing_data:
+        raise KilnError("--merge-existing-data needs --existing-data CSV...")
     run_here = backend.capacity(options, 1).decoders_run_here
     custom = load_custom_decoders(inputs.custom_decoders_module_function,
                                   required=run_here or spec.partition.calibrate)
@@ -92,23 +107,22 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log) -> PlanResult:
     decoders = list(inputs.decoders)
     check_decodable(circuits, decoders)
     strong_ids = check_duplicates(circuits, decoders)
+    tasks = {sid: key for key, sid in strong_ids.items()}  # strong_id -> (circuit key, decoder)
+    files = [read_existing_file(path, {sid: f"{k} ({d})" for sid, (k, d) in tasks.items()})
+             for path in targets.existing_data]
     entries = [CircuitEntry(c.key, c.sha256, c.metadata) for c in circuits]
+    use = "merged" if targets.merge_existing_data else "counted"
     digest = inputs_digest(entries, decoders, targets.max_shots, targets.max_errors,
-                           inputs.custom_decoders_module_function, list(inputs.sinter_options))
-    name = check_sweep_name(spec.name) if spec.name else default_sweep_name(spec.circuits, digest)
-    existing = _stored_manifest(bucket, name)
+                           inputs.custom_decoders_module_function, list(inputs.sinter_options),
+                           existing_data={f.sha256: use for f in files})
+    name, existing = _sweep_name(bucket, spec, digest, log)
     if existing is None:
         left = bucket.list_keys(f"{name}/")
         if manifest_key(name) in left:  # another launch created the sweep just now
-            existing = _stored_manifest(bucket, name)
+            name, existing = _sweep_name(bucket, spec, digest, log)
         if existing is None:
             _check_no_orphans(bucket, name, left)
     if existing is not None:
-        if existing.inputs_digest != digest:
-            raise KilnError(
-                f"sweep {name!r} already exists in {bucket.url} with other circuits, decoders or "
-                "targets; choose another --name (or delete that sweep's folder to start over)"
-            )
         log(f"sweep {name!r} exists in {bucket.url} with the same inputs: reusing its plan")
         ignored = _ignored_flags(spec, existing)
         if ignored:
@@ -120,25 +134,77 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log) -> PlanResult:
                                      calibrate=spec.partition.calibrate,
                                      calibrate_seconds=spec.partition.calibrate_seconds,
                                      custom_decoders=custom, log=log)
-    plan = plan_sweep(costs, targets, spec.partition, lambda n: backend.capacity(options, n),
-                      model_error=MODEL_ERROR)
     for entry in entries:
         entry.features = features.get(entry.key)
-    manifest = Manifest(
-        sweep=name,
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        decoders=decoders,
-        max_shots=targets.max_shots,
-        max_errors=targets.max_errors,
-        circuits=entries,
-        plan=plan,
-        inputs_digest=digest,
-        backend=backend.name,
-        custom_decoders_module_function=inputs.custom_decoders_module_function,
-        sinter_args=list(inputs.sinter_options),
-        tasks=[dataclasses.asdict(c) for c in costs],
-    )
-    return _result(sweep, manifest, False, circuits)
+    # From the count to the manifest's commit, no other launch plans in this bucket.
+    with plan_lock(bucket, log) if commit else contextlib.nullcontext():
+        counted = count_existing(bucket, files, set(tasks), sweep=name, fresh=targets.fresh,
+                                 merge_files=targets.merge_existing_data, strict=commit, log=log)
+        rows = counted.rows
+        if commit and targets.merge_existing_data:
+            by_key = {e.key: e for e in entries}
+            for path, lines in counted.new_lines.items():
+                imported = import_rows(bucket, lines, tasks, by_key, log)
+                for shares in rows.sources.values():
+                    if f"file {path}" in shares:
+                        shares[imported] = shares.pop(f"file {path}")
+        costs = with_measured_rates(costs, rows)
+        goals = remaining_targets([c.strong_id for c in costs], targets.max_shots,
+                                  targets.max_errors, rows)
+        todo = [c for c in costs if c.strong_id in goals]
+        if rows.stats:
+            log(f"counted existing rows of {len(rows.stats)} of {len(costs)} task(s); "
+                f"{len(costs) - len(todo)} already reach their targets")
+        plan = (plan_sweep(todo, targets, spec.partition,
+                           lambda n: backend.capacity(options, n), model_error=MODEL_ERROR,
+                           goals=goals) if todo else
+                Plan([], targets.max_shots, targets.max_errors, strategy="nothing left"))
+        manifest = Manifest(
+            sweep=name,
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            decoders=decoders,
+            max_shots=targets.max_shots,
+            max_errors=targets.max_errors,
+            circuits=entries,
+            plan=plan,
+            inputs_digest=digest,
+            backend=backend.name,
+            custom_decoders_module_function=inputs.custom_decoders_module_function,
+            sinter_args=list(inputs.sinter_options),
+            tasks=[dataclasses.asdict(c) for c in costs],
+            existing=rows.to_manifest(),
+        )
+        result = _result(sweep, manifest, False, circuits)
+        if commit and plan.batches:
+            result.committed = upload_sweep(bucket, result, log)
+    return result
+
+
+def _sweep_name(bucket: Bucket, spec: SweepSpec, digest: str, log: Log
+                ) -> tuple[str, Manifest | None]:
+    """The sweep's name and its manifest if it exists with these inputs. A ``--name`` whose
+    sweep has other inputs (new targets, more circuits) names a new sweep ``NAME-<8 hex of
+    the inputs>`` that tops it up: its rows count toward the new targets."""
+    name = check_sweep_name(spec.name) if spec.name else default_sweep_name(spec.circuits, digest)
+    existing = _load_if_there(bucket, name)
+    if existing is not None and existing.inputs_digest != digest and spec.name:
+        derived = f"{name[:54]}-{digest[:8]}"
+        log(f"sweep {name!r} exists in {bucket.url} with other circuits, decoders or targets: "
+            f"this launch is sweep {derived!r}, and the rows of {name!r} count toward its targets")
+        name, existing = derived, _load_if_there(bucket, derived)
+    if existing is not None and existing.inputs_digest != digest:
+        raise KilnError(
+            f"sweep {name!r} already exists in {bucket.url} with other circuits, decoders or "
+            "targets; choose another --name (or delete that sweep's folder to start over)"
+        )
+    return name, existing
+
+
+def _load_if_there(bucket: Bucket, name: str) -> Manifest | None:
+    try:
+        return load_manifest(bucket, name) if bucket.exists(manifest_key(name)) else None
+    except ObjectNotFound:
+        return None
 
 
 def _result(sweep: Sweep, manifest: Manifest, exists: bool, circuits: list) -> PlanResult:
@@ -203,13 +269,6 @@ def _refused_create(bucket: Bucket, key: str, ex: PreconditionFailed) -> None:
     if not bucket.exists(key):
         raise KilnError(f"{bucket.url_for(key)}: the bucket refused to create it ({ex}) and it "
                         "is not there; launch again") from None
-
-
-def _stored_manifest(bucket: Bucket, sweep: str) -> Manifest | None:
-    try:
-        return load_manifest(bucket, sweep) if bucket.exists(manifest_key(sweep)) else None
-    except ObjectNotFound:
-        return None
 
 
 def _check_no_orphans(bucket: Bucket, sweep: str, keys: list[str]) -> None:

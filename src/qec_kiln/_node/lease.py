@@ -159,6 +159,28 @@ def _free(holder: dict, now: float) -> bool:
     return False
 
 
+def is_held(bucket: Bucket, key: str, *, retry: RetryPolicy | None = None,
+            clock: Callable[[], float] = time.time) -> bool:
+    """Whether a live runner holds the lease at ``key`` (neither released, expired, nor of a
+    pid gone from this host): its batch may still write rows.
+
+    >>> import tempfile
+    >>> from qec_kiln._storage import open_bucket
+    >>> bucket = open_bucket(tempfile.mkdtemp())
+    >>> lease = acquire(bucket, "s/leases/b000.json", seconds=60)
+    >>> is_held(bucket, "s/leases/b000.json"), is_held(bucket, "s/leases/b001.json")
+    (True, False)
+    """
+    try:
+        _, holder = _read(bucket, key, retry)
+    except ObjectNotFound:
+        return False
+    owner = holder.get("owner") or {}
+    if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+        return not holder.get("released") and float(holder["expires"]) >= clock()
+    return not _free(holder, clock())
+
+
 def _held(bucket: Bucket, key: str, holder: dict, now: float) -> LeaseHeld:
     return LeaseHeld(
         f"{bucket.url_for(key)}: another run-batch of the same batch is running "
@@ -196,4 +218,4 @@ def release(lease: Lease, *, retry: RetryPolicy | None = None, undo: bool = Fals
             lease.key, _body(lease.owner, 0.0, released=True), lease.version, retry=retry)
 
 
-__all__ = ["Lease", "LeaseHeld", "acquire", "lease_key", "release", "renew"]
+__all__ = ["Lease", "LeaseHeld", "acquire", "is_held", "lease_key", "release", "renew"]

@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from qec_kiln._errors import KilnError
 from qec_kiln._planning._cost import TaskCost
@@ -30,6 +30,19 @@ from qec_kiln._sweep.spec import Partition, Targets
 
 #: The most batches a plan may have: more is a mistake (and would take long to plan and launch).
 MAX_BATCHES = 100_000
+
+#: strong_id -> (max_shots, max_errors) of a task, when it differs from the plan's targets (a
+#: top-up: what is left after the rows the bucket already holds).
+Goals = Mapping[str, tuple[int, int]]
+
+
+def _goal(t: TaskCost, max_shots: int, max_errors: int, goals: Goals | None) -> tuple[int, int]:
+    """The targets of task ``t``: its own in ``goals``, else the plan's."""
+    return goals.get(t.strong_id, (max_shots, max_errors)) if goals else (max_shots, max_errors)
+
+
+def _cost(t: TaskCost, max_shots: int, max_errors: int, goals: Goals | None) -> float:
+    return t.predicted_seconds(*_goal(t, max_shots, max_errors, goals))
 
 
 def target_work_seconds(target_hours: float, startup_seconds: float, processes: int = 1) -> float:
@@ -58,9 +71,11 @@ def target_work_seconds(target_hours: float, startup_seconds: float, processes: 
 
 
 def plan_sweep(tasks: Sequence[TaskCost], targets: Targets, partition: Partition,
-               capacity_of: Callable[[int], Capacity], *, model_error: float = 0.2) -> Plan:
+               capacity_of: Callable[[int], Capacity], *, model_error: float = 0.2,
+               goals: Goals | None = None) -> Plan:
     """The sweep's batches: the one place that decides how many. ``capacity_of(n)`` is the
-    backend's answer for n batches (``Backend.capacity``).
+    backend's answer for n batches (``Backend.capacity``); ``goals`` the tasks' own targets
+    where they differ from ``targets`` (a top-up's remaining shots and errors).
 
     --jobs, --target-hours or --circuits-per-job choose the count; else, with K workers taking
     batches from a queue, :func:`plan_for_workers`; else (one job per batch, all at once) as many
@@ -79,10 +94,11 @@ def plan_sweep(tasks: Sequence[TaskCost], targets: Targets, partition: Partition
                                 first_startup_seconds=one.first_startup_seconds,
                                 processes=one.processes, model_error=model_error,
                                 allow_shards=partition.shards,
-                                min_shard_seconds=one.startup_seconds * one.processes)
+                                min_shard_seconds=one.startup_seconds * one.processes,
+                                goals=goals)
     jobs = partition.jobs
     if partition.is_default:
-        wall = sum(t.predicted_seconds(shots, errors) for t in tasks) / one.processes
+        wall = sum(_cost(t, shots, errors, goals) for t in tasks) / one.processes
         jobs = max(1, min(len(tasks) * 4, math.floor(wall / (4 * one.startup_seconds)) or 1)) \
             if wall > 0 else 1
     target_seconds = None
@@ -93,7 +109,7 @@ def plan_sweep(tasks: Sequence[TaskCost], targets: Targets, partition: Partition
                      target_seconds=target_seconds, circuits_per_job=partition.circuits_per_job,
                      allow_shards=partition.shards,
                      min_shard_seconds=one.startup_seconds * capacity_of(jobs or 1).processes,
-                     workers=one.workers)
+                     workers=one.workers, goals=goals)
 
 
 def make_plan(
@@ -107,8 +123,10 @@ def make_plan(
     allow_shards: bool = True,
     min_shard_seconds: float = 0.0,
     workers: int | None = None,
+    goals: Goals | None = None,
 ) -> Plan:
-    """Balance ``tasks`` into batches by predicted cost.
+    """Balance ``tasks`` into batches by predicted cost (each toward its own targets in
+    ``goals`` where given, else ``max_shots``/``max_errors``).
 
     Exactly one of ``jobs`` (N batches), ``target_seconds`` (as many batches as needed so none is
     predicted to exceed it, in core-seconds; see :func:`target_work_seconds`) or
@@ -138,10 +156,11 @@ def make_plan(
         n = math.ceil(n_tasks / circuits_per_job)
         # --circuits-per-job keeps its meaning (how many batches) but is balanced by cost.
         return _partition(tasks, max_shots, max_errors, n, allow_shards, min_shard_seconds,
-                          strategy=f"circuits-per-job={circuits_per_job}", workers=workers)
+                          strategy=f"circuits-per-job={circuits_per_job}", workers=workers,
+                          goals=goals)
     if target_seconds is not None:
         plan = _plan_for_target(tasks, max_shots, max_errors, target_seconds, allow_shards,
-                                min_shard_seconds)
+                                min_shard_seconds, goals)
         if workers and len(plan.batches) > workers:  # its balance is the queue's, K at a time
             plan.workers = workers
         return plan
@@ -152,7 +171,7 @@ def make_plan(
     if jobs > MAX_BATCHES:
         raise KilnError(f"--jobs {jobs:,} is more than the {MAX_BATCHES:,} batches a plan may have")
     return _partition(tasks, max_shots, max_errors, jobs, allow_shards, min_shard_seconds,
-                      strategy=f"jobs={jobs}", workers=workers)
+                      strategy=f"jobs={jobs}", workers=workers, goals=goals)
 
 
 def _max_shards(cost: float, max_shots: int, max_errors: int, allow_shards: bool,
@@ -178,6 +197,7 @@ def plan_for_workers(
     model_error: float = 0.2,
     allow_shards: bool = True,
     min_shard_seconds: float = 0.0,
+    goals: Goals | None = None,
 ) -> Plan:
     """The plan for K ``workers`` when no batch count is given: a few whole rounds of K around
     :func:`qec_kiln._planning.queue.choose_batch_count`'s B (B, 3/4 B, 1/2 B, none under min(B, 3 K)
@@ -198,11 +218,12 @@ def plan_for_workers(
 
     first = startup_seconds if first_startup_seconds is None else first_startup_seconds
     procs = max(1, processes)
-    costs = [t.predicted_seconds(max_shots, max_errors) for t in tasks]
+    costs = [_cost(t, max_shots, max_errors, goals) for t in tasks]
     work = sum(costs) / procs
     if not tasks or work <= 0:
-        return make_plan(tasks, max_shots=max_shots, max_errors=max_errors, jobs=1)
-    cap = sum(_max_shards(c, max_shots, max_errors, allow_shards, min_shard_seconds) for c in costs)
+        return make_plan(tasks, max_shots=max_shots, max_errors=max_errors, jobs=1, goals=goals)
+    cap = sum(_max_shards(c, *_goal(t, max_shots, max_errors, goals), allow_shards,
+                          min_shard_seconds) for t, c in zip(tasks, costs, strict=True))
     b0 = min(MAX_BATCHES, choose_batch_count(
         work, n_tasks=len(tasks), workers=workers, startup_seconds=startup_seconds,
         first_startup_seconds=first, model_error=model_error,
@@ -215,7 +236,7 @@ def plan_for_workers(
     for n in candidates:
         plan = make_plan(tasks, max_shots=max_shots, max_errors=max_errors, jobs=n,
                          allow_shards=allow_shards, min_shard_seconds=min_shard_seconds,
-                         workers=workers)
+                         workers=workers, goals=goals)
         loads = [[(s.strong_id, s.predicted_seconds / procs) for s in b.shards]
                  for b in plan.batches]
         t = queue_makespan(loads, workers, startup_seconds, first_startup_seconds=first,
@@ -228,15 +249,16 @@ def plan_for_workers(
 
 def _plan_for_target(
     tasks: Sequence[TaskCost], max_shots: int, max_errors: int, target_seconds: float,
-    allow_shards: bool, min_shard_seconds: float,
+    allow_shards: bool, min_shard_seconds: float, goals: Goals | None = None,
 ) -> Plan:
     """The fewest batches (searched by doubling, then bisection) whose makespan meets the target."""
     if not target_seconds > 0:
         raise KilnError(f"--target-hours must be positive (got {target_seconds / 3600:g})")
-    costs = [t.predicted_seconds(max_shots, max_errors) for t in tasks]
+    costs = [_cost(t, max_shots, max_errors, goals) for t in tasks]
     total = sum(costs)
     first = max(1, math.ceil(total / target_seconds))
-    most = sum(_max_shards(c, max_shots, max_errors, allow_shards, min_shard_seconds) for c in costs)
+    most = sum(_max_shards(c, *_goal(t, max_shots, max_errors, goals), allow_shards,
+                           min_shard_seconds) for t, c in zip(tasks, costs, strict=True))
     if first > min(most, MAX_BATCHES):
         limit = (f"the {MAX_BATCHES:,} batches a plan may have" if first > MAX_BATCHES else
                  f"the {most:,} batches its tasks can be split into (at most one shard of a task "
@@ -249,7 +271,7 @@ def _plan_for_target(
 
     def attempt(n: int) -> tuple[Plan, bool]:
         plan = _partition(tasks, max_shots, max_errors, n, allow_shards, min_shard_seconds,
-                          strategy="target-hours")
+                          strategy="target-hours", goals=goals)
         # Met, or more batches cannot help (shards are as small as allowed).
         return plan, plan.makespan_seconds <= target_seconds * 1.0001 or len(plan.batches) < n
 
@@ -300,9 +322,10 @@ def round_weights(batches: int, workers: int) -> list[float]:
 def _partition(
     tasks: Sequence[TaskCost], max_shots: int, max_errors: int, n: int, allow_shards: bool,
     min_shard_seconds: float, strategy: str, workers: int | None = None,
+    goals: Goals | None = None,
 ) -> Plan:
     queue = workers is not None and workers >= 2 and n > workers
-    costs = {t.strong_id: t.predicted_seconds(max_shots, max_errors) for t in tasks}
+    costs = {t.strong_id: _cost(t, max_shots, max_errors, goals) for t in tasks}
     share = sum(costs.values()) / n
     weights = round_weights(n, workers) if queue and workers is not None else None
     # A shard at most the smallest batch's share, so that the last round's short batches can be
@@ -311,13 +334,14 @@ def _partition(
     shards: list[Shard] = []  # in (circuit, decoder, index) order: ties in balance() go by it
     for t in sorted(tasks, key=lambda t: (t.circuit, t.decoder)):
         cost = costs[t.strong_id]
+        goal_shots, goal_errors = _goal(t, max_shots, max_errors, goals)
         k = 1
         if allow_shards and piece > 0 and cost > piece * 1.05:
-            k = min(n, math.ceil(cost / piece), max_shots, max_errors)
+            k = min(n, math.ceil(cost / piece), goal_shots, goal_errors)
             if min_shard_seconds > 0:
                 k = max(1, min(k, math.floor(cost / min_shard_seconds)))
-        shots = split_targets(max_shots, k)
-        errors = split_targets(max_errors, k)
+        shots = split_targets(goal_shots, k)
+        errors = split_targets(goal_errors, k)
         for j in range(k):
             shards.append(
                 Shard(
@@ -343,7 +367,7 @@ def _partition(
     filled = [[shards[i] for i in sorted(b)] for b in bins if b]  # sorted(b): name order
     if queue and len(filled) < n:  # too few shards for short last rounds: equal ones if more
         equal = _partition(tasks, max_shots, max_errors, n, allow_shards, min_shard_seconds,
-                           strategy)
+                           strategy, goals=goals)
         if len(equal.batches) > len(filled):
             return equal
     if queue:

@@ -30,6 +30,7 @@ class PlanResult:
     circuits: list[CircuitFile] = dataclasses.field(repr=False)
     capacity: Capacity  # how the backend runs these batches (processes, start-up, slots)
     estimated_cost: float | None = None  # from the prices per CPU/GPU hour, start-up included
+    committed: bool = False  # a launch's prepare created the manifest (False: another launch did)
 
     @property
     def node_processes(self) -> int:
@@ -93,6 +94,22 @@ class PlanResult:
         """The same work as K balanced batches, one per worker (the model's error included)."""
         return self._model_makespan(self.workers)
 
+    def task_rows(self) -> list[dict]:
+        """Per task: what exists (counted toward the targets) and what is left to sample
+        (the sum of its shards' targets; 0 when it already reaches them)."""
+        m = self.manifest
+        left = m.plan.task_targets()
+        rows = []
+        for t in m.tasks:
+            had = m.existing.get(t["strong_id"], {})
+            shots, errors = left.get(t["strong_id"], (0, 0))
+            rows.append({"circuit": t["circuit"], "decoder": t["decoder"],
+                         "strong_id": t["strong_id"], "existing_shots": had.get("shots", 0),
+                         "existing_errors": had.get("errors", 0),
+                         "existing_from": had.get("from", {}),
+                         "left_shots": shots, "left_errors": errors})
+        return rows
+
     def to_json(self) -> dict:
         """What ``qec-kiln plan --json`` prints."""
         plan = self.manifest.plan
@@ -120,6 +137,9 @@ class PlanResult:
                 "predicted_makespan_hours": self.one_job_per_batch_makespan_seconds / 3600,
                 "predicted_efficiency": self.efficiency(self.one_job_per_batch_makespan_seconds),
             },
+            "max_shots": self.manifest.max_shots,
+            "max_errors": self.manifest.max_errors,
+            "tasks": self.task_rows(),
             "processes_per_batch": self.node_processes,
             "startup_seconds_per_batch": self.startup_seconds,
         }

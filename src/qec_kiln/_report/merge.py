@@ -160,6 +160,7 @@ def merge_sweeps(
             for sid, st in kept.items():  # sinter combine's order: file by file, row by row
                 mine[sid] = mine[sid] + st if sid in mine else st
         outcomes += _outcomes(manifest, mine)
+        warnings += _counted_elsewhere(manifest, single=sweep is not None)
     total: dict[str, sinter.TaskStats] = {}
     for mine in per_sweep.values():  # one sweep: its own sums, unchanged
         for sid, st in mine.items():
@@ -219,23 +220,57 @@ def _stray_objects(bucket, manifest: Manifest) -> list[str]:
 
 
 def _task_info(manifest: Manifest) -> dict[str, tuple[str, dict]]:
-    """strong_id -> (decoder, metadata) of every planned task."""
+    """strong_id -> (decoder, metadata) of every planned task (a top-up's tasks that needed no
+    shard included)."""
     info = {}
     for b in manifest.batches:
         for s in b.shards:
             if s.strong_id not in info:
                 info[s.strong_id] = (s.decoder, manifest.circuit(s.circuit).metadata)
+    for t in manifest.tasks:
+        sid = t.get("strong_id")
+        if sid and sid not in info and sid in manifest.existing:
+            info[sid] = (t["decoder"], manifest.circuit(t["circuit"]).metadata)
     return info
 
 
 def _outcomes(manifest: Manifest, per_task: dict[str, sinter.TaskStats]) -> list[TaskOutcome]:
+    """Each task against the sweep's targets, counting what its plan counted as existing (a
+    top-up). An import has no targets."""
+    if manifest.kind == "import":
+        return []
     info = _task_info(manifest)
+    targets = manifest.plan.task_targets()
     out = []
-    for sid, (ts, te) in manifest.plan.task_targets().items():
+    for sid, (decoder, metadata) in info.items():
         st = per_task.get(sid)
-        decoder, metadata = info[sid]
-        out.append(TaskOutcome(manifest.sweep, sid, decoder, metadata, st.shots if st else 0,
-                               st.errors if st else 0, ts, te))
+        had = manifest.existing.get(sid, {})
+        ts, te = ((manifest.max_shots, manifest.max_errors) if manifest.existing
+                  else targets.get(sid, (manifest.max_shots, manifest.max_errors)))
+        out.append(TaskOutcome(manifest.sweep, sid, decoder, metadata,
+                               (st.shots if st else 0) + had.get("shots", 0),
+                               (st.errors if st else 0) + had.get("errors", 0), ts, te))
+    return out
+
+
+def _counted_elsewhere(manifest: Manifest, *, single: bool) -> list[str]:
+    """Warnings about rows a top-up counted that this output lacks: --existing-data files
+    left outside the bucket, and (merging one sweep) the other sweeps it counted."""
+    shots: dict[str, int] = {}
+    for had in manifest.existing.values():
+        for source, n in had.get("from", {}).items():
+            shots[source] = shots.get(source, 0) + n
+    files = sorted(s for s in shots if s.startswith("file "))
+    sweeps = sorted(s for s in shots if not s.startswith("file "))
+    out = []
+    if files:
+        out.append(f"sweep {manifest.sweep} counted rows of {', '.join(files)} toward its "
+                   "targets; they are not in the bucket, so not in this output (`sinter combine` "
+                   "them with it, or launch with --merge-existing-data to import them)")
+    if single and sweeps:
+        out.append(f"sweep {manifest.sweep} counted rows of sweep(s) {', '.join(sweeps)} "
+                   f"({sum(shots[s] for s in sweeps):,} shots) toward its targets; they are not "
+                   "in this output: merge without --sweep for the bucket's totals")
     return out
 
 

@@ -94,6 +94,12 @@ class Manifest:
     sinter_args: list[str] = dataclasses.field(default_factory=list)
     versions: dict[str, str] = dataclasses.field(default_factory=package_versions)
     tasks: list[dict] = dataclasses.field(default_factory=list)
+    #: What the plan counted as already there, per strong_id: ``{"shots", "errors", "from":
+    #: {source: shots}}`` (sources: other sweeps of the bucket, --existing-data files). The
+    #: shards' targets are what was left of ``max_shots``/``max_errors`` after it.
+    existing: dict[str, dict] = dataclasses.field(default_factory=dict)
+    #: "sweep", or "import": rows imported by --merge-existing-data (read-only, never run).
+    kind: str = "sweep"
 
     @property
     def batches(self) -> list[Batch]:
@@ -123,6 +129,8 @@ class Manifest:
             "workers": self.plan.workers,
             "circuits": [dataclasses.asdict(c) for c in self.circuits],
             "tasks": self.tasks,
+            "kind": self.kind,
+            "existing": self.existing,
             "batches": [b.to_json() for b in self.plan.batches],
         }
 
@@ -161,6 +169,8 @@ class Manifest:
                 sinter_args=list(d.get("sinter_args", [])),
                 versions=dict(d.get("versions", {})),
                 tasks=list(d.get("tasks", [])),
+                existing=dict(d.get("existing", {})),
+                kind=d.get("kind", "sweep"),
             )
         except (KeyError, TypeError) as ex:
             raise KilnError(
@@ -243,15 +253,21 @@ def resolve_sweep(bucket: Bucket, sweep: str | None,
 
 
 def inputs_digest(circuits: list[CircuitEntry], decoders: list[str], max_shots: int, max_errors: int,
-                  custom: str | None, sinter_args: list[str]) -> str:
-    """A digest of everything that defines the sweep's results (not of the plan)."""
+                  custom: str | None, sinter_args: list[str],
+                  existing_data: dict[str, str] | None = None) -> str:
+    """A digest of everything that defines the sweep's results (not of the plan).
+    ``existing_data``: sha256 of each --existing-data file (with how they are used), which
+    enters the digest only when given, so sweeps without it keep their names."""
     h = hashlib.sha256()
-    h.update(json.dumps({
+    inputs = {
         "circuits": sorted((c.key, c.sha256) for c in circuits),
         "decoders": sorted(decoders),
         "max_shots": max_shots,
         "max_errors": max_errors,
         "custom": custom,
         "sinter_args": sinter_args,
-    }, sort_keys=True).encode())
+    }
+    if existing_data:
+        inputs["existing_data"] = existing_data
+    h.update(json.dumps(inputs, sort_keys=True).encode())
     return h.hexdigest()

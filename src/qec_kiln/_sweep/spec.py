@@ -65,10 +65,18 @@ class Inputs:
 
 @dataclasses.dataclass(frozen=True)
 class Targets:
-    """Per task (circuit x decoder): stop at ``max_shots`` shots or ``max_errors`` errors."""
+    """Per task (circuit x decoder): stop at ``max_shots`` shots or ``max_errors`` errors,
+    counting what the bucket already holds of the task (any sweep of it) and the rows of
+    ``existing_data`` CSVs, as ``sinter collect`` counts its resume file and
+    ``--existing_data_filepaths``. ``merge_existing_data``: also import those CSVs into the
+    bucket (once), so ``merge`` includes them. ``fresh``: count nothing; refused where the
+    bucket holds rows of these tasks (a merge would add them)."""
 
     max_shots: int = 1_000_000
     max_errors: int = 1000
+    existing_data: tuple[str, ...] = ()
+    merge_existing_data: bool = False
+    fresh: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,11 +152,12 @@ class SweepSpec:
                  else [os.fspath(c) for c in circuits])
         if not paths:
             raise KilnError("no circuits given: pass a folder of .stim files, or .stim files")
-        for key in ("decoders", "sinter_options"):
-            if isinstance(given.get(key), str):
+        for key in ("decoders", "sinter_options", "existing_data"):
+            if isinstance(given.get(key), str | os.PathLike):
                 given[key] = [given[key]]
             if key in given:
-                given[key] = tuple(given[key])
+                given[key] = tuple(os.fspath(v) if isinstance(v, os.PathLike) else v
+                                   for v in given[key])
         if "sinter_options" in given:  # checked, as the argv words sinter collect receives
             given["sinter_options"] = tuple(check_sinter_options(given["sinter_options"]))
         groups = {}

@@ -1,0 +1,207 @@
+"""What a new plan counts as already there: the bucket's rows of its tasks, --existing-data CSVs
+(imported into the bucket with --merge-existing-data), and the planning lock that makes
+"count, then commit the manifest" one step per bucket.
+
+Why a lock: a top-up plans each task ``target - existing``. Two launches planning the same
+tasks at once would both count the same rows and together sample past the targets; holding
+``_kiln/plan-lock.json`` (a lease: conditional create, deleted at the end, free once its
+holder dies) from the count to the manifest's commit makes the later one see the earlier
+sweep, whose unfinished work then refuses the plan (see :func:`count_existing`).
+
+Example:
+    >>> import tempfile
+    >>> from qec_kiln._storage import open_bucket
+    >>> bucket = open_bucket(tempfile.mkdtemp())
+    >>> with plan_lock(bucket, print):
+    ...     bucket.exists(PLAN_LOCK_KEY)
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+from qec_kiln._errors import KilnError, ObjectNotFound, PreconditionFailed
+from qec_kiln._node.lease import LeaseHeld, acquire, release
+from qec_kiln._planning._cost import Calibration, TaskCost
+from qec_kiln._report.holdings import bucket_holdings
+from qec_kiln._storage import Bucket
+from qec_kiln._sweep.batches import Batch, Plan, Shard
+from qec_kiln._sweep.existing import IMPORT_PREFIX, ExistingFile, ExistingRows, import_name
+from qec_kiln._sweep.fragments import HEADER_LINE, parse_fragment
+from qec_kiln._sweep.manifest import (
+    CircuitEntry,
+    Manifest,
+    fragment_key,
+    list_sweeps,
+    manifest_key,
+)
+
+Log = Callable[[str], None]
+
+#: The bucket's planning lock (not a sweep folder: sweep names start with a letter or digit).
+PLAN_LOCK_KEY = "_kiln/plan-lock.json"
+
+
+@contextlib.contextmanager
+def plan_lock(bucket: Bucket, log: Log, *, seconds: float = 300.0, wait: float = 900.0
+              ) -> Iterator[None]:
+    """Hold the bucket's planning lock: one launch at a time counts what exists and commits
+    its plan. Waits (saying so once) while another launch holds it."""
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        try:
+            lease = acquire(bucket, PLAN_LOCK_KEY, seconds=seconds, watch=False)
+            break
+        except LeaseHeld:
+            if not told:
+                log(f"waiting for another launch that is planning in {bucket.url}")
+                told = True
+            if time.monotonic() > deadline:
+                raise KilnError(f"{bucket.url_for(PLAN_LOCK_KEY)}: another launch has been "
+                                f"planning for over {wait:g} s; try again later") from None
+            time.sleep(0.5)
+    try:
+        yield
+    finally:
+        release(lease, undo=True)  # deleted (or as it was): the bucket keeps no trace of it
+
+
+@dataclasses.dataclass
+class Counted:
+    """What a plan counts per task, and the --existing-data rows not yet in the bucket."""
+
+    rows: ExistingRows
+    new_lines: dict[str, list[str]]  # file path -> its rows not already imported into the bucket
+
+
+def count_existing(bucket: Bucket, files: Sequence[ExistingFile], strong_ids: set[str], *,
+                   sweep: str, fresh: bool, merge_files: bool, strict: bool, log: Log) -> Counted:
+    """The rows a new plan of ``sweep`` counts: every other sweep's settled rows of its tasks,
+    and the --existing-data rows not already imported (each row once).
+
+    Refused (one line, ``strict``; else a warning, for a dry run): another sweep still has work
+    on these tasks (counting its rows now could take a task past its targets once it ends:
+    finish it first); ``fresh`` in a bucket that holds rows of them (merge would add them);
+    ``merge_files`` rows of tasks that a sweep of the bucket already sampled (the file may be
+    a merge of this very bucket: its rows would be counted twice)."""
+    held, unsettled = bucket_holdings(bucket, strong_ids, exclude=sweep)
+    if unsettled:
+        line = ("; ".join(unsettled) + ": finish it first (launch it again with its own "
+                "targets, or wait for it), then launch this again; counting its rows now could "
+                "take a task past these targets once it ends")
+        if strict:
+            raise KilnError(line)
+        log("warning: " + line + " (a launch now would be refused)")
+    if fresh and held.stats:
+        names = sorted({s for sid in held.stats for s in held.sources.get(sid, {})})
+        raise KilnError(
+            f"--fresh: {bucket.url} already holds rows of {len(held.stats)} of these task(s) "
+            f"(sweep(s) {', '.join(names)}), and a merge of the bucket would add a fresh run's "
+            "rows to them; give a new --bucket for a fresh start, or drop --fresh to top up")
+    seen = _imported_lines(bucket)
+    new_lines: dict[str, list[str]] = {}
+    rows = held
+    for f in files:
+        lines = [ln for ln in f.lines if ln not in seen]
+        seen.update(lines)
+        if len(lines) < len(f.lines):
+            log(f"--existing-data {f.path}: {len(f.lines) - len(lines)} of its row(s) are already "
+                "in the bucket (imported before): counted once")
+        if f.other_rows:
+            log(f"--existing-data {f.path}: {f.other_rows} row(s) of other tasks ignored")
+        if not lines:
+            continue
+        new_lines[f.path] = lines
+        extra = parse_fragment(HEADER_LINE + "\n".join(lines).encode() + b"\n", f.path).stats
+        sampled = [sid for sid in extra if any(not s.startswith(IMPORT_PREFIX)
+                                               for s in held.sources.get(sid, {}))]
+        if merge_files and sampled:
+            raise KilnError(
+                f"--merge-existing-data {f.path}: sweeps of {bucket.url} already sampled "
+                f"{len(sampled)} of its task(s); importing its rows too could count one run "
+                "twice (is it a merge of this bucket?): import it into a new --bucket, or give "
+                "it without --merge-existing-data to count it only")
+        more = ExistingRows()
+        for st in extra.values():
+            more.add(f"file {f.path}", st)
+        rows = rows.merged(more)
+    return Counted(rows, new_lines)
+
+
+def _imported_lines(bucket: Bucket) -> set[str]:
+    """Every row already imported into the bucket (the fragments of its import sweeps)."""
+    out: set[str] = set()
+    for name in list_sweeps(bucket):
+        if not name.startswith(IMPORT_PREFIX):
+            continue
+        try:
+            data = bucket.read_bytes(fragment_key(name, "b000"))
+        except ObjectNotFound:
+            continue
+        out.update(ln.rstrip() for ln in data.decode("utf-8", "replace").splitlines()[1:])
+    return out
+
+
+def import_rows(bucket: Bucket, lines: list[str], tasks: Mapping[str, tuple[str, str]],
+                circuits: Mapping[str, CircuitEntry], log: Log) -> str:
+    """Upload rows as a read-only sweep ``import-<hash>`` (its fragment, then its manifest,
+    each only created), so that merge includes them once. ``tasks``: strong_id ->
+    (circuit key, decoder). Returns the sweep's name."""
+    name = import_name(lines)
+    data = HEADER_LINE + "\n".join(lines).encode() + b"\n"
+    stats = parse_fragment(data, name).stats
+    shards = [Shard(circuit=tasks[sid][0], decoder=tasks[sid][1], strong_id=sid,
+                    max_shots=st.shots, max_errors=st.errors, predicted_seconds=0.0,
+                    predicted_shots=float(st.shots)) for sid, st in sorted(stats.items())]
+    manifest = Manifest(
+        sweep=name,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        decoders=sorted({s.decoder for s in shards}),
+        max_shots=max(s.max_shots for s in shards),
+        max_errors=max(s.max_errors for s in shards),
+        circuits=[circuits[k] for k in sorted({s.circuit for s in shards})],
+        plan=Plan([Batch("b000", shards)], 0, 0, strategy="import"),
+        inputs_digest=name, kind="import")
+    for key, body in ((fragment_key(name, "b000"), data), (manifest_key(name), manifest.dumps())):
+        try:
+            bucket.write_if(key, body, None)
+        except PreconditionFailed:
+            if key.endswith(".csv") and bucket.read_bytes(key) != body:
+                raise KilnError(f"{bucket.url_for(key)} exists with other rows; delete "
+                                f"{bucket.url_for(name)} and launch again") from None
+    log(f"imported {len(lines)} row(s) of {len(shards)} task(s) into {bucket.url_for(name)} "
+        "(a read-only sweep: merge includes them once)")
+    return name
+
+
+def with_measured_rates(costs: Sequence[TaskCost], rows: ExistingRows) -> list[TaskCost]:
+    """Each task's cost with the seconds/shot and error rate of its existing rows in place of
+    the model's guesses (the model's rate as the prior: zero errors bound it, never zero).
+
+    >>> import sinter
+    >>> rows = ExistingRows()
+    >>> rows.add("s", sinter.TaskStats(strong_id="a", decoder="pymatching", json_metadata={},
+    ...                                shots=10_000, errors=100, seconds=2.0))
+    >>> t = with_measured_rates([TaskCost("a.stim", "pymatching", "a", 1e-6, 1e-4)], rows)[0]
+    >>> t.seconds_per_shot, round(t.p_logical, 3)
+    (0.0002, 0.01)
+    """
+    out = []
+    for c in costs:
+        st = rows.stats.get(c.strong_id)
+        if st is not None and st.shots > 0 and st.seconds > 0:
+            cal = Calibration(st.seconds / st.shots, st.shots, st.errors)
+            c = dataclasses.replace(c, seconds_per_shot=cal.seconds_per_shot,
+                                    p_logical=cal.p_logical_estimate(c.p_logical))
+        out.append(c)
+    return out
+
+
+__all__ = ["PLAN_LOCK_KEY", "Counted", "count_existing", "import_rows", "plan_lock",
+           "with_measured_rates"]
