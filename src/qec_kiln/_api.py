@@ -332,7 +332,8 @@ def _prefer_live(report: StatusReport, live: Mapping[str, bytes]) -> None:
         if not data or bp.problem:
             continue
         try:
-            shards = batch_progress(bp.batch, parse_fragment(data, bp.batch.id))
+            shards = batch_progress(bp.batch, parse_fragment(data, bp.batch.id),
+                                    report.manifest.errors_of)
         except KilnError:
             continue
         if sum(s.shots for s in shards) > bp.shots:
@@ -347,18 +348,21 @@ def sweep_names(bucket: PathLike = "kiln-results") -> list[str]:
     return resolve_sweep(open_bucket(str(bucket)), None)
 
 
-def merge(bucket: PathLike = "kiln-results", out: PathLike = "merged.csv", *,
+def merge(bucket: PathLike = "kiln-results", out: PathLike | None = "merged.csv", *,
           sweep: str | None = None, skip_bad: bool = False, log: Log | None = None
           ) -> MergeReport:
     """Combine every batch's fragment (of ``sweep``, or of every sweep in ``bucket``) with
     ``sinter combine`` into the CSV ``out`` for ``sinter plot`` (``qec-kiln merge``).
     ``skip_bad`` skips damaged fragments with a warning instead of stopping. The report counts
-    rows and the tasks that reached their targets. Example: see the module docstring above.
+    rows and the tasks that reached their targets; ``report.stats`` holds the merged rows as
+    ``sinter.TaskStats`` (what ``sinter.collect`` returns). ``out=None`` writes nothing.
+    Example: see the module docstring above.
     """
     from qec_kiln._report.merge import merge_sweeps
 
     # Without a log, merge's warnings are in the report (MergeReport.warnings), not raised.
-    return merge_sweeps(str(bucket), str(out), sweep=sweep, skip_bad=skip_bad, log=log)
+    return merge_sweeps(str(bucket), None if out is None else str(out), sweep=sweep,
+                        skip_bad=skip_bad, log=log)
 
 
 def cancel(bucket: PathLike = "kiln-results", sweep: str = "", *,

@@ -94,6 +94,21 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
                    help="for a cost estimate")
     g.add_argument("--price-per-gpu-hour", type=positive_float, default=keep,
                    help="for a cost estimate")
+    g = p.add_argument_group("postselection and counts (sinter collect's flags, passed to "
+                             "every batch; the masks enter strong_ids exactly as in sinter)")
+    g.add_argument("--postselected-detectors-predicate", default=keep, metavar="EXPR",
+                   help="discard a shot when a detector for which EXPR(index, metadata, coords) "
+                   "is true fires, e.g. \"coords[3] > 0\"")
+    g.add_argument("--postselected-observables-predicate", default=keep, metavar="EXPR",
+                   help="discard a shot, instead of counting an error, when the decoder "
+                   "mispredicts an observable for which EXPR(index, metadata) is true")
+    g.add_argument("--postselect-detectors-with-non-zero-4th-coord", action="store_true",
+                   default=keep, help="discard a shot when a detector with a non-zero 4th "
+                   "coordinate fires")
+    g.add_argument("--custom-error-count-key", default=keep, metavar="KEY",
+                   help="--max-errors counts custom_counts[KEY] instead of errors (e.g. "
+                   "detection_events with --sinter-option=--count_detection_events); merge and "
+                   "status judge targets by it too")
     p.add_argument("--sinter-option", action="append", dest="sinter_options", default=keep,
                    metavar="OPT",
                    help="passed to every sinter collect, e.g. "

@@ -32,6 +32,7 @@ from qec_kiln._sweep.manifest import (
     manifest_key,
     orphan_message,
 )
+from qec_kiln._sweep.postselect import postselection_masks
 from qec_kiln._sweep.spec import SweepSpec, default_sweep_name
 from qec_kiln._version import __version__
 
@@ -91,10 +92,12 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log) -> PlanResult:
     )
     decoders = list(inputs.decoders)
     check_decodable(circuits, decoders)
-    strong_ids = check_duplicates(circuits, decoders)
+    masks = postselection_masks(inputs.postselection, circuits, log)
+    strong_ids = check_duplicates(circuits, decoders, masks)
     entries = [CircuitEntry(c.key, c.sha256, c.metadata) for c in circuits]
+    sinter_args = inputs.sinter_args(targets.custom_error_count_key)
     digest = inputs_digest(entries, decoders, targets.max_shots, targets.max_errors,
-                           inputs.custom_decoders_module_function, list(inputs.sinter_options))
+                           inputs.custom_decoders_module_function, sinter_args)
     name = check_sweep_name(spec.name) if spec.name else default_sweep_name(spec.circuits, digest)
     try:
         existing = load_manifest(bucket, name) if bucket.exists(manifest_key(name)) else None
@@ -117,7 +120,7 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log) -> PlanResult:
     costs, features = estimate_costs(circuits, decoders, strong_ids,
                                      calibrate=spec.partition.calibrate,
                                      calibrate_seconds=spec.partition.calibrate_seconds,
-                                     custom_decoders=custom, log=log)
+                                     custom_decoders=custom, log=log, masks=masks)
     plan = plan_sweep(costs, targets, spec.partition, lambda n: backend.capacity(options, n),
                       model_error=MODEL_ERROR)
     for entry in entries:
@@ -133,7 +136,8 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log) -> PlanResult:
         inputs_digest=digest,
         backend=backend.name,
         custom_decoders_module_function=inputs.custom_decoders_module_function,
-        sinter_args=list(inputs.sinter_options),
+        sinter_args=sinter_args,
+        custom_error_count_key=targets.custom_error_count_key,
         tasks=[dataclasses.asdict(c) for c in costs],
     )
     return _result(sweep, manifest, False, circuits)

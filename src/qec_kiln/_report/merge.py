@@ -81,6 +81,8 @@ class MergeReport:
     warnings: list[str]
     sweeps: list[str] = dataclasses.field(default_factory=list)
     combined: list[CombinedRow] = dataclasses.field(default_factory=list)
+    #: The merged rows (one sinter.TaskStats per task, summed over sweeps), in the CSV's order.
+    stats: list[sinter.TaskStats] = dataclasses.field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -100,7 +102,7 @@ class MergeReport:
 
 def merge_sweeps(
     bucket_url: str,
-    out: str,
+    out: str | None,
     *,
     sweep: str | None = None,
     skip_bad: bool = False,
@@ -108,9 +110,11 @@ def merge_sweeps(
     workers: int | None = None,
 ) -> MergeReport:
     """Merge the fragments of one sweep (or of every sweep in the bucket) into ``out`` (a path,
-    or ``-`` for standard output). Only reads the bucket."""
+    or ``-`` for standard output). Only reads the bucket. ``out=None`` writes nothing: the merged
+    rows are in ``report.stats`` (none yet is then no error)."""
     log = log or (lambda s: None)
-    check_output(out)
+    if out is not None:
+        check_output(out)
     bucket = open_bucket(bucket_url)
     warnings: list[str] = []
     missing: list[str] = []
@@ -142,24 +146,35 @@ def merge_sweeps(
     for mine in per_sweep.values():  # one sweep: its own sums, unchanged
         for sid, st in mine.items():
             total[sid] = total[sid] + st if sid in total else st
-    if not total:
+    if not total and out is not None:
         raise KilnError(
             f"{bucket.url}: no fragment has any rows yet, so there is nothing to merge; "
             "check `qec-kiln status` and try again later"
         )
-    write_output(out, combined_csv(list(total.values())).encode())
+    stats = sorted(total.values(), key=_metadata_order)
+    if out is not None:
+        write_output(out, _csv(stats).encode())
     for w in warnings:
         log("warning: " + w)
-    return MergeReport(out=str(out), rows=len(total), tasks=outcomes, missing_batches=missing,
-                       warnings=warnings, sweeps=[m.sweep for m in manifests],
-                       combined=_combined_rows(manifests, per_sweep))
+    return MergeReport(out="" if out is None else str(out), rows=len(total), tasks=outcomes,
+                       missing_batches=missing, warnings=warnings,
+                       sweeps=[m.sweep for m in manifests],
+                       combined=_combined_rows(manifests, per_sweep), stats=stats)
+
+
+def _metadata_order(s: sinter.TaskStats):
+    """sinter combine's sort key (its default ``--order metadata``)."""
+    return sinter.better_sorted_str_terms(json.dumps(s.json_metadata, separators=(",", ":"),
+                                                     sort_keys=True))
+
+
+def _csv(stats: list[sinter.TaskStats]) -> str:
+    return "".join([sinter.CSV_HEADER + "\n"] + [s.to_csv_line() + "\n" for s in stats])
 
 
 def combined_csv(stats: list[sinter.TaskStats]) -> str:
     """What ``sinter combine`` prints for these totals (its default ``--order metadata``)."""
-    key = lambda s: sinter.better_sorted_str_terms(  # noqa: E731 - sinter combine's sort key
-        json.dumps(s.json_metadata, separators=(",", ":"), sort_keys=True))
-    return "".join([sinter.CSV_HEADER + "\n"] + [s.to_csv_line() + "\n" for s in sorted(stats, key=key)])
+    return _csv(sorted(stats, key=_metadata_order))
 
 
 def _planned_rows(frag: Fragment, batch: Batch) -> tuple[dict[str, sinter.TaskStats], str | None]:
@@ -202,7 +217,7 @@ def _outcomes(manifest: Manifest, per_task: dict[str, sinter.TaskStats]) -> list
         st = per_task.get(sid)
         decoder, metadata = info[sid]
         out.append(TaskOutcome(manifest.sweep, sid, decoder, metadata, st.shots if st else 0,
-                               st.errors if st else 0, ts, te))
+                               manifest.errors_of(st) if st else 0, ts, te))
     return out
 
 

@@ -69,7 +69,7 @@ class ResumeReader:
             frag = parse_fragment(path.read_bytes(), str(path))
         except (OSError, KilnError):  # half-written or replaced this instant: keep the last view
             return cached[1] if cached else BatchProgress(batch, batch_progress(batch, None), False)
-        result = BatchProgress(batch, batch_progress(batch, frag), True)
+        result = BatchProgress(batch, batch_progress(batch, frag, self.manifest.errors_of), True)
         self._cache[batch_id] = (stamp, result)
         return result
 

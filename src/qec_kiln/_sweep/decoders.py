@@ -17,13 +17,28 @@ from typing import Any
 
 from qec_kiln._errors import KilnError
 
-#: Python packages a built-in sinter decoder needs on the machine that runs it.
+#: Python packages (import names) a built-in sinter decoder needs on the machine that runs it.
 DECODER_PACKAGES = {
     "pymatching": "pymatching",
     "pymatching-correlated": "pymatching",
     "fusion_blossom": "fusion_blossom",
     "hypergraph_union_find": "mwpf",
     "mw_parity_factor": "mwpf",
+}
+#: The PyPI distribution of each of those packages (what a node pip-installs).
+DECODER_DISTS = {
+    "pymatching": "pymatching",
+    "pymatching-correlated": "pymatching",
+    "fusion_blossom": "fusion-blossom",
+    "hypergraph_union_find": "mwpf",
+    "mw_parity_factor": "mwpf",
+}
+#: ``--custom-decoders-module-function`` modules and the PyPI distribution that provides them
+#: (a module not here is looked up in this Python's installed distributions, else its name).
+MODULE_DISTS = {
+    "chromobius": "chromobius",  # chromobius:sinter_decoders (colour codes)
+    "tesseract_decoder": "tesseract-decoder",  # tesseract_decoder:make_tesseract_sinter_decoders_dict
+    "qec_kiln.tsim": "bloqade-tsim",  # qec_kiln.tsim:sinter_samplers
 }
 
 def check_decoders(decoders: Sequence[str], custom: Mapping[str, Any] | None, *, run_here: bool,

@@ -18,7 +18,8 @@ import math
 import os
 import pathlib
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import sinter
 import stim
@@ -87,15 +88,21 @@ class CircuitFile:
         an undecomposed model, which decoders such as chromobius accept)."""
         return dem_for_circuit(self.circuit)
 
-    def strong_id(self, decoder: str) -> str:
-        """The strong_id sinter will give this circuit with ``decoder``."""
-        task = sinter.Task(
+    def task(self, decoder: str, masks: tuple[Any, Any] = (None, None)) -> sinter.Task:
+        """The task sinter collect makes of this circuit with ``decoder`` and the
+        postselection ``masks`` (``Postselection.masks``: detectors, observables)."""
+        return sinter.Task(
             circuit=self.circuit,
             decoder=decoder,
             detector_error_model=self.dem,
+            postselection_mask=masks[0],
+            postselected_observables_mask=masks[1],
             json_metadata=self.metadata,
         )
-        return task.strong_id()
+
+    def strong_id(self, decoder: str, masks: tuple[Any, Any] = (None, None)) -> str:
+        """The strong_id sinter will give this circuit with ``decoder`` (and ``masks``)."""
+        return self.task(decoder, masks).strong_id()
 
 
 def discover_circuits(
@@ -310,17 +317,21 @@ def _first_tsim_tagged_gate(circuit: stim.Circuit) -> str | None:
     return None
 
 
-def check_duplicates(circuits: Sequence[CircuitFile], decoders: Iterable[str]) -> dict[tuple[str, str], str]:
+def check_duplicates(circuits: Sequence[CircuitFile], decoders: Iterable[str],
+                     masks: Mapping[str, tuple[Any, Any]] | None = None
+                     ) -> dict[tuple[str, str], str]:
     """Strong ids of every (circuit key, decoder); refuse two files that sinter would merge.
 
     Two files with the same circuit and the same metadata (e.g. one name in two subfolders) get one
-    strong_id, so ``sinter combine`` would silently add their shots together.
+    strong_id, so ``sinter combine`` would silently add their shots together. ``masks``: each
+    circuit key's postselection masks (:func:`postselection_masks`), part of the strong_id.
     """
     ids: dict[tuple[str, str], str] = {}
     seen: dict[str, str] = {}
+    decoders = list(decoders)
     for c in circuits:
         for decoder in decoders:
-            sid = c.strong_id(decoder)
+            sid = c.strong_id(decoder, (masks or {}).get(c.key, (None, None)))
             if sid in seen:
                 raise KilnError(
                     f"{c.path}: same circuit and metadata as {seen[sid]} (one sinter strong_id); "

@@ -38,6 +38,7 @@ def estimate_costs(
     calibrate_seconds: float = 60.0,
     custom_decoders: Mapping[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    masks: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> tuple[list[TaskCost], dict[str, dict[str, Any]]]:
     """TaskCosts for every (circuit, decoder), and each circuit's features (for the manifest).
 
@@ -48,12 +49,8 @@ def estimate_costs(
     features = {c.key: CircuitFeatures.of(c.circuit, c.dem) for c in circuits}
     calibrations: dict[str, Calibration] = {}
     if calibrate:
-        import sinter
-
-        tasks = {
-            strong_ids[(c.key, d)]: sinter.Task(circuit=c.circuit, decoder=d,
-                                                detector_error_model=c.dem,
-                                                json_metadata=c.metadata)
+        tasks = {  # with the sweep's postselection masks: the pilot samples the same task
+            strong_ids[(c.key, d)]: c.task(d, (masks or {}).get(c.key, (None, None)))
             for c in circuits
             for d in decoders
         }
