@@ -11,14 +11,14 @@ from qec_kiln._errors import KilnError, KilnWarning  # noqa: E402
 from qec_kiln._version import __version__  # noqa: E402
 
 if TYPE_CHECKING:  # what type checkers see; at run time each name loads when first asked for
-    from qec_kiln._api import LaunchResult, cancel, launch, merge, plan, status
+    from qec_kiln._api import LaunchResult, cancel, launch, merge, plan, remove, status
     from qec_kiln._planning.result import PlanResult
     from qec_kiln._report.merge import MergeReport
     from qec_kiln._report.status import StatusReport
 
 _LAZY = {  # loaded when first asked for: `qec-kiln merge` imports none of the rest
     **{name: ("qec_kiln._api", name)
-       for name in ("LaunchResult", "cancel", "launch", "merge", "plan", "status")},
+       for name in ("LaunchResult", "cancel", "launch", "merge", "plan", "remove", "status")},
     "PlanResult": ("qec_kiln._planning.result", "PlanResult"),  # these three import sinter
     "StatusReport": ("qec_kiln._report.status", "StatusReport"),
     "MergeReport": ("qec_kiln._report.merge", "MergeReport"),
@@ -50,5 +50,6 @@ __all__ = [
     "launch",
     "merge",
     "plan",
+    "remove",
     "status",
 ]

@@ -259,7 +259,12 @@ def launch(circuits: Circuits, *, dry_run: bool = False, log: Log | None = None,
         return LaunchResult(prepared, store.url, "nothing to launch", relaunch=relaunch)
     if before_start is not None:
         before_start(prepared, todo, relaunch)
-    started = chosen.launch(make_request(store, prepared, todo, options))
+    # The backend's lines (progress, failures) go to the caller's log; without one only its
+    # warnings are issued. A live table where a caller's lines reach a terminal anyway.
+    import sys
+
+    live = log is not _quiet and sys.stderr.isatty()
+    started = chosen.launch(make_request(store, prepared, todo, options, log=log, live=live))
     for w in chosen.warnings():
         log(f"warning: {w}")
     return LaunchResult(prepared, store.url, started.message, launched=todo, submission=started,
@@ -380,4 +385,31 @@ def cancel(bucket: PathLike = "kiln-results", sweep: str = "", *,
     return get_backend(backend or manifest.backend).cancel(store.url, manifest.sweep)
 
 
-__all__ = ["DryRun", "LaunchResult", "cancel", "launch", "merge", "plan", "status"]
+def remove(bucket: PathLike, sweep: str, *, dry_run: bool = False,
+           backend: str | None = None) -> list[str]:
+    """Delete every object of ``sweep`` from ``bucket`` (manifest, circuits, fragments, leases,
+    logs) and return their keys; ``dry_run`` only lists them (``qec-kiln remove``). Refused while
+    a batch of it runs (by the backend's job states or a live lease): cancel it first.
+
+        >>> import tempfile, qec_kiln
+        >>> qec_kiln.remove(tempfile.mkdtemp(), "nope")
+        Traceback (most recent call last):
+        ...
+        qec_kiln._errors.KilnError: ...nope: no such sweep in the bucket (nothing to remove); ...
+    """
+    from qec_kiln._report.remove import remove_sweep
+    from qec_kiln._storage import open_bucket
+    from qec_kiln._sweep.manifest import load_manifest, manifest_key
+
+    if not sweep:
+        raise KilnError("remove needs the sweep's name: --sweep NAME")
+    store = open_bucket(str(bucket))
+    active: dict[str, str] = {}
+    if store.exists(manifest_key(sweep)):
+        manifest = load_manifest(store, sweep)
+        states = get_backend(backend or manifest.backend).job_states(store.url, sweep)
+        active = {b: j.state for b, j in states.items() if j.active}
+    return remove_sweep(store, sweep, active, dry_run=dry_run)
+
+
+__all__ = ["DryRun", "LaunchResult", "cancel", "launch", "merge", "plan", "remove", "status"]

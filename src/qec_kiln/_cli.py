@@ -190,6 +190,14 @@ def build_parser(*, light: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="cancel every sweep in the bucket")
     p.add_argument("--backend", help="default: the one the sweep was launched with")
 
+    p = sub.add_parser("remove", help="delete a sweep from the bucket (manifest, circuits, "
+                       "fragments, leases, logs); refused while its batches run")
+    p.add_argument("--bucket", default="kiln-results")
+    p.add_argument("--sweep", required=True, help="the sweep to remove")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--backend", help="default: the one the sweep was launched with")
+
     p = sub.add_parser("pool", help="SkyPilot pools of warm workers (--backend skypilot "
                        "--workers K): show them, or take them down (idle workers bill)")
     p.add_argument("action", choices=("status", "down"))

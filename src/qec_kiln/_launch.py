@@ -237,9 +237,11 @@ def batches_to_launch(bucket: Bucket, prepared: PlanResult, backend: Backend
     return [b for b in queue_order(m.batches) if b in idle], relaunch
 
 
-def make_request(bucket: Bucket, prepared: PlanResult, batch_ids: list[str], options: Any
-                 ) -> LaunchRequest:
+def make_request(bucket: Bucket, prepared: PlanResult, batch_ids: list[str], options: Any,
+                 log: Log | None = None, live: bool = False) -> LaunchRequest:
     return LaunchRequest(
+        log=log,
+        live=live,
         bucket_url=bucket.url,
         sweep=prepared.manifest.sweep,
         batch_ids=tuple(batch_ids),

@@ -159,6 +159,18 @@ def _free(holder: dict, now: float) -> bool:
     return False
 
 
+def live_holder(bucket: Bucket, key: str, *, clock: Callable[[], float] = time.time,
+                retry: RetryPolicy | None = None) -> str | None:
+    """Who holds the lease at ``key`` now ("held by pid 12 on host, for 50 s more ..."), or None
+    when nobody does (no lease, released, expired, or its runner gone from this host)."""
+    try:
+        _, holder = _read(bucket, key, retry)
+    except ObjectNotFound:
+        return None
+    now = clock()
+    return None if _free(holder, now) else _describe(holder, now)
+
+
 def _held(bucket: Bucket, key: str, holder: dict, now: float) -> LeaseHeld:
     return LeaseHeld(
         f"{bucket.url_for(key)}: another run-batch of the same batch is running "
@@ -196,4 +208,4 @@ def release(lease: Lease, *, retry: RetryPolicy | None = None, undo: bool = Fals
             lease.key, _body(lease.owner, 0.0, released=True), lease.version, retry=retry)
 
 
-__all__ = ["Lease", "LeaseHeld", "acquire", "lease_key", "release", "renew"]
+__all__ = ["Lease", "LeaseHeld", "acquire", "lease_key", "live_holder", "release", "renew"]

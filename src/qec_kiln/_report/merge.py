@@ -249,6 +249,7 @@ def report_json(report: MergeReport) -> dict:
         "sweeps": report.sweeps,
         "per_sweep": [{"sweep": s, "tasks": len(report.of_sweep(s)),
                        "reached": sum(t.reached for t in report.of_sweep(s)),
+                       "complete": all(t.reached for t in report.of_sweep(s)),
                        "shots": sum(t.shots for t in report.of_sweep(s))} for s in report.sweeps],
         "combined": [dict(r.metadata, decoder=r.decoder, strong_id=r.strong_id, shots=r.shots,
                           shots_per_sweep=r.shots_per_sweep, errors_per_sweep=r.errors_per_sweep)
@@ -262,17 +263,25 @@ def report_json(report: MergeReport) -> dict:
 
 
 def report_lines(report: MergeReport) -> list[str]:
-    where = "standard output" if report.out == STDOUT else report.out
-    lines = [f"wrote {where} ({report.rows} rows): {report.reached} of {report.total} "
-             "task(s) reached max_shots or max_errors"]
-    if len(report.sweeps) > 1:
-        lines.append(f"combined {len(report.sweeps)} sweeps into one CSV, targets judged per sweep; "
-                     "a task in several sweeps is one row with their shots summed "
-                     "(`--sweep NAME` merges one):")
+    where = ("nothing (out=None)" if not report.out
+             else "standard output" if report.out == STDOUT else report.out)
+    if len(report.sweeps) <= 1:
+        lines = [f"wrote {where} ({report.rows} rows): {report.reached} of {report.total} "
+                 "task(s) reached max_shots or max_errors"]
+    else:  # each sweep on its own line: an unfinished one never blurs a finished one's count
+        lines = [f"wrote {where} ({report.rows} rows from {len(report.sweeps)} sweeps); "
+                 "targets are judged per sweep:"]
         for s in report.sweeps:
             mine = report.of_sweep(s)
-            lines.append(f"  sweep {s}: {len(mine)} task(s), {sum(t.reached for t in mine)} of "
-                         f"{len(mine)} reached, {sum(t.shots for t in mine):,} shots")
+            reached = sum(t.reached for t in mine)
+            lines.append(f"  sweep {s}: {len(mine)} task(s), {reached} of {len(mine)} reached, "
+                         f"{sum(t.shots for t in mine):,} shots"
+                         + ("" if reached == len(mine) else
+                            f" (not finished: `qec-kiln status --sweep {s}` says why; "
+                            f"`qec-kiln remove --sweep {s}` removes it)"))
+        lines.append(f"combined {len(report.sweeps)} sweeps into one CSV: a task in several "
+                     "sweeps is one row with their shots summed (`--sweep NAME` merges one)"
+                     + (":" if report.combined else ""))
         for r in report.combined:
             shares = " + ".join(f"{s} {n:,}" for s, n in r.shots_per_sweep.items())
             lines.append(f"  {_name(r.metadata)} ({r.decoder}): {r.shots:,} shots = {shares}")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import sinter
 
 from qec_kiln._errors import KilnError
+from qec_kiln._report.failures import batch_error
 from qec_kiln._storage import Bucket
 from qec_kiln._sweep.batches import Batch, Shard
 from qec_kiln._sweep.fragments import Fragment, read_fragments
@@ -66,10 +67,17 @@ class BatchProgress:
     fragment_found: bool
     job: JobState | None = None
     problem: str | None = None
+    error: str | None = None  # the last error line of a failed batch's log
 
     @property
     def done(self) -> bool:
         return self.problem is None and not self.lost and all(s.done for s in self.shards)
+
+    @property
+    def failed(self) -> bool:
+        """Its job ended without finishing the batch (failed, or stopped and not done)."""
+        return (not self.done and self.job is not None and not self.job.active
+                and self.job.state.upper() not in ("CANCELLED", "SUCCEEDED"))
 
     @property
     def lost(self) -> bool:
@@ -171,6 +179,7 @@ class StatusReport:
                     "fraction": round(b.fraction, 6),
                     "eta_seconds": b.eta_seconds,
                     "problem": b.problem,
+                    "error": b.error,
                 }
                 for b in self.batches
             ],
@@ -209,6 +218,8 @@ def sweep_progress(bucket: Bucket, manifest: Manifest,
             warnings.append(frag.warning)
         progress = BatchProgress(b, batch_progress(b, frag, manifest.errors_of), frag is not None,
                                  job=job_states.get(b.id), problem=problem)
+        if progress.failed:
+            progress.error = batch_error(bucket, manifest.sweep, b.id)
         if progress.lost:
             warnings.append(
                 f"{bucket.url_for(fragment_key(manifest.sweep, b.id))}: batch {b.id}'s job "

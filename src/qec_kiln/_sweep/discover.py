@@ -136,6 +136,9 @@ def discover_circuits(
                 "circuits must be stim circuit files ending in .stim"
             )
         raise KilnError(f"{folder}: the folder is empty; put your .stim circuits in it")
+    if others and log is not None:  # a circuit saved as .txt or .stim.gz would be missed
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        log(f"warning: {folder}: skipped {len(others)} file(s) not ending in .stim: {shown}")
     circuits = [_read_circuit(root, p, allow_tagged_gates) for p in sorted(paths)]
     _check_metadata_spellings(circuits)
     return circuits

@@ -43,6 +43,7 @@ from qec_kiln._backends.base import (
 from qec_kiln._errors import Exit
 from qec_kiln._node.workers import Worker, format_cpus, gpu_ids, machine_cpus, worker_environments
 from qec_kiln._planning.capacity import Capacity
+from qec_kiln._report.failures import last_error_line
 
 
 def _state_dir(bucket_url: str, sweep: str) -> pathlib.Path:
@@ -172,7 +173,8 @@ class LocalBackend(Backend):
         running: dict[str, subprocess.Popen] = {}
         codes: dict[str, int] = {}
         commands: list[list[str]] = []
-        console = Console(stderr=True)
+        say = request.log or (lambda _line: None)  # the API's log (it keeps only warnings)
+        console = Console(stderr=True) if request.live else None
         stopped: list[int] = []  # the terminating signal(s) this launch received
         never_started: list[str] = []  # waiting when `qec-kiln cancel` came
         cancel_record = state / _SWEEP_CANCEL
@@ -209,7 +211,7 @@ class LocalBackend(Backend):
                         os.killpg(p.pid, signal.SIGTERM)
             return True
 
-        with (_StopSignals(stopped), _progress(self, request, state, states, console) as shown,
+        with (_StopSignals(stopped), _progress(request, state, states, say, console) as shown,
               _removed_at_exit(me)):
             note_waiting()
             while (pending or running) and not stopped:
@@ -230,16 +232,17 @@ class LocalBackend(Backend):
                         free.append(slot_of[b])
                         ended_as = _ended(state, b, p.returncode)
                         if ended_as == "failed":
-                            console.print(f"[red]{b} failed (exit {p.returncode}); "
-                                          f"log: {state / (b + '.out')}")
+                            why = _last_error(state / f"{b}.out")
+                            say(f"{b} failed (exit {p.returncode}){': ' + why if why else ''}; "
+                                f"log: {state / (b + '.out')}")
                         elif ended_as == "elsewhere":
-                            console.print(f"{b}: run by another run-batch of this sweep "
-                                          "(another launch); not counted as failed")
+                            say(f"{b}: run by another run-batch of this sweep "
+                                "(another launch); not counted as failed")
                 if shown is not None:
                     shown.update()
             if stopped:
                 name = signal.Signals(stopped[0]).name
-                console.print(f"{name}: stopping batches and uploading their resume files...")
+                say(f"{name}: stopping batches and uploading their resume files...")
                 for p in running.values():
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(p.pid, signal.SIGTERM)
@@ -266,6 +269,9 @@ class LocalBackend(Backend):
             msg = "interrupted: run the same launch again to resume"
         elif failed:
             msg = f"{len(failed)} batch(es) failed: {', '.join(failed)}; logs in {state}"
+            why = _last_error(state / f"{failed[0]}.out")
+            if why:
+                msg += f"; {failed[0]}: {why}"
             if cancelled:
                 msg += f"; {len(cancelled)} cancelled (qec-kiln cancel): {', '.join(cancelled)}"
         elif cancelled:
@@ -313,7 +319,9 @@ class LocalBackend(Backend):
                 out[b] = JobState(b, "STOPPED", job_id=f"pid {pid}", detail="exited without a record")
                 continue
             name = {"done": "SUCCEEDED", "cancelled": "CANCELLED"}.get(_ended(state, b, rc), "FAILED")
-            out[b] = JobState(b, name, job_id=f"pid {pid}", detail=f"exit {rc}")
+            why = _last_error(state / f"{b}.out") if name == "FAILED" else None
+            out[b] = JobState(b, name, job_id=f"pid {pid}",
+                              detail=f"exit {rc}" + (f": {why}" if why else ""))
         return out
 
     def cancel(self, bucket_url: str, sweep: str) -> list[str]:
@@ -392,10 +400,20 @@ class _StopSignals:
             signal.signal(s, h)
 
 
+def _last_error(log: pathlib.Path) -> str | None:
+    """The last error line of a local batch's log (its last 64 kB)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 64_000))
+            return last_error_line(f.read().decode("utf-8", "replace"))
+    except OSError:
+        return None
+
+
 @contextlib.contextmanager
-def _progress(backend: LocalBackend, request: LaunchRequest, state: pathlib.Path, states,
-              console: Console):
-    """Live shots/errors/ETA of the batches (None, and a warning, if the plan cannot be read)."""
+def _progress(request: LaunchRequest, state: pathlib.Path, states, say, console: Console | None):
+    """Live shots/errors/ETA of the batches (None, and a warning, if the plan cannot be read):
+    a live table on ``console``, else lines to ``say``; nothing without a log."""
     from qec_kiln._errors import KilnError
     from qec_kiln._report.progress import LaunchProgress, ResumeReader
     from qec_kiln._storage import open_bucket
@@ -404,11 +422,11 @@ def _progress(backend: LocalBackend, request: LaunchRequest, state: pathlib.Path
     try:
         manifest = load_manifest(open_bucket(request.bucket_url), request.sweep)
     except KilnError as ex:
-        console.print(f"warning: no live progress ({ex})", markup=False)
+        say(f"warning: no live progress ({ex})")
         yield None
         return
     reader = ResumeReader(manifest, lambda b: _work_dir(state, request.sweep, b) / "resume.csv")
-    with LaunchProgress(reader, request.batch_ids, states, console) as shown:
+    with LaunchProgress(reader, request.batch_ids, states, say, console) as shown:
         yield shown
 
 
