@@ -44,7 +44,7 @@ PathLike = str | os.PathLike
 Circuits = PathLike | Sequence[PathLike]  # a folder, or folders, .stim files and glob patterns
 
 
-def _quiet(line: str) -> None:
+def quiet(line: str) -> None:
     """The API's default ``log``: progress lines are dropped; a ``warning: ...`` line (e.g.
     flags a stored plan ignores) becomes a :class:`KilnWarning`, so a script still sees it,
     attributed to the caller's line."""
@@ -60,7 +60,7 @@ def _caller_level() -> int:
     import types
 
     here = os.path.dirname(__file__) + os.sep
-    frame: types.FrameType | None = sys._getframe(2)  # _quiet's caller
+    frame: types.FrameType | None = sys._getframe(2)  # quiet's caller
     level = 2
     while frame is not None and frame.f_code.co_filename.startswith(here):
         frame, level = frame.f_back, level + 1
@@ -208,7 +208,7 @@ def plan(circuits: Circuits, *, log: Log | None = None, **settings: Any) -> Plan
         >>> len(p.batches), p.exists, sorted(p.to_json())[:3]
         (2, False, ['balance_ratio', 'batches', 'batches_at_once'])
     """
-    return _prepare(_sweep(circuits, settings), need_bucket=False, log=log or _quiet)[1]
+    return _prepare(_sweep(circuits, settings), need_bucket=False, log=log or quiet)[1]
 
 
 def launch(circuits: Circuits, *, dry_run: bool = False, log: Log | None = None,
@@ -233,7 +233,7 @@ def launch(circuits: Circuits, *, dry_run: bool = False, log: Log | None = None,
     """
     from qec_kiln._launch import batches_to_launch, make_request, upload_sweep
 
-    log = log or _quiet
+    log = log or quiet
     sweep = _sweep(circuits, settings)
     chosen, options = sweep.backend, sweep.options
     store, prepared = _prepare(sweep, need_bucket=not dry_run, log=log, need_launch=True)
@@ -263,7 +263,7 @@ def launch(circuits: Circuits, *, dry_run: bool = False, log: Log | None = None,
     # warnings are issued. A live table where a caller's lines reach a terminal anyway.
     import sys
 
-    live = log is not _quiet and sys.stderr.isatty()
+    live = log is not quiet and sys.stderr.isatty()
     started = chosen.launch(make_request(store, prepared, todo, options, log=log, live=live))
     for w in chosen.warnings():
         log(f"warning: {w}")
@@ -305,7 +305,7 @@ def status(bucket: PathLike = "kiln-results", *, sweep: str | None = None,
     from qec_kiln._storage import open_bucket
     from qec_kiln._sweep.manifest import load_manifest, resolve_sweep
 
-    log = log or _quiet
+    log = log or quiet
     store = open_bucket(str(bucket))  # only read: a read-only bucket is fine
     reports = []
     for name in resolve_sweep(store, sweep, lambda w: log(f"warning: {w}")):
