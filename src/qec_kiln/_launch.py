@@ -20,7 +20,7 @@ from qec_kiln._planning.queue import queue_order
 from qec_kiln._planning.result import MODEL_ERROR, PlanResult, estimate_cost
 from qec_kiln._report.status import sweep_progress
 from qec_kiln._storage import Bucket
-from qec_kiln._sweep.decoders import check_decoders, load_custom_decoders
+from qec_kiln._sweep.decoders import check_decoders, decoder_runs_here, load_custom_decoders
 from qec_kiln._sweep.discover import check_decodable, check_duplicates, discover_inputs
 from qec_kiln._sweep.manifest import (
     CircuitEntry,
@@ -120,7 +120,8 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log) -> PlanResult:
     costs, features = estimate_costs(circuits, decoders, strong_ids,
                                      calibrate=spec.partition.calibrate,
                                      calibrate_seconds=spec.partition.calibrate_seconds,
-                                     custom_decoders=custom, log=log, masks=masks)
+                                     custom_decoders=custom, log=log, masks=masks,
+                                     pilot_here=lambda d: decoder_runs_here(d, custom))
     plan = plan_sweep(costs, targets, spec.partition, lambda n: backend.capacity(options, n),
                       model_error=MODEL_ERROR)
     for entry in entries:

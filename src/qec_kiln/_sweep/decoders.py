@@ -69,6 +69,25 @@ def check_decoders(decoders: Sequence[str], custom: Mapping[str, Any] | None, *,
             )
 
 
+def decoder_runs_here(decoder: str, custom: Mapping[str, Any] | None) -> bool:
+    """Whether ``decoder`` can decode on this machine: a custom ``sinter.Decoder`` that loaded
+    here (not a ``sinter.Sampler``: those simulate rather than decode), or a built-in whose
+    package is installed.
+
+    >>> decoder_runs_here("pymatching", None), decoder_runs_here("not-a-decoder", {})
+    (True, False)
+    """
+    import sinter
+
+    if custom and decoder in custom:  # decoders are duck-typed (chromobius, tesseract)
+        found = custom[decoder]
+        return isinstance(found, sinter.Decoder) or hasattr(found, "compile_decoder_for_dem")
+    if decoder not in sinter.BUILT_IN_SAMPLERS:
+        return False
+    pkg = DECODER_PACKAGES.get(decoder)
+    return pkg is None or importlib.util.find_spec(pkg) is not None
+
+
 def load_custom_decoders(spec: str | None, *, required: bool = True) -> dict | None:
     """The dict that ``--custom-decoders-module-function module:function`` gives sinter.
 
