@@ -81,14 +81,17 @@ def collect(tasks: Any, *, decoders: Sequence[str] | None = None,
                         f"; `qec-kiln status --bucket {result.bucket} --sweep {result.sweep}`")
     if result.interrupted:
         raise KeyboardInterrupt
-    while True:  # a remote backend's jobs were submitted: wait for them
+    if result.cancelled:
+        raise KilnError(f"sweep {result.sweep!r} was cancelled; collect again to resume")
+    idle = 0
+    while True:  # a backend that submitted jobs and returned: wait for them
         (report,) = _api.status(result.bucket, sweep=result.sweep, log=quiet)
         if all(b.done for b in report.batches):
             break
-        if not any(b.job is not None and b.job.active for b in report.batches) and \
-                result.plan.manifest.backend == "local":
+        idle = 0 if any(b.job is not None and b.job.active for b in report.batches) else idle + 1
+        if idle >= 3:  # no job runs or waits, three polls in a row: they ended unfinished
             raise KilnError(f"sweep {result.sweep!r} ended unfinished: "
-                            f"{', '.join(report.unfinished)}; launch it again to resume")
+                            f"{', '.join(report.unfinished)}; collect again to resume")
         time.sleep(poll_seconds)
     return _api.merge(result.bucket, None, sweep=result.sweep, log=log).stats
 
