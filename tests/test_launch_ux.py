@@ -70,7 +70,7 @@ def test_a_terminating_signal_stops_every_batch_cleanly_and_a_relaunch_is_exact(
     assert not _survivors(str(bucket)), "a batch (run-batch or sinter) outlived the launcher"
     # Its work was uploaded: the relaunch shows only the work left, then finishes exactly.
     r = kiln("launch", str(circuits), "--bucket", str(bucket), "--name", "sig", *flags, check=True)
-    assert "remaining:" in r.stdout and "CPU-hours planned" in r.stdout
+    assert "remaining:" in r.stdout and "of CPU time planned" in r.stdout
     out = tmp_path / "merged.csv"
     kiln("merge", "--bucket", str(bucket), "--out", str(out), check=True)
     stats = sinter.read_stats_from_csv_files(str(out))

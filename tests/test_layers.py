@@ -24,7 +24,7 @@ LAYERS = [
     {"_report"},
     {"_backends"},
     {"_launch", "_topup", "_clean", "tsim"},
-    {"_api"},
+    {"_api", "_collect"},
     {"_commands", "_view"},
     {"_cli", "__main__", "__init__"},
 ]

@@ -145,7 +145,7 @@ def test_merging_several_sweeps_says_what_it_combines(tmp_path, small_circuits):
     r = run_kiln("merge", "--bucket", str(bucket), "--out", str(out), check=True)
     assert set(shots_by_id(out).values()) == {9000}  # the sum is valid sinter statistics ...
     # ... but never a surprise: which sweeps, each one's share, and "reached" per sweep.
-    assert "4 of 8 task(s) reached" in r.stdout, r.stdout
+    assert "(4 rows from 2 sweeps)" in r.stdout and "of 8 task(s)" not in r.stdout, r.stdout
     assert "combined 2 sweeps" in r.stdout and "--sweep NAME" in r.stdout, r.stdout
     assert "sweep a4k: 4 task(s), 0 of 4 reached" in r.stdout, r.stdout
     assert "sweep b6k: 4 task(s), 4 of 4 reached" in r.stdout, r.stdout

@@ -1,8 +1,10 @@
 """qec-kiln: distribute `sinter collect` sweeps over many machines.
 
 The Python API mirrors the ``qec-kiln`` command: :func:`plan`, :func:`launch`, :func:`status`,
-:func:`merge` and :func:`cancel` take the same settings as its flags (see ``qec_kiln._api`` for a
-whole sweep as an example). Importing the package loads neither sinter nor SkyPilot.
+:func:`merge`, :func:`cancel` and :func:`remove` take the same settings as its flags, and
+:func:`collect` is ``sinter.collect`` over them (tasks in, ``list[sinter.TaskStats]`` out);
+see ``qec_kiln._api`` for a whole sweep as an example. Importing the package loads neither
+sinter nor SkyPilot.
 """
 
 from typing import TYPE_CHECKING
@@ -11,14 +13,16 @@ from qec_kiln._errors import KilnError, KilnWarning  # noqa: E402
 from qec_kiln._version import __version__  # noqa: E402
 
 if TYPE_CHECKING:  # what type checkers see; at run time each name loads when first asked for
-    from qec_kiln._api import LaunchResult, cancel, launch, merge, plan, status
+    from qec_kiln._api import LaunchResult, cancel, launch, merge, plan, remove, status
+    from qec_kiln._collect import collect
     from qec_kiln._planning.result import PlanResult
     from qec_kiln._report.merge import MergeReport
     from qec_kiln._report.status import StatusReport
 
 _LAZY = {  # loaded when first asked for: `qec-kiln merge` imports none of the rest
     **{name: ("qec_kiln._api", name)
-       for name in ("LaunchResult", "cancel", "launch", "merge", "plan", "status")},
+       for name in ("LaunchResult", "cancel", "launch", "merge", "plan", "remove", "status")},
+    "collect": ("qec_kiln._collect", "collect"),
     "PlanResult": ("qec_kiln._planning.result", "PlanResult"),  # these three import sinter
     "StatusReport": ("qec_kiln._report.status", "StatusReport"),
     "MergeReport": ("qec_kiln._report.merge", "MergeReport"),
@@ -47,8 +51,10 @@ __all__ = [
     "StatusReport",
     "__version__",
     "cancel",
+    "collect",
     "launch",
     "merge",
     "plan",
+    "remove",
     "status",
 ]

@@ -44,7 +44,7 @@ PathLike = str | os.PathLike
 Circuits = PathLike | Sequence[PathLike]  # a folder, or folders, .stim files and glob patterns
 
 
-def _quiet(line: str) -> None:
+def quiet(line: str) -> None:
     """The API's default ``log``: progress lines are dropped; a ``warning: ...`` line (e.g.
     flags a stored plan ignores) becomes a :class:`KilnWarning`, so a script still sees it,
     attributed to the caller's line."""
@@ -60,7 +60,7 @@ def _caller_level() -> int:
     import types
 
     here = os.path.dirname(__file__) + os.sep
-    frame: types.FrameType | None = sys._getframe(2)  # _quiet's caller
+    frame: types.FrameType | None = sys._getframe(2)  # quiet's caller
     level = 2
     while frame is not None and frame.f_code.co_filename.startswith(here):
         frame, level = frame.f_back, level + 1
@@ -208,7 +208,7 @@ def plan(circuits: Circuits, *, log: Log | None = None, **settings: Any) -> Plan
         >>> len(p.batches), p.exists, sorted(p.to_json())[:3]
         (2, False, ['balance_ratio', 'batches', 'batches_at_once'])
     """
-    return _prepare(_sweep(circuits, settings), need_bucket=False, log=log or _quiet)[1]
+    return _prepare(_sweep(circuits, settings), need_bucket=False, log=log or quiet)[1]
 
 
 def launch(circuits: Circuits, *, dry_run: bool = False, log: Log | None = None,
@@ -233,7 +233,7 @@ def launch(circuits: Circuits, *, dry_run: bool = False, log: Log | None = None,
     """
     from qec_kiln._launch import batches_to_launch, make_request
 
-    log = log or _quiet
+    log = log or quiet
     sweep = _sweep(circuits, settings)
     chosen, options = sweep.backend, sweep.options
     store, prepared = _prepare(sweep, need_bucket=not dry_run, log=log, need_launch=True,
@@ -265,7 +265,12 @@ def launch(circuits: Circuits, *, dry_run: bool = False, log: Log | None = None,
         return LaunchResult(prepared, store.url, "nothing to launch", relaunch=relaunch)
     if before_start is not None:
         before_start(prepared, todo, relaunch)
-    started = chosen.launch(make_request(store, prepared, todo, options))
+    # The backend's lines (progress, failures) go to the caller's log; without one only its
+    # warnings are issued. A live table where a caller's lines reach a terminal anyway.
+    import sys
+
+    live = log is not quiet and sys.stderr.isatty()
+    started = chosen.launch(make_request(store, prepared, todo, options, log=log, live=live))
     for w in chosen.warnings():
         log(f"warning: {w}")
     return LaunchResult(prepared, store.url, started.message, launched=todo, submission=started,
@@ -306,7 +311,7 @@ def status(bucket: PathLike = "kiln-results", *, sweep: str | None = None,
     from qec_kiln._storage import open_bucket
     from qec_kiln._sweep.manifest import load_manifest, resolve_sweep
 
-    log = log or _quiet
+    log = log or quiet
     store = open_bucket(str(bucket))  # only read: a read-only bucket is fine
     reports = []
     for name in resolve_sweep(store, sweep, lambda w: log(f"warning: {w}")):
@@ -338,7 +343,8 @@ def _prefer_live(report: StatusReport, live: Mapping[str, bytes]) -> None:
         if not data or bp.problem:
             continue
         try:
-            shards = batch_progress(bp.batch, parse_fragment(data, bp.batch.id))
+            shards = batch_progress(bp.batch, parse_fragment(data, bp.batch.id),
+                                    report.manifest.errors_of)
         except KilnError:
             continue
         if sum(s.shots for s in shards) > bp.shots:
@@ -359,8 +365,9 @@ def merge(bucket: PathLike = "kiln-results", out: PathLike | None = "merged.csv"
     """Combine every batch's fragment (of ``sweep``, or of every sweep in ``bucket``) with
     ``sinter combine`` into the CSV ``out`` for ``sinter plot`` (``qec-kiln merge``).
     ``skip_bad`` skips damaged fragments with a warning instead of stopping. The report counts
-    rows and the tasks that reached their targets. ``out=None`` writes nothing and keeps the
-    merged rows in ``report.stats`` (sinter.TaskStats). Example: see the module docstring above.
+    rows and the tasks that reached their targets; ``report.stats`` holds the merged rows as
+    ``sinter.TaskStats`` (what ``sinter.collect`` returns). ``out=None`` writes nothing.
+    Example: see the module docstring above.
     """
     from qec_kiln._report.merge import merge_sweeps
 
@@ -384,4 +391,31 @@ def cancel(bucket: PathLike = "kiln-results", sweep: str = "", *,
     return get_backend(backend or manifest.backend).cancel(store.url, manifest.sweep)
 
 
-__all__ = ["DryRun", "LaunchResult", "cancel", "launch", "merge", "plan", "status"]
+def remove(bucket: PathLike, sweep: str, *, dry_run: bool = False,
+           backend: str | None = None) -> list[str]:
+    """Delete every object of ``sweep`` from ``bucket`` (manifest, circuits, fragments, leases,
+    logs) and return their keys; ``dry_run`` only lists them (``qec-kiln remove``). Refused while
+    a batch of it runs (by the backend's job states or a live lease): cancel it first.
+
+        >>> import tempfile, qec_kiln
+        >>> qec_kiln.remove(tempfile.mkdtemp(), "nope")
+        Traceback (most recent call last):
+        ...
+        qec_kiln._errors.KilnError: ...nope: no such sweep in the bucket (nothing to remove); ...
+    """
+    from qec_kiln._report.remove import remove_sweep
+    from qec_kiln._storage import open_bucket
+    from qec_kiln._sweep.manifest import load_manifest, manifest_key
+
+    if not sweep:
+        raise KilnError("remove needs the sweep's name: --sweep NAME")
+    store = open_bucket(str(bucket))
+    active: dict[str, str] = {}
+    if store.exists(manifest_key(sweep)):
+        manifest = load_manifest(store, sweep)
+        states = get_backend(backend or manifest.backend).job_states(store.url, sweep)
+        active = {b: j.state for b, j in states.items() if j.active}
+    return remove_sweep(store, sweep, active, dry_run=dry_run)
+
+
+__all__ = ["DryRun", "LaunchResult", "cancel", "launch", "merge", "plan", "remove", "status"]

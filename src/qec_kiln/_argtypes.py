@@ -74,6 +74,14 @@ SINTER_OPTIONS = ("--count_detection_events", "--count_observable_error_combos",
                   "--max_batch_size", "--start_batch_size", "--max_batch_seconds")
 
 
+#: sinter collect flags that are qec-kiln settings of their own (with dashes).
+FIRST_CLASS = {f"--{n}": "--" + n.replace("_", "-") for n in (
+    "postselected_detectors_predicate", "postselected_observables_predicate",
+    "postselect_detectors_with_non_zero_4th_coord", "custom_error_count_key")}
+FIRST_CLASS["--postselection_mask_func"] = (  # in the issue, but no such flag in sinter 1.16
+    "--postselected-detectors-predicate (sinter 1.16 has no --postselection_mask_func)")
+
+
 def sinter_options(values: Sequence[str]) -> list[str]:
     """Check ``--sinter-option`` values; return sinter's argv words.
 
@@ -88,6 +96,10 @@ def sinter_options(values: Sequence[str]) -> list[str]:
             raise KilnError(
                 f"--sinter-option {value!r}: give the files as --existing-data CSV... (their rows "
                 "count toward the targets, as in sinter; --merge-existing-data also merges them)")
+        if flag in FIRST_CLASS:
+            raise KilnError(f"--sinter-option {value!r}: give it as qec-kiln's own flag "
+                            f"{FIRST_CLASS[flag]} (it changes strong_ids or targets, which "
+                            "qec-kiln computes with it)")
         if flag not in SINTER_OPTIONS:
             raise KilnError(
                 f"--sinter-option {value!r} is not allowed; use one of {', '.join(SINTER_OPTIONS)} "

@@ -105,6 +105,21 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
                    help="for a cost estimate")
     g.add_argument("--price-per-gpu-hour", type=positive_float, default=keep,
                    help="for a cost estimate")
+    g = p.add_argument_group("postselection and counts (sinter collect's flags, passed to "
+                             "every batch; the masks enter strong_ids exactly as in sinter)")
+    g.add_argument("--postselected-detectors-predicate", default=keep, metavar="EXPR",
+                   help="discard a shot when a detector for which EXPR(index, metadata, coords) "
+                   "is true fires, e.g. \"coords[3] > 0\"")
+    g.add_argument("--postselected-observables-predicate", default=keep, metavar="EXPR",
+                   help="discard a shot, instead of counting an error, when the decoder "
+                   "mispredicts an observable for which EXPR(index, metadata) is true")
+    g.add_argument("--postselect-detectors-with-non-zero-4th-coord", action="store_true",
+                   default=keep, help="discard a shot when a detector with a non-zero 4th "
+                   "coordinate fires")
+    g.add_argument("--custom-error-count-key", default=keep, metavar="KEY",
+                   help="--max-errors counts custom_counts[KEY] instead of errors (e.g. "
+                   "detection_events with --sinter-option=--count_detection_events); merge and "
+                   "status judge targets by it too")
     p.add_argument("--sinter-option", action="append", dest="sinter_options", default=keep,
                    metavar="OPT",
                    help="passed to every sinter collect, e.g. "
@@ -183,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bucket", default="kiln-results")
     p.add_argument("--sweep", help="default: the bucket's only sweep (several need --all)")
     p.add_argument("--all", action="store_true", help="cancel every sweep in the bucket")
+    p.add_argument("--backend", help="default: the one the sweep was launched with")
+
+    p = sub.add_parser("remove", help="delete a sweep from the bucket (manifest, circuits, "
+                       "fragments, leases, logs); refused while its batches run")
+    p.add_argument("--bucket", default="kiln-results")
+    p.add_argument("--sweep", required=True, help="the sweep to remove")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--backend", help="default: the one the sweep was launched with")
 
     p = sub.add_parser("pool", help="SkyPilot pools of warm workers (--backend skypilot "

@@ -12,6 +12,7 @@ from qec_kiln import _api
 from qec_kiln._backends import backend_class, get_backend
 from qec_kiln._errors import Exit, KilnError
 from qec_kiln._report.output import STDOUT
+from qec_kiln._report.units import duration, money, percent
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -169,6 +170,28 @@ def cmd_merge(args: argparse.Namespace) -> int:
     for line in merge_lines(report):
         print(line, file=text)
     return 0
+def cmd_remove(args: argparse.Namespace) -> int:
+    import sys
+
+    keys = _api.remove(args.bucket, args.sweep, dry_run=True, backend=args.backend)
+    where = f"sweep {args.sweep} from {args.bucket}"
+    if args.dry_run:
+        for k in keys:
+            out.print(f"would remove {k}", markup=False)
+        out.print(f"would remove {len(keys)} object(s) of {where}; dry run: nothing removed",
+                  markup=False)
+        return Exit.OK
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise KilnError(f"remove {where}: {len(keys)} object(s); give --yes to confirm "
+                            "(no terminal to ask on), or --dry-run to list them")
+        answer = input(f"remove {len(keys)} object(s) of {where}? This cannot be undone [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            out.print("nothing removed", markup=False)
+            return Exit.OK
+    removed = _api.remove(args.bucket, args.sweep, backend=args.backend)
+    out.print(f"removed {len(removed)} object(s) of {where}", markup=False)
+    return Exit.OK
 
 
 def cmd_pool(args: argparse.Namespace) -> int:
@@ -198,16 +221,6 @@ def cmd_clean(args: argparse.Namespace) -> int:
 # Rendering
 
 
-def _hours(seconds: float) -> str:
-    """Hours with three significant digits.
-
-    >>> _hours(36), _hours(3600 * 12.345)
-    ('0.01', '12.3')
-    """
-    h = seconds / 3600
-    return f"{h:.3g}" if h < 10 else f"{h:.1f}"
-
-
 def print_plan(prepared: PlanResult, only: set[str] | None = None,
                relaunch: Relaunch | None = None) -> None:
     m = prepared.manifest
@@ -226,7 +239,7 @@ def print_plan(prepared: PlanResult, only: set[str] | None = None,
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for col in ("batch", "tasks", "of them shards", "predicted shots", "core-hours", "wall hours"):
+    for col in ("batch", "tasks", "of them shards", "predicted shots", "core time", "wall time"):
         table.add_column(col, justify="left" if col == "batch" else "right")
     for b in plan.batches:
         if only is not None and b.id not in only:
@@ -234,18 +247,18 @@ def print_plan(prepared: PlanResult, only: set[str] | None = None,
         n_sharded = sum(1 for s in b.shards if s.count > 1)
         seconds = b.predicted_seconds if left is None else left.get(b.id, b.predicted_seconds)
         table.add_row(b.id, str(len(b.shards)), str(n_sharded),
-                      f"{b.predicted_shots:,.0f}", _hours(seconds),
-                      _hours(prepared.wall_seconds(seconds)))
+                      f"{b.predicted_shots:,.0f}", duration(seconds),
+                      duration(prepared.wall_seconds(seconds)))
     out.print(table)
     total = plan.total_predicted_seconds
     if left is not None:
-        out.print(f"remaining: {_hours(sum(left.values()))} of {_hours(total)} CPU-hours planned "
-                  "(by the fragments so far)", markup=False)
+        out.print(f"remaining: {duration(sum(left.values()))} of {duration(total)} of CPU time "
+                  "planned (by the fragments so far)", markup=False)
         return
     out.print(
         f"balance (predicted makespan / ideal): {plan.balance_ratio:.3f}   "
-        f"total: {_hours(total)} CPU-hours   "
-        f"predicted makespan: {_hours(prepared.predicted_makespan_seconds)} h "
+        f"total: {duration(total)} of CPU time   "
+        f"predicted makespan: {duration(prepared.predicted_makespan_seconds)} "
         f"({prepared.node_processes} sinter process(es) per batch, "
         f"{prepared.slots or len(plan.batches)} batch(es) at once, "
         f"{prepared.startup_seconds:g} s start-up each)",
@@ -254,15 +267,15 @@ def print_plan(prepared: PlanResult, only: set[str] | None = None,
     one = prepared.one_job_per_batch_makespan_seconds
     out.print(
         f"workers K={prepared.workers}, batches B={len(plan.batches)}: predicted makespan "
-        f"{_hours(prepared.predicted_makespan_seconds)} h, efficiency "
+        f"{duration(prepared.predicted_makespan_seconds)}, efficiency "
         f"{prepared.efficiency(prepared.predicted_makespan_seconds):.0%}   one job per batch "
-        f"(B={prepared.workers}): {_hours(one)} h, {prepared.efficiency(one):.0%} "
+        f"(B={prepared.workers}): {duration(one)}, {prepared.efficiency(one):.0%} "
         "(efficiency: one worker's time / (K x makespan), start-up included)",
         markup=False,
     )
     cost = prepared.estimated_cost
     if cost is not None:
-        out.print(f"estimated cost: {cost:,.2f} (in the currency of --price-per-cpu-hour/"
+        out.print(f"estimated cost: {money(cost)} (in the currency of --price-per-cpu-hour/"
                   "--price-per-gpu-hour; start-up included)", markup=False)
 
 
@@ -298,7 +311,7 @@ def print_status(report) -> None:
     from rich.table import Table
 
     table = Table(title=f"sweep {m.sweep} ({report.backend or m.backend}): "
-                  f"{report.fraction_done:.0%} done",
+                  f"{percent(report.fraction_done)} done",
                   title_justify="left")
     show_recoveries = any(b.job and b.job.recoveries is not None for b in report.batches)
     cols = ["batch", "state", "job"] + (["recoveries"] if show_recoveries else [])
@@ -309,8 +322,7 @@ def print_status(report) -> None:
         row = [b.batch.id, b.state, b.job.job_id if b.job else "-"]
         if show_recoveries:
             row.append("-" if not b.job or b.job.recoveries is None else str(b.job.recoveries))
-        row += [f"{b.shots:,}", f"{b.errors:,}", f"{b.fraction:.0%}",
-                "-" if eta is None else f"{eta / 60:.1f} min"]
+        row += [f"{b.shots:,}", f"{b.errors:,}", percent(b.fraction), duration(eta)]
         table.add_row(*row)
     out.print(table)
     shots = sum(b.shots for b in report.batches)
@@ -318,9 +330,12 @@ def print_status(report) -> None:
               f"{len(report.batches) - len(report.unfinished)}/{len(report.batches)} batches done",
               markup=False)
     for b in report.batches:  # why a job failed, recovers or waits (SkyPilot's reason)
-        if b.job and b.job.detail and not b.done:
+        detail = b.job.detail if b.job else ""
+        if b.error and b.error not in detail:  # the last error line of its log
+            detail = f"{detail}: {b.error}" if detail else b.error
+        if b.job and detail and not b.done:
             rec = "" if b.job.recoveries is None else f", {b.job.recoveries} recoveries"
-            out.print(f"{b.batch.id} {b.state} (job {b.job.job_id}{rec}): {b.job.detail}",
+            out.print(f"{b.batch.id} {b.state} (job {b.job.job_id}{rec}): {detail}",
                       markup=False)
     for w in report.warnings:
         err.print(f"warning: {w}", markup=False)
@@ -328,17 +343,25 @@ def print_status(report) -> None:
 
 def merge_lines(report: MergeReport) -> list[str]:
     """What ``qec-kiln merge`` prints about the merge (the CSV goes to its file)."""
-    where = "standard output" if report.out == STDOUT else report.out
-    lines = [f"wrote {where} ({report.rows} rows): {report.reached} of {report.total} "
-             "task(s) reached max_shots or max_errors"]
-    if len(report.sweeps) > 1:
-        lines.append(f"combined {len(report.sweeps)} sweeps into one CSV, targets judged per sweep; "
-                     "a task in several sweeps is one row with their shots summed "
-                     "(`--sweep NAME` merges one):")
+    where = ("nothing (out=None)" if not report.out
+             else "standard output" if report.out == STDOUT else report.out)
+    if len(report.sweeps) <= 1:
+        lines = [f"wrote {where} ({report.rows} rows): {report.reached} of {report.total} "
+                 "task(s) reached max_shots or max_errors"]
+    else:  # each sweep on its own line: an unfinished one never blurs a finished one's count
+        lines = [f"wrote {where} ({report.rows} rows from {len(report.sweeps)} sweeps); "
+                 "targets are judged per sweep:"]
         for s in report.sweeps:
             mine = report.of_sweep(s)
-            lines.append(f"  sweep {s}: {len(mine)} task(s), {sum(t.reached for t in mine)} of "
-                         f"{len(mine)} reached, {sum(t.shots for t in mine):,} shots")
+            reached = sum(t.reached for t in mine)
+            lines.append(f"  sweep {s}: {len(mine)} task(s), {reached} of {len(mine)} reached, "
+                         f"{sum(t.shots for t in mine):,} shots"
+                         + ("" if reached == len(mine) else
+                            f" (not finished: `qec-kiln status --sweep {s}` says why; "
+                            f"`qec-kiln remove --sweep {s}` removes it)"))
+        lines.append(f"combined {len(report.sweeps)} sweeps into one CSV: a task in several "
+                     "sweeps is one row with their shots summed (`--sweep NAME` merges one)"
+                     + (":" if report.combined else ""))
         for r in report.combined:
             shares = " + ".join(f"{s} {n:,}" for s, n in r.shots_per_sweep.items())
             lines.append(f"  {_name(r.metadata)} ({r.decoder}): {r.shots:,} shots = {shares}")

@@ -22,7 +22,7 @@ from qec_kiln._planning.result import MODEL_ERROR, PlanResult, estimate_cost
 from qec_kiln._report.status import sweep_progress
 from qec_kiln._storage import Bucket
 from qec_kiln._sweep.batches import Plan
-from qec_kiln._sweep.decoders import check_decoders, load_custom_decoders
+from qec_kiln._sweep.decoders import check_decoders, decoder_runs_here, load_custom_decoders
 from qec_kiln._sweep.discover import check_decodable, check_duplicates, discover_inputs
 from qec_kiln._sweep.existing import read_existing_file, remaining_targets
 from qec_kiln._sweep.manifest import (
@@ -35,6 +35,7 @@ from qec_kiln._sweep.manifest import (
     manifest_key,
     orphan_message,
 )
+from qec_kiln._sweep.postselect import postselection_masks
 from qec_kiln._sweep.spec import SweepSpec, default_sweep_name
 from qec_kiln._topup import count_existing, import_rows, plan_lock, with_measured_rates
 from qec_kiln._version import __version__
@@ -106,14 +107,16 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log, *, commit: bool = Fals
     )
     decoders = list(inputs.decoders)
     check_decodable(circuits, decoders)
-    strong_ids = check_duplicates(circuits, decoders)
+    masks = postselection_masks(inputs.postselection, circuits, log)
+    strong_ids = check_duplicates(circuits, decoders, masks)
     tasks = {sid: key for key, sid in strong_ids.items()}  # strong_id -> (circuit key, decoder)
     files = [read_existing_file(path, {sid: f"{k} ({d})" for sid, (k, d) in tasks.items()})
              for path in targets.existing_data]
     entries = [CircuitEntry(c.key, c.sha256, c.metadata) for c in circuits]
     use = "merged" if targets.merge_existing_data else "counted"
+    sinter_args = inputs.sinter_args(targets.custom_error_count_key)
     digest = inputs_digest(entries, decoders, targets.max_shots, targets.max_errors,
-                           inputs.custom_decoders_module_function, list(inputs.sinter_options),
+                           inputs.custom_decoders_module_function, sinter_args,
                            existing_data={f.sha256: use for f in files})
     name, existing = _sweep_name(bucket, spec, digest, log)
     if existing is None:
@@ -133,7 +136,8 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log, *, commit: bool = Fals
     costs, features = estimate_costs(circuits, decoders, strong_ids,
                                      calibrate=spec.partition.calibrate,
                                      calibrate_seconds=spec.partition.calibrate_seconds,
-                                     custom_decoders=custom, log=log)
+                                     custom_decoders=custom, log=log, masks=masks,
+                                     pilot_here=lambda d: decoder_runs_here(d, custom))
     for entry in entries:
         entry.features = features.get(entry.key)
     # From the count to the manifest's commit, no other launch plans in this bucket.
@@ -170,7 +174,8 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log, *, commit: bool = Fals
             inputs_digest=digest,
             backend=backend.name,
             custom_decoders_module_function=inputs.custom_decoders_module_function,
-            sinter_args=list(inputs.sinter_options),
+            sinter_args=sinter_args,
+            custom_error_count_key=targets.custom_error_count_key,
             tasks=[dataclasses.asdict(c) for c in costs],
             existing=rows.to_manifest(),
         )
@@ -301,9 +306,11 @@ def batches_to_launch(bucket: Bucket, prepared: PlanResult, backend: Backend
     return [b for b in queue_order(m.batches) if b in idle], relaunch
 
 
-def make_request(bucket: Bucket, prepared: PlanResult, batch_ids: list[str], options: Any
-                 ) -> LaunchRequest:
+def make_request(bucket: Bucket, prepared: PlanResult, batch_ids: list[str], options: Any,
+                 log: Log | None = None, live: bool = False) -> LaunchRequest:
     return LaunchRequest(
+        log=log,
+        live=live,
         bucket_url=bucket.url,
         sweep=prepared.manifest.sweep,
         batch_ids=tuple(batch_ids),

@@ -17,7 +17,7 @@ import json
 import os
 import pathlib
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from qec_kiln._argtypes import MAX_SYNC_SECONDS, positive_int
@@ -58,6 +58,10 @@ class LaunchRequest:
     decoders: tuple[str, ...] = ()  # the sweep's decoders (a remote node installs their packages)
     custom_decoders_module_function: str | None = None
     node_hour_price: float | None = None  # from --price-per-cpu/gpu-hour (idle cost of a pool)
+    # Where a backend that runs the batches itself (local) sends its lines (progress, failures,
+    # warnings); None: nowhere. ``live``: a live table on the terminal instead of progress lines.
+    log: Callable[[str], None] | None = dataclasses.field(default=None, compare=False)
+    live: bool = False
 
     def run_batch_argv(self, index_expr: str | None = None, batch_id: str | None = None) -> list[str]:
         """The argv of the node command; ``index_expr`` is a shell word like ``"$SLURM_ARRAY_TASK_ID"``.

@@ -179,6 +179,16 @@ def is_held(bucket: Bucket, key: str, *, retry: RetryPolicy | None = None,
     if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
         return not holder.get("released") and float(holder["expires"]) >= clock()
     return not _free(holder, clock())
+def live_holder(bucket: Bucket, key: str, *, clock: Callable[[], float] = time.time,
+                retry: RetryPolicy | None = None) -> str | None:
+    """Who holds the lease at ``key`` now ("held by pid 12 on host, for 50 s more ..."), or None
+    when nobody does (no lease, released, expired, or its runner gone from this host)."""
+    try:
+        _, holder = _read(bucket, key, retry)
+    except ObjectNotFound:
+        return None
+    now = clock()
+    return None if _free(holder, now) else _describe(holder, now)
 
 
 def _held(bucket: Bucket, key: str, holder: dict, now: float) -> LeaseHeld:
@@ -218,4 +228,5 @@ def release(lease: Lease, *, retry: RetryPolicy | None = None, undo: bool = Fals
             lease.key, _body(lease.owner, 0.0, released=True), lease.version, retry=retry)
 
 
-__all__ = ["Lease", "LeaseHeld", "acquire", "is_held", "lease_key", "release", "renew"]
+__all__ = ["Lease", "LeaseHeld", "acquire", "is_held", "lease_key", "live_holder", "release",
+           "renew"]

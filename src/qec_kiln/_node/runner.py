@@ -84,6 +84,7 @@ def sinter_collect_argv(
     extra: list[str] | None = None,
     max_batch_seconds: int | None = None,
     cpu_ids: Sequence[int] | None = None,
+    metadata_func: str = "auto",
 ) -> list[str]:
     """The exact ``sinter collect`` argv of one target group (absolute paths, so no name is an option).
 
@@ -107,7 +108,7 @@ def sinter_collect_argv(
         "--max_errors", str(max_errors),
         "--processes", str(processes),
         "--save_resume_filepath", str(resume_path),
-        "--metadata_func", "auto",
+        "--metadata_func", metadata_func,
         "--quiet",
     ]
     if max_batch_seconds is not None:
@@ -323,6 +324,7 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
             if syncer.conflict:
                 break
             paths = [circuits[s.circuit] for s in shards]
+            metadata_func = _metadata_func(manifest, paths, [s.circuit for s in shards])
             argv = sinter_collect_argv(
                 paths, decoder=decoder, max_shots=max_shots, max_errors=max_errors,
                 processes=nproc, resume_path=resume,
@@ -331,6 +333,7 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
                 # A worker writes its rows at least once per sync period, so a kill loses about
                 # one sync period of work however long the task has run (see sinter_collect_argv).
                 max_batch_seconds=max(1, math.ceil(sync_seconds)), cpu_ids=cpus,
+                metadata_func=metadata_func,
             )
             log(f"sinter collect: {len(paths)} circuit(s), decoder {decoder}, "
                 f"max_shots {max_shots}, max_errors {max_errors}, processes {nproc}, "
@@ -395,6 +398,35 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
     if stop_signal is not None:
         return Exit.for_signal(stop_signal)
     return rc
+
+
+#: sinter's ``--metadata_func`` for circuits whose metadata is not their file name: the JSON
+#: beside each file (``<file>.json``, written by run-batch from the manifest; json.loads of
+#: json.dumps keeps key order and 3 vs 3.0, so the strong_id is the planned one).
+SIDECAR_METADATA_FUNC = ("__import__('json').loads(__import__('pathlib').Path(path + '.json')"
+                         ".read_text())")
+
+
+def _metadata_func(manifest: Manifest, paths: Sequence[pathlib.Path], keys: Sequence[str]) -> str:
+    """``auto`` when every circuit's metadata is its file name's (the usual case), else the
+    sidecar reader, with each circuit's ``<file>.json`` written."""
+    import json
+
+    import sinter
+
+    def named(key: str, metadata: object) -> bool:  # what `--metadata_func auto` reads
+        try:
+            found = sinter.comma_separated_key_values(key.rsplit("/", 1)[-1])
+        except ValueError:
+            return False
+        return json.dumps(found) == json.dumps(metadata)
+
+    metadata = {k: manifest.circuit(k).metadata for k in keys}
+    if all(named(k, m) for k, m in metadata.items()):
+        return "auto"
+    for path, key in zip(paths, keys, strict=True):
+        atomic_write(pathlib.Path(f"{path}.json"), json.dumps(metadata[key]).encode())
+    return SIDECAR_METADATA_FUNC
 
 
 def _signal_name(signum: int) -> str:

@@ -106,6 +106,7 @@ class MergeReport:
             "sweeps": report.sweeps,
             "per_sweep": [{"sweep": s, "tasks": len(report.of_sweep(s)),
                            "reached": sum(t.reached for t in report.of_sweep(s)),
+                           "complete": all(t.reached for t in report.of_sweep(s)),
                            "shots": sum(t.shots for t in report.of_sweep(s))} for s in report.sweeps],
             "combined": [dict(r.metadata, decoder=r.decoder, strong_id=r.strong_id, shots=r.shots,
                               shots_per_sweep=r.shots_per_sweep, errors_per_sweep=r.errors_per_sweep)
@@ -249,7 +250,8 @@ def _outcomes(manifest: Manifest, per_task: dict[str, sinter.TaskStats]) -> list
                   else targets.get(sid, (manifest.max_shots, manifest.max_errors)))
         out.append(TaskOutcome(manifest.sweep, sid, decoder, metadata,
                                (st.shots if st else 0) + had.get("shots", 0),
-                               (st.errors if st else 0) + had.get("errors", 0), ts, te))
+                               (manifest.errors_of(st) if st else 0) + had.get("errors", 0),
+                               ts, te))
     return out
 
 

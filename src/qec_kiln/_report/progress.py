@@ -2,7 +2,7 @@
 parsing), shown while ``launch`` waits: a rich live table on a terminal, otherwise one plain line
 every ``QEC_KILN_PROGRESS_SECONDS`` (default 30) seconds.
 
-    >>> _duration(None), _duration(42), _duration(3 * 3600)
+    >>> duration(None), duration(42), duration(3 * 3600)
     ('-', '42 s', '3.0 h')
 """
 
@@ -20,6 +20,7 @@ from rich.text import Text
 
 from qec_kiln._errors import KilnError
 from qec_kiln._report.status import BatchProgress, batch_progress
+from qec_kiln._report.units import duration, percent
 from qec_kiln._sweep.fragments import parse_fragment
 from qec_kiln._sweep.manifest import Manifest
 
@@ -34,16 +35,6 @@ def progress_period() -> float:
     except ValueError:
         return DEFAULT_PERIOD
     return value if value > 0 else DEFAULT_PERIOD
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 class ResumeReader:
@@ -69,7 +60,7 @@ class ResumeReader:
             frag = parse_fragment(path.read_bytes(), str(path))
         except (OSError, KilnError):  # half-written or replaced this instant: keep the last view
             return cached[1] if cached else BatchProgress(batch, batch_progress(batch, None), False)
-        result = BatchProgress(batch, batch_progress(batch, frag), True)
+        result = BatchProgress(batch, batch_progress(batch, frag, self.manifest.errors_of), True)
         self._cache[batch_id] = (stamp, result)
         return result
 
@@ -82,12 +73,14 @@ class LaunchProgress:
     """
 
     def __init__(self, reader: ResumeReader, batch_ids: Sequence[str],
-                 states: Callable[[], dict[str, str]], console: Console,
-                 period: float | None = None, clock: Callable[[], float] = time.monotonic):
+                 states: Callable[[], dict[str, str]], say: Callable[[str], None],
+                 console: Console | None = None, period: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.reader = reader
         self.batch_ids = list(batch_ids)
         self.states = states
-        self.console = console
+        self.say = say  # the plain lines (the caller's log)
+        self.console = console  # a terminal: a live table instead
         self.period = period or progress_period()
         self.clock = clock
         self.start = clock()
@@ -100,7 +93,7 @@ class LaunchProgress:
 
     def __enter__(self) -> LaunchProgress:
         self._read()
-        if self.console.is_terminal:
+        if self.console is not None and self.console.is_terminal:
             self.live = Live(self.render(), console=self.console, refresh_per_second=2,
                              transient=False)
             self.live.__enter__()
@@ -112,7 +105,7 @@ class LaunchProgress:
             self.live.update(self.render())
             self.live.__exit__(*exc)
         else:
-            self.console.print(self.line(), markup=False, highlight=False, soft_wrap=True)
+            self.say(self.line())
 
     def _read(self) -> None:
         self._rows = [self.reader.batch(b) for b in self.batch_ids]
@@ -129,7 +122,7 @@ class LaunchProgress:
                 self.live.update(self.render())
         if self.live is None and now - self._last_print >= self.period:
             self._last_print = now
-            self.console.print(self.line(), markup=False, highlight=False, soft_wrap=True)
+            self.say(self.line())
 
     @property
     def shots(self) -> int:
@@ -165,12 +158,13 @@ class LaunchProgress:
         states = self.states()
         done = sum(1 for b in self.batch_ids if states.get(b) in ("done", "failed", "cancelled"))
         parts = [f"progress: {done}/{len(self.batch_ids)} batch(es) ended, {self.shots:,} shots "
-                 f"({self.rate():,.0f}/s), {self.errors:,} errors, {self.fraction:.0%} done, "
-                 f"ETA {_duration(self.eta_seconds())}, "
-                 f"elapsed {_duration(self.clock() - self.start)}"]
+                 f"({self.rate():,.0f}/s), {self.errors:,} errors, {percent(self.fraction)} done, "
+                 f"ETA {duration(self.eta_seconds())}, "
+                 f"elapsed {duration(self.clock() - self.start)}"]
         for b in self._rows:
             if states.get(b.batch.id) == "running":
-                parts.append(f"{b.batch.id} {b.shots:,} shots {b.errors:,} errors {b.fraction:.0%}")
+                parts.append(f"{b.batch.id} {b.shots:,} shots {b.errors:,} errors "
+                             f"{percent(b.fraction)}")
         return "; ".join(parts)
 
     def render(self) -> Group:
@@ -180,6 +174,6 @@ class LaunchProgress:
             table.add_column(col, justify="left" if col in ("batch", "state") else "right")
         for b in self._rows:
             table.add_row(b.batch.id, states.get(b.batch.id, ""), f"{b.shots:,}",
-                          f"{b.errors:,}", f"{b.fraction:.0%}")
+                          f"{b.errors:,}", percent(b.fraction))
         total = Text(self.line().split("; ")[0], style="bold")
         return Group(table, total)

@@ -10,11 +10,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import sinter
 
 from qec_kiln._errors import KilnError
+from qec_kiln._report.failures import batch_error
 from qec_kiln._storage import Bucket
 from qec_kiln._sweep.batches import Batch, Shard
 from qec_kiln._sweep.fragments import Fragment, read_fragments
@@ -22,6 +24,9 @@ from qec_kiln._sweep.manifest import Manifest, fragment_key
 
 if TYPE_CHECKING:  # not imported at run time: merge starts faster without the backends
     from qec_kiln._report.jobs import JobState
+
+#: The largest share a batch or shard still sampling shows (never "100%" before it is done).
+NOT_DONE = 0.999
 
 #: Job states after which a batch's fragment must exist (the job uploaded it before it ended).
 FINISHED_STATES = frozenset({"SUCCEEDED"})
@@ -40,12 +45,19 @@ class ShardProgress:
 
     @property
     def fraction(self) -> float:
-        """Share of the shard's predicted work done (by whichever target it is closest to)."""
+        """Share done: shots against ``max_shots`` or errors against ``max_errors``, whichever
+        is nearer (sinter stops at the first it reaches). Measured, not predicted, so it is
+        1.0 only when the shard is done, however wrong the cost model was.
+
+        >>> s = Shard("c", "pymatching", "id", 1000, 10, predicted_seconds=1, predicted_shots=9)
+        >>> ShardProgress(s, 500, 2, 1.0).fraction, ShardProgress(s, 999, 9, 1.0).fraction
+        (0.5, 0.999)
+        """
         if self.done:
             return 1.0
-        by_shots = self.shots / max(1.0, self.shard.predicted_shots)
+        by_shots = self.shots / max(1, self.shard.max_shots)
         by_errors = self.errors / max(1, self.shard.max_errors)
-        return min(1.0, max(by_shots, by_errors))
+        return min(NOT_DONE, max(by_shots, by_errors))
 
 
 @dataclasses.dataclass
@@ -55,10 +67,17 @@ class BatchProgress:
     fragment_found: bool
     job: JobState | None = None
     problem: str | None = None
+    error: str | None = None  # the last error line of a failed batch's log
 
     @property
     def done(self) -> bool:
         return self.problem is None and not self.lost and all(s.done for s in self.shards)
+
+    @property
+    def failed(self) -> bool:
+        """Its job ended without finishing the batch (failed, or stopped and not done)."""
+        return (not self.done and self.job is not None and not self.job.active
+                and self.job.state.upper() not in ("CANCELLED", "SUCCEEDED"))
 
     @property
     def lost(self) -> bool:
@@ -80,10 +99,15 @@ class BatchProgress:
 
     @property
     def fraction(self) -> float:
+        """Its shards' shares done, weighted by their predicted seconds (below 1.0 until every
+        shard is done)."""
+        if self.done:
+            return 1.0
         total = self.batch.predicted_seconds
-        if total <= 0:
-            return 1.0 if self.done else 0.0
-        return sum(s.fraction * s.shard.predicted_seconds for s in self.shards) / total
+        if total <= 0 or not self.shards:
+            return 0.0
+        share = sum(s.fraction * s.shard.predicted_seconds for s in self.shards) / total
+        return min(NOT_DONE, share)
 
     @property
     def state(self) -> str:
@@ -125,10 +149,13 @@ class StatusReport:
 
     @property
     def fraction_done(self) -> float:
+        if self.batches and all(b.done for b in self.batches):
+            return 1.0
         total = sum(b.batch.predicted_seconds for b in self.batches)
         if total <= 0:
             return 0.0
-        return sum(b.fraction * b.batch.predicted_seconds for b in self.batches) / total
+        share = sum(b.fraction * b.batch.predicted_seconds for b in self.batches) / total
+        return min(NOT_DONE, share)
 
     @property
     def unfinished(self) -> list[str]:
@@ -152,6 +179,7 @@ class StatusReport:
                     "fraction": round(b.fraction, 6),
                     "eta_seconds": b.eta_seconds,
                     "problem": b.problem,
+                    "error": b.error,
                 }
                 for b in self.batches
             ],
@@ -159,12 +187,17 @@ class StatusReport:
         }
 
 
-def batch_progress(batch: Batch, fragment: Fragment | None) -> list[ShardProgress]:
+def batch_progress(batch: Batch, fragment: Fragment | None,
+                   errors_of: Callable[[sinter.TaskStats], int] | None = None
+                   ) -> list[ShardProgress]:
+    """Each shard's shots and errors in ``fragment``; ``errors_of`` says what counts as an
+    error (``Manifest.errors_of``: a custom count with ``--custom-error-count-key``)."""
     stats: dict[str, sinter.TaskStats] = fragment.stats if fragment else {}
+    count = errors_of or (lambda st: st.errors)
     out = []
     for s in batch.shards:
         st = stats.get(s.strong_id)
-        out.append(ShardProgress(s, st.shots if st else 0, st.errors if st else 0,
+        out.append(ShardProgress(s, st.shots if st else 0, count(st) if st else 0,
                                  st.seconds if st else 0.0))
     return out
 
@@ -183,8 +216,10 @@ def sweep_progress(bucket: Bucket, manifest: Manifest,
             warnings.append(problem)
         if frag is not None and frag.warning:
             warnings.append(frag.warning)
-        progress = BatchProgress(b, batch_progress(b, frag), frag is not None,
+        progress = BatchProgress(b, batch_progress(b, frag, manifest.errors_of), frag is not None,
                                  job=job_states.get(b.id), problem=problem)
+        if progress.failed:
+            progress.error = batch_error(bucket, manifest.sweep, b.id)
         if progress.lost:
             warnings.append(
                 f"{bucket.url_for(fragment_key(manifest.sweep, b.id))}: batch {b.id}'s job "

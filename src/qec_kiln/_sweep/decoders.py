@@ -17,13 +17,28 @@ from typing import Any
 
 from qec_kiln._errors import KilnError
 
-#: Python packages a built-in sinter decoder needs on the machine that runs it.
+#: Python packages (import names) a built-in sinter decoder needs on the machine that runs it.
 DECODER_PACKAGES = {
     "pymatching": "pymatching",
     "pymatching-correlated": "pymatching",
     "fusion_blossom": "fusion_blossom",
     "hypergraph_union_find": "mwpf",
     "mw_parity_factor": "mwpf",
+}
+#: The PyPI distribution of each of those packages (what a node pip-installs).
+DECODER_DISTS = {
+    "pymatching": "pymatching",
+    "pymatching-correlated": "pymatching",
+    "fusion_blossom": "fusion-blossom",
+    "hypergraph_union_find": "mwpf",
+    "mw_parity_factor": "mwpf",
+}
+#: ``--custom-decoders-module-function`` modules and the PyPI distribution that provides them
+#: (a module not here is looked up in this Python's installed distributions, else its name).
+MODULE_DISTS = {
+    "chromobius": "chromobius",  # chromobius:sinter_decoders (colour codes)
+    "tesseract_decoder": "tesseract-decoder",  # tesseract_decoder:make_tesseract_sinter_decoders_dict
+    "qec_kiln.tsim": "bloqade-tsim",  # qec_kiln.tsim:sinter_samplers
 }
 
 def check_decoders(decoders: Sequence[str], custom: Mapping[str, Any] | None, *, run_here: bool,
@@ -52,6 +67,25 @@ def check_decoders(decoders: Sequence[str], custom: Mapping[str, Any] | None, *,
                 f"--decoders {d!r} needs the Python package {pkg!r}, which is not installed: "
                 f"pip install {pkg.replace('_', '-')}"
             )
+
+
+def decoder_runs_here(decoder: str, custom: Mapping[str, Any] | None) -> bool:
+    """Whether ``decoder`` can decode on this machine: a custom ``sinter.Decoder`` that loaded
+    here (not a ``sinter.Sampler``: those simulate rather than decode), or a built-in whose
+    package is installed.
+
+    >>> decoder_runs_here("pymatching", None), decoder_runs_here("not-a-decoder", {})
+    (True, False)
+    """
+    import sinter
+
+    if custom and decoder in custom:  # decoders are duck-typed (chromobius, tesseract)
+        found = custom[decoder]
+        return isinstance(found, sinter.Decoder) or hasattr(found, "compile_decoder_for_dem")
+    if decoder not in sinter.BUILT_IN_SAMPLERS:
+        return False
+    pkg = DECODER_PACKAGES.get(decoder)
+    return pkg is None or importlib.util.find_spec(pkg) is not None
 
 
 def load_custom_decoders(spec: str | None, *, required: bool = True) -> dict | None:

@@ -18,7 +18,8 @@ import math
 import os
 import pathlib
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import sinter
 import stim
@@ -75,7 +76,7 @@ class CircuitFile:
     key: str
     text: str
     sha256: str
-    metadata: dict
+    metadata: Any  # a dict from the file name; any JSON value from a metadata index
 
     @functools.cached_property
     def circuit(self) -> stim.Circuit:
@@ -87,15 +88,21 @@ class CircuitFile:
         an undecomposed model, which decoders such as chromobius accept)."""
         return dem_for_circuit(self.circuit)
 
-    def strong_id(self, decoder: str) -> str:
-        """The strong_id sinter will give this circuit with ``decoder``."""
-        task = sinter.Task(
+    def task(self, decoder: str, masks: tuple[Any, Any] = (None, None)) -> sinter.Task:
+        """The task sinter collect makes of this circuit with ``decoder`` and the
+        postselection ``masks`` (``Postselection.masks``: detectors, observables)."""
+        return sinter.Task(
             circuit=self.circuit,
             decoder=decoder,
             detector_error_model=self.dem,
+            postselection_mask=masks[0],
+            postselected_observables_mask=masks[1],
             json_metadata=self.metadata,
         )
-        return task.strong_id()
+
+    def strong_id(self, decoder: str, masks: tuple[Any, Any] = (None, None)) -> str:
+        """The strong_id sinter will give this circuit with ``decoder`` (and ``masks``)."""
+        return self.task(decoder, masks).strong_id()
 
 
 def discover_circuits(
@@ -129,7 +136,13 @@ def discover_circuits(
                 "circuits must be stim circuit files ending in .stim"
             )
         raise KilnError(f"{folder}: the folder is empty; put your .stim circuits in it")
-    circuits = [_read_circuit(root, p, allow_tagged_gates) for p in sorted(paths)]
+    if others and log is not None:  # a circuit saved as .txt or .stim.gz would be missed
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        log(f"warning: {folder}: skipped {len(others)} file(s) not ending in .stim: {shown}")
+    index = read_metadata_index(root)
+    circuits = [_read_circuit(root, p, allow_tagged_gates,
+                              index.get(p.relative_to(root).as_posix(), _FROM_NAME))
+                for p in sorted(paths)]
     _check_metadata_spellings(circuits)
     return circuits
 
@@ -231,8 +244,13 @@ def _check_metadata_spellings(circuits: Sequence[CircuitFile]) -> None:
     """
     first: dict[tuple, CircuitFile] = {}
     for c in circuits:
+        if not isinstance(c.metadata, dict):
+            continue  # any JSON value (metadata of an in-memory task): compared by strong_id
         canonical = tuple(sorted(c.metadata.items(), key=lambda kv: kv[0]))
-        other = first.setdefault(canonical, c)
+        try:
+            other = first.setdefault(canonical, c)
+        except TypeError:  # unhashable values (lists): only names are checked here
+            continue
         if json.dumps(other.metadata) != json.dumps(c.metadata):
             raise KilnError(
                 f"{c.path}: the same metadata as {other.path}, written differently "
@@ -242,22 +260,48 @@ def _check_metadata_spellings(circuits: Sequence[CircuitFile]) -> None:
             )
 
 
-def _read_circuit(root: pathlib.Path, path: pathlib.Path, allow_tagged_gates: bool) -> CircuitFile:
+#: A folder's metadata index (hidden: never a circuit): ``{"<key>": <json_metadata>, ...}`` for
+#: circuits whose metadata is not their file name (``qec_kiln.collect`` of in-memory tasks).
+METADATA_INDEX = ".qec-kiln-metadata.json"
+
+
+def read_metadata_index(root: pathlib.Path) -> dict[str, object]:
+    """The folder's :data:`METADATA_INDEX` ({} when it has none)."""
+    try:
+        data = json.loads((root / METADATA_INDEX).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as ex:
+        raise KilnError(f"{root / METADATA_INDEX}: cannot read it ({ex}); remove it") from ex
+    if not isinstance(data, dict):
+        raise KilnError(f"{root / METADATA_INDEX}: not a JSON object of key -> metadata")
+    return data
+
+
+_FROM_NAME = object()  # no metadata given: read it from the file name
+
+
+def _read_circuit(root: pathlib.Path, path: pathlib.Path, allow_tagged_gates: bool,
+                  given: object = _FROM_NAME) -> CircuitFile:
+    """One circuit file; its metadata from its name, or ``given`` (from the folder's index)."""
     shown = str(path)
     try:
         raw = path.read_bytes()
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as ex:
         raise KilnError(f"{shown}: cannot read the file ({ex}); fix its permissions or encoding") from ex
-    try:
-        metadata = sinter.comma_separated_key_values(path.name)
-    except ValueError as ex:
-        raise KilnError(
-            f"{shown}: the file name is not comma-separated key=value terms "
-            "(like 'd=5,p=0.001,b=X,type=rotated_surface_memory.stim'); rename it so "
-            "`sinter collect --metadata_func auto` can read its metadata"
-        ) from ex
-    _check_file_name(shown, path.name, metadata)
+    if given is not _FROM_NAME:
+        metadata: Any = given
+    else:
+        try:
+            metadata = sinter.comma_separated_key_values(path.name)
+        except ValueError as ex:
+            raise KilnError(
+                f"{shown}: the file name is not comma-separated key=value terms "
+                "(like 'd=5,p=0.001,b=X,type=rotated_surface_memory.stim'); rename it so "
+                "`sinter collect --metadata_func auto` can read its metadata"
+            ) from ex
+        _check_file_name(shown, path.name, metadata)
     key = path.relative_to(root).as_posix()
     problem = key_problem(key)
     if problem:
@@ -310,17 +354,21 @@ def _first_tsim_tagged_gate(circuit: stim.Circuit) -> str | None:
     return None
 
 
-def check_duplicates(circuits: Sequence[CircuitFile], decoders: Iterable[str]) -> dict[tuple[str, str], str]:
+def check_duplicates(circuits: Sequence[CircuitFile], decoders: Iterable[str],
+                     masks: Mapping[str, tuple[Any, Any]] | None = None
+                     ) -> dict[tuple[str, str], str]:
     """Strong ids of every (circuit key, decoder); refuse two files that sinter would merge.
 
     Two files with the same circuit and the same metadata (e.g. one name in two subfolders) get one
-    strong_id, so ``sinter combine`` would silently add their shots together.
+    strong_id, so ``sinter combine`` would silently add their shots together. ``masks``: each
+    circuit key's postselection masks (:func:`postselection_masks`), part of the strong_id.
     """
     ids: dict[tuple[str, str], str] = {}
     seen: dict[str, str] = {}
+    decoders = list(decoders)
     for c in circuits:
         for decoder in decoders:
-            sid = c.strong_id(decoder)
+            sid = c.strong_id(decoder, (masks or {}).get(c.key, (None, None)))
             if sid in seen:
                 raise KilnError(
                     f"{c.path}: same circuit and metadata as {seen[sid]} (one sinter strong_id); "

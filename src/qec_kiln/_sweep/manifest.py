@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
+from typing import Any
 
 from qec_kiln._errors import KilnError, ObjectNotFound
 from qec_kiln._storage import Bucket
@@ -92,6 +93,7 @@ class Manifest:
     backend: str = "local"
     custom_decoders_module_function: str | None = None
     sinter_args: list[str] = dataclasses.field(default_factory=list)
+    custom_error_count_key: str | None = None  # max_errors counts custom_counts[key]
     versions: dict[str, str] = dataclasses.field(default_factory=package_versions)
     tasks: list[dict] = dataclasses.field(default_factory=list)
     #: What the plan counted as already there, per strong_id: ``{"shots", "errors", "from":
@@ -104,6 +106,13 @@ class Manifest:
     @property
     def batches(self) -> list[Batch]:
         return self.plan.batches
+
+    def errors_of(self, stats: Any) -> int:
+        """What ``max_errors`` counts in a ``sinter.TaskStats``: its errors, or with
+        ``custom_error_count_key`` that custom count (as sinter collect counts it)."""
+        if self.custom_error_count_key:
+            return int(stats.custom_counts.get(self.custom_error_count_key, 0))
+        return int(stats.errors)
 
     def circuit(self, key: str) -> CircuitEntry:
         for c in self.circuits:
@@ -125,6 +134,7 @@ class Manifest:
             "max_shots": self.max_shots,
             "max_errors": self.max_errors,
             "sinter_args": self.sinter_args,
+            "custom_error_count_key": self.custom_error_count_key,
             "strategy": self.plan.strategy,
             "workers": self.plan.workers,
             "circuits": [dataclasses.asdict(c) for c in self.circuits],
@@ -167,6 +177,7 @@ class Manifest:
                 backend=d.get("backend", "local"),
                 custom_decoders_module_function=d.get("custom_decoders_module_function"),
                 sinter_args=list(d.get("sinter_args", [])),
+                custom_error_count_key=d.get("custom_error_count_key"),
                 versions=dict(d.get("versions", {})),
                 tasks=list(d.get("tasks", [])),
                 existing=dict(d.get("existing", {})),

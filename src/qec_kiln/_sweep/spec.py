@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from qec_kiln._argtypes import sinter_options as check_sinter_options
 from qec_kiln._errors import KilnError
+from qec_kiln._sweep.postselect import Postselection
 
 _O = TypeVar("_O", bound="BackendOptions")
 
@@ -61,6 +62,26 @@ class Inputs:
     decoders: tuple[str, ...] = ("pymatching",)
     custom_decoders_module_function: str | None = None  # sinter's, e.g. chromobius:sinter_decoders
     sinter_options: tuple[str, ...] = ()  # sinter collect's argv words (--sinter-option, checked)
+    # sinter's postselection (part of each task's strong_id, computed here as sinter does)
+    postselected_detectors_predicate: str | None = None  # e.g. "coords[3] > 0"
+    postselected_observables_predicate: str | None = None  # e.g. "index >= 1"
+    postselect_detectors_with_non_zero_4th_coord: bool = False
+
+    @property
+    def postselection(self) -> Postselection:
+        """The postselection flags as one value (``Postselection.masks`` gives sinter's masks)."""
+        return Postselection(self.postselected_detectors_predicate,
+                             self.postselected_observables_predicate,
+                             self.postselect_detectors_with_non_zero_4th_coord)
+
+    def sinter_args(self, custom_error_count_key: str | None = None) -> list[str]:
+        """The words every ``sinter collect`` of the sweep gets after qec-kiln's own.
+
+        >>> Inputs(postselected_detectors_predicate="coords[2] == 0").sinter_args("k")
+        ['--postselected_detectors_predicate', 'coords[2] == 0', '--custom_error_count_key', 'k']
+        """
+        key = ["--custom_error_count_key", custom_error_count_key] if custom_error_count_key else []
+        return list(self.sinter_options) + self.postselection.sinter_args() + key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +98,7 @@ class Targets:
     existing_data: tuple[str, ...] = ()
     merge_existing_data: bool = False
     fresh: bool = False
+    custom_error_count_key: str | None = None  # max_errors counts this custom count (sinter's)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -144,10 +144,12 @@ class LocalBackend(Backend):
     def launch(self, request: LaunchRequest) -> Submission:
         state = StateFolder.of(request.bucket_url, request.sweep)
         state.root.mkdir(parents=True, exist_ok=True)
-        console = Console(stderr=True)
+        say = request.log or (lambda _line: None)  # the API's log (it keeps only warnings)
+        console = Console(stderr=True) if request.live else None
         queue = SlotQueue(state, list(request.batch_ids), self._workers(request),
-                          lambda b, slot: self._argv(request, b, slot), console)
-        with (StopSignals(queue.stopped), _progress(request, state, queue.states, console) as shown,
+                          lambda b, slot: self._argv(request, b, slot), say)
+        with (StopSignals(queue.stopped), _progress(request, state, queue.states, say,
+                                                    console) as shown,
               removed_at_exit(queue.me)):
             queue.run(shown)
         return queue.submission(list(request.batch_ids))
@@ -169,7 +171,9 @@ class LocalBackend(Backend):
                 out[b] = JobState(b, "STOPPED", job_id=f"pid {pid}", detail="exited without a record")
                 continue
             name = {"done": "SUCCEEDED", "cancelled": "CANCELLED"}.get(state.ended(b, rc), "FAILED")
-            out[b] = JobState(b, name, job_id=f"pid {pid}", detail=f"exit {rc}")
+            why = state.last_error(b) if name == "FAILED" else None
+            out[b] = JobState(b, name, job_id=f"pid {pid}",
+                              detail=f"exit {rc}" + (f": {why}" if why else ""))
         return out
 
     def cancel(self, bucket_url: str, sweep: str) -> list[str]:
@@ -206,8 +210,9 @@ class LocalBackend(Backend):
 
 
 @contextlib.contextmanager
-def _progress(request: LaunchRequest, state: StateFolder, states, console: Console):
-    """Live shots/errors/ETA of the batches (None, and a warning, if the plan cannot be read)."""
+def _progress(request: LaunchRequest, state: StateFolder, states, say, console: Console | None):
+    """Live shots/errors/ETA of the batches (None, and a warning, if the plan cannot be read):
+    a live table on ``console``, else lines to ``say``; nothing without a log."""
     from qec_kiln._errors import KilnError
     from qec_kiln._report.progress import LaunchProgress, ResumeReader
     from qec_kiln._storage import open_bucket
@@ -216,9 +221,9 @@ def _progress(request: LaunchRequest, state: StateFolder, states, console: Conso
     try:
         manifest = load_manifest(open_bucket(request.bucket_url), request.sweep)
     except KilnError as ex:
-        console.print(f"warning: no live progress ({ex})", markup=False)
+        say(f"warning: no live progress ({ex})")
         yield None
         return
     reader = ResumeReader(manifest, state.resume_file)
-    with LaunchProgress(reader, request.batch_ids, states, console) as shown:
+    with LaunchProgress(reader, request.batch_ids, states, say, console) as shown:
         yield shown

@@ -20,8 +20,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from rich.console import Console
-
 from qec_kiln._backends.base import Submission
 from qec_kiln._backends.local.state import StateFolder
 from qec_kiln._node.processes import start_ticks
@@ -35,8 +33,8 @@ class SlotQueue:
     """Runs ``batches`` on ``slots``; ``argv_for(batch, slot)`` is each batch's command."""
 
     def __init__(self, state: StateFolder, batches: list[str], slots: list[Worker],
-                 argv_for: Callable[[str, Worker], list[str]], console: Console):
-        self.state, self.argv_for, self.console = state, argv_for, console
+                 argv_for: Callable[[str, Worker], list[str]], say: Callable[[str], None]):
+        self.state, self.argv_for, self.say = state, argv_for, say
         self.pending = list(batches)
         self.free = list(slots)  # idle slots; a finished batch gives its slot back
         self.slot_of: dict[str, Worker] = {}
@@ -131,15 +129,16 @@ class SlotQueue:
             self.free.append(self.slot_of[b])
             ended_as = self.state.ended(b, p.returncode)
             if ended_as == "failed":
-                self.console.print(f"[red]{b} failed (exit {p.returncode}); "
-                                   f"log: {self.state.out(b)}")
+                why = self.state.last_error(b)
+                self.say(f"{b} failed (exit {p.returncode}){': ' + why if why else ''}; "
+                         f"log: {self.state.out(b)}")
             elif ended_as == "elsewhere":
-                self.console.print(f"{b}: run by another run-batch of this sweep "
-                                   "(another launch); not counted as failed")
+                self.say(f"{b}: run by another run-batch of this sweep (another launch); not "
+                         "counted as failed")
 
     def _stop_all(self) -> None:
         name = signal.Signals(self.stopped[0]).name
-        self.console.print(f"{name}: stopping batches and uploading their resume files...")
+        self.say(f"{name}: stopping batches and uploading their resume files...")
         for p in self.running.values():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGTERM)
@@ -173,6 +172,9 @@ class SlotQueue:
             msg = "interrupted: run the same launch again to resume"
         elif failed:
             msg = f"{len(failed)} batch(es) failed: {', '.join(failed)}; logs in {self.state.root}"
+            why = self.state.last_error(failed[0])
+            if why:
+                msg += f"; {failed[0]}: {why}"
             if cancelled:
                 msg += f"; {len(cancelled)} cancelled (qec-kiln cancel): {', '.join(cancelled)}"
         elif cancelled:

@@ -16,12 +16,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import pathlib
 import signal
 
 from qec_kiln._backends.base import kiln_home
 from qec_kiln._errors import Exit
 from qec_kiln._node.processes import command_line, is_live
+from qec_kiln._report.failures import last_error_line
 
 #: Exit codes of a run-batch stopped by SIGINT, SIGTERM or SIGHUP (it uploads, then exits so).
 STOPPED_CODES = frozenset({Exit.for_signal(signal.SIGINT), Exit.for_signal(signal.SIGTERM),
@@ -89,6 +91,15 @@ class StateFolder:
         """The pid of the batch's run-batch if it still runs (not a recycled pid)."""
         pid = self.read_pid(batch)
         return pid if pid is not None and is_run_batch(pid, self.sweep) else None
+
+    def last_error(self, batch: str) -> str | None:
+        """The last error line of the batch's log (its last 64 kB), or None."""
+        try:
+            with open(self.out(batch), "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 64_000))
+                return last_error_line(f.read().decode("utf-8", "replace"))
+        except OSError:
+            return None
 
     def ended(self, batch: str, code: int) -> str:
         """``done``, ``elsewhere`` (another run-batch holds the batch), ``cancelled`` (a cancel

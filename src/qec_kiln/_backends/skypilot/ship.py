@@ -38,6 +38,7 @@ from pathlib import Path
 
 from qec_kiln._backends.base import kiln_home
 from qec_kiln._errors import KilnError
+from qec_kiln._sweep.decoders import DECODER_DISTS, MODULE_DISTS
 
 #: Files of a source tree that the wheel build reads (the same set docker/Dockerfile.* copies).
 SOURCE_FILES = ("pyproject.toml", "README.md", "LICENSE")
@@ -46,16 +47,6 @@ SOURCE_FILES = ("pyproject.toml", "README.md", "LICENSE")
 NODE_DISTS = ("stim", "sinter", "pymatching", "rich", "pyyaml")
 #: The client library of each bucket scheme.
 BUCKET_DISTS = {"s3": "boto3", "gs": "google-cloud-storage"}
-#: sinter's built-in decoders that need a package of their own (sinter/_decoding/).
-DECODER_DISTS = {
-    "pymatching": "pymatching",
-    "pymatching-correlated": "pymatching",
-    "fusion_blossom": "fusion-blossom",
-    "hypergraph_union_find": "mwpf",
-    "mw_parity_factor": "mwpf",
-}
-#: Samplers shipped inside qec-kiln whose package is an optional extra.
-MODULE_DISTS = {"qec_kiln.tsim": "bloqade-tsim"}
 _SKIP_DIRS = {"__pycache__"}
 _SKIP_SUFFIXES = (".pyc", ".pyo")
 
@@ -283,6 +274,10 @@ def decoder_dists(decoders: Iterable[str], custom_module_function: str | None = 
     ['fusion-blossom', 'pymatching']
     >>> decoder_dists(["tsim"], "qec_kiln.tsim:sinter_samplers")
     ['bloqade-tsim']
+    >>> decoder_dists(["chromobius"], "chromobius:sinter_decoders")
+    ['chromobius']
+    >>> decoder_dists(["tesseract"], "tesseract_decoder:make_tesseract_sinter_decoders_dict")
+    ['tesseract-decoder']
     >>> decoder_dists(["x"], "sinter:whatever")
     ['sinter']
     """
