@@ -248,9 +248,10 @@ def _join_sinter_options(argv: Sequence[str]) -> list[str]:
     return out
 
 
-#: Commands that live outside _commands: the views of a bucket (watch, plot, report).
+#: Commands that live apart from _commands: the views of a bucket (watch, plot, report), and
+#: run-batch, which needs neither rich, the API nor the backends and starts sinter sooner.
 _COMMAND_MODULES = {"watch": "qec_kiln._view.cli", "plot": "qec_kiln._view.cli",
-                    "report": "qec_kiln._view.cli"}
+                    "report": "qec_kiln._view.cli", "run-batch": "qec_kiln._node.entry"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -111,26 +111,6 @@ def _print_next_steps(bucket_url: str, sweep: str) -> None:
          f"      qec-kiln merge --bucket {bucket_url} --sweep {sweep} --out merged.csv")
 
 
-def cmd_run_batch(args: argparse.Namespace) -> int:
-    from qec_kiln._node.runner import run_batch
-
-    batch = args.batch
-    if batch is None:
-        if not args.batches or args.index is None:
-            raise KilnError("run-batch needs --batch ID, or --batches LIST with --index N")
-        ids = [b for b in args.batches.split(",") if b]
-        try:
-            idx = int(args.index)
-        except ValueError:
-            raise KilnError(f"--index {args.index!r} is not an integer") from None
-        if not 0 <= idx < len(ids):
-            raise KilnError(f"--index {idx} is outside --batches ({len(ids)} batches)")
-        batch = ids[idx]
-    return run_batch(args.bucket, args.sweep, batch, processes=args.processes,
-                     sync_seconds=args.sync_seconds, work_dir=args.work_dir,
-                     lease_seconds=args.lease_seconds, cpus_allowed=args.cpus_allowed)
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     reports = _api.status(args.bucket, sweep=args.sweep, backend=args.backend, log=_log)
     if args.json:

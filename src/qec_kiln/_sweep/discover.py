@@ -40,6 +40,8 @@ MATCHING_DECODERS = frozenset({"pymatching", "pymatching-correlated", "fusion_bl
 
 # One DEM error line: ``error[tag](p) D0 D1 ^ D2 L0`` (stim escapes ']' inside tags).
 _DEM_ERROR_RE = re.compile(r"^\s*error(?:\[[^\]]*\])?\([^)]*\)(.*)$")
+#: Three detectors with no ``^`` between them (observables may be): a possible hyperedge.
+_THREE_DETECTORS_RE = re.compile(r"D\d+[ \t]+(?:L\d+[ \t]+)*D\d+[ \t]+(?:L\d+[ \t]+)*D\d+")
 
 
 def dem_for_circuit(circuit: stim.Circuit) -> stim.DetectorErrorModel:
@@ -383,13 +385,17 @@ def first_hyperedge(dem: stim.DetectorErrorModel) -> str | None:
     r"""The first error of ``dem`` with a part (between ``^``) of more than two detectors, or None.
 
     Matching decoders (``MATCHING_DECODERS``) need every part to be an edge (two detectors) or a
-    boundary edge (one). Reads the DEM's text: fast, and REPEAT blocks need no unrolling.
+    boundary edge (one). Searches the DEM's text (a regular expression finds the few candidate
+    lines), so REPEAT blocks need no unrolling.
 
     >>> first_hyperedge(stim.DetectorErrorModel("error(0.125) D0 D1 ^ D2 L0\nerror(0.125) D2"))
     >>> first_hyperedge(stim.DetectorErrorModel("error(0.125) D0 D1\nerror(0.125) D0 D1 D2"))
     'error(0.125) D0 D1 D2'
     """
-    for line in str(dem).splitlines():
+    text = str(dem)
+    for found in _THREE_DETECTORS_RE.finditer(text):  # candidates, found in C: few or none
+        end = text.find("\n", found.end())
+        line = text[text.rfind("\n", 0, found.start()) + 1:end if end >= 0 else None]
         match = _DEM_ERROR_RE.match(line)
         if match and any(sum(t.startswith("D") for t in part.split()) > 2
                          for part in match.group(1).split("^")):

@@ -6,6 +6,8 @@ line naming the fragment.
 
 Example:
     >>> import sinter
+    >>> HEADER_LINE == (sinter.CSV_HEADER + "\\n").encode()
+    True
     >>> complete_lines((sinter.CSV_HEADER + "\\n12,3").encode())
     b'     shots,    errors,  discards, seconds,decoder,strong_id,json_metadata,custom_counts\\n'
 """
@@ -20,14 +22,19 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
-
-import sinter
+from typing import TYPE_CHECKING
 
 from qec_kiln._errors import KilnError, ObjectNotFound, StorageError
 from qec_kiln._storage import Bucket, LocalBucket
 from qec_kiln._sweep.manifest import Manifest, fragment_key
 
-HEADER_LINE = (sinter.CSV_HEADER + "\n").encode()
+if TYPE_CHECKING:
+    import sinter
+
+#: sinter's CSV header line (``sinter.CSV_HEADER``), spelled here so that run-batch and a fresh
+#: batch need not import sinter (numpy) at all; a doctest checks it against sinter's.
+HEADER_LINE = (b"     shots,    errors,  discards, seconds,decoder,strong_id,json_metadata,"
+               b"custom_counts\n")
 #: Fragments read at once from a cloud bucket: N fragments take about N/16 round trips.
 CLOUD_READERS = 16
 
@@ -74,8 +81,10 @@ def parse_fragment(data: bytes, name: str) -> Fragment:
         shown = first[:60].decode("utf-8", "replace").strip()
         raise KilnError(
             f"{name}: not a sinter resume CSV (header {shown!r} is not sinter's "
-            f"{sinter.CSV_HEADER.strip()[:40]!r}...); move it out of fragments/ or delete it"
+            f"{HEADER_LINE.decode().strip()[:40]!r}...); move it out of fragments/ or delete it"
         )
+    import sinter  # here: an empty fragment (a fresh batch) never needs it
+
     try:
         text = clean.decode("utf-8")
         rows = sinter.read_stats_from_csv_files(io.StringIO(text))

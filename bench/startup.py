@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Fixed start-up of a local sweep: ``qec-kiln launch`` minus plain ``sinter collect``.
+
+Runs, alternating, plain ``sinter collect`` and ``qec-kiln launch`` (a fresh sweep name each
+time: discover, plan, upload, run-batch, sinter) on the same 4 circuits at ``--max-shots``
+(default 1,000: almost no sampling), ``--repeats`` times each, and keeps each one's fastest
+run (a shared machine is noisy). ``--before SRC`` also runs another checkout's code
+(``PYTHONPATH=SRC``, e.g. ``/work/main/src``) beside it. Prints the load and::
+
+    startup: kiln-sinter = <seconds>     (goal <= 0.3 s)
+    startup: kiln/sinter = <ratio>
+
+Usage::
+
+    python bench/startup.py --repeats 3 --before /work/main/src
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from cores import generate, run_sinter, shots_in  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run_kiln(folder: pathlib.Path, bucket: pathlib.Path, name: str, shots: int,
+             env: dict[str, str], extra: list[str]) -> float:
+    argv = [sys.executable, "-m", "qec_kiln", "launch", str(folder), "--bucket", str(bucket),
+            "--name", name, "--max-shots", str(shots), "--max-errors", str(10**9), *extra]
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    took = time.perf_counter() - t0
+    if r.returncode:
+        raise SystemExit(f"launch failed: {r.stderr.decode()[-2000:]}")
+    return took
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--max-shots", type=lambda s: int(float(s)), default=1000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--before", help="another checkout's src/ to run beside (PYTHONPATH)")
+    p.add_argument("--kiln-args", default="", help="extra launch flags, e.g. '--jobs 3'")
+    args = p.parse_args(argv)
+    cores = len(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory(prefix="kiln-startup-") as tmp_:
+        tmp = pathlib.Path(tmp_)
+        paths = generate(tmp / "circuits")
+        base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        base.update(QEC_KILN_HOME=str(tmp / "home"), QEC_KILN_WORK_DIR=str(tmp / "work"),
+                    PYTHONPYCACHEPREFIX=str(tmp / "pycache"))
+        codes = {"kiln": dict(base, PYTHONPATH=str(REPO / "src"))}
+        if args.before:
+            codes["before"] = dict(base, PYTHONPATH=args.before)
+        times: dict[str, list[float]] = {"sinter": [], **{k: [] for k in codes}}
+        loads = []
+        for r in range(-1, args.repeats):  # round -1 warms the bytecode caches, untimed
+            out = tmp / f"sinter-{r}.csv"
+            t = run_sinter(paths, out, args.max_shots, 10**9, cores)
+            assert shots_in([out]) == 4 * args.max_shots
+            if r >= 0:
+                times["sinter"].append(t)
+            for label, env in codes.items():
+                name = f"{label}-{r + 1}"
+                t = run_kiln(tmp / "circuits", tmp / "bucket", name, args.max_shots, env,
+                             args.kiln_args.split())
+                frags = sorted((tmp / "bucket" / name / "fragments").glob("*.csv"))
+                assert shots_in(frags) == 4 * args.max_shots, f"{label} took other shots"
+                if r >= 0:
+                    times[label].append(t)
+            loads.append(os.getloadavg()[0])
+            if r >= 0:
+                print(" ".join(f"{k}: {v[-1]:.2f} s" for k, v in times.items()), flush=True)
+        best = {k: min(v) for k, v in times.items()}
+        load = f"load {min(loads):.1f}-{max(loads):.1f} on {cores} cores"
+        print(" ".join(f"{k} best {v:.2f} s" for k, v in best.items()) + f" ({load})")
+        for label in codes:
+            tag = "" if label == "kiln" else f" ({label})"
+            print(f"startup{tag}: kiln-sinter = {best[label] - best['sinter']:.2f}")
+            print(f"startup{tag}: kiln/sinter = {best[label] / best['sinter']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
