@@ -88,6 +88,8 @@ def plan_sweep(tasks: Sequence[TaskCost], targets: Targets, partition: Partition
     """
     one = capacity_of(1)
     shots, errors = targets.max_shots, targets.max_errors
+    # Shards of one task help only if they run at once: never more than the batches at once.
+    at_once = capacity_of(MAX_BATCHES).slots
     if partition.is_default and one.workers:
         return plan_for_workers(tasks, max_shots=shots, max_errors=errors, workers=one.workers,
                                 startup_seconds=one.startup_seconds,
@@ -95,7 +97,7 @@ def plan_sweep(tasks: Sequence[TaskCost], targets: Targets, partition: Partition
                                 processes=one.processes, model_error=model_error,
                                 allow_shards=partition.shards,
                                 min_shard_seconds=one.startup_seconds * one.processes,
-                                goals=goals)
+                                goals=goals, max_shards=at_once)
     jobs = partition.jobs
     if partition.is_default:
         wall = sum(_cost(t, shots, errors, goals) for t in tasks) / one.processes
@@ -109,7 +111,7 @@ def plan_sweep(tasks: Sequence[TaskCost], targets: Targets, partition: Partition
                      target_seconds=target_seconds, circuits_per_job=partition.circuits_per_job,
                      allow_shards=partition.shards,
                      min_shard_seconds=one.startup_seconds * capacity_of(jobs or 1).processes,
-                     workers=one.workers, goals=goals)
+                     workers=one.workers, goals=goals, max_shards=at_once)
 
 
 def make_plan(
@@ -124,6 +126,7 @@ def make_plan(
     min_shard_seconds: float = 0.0,
     workers: int | None = None,
     goals: Goals | None = None,
+    max_shards: int | None = None,
 ) -> Plan:
     """Balance ``tasks`` into batches by predicted cost (each toward its own targets in
     ``goals`` where given, else ``max_shots``/``max_errors``).
@@ -133,7 +136,9 @@ def make_plan(
     ``circuits_per_job`` (ceil(tasks / N) batches) sets the number of batches. Plans are
     deterministic: the same input gives the same plan. A task is never split into shards
     predicted to cost less than ``min_shard_seconds`` each (a job's start-up would outweigh them),
-    so a plan may have fewer batches than asked for. Near-linear in tasks and batches (see
+    so a plan may have fewer batches than asked for, nor into more than ``max_shards`` (the
+    batches that run at once: shards run one after another on one worker only add start-ups).
+    Near-linear in tasks and batches (see
     :mod:`qec_kiln._planning.balance`); more than :data:`MAX_BATCHES` batches, or a ``target_seconds`` that
     needs more batches than the tasks can be split into, is refused with one line.
 
@@ -157,10 +162,10 @@ def make_plan(
         # --circuits-per-job keeps its meaning (how many batches) but is balanced by cost.
         return _partition(tasks, max_shots, max_errors, n, allow_shards, min_shard_seconds,
                           strategy=f"circuits-per-job={circuits_per_job}", workers=workers,
-                          goals=goals)
+                          goals=goals, max_shards=max_shards)
     if target_seconds is not None:
         plan = _plan_for_target(tasks, max_shots, max_errors, target_seconds, allow_shards,
-                                min_shard_seconds, goals)
+                                min_shard_seconds, goals, max_shards)
         if workers and len(plan.batches) > workers:  # its balance is the queue's, K at a time
             plan.workers = workers
         return plan
@@ -171,15 +176,19 @@ def make_plan(
     if jobs > MAX_BATCHES:
         raise KilnError(f"--jobs {jobs:,} is more than the {MAX_BATCHES:,} batches a plan may have")
     return _partition(tasks, max_shots, max_errors, jobs, allow_shards, min_shard_seconds,
-                      strategy=f"jobs={jobs}", workers=workers, goals=goals)
+                      strategy=f"jobs={jobs}", workers=workers, goals=goals, max_shards=max_shards)
 
 
 def _max_shards(cost: float, max_shots: int, max_errors: int, allow_shards: bool,
-                min_shard_seconds: float) -> int:
-    """The most shards a task of predicted ``cost`` can be split into (however many batches)."""
+                min_shard_seconds: float, max_shards: int | None = None) -> int:
+    """The most shards a task of predicted ``cost`` can be split into (however many batches).
+
+    >>> _max_shards(100.0, 10**6, 1000, True, 10.0), _max_shards(100.0, 10**6, 1000, True, 10.0, 1)
+    (10, 1)
+    """
     if not allow_shards:
         return 1
-    k = min(max_shots, max_errors)
+    k = min(max_shots, max_errors, max_shards or max_shots)
     if min_shard_seconds > 0:
         k = min(k, math.floor(cost / min_shard_seconds))
     return max(1, k)
@@ -198,6 +207,7 @@ def plan_for_workers(
     allow_shards: bool = True,
     min_shard_seconds: float = 0.0,
     goals: Goals | None = None,
+    max_shards: int | None = None,
 ) -> Plan:
     """The plan for K ``workers`` when no batch count is given: a few whole rounds of K around
     :func:`qec_kiln._planning.queue.choose_batch_count`'s B (B, 3/4 B, 1/2 B, none under min(B, 3 K)
@@ -223,7 +233,7 @@ def plan_for_workers(
     if not tasks or work <= 0:
         return make_plan(tasks, max_shots=max_shots, max_errors=max_errors, jobs=1, goals=goals)
     cap = sum(_max_shards(c, *_goal(t, max_shots, max_errors, goals), allow_shards,
-                          min_shard_seconds) for t, c in zip(tasks, costs, strict=True))
+                          min_shard_seconds, max_shards) for t, c in zip(tasks, costs, strict=True))
     b0 = min(MAX_BATCHES, choose_batch_count(
         work, n_tasks=len(tasks), workers=workers, startup_seconds=startup_seconds,
         first_startup_seconds=first, model_error=model_error,
@@ -236,7 +246,7 @@ def plan_for_workers(
     for n in candidates:
         plan = make_plan(tasks, max_shots=max_shots, max_errors=max_errors, jobs=n,
                          allow_shards=allow_shards, min_shard_seconds=min_shard_seconds,
-                         workers=workers, goals=goals)
+                         workers=workers, goals=goals, max_shards=max_shards)
         loads = [[(s.strong_id, s.predicted_seconds / procs) for s in b.shards]
                  for b in plan.batches]
         t = queue_makespan(loads, workers, startup_seconds, first_startup_seconds=first,
@@ -250,6 +260,7 @@ def plan_for_workers(
 def _plan_for_target(
     tasks: Sequence[TaskCost], max_shots: int, max_errors: int, target_seconds: float,
     allow_shards: bool, min_shard_seconds: float, goals: Goals | None = None,
+    max_shards: int | None = None,
 ) -> Plan:
     """The fewest batches (searched by doubling, then bisection) whose makespan meets the target."""
     if not target_seconds > 0:
@@ -258,7 +269,7 @@ def _plan_for_target(
     total = sum(costs)
     first = max(1, math.ceil(total / target_seconds))
     most = sum(_max_shards(c, *_goal(t, max_shots, max_errors, goals), allow_shards,
-                           min_shard_seconds) for t, c in zip(tasks, costs, strict=True))
+                           min_shard_seconds, max_shards) for t, c in zip(tasks, costs, strict=True))
     if first > min(most, MAX_BATCHES):
         limit = (f"the {MAX_BATCHES:,} batches a plan may have" if first > MAX_BATCHES else
                  f"the {most:,} batches its tasks can be split into (at most one shard of a task "
@@ -271,7 +282,7 @@ def _plan_for_target(
 
     def attempt(n: int) -> tuple[Plan, bool]:
         plan = _partition(tasks, max_shots, max_errors, n, allow_shards, min_shard_seconds,
-                          strategy="target-hours", goals=goals)
+                          strategy="target-hours", goals=goals, max_shards=max_shards)
         # Met, or more batches cannot help (shards are as small as allowed).
         return plan, plan.makespan_seconds <= target_seconds * 1.0001 or len(plan.batches) < n
 
@@ -323,6 +334,7 @@ def _partition(
     tasks: Sequence[TaskCost], max_shots: int, max_errors: int, n: int, allow_shards: bool,
     min_shard_seconds: float, strategy: str, workers: int | None = None,
     goals: Goals | None = None,
+    max_shards: int | None = None,
 ) -> Plan:
     queue = workers is not None and workers >= 2 and n > workers
     costs = {t.strong_id: _cost(t, max_shots, max_errors, goals) for t in tasks}
@@ -337,7 +349,7 @@ def _partition(
         goal_shots, goal_errors = _goal(t, max_shots, max_errors, goals)
         k = 1
         if allow_shards and piece > 0 and cost > piece * 1.05:
-            k = min(n, math.ceil(cost / piece), goal_shots, goal_errors)
+            k = min(n, math.ceil(cost / piece), goal_shots, goal_errors, max_shards or n)
             if min_shard_seconds > 0:
                 k = max(1, min(k, math.floor(cost / min_shard_seconds)))
         shots = split_targets(goal_shots, k)
@@ -367,7 +379,7 @@ def _partition(
     filled = [[shards[i] for i in sorted(b)] for b in bins if b]  # sorted(b): name order
     if queue and len(filled) < n:  # too few shards for short last rounds: equal ones if more
         equal = _partition(tasks, max_shots, max_errors, n, allow_shards, min_shard_seconds,
-                           strategy, goals=goals)
+                           strategy, goals=goals, max_shards=max_shards)
         if len(equal.batches) > len(filled):
             return equal
     if queue:
