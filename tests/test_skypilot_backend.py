@@ -487,6 +487,8 @@ def test_job_states_from_skypilot_sdk_records(monkeypatch):
     ((call, kw),) = ctl.calls
     assert call == "queue_v2" and kw["refresh"] is False and kw["skip_finished"] is False
     assert {"failure_reason", "details", "recovery_count"} <= set(kw["fields"])
+    assert not {"resources", "job_duration", "workspace"} & set(kw["fields"])  # only what it shows
+    assert kw["name_match"] == sp.job_name("surface-d3")  # only the sweep's jobs
     assert {b: (s.state, s.job_id, s.recoveries, s.active) for b, s in states.items()} == {
         "b000": ("RUNNING", "11", 2, True),
         "b003": ("SUCCEEDED", "12", 0, False),
@@ -653,3 +655,15 @@ def test_dry_run_json_gives_the_exact_task_and_its_file_mounts(tmp_path, small_c
     assert "instance profile" in backend["node_identity"]
     assert "stim==" in backend["node_install"] and "skypilot" not in backend["node_install"]
     assert_no_planted(backend["task_yaml"], json.dumps(backend))
+
+
+def test_controller_warnings_say_what_to_do():
+    """A sweep beyond the default jobs controller's limits (SkyPilot's own formulas) is warned
+    about in the dry run, with the way out; a small one is not."""
+    from qec_kiln._backends.skypilot.queue import controller_warnings
+
+    [w] = controller_warnings(2000, 2000)
+    assert "600 at once" in w and "--workers K" in w and "memory" in w
+    [w] = controller_warnings(100, 100)
+    assert "24 at a time" in w
+    assert controller_warnings(10, 10) == [] and controller_warnings(8, 2000) == []

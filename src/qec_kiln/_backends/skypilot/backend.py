@@ -65,7 +65,8 @@ from qec_kiln._backends.skypilot import pool as pools
 from qec_kiln._backends.skypilot.node import apply_node_install, node_identity
 from qec_kiln._backends.skypilot.options import SkyPilotOptions, add_arguments, options_from_args
 from qec_kiln._backends.skypilot.queue import (
-    EXTRA_QUEUE_FIELDS,
+    QUEUE_FIELDS,
+    controller_warnings,
     map_queue_to_batches,
     record_dict,
     sky_state,
@@ -289,13 +290,18 @@ class SkyPilotBackend(RemoteBackend):
         out = {"task_yaml": dump_yaml(r.task_config), "file_mounts": r.file_mounts,
                "job_name": r.job_name, "num_jobs": len(request.batch_ids),
                "node_install": r.install, "node_identity": r.identity,
-               "secrets": r.secret_names}
+               "secrets": r.secret_names,
+               "controller_warnings": self._controller_warnings(request)}
         if r.pool:
             out.update(pool=r.pool.name, workers=r.pool.workers,
                        pool_yaml=pools.pool_yaml(r.pool),
                        pool_idle=pools.idle_cost_line(r.pool.name, r.pool.workers,
                                                       request.node_hour_price)[2:])
         return out
+
+    def _controller_warnings(self, request: LaunchRequest) -> list[str]:
+        n = len(request.batch_ids)
+        return controller_warnings(min(n, request.options.workers or n), n)
 
     def describe(self, request: LaunchRequest) -> str:
         r = self.render(request)
@@ -316,6 +322,7 @@ class SkyPilotBackend(RemoteBackend):
                 *(f"#   {k}" for k in r.secret_names),
             ]
         lines += [f"# Note: {n}" for n in r.notes]
+        lines += [f"# Warning: {w}" for w in self._controller_warnings(request)]
         lines += [
             f"# Node install: {r.install}",
             f"# Bucket identity on the nodes: {r.identity}",
@@ -374,10 +381,10 @@ class SkyPilotBackend(RemoteBackend):
         installed, no API server, no controller): status then shows fragment progress only.
         """
         self.warning = self.idle = ""
-        records = self._queue()
+        name = job_name(sweep)
+        records = self._queue(name)
         if records is None:
             return {}
-        name = job_name(sweep)
         launches = read_launch_records(state_dir(sweep) / "launches.json")
         launches = [x for x in launches if x.get("bucket") in (None, bucket_url)]
         states, unknown = map_queue_to_batches(records, name, launches)
@@ -402,7 +409,7 @@ class SkyPilotBackend(RemoteBackend):
         reported, and a cancel that cancelled none of its jobs raises.
         """
         name = job_name(sweep)
-        records = self._queue()
+        records = self._queue(name)
         if records is None:
             raise KilnError(f"cannot list the jobs named {name}, so nothing was cancelled: "
                             f"{self.warning}")
@@ -418,7 +425,7 @@ class SkyPilotBackend(RemoteBackend):
         # SkyPilot marks a running job CANCELLING only when its controller reads the signal.
         deadline = time.monotonic() + self.cancel_wait_s
         while True:
-            after = self._queue()
+            after = self._queue(name)
             if after is None:
                 raise KilnError(f"asked SkyPilot to cancel jobs {ids} of {name} but cannot "
                                 f"list them to check: {self.warning}")
@@ -438,16 +445,15 @@ class SkyPilotBackend(RemoteBackend):
 
     # ------------------------------------------------------------------ plumbing
 
-    def _queue(self) -> list[dict[str, Any]] | None:
+    def _queue(self, name: str | None = None) -> list[dict[str, Any]] | None:
         """This user's queue records (dicts, ``status`` as a name) from ``sky.jobs.queue_v2``,
         or None (with ``self.warning`` set) when SkyPilot can't be asked."""
         try:
             sky = import_sky()
-            from sky.jobs import constants
-
-            fields = [*constants.DEFAULT_MANAGED_JOB_FIELDS, *EXTRA_QUEUE_FIELDS]
+            # Only the sweep's jobs (a LIKE on the server; map_queue_to_batches keeps the
+            # exact name) and only the fields shown.
             result = sky.get(sky.jobs.queue_v2(refresh=False, skip_finished=False,
-                                               fields=fields))
+                                               fields=list(QUEUE_FIELDS), name_match=name))
         except KilnError as e:
             self.warning = f"SkyPilot job states unavailable: {e}"
             return None

@@ -49,9 +49,13 @@ def _expand_ranges(text: str) -> list[int]:
     return ids
 
 
-#: What ``sky.jobs.queue_v2`` is asked for: its default fields plus why a job failed or waits
-#: (``details``, ``failure_reason``), which the default leaves out (``sky/jobs/constants.py``).
+#: Why a job failed or waits, which ``sky.jobs.queue_v2``'s default fields leave out
+#: (``sky/jobs/constants.py``).
 EXTRA_QUEUE_FIELDS = ("details", "failure_reason")
+#: All that ``sky.jobs.queue_v2`` is asked for: the fields status, cancel and the pool warning
+#: read (a queue of thousands of jobs answers faster without resources, durations, groups...).
+QUEUE_FIELDS = ("job_id", "task_id", "job_name", "status", "submitted_at", "recovery_count",
+                "pool", *EXTRA_QUEUE_FIELDS)
 
 
 def record_dict(rec: Any) -> dict[str, Any]:
@@ -151,3 +155,51 @@ def _job_state(batch: str, jid: int, rec: dict[str, Any]) -> JobState:
         recoveries=int(recoveries) if recoveries is not None else None,
         detail=str(detail),
     )
+
+
+#: Memory of SkyPilot's default jobs controller VM (``cpus: 4+``, ``memory: 8x``).
+DEFAULT_CONTROLLER_MEMORY_GB = 32.0
+
+
+def controller_limits(memory_gb: float = DEFAULT_CONTROLLER_MEMORY_GB) -> tuple[int, int]:
+    """(jobs launching at once, jobs running at once) on a jobs controller VM of ``memory_gb``,
+    by SkyPilot's own formulas and constants (``sky/utils/controller_utils.py``
+    ``_get_parallelism``, ``get_number_of_jobs_controllers``; ``sky/jobs/controller.py``).
+
+    >>> controller_limits(32.0), controller_limits(16.0)
+    ((24, 600), (8, 200))
+    """
+    from sky.server import config as server_config
+    from sky.utils import controller_utils as cu
+
+    headroom = cu.MAXIMUM_CONTROLLER_RESERVED_MEMORY_MB * (1 + cu.POOL_JOBS_RESOURCES_RATIO)
+    per_process = (1 + cu.POOL_JOBS_RESOURCES_RATIO) * (
+        cu.JOB_WORKER_MEMORY_MB + cu.LAUNCHES_PER_WORKER * server_config.LONG_WORKER_MEM_GB * 1024)
+    processes = min(cu.MAX_CONTROLLERS, max(1, int((memory_gb * 1024 - headroom) / per_process)))
+    running = processes * min(cu.MAX_JOBS_PER_WORKER, cu.MAX_TOTAL_RUNNING_JOBS // processes)
+    return processes * cu.LAUNCHES_PER_WORKER, running
+
+
+def controller_warnings(jobs_at_once: int, batches: int) -> list[str]:
+    """What to do when a sweep asks more of the default jobs controller than it runs at once."""
+    launching, running = controller_limits()
+    out = []
+    if jobs_at_once > running:
+        out.append(
+            f"{jobs_at_once} managed jobs at once is more than SkyPilot's default jobs controller "
+            f"runs ({running} at once, {launching} launching at a time; at most "
+            f"{_max_total()} on any controller): the rest wait PENDING. Use a pool "
+            f"(--workers K, K <= {running}: {batches} batches queue on K warm workers) or a "
+            "bigger controller (jobs: controller: resources: memory: 64+ in ~/.sky/config.yaml)")
+    elif jobs_at_once > launching:
+        out.append(
+            f"{jobs_at_once} managed jobs start {launching} at a time on SkyPilot's default jobs "
+            f"controller (about {-(-jobs_at_once // launching)} rounds of VM launches); a pool "
+            "(--workers K) or a bigger controller starts them sooner")
+    return out
+
+
+def _max_total() -> int:
+    from sky.utils import controller_utils
+
+    return int(controller_utils.MAX_TOTAL_RUNNING_JOBS)
