@@ -212,7 +212,7 @@ def test_sharded_sweep_merges_into_one_row_equal_to_the_sum_of_its_shards(tmp_pa
     bucket = tmp_path / "bucket"
     r = kiln("launch", str(circuits), "--max-shots", "600_000", "--max-errors", "1_000_000",
              "--bucket", str(bucket), "--name", "shards", "--jobs", "3", "--processes", "1",
-             "--json", check=True)
+             "--workers", "2", "--json", check=True)  # two at once: shards are worth it
     manifest = load_manifest(open_bucket(str(bucket)), "shards")
     big = [s for b in manifest.batches for s in b.shards if s.circuit.startswith("d=9")]
     assert len(big) >= 2, r.stdout  # the d=9 task was split over several batches

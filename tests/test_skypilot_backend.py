@@ -615,7 +615,7 @@ def test_installed_sky_cli_accepts_every_flag_we_pass(tmp_path):
     """The real `sky` executable, run through the backend's default runner (the seam's default)."""
     assert Path(sdk.sky_executable()).name == "sky"
     backend = sp.SkyPilotBackend()
-    _, _, launch = backend.render(request(yaml_path=str(secrets_yaml(tmp_path))))
+    launch = backend.render(request(yaml_path=str(secrets_yaml(tmp_path)))).launch_argv
     used = {
         "launch": {a for a in launch if a.startswith("-")},
         "cancel": {"--yes", "--graceful"},  # the shell equivalent docs/reliability.md names
