@@ -243,3 +243,20 @@ def test_a_launch_waits_for_the_planning_lock(tmp_path):
     t.join(60)
     assert done and done[0].committed  # type: ignore[union-attr]
     assert not bucket.exists(PLAN_LOCK_KEY)  # released: the next launch creates it again
+
+
+def test_a_custom_error_count_key_is_what_a_top_up_counts_toward_max_errors():
+    """With --custom-error-count-key, sinter counts that custom count toward max_errors in a
+    resume file; a top-up's remaining errors (and what its manifest records) do the same."""
+    import collections
+
+    from qec_kiln._sweep.existing import ExistingRows, remaining_targets
+
+    rows = ExistingRows()
+    rows.add("sweep a", sinter.TaskStats(
+        strong_id="x", decoder="pymatching", json_metadata={}, shots=1000, errors=90,
+        custom_counts=collections.Counter({"flagged": 30})))
+    assert remaining_targets(["x"], 10_000, 100, rows) == {"x": (9000, 10)}
+    assert remaining_targets(["x"], 10_000, 100, rows, "flagged") == {"x": (9000, 70)}
+    assert rows.to_manifest("flagged")["x"]["errors"] == 30
+    assert rows.to_manifest()["x"]["errors"] == 90

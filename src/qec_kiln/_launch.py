@@ -154,7 +154,7 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log, *, commit: bool = Fals
                         shares[imported] = shares.pop(f"file {path}")
         costs = with_measured_rates(costs, rows)
         goals = remaining_targets([c.strong_id for c in costs], targets.max_shots,
-                                  targets.max_errors, rows)
+                                  targets.max_errors, rows, targets.custom_error_count_key)
         todo = [c for c in costs if c.strong_id in goals]
         if rows.stats:
             log(f"counted existing rows of {len(rows.stats)} of {len(costs)} task(s); "
@@ -177,7 +177,7 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log, *, commit: bool = Fals
             sinter_args=sinter_args,
             custom_error_count_key=targets.custom_error_count_key,
             tasks=[dataclasses.asdict(c) for c in costs],
-            existing=rows.to_manifest(),
+            existing=rows.to_manifest(targets.custom_error_count_key),
         )
         result = _result(sweep, manifest, False, circuits)
         if commit and plan.batches:

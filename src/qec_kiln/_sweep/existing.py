@@ -56,21 +56,32 @@ class ExistingRows:
                     out.sources.setdefault(sid, {})[source] = shots
         return out
 
-    def to_manifest(self) -> dict[str, dict]:
-        """What a manifest records as counted (``Manifest.existing``)."""
-        return {sid: {"shots": st.shots, "errors": st.errors, "discards": st.discards,
+    def to_manifest(self, error_key: str | None = None) -> dict[str, dict]:
+        """What a manifest records as counted (``Manifest.existing``); ``errors`` is what
+        max_errors counts (with ``error_key``, sinter's ``--custom_error_count_key``, that
+        custom count)."""
+        return {sid: {"shots": st.shots, "errors": errors_of(st, error_key),
+                      "discards": st.discards,
                       "seconds": st.seconds, "from": dict(self.sources.get(sid, {}))}
                 for sid, st in sorted(self.stats.items())}
 
 
+def errors_of(st: sinter.TaskStats, error_key: str | None = None) -> int:
+    """What ``--max-errors`` counts in ``st``: its errors, or with ``error_key`` (sinter's
+    ``--custom_error_count_key``) that custom count, as sinter collect counts a resume file."""
+    return int(st.custom_counts.get(error_key, 0)) if error_key else int(st.errors)
+
+
 def remaining_targets(strong_ids: Iterable[str], max_shots: int, max_errors: int,
-                      existing: ExistingRows) -> dict[str, tuple[int, int]]:
+                      existing: ExistingRows, error_key: str | None = None
+                      ) -> dict[str, tuple[int, int]]:
     """(shots, errors) left of the targets per task, after its existing rows; a task whose
-    shots or errors already reach their target is done and left out (as sinter stops it)."""
+    shots or errors already reach their target is done and left out (as sinter stops it).
+    With ``error_key`` the errors are that custom count (``--custom-error-count-key``)."""
     out = {}
     for sid in strong_ids:
         st = existing.stats.get(sid)
-        shots, errors = (max_shots - st.shots, max_errors - st.errors) if st else (
+        shots, errors = (max_shots - st.shots, max_errors - errors_of(st, error_key)) if st else (
             max_shots, max_errors)
         if shots > 0 and errors > 0:
             out[sid] = (shots, errors)
@@ -148,4 +159,4 @@ def import_name(lines: Iterable[str]) -> str:
 
 
 __all__ = ["IMPORT_PREFIX", "ExistingFile", "ExistingRows", "import_name",
-           "read_existing_file", "remaining_targets"]
+           "errors_of", "read_existing_file", "remaining_targets"]
