@@ -65,7 +65,7 @@ def _imports(path: pathlib.Path) -> set[str]:
 
 def test_no_module_outside_the_backends_imports_a_backend_module():
     """Shared stages reach a backend only through the interface (``qec_kiln._backends``), never
-    through one backend's modules (``local``, ``slurm``, ``skypilot``, ``_skypilot_pool``, ...)."""
+    through one backend's modules (``local``, ``slurm``, ``skypilot``, ``skypilot.pool``, ...)."""
     modules = {f"qec_kiln._backends.{f.name}" for f in (SRC / "_backends").iterdir()
                if f.is_dir() and (f / "__init__.py").exists()}
     assert modules == {f"qec_kiln._backends.{name}" for name in ("local", "skypilot", "slurm")}

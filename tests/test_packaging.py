@@ -94,3 +94,17 @@ def test_skypilot_backend_without_sky_says_how_to_install_it(tmp_path, small_cir
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert len(errors) == 1 and "pip install 'qec-kiln[skypilot]'" in errors[0], proc.stderr
+
+
+def test_the_repository_root_holds_only_the_project_layout():
+    """Nothing a command wrote (a merged CSV named ``None``, a plot) is committed at the root."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    top = {path.split("/")[0] for path in tracked}
+    layout = {".ci", ".gitattributes", ".github", ".gitignore", "CHANGELOG.md",
+              "CODE_OF_CONDUCT.md", "CONTRIBUTING.md", "LICENSE", "Makefile", "README.md",
+              "SECURITY.md", "bench", "configs", "docker", "docs", "examples", "pyproject.toml",
+              "scripts", "src", "tests"}
+    assert top - layout == set()

@@ -335,16 +335,21 @@ def merge_lines(report: MergeReport) -> list[str]:
             mine = report.of_sweep(s)
             reached = sum(t.reached for t in mine)
             lines.append(f"  sweep {s}: {len(mine)} task(s), {reached} of {len(mine)} reached, "
-                         f"{sum(t.shots for t in mine):,} shots"
+                         f"{sum(t.shots for t in mine):,} shots toward its targets (with the "
+                         "existing rows a top-up counted)"
                          + ("" if reached == len(mine) else
                             f" (not finished: `qec-kiln status --sweep {s}` says why; "
                             f"`qec-kiln remove --sweep {s}` removes it)"))
         lines.append(f"combined {len(report.sweeps)} sweeps into one CSV: a task in several "
                      "sweeps is one row with their shots summed (`--sweep NAME` merges one)"
                      + (":" if report.combined else ""))
-        for r in report.combined:
+        shown = 10  # a big sweep combines thousands of tasks: --json has every one
+        for r in report.combined[:shown]:
             shares = " + ".join(f"{s} {n:,}" for s, n in r.shots_per_sweep.items())
             lines.append(f"  {_name(r.metadata)} ({r.decoder}): {r.shots:,} shots = {shares}")
+        if len(report.combined) > shown:
+            lines.append(f"  ... and {len(report.combined) - shown} more combined task(s) "
+                         "(see --json)")
     if report.missing_batches:
         lines.append(f"batches without a fragment yet: {', '.join(report.missing_batches)}")
     several = len(report.sweeps) > 1

@@ -58,7 +58,7 @@ def check_decoders(decoders: Sequence[str], custom: Mapping[str, Any] | None, *,
     for d in decoders:
         if d not in known and not unknown_allowed:
             raise KilnError(
-                f"--decoders {d!r} is not a sinter decoder; choose from {', '.join(sorted(known))} "
+                f"--decoders {d!r} is not a sinter decoder; choose from {', '.join(sorted(known))}; "
                 "or add --custom-decoders-module-function module:function"
             )
         pkg = DECODER_PACKAGES.get(d)  # found, not imported: the batch imports it (once)

@@ -135,7 +135,7 @@ class SkyPilotBackend(RemoteBackend):
         return opts
     startup_seconds = 360.0
     default_processes = 16
-    queue_workers = True  # --workers K: a SkyPilot pool of K warm workers (_skypilot_pool)
+    queue_workers = True  # --workers K: a SkyPilot pool of K warm workers (skypilot/pool.py)
     default_runner = staticmethod(run_sky)
     cancel_wait_s = 60.0  # how long cancel waits for SkyPilot to mark its jobs CANCELLING
     cancel_poll_s = 2.0

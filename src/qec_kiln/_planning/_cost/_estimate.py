@@ -82,7 +82,7 @@ def estimate_costs(
     """TaskCosts for every (circuit, decoder), and each circuit's features (for the manifest).
 
     ``strong_ids`` maps (circuit key, decoder) to the task's strong_id
-    (``_discover.check_duplicates``). With ``calibrate``, tasks not in the
+    (``_sweep.discover.check_duplicates``). With ``calibrate``, tasks not in the
     :class:`CalibrationCache` are pilot-run for up to ``calibrate_seconds`` in all. Without
     it, the tasks of decoders the model was not fitted on (:data:`MEASURED_DECODERS`) get a
     short automatic pilot where ``pilot_here(decoder)`` (the decoder runs on this machine),
