@@ -51,13 +51,10 @@ from generate_surface_codes import main as generate  # noqa: E402
 
 import qec_kiln  # noqa: E402
 from qec_kiln._planning._cost import shots_needed  # noqa: E402
-from qec_kiln._planning.queue import (  # noqa: E402
-    list_schedule,  # noqa: E402
-    queue_order,
-    upload_sweep,
-)
+from qec_kiln._planning.queue import list_schedule, queue_order  # noqa: E402
 from qec_kiln._storage import open_bucket  # noqa: E402
 from qec_kiln._sweep.batches import Batch, Plan, Shard  # noqa: E402
+from qec_kiln._sweep.store import upload_sweep  # noqa: E402
 
 
 def naive_plan(prepared, per_job: int) -> Plan:
@@ -85,7 +82,7 @@ def run_plan(label: str, prepared, bucket_dir: pathlib.Path):
     """Run every batch in the engine's order; return (CPU seconds per batch, wall seconds per
     batch, fragments folder)."""
     bucket = open_bucket(str(bucket_dir))
-    upload_sweep(bucket, prepared, lambda s: None)
+    upload_sweep(bucket, prepared.manifest, prepared.circuits, lambda s: None)
     cpu, wall = [], []
     by_id = {b.id: b for b in prepared.manifest.batches}
     for b in (by_id[i] for i in queue_order(prepared.manifest.batches)):

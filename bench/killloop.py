@@ -297,8 +297,9 @@ class _Slot:
 
 def setup_sweep(cfg: Config, root: pathlib.Path) -> tuple[str, str, list]:
     """Circuits, a planned sweep uploaded to a local bucket; returns (bucket, sweep, batches)."""
-    from qec_kiln._launch import Sweep, prepare_sweep, upload_sweep
+    from qec_kiln._launch import Sweep, prepare_sweep
     from qec_kiln._storage import open_bucket
+    from qec_kiln._sweep.store import upload_sweep
 
     gen = _load_generator()
     circuits = root / "circuits"
@@ -313,7 +314,7 @@ def setup_sweep(cfg: Config, root: pathlib.Path) -> tuple[str, str, list]:
                      max_errors=cfg.max_errors, bucket=bucket_url, name="killloop",
                      backend="local", jobs=cfg.jobs))
     prepared = prepare_sweep(spec, bucket, lambda s: None)
-    upload_sweep(bucket, prepared, lambda s: None)
+    upload_sweep(bucket, prepared.manifest, prepared.circuits, lambda s: None)
     return bucket_url, prepared.manifest.sweep, prepared.manifest.batches
 
 

@@ -33,10 +33,11 @@ sys.path.insert(0, str(REPO / "examples"))
 import sinter  # noqa: E402
 from generate_surface_codes import main as generate  # noqa: E402
 
-from qec_kiln._launch import Sweep, prepare_sweep, upload_sweep  # noqa: E402
+from qec_kiln._launch import Sweep, prepare_sweep  # noqa: E402
 from qec_kiln._storage import open_bucket  # noqa: E402
 from qec_kiln._sweep.batches import Batch, Plan, Shard, batch_id, split_targets  # noqa: E402
 from qec_kiln._sweep.manifest import fragment_key  # noqa: E402
+from qec_kiln._sweep.store import upload_sweep  # noqa: E402
 
 BIN = pathlib.Path(sys.executable).parent
 
@@ -75,7 +76,7 @@ def build(tmp: pathlib.Path, n_fragments: int, rows: int) -> tuple[pathlib.Path,
             shard_lists[i].append(Shard(t.circuit, t.decoder, t.strong_id, shots[j], errors[j],
                                         1.0, float(shots[j]), index=j, count=len(mine)))
     m.plan = Plan([Batch(batch_id(i), s) for i, s in enumerate(shard_lists)], max_shots, 10**9, "bench")
-    upload_sweep(bucket, prepared, lambda s: None)
+    upload_sweep(bucket, prepared.manifest, prepared.circuits, lambda s: None)
     paths = []
     for i, b in enumerate(m.batches):
         lines = [sinter.CSV_HEADER]

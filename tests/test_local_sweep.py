@@ -18,10 +18,11 @@ from conftest import REPO, run_kiln, wait_until, write_surface_circuits
 from test_reliability import tagged_env, wait_no_tagged_processes
 
 from qec_kiln._errors import ObjectNotFound
-from qec_kiln._launch import Sweep, prepare_sweep, upload_sweep
+from qec_kiln._launch import Sweep, prepare_sweep
 from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.fragments import complete_lines
 from qec_kiln._sweep.manifest import fragment_key, load_manifest
+from qec_kiln._sweep.store import upload_sweep
 
 
 def make_sweep(circuits, bucket_dir, name, *, max_shots, max_errors, jobs=1):
@@ -29,7 +30,7 @@ def make_sweep(circuits, bucket_dir, name, *, max_shots, max_errors, jobs=1):
     spec = Sweep.build(str(circuits), dict(decoders=["pymatching"], max_shots=max_shots,
                      max_errors=max_errors, name=name, jobs=jobs))
     prepared = prepare_sweep(spec, bucket, lambda s: None)
-    upload_sweep(bucket, prepared, lambda s: None)
+    upload_sweep(bucket, prepared.manifest, prepared.circuits, lambda s: None)
     return bucket, prepared.manifest
 
 

@@ -19,11 +19,12 @@ import sinter
 from conftest import REPO, run_kiln, write_surface_circuits
 
 from qec_kiln._backends import JobState
-from qec_kiln._launch import Sweep, prepare_sweep, upload_sweep
+from qec_kiln._launch import Sweep, prepare_sweep
 from qec_kiln._report.merge import merge_sweeps
 from qec_kiln._report.status import sweep_progress
 from qec_kiln._storage import LocalBucket, S3Bucket, open_bucket, parse_url
 from qec_kiln._sweep.manifest import Manifest, fragment_key
+from qec_kiln._sweep.store import upload_sweep
 
 
 def make_sweep(circuits, bucket_url, name, *, max_shots=4000, max_errors=10**6, jobs=2) -> Manifest:
@@ -31,7 +32,7 @@ def make_sweep(circuits, bucket_url, name, *, max_shots=4000, max_errors=10**6, 
     spec = Sweep.build(str(circuits), dict(decoders=["pymatching"], max_shots=max_shots,
                      max_errors=max_errors, name=name, jobs=jobs))
     prepared = prepare_sweep(spec, bucket, lambda s: None)
-    upload_sweep(bucket, prepared, lambda s: None)
+    upload_sweep(bucket, prepared.manifest, prepared.circuits, lambda s: None)
     return prepared.manifest
 
 

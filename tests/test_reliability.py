@@ -26,10 +26,11 @@ import sinter
 from conftest import ON_CLOUDS, REPO, run_kiln, wait_until, write_surface_circuits
 
 from qec_kiln._errors import Exit
-from qec_kiln._launch import Sweep, prepare_sweep, upload_sweep
+from qec_kiln._launch import Sweep, prepare_sweep
 from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.fragments import complete_lines, parse_fragment
 from qec_kiln._sweep.manifest import fragment_key
+from qec_kiln._sweep.store import upload_sweep
 
 MARKER_VAR = "QEC_KILN_TEST_TAG"
 
@@ -48,7 +49,7 @@ def make_sweep(circuits: pathlib.Path, bucket_url: str, name: str, *, max_shots:
     spec = Sweep.build(str(circuits), dict(decoders=["pymatching"], max_shots=max_shots,
                      max_errors=max_errors, bucket=bucket_url, name=name, jobs=jobs))
     prepared = prepare_sweep(spec, bucket, lambda s: None)
-    upload_sweep(bucket, prepared, lambda s: None)
+    upload_sweep(bucket, prepared.manifest, prepared.circuits, lambda s: None)
     return bucket, prepared.manifest
 
 

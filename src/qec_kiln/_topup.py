@@ -27,12 +27,23 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from qec_kiln._errors import KilnError, ObjectNotFound, PreconditionFailed
 from qec_kiln._node.lease import LeaseHeld, acquire, release
-from qec_kiln._planning._cost import Calibration, TaskCost
+from qec_kiln._planning._cost import Calibration, TaskCost, estimate_costs
+from qec_kiln._planning.capacity import Capacity
+from qec_kiln._planning.plan import plan_sweep
+from qec_kiln._planning.result import MODEL_ERROR, PlanResult, plan_result
 from qec_kiln._report.holdings import bucket_holdings
 from qec_kiln._storage import Bucket
 from qec_kiln._sweep.batches import Batch, Plan, Shard
-from qec_kiln._sweep.existing import IMPORT_PREFIX, ExistingFile, ExistingRows, import_name
+from qec_kiln._sweep.decoders import decoder_runs_here
+from qec_kiln._sweep.existing import (
+    IMPORT_PREFIX,
+    ExistingFile,
+    ExistingRows,
+    import_name,
+    remaining_targets,
+)
 from qec_kiln._sweep.fragments import HEADER_LINE, parse_fragment
+from qec_kiln._sweep.inputs import SweepInputs
 from qec_kiln._sweep.manifest import (
     CircuitEntry,
     Manifest,
@@ -40,6 +51,8 @@ from qec_kiln._sweep.manifest import (
     list_sweeps,
     manifest_key,
 )
+from qec_kiln._sweep.spec import SweepSpec
+from qec_kiln._sweep.store import upload_sweep
 
 Log = Callable[[str], None]
 
@@ -203,5 +216,68 @@ def with_measured_rates(costs: Sequence[TaskCost], rows: ExistingRows) -> list[T
     return out
 
 
+def plan_new_sweep(spec: SweepSpec, capacity_of: Callable[[int], Capacity], backend_name: str,
+                   found: SweepInputs, name: str, bucket: Bucket, log: Log, *, commit: bool
+                   ) -> PlanResult:
+    """The plan of a new sweep: predicted costs, what already exists of its tasks (counted
+    under the bucket's planning lock when ``commit``, with --merge-existing-data rows imported),
+    only what is left of each task's targets, and, when ``commit``, its upload."""
+    inputs, targets = spec.inputs, spec.targets
+    decoders, custom, masks, entries = found.decoders, found.custom, found.masks, found.entries
+    files, tasks, digest, sinter_args = found.files, found.tasks, found.digest, found.sinter_args
+    circuits, strong_ids = found.circuits, found.strong_ids
+    costs, features = estimate_costs(circuits, decoders, strong_ids,
+                                     calibrate=spec.partition.calibrate,
+                                     calibrate_seconds=spec.partition.calibrate_seconds,
+                                     custom_decoders=custom, log=log, masks=masks,
+                                     pilot_here=lambda d: decoder_runs_here(d, custom))
+    for entry in entries:
+        entry.features = features.get(entry.key)
+    # From the count to the manifest's commit, no other launch plans in this bucket.
+    with plan_lock(bucket, log) if commit else contextlib.nullcontext():
+        counted = count_existing(bucket, files, set(tasks), sweep=name, fresh=targets.fresh,
+                                 merge_files=targets.merge_existing_data, strict=commit, log=log)
+        rows = counted.rows
+        if commit and targets.merge_existing_data:
+            by_key = {e.key: e for e in entries}
+            for path, lines in counted.new_lines.items():
+                imported = import_rows(bucket, lines, tasks, by_key, log)
+                for shares in rows.sources.values():
+                    if f"file {path}" in shares:
+                        shares[imported] = shares.pop(f"file {path}")
+        costs = with_measured_rates(costs, rows)
+        goals = remaining_targets([c.strong_id for c in costs], targets.max_shots,
+                                  targets.max_errors, rows, targets.custom_error_count_key)
+        todo = [c for c in costs if c.strong_id in goals]
+        if rows.stats:
+            log(f"counted existing rows of {len(rows.stats)} of {len(costs)} task(s); "
+                f"{len(costs) - len(todo)} already reach their targets")
+        plan = (plan_sweep(todo, targets, spec.partition,
+                           capacity_of, model_error=MODEL_ERROR,
+                           goals=goals) if todo else
+                Plan([], targets.max_shots, targets.max_errors, strategy="nothing left"))
+        manifest = Manifest(
+            sweep=name,
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            decoders=decoders,
+            max_shots=targets.max_shots,
+            max_errors=targets.max_errors,
+            circuits=found.entries,
+            plan=plan,
+            inputs_digest=digest,
+            backend=backend_name,
+            custom_decoders_module_function=inputs.custom_decoders_module_function,
+            sinter_args=sinter_args,
+            custom_error_count_key=targets.custom_error_count_key,
+            tasks=[dataclasses.asdict(c) for c in costs],
+            existing=rows.to_manifest(targets.custom_error_count_key),
+        )
+        result = plan_result(manifest, False, found.circuits, capacity_of(len(plan.batches)),
+                             spec.pricing, spec.backend_options.gpus)
+        if commit and plan.batches:
+            result.committed = upload_sweep(bucket, manifest, found.circuits, log)
+    return result
+
+
 __all__ = ["PLAN_LOCK_KEY", "Counted", "count_existing", "import_rows", "plan_lock",
-           "with_measured_rates"]
+           "plan_new_sweep", "with_measured_rates"]

@@ -159,3 +159,11 @@ def estimate_cost(prepared: PlanResult, pricing: Pricing, gpus: str | None) -> f
         count = int(gpus.rpartition(":")[2] or 1) if ":" in gpus else 1
         total = (total or 0.0) + node_hours * count * pricing.price_per_gpu_hour
     return total
+
+
+def plan_result(manifest: Manifest, exists: bool, circuits: list[CircuitFile],
+                capacity: Capacity, pricing: Pricing, gpus: str | None) -> PlanResult:
+    """A plan with its predictions, and its cost where prices were given."""
+    result = PlanResult(manifest, exists, circuits, capacity)
+    result.estimated_cost = estimate_cost(result, pricing, gpus)
+    return result

@@ -1,0 +1,86 @@
+"""A sweep's inputs, read and checked in one pass: its decoders, circuits, postselection masks,
+strong_ids, --existing-data files and the digest that names the sweep. Planning starts from this.
+
+    >>> import pathlib, tempfile, stim
+    >>> from qec_kiln._sweep.spec import SweepSpec
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> c = stim.Circuit.generated("repetition_code:memory", distance=3, rounds=3,
+    ...                            after_clifford_depolarization=0.01)
+    >>> _ = (tmp / "d=3.stim").write_text(str(c))
+    >>> found = read_inputs(SweepSpec.build(tmp, {}), run_here=True, log=lambda line: None)
+    >>> [e.metadata for e in found.entries], len(found.tasks), len(found.digest)
+    ([{'d': 3}], 1, 64)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from qec_kiln._errors import KilnError
+from qec_kiln._sweep.decoders import check_decoders, load_custom_decoders
+from qec_kiln._sweep.discover import (
+    CircuitFile,
+    check_decodable,
+    check_duplicates,
+    discover_inputs,
+)
+from qec_kiln._sweep.existing import ExistingFile, read_existing_file
+from qec_kiln._sweep.manifest import CircuitEntry, inputs_digest
+from qec_kiln._sweep.postselect import postselection_masks
+from qec_kiln._sweep.spec import SweepSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepInputs:
+    """Everything a plan needs from the inputs, each read once."""
+
+    circuits: list[CircuitFile]
+    decoders: list[str]
+    custom: dict | None  # the --custom-decoders-module-function dict, where it loads here
+    masks: Any  # postselection masks per circuit (as sinter builds them)
+    strong_ids: dict[tuple[str, str], str]  # (circuit key, decoder) -> strong_id
+    files: list[ExistingFile]  # --existing-data CSVs
+    entries: list[CircuitEntry]
+    sinter_args: list[str]
+    digest: str
+
+    @property
+    def tasks(self) -> dict[str, tuple[str, str]]:
+        """strong_id -> (circuit key, decoder)."""
+        return {sid: key for key, sid in self.strong_ids.items()}
+
+
+def read_inputs(spec: SweepSpec, *, run_here: bool, log: Callable[[str], None]) -> SweepInputs:
+    """Check the targets and decoders, discover the circuits and their strong_ids, read the
+    --existing-data files and digest it all; one clear KilnError for any bad input.
+    ``run_here``: the batches run on this machine, so the decoders must load here."""
+    inputs, targets = spec.inputs, spec.targets
+    if targets.max_shots < 1 or targets.max_errors < 1:
+        raise KilnError("--max-shots and --max-errors must be positive integers")
+    if targets.fresh and targets.existing_data:
+        raise KilnError("--fresh counts no existing rows: it cannot be given with --existing-data")
+    if targets.merge_existing_data and not targets.existing_data:
+        raise KilnError("--merge-existing-data needs --existing-data CSV...")
+    custom = load_custom_decoders(inputs.custom_decoders_module_function,
+                                  required=run_here or spec.partition.calibrate)
+    check_decoders(inputs.decoders, custom, run_here=run_here,
+                   custom_spec=inputs.custom_decoders_module_function)
+    circuits = discover_inputs(
+        spec.circuits, allow_tagged_gates=bool(inputs.custom_decoders_module_function), log=log
+    )
+    decoders = list(inputs.decoders)
+    check_decodable(circuits, decoders)
+    masks = postselection_masks(inputs.postselection, circuits, log)
+    strong_ids = check_duplicates(circuits, decoders, masks)
+    files = [read_existing_file(path, {sid: f"{k} ({d})" for (k, d), sid in strong_ids.items()})
+             for path in targets.existing_data]
+    entries = [CircuitEntry(c.key, c.sha256, c.metadata) for c in circuits]
+    use = "merged" if targets.merge_existing_data else "counted"
+    sinter_args = inputs.sinter_args(targets.custom_error_count_key)
+    digest = inputs_digest(entries, decoders, targets.max_shots, targets.max_errors,
+                           inputs.custom_decoders_module_function, sinter_args,
+                           existing_data={f.sha256: use for f in files})
+    return SweepInputs(circuits, decoders, custom, masks, strong_ids, files, entries,
+                       sinter_args, digest)
