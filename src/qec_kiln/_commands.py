@@ -354,7 +354,7 @@ def merge_lines(report: MergeReport) -> list[str]:
         lines.append(f"batches without a fragment yet: {', '.join(report.missing_batches)}")
     several = len(report.sweeps) > 1
     for t in report.not_reached:
-        lines.append(f"  not yet: {_name(t.metadata)} ({t.decoder}"
+        lines.append(f"  not yet: {t.name} ({t.decoder}"
                      f"{', sweep ' + t.sweep if several else ''}): {t.shots:,}/{t.target_shots:,} "
                      f"shots, {t.errors:,}/{t.target_errors:,} errors")
     return lines

@@ -54,6 +54,17 @@ class TaskOutcome:
     def reached(self) -> bool:
         return self.shots >= self.target_shots or self.errors >= self.target_errors
 
+    @property
+    def name(self) -> str:
+        """The circuit's name as its file had it: ``d=5,p=0.001``."""
+        return ",".join(f"{k}={v}" for k, v in self.metadata.items())
+
+    def to_json(self) -> dict:
+        """The task as the watch page and report show it."""
+        return {"name": self.name, "decoder": self.decoder, "shots": self.shots,
+                "errors": self.errors, "target_shots": self.target_shots,
+                "target_errors": self.target_errors, "reached": self.reached}
+
 
 @dataclasses.dataclass
 class CombinedRow:

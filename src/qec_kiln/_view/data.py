@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from qec_kiln import _api
 from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import KilnError, ObjectNotFound, StorageError
+from qec_kiln._report.merge import TaskOutcome
 from qec_kiln._storage import open_bucket
 
 if TYPE_CHECKING:
@@ -36,33 +37,6 @@ class BucketUnreachable(KilnError):
 
 
 @dataclasses.dataclass
-class TaskRow:
-    """One planned task: its metadata, merged shots and errors so far, and its targets."""
-
-    strong_id: str
-    decoder: str
-    metadata: dict
-    shots: int
-    errors: int
-    target_shots: int
-    target_errors: int
-
-    @property
-    def reached(self) -> bool:
-        return self.shots >= self.target_shots or self.errors >= self.target_errors
-
-    @property
-    def name(self) -> str:
-        """The circuit's name as its file had it: ``d=5,p=0.001``."""
-        return ",".join(f"{k}={v}" for k, v in self.metadata.items())
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "decoder": self.decoder, "shots": self.shots,
-                "errors": self.errors, "target_shots": self.target_shots,
-                "target_errors": self.target_errors, "reached": self.reached}
-
-
-@dataclasses.dataclass
 class SweepView:
     """One sweep: ``status`` (exactly ``qec-kiln status --json``'s object), the merged rows and
     the tasks, the failures with their logs' last lines, and the plan's predicted core-seconds."""
@@ -71,7 +45,7 @@ class SweepView:
     backend: str
     status: dict
     stats: list[sinter.TaskStats]
-    tasks: list[TaskRow]
+    tasks: list[TaskOutcome]
     failures: list[dict]
     warnings: list[str]
     predicted_core_seconds: float
@@ -191,8 +165,7 @@ def _sweep_view(bucket: str, store: Any, report: Any) -> SweepView:
     status = report.to_json()
     return SweepView(
         name=name, backend=report.backend, status=status, stats=list(merged.stats),
-        tasks=[TaskRow(t.strong_id, t.decoder, t.metadata, t.shots, t.errors, t.target_shots,
-                       t.target_errors) for t in merged.tasks],
+        tasks=list(merged.tasks),
         failures=_failures(store, name, status),
         warnings=_unique(status["warnings"] + list(report.backend_warnings)
                          + [_plain(w) for w in merge_warnings]),
@@ -245,4 +218,4 @@ def _unique(lines: list[str]) -> list[str]:
 
 
 __all__ = ["MAX_FAILURE_LOGS", "BucketUnreachable", "MergedRows", "Snapshot", "SweepView",
-           "TaskRow", "last_log_line", "merged_rows", "read_snapshot", "write_file"]
+           "last_log_line", "merged_rows", "read_snapshot", "write_file"]
