@@ -71,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
                 times["sinter"].append(t)
             for label, env in codes.items():
                 name = f"{label}-{r + 1}"
-                t = run_kiln(tmp / "circuits", tmp / "bucket", name, args.max_shots, env,
+                bucket = tmp / f"bucket-{name}"  # its own: a shared one would top up
+                t = run_kiln(tmp / "circuits", bucket, name, args.max_shots, env,
                              args.kiln_args.split())
-                frags = sorted((tmp / "bucket" / name / "fragments").glob("*.csv"))
+                frags = sorted((bucket / name / "fragments").glob("*.csv"))
                 assert shots_in(frags) == 4 * args.max_shots, f"{label} took other shots"
                 if r >= 0:
                     times[label].append(t)
