@@ -110,15 +110,15 @@ def test_backends_answer_their_own_planning_questions():
     local, sky, slurm = (get_backend(n) for n in ("local", "skypilot", "slurm"))
     assert (local.startup_seconds, slurm.startup_seconds, sky.startup_seconds) == (2, 30, 360)
     assert local.decoders_run_here and not sky.decoders_run_here
-    assert sky.capacity(sky.options(), 1).processes == 16
-    assert slurm.capacity(slurm.options({"cpus": "16+"}), 1).processes == 16
-    assert local.capacity(local.options(), 1).surely_processes == len(os.sched_getaffinity(0))
-    assert slurm.capacity(slurm.options(), 7).slots == 7
-    assert local.capacity(local.options({"parallel": 2}), 7).slots == 2
+    assert sky.capacity(sky.options()).at(1).processes == 16
+    assert slurm.capacity(slurm.options({"cpus": "16+"})).at(1).processes == 16
+    assert local.capacity(local.options()).at(1).surely_processes == len(os.sched_getaffinity(0))
+    assert slurm.capacity(slurm.options()).at(7).slots == 7
+    assert local.capacity(local.options({"parallel": 2})).at(7).slots == 2
     # 24 core-hours on 16 processes is 5400 s of wall; each batch keeps >= 4x its 360 s start-up.
     tasks = [TaskCost(f"c{i}", "pymatching", f"id{i}", 3600.0 / 1000, 1.0) for i in range(24)]
     plan = plan_sweep(tasks, Targets(max_shots=1000, max_errors=10**9), Partition(),
-                      lambda n: sky.capacity(sky.options(), n))
+                      sky.capacity(sky.options()))
     assert len(plan.batches) == 3
     assert sky.bucket_problem("results/") and sky.bucket_problem("s3://b") is None
     assert slurm.bucket_problem("results/") is None

@@ -23,7 +23,7 @@ LAYERS = [
     {"_node"},
     {"_report"},
     {"_backends"},
-    {"_launch", "_topup", "_clean", "tsim"},
+    {"_launch", "_launch_result", "_clean", "tsim"},
     {"_api", "_collect"},
     {"_commands", "_view"},
     {"_cli", "__main__", "__init__"},

@@ -18,8 +18,8 @@ from qec_kiln._errors import KilnError
 from qec_kiln._launch import Sweep, prepare_sweep
 from qec_kiln._planning._cost import TaskCost
 from qec_kiln._planning.plan import make_plan
+from qec_kiln._report.holdings import PLAN_LOCK_KEY, plan_lock
 from qec_kiln._storage import open_bucket
-from qec_kiln._topup import PLAN_LOCK_KEY, plan_lock
 
 SINTER = str(pathlib.Path(sys.executable).with_name("sinter"))
 ONE = {"processes": 1}
@@ -171,7 +171,8 @@ def prepare(circuits, bucket, *, commit=False, log=None, **settings):
 def test_unfinished_sweep_of_the_same_tasks_refuses_a_top_up(tmp_path):
     write_repetition(tmp_path / "c")
     first = prepare(tmp_path / "c", tmp_path / "b", commit=True, max_errors=20, name="first")
-    assert first.committed  # planned and uploaded, never run: its work is unfinished
+    assert not first.exists  # planned and uploaded now, never run: its work is unfinished
+    assert (tmp_path / "b" / "first" / "manifest.json").is_file()
     with pytest.raises(KilnError, match=r"sweep 'first' .*still has work on 2 .*finish it first"):
         prepare(tmp_path / "c", tmp_path / "b", commit=True, max_errors=200)
     lines: list[str] = []
@@ -195,7 +196,8 @@ def test_fresh_is_refused_where_the_bucket_holds_rows(tmp_path):
     with pytest.raises(KilnError, match="--fresh: .* already holds rows of 2 .*new --bucket"):
         prepare(tmp_path / "c", bucket, commit=True, max_shots=1000, fresh=True)
     fresh = prepare(tmp_path / "c", tmp_path / "new", commit=True, max_shots=1000, fresh=True)
-    assert fresh.committed and not fresh.manifest.existing
+    assert not fresh.exists and not fresh.manifest.existing
+    assert (tmp_path / "new" / fresh.sweep / "manifest.json").is_file()
     top = prepare(tmp_path / "c", bucket, max_shots=1000, max_errors=10**6)
     assert {r["left_shots"] for r in top.task_rows()} == {900}
     assert top.to_json()["tasks"][0]["existing_from"] == {"old": 100}
@@ -241,7 +243,8 @@ def test_a_launch_waits_for_the_planning_lock(tmp_path):
             time.sleep(0.05)
         assert not done and any("waiting for another launch" in ln for ln in lines)
     t.join(60)
-    assert done and done[0].committed  # type: ignore[union-attr]
+    assert done and not done[0].exists  # type: ignore[union-attr]  # it created the sweep
+    assert bucket.exists(f"{done[0].sweep}/manifest.json")  # type: ignore[union-attr]
     assert not bucket.exists(PLAN_LOCK_KEY)  # released: the next launch creates it again
 
 

@@ -85,7 +85,7 @@ def test_local_slots_get_disjoint_cpus_in_the_commands(tmp_path):
     assert all(len(a) >= 1 for a in allowed)
     assert sum(map(len, allowed)) == len(set().union(*allowed))  # disjoint
     # Default: one worker with every core (one sinter with all of them).
-    cap = b.capacity(b.options(), 10)
+    cap = b.capacity(b.options()).at(10)
     assert cap.slots == 1 and cap.processes == len(CPUS)
     assert b.options({"parallel": 2}).workers == 2  # the old name
 
@@ -102,10 +102,10 @@ def test_slurm_array_is_throttled_to_k_workers(kiln_isolated):
 
 def test_skypilot_workers_are_a_pool_with_a_warm_start_up():
     sky = get_backend("skypilot")
-    pool = sky.capacity(sky.options({"workers": 4}), 8)
+    pool = sky.capacity(sky.options({"workers": 4})).at(8)
     assert pool.slots == 4 and pool.startup_seconds < 60
     assert pool.first_startup_seconds == sky.startup_seconds  # a new VM for a worker's first batch
-    assert sky.capacity(sky.options(), 8).startup_seconds == sky.startup_seconds
+    assert sky.capacity(sky.options()).at(8).startup_seconds == sky.startup_seconds
 
 
 def test_default_batch_count_comes_from_start_up_and_workers():
@@ -114,7 +114,7 @@ def test_default_batch_count_comes_from_start_up_and_workers():
     slurm = get_backend("slurm")
 
     def count(cpus: str, task_seconds: list[float]) -> int:
-        cap = slurm.capacity(slurm.options({"workers": 8, "cpus": cpus}), 1)
+        cap = slurm.capacity(slurm.options({"workers": 8, "cpus": cpus})).at(1)
         return choose_batch_count(sum(task_seconds) / cap.processes, n_tasks=len(task_seconds),
                                   workers=cap.workers, startup_seconds=cap.startup_seconds,
                                   first_startup_seconds=cap.first_startup_seconds).batches

@@ -13,15 +13,17 @@ from qec_kiln._errors import KilnError, KilnWarning  # noqa: E402
 from qec_kiln._version import __version__  # noqa: E402
 
 if TYPE_CHECKING:  # what type checkers see; at run time each name loads when first asked for
-    from qec_kiln._api import LaunchResult, cancel, launch, merge, plan, remove, status
+    from qec_kiln._api import cancel, launch, merge, plan, remove, status
     from qec_kiln._collect import collect
+    from qec_kiln._launch_result import LaunchResult
     from qec_kiln._planning.result import PlanResult
     from qec_kiln._report.merge import MergeReport
     from qec_kiln._report.status import StatusReport
 
 _LAZY = {  # loaded when first asked for: `qec-kiln merge` imports none of the rest
     **{name: ("qec_kiln._api", name)
-       for name in ("LaunchResult", "cancel", "launch", "merge", "plan", "remove", "status")},
+       for name in ("cancel", "launch", "merge", "plan", "remove", "status")},
+    "LaunchResult": ("qec_kiln._launch_result", "LaunchResult"),
     "collect": ("qec_kiln._collect", "collect"),
     "PlanResult": ("qec_kiln._planning.result", "PlanResult"),  # these three import sinter
     "StatusReport": ("qec_kiln._report.status", "StatusReport"),

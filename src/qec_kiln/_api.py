@@ -24,7 +24,6 @@ A whole sweep, locally, on a tiny circuit:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -33,11 +32,10 @@ from qec_kiln._backends import get_backend
 from qec_kiln._errors import KilnError, KilnWarning
 
 if TYPE_CHECKING:
-    from qec_kiln._backends import Submission
-    from qec_kiln._launch import Relaunch, Sweep
+    from qec_kiln._launch_result import LaunchResult
     from qec_kiln._planning.result import PlanResult
     from qec_kiln._report.merge import MergeReport
-    from qec_kiln._report.status import StatusReport
+    from qec_kiln._report.status import Relaunch, StatusReport
 
 Log = Callable[[str], None]
 PathLike = str | os.PathLike
@@ -67,122 +65,6 @@ def _caller_level() -> int:
     return level
 
 
-@dataclasses.dataclass(frozen=True)
-class DryRun:
-    """What a dry run would do: the backend's rendered job files and exact commands."""
-
-    description: str
-    details: dict[str, Any] = dataclasses.field(default_factory=dict)  # backend's dry-run JSON
-
-
-@dataclasses.dataclass
-class LaunchResult:
-    """What ``launch`` did: the plan, and either what was submitted or the dry run, and for a
-    relaunch the batches it left alone (``relaunch.done``, ``relaunch.running``).
-
-    The submission's fields read through: ``launched``, ``job_ids``, ``failed``, ``cancelled``,
-    ``interrupted``, ``signal``.
-    """
-
-    plan: PlanResult
-    bucket: str
-    message: str = ""
-    launched: list[str] = dataclasses.field(default_factory=list)  # the batches started now
-    submission: Submission | None = None
-    dry_run: DryRun | None = None
-    relaunch: Relaunch | None = None
-
-    @property
-    def sweep(self) -> str:
-        return self.plan.sweep
-
-    @property
-    def job_ids(self) -> dict[str, str]:
-        return self.submission.job_ids if self.submission else {}
-
-    @property
-    def failed(self) -> list[str]:
-        return self.submission.failed if self.submission else []
-
-    @property
-    def cancelled(self) -> list[str]:
-        return self.submission.cancelled if self.submission else []
-
-    @property
-    def interrupted(self) -> bool:
-        return bool(self.submission and self.submission.interrupted)
-
-    @property
-    def signal(self) -> int:
-        return self.submission.signal if self.submission else 0
-
-    @property
-    def done(self) -> list[str]:
-        return self.relaunch.done if self.relaunch else []
-
-    @property
-    def running(self) -> list[str]:
-        return self.relaunch.running if self.relaunch else []
-
-    def to_json(self) -> dict[str, Any]:
-        """What ``qec-kiln launch --json`` prints."""
-        if self.dry_run is not None:
-            data = self.plan.to_json()
-            data["backend"] = {"name": self.plan.manifest.backend,
-                               "describe": self.dry_run.description, **self.dry_run.details}
-            return data
-        out: dict[str, Any] = {"sweep": self.sweep, "launched": self.launched,
-                               "job_ids": self.job_ids, "message": self.message,
-                               "failed": self.failed}
-        if self.relaunch is not None and not self.launched:
-            out.update(done=self.done, running=self.running)
-        return out
-
-
-class _NoBucket:
-    """Stand-in for a bucket a dry run could not reach: nothing exists in it."""
-
-    def __init__(self, url: str):
-        self.url = url
-
-    def exists(self, key: str) -> bool:
-        return False
-
-    def list_keys(self, prefix: str = "") -> list[str]:
-        return []
-
-
-def _prepare(sweep: Sweep, *, need_bucket: bool, log: Log, need_launch: bool = False,
-             commit: bool = False) -> tuple[Any, PlanResult]:
-    from qec_kiln._errors import StorageError
-    from qec_kiln._launch import prepare_sweep
-    from qec_kiln._storage import open_bucket
-
-    backend = sweep.backend
-    if need_launch and (ready := backend.launch_problem()):
-        raise KilnError(ready)  # before anything is planned or uploaded
-    problem = backend.bucket_problem(sweep.spec.bucket)
-    if problem:
-        if need_bucket:
-            raise KilnError(problem)
-        log("warning: " + problem)
-    bucket = open_bucket(sweep.spec.bucket)
-    try:
-        bucket.check_access()
-    except StorageError as ex:
-        if need_bucket:
-            raise
-        log(f"warning: {ex} (dry run: showing a fresh plan)")
-        bucket = _NoBucket(bucket.url)  # type: ignore[assignment]  # only .url, .exists(), .list_keys()
-    return bucket, prepare_sweep(sweep, bucket, log, commit=commit)
-
-
-def _sweep(circuits: Circuits, settings: Mapping[str, Any]) -> Sweep:
-    from qec_kiln._launch import Sweep
-
-    return Sweep.build(circuits, settings)
-
-
 def plan(circuits: Circuits, *, log: Log | None = None, **settings: Any) -> PlanResult:
     """Discover the ``.stim`` files under ``circuits`` (a folder, searched recursively, or a list
     of folders, ``.stim`` files and glob patterns, as ``sinter collect --circuits``) and balance
@@ -208,7 +90,9 @@ def plan(circuits: Circuits, *, log: Log | None = None, **settings: Any) -> Plan
         >>> len(p.batches), p.exists, sorted(p.to_json())[:3]
         (2, False, ['balance_ratio', 'batches', 'batches_at_once'])
     """
-    return _prepare(_sweep(circuits, settings), need_bucket=False, log=log or quiet)[1]
+    from qec_kiln._launch import plan_only
+
+    return plan_only(circuits, settings, log or quiet)
 
 
 def launch(circuits: Circuits, *, dry_run: bool = False, log: Log | None = None,
@@ -231,50 +115,15 @@ def launch(circuits: Circuits, *, dry_run: bool = False, log: Log | None = None,
         >>> r.launched, "#SBATCH --partition=long" in r.dry_run.description
         ([], True)
     """
-    from qec_kiln._launch import batches_to_launch, make_request
-
-    log = log or quiet
-    sweep = _sweep(circuits, settings)
-    chosen, options = sweep.backend, sweep.options
-    store, prepared = _prepare(sweep, need_bucket=not dry_run, log=log, need_launch=True,
-                               commit=not dry_run)
-    if not prepared.batches:
-        log(f"nothing to launch: every task already reaches max_shots or max_errors with the "
-            f"rows that exist (in {store.url} or --existing-data)")
-        nothing = DryRun("nothing to sample") if dry_run else None
-        return LaunchResult(prepared, store.url, "nothing to launch", dry_run=nothing)
-    if dry_run:
-        request = make_request(store, prepared, [b.id for b in prepared.batches], options)
-        dry = DryRun(chosen.describe(request), chosen.describe_json(request))
-        for w in chosen.warnings():
-            log(f"warning: {w}")
-        return LaunchResult(prepared, store.url, "dry run: nothing was uploaded or launched",
-                            dry_run=dry)
-    if not prepared.exists and not prepared.committed:
-        # Another launch of this sweep created it at the same time: go on with its plan.
-        store, prepared = _prepare(sweep, need_bucket=True, log=log, need_launch=True)
-        if not prepared.exists:
-            raise KilnError(f"sweep {prepared.sweep!r}: another launch created its manifest, but "
-                            f"it cannot be read back from {store.url}; launch again")
-    todo, relaunch = batches_to_launch(store, prepared, chosen)
-    if relaunch is not None:
-        log(f"{len(relaunch.done)} batch(es) already finished, {len(relaunch.running)} running")
-    if not todo:
-        log(f"nothing to launch: sweep {prepared.sweep!r} has no unfinished, idle batch; "
-            "see `qec-kiln status`")
-        return LaunchResult(prepared, store.url, "nothing to launch", relaunch=relaunch)
-    if before_start is not None:
-        before_start(prepared, todo, relaunch)
-    # The backend's lines (progress, failures) go to the caller's log; without one only its
-    # warnings are issued. A live table where a caller's lines reach a terminal anyway.
     import sys
 
-    live = log is not quiet and sys.stderr.isatty()
-    started = chosen.launch(make_request(store, prepared, todo, options, log=log, live=live))
-    for w in chosen.warnings():
-        log(f"warning: {w}")
-    return LaunchResult(prepared, store.url, started.message, launched=todo, submission=started,
-                        relaunch=relaunch)
+    from qec_kiln._launch import launch_sweep
+
+    # The backend's lines (progress, failures) go to the caller's log; without one only its
+    # warnings are issued. A live table where a caller's lines reach a terminal anyway.
+    live = log is not None and log is not quiet and sys.stderr.isatty()
+    return launch_sweep(circuits, settings, dry_run=dry_run, log=log or quiet, live=live,
+                        before_start=before_start)
 
 
 def _with_settings_signature(func: Callable[..., Any]) -> None:
@@ -418,4 +267,4 @@ def remove(bucket: PathLike, sweep: str, *, dry_run: bool = False,
     return remove_sweep(store, sweep, active, dry_run=dry_run)
 
 
-__all__ = ["DryRun", "LaunchResult", "cancel", "launch", "merge", "plan", "remove", "status"]
+__all__ = ["cancel", "launch", "merge", "plan", "remove", "status"]

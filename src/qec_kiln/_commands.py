@@ -17,9 +17,9 @@ from qec_kiln._report.units import duration, money, percent
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from qec_kiln._launch import Relaunch
     from qec_kiln._planning.result import PlanResult
     from qec_kiln._report.merge import MergeReport
+    from qec_kiln._report.status import Relaunch
 
 def _console(stderr: bool) -> Console:
     """A rich console that ends like a plain print when its reader leaves (`qec-kiln plan |

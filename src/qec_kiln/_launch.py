@@ -1,4 +1,14 @@
-"""discover → plan → upload → start: what ``qec_kiln.plan`` and ``qec_kiln.launch`` do.
+"""discover → plan → upload → start: what ``qec_kiln.plan`` and ``qec_kiln.launch`` do, each
+stage called once, in order.
+
+1. :meth:`Sweep.build`: the settings as a ``SweepSpec``, its backend, the backend's options
+   and its :class:`~qec_kiln._planning.capacity.Capacity` (asked once); then the bucket,
+   checked by the backend.
+2. :func:`prepare_sweep`: the inputs (``_sweep.inputs``), which sweep this is
+   (``_sweep.store``), and for a new sweep the predicted costs (``_planning``), what the
+   bucket already holds of its tasks (``_report.holdings``, under the bucket's planning lock
+   for a launch), the plan (``_planning``) and its upload (``_sweep.store``).
+3. :func:`launch_sweep`: the batches to start (``_report.status``) and the backend's launch.
 
 A sweep is identified by its name in a bucket. Launching is idempotent: if the sweep's manifest
 already exists with the same inputs, its stored plan is reused and only batches that are neither
@@ -7,23 +17,26 @@ finished (by their fragments) nor running (by the backend) are started again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from qec_kiln._backends import Backend, LaunchRequest, Submission, get_backend
-from qec_kiln._errors import KilnError
-from qec_kiln._planning.queue import queue_order
-from qec_kiln._planning.result import PlanResult, plan_result
-from qec_kiln._report.status import sweep_progress
+from qec_kiln._backends import Backend, LaunchRequest, get_backend
+from qec_kiln._launch_result import DryRun, LaunchResult
+from qec_kiln._planning._cost import estimate_costs
+from qec_kiln._planning.capacity import Capacity
+from qec_kiln._planning.plan import plan_sweep
+from qec_kiln._planning.result import MODEL_ERROR, PlanResult, plan_result
+from qec_kiln._report.holdings import count_holdings, plan_lock
+from qec_kiln._report.status import Relaunch, batches_to_start
 from qec_kiln._storage import Bucket
+from qec_kiln._sweep.batches import Plan
 from qec_kiln._sweep.inputs import read_inputs
-from qec_kiln._sweep.manifest import (
-    Manifest,
-)
+from qec_kiln._sweep.manifest import Manifest
 from qec_kiln._sweep.spec import SweepSpec
-from qec_kiln._sweep.store import find_sweep
-from qec_kiln._topup import plan_new_sweep
+from qec_kiln._sweep.store import find_sweep, upload_sweep
 from qec_kiln._version import __version__
 
 Log = Callable[[str], None]
@@ -31,15 +44,17 @@ Log = Callable[[str], None]
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
-    """A spec with its backend, looked up and its options normalised and checked once.
+    """A spec with its backend, looked up, its options normalised and checked, and its
+    capacity asked, once.
 
     >>> s = Sweep.build("c/", {"backend": "slurm", "backend_options": {"partition": "p"}})
-    >>> s.backend.name, s.options.partition
-    ('slurm', 'p')
+    >>> s.backend.name, s.options.partition, s.capacity.slots
+    ('slurm', 'p', None)
     """
 
     spec: SweepSpec
     backend: Backend
+    capacity: Capacity
 
     @property
     def options(self) -> Any:
@@ -53,17 +68,7 @@ class Sweep:
         options = backend.options(spec.backend_options)
         backend.check_options(options)
         return cls(dataclasses.replace(spec, backend=backend.name, backend_options=options),
-                   backend)
-
-
-@dataclasses.dataclass(frozen=True)
-class Relaunch:
-    """What a launch of an existing sweep found: batches it left alone, and the predicted
-    core-seconds still to do per batch it starts (by the fragments so far)."""
-
-    done: list[str]
-    running: list[str]
-    remaining: dict[str, float]
+                   backend, backend.capacity(options))
 
 
 def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log, *, commit: bool = False
@@ -74,90 +79,107 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log, *, commit: bool = Fals
     A new plan counts what already exists of its tasks (the bucket's other sweeps and
     --existing-data files) and gives each task only what is left of its targets (none when it
     already reaches them), as sinter counts its resume file. ``commit`` (a launch): count and
-    upload under the bucket's planning lock, importing --merge-existing-data rows first; the
-    result's ``committed`` says whether this call created the manifest."""
-    spec, backend = sweep.spec, sweep.backend
-    found = read_inputs(spec, run_here=backend.capacity(sweep.options, 1).decoders_run_here,
-                        log=log)
-    name, existing = find_sweep(bucket, spec.name, spec.circuits, found.digest, log)
+    upload under the bucket's planning lock, importing --merge-existing-data rows first. When
+    another launch created the same sweep first, its plan is returned (``exists``)."""
+    spec, targets = sweep.spec, sweep.spec.targets
+    found = read_inputs(spec, run_here=sweep.capacity.decoders_run_here, log=log)
+    name, existing = find_sweep(bucket, spec, found.digest, log)
     if existing is not None:
-        log(f"sweep {name!r} exists in {bucket.url} with the same inputs: reusing its plan")
-        ignored = _ignored_flags(spec, existing)
-        if ignored:
-            log(f"warning: {', '.join(ignored)} ignored: sweep {name!r} keeps its stored plan "
-                f"({len(existing.batches)} batch(es)); give --name NEW for a new plan")
-        return plan_result(existing, True, found.circuits,
-                           backend.capacity(sweep.options, len(existing.batches)),
-                           spec.pricing, sweep.options.gpus)
-    return plan_new_sweep(spec, lambda n: backend.capacity(sweep.options, n), backend.name,
-                          found, name, bucket, log, commit=commit)
+        return plan_result(existing, True, found.circuits, sweep.capacity, spec.pricing,
+                           sweep.options.gpus)
+    costs, features = estimate_costs(found.circuits, found.decoders, found.strong_ids,
+                                     calibrate=spec.partition.calibrate,
+                                     calibrate_seconds=spec.partition.calibrate_seconds,
+                                     custom_decoders=found.custom, log=log, masks=found.masks,
+                                     pilot_here=found.runs_here.__contains__)
+    for entry in found.entries:
+        entry.features = features.get(entry.key)
+    # From the count to the manifest's commit, no other launch plans in this bucket.
+    with plan_lock(bucket, log) if commit else contextlib.nullcontext():
+        held = count_holdings(bucket, found, costs, targets, sweep=name, commit=commit, log=log)
+        todo = held.todo
+        plan = (plan_sweep(todo, targets, spec.partition, sweep.capacity,
+                           model_error=MODEL_ERROR, goals=held.goals) if todo else
+                Plan([], targets.max_shots, targets.max_errors, strategy="nothing left"))
+        manifest = Manifest(
+            sweep=name,
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            decoders=found.decoders,
+            max_shots=targets.max_shots,
+            max_errors=targets.max_errors,
+            circuits=found.entries,
+            plan=plan,
+            inputs_digest=found.digest,
+            backend=sweep.backend.name,
+            custom_decoders_module_function=spec.inputs.custom_decoders_module_function,
+            sinter_args=found.sinter_args,
+            custom_error_count_key=targets.custom_error_count_key,
+            tasks=[dataclasses.asdict(c) for c in held.costs],
+            existing=held.rows.to_manifest(targets.custom_error_count_key),
+        )
+        stored = manifest
+        if commit and plan.batches:
+            stored = upload_sweep(bucket, manifest, found.circuits, log)
+    return plan_result(stored, stored is not manifest, found.circuits, sweep.capacity,
+                       spec.pricing, sweep.options.gpus)
 
 
+def plan_only(circuits: Any, settings: Mapping[str, Any], log: Log) -> PlanResult:
+    """What ``qec_kiln.plan`` does: the plan, with nothing uploaded (an unreachable bucket reads as
+    empty, with a warning)."""
+    sweep = Sweep.build(circuits, settings)
+    bucket = sweep.backend.open_bucket(sweep.spec.bucket, must_reach=False, launching=False,
+                                       log=log)
+    return prepare_sweep(sweep, bucket, log)
 
 
-def _ignored_flags(spec: SweepSpec, existing: Manifest) -> list[str]:
-    """Partition flags that would have changed the stored plan of an existing sweep."""
-    plan, part = existing.plan, spec.partition
-    flags = []
-    if part.jobs is not None and part.jobs != len(plan.batches):
-        flags.append(f"--jobs {part.jobs}")
-    if part.target_hours is not None:
-        flags.append(f"--target-hours {part.target_hours:g}")
-    if part.circuits_per_job is not None:
-        flags.append(f"--circuits-per-job {part.circuits_per_job}")
-    if not part.shards and any(s.count > 1 for b in plan.batches for s in b.shards):
-        flags.append("--no-shards")
-    if part.calibrate:
-        flags.append("--calibrate")
-    return flags
+BeforeStart = Callable[[PlanResult, list[str], Relaunch | None], None]
 
 
-
-
-def batches_to_launch(bucket: Bucket, prepared: PlanResult, backend: Backend
-                      ) -> tuple[list[str], Relaunch | None]:
-    """Batches that are neither finished nor running, longest first (all of them for a new
-    sweep), and for an existing sweep what it left alone."""
+def launch_sweep(circuits: Any, settings: Mapping[str, Any], *, dry_run: bool, log: Log,
+                 live: bool = False, before_start: BeforeStart | None = None) -> LaunchResult:
+    """What ``qec_kiln.launch`` does: plan (uploaded unless ``dry_run``), then start every batch that is
+    neither finished nor running, or describe them (``dry_run``)."""
+    sweep = Sweep.build(circuits, settings)
+    backend = sweep.backend
+    bucket = backend.open_bucket(sweep.spec.bucket, must_reach=not dry_run, launching=True,
+                                 log=log)
+    prepared = prepare_sweep(sweep, bucket, log, commit=not dry_run)
     m = prepared.manifest
-    if not prepared.exists:
-        return queue_order(m.batches), None
-    progress = sweep_progress(bucket, m, backend.job_states(bucket.url, m.sweep))
-    bad = [b for b in progress.batches if b.problem]
-    if bad:
-        raise KilnError(bad[0].problem)
-    idle = {b.batch.id for b in progress.batches if not b.done and not (b.job and b.job.active)}
-    relaunch = Relaunch(
-        done=[b.batch.id for b in progress.batches if b.done],
-        running=[b.batch.id for b in progress.batches if b.job and b.job.active],
-        remaining={b.batch.id: b.batch.predicted_seconds * (1.0 - b.fraction)
-                   for b in progress.batches if b.batch.id in idle})
-    return [b for b in queue_order(m.batches) if b in idle], relaunch
+    request = LaunchRequest(
+        log=log, live=live, bucket_url=bucket.url, sweep=m.sweep,
+        batch_ids=tuple(b.id for b in m.batches), options=sweep.options,
+        num_batches_total=len(m.batches), kiln_version=__version__,
+        decoders=tuple(m.decoders),
+        custom_decoders_module_function=m.custom_decoders_module_function,
+        node_hour_price=prepared.node_hour_price)
+    if not m.batches:
+        log(f"nothing to launch: every task already reaches max_shots or max_errors with the "
+            f"rows that exist (in {bucket.url} or --existing-data)")
+        return LaunchResult(prepared, bucket.url, "nothing to launch",
+                            dry_run=DryRun("nothing to sample") if dry_run else None)
+    if dry_run:
+        dry = DryRun(backend.describe(request), backend.describe_json(request))
+        for w in backend.warnings():
+            log(f"warning: {w}")
+        return LaunchResult(prepared, bucket.url, "dry run: nothing was uploaded or launched",
+                            dry_run=dry)
+    states = backend.job_states(bucket.url, m.sweep) if prepared.exists else {}
+    todo, relaunch = batches_to_start(bucket, m, prepared.exists, states)
+    if relaunch is not None:
+        log(f"{len(relaunch.done)} batch(es) already finished, {len(relaunch.running)} running")
+    if not todo:
+        log(f"nothing to launch: sweep {m.sweep!r} has no unfinished, idle batch; "
+            "see `qec-kiln status`")
+        return LaunchResult(prepared, bucket.url, "nothing to launch", relaunch=relaunch)
+    if before_start is not None:
+        before_start(prepared, todo, relaunch)
+    started = backend.launch(dataclasses.replace(request, batch_ids=tuple(todo)))
+    for w in backend.warnings():
+        log(f"warning: {w}")
+    return LaunchResult(prepared, bucket.url, started.message, launched=todo, submission=started,
+                        relaunch=relaunch)
 
 
-def make_request(bucket: Bucket, prepared: PlanResult, batch_ids: list[str], options: Any,
-                 log: Log | None = None, live: bool = False) -> LaunchRequest:
-    return LaunchRequest(
-        log=log,
-        live=live,
-        bucket_url=bucket.url,
-        sweep=prepared.manifest.sweep,
-        batch_ids=tuple(batch_ids),
-        options=options,
-        num_batches_total=len(prepared.manifest.batches),
-        kiln_version=__version__,
-        decoders=tuple(prepared.manifest.decoders),
-        custom_decoders_module_function=prepared.manifest.custom_decoders_module_function,
-        node_hour_price=_node_hour_price(prepared),
-    )
-
-
-def _node_hour_price(prepared: PlanResult) -> float | None:
-    """The price of one node-hour implied by the estimated cost (None without prices)."""
-    hours = sum(prepared.wall_seconds(b.predicted_seconds) for b in prepared.batches) / 3600
-    if prepared.estimated_cost is None or hours <= 0:
-        return None
-    return prepared.estimated_cost / hours
-
-
-__all__ = ["Relaunch", "Submission", "Sweep", "batches_to_launch", "make_request",
+__all__ = ["DryRun", "LaunchResult", "Relaunch", "Sweep", "launch_sweep", "plan_only",
            "prepare_sweep"]

@@ -18,7 +18,7 @@ import os
 import pathlib
 import shlex
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from qec_kiln._argtypes import MAX_SYNC_SECONDS, positive_int
 from qec_kiln._argtypes import processes as processes_type
@@ -28,6 +28,9 @@ from qec_kiln._errors import KilnError
 from qec_kiln._planning.capacity import Capacity
 from qec_kiln._report.jobs import ACTIVE_STATES, JobState, is_active  # noqa: F401 (the interface's names)
 from qec_kiln._sweep.spec import BackendOptions
+
+if TYPE_CHECKING:
+    from qec_kiln._storage import Bucket
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,13 +108,26 @@ class Submission:
     cancelled: list[str] = dataclasses.field(default_factory=list)  # by `qec-kiln cancel`
 
 
+class _NoBucket:
+    """Stand-in for a bucket a dry run could not reach: nothing exists in it."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def exists(self, key: str) -> bool:
+        return False
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        return []
+
+
 class Backend(abc.ABC):
     """Starts, watches and stops the batches of a sweep on one kind of infrastructure, and answers
     what only it knows: start-up time, processes and slots per batch, its flags and warnings.
 
     >>> from qec_kiln._backends import get_backend
     >>> b = get_backend("slurm")
-    >>> c = b.capacity(b.options({"cpus": "8"}), 3)
+    >>> c = b.capacity(b.options({"cpus": "8"})).at(3)
     >>> c.startup_seconds, c.processes, c.slots
     (30.0, 8, 3)
     """
@@ -158,17 +174,16 @@ class Backend(abc.ABC):
 
     # ------------------------------------------------------------------ planning
 
-    def capacity(self, options: BackendOptions, n_batches: int) -> Capacity:
-        """The one question planning asks: how ``n_batches`` batches would run with ``options``
-        (processes each, start-up, batches at once, K workers of a queue). A backend without a
-        queue refuses ``--workers``."""
+    def capacity(self, options: BackendOptions) -> Capacity:
+        """The one question planning asks: how batches run with ``options`` (processes each,
+        start-up, batches at once, K workers of a queue; ``.at(n)`` for ``n`` batches). A
+        backend without a queue refuses ``--workers``."""
         if options.workers and not self.queue_workers:
             raise KilnError(f"--workers {options.workers}: the {self.name} backend runs one job "
                             "per batch, all at once (pools are not supported yet); leave out "
                             "--workers and choose the batch count with --jobs")
-        n = max(1, n_batches)
         return Capacity(processes=self._processes(options), startup_seconds=self.startup_seconds,
-                        slots=max(1, min(options.workers or n, n)), workers=options.workers,
+                        slots=options.workers, workers=options.workers,
                         min_processes=options.processes or self._processes(options),
                         decoders_run_here=self.decoders_run_here)
 
@@ -211,6 +226,32 @@ class Backend(abc.ABC):
         """Whether a job recorded in ``folder`` (this backend's local state of one sweep, under
         ``$QEC_KILN_HOME/<backend>/``) still runs here; ``qec-kiln clean`` keeps such folders."""
         return False
+
+    def open_bucket(self, url: str, *, must_reach: bool, launching: bool,
+                    log: Callable[[str], None]) -> Bucket:
+        """The bucket this backend's batches would write to, checked before anything is
+        planned: what this machine lacks to launch (``launching``), a bucket the batches could
+        not reach, a bucket that cannot be read. Refused when ``must_reach``; else (a dry run
+        or a plan) a warning, and an unreachable bucket reads as empty."""
+        from qec_kiln._errors import StorageError
+        from qec_kiln._storage import open_bucket
+
+        if launching and (ready := self.launch_problem()):
+            raise KilnError(ready)
+        problem = self.bucket_problem(url)
+        if problem:
+            if must_reach:
+                raise KilnError(problem)
+            log("warning: " + problem)
+        bucket = open_bucket(url)
+        try:
+            bucket.check_access()
+        except StorageError as ex:
+            if must_reach:
+                raise
+            log(f"warning: {ex} (dry run: showing a fresh plan)")
+            return _NoBucket(bucket.url)  # type: ignore[return-value]  # .url, .exists(), .list_keys()
+        return bucket
 
     def launch_problem(self) -> str | None:
         """Why this machine cannot launch (or render) with this backend, e.g. a missing package;

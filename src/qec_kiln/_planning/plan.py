@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from qec_kiln._errors import KilnError
 from qec_kiln._planning._cost import TaskCost
@@ -71,25 +71,25 @@ def target_work_seconds(target_hours: float, startup_seconds: float, processes: 
 
 
 def plan_sweep(tasks: Sequence[TaskCost], targets: Targets, partition: Partition,
-               capacity_of: Callable[[int], Capacity], *, model_error: float = 0.2,
+               capacity: Capacity, *, model_error: float = 0.2,
                goals: Goals | None = None) -> Plan:
-    """The sweep's batches: the one place that decides how many. ``capacity_of(n)`` is the
-    backend's answer for n batches (``Backend.capacity``); ``goals`` the tasks' own targets
+    """The sweep's batches: the one place that decides how many. ``capacity`` is the
+    backend's answer (``Backend.capacity``); ``goals`` the tasks' own targets
     where they differ from ``targets`` (a top-up's remaining shots and errors).
 
     --jobs, --target-hours or --circuits-per-job choose the count; else, with K workers taking
     batches from a queue, :func:`plan_for_workers`; else (one job per batch, all at once) as many
     batches as keep each job's work at least 4x its start-up (at most 4 per task).
 
-        >>> one = lambda n: Capacity(processes=1, startup_seconds=10.0, slots=n)
+        >>> one = Capacity(processes=1, startup_seconds=10.0)
         >>> tasks = [TaskCost(f"c{i}", "pymatching", f"id{i}", 1e-4, 1e-3) for i in range(3)]
         >>> len(plan_sweep(tasks, Targets(max_shots=10**6), Partition(), one).batches)
         7
     """
-    one = capacity_of(1)
+    one = capacity.at(1)
     shots, errors = targets.max_shots, targets.max_errors
     # Shards of one task help only if they run at once: never more than the batches at once.
-    at_once = capacity_of(MAX_BATCHES).slots
+    at_once = capacity.at(MAX_BATCHES).slots
     if partition.is_default and one.workers:
         return plan_for_workers(tasks, max_shots=shots, max_errors=errors, workers=one.workers,
                                 startup_seconds=one.startup_seconds,
@@ -110,7 +110,7 @@ def plan_sweep(tasks: Sequence[TaskCost], targets: Targets, partition: Partition
     return make_plan(tasks, max_shots=shots, max_errors=errors, jobs=jobs,
                      target_seconds=target_seconds, circuits_per_job=partition.circuits_per_job,
                      allow_shards=partition.shards,
-                     min_shard_seconds=one.startup_seconds * capacity_of(jobs or 1).processes,
+                     min_shard_seconds=one.startup_seconds * capacity.at(jobs or 1).processes,
                      workers=one.workers, goals=goals, max_shards=at_once)
 
 

@@ -30,7 +30,6 @@ class PlanResult:
     circuits: list[CircuitFile] = dataclasses.field(repr=False)
     capacity: Capacity  # how the backend runs these batches (processes, start-up, slots)
     estimated_cost: float | None = None  # from the prices per CPU/GPU hour, start-up included
-    committed: bool = False  # a launch's prepare created the manifest (False: another launch did)
 
     @property
     def node_processes(self) -> int:
@@ -42,7 +41,7 @@ class PlanResult:
 
     @property
     def slots(self) -> int:
-        return self.capacity.slots
+        return self.capacity.slots or len(self.batches)  # at(n) gives a number
 
     @property
     def sweep(self) -> str:
@@ -56,6 +55,14 @@ class PlanResult:
     def balance_ratio(self) -> float:
         """Predicted makespan over the ideal one (1.0: perfectly balanced)."""
         return self.manifest.plan.balance_ratio
+
+    @property
+    def node_hour_price(self) -> float | None:
+        """The price of one node-hour implied by the estimated cost (None without prices)."""
+        hours = sum(self.wall_seconds(b.predicted_seconds) for b in self.batches) / 3600
+        if self.estimated_cost is None or hours <= 0:
+            return None
+        return self.estimated_cost / hours
 
     def wall_seconds(self, core_seconds: float) -> float:
         """Predicted wall seconds of a batch with ``core_seconds`` of work, start-up included."""
@@ -163,7 +170,8 @@ def estimate_cost(prepared: PlanResult, pricing: Pricing, gpus: str | None) -> f
 
 def plan_result(manifest: Manifest, exists: bool, circuits: list[CircuitFile],
                 capacity: Capacity, pricing: Pricing, gpus: str | None) -> PlanResult:
-    """A plan with its predictions, and its cost where prices were given."""
-    result = PlanResult(manifest, exists, circuits, capacity)
+    """A plan with its predictions (``capacity`` at its batch count), and its cost where prices
+    were given."""
+    result = PlanResult(manifest, exists, circuits, capacity.at(len(manifest.batches)))
     result.estimated_cost = estimate_cost(result, pricing, gpus)
     return result

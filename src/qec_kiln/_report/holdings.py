@@ -1,29 +1,266 @@
-"""What a bucket already holds of a sweep's tasks: every other sweep's rows of them (as
-``merge`` counts them: each planned fragment once, only the rows of the tasks its batch
-planned), and whether those rows are final.
+"""What a bucket already holds of a new plan's tasks, counted in one call
+(:func:`count_holdings`): every other sweep's rows of them (as ``merge`` counts them: each
+planned fragment once, only the rows of the tasks its batch planned), --existing-data CSVs
+(imported into the bucket with --merge-existing-data), the measured rates that replace the
+model's guesses, and what is left of each task's targets.
 
 Rows are final ("settled") when every shard of the task in that sweep is done by its fragment
 (sinter stops a task at max_shots or max_errors, and a rerun of its batch samples no more of
 it) and no live runner holds the batch's lease (whose in-flight rows could still arrive). A
 top-up counts only settled rows: see :func:`bucket_holdings`.
 
+Why a lock: a top-up plans each task ``target - existing``. Two launches planning the same
+tasks at once would both count the same rows and together sample past the targets; holding
+``_kiln/plan-lock.json`` (a lease: conditional create, deleted at the end, free once its
+holder dies) from the count to the manifest's commit makes the later one see the earlier
+sweep, whose unfinished work then refuses the plan (see :func:`count_existing`).
+
 Example:
-    >>> rows, unsettled = bucket_holdings(bucket, {"id-a"}, exclude="new")  # doctest: +SKIP
-    >>> rows.stats["id-a"].shots, unsettled  # doctest: +SKIP
-    (20000, [])
+    >>> import tempfile
+    >>> from qec_kiln._storage import open_bucket
+    >>> bucket = open_bucket(tempfile.mkdtemp())
+    >>> with plan_lock(bucket, print):
+    ...     bucket.exists(PLAN_LOCK_KEY)
+    True
+    >>> rows, unsettled = bucket_holdings(bucket, {"id-a"}, exclude="new")
+    >>> rows.stats, unsettled
+    ({}, [])
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import contextlib
+import dataclasses
+import datetime
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
-from qec_kiln._errors import KilnError
-from qec_kiln._node.lease import is_held, lease_key
+from qec_kiln._errors import KilnError, ObjectNotFound, PreconditionFailed
+from qec_kiln._node.lease import LeaseHeld, acquire, is_held, lease_key, release
+from qec_kiln._planning._cost import Calibration, TaskCost
 from qec_kiln._report.status import batch_progress
 from qec_kiln._storage import Bucket
-from qec_kiln._sweep.existing import ExistingRows
-from qec_kiln._sweep.fragments import read_fragments
-from qec_kiln._sweep.manifest import list_sweeps, load_manifest
+from qec_kiln._sweep.batches import Batch, Plan, Shard
+from qec_kiln._sweep.existing import (
+    IMPORT_PREFIX,
+    ExistingFile,
+    ExistingRows,
+    import_name,
+    remaining_targets,
+)
+from qec_kiln._sweep.fragments import HEADER_LINE, parse_fragment, read_fragments
+from qec_kiln._sweep.inputs import SweepInputs
+from qec_kiln._sweep.manifest import (
+    CircuitEntry,
+    Manifest,
+    fragment_key,
+    list_sweeps,
+    load_manifest,
+    manifest_key,
+)
+from qec_kiln._sweep.spec import Targets
+
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass
+class Holdings:
+    """What a new plan starts from: the rows it counts per task, each task's cost with its
+    measured rates, and what is left of each task's targets (tasks that reach them are out)."""
+
+    rows: ExistingRows
+    costs: list[TaskCost]
+    goals: dict[str, tuple[int, int]]  # strong_id -> (shots, errors) still to sample
+
+    @property
+    def todo(self) -> list[TaskCost]:
+        return [c for c in self.costs if c.strong_id in self.goals]
+
+
+def count_holdings(bucket: Bucket, found: SweepInputs, costs: Sequence[TaskCost],
+                   targets: Targets, *, sweep: str, commit: bool, log: Log) -> Holdings:
+    """Everything a new plan of ``sweep`` counts, in one call: the bucket's settled rows of its
+    tasks and the --existing-data rows (imported first when ``commit`` with
+    --merge-existing-data), the costs with their measured rates, and the targets left.
+    ``commit`` (a launch, under :func:`plan_lock`) refuses what a dry run only warns of."""
+    counted = count_existing(bucket, found.files, set(found.tasks), sweep=sweep,
+                             fresh=targets.fresh, merge_files=targets.merge_existing_data,
+                             strict=commit, log=log)
+    rows = counted.rows
+    if commit and targets.merge_existing_data:
+        by_key = {e.key: e for e in found.entries}
+        for path, lines in counted.new_lines.items():
+            imported = import_rows(bucket, lines, found.tasks, by_key, log)
+            for shares in rows.sources.values():
+                if f"file {path}" in shares:
+                    shares[imported] = shares.pop(f"file {path}")
+    measured = with_measured_rates(costs, rows)
+    goals = remaining_targets([c.strong_id for c in measured], targets.max_shots,
+                              targets.max_errors, rows, targets.custom_error_count_key)
+    if rows.stats:
+        log(f"counted existing rows of {len(rows.stats)} of {len(measured)} task(s); "
+            f"{len(measured) - len(goals)} already reach their targets")
+    return Holdings(rows, measured, goals)
+
+
+#: The bucket's planning lock (not a sweep folder: sweep names start with a letter or digit).
+PLAN_LOCK_KEY = "_kiln/plan-lock.json"
+
+
+@contextlib.contextmanager
+def plan_lock(bucket: Bucket, log: Log, *, seconds: float = 300.0, wait: float = 900.0
+              ) -> Iterator[None]:
+    """Hold the bucket's planning lock: one launch at a time counts what exists and commits
+    its plan. Waits (saying so once) while another launch holds it."""
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        try:
+            lease = acquire(bucket, PLAN_LOCK_KEY, seconds=seconds, watch=False)
+            break
+        except LeaseHeld:
+            if not told:
+                log(f"waiting for another launch that is planning in {bucket.url}")
+                told = True
+            if time.monotonic() > deadline:
+                raise KilnError(f"{bucket.url_for(PLAN_LOCK_KEY)}: another launch has been "
+                                f"planning for over {wait:g} s; try again later") from None
+            time.sleep(0.5)
+    try:
+        yield
+    finally:
+        release(lease, undo=True)  # deleted (or as it was): the bucket keeps no trace of it
+
+
+@dataclasses.dataclass
+class Counted:
+    """What a plan counts per task, and the --existing-data rows not yet in the bucket."""
+
+    rows: ExistingRows
+    new_lines: dict[str, list[str]]  # file path -> its rows not already imported into the bucket
+
+
+def count_existing(bucket: Bucket, files: Sequence[ExistingFile], strong_ids: set[str], *,
+                   sweep: str, fresh: bool, merge_files: bool, strict: bool, log: Log) -> Counted:
+    """The rows a new plan of ``sweep`` counts: every other sweep's settled rows of its tasks,
+    and the --existing-data rows not already imported (each row once).
+
+    Refused (one line, ``strict``; else a warning, for a dry run): another sweep still has work
+    on these tasks (counting its rows now could take a task past its targets once it ends:
+    finish it first); ``fresh`` in a bucket that holds rows of them (merge would add them);
+    ``merge_files`` rows of tasks that a sweep of the bucket already sampled (the file may be
+    a merge of this very bucket: its rows would be counted twice)."""
+    held, unsettled = bucket_holdings(bucket, strong_ids, exclude=sweep)
+    if unsettled:
+        line = ("; ".join(unsettled) + ": finish it first (launch it again with its own "
+                "targets, or wait for it), then launch this again; counting its rows now could "
+                "take a task past these targets once it ends")
+        if strict:
+            raise KilnError(line)
+        log("warning: " + line + " (a launch now would be refused)")
+    if fresh and held.stats:
+        names = sorted({s for sid in held.stats for s in held.sources.get(sid, {})})
+        raise KilnError(
+            f"--fresh: {bucket.url} already holds rows of {len(held.stats)} of these task(s) "
+            f"(sweep(s) {', '.join(names)}), and a merge of the bucket would add a fresh run's "
+            "rows to them; give a new --bucket for a fresh start, or drop --fresh to top up")
+    seen = _imported_lines(bucket)
+    new_lines: dict[str, list[str]] = {}
+    rows = held
+    for f in files:
+        lines = [ln for ln in f.lines if ln not in seen]
+        seen.update(lines)
+        if len(lines) < len(f.lines):
+            log(f"--existing-data {f.path}: {len(f.lines) - len(lines)} of its row(s) are already "
+                "in the bucket (imported before): counted once")
+        if f.other_rows:
+            log(f"--existing-data {f.path}: {f.other_rows} row(s) of other tasks ignored")
+        if not lines:
+            continue
+        new_lines[f.path] = lines
+        extra = parse_fragment(HEADER_LINE + "\n".join(lines).encode() + b"\n", f.path).stats
+        sampled = [sid for sid in extra if any(not s.startswith(IMPORT_PREFIX)
+                                               for s in held.sources.get(sid, {}))]
+        if merge_files and sampled:
+            raise KilnError(
+                f"--merge-existing-data {f.path}: sweeps of {bucket.url} already sampled "
+                f"{len(sampled)} of its task(s); importing its rows too could count one run "
+                "twice (is it a merge of this bucket?): import it into a new --bucket, or give "
+                "it without --merge-existing-data to count it only")
+        more = ExistingRows()
+        for st in extra.values():
+            more.add(f"file {f.path}", st)
+        rows = rows.merged(more)
+    return Counted(rows, new_lines)
+
+
+def _imported_lines(bucket: Bucket) -> set[str]:
+    """Every row already imported into the bucket (the fragments of its import sweeps)."""
+    out: set[str] = set()
+    for name in list_sweeps(bucket):
+        if not name.startswith(IMPORT_PREFIX):
+            continue
+        try:
+            data = bucket.read_bytes(fragment_key(name, "b000"))
+        except ObjectNotFound:
+            continue
+        out.update(ln.rstrip() for ln in data.decode("utf-8", "replace").splitlines()[1:])
+    return out
+
+
+def import_rows(bucket: Bucket, lines: list[str], tasks: Mapping[str, tuple[str, str]],
+                circuits: Mapping[str, CircuitEntry], log: Log) -> str:
+    """Upload rows as a read-only sweep ``import-<hash>`` (its fragment, then its manifest,
+    each only created), so that merge includes them once. ``tasks``: strong_id ->
+    (circuit key, decoder). Returns the sweep's name."""
+    name = import_name(lines)
+    data = HEADER_LINE + "\n".join(lines).encode() + b"\n"
+    stats = parse_fragment(data, name).stats
+    shards = [Shard(circuit=tasks[sid][0], decoder=tasks[sid][1], strong_id=sid,
+                    max_shots=st.shots, max_errors=st.errors, predicted_seconds=0.0,
+                    predicted_shots=float(st.shots)) for sid, st in sorted(stats.items())]
+    manifest = Manifest(
+        sweep=name,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        decoders=sorted({s.decoder for s in shards}),
+        max_shots=max(s.max_shots for s in shards),
+        max_errors=max(s.max_errors for s in shards),
+        circuits=[circuits[k] for k in sorted({s.circuit for s in shards})],
+        plan=Plan([Batch("b000", shards)], 0, 0, strategy="import"),
+        inputs_digest=name, kind="import")
+    for key, body in ((fragment_key(name, "b000"), data), (manifest_key(name), manifest.dumps())):
+        try:
+            bucket.write_if(key, body, None)
+        except PreconditionFailed:
+            if key.endswith(".csv") and bucket.read_bytes(key) != body:
+                raise KilnError(f"{bucket.url_for(key)} exists with other rows; delete "
+                                f"{bucket.url_for(name)} and launch again") from None
+    log(f"imported {len(lines)} row(s) of {len(shards)} task(s) into {bucket.url_for(name)} "
+        "(a read-only sweep: merge includes them once)")
+    return name
+
+
+def with_measured_rates(costs: Sequence[TaskCost], rows: ExistingRows) -> list[TaskCost]:
+    """Each task's cost with the seconds/shot and error rate of its existing rows in place of
+    the model's guesses (the model's rate as the prior: zero errors bound it, never zero).
+
+    >>> import sinter
+    >>> rows = ExistingRows()
+    >>> rows.add("s", sinter.TaskStats(strong_id="a", decoder="pymatching", json_metadata={},
+    ...                                shots=10_000, errors=100, seconds=2.0))
+    >>> t = with_measured_rates([TaskCost("a.stim", "pymatching", "a", 1e-6, 1e-4)], rows)[0]
+    >>> t.seconds_per_shot, round(t.p_logical, 3)
+    (0.0002, 0.01)
+    """
+    out = []
+    for c in costs:
+        st = rows.stats.get(c.strong_id)
+        if st is not None and st.shots > 0 and st.seconds > 0:
+            cal = Calibration(st.seconds / st.shots, st.shots, st.errors)
+            c = dataclasses.replace(c, seconds_per_shot=cal.seconds_per_shot,
+                                    p_logical=cal.p_logical_estimate(c.p_logical))
+        out.append(c)
+    return out
 
 
 def bucket_holdings(bucket: Bucket, strong_ids: Collection[str], *, exclude: str
@@ -74,4 +311,5 @@ def bucket_holdings(bucket: Bucket, strong_ids: Collection[str], *, exclude: str
     return rows, unsettled
 
 
-__all__ = ["bucket_holdings"]
+__all__ = ["PLAN_LOCK_KEY", "Counted", "Holdings", "bucket_holdings", "count_existing",
+           "count_holdings", "import_rows", "plan_lock", "with_measured_rates"]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import sinter
 
 from qec_kiln._errors import KilnError
+from qec_kiln._planning.queue import queue_order
 from qec_kiln._report.failures import batch_error
 from qec_kiln._storage import Bucket
 from qec_kiln._sweep.batches import Batch, Shard
@@ -230,3 +231,31 @@ def sweep_progress(bucket: Bucket, manifest: Manifest,
     return StatusReport(manifest, batches, warnings)
 
 
+@dataclasses.dataclass(frozen=True)
+class Relaunch:
+    """What a launch of an existing sweep found: batches it left alone, and the predicted
+    core-seconds still to do per batch it starts (by the fragments so far)."""
+
+    done: list[str]
+    running: list[str]
+    remaining: dict[str, float]
+
+
+def batches_to_start(bucket: Bucket, manifest: Manifest, exists: bool,
+                     job_states: dict[str, JobState]) -> tuple[list[str], Relaunch | None]:
+    """Batches that are neither finished (by their fragments) nor running (by ``job_states``),
+    longest first: all of them for a new sweep; for an existing one (``exists``), also what it
+    left alone. A damaged fragment is refused (its batch's rows could not be resumed)."""
+    if not exists:
+        return queue_order(manifest.batches), None
+    progress = sweep_progress(bucket, manifest, job_states)
+    bad = [b for b in progress.batches if b.problem]
+    if bad:
+        raise KilnError(bad[0].problem)
+    idle = {b.batch.id for b in progress.batches if not b.done and not (b.job and b.job.active)}
+    relaunch = Relaunch(
+        done=[b.batch.id for b in progress.batches if b.done],
+        running=[b.batch.id for b in progress.batches if b.job and b.job.active],
+        remaining={b.batch.id: b.batch.predicted_seconds * (1.0 - b.fraction)
+                   for b in progress.batches if b.batch.id in idle})
+    return [b for b in queue_order(manifest.batches) if b in idle], relaunch

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from qec_kiln._errors import KilnError
-from qec_kiln._sweep.decoders import check_decoders, load_custom_decoders
+from qec_kiln._sweep.decoders import check_decoders, decoder_runs_here, load_custom_decoders
 from qec_kiln._sweep.discover import (
     CircuitFile,
     check_decodable,
@@ -45,6 +45,7 @@ class SweepInputs:
     entries: list[CircuitEntry]
     sinter_args: list[str]
     digest: str
+    runs_here: frozenset[str] = frozenset()  # the decoders that can decode on this machine
 
     @property
     def tasks(self) -> dict[str, tuple[str, str]]:
@@ -83,4 +84,5 @@ def read_inputs(spec: SweepSpec, *, run_here: bool, log: Callable[[str], None]) 
                            inputs.custom_decoders_module_function, sinter_args,
                            existing_data={f.sha256: use for f in files})
     return SweepInputs(circuits, decoders, custom, masks, strong_ids, files, entries,
-                       sinter_args, digest)
+                       sinter_args, digest,
+                       frozenset(d for d in decoders if decoder_runs_here(d, custom)))

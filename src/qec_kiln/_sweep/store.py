@@ -19,12 +19,14 @@ from qec_kiln._sweep.manifest import (
     manifest_key,
     orphan_message,
 )
-from qec_kiln._sweep.spec import default_sweep_name
+from qec_kiln._sweep.spec import Partition, SweepSpec, default_sweep_name
 
 
-def find_sweep(bucket: Bucket, name: str | None, circuits: str | list[str], digest: str,
-               log: Callable[[str], None]) -> tuple[str, Manifest | None]:
-    """The sweep's name, and its manifest if the bucket holds it with these inputs."""
+def find_sweep(bucket: Bucket, spec: SweepSpec, digest: str, log: Callable[[str], None]
+               ) -> tuple[str, Manifest | None]:
+    """The sweep's name, and its manifest if the bucket holds it with these inputs (saying
+    which of ``spec``'s partition flags its stored plan ignores)."""
+    name, circuits = spec.name, spec.circuits
     found, existing = _named(bucket, name, circuits, digest, log)
     if existing is None:
         left = bucket.list_keys(f"{found}/")
@@ -32,7 +34,30 @@ def find_sweep(bucket: Bucket, name: str | None, circuits: str | list[str], dige
             found, existing = _named(bucket, name, circuits, digest, log)
         if existing is None:
             _check_no_orphans(bucket, found, left)
+    if existing is not None:
+        log(f"sweep {found!r} exists in {bucket.url} with the same inputs: reusing its plan")
+        ignored = ignored_flags(spec.partition, existing)
+        if ignored:
+            log(f"warning: {', '.join(ignored)} ignored: sweep {found!r} keeps its stored plan "
+                f"({len(existing.batches)} batch(es)); give --name NEW for a new plan")
     return found, existing
+
+
+def ignored_flags(part: Partition, existing: Manifest) -> list[str]:
+    """Partition flags that would have changed the stored plan of an existing sweep."""
+    plan = existing.plan
+    flags = []
+    if part.jobs is not None and part.jobs != len(plan.batches):
+        flags.append(f"--jobs {part.jobs}")
+    if part.target_hours is not None:
+        flags.append(f"--target-hours {part.target_hours:g}")
+    if part.circuits_per_job is not None:
+        flags.append(f"--circuits-per-job {part.circuits_per_job}")
+    if not part.shards and any(s.count > 1 for b in plan.batches for s in b.shards):
+        flags.append("--no-shards")
+    if part.calibrate:
+        flags.append("--calibrate")
+    return flags
 
 
 def _named(bucket: Bucket, given: str | None, circuits: str | list[str], digest: str,
@@ -70,13 +95,13 @@ def _check_no_orphans(bucket: Bucket, sweep: str, keys: list[str]) -> None:
 
 
 def upload_sweep(bucket: Bucket, manifest: Manifest, circuits: list[CircuitFile],
-                 log: Callable[[str], None]) -> bool:
+                 log: Callable[[str], None]) -> Manifest:
     """Circuits first, the manifest last: a manifest in the bucket means the sweep is complete there.
 
     Each object is only created, never replaced (the same bytes already there count as written),
     so two launches of one sweep at the same time cannot swap plans under each other's batches.
-    Returns False when another launch created the manifest first: that plan is the sweep's
-    (prepare_sweep again reuses it).
+    Returns the sweep's manifest: ``manifest``, or the one another launch created first (with
+    the same inputs: that plan is the sweep's, and this launch goes on with it).
     """
     m = manifest
     for c in circuits:
@@ -95,11 +120,16 @@ def upload_sweep(bucket: Bucket, manifest: Manifest, circuits: list[CircuitFile]
         bucket.write_if(key, m.dumps(), None)
     except PreconditionFailed as ex:
         _refused_create(bucket, key, ex)
+        stored = _load_if_there(bucket, m.sweep)
+        if stored is None or stored.inputs_digest != m.inputs_digest:
+            raise KilnError(f"sweep {m.sweep!r}: another launch created its manifest in "
+                            f"{bucket.url} at the same time, with other inputs or unreadable; "
+                            "launch again") from None
         log(f"sweep {m.sweep!r} was created in {bucket.url} by another launch at the same time: "
             "using its plan")
-        return False
+        return stored
     log(f"uploaded {len(circuits)} circuit(s) and the manifest to {bucket.url_for(m.sweep)}")
-    return True
+    return m
 
 
 def _refused_create(bucket: Bucket, key: str, ex: PreconditionFailed) -> None:
@@ -110,4 +140,4 @@ def _refused_create(bucket: Bucket, key: str, ex: PreconditionFailed) -> None:
                         "is not there; launch again") from None
 
 
-__all__ = ["find_sweep", "upload_sweep"]
+__all__ = ["find_sweep", "ignored_flags", "upload_sweep"]

@@ -68,9 +68,9 @@ class LocalBackend(Backend):
     """Batches as local processes on K slots, each with its own CPUs.
 
     >>> b = LocalBackend()
-    >>> b.capacity(b.options({"processes": 1}), 5).surely_processes
+    >>> b.capacity(b.options({"processes": 1})).surely_processes
     1
-    >>> b.capacity(b.options({"parallel": 2}), 5).slots, b.capacity(b.options(), 5).slots
+    >>> b.capacity(b.options({"parallel": 2})).at(5).slots, b.capacity(b.options()).at(5).slots
     (2, 1)
     """
 
@@ -93,15 +93,16 @@ class LocalBackend(Backend):
         assert isinstance(opts, LocalOptions)
         return opts
 
-    def capacity(self, options: BackendOptions, n_batches: int) -> Capacity:
-        """K slots (default one with every core, or one per GPU), the cores split among them."""
+    def capacity(self, options: BackendOptions) -> Capacity:
+        """K slots (default one with every core, or one per GPU), the cores split among them
+        (among fewer when there are fewer batches than slots)."""
         opts = self.options(options)
-        slots, procs = split_cores(max(1, n_batches), opts.workers, opts.processes, opts.gpus)
-        return Capacity(processes=procs, startup_seconds=self.startup_seconds, slots=slots,
-                        workers=opts.workers or max(1, len(gpu_ids(opts.gpus))),
-                        min_processes=opts.processes or split_cores(
-                            10**9, opts.workers, opts.processes, opts.gpus)[1],
-                        decoders_run_here=True)
+        k = opts.workers or max(1, len(gpu_ids(opts.gpus)))
+        procs = tuple(split_cores(s, opts.workers, opts.processes, opts.gpus)[1]
+                      for s in range(1, k + 1))
+        return Capacity(processes=procs[-1], startup_seconds=self.startup_seconds, slots=k,
+                        workers=k, min_processes=opts.processes or procs[-1],
+                        decoders_run_here=True, fewer_slots_processes=procs)
 
     def _argv(self, request: LaunchRequest, batch: str, worker: Worker) -> list[str]:
         argv = request.run_batch_argv(batch_id=batch)

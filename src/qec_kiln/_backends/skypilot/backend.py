@@ -121,7 +121,7 @@ class SkyPilotBackend(RemoteBackend):
     reason in ``self.warning`` so that ``status`` still shows fragment progress from the bucket.
 
     >>> b = SkyPilotBackend()
-    >>> b.capacity(b.options(), 4).processes, b.bucket_problem("s3://b") is None
+    >>> b.capacity(b.options()).processes, b.bucket_problem("s3://b") is None
     (16, True)
     """
 
@@ -148,10 +148,10 @@ class SkyPilotBackend(RemoteBackend):
     def options_from_args(cls, args: argparse.Namespace) -> BackendOptions:
         return options_from_args(args)
 
-    def capacity(self, options: BackendOptions, n_batches: int) -> Capacity:
+    def capacity(self, options: BackendOptions) -> Capacity:
         """A warm pool worker starts a batch in seconds (its first start waits for a new VM); a
         managed job always waits for a new VM."""
-        cap = super().capacity(options, n_batches)
+        cap = super().capacity(options)
         if not options.workers:
             return cap
         return dataclasses.replace(cap, startup_seconds=pools.WARM_STARTUP_SECONDS,
