@@ -81,6 +81,40 @@ def test_only_the_entry_points_import_the_cli_and_the_api_imports_no_printer():
     assert "qec_kiln._cli" not in _imports(SRC / "_commands.py")  # one direction: cli -> commands
 
 
+def test_run_batch_reaches_sinter_without_importing_sinter_a_backend_or_rich(tmp_path,
+                                                                            small_circuits):
+    """A node's run-batch parses its flags and picks sinter's --metadata_func (recorded in the
+    manifest at plan time) without importing sinter, numpy, a backend or rich: the sinter it
+    starts imports them once."""
+    plan = qec_kiln.plan(small_circuits, max_shots=100, bucket=str(tmp_path / "b"))
+    assert all(e.named for e in plan.manifest.circuits)
+    (tmp_path / "manifest.json").write_bytes(plan.manifest.dumps())
+    code = (
+        "import json, pathlib, sys\n"
+        "from qec_kiln import _cli\n"
+        "args = _cli.run_batch_parser().parse_args(['--bucket', 'b', '--sweep', 's', '--batch', "
+        "'b000', '--sync-seconds', '5'])\n"
+        "from qec_kiln._node import entry, runner\n"
+        "from qec_kiln._sweep.manifest import Manifest\n"
+        f"m = Manifest.from_json(json.loads(pathlib.Path({str(tmp_path / 'manifest.json')!r})"
+        ".read_text()))\n"
+        "keys = [c.key for c in m.circuits]\n"
+        "func = runner._metadata_func(m, [pathlib.Path(k) for k in keys], keys)\n"
+        "print(json.dumps([args.command, func, sorted(n for n in sys.modules if n.split('.')[0] "
+        "in ('sinter', 'numpy', 'stim', 'rich') or n.startswith('qec_kiln._backends'))]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(r.stdout) == ["run-batch", "auto", []]
+    # A manifest that did not record it (an earlier version's): run-batch asks sinter itself.
+    from qec_kiln._node.runner import _metadata_func
+    from qec_kiln._sweep.manifest import Manifest
+
+    old = json.loads(plan.manifest.dumps())
+    for c in old["circuits"]:
+        del c["named"]
+    keys = [c["key"] for c in old["circuits"]]
+    assert _metadata_func(Manifest.from_json(old), [tmp_path / k for k in keys], keys) == "auto"
+
+
 def test_import_is_fast_and_loads_neither_sinter_nor_skypilot():
     code = ("import sys, qec_kiln; qec_kiln.launch, qec_kiln.plan, qec_kiln.LaunchResult; "
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "

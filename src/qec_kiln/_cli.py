@@ -22,11 +22,8 @@ from qec_kiln._argtypes import (
     sinter_options,
     sync_seconds,
 )
-from qec_kiln._backends import BACKENDS
-from qec_kiln._backends import add_arguments as add_backend_arguments
 from qec_kiln._errors import Exit, KilnError
 from qec_kiln._version import __version__
-from qec_kiln._view import cli as _view_cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -134,9 +131,38 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_backend_args(p: argparse.ArgumentParser, what: str) -> None:
+    from qec_kiln._backends import BACKENDS
+    from qec_kiln._backends import add_arguments as add_backend_arguments
+
     p.add_argument("--backend", default="local",
                    help=f"{', '.join(BACKENDS)} (default local); {what}")
     add_backend_arguments(p)  # each backend's light options module only
+
+
+def _add_run_batch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bucket", required=True)
+    p.add_argument("--sweep", required=True)
+    p.add_argument("--batch", help="batch id, e.g. b003")
+    p.add_argument("--batches", help="comma-separated batch ids; --index picks one")
+    p.add_argument("--index", help="index into --batches (e.g. $SLURM_ARRAY_TASK_ID)")
+    p.add_argument("--processes", type=processes, metavar="N|auto",
+                   help="sinter --processes (default auto: one per allowed CPU)")
+    p.add_argument("--cpus-allowed", metavar="LIST",
+                   help="CPUs sinter may use, e.g. 0-3 (default: this process's affinity mask)")
+    p.add_argument("--sync-seconds", type=sync_seconds, default=30.0)
+    p.add_argument("--work-dir", help="local folder for the resume file (default: temp dir)")
+    p.add_argument("--lease-seconds", type=positive_float,
+                   help="the batch's lease lasts this long unless renewed; a dead runner's batch "
+                        "may be taken over after it (default: 4 sync periods, at least 60)")
+
+
+def run_batch_parser() -> argparse.ArgumentParser:
+    """``qec-kiln run-batch``'s parser alone: a node's run-batch builds no other command's flags
+    (they import the backends' option modules and the views')."""
+    p = _Parser(prog="qec-kiln run-batch", description="run one batch (what a node runs)")
+    _add_run_batch_args(p)
+    p.set_defaults(command="run-batch")
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,21 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="show the plan, rendered job files and exact commands; launch nothing")
 
-    p = sub.add_parser("run-batch", help="run one batch (what a node runs)")
-    p.add_argument("--bucket", required=True)
-    p.add_argument("--sweep", required=True)
-    p.add_argument("--batch", help="batch id, e.g. b003")
-    p.add_argument("--batches", help="comma-separated batch ids; --index picks one")
-    p.add_argument("--index", help="index into --batches (e.g. $SLURM_ARRAY_TASK_ID)")
-    p.add_argument("--processes", type=processes, metavar="N|auto",
-                   help="sinter --processes (default auto: one per allowed CPU)")
-    p.add_argument("--cpus-allowed", metavar="LIST",
-                   help="CPUs sinter may use, e.g. 0-3 (default: this process's affinity mask)")
-    p.add_argument("--sync-seconds", type=sync_seconds, default=30.0)
-    p.add_argument("--work-dir", help="local folder for the resume file (default: temp dir)")
-    p.add_argument("--lease-seconds", type=positive_float,
-                   help="the batch's lease lasts this long unless renewed; a dead runner's batch "
-                        "may be taken over after it (default: 4 sync periods, at least 60)")
+    _add_run_batch_args(sub.add_parser("run-batch", help="run one batch (what a node runs)"))
+
 
     p = sub.add_parser("merge", help="combine all fragments into one CSV for sinter plot")
     p.add_argument("--bucket", default="kiln-results")
@@ -223,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "not running)")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed")
 
-    _view_cli.add_parsers(sub, _Parser)  # watch, plot, report
+    from qec_kiln._view import cli as view_cli
+
+    view_cli.add_parsers(sub, _Parser)  # watch, plot, report
     return parser
 
 
@@ -256,7 +271,10 @@ _COMMAND_MODULES = {"watch": "qec_kiln._view.cli", "plot": "qec_kiln._view.cli",
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = _join_sinter_options(sys.argv[1:] if argv is None else list(argv))
-    parser = build_parser()
+    if words[:1] == ["run-batch"]:  # what every node runs: only its own flags
+        parser, words = run_batch_parser(), words[1:]
+    else:
+        parser = build_parser()
     args = parser.parse_args(words)
     if args.command in ("plan", "launch"):
         args.circuits = list(args.circuits) + list(args.circuits_opt or [])
@@ -283,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Exit.for_signal(2)
 
 
-__all__ = ["SINTER_OPTIONS", "build_parser", "main", "positive_float", "positive_int",
+__all__ = ["SINTER_OPTIONS", "build_parser", "main", "positive_float", "positive_int", "run_batch_parser",
            "sinter_options"]
 
 

@@ -408,21 +408,20 @@ SIDECAR_METADATA_FUNC = ("__import__('json').loads(__import__('pathlib').Path(pa
 
 
 def _metadata_func(manifest: Manifest, paths: Sequence[pathlib.Path], keys: Sequence[str]) -> str:
-    """``auto`` when every circuit's metadata is its file name's (the usual case), else the
-    sidecar reader, with each circuit's ``<file>.json`` written."""
+    """``auto`` when every circuit's metadata is its file name's (the usual case; the plan
+    recorded it, so sinter is not imported here before sinter runs), else the sidecar reader,
+    with each circuit's ``<file>.json`` written."""
     import json
 
-    import sinter
+    entries = {k: manifest.circuit(k) for k in keys}
+    metadata = {k: e.metadata for k, e in entries.items()}
+    if any(e.named is None for e in entries.values()):  # a manifest that did not record it
+        from qec_kiln._sweep.discover import named_by_its_file
 
-    def named(key: str, metadata: object) -> bool:  # what `--metadata_func auto` reads
-        try:
-            found = sinter.comma_separated_key_values(key.rsplit("/", 1)[-1])
-        except ValueError:
-            return False
-        return json.dumps(found) == json.dumps(metadata)
-
-    metadata = {k: manifest.circuit(k).metadata for k in keys}
-    if all(named(k, m) for k, m in metadata.items()):
+        named = all(named_by_its_file(k, m) for k, m in metadata.items())
+    else:
+        named = all(e.named for e in entries.values())
+    if named:
         return "auto"
     for path, key in zip(paths, keys, strict=True):
         atomic_write(pathlib.Path(f"{path}.json"), json.dumps(metadata[key]).encode())

@@ -107,6 +107,22 @@ class CircuitFile:
         return self.task(decoder, masks).strong_id()
 
 
+def named_by_its_file(key: str, metadata: object) -> bool:
+    """Whether ``sinter collect --metadata_func auto`` reads exactly ``metadata`` from the file
+    name of ``key`` (decided at plan time, so that a node's run-batch need not import sinter).
+
+    >>> named_by_its_file("sub/d=3,p=0.01.stim", {"d": 3, "p": 0.01})
+    True
+    >>> named_by_its_file("d=3.stim", {"d": 3.0}), named_by_its_file("task-1.stim", {"d": 3})
+    (False, False)
+    """
+    try:
+        found = sinter.comma_separated_key_values(key.rsplit("/", 1)[-1])
+    except ValueError:
+        return False
+    return json.dumps(found) == json.dumps(metadata)
+
+
 def discover_circuits(
     folder: str | pathlib.Path,
     *,

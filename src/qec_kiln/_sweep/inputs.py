@@ -25,6 +25,7 @@ from qec_kiln._sweep.discover import (
     check_decodable,
     check_duplicates,
     discover_inputs,
+    named_by_its_file,
 )
 from qec_kiln._sweep.existing import ExistingFile, read_existing_file
 from qec_kiln._sweep.manifest import CircuitEntry, inputs_digest
@@ -77,7 +78,8 @@ def read_inputs(spec: SweepSpec, *, run_here: bool, log: Callable[[str], None]) 
     strong_ids = check_duplicates(circuits, decoders, masks)
     files = [read_existing_file(path, {sid: f"{k} ({d})" for (k, d), sid in strong_ids.items()})
              for path in targets.existing_data]
-    entries = [CircuitEntry(c.key, c.sha256, c.metadata) for c in circuits]
+    entries = [CircuitEntry(c.key, c.sha256, c.metadata,
+                            named=named_by_its_file(c.key, c.metadata)) for c in circuits]
     use = "merged" if targets.merge_existing_data else "counted"
     sinter_args = inputs.sinter_args(targets.custom_error_count_key)
     digest = inputs_digest(entries, decoders, targets.max_shots, targets.max_errors,

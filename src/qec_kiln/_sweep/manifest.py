@@ -78,6 +78,9 @@ class CircuitEntry:
     sha256: str
     metadata: dict
     features: dict | None = None
+    #: ``--metadata_func auto`` reads ``metadata`` from the file name (None: not recorded, a
+    #: manifest of an earlier version)
+    named: bool | None = None
 
 
 @dataclasses.dataclass
