@@ -67,3 +67,17 @@ def test_errors_are_one_line_with_exit_2(tmp_path, kiln):
     r = kiln("launch", str(tmp_path), "--max-shots", "zero")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "--max-shots" in r.stderr
+
+
+def test_an_unknown_flag_is_named_by_its_command(tmp_path, kiln):
+    """The error names the command whose flags were given (`qec-kiln plan: ...`), in one line;
+    `plan --dry-run` says that plan launches nothing anyway."""
+    r = kiln("plan", str(tmp_path), "--dry-run")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert r.stderr.startswith("qec-kiln plan: error: unrecognized arguments: --dry-run")
+    assert "launches nothing already" in r.stderr
+    r = kiln("run-batch", "--bucket", "b", "--sweep", "s", "--bogus")
+    assert r.returncode == 2 and r.stderr.startswith("qec-kiln run-batch: error: unrecognized "
+                                                     "arguments: --bogus")
+    r = kiln("merge", "--out", "-", "--bogus", "x")
+    assert r.returncode == 2 and "qec-kiln merge: error: unrecognized arguments: --bogus x" in r.stderr

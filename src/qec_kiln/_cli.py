@@ -29,6 +29,8 @@ from qec_kiln._version import __version__
 class _Parser(argparse.ArgumentParser):
     """argparse with ``--a_b`` aliases for every ``--a-b`` option and one-line errors."""
 
+    commands: dict[str, argparse.ArgumentParser] = {}  # the subcommands' parsers, by name
+
     def add_argument(self, *names, **kwargs):
         return super().add_argument(*names, *_underscore_aliases(names), **kwargs)
 
@@ -156,7 +158,7 @@ def _add_run_batch_args(p: argparse.ArgumentParser) -> None:
                         "may be taken over after it (default: 4 sync periods, at least 60)")
 
 
-def run_batch_parser() -> argparse.ArgumentParser:
+def run_batch_parser() -> _Parser:
     """``qec-kiln run-batch``'s parser alone: a node's run-batch builds no other command's flags
     (they import the backends' option modules and the views')."""
     p = _Parser(prog="qec-kiln run-batch", description="run one batch (what a node runs)")
@@ -165,7 +167,7 @@ def run_batch_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     """The ``qec-kiln`` parser (it imports no backend: each one's flags are in its light
     ``options`` module)."""
     parser = _Parser(
@@ -239,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     from qec_kiln._view import cli as view_cli
 
     view_cli.add_parsers(sub, _Parser)  # watch, plot, report
+    parser.commands = dict(sub.choices)
     return parser
 
 
@@ -275,7 +278,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser, words = run_batch_parser(), words[1:]
     else:
         parser = build_parser()
-    args = parser.parse_args(words)
+    args, extra = parser.parse_known_args(words)
+    if extra:  # named by the command's own parser, not the top one
+        command = parser.commands.get(getattr(args, "command", None) or "", parser)
+        hint = ""
+        if args.command == "plan" and {"--dry-run", "--dry_run"} & set(extra):
+            hint = ("; plan uploads and launches nothing already (`qec-kiln launch ... "
+                    "--dry-run` also shows the job files)")
+        command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     if args.command in ("plan", "launch"):
         args.circuits = list(args.circuits) + list(args.circuits_opt or [])
         if not args.circuits:
