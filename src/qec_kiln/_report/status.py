@@ -246,16 +246,18 @@ def batches_to_start(bucket: Bucket, manifest: Manifest, exists: bool,
     """Batches that are neither finished (by their fragments) nor running (by ``job_states``),
     longest first: all of them for a new sweep; for an existing one (``exists``), also what it
     left alone. A damaged fragment is refused (its batch's rows could not be resumed)."""
-    if not exists:
-        return queue_order(manifest.batches), None
-    progress = sweep_progress(bucket, manifest, job_states)
-    bad = [b for b in progress.batches if b.problem]
-    if bad:
-        raise KilnError(bad[0].problem)
-    idle = {b.batch.id for b in progress.batches if not b.done and not (b.job and b.job.active)}
-    relaunch = Relaunch(
-        done=[b.batch.id for b in progress.batches if b.done],
-        running=[b.batch.id for b in progress.batches if b.job and b.job.active],
-        remaining={b.batch.id: b.batch.predicted_seconds * (1.0 - b.fraction)
-                   for b in progress.batches if b.batch.id in idle})
-    return [b for b in queue_order(manifest.batches) if b in idle], relaunch
+    relaunch = None
+    if exists:
+        progress = sweep_progress(bucket, manifest, job_states)
+        bad = [b for b in progress.batches if b.problem]
+        if bad:
+            raise KilnError(bad[0].problem)
+        idle = {b.batch.id for b in progress.batches
+                if not b.done and not (b.job and b.job.active)}
+        relaunch = Relaunch(
+            done=[b.batch.id for b in progress.batches if b.done],
+            running=[b.batch.id for b in progress.batches if b.job and b.job.active],
+            remaining={b.batch.id: b.batch.predicted_seconds * (1.0 - b.fraction)
+                       for b in progress.batches if b.batch.id in idle})
+    order = queue_order(manifest.batches)
+    return [b for b in order if relaunch is None or b in relaunch.remaining], relaunch
