@@ -33,11 +33,14 @@ import sinter
 import stim
 
 
-def generate(folder: pathlib.Path) -> list[pathlib.Path]:
+def generate(folder: pathlib.Path, distances: tuple[int, ...] = (5, 7),
+             noises: tuple[float, ...] = (0.001, 0.003)) -> list[pathlib.Path]:
+    """Rotated surface-code memory circuits, every noise knob at ``p``, named as sinter's
+    ``--metadata_func auto`` reads them."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for d in (5, 7):
-        for p in (0.001, 0.003):
+    for d in distances:
+        for p in noises:
             c = stim.Circuit.generated("surface_code:rotated_memory_x", distance=d, rounds=d,
                                        after_clifford_depolarization=p,
                                        before_measure_flip_probability=p,

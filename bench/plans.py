@@ -29,31 +29,19 @@ import sys
 import tempfile
 import time
 
-import sinter
-import stim
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import cores  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DECODERS = ("pymatching", "pymatching-correlated")
 
 
 def generate(folder: pathlib.Path) -> list[pathlib.Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for d in (3, 5, 7):
-        for p in (0.001, 0.003, 0.005):
-            c = stim.Circuit.generated("surface_code:rotated_memory_x", distance=d, rounds=d,
-                                       after_clifford_depolarization=p,
-                                       before_measure_flip_probability=p,
-                                       after_reset_flip_probability=p,
-                                       before_round_data_depolarization=p)
-            path = folder / f"d={d},p={p},b=X,type=rotated_surface_memory.stim"
-            path.write_text(str(c))
-            paths.append(path)
-    return paths
+    return cores.generate(folder, distances=(3, 5, 7), noises=(0.001, 0.003, 0.005))
 
 
-def shots_in(paths: list[pathlib.Path]) -> int:
-    return sum(s.shots for s in sinter.read_stats_from_csv_files(*map(str, paths)))
+shots_in = cores.shots_in
 
 
 CPU: dict[str, list[float]] = {}  # CPU seconds (user + system, the whole tree) per label

@@ -4,11 +4,13 @@
 Runs, alternating, plain ``sinter collect`` and ``qec-kiln launch`` (a fresh sweep name each
 time: discover, plan, upload, run-batch, sinter) on the same 4 circuits at ``--max-shots``
 (default 1,000: almost no sampling), ``--repeats`` times each, and keeps each one's fastest
-run (a shared machine is noisy). ``--before SRC`` also runs another checkout's code
+run (a shared machine is noisy), by wall time and by CPU time (user + system of the whole
+process tree, which a loaded machine barely changes). ``--before SRC`` also runs another checkout's code
 (``PYTHONPATH=SRC``, e.g. ``/work/main/src``) beside it. Prints the load and::
 
     startup: kiln-sinter = <seconds>     (goal <= 0.3 s)
     startup: kiln/sinter = <ratio>
+    startup-cpu: kiln-sinter = <CPU seconds>
 
 Usage::
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import resource
 import subprocess
 import sys
 import tempfile
@@ -30,6 +33,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from cores import generate, run_sinter, shots_in  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def cpu_now() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def run_kiln(folder: pathlib.Path, bucket: pathlib.Path, name: str, shots: int,
@@ -62,32 +70,42 @@ def main(argv: list[str] | None = None) -> int:
         if args.before:
             codes["before"] = dict(base, PYTHONPATH=args.before)
         times: dict[str, list[float]] = {"sinter": [], **{k: [] for k in codes}}
+        cpu: dict[str, list[float]] = {k: [] for k in times}
         loads = []
         for r in range(-1, args.repeats):  # round -1 warms the bytecode caches, untimed
             out = tmp / f"sinter-{r}.csv"
+            c0 = cpu_now()
             t = run_sinter(paths, out, args.max_shots, 10**9, cores)
+            c = cpu_now() - c0
             assert shots_in([out]) == 4 * args.max_shots
             if r >= 0:
                 times["sinter"].append(t)
+                cpu["sinter"].append(c)
             for label, env in codes.items():
                 name = f"{label}-{r + 1}"
+                c0 = cpu_now()
                 bucket = tmp / f"bucket-{name}"  # its own: a shared one would top up
                 t = run_kiln(tmp / "circuits", bucket, name, args.max_shots, env,
                              args.kiln_args.split())
+                c = cpu_now() - c0
                 frags = sorted((bucket / name / "fragments").glob("*.csv"))
                 assert shots_in(frags) == 4 * args.max_shots, f"{label} took other shots"
                 if r >= 0:
                     times[label].append(t)
+                    cpu[label].append(c)
             loads.append(os.getloadavg()[0])
             if r >= 0:
                 print(" ".join(f"{k}: {v[-1]:.2f} s" for k, v in times.items()), flush=True)
         best = {k: min(v) for k, v in times.items()}
+        least = {k: min(v) for k, v in cpu.items()}
         load = f"load {min(loads):.1f}-{max(loads):.1f} on {cores} cores"
         print(" ".join(f"{k} best {v:.2f} s" for k, v in best.items()) + f" ({load})")
+        print("CPU: " + " ".join(f"{k} least {v:.2f} s" for k, v in least.items()))
         for label in codes:
             tag = "" if label == "kiln" else f" ({label})"
             print(f"startup{tag}: kiln-sinter = {best[label] - best['sinter']:.2f}")
             print(f"startup{tag}: kiln/sinter = {best[label] / best['sinter']:.3f}")
+            print(f"startup-cpu{tag}: kiln-sinter = {least[label] - least['sinter']:.2f}")
     return 0
 
 
