@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--before", help="another checkout's src/ to run --jobs 3 with (PYTHONPATH)")
     args = p.parse_args(argv)
-    cores = len(os.sched_getaffinity(0))
+    n_cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="kiln-plans-") as tmp_:
         tmp = pathlib.Path(tmp_)
         paths = generate(tmp / "circuits")
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             times["sinter"].append(timed(
                 [sinter_bin, "collect", "--circuits", *map(str, paths), "--decoders", *DECODERS,
                  "--max_shots", str(args.max_shots), "--max_errors", str(10**9),
-                 "--processes", str(cores), "--save_resume_filepath", str(out),
+                 "--processes", str(n_cores), "--save_resume_filepath", str(out),
                  "--metadata_func", "auto", "--quiet"], base, "sinter"))
             assert shots_in([out]) == want, "plain sinter took other shots"
             for i, (label, (extra, env)) in enumerate(plans.items()):
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             print(" ".join(f"{k}: {v[-1]:.1f} s" for k, v in times.items()), flush=True)
         best = {k: min(v) for k, v in times.items()}
         print(f"best of {args.repeats}: " + ", ".join(f"{k} {v:.1f} s" for k, v in best.items())
-              + f" (load {min(loads):.1f}-{max(loads):.1f} on {cores} cores)")
+              + f" (load {min(loads):.1f}-{max(loads):.1f} on {n_cores} cores)")
         for label in plans:
             print(f"plans: {label} kiln/sinter = {best[label] / best['sinter']:.3f}")
             print(f"plans-cpu: {label} kiln/sinter = "

@@ -83,35 +83,40 @@ def test_only_the_entry_points_import_the_cli_and_the_api_imports_no_printer():
 
 def test_run_batch_reaches_sinter_without_importing_sinter_a_backend_or_rich(tmp_path,
                                                                             small_circuits):
-    """A node's run-batch parses its flags and picks sinter's --metadata_func (recorded in the
-    manifest at plan time) without importing sinter, numpy, a backend or rich: the sinter it
-    starts imports them once."""
-    plan = qec_kiln.plan(small_circuits, max_shots=100, bucket=str(tmp_path / "b"))
-    assert all(e.named for e in plan.manifest.circuits)
-    (tmp_path / "manifest.json").write_bytes(plan.manifest.dumps())
+    """A node's run-batch (``qec-kiln run-batch`` through ``_cli.main``) parses its flags,
+    takes its lease, reads the manifest and picks sinter's --metadata_func (recorded at plan
+    time) without importing sinter, numpy, stim, a backend or rich: the sinter it starts
+    imports them once. (The subprocess stops at the moment it would start sinter.)"""
+    from qec_kiln._storage import open_bucket
+    from qec_kiln._sweep.store import upload_sweep
+
+    bucket = tmp_path / "b"
+    plan = qec_kiln.plan(small_circuits, max_shots=100, bucket=str(bucket), name="s")
+    assert plan.manifest.metadata_from_names
+    upload_sweep(open_bucket(str(bucket)), plan.manifest, plan.circuits, lambda s: None)
     code = (
-        "import json, pathlib, sys\n"
+        "import json, os, sys\n"
         "from qec_kiln import _cli\n"
-        "args = _cli.run_batch_parser().parse_args(['--bucket', 'b', '--sweep', 's', '--batch', "
-        "'b000', '--sync-seconds', '5'])\n"
-        "from qec_kiln._node import entry, runner\n"
-        "from qec_kiln._sweep.manifest import Manifest\n"
-        f"m = Manifest.from_json(json.loads(pathlib.Path({str(tmp_path / 'manifest.json')!r})"
-        ".read_text()))\n"
-        "keys = [c.key for c in m.circuits]\n"
-        "func = runner._metadata_func(m, [pathlib.Path(k) for k in keys], keys)\n"
-        "print(json.dumps([args.command, func, sorted(n for n in sys.modules if n.split('.')[0] "
-        "in ('sinter', 'numpy', 'stim', 'rich') or n.startswith('qec_kiln._backends'))]))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert json.loads(r.stdout) == ["run-batch", "auto", []]
-    # A manifest that did not record it (an earlier version's): run-batch asks sinter itself.
+        "from qec_kiln._node import runner\n"
+        "def at_sinter(argv, **kw):\n"
+        "    print(json.dumps([argv[argv.index('--metadata_func') + 1], sorted(\n"
+        "        n for n in sys.modules if n.split('.')[0] in ('sinter', 'numpy', 'stim', 'rich')\n"
+        "        or n.startswith(('qec_kiln._backends', 'qec_kiln._view', 'qec_kiln._api')))]),\n"
+        "        flush=True)\n"
+        "    os._exit(0)\n"
+        "runner.subprocess.Popen = at_sinter\n"
+        f"_cli.main(['run-batch', '--bucket', {str(bucket)!r}, '--sweep', 's', "
+        "'--batch', 'b000'])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, QEC_KILN_WORK_DIR=str(tmp_path / "work")))
+    assert r.stdout and json.loads(r.stdout.splitlines()[-1]) == ["auto", []], r.stderr
+    # A manifest that did not record it (an earlier version's) is checked by sinter's parser.
     from qec_kiln._node.runner import _metadata_func
     from qec_kiln._sweep.manifest import Manifest
 
+    keys = [c.key for c in plan.manifest.circuits]
     old = json.loads(plan.manifest.dumps())
-    for c in old["circuits"]:
-        del c["named"]
-    keys = [c["key"] for c in old["circuits"]]
+    del old["metadata_from_names"]
     assert _metadata_func(Manifest.from_json(old), [tmp_path / k for k in keys], keys) == "auto"
 
 
@@ -183,7 +188,7 @@ def test_the_api_warns_when_a_stored_plan_ignores_its_settings(tmp_path, small_c
     stored = prepare_sweep(Sweep.build(str(small_circuits), dict(decoders=["pymatching"],
                                      max_shots=50_000, max_errors=100, name="kept", jobs=3)),
                            bucket, lambda s: None)
-    assert upload_sweep(bucket, stored.manifest, stored.circuits, lambda s: None)
+    assert upload_sweep(bucket, stored.manifest, stored.circuits, lambda s: None) is stored.manifest
     assert len(stored.batches) == 3
     with pytest.warns(qec_kiln.KilnWarning,
                       match=r"--jobs 2 ignored: sweep 'kept' keeps its stored plan") as said_:

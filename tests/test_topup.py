@@ -16,6 +16,7 @@ import stim
 import qec_kiln
 from qec_kiln._errors import KilnError
 from qec_kiln._launch import Sweep, prepare_sweep
+from qec_kiln._node.lease import live_holder
 from qec_kiln._planning._cost import TaskCost
 from qec_kiln._planning.plan import make_plan
 from qec_kiln._report.holdings import PLAN_LOCK_KEY, plan_lock
@@ -245,7 +246,31 @@ def test_a_launch_waits_for_the_planning_lock(tmp_path):
     t.join(60)
     assert done and not done[0].exists  # type: ignore[union-attr]  # it created the sweep
     assert bucket.exists(f"{done[0].sweep}/manifest.json")  # type: ignore[union-attr]
-    assert not bucket.exists(PLAN_LOCK_KEY)  # released: the next launch creates it again
+    assert live_holder(bucket, PLAN_LOCK_KEY) is None  # released: free for the next launch
+
+
+def test_the_planning_lock_is_renewed_while_held_and_a_lost_one_refuses_the_commit(tmp_path):
+    """Held past its lease (a long count or upload), the lock is renewed, so no other launch
+    takes it; one lost anyway (renewals stopped, then taken over) refuses the commit, and its
+    release leaves the new holder's lock alone (compare-and-swap, never a blind delete)."""
+    from qec_kiln._node.lease import LeaseHeld, acquire
+
+    bucket = open_bucket(str(tmp_path / "b"))
+    with plan_lock(bucket, print, seconds=0.6) as lock:
+        time.sleep(1.5)  # over two leases
+        with pytest.raises(LeaseHeld):
+            acquire(bucket, PLAN_LOCK_KEY, seconds=60, watch=False)
+        lock.check()
+    assert live_holder(bucket, PLAN_LOCK_KEY) is None
+    with plan_lock(bucket, print, seconds=0.6) as lock:
+        lock._stop.set()  # as if the bucket refused every renewal
+        lock._thread.join()
+        time.sleep(0.8)
+        other = acquire(bucket, PLAN_LOCK_KEY, seconds=60, watch=False)  # took the expired lock
+        with pytest.raises(KilnError, match="lost the bucket's planning lock"):
+            lock.check()
+    assert live_holder(bucket, PLAN_LOCK_KEY) is not None  # the other launch still holds it
+    assert other.version == bucket.read_versioned(PLAN_LOCK_KEY)[1]
 
 
 def test_a_custom_error_count_key_is_what_a_top_up_counts_toward_max_errors():
@@ -263,3 +288,31 @@ def test_a_custom_error_count_key_is_what_a_top_up_counts_toward_max_errors():
     assert remaining_targets(["x"], 10_000, 100, rows, "flagged") == {"x": (9000, 70)}
     assert rows.to_manifest("flagged")["x"]["errors"] == 30
     assert rows.to_manifest()["x"]["errors"] == 90
+
+
+def test_a_sweep_stopped_by_its_custom_error_count_is_settled_for_a_top_up(tmp_path):
+    """Another sweep with --custom-error-count-key whose rows reached max_errors by that custom
+    count (as sinter stops it) is finished: a top-up counts its rows instead of refusing
+    ("still has work") as plain errors would judge it."""
+    import collections
+
+    from qec_kiln._report.holdings import bucket_holdings
+    from qec_kiln._sweep.manifest import fragment_key
+
+    write_repetition(tmp_path / "c")
+    first = prepare(tmp_path / "c", tmp_path / "b", commit=True, max_shots=10**6, max_errors=100,
+                    name="first", custom_error_count_key="detection_events",
+                    sinter_options=["--count_detection_events"])
+    bucket = open_bucket(str(tmp_path / "b"))
+    assert len(first.batches) == 1
+    shards = first.batches[0].shards
+    rows = [sinter.TaskStats(strong_id=s.strong_id, decoder=s.decoder, json_metadata={},
+                             shots=5000, errors=3,
+                             custom_counts=collections.Counter({"detection_events": 500}))
+            for s in shards]
+    bucket.write_if(fragment_key("first", first.batches[0].id),
+                    (sinter.CSV_HEADER + "\n" + "".join(r.to_csv_line() + "\n" for r in rows))
+                    .encode(), None)
+    held, unsettled = bucket_holdings(bucket, {s.strong_id for s in shards}, exclude="new")
+    assert unsettled == []  # done by its custom count, though only 3 logical errors each
+    assert {sid: st.shots for sid, st in held.stats.items()} == {s.strong_id: 5000 for s in shards}

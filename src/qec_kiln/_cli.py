@@ -289,8 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("plan", "launch"):
         args.circuits = list(args.circuits) + list(args.circuits_opt or [])
         if not args.circuits:
-            parser.error("no circuits: give a folder of .stim files, .stim files, or "
-                         "--circuits DIR_OR_FILES...")
+            parser.commands.get(args.command, parser).error(
+                "no circuits: give a folder of .stim files, .stim files, or "
+                "--circuits DIR_OR_FILES...")
     # _commands loads rich only when it prints a table: merge and cancel start without it.
     module = importlib.import_module(_COMMAND_MODULES.get(args.command, "qec_kiln._commands"))
 

@@ -36,7 +36,7 @@ from qec_kiln._sweep.batches import Plan
 from qec_kiln._sweep.inputs import read_inputs
 from qec_kiln._sweep.manifest import Manifest
 from qec_kiln._sweep.spec import SweepSpec
-from qec_kiln._sweep.store import find_sweep, upload_sweep
+from qec_kiln._sweep.store import find_sweep, ignored_flags, upload_sweep
 from qec_kiln._version import __version__
 
 Log = Callable[[str], None]
@@ -91,11 +91,11 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log, *, commit: bool = Fals
                                      calibrate=spec.partition.calibrate,
                                      calibrate_seconds=spec.partition.calibrate_seconds,
                                      custom_decoders=found.custom, log=log, masks=found.masks,
-                                     pilot_here=found.runs_here.__contains__)
+                                     pilot_here=lambda d: d in found.runs_here)
     for entry in found.entries:
         entry.features = features.get(entry.key)
     # From the count to the manifest's commit, no other launch plans in this bucket.
-    with plan_lock(bucket, log) if commit else contextlib.nullcontext():
+    with plan_lock(bucket, log) if commit else contextlib.nullcontext() as lock:
         held = count_holdings(bucket, found, costs, targets, sweep=name, commit=commit, log=log)
         todo = held.todo
         plan = (plan_sweep(todo, targets, spec.partition, sweep.capacity,
@@ -116,10 +116,17 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log, *, commit: bool = Fals
             custom_error_count_key=targets.custom_error_count_key,
             tasks=[dataclasses.asdict(c) for c in held.costs],
             existing=held.rows.to_manifest(targets.custom_error_count_key),
+            metadata_from_names=found.metadata_from_names,
         )
         stored = manifest
-        if commit and plan.batches:
+        if lock is not None and plan.batches:
+            lock.check()  # still this launch's: no other launch counted these rows meanwhile
             stored = upload_sweep(bucket, manifest, found.circuits, log)
+            if stored is not manifest:  # another launch created the sweep first: its plan
+                ignored = ignored_flags(spec.partition, stored)
+                if ignored:
+                    log(f"warning: {', '.join(ignored)} ignored: sweep {name!r} keeps the plan "
+                        f"another launch stored ({len(stored.batches)} batch(es))")
     return plan_result(stored, stored is not manifest, found.circuits, sweep.capacity,
                        spec.pricing, sweep.options.gpus)
 

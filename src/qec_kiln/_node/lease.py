@@ -208,11 +208,14 @@ def renew(lease: Lease, *, retry: RetryPolicy | None = None,
     lease.expires = expires
 
 
-def release(lease: Lease, *, retry: RetryPolicy | None = None, undo: bool = False) -> None:
-    """Mark the lease free (best effort: else it simply expires).
+def release(lease: Lease, *, retry: RetryPolicy | None = None, undo: bool = False,
+            anonymous: bool = False) -> None:
+    """Mark the lease free (best effort: else it simply expires), by compare-and-swap on the
+    version this process last wrote (a lease another process took over is left alone).
 
     ``undo``: the run never started (bad input); a lease this process created is deleted, so
-    the bucket is left as it was.
+    the bucket is left as it was. ``anonymous``: the released lease names no holder, so every
+    release leaves the same bytes (the bucket's planning lock, kept between launches).
     """
     if undo and lease.created:
         with contextlib.suppress(StorageError):
@@ -225,7 +228,8 @@ def release(lease: Lease, *, retry: RetryPolicy | None = None, undo: bool = Fals
         return
     with contextlib.suppress(StorageError):
         lease.version = lease.bucket.write_if(
-            lease.key, _body(lease.owner, 0.0, released=True), lease.version, retry=retry)
+            lease.key, _body({} if anonymous else lease.owner, 0.0, released=True),
+            lease.version, retry=retry)
 
 
 __all__ = ["Lease", "LeaseHeld", "acquire", "is_held", "lease_key", "live_holder", "release",

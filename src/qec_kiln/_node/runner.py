@@ -413,15 +413,12 @@ def _metadata_func(manifest: Manifest, paths: Sequence[pathlib.Path], keys: Sequ
     with each circuit's ``<file>.json`` written."""
     import json
 
-    entries = {k: manifest.circuit(k) for k in keys}
-    metadata = {k: e.metadata for k, e in entries.items()}
-    if any(e.named is None for e in entries.values()):  # a manifest that did not record it
-        from qec_kiln._sweep.discover import named_by_its_file
+    metadata = {k: manifest.circuit(k).metadata for k in keys}
+    if manifest.metadata_from_names:
+        return "auto"
+    from qec_kiln._sweep.discover import named_by_its_file  # (imports sinter) not recorded
 
-        named = all(named_by_its_file(k, m) for k, m in metadata.items())
-    else:
-        named = all(e.named for e in entries.values())
-    if named:
+    if all(named_by_its_file(k, m) for k, m in metadata.items()):
         return "auto"
     for path, key in zip(paths, keys, strict=True):
         atomic_write(pathlib.Path(f"{path}.json"), json.dumps(metadata[key]).encode())

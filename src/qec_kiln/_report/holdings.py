@@ -11,15 +11,17 @@ top-up counts only settled rows: see :func:`bucket_holdings`.
 
 Why a lock: a top-up plans each task ``target - existing``. Two launches planning the same
 tasks at once would both count the same rows and together sample past the targets; holding
-``_kiln/plan-lock.json`` (a lease: conditional create, deleted at the end, free once its
-holder dies) from the count to the manifest's commit makes the later one see the earlier
-sweep, whose unfinished work then refuses the plan (see :func:`count_existing`).
+``_kiln/plan-lock.json`` (a lease: conditional create or compare-and-swap, renewed while
+held, released at the end, free once its holder dies) from the count to the manifest's commit
+makes the later one see the earlier sweep, whose unfinished work then refuses the plan (see
+:func:`count_existing`).
 
 Example:
     >>> import tempfile
     >>> from qec_kiln._storage import open_bucket
     >>> bucket = open_bucket(tempfile.mkdtemp())
-    >>> with plan_lock(bucket, print):
+    >>> with plan_lock(bucket, print) as lock:
+    ...     lock.check()
     ...     bucket.exists(PLAN_LOCK_KEY)
     True
     >>> rows, unsettled = bucket_holdings(bucket, {"id-a"}, exclude="new")
@@ -32,11 +34,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
-from qec_kiln._errors import KilnError, ObjectNotFound, PreconditionFailed
-from qec_kiln._node.lease import LeaseHeld, acquire, is_held, lease_key, release
+from qec_kiln._errors import KilnError, ObjectNotFound, PreconditionFailed, StorageError
+from qec_kiln._node.lease import Lease, LeaseHeld, acquire, is_held, lease_key, release, renew
 from qec_kiln._planning._cost import Calibration, TaskCost
 from qec_kiln._report.status import batch_progress
 from qec_kiln._storage import Bucket
@@ -107,11 +110,50 @@ def count_holdings(bucket: Bucket, found: SweepInputs, costs: Sequence[TaskCost]
 PLAN_LOCK_KEY = "_kiln/plan-lock.json"
 
 
+class PlanLock:
+    """The bucket's planning lock while this launch holds it: renewed from a thread every
+    third of its lease, so that counting a big bucket or uploading many circuits never outlasts
+    it. :meth:`check` before the commit: a lock lost meanwhile (taken over after renewals
+    failed for a whole lease) refuses the commit, since another launch may have counted too."""
+
+    def __init__(self, lease: Lease):
+        self.lease = lease
+        self.lost = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="kiln-plan-lock", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease.seconds / 3):
+            try:
+                renew(self.lease)
+            except PreconditionFailed:
+                self.lost = "another launch took it over"
+                return
+            except StorageError:
+                continue  # the lease stays valid until it expires: try again next period
+
+    def check(self) -> None:
+        """Raise KilnError unless this launch still holds the lock."""
+        if self.lost or time.time() >= self.lease.expires:
+            why = self.lost or "it expired: the bucket refused its renewals"
+            raise KilnError(f"{self.lease.bucket.url_for(PLAN_LOCK_KEY)}: this launch lost the "
+                            f"bucket's planning lock ({why}); nothing was committed: launch "
+                            "again")
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        if not self.lost:
+            release(self.lease, anonymous=True)  # by compare-and-swap: never another's lock
+
+
 @contextlib.contextmanager
 def plan_lock(bucket: Bucket, log: Log, *, seconds: float = 300.0, wait: float = 900.0
-              ) -> Iterator[None]:
+              ) -> Iterator[PlanLock]:
     """Hold the bucket's planning lock: one launch at a time counts what exists and commits
-    its plan. Waits (saying so once) while another launch holds it."""
+    its plan. Waits (saying so once) while another launch holds it. The lock object stays in
+    the bucket, released (free for the next launch), when this ends."""
     deadline = time.monotonic() + wait
     told = False
     while True:
@@ -126,10 +168,11 @@ def plan_lock(bucket: Bucket, log: Log, *, seconds: float = 300.0, wait: float =
                 raise KilnError(f"{bucket.url_for(PLAN_LOCK_KEY)}: another launch has been "
                                 f"planning for over {wait:g} s; try again later") from None
             time.sleep(0.5)
+    lock = PlanLock(lease)
     try:
-        yield
+        yield lock
     finally:
-        release(lease, undo=True)  # deleted (or as it was): the bucket keeps no trace of it
+        lock.release()
 
 
 @dataclasses.dataclass
@@ -289,7 +332,8 @@ def bucket_holdings(bucket: Bucket, strong_ids: Collection[str], *, exclude: str
             for sid, st in (frag.stats if frag else {}).items():
                 if sid in planned:
                     rows.add(name, st)
-            progress = [p for p in batch_progress(b, frag) if p.shard.strong_id in wanted]
+            progress = [p for p in batch_progress(b, frag, manifest.errors_of)
+                        if p.shard.strong_id in wanted]
             if manifest.kind == "import":
                 continue
             if not all(p.done for p in progress):
@@ -311,5 +355,5 @@ def bucket_holdings(bucket: Bucket, strong_ids: Collection[str], *, exclude: str
     return rows, unsettled
 
 
-__all__ = ["PLAN_LOCK_KEY", "Counted", "Holdings", "bucket_holdings", "count_existing",
+__all__ = ["PLAN_LOCK_KEY", "Counted", "Holdings", "PlanLock", "bucket_holdings", "count_existing",
            "count_holdings", "import_rows", "plan_lock", "with_measured_rates"]

@@ -46,7 +46,8 @@ class SweepInputs:
     entries: list[CircuitEntry]
     sinter_args: list[str]
     digest: str
-    runs_here: frozenset[str] = frozenset()  # the decoders that can decode on this machine
+    runs_here: frozenset[str]  # the decoders that can decode on this machine
+    metadata_from_names: bool  # every circuit's metadata is its file name's (as sinter reads it)
 
     @property
     def tasks(self) -> dict[str, tuple[str, str]]:
@@ -78,8 +79,7 @@ def read_inputs(spec: SweepSpec, *, run_here: bool, log: Callable[[str], None]) 
     strong_ids = check_duplicates(circuits, decoders, masks)
     files = [read_existing_file(path, {sid: f"{k} ({d})" for (k, d), sid in strong_ids.items()})
              for path in targets.existing_data]
-    entries = [CircuitEntry(c.key, c.sha256, c.metadata,
-                            named=named_by_its_file(c.key, c.metadata)) for c in circuits]
+    entries = [CircuitEntry(c.key, c.sha256, c.metadata) for c in circuits]
     use = "merged" if targets.merge_existing_data else "counted"
     sinter_args = inputs.sinter_args(targets.custom_error_count_key)
     digest = inputs_digest(entries, decoders, targets.max_shots, targets.max_errors,
@@ -87,4 +87,5 @@ def read_inputs(spec: SweepSpec, *, run_here: bool, log: Callable[[str], None]) 
                            existing_data={f.sha256: use for f in files})
     return SweepInputs(circuits, decoders, custom, masks, strong_ids, files, entries,
                        sinter_args, digest,
-                       frozenset(d for d in decoders if decoder_runs_here(d, custom)))
+                       frozenset(d for d in decoders if decoder_runs_here(d, custom)),
+                       all(named_by_its_file(c.key, c.metadata) for c in circuits))

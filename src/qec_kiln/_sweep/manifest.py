@@ -78,9 +78,12 @@ class CircuitEntry:
     sha256: str
     metadata: dict
     features: dict | None = None
-    #: ``--metadata_func auto`` reads ``metadata`` from the file name (None: not recorded, a
-    #: manifest of an earlier version)
-    named: bool | None = None
+
+    @staticmethod
+    def from_json(d: dict) -> CircuitEntry:
+        """Keys a later version added are ignored (so that this version reads its manifests)."""
+        names = {f.name for f in dataclasses.fields(CircuitEntry)}
+        return CircuitEntry(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclasses.dataclass
@@ -105,6 +108,10 @@ class Manifest:
     existing: dict[str, dict] = dataclasses.field(default_factory=dict)
     #: "sweep", or "import": rows imported by --merge-existing-data (read-only, never run).
     kind: str = "sweep"
+    #: Every circuit's metadata is what ``sinter collect --metadata_func auto`` reads from its
+    #: file name (decided at plan time, so that run-batch need not import sinter to choose the
+    #: flag); None: not recorded (an earlier version's manifest), or not every circuit's.
+    metadata_from_names: bool | None = None
 
     @property
     def batches(self) -> list[Batch]:
@@ -144,6 +151,7 @@ class Manifest:
             "tasks": self.tasks,
             "kind": self.kind,
             "existing": self.existing,
+            "metadata_from_names": self.metadata_from_names,
             "batches": [b.to_json() for b in self.plan.batches],
         }
 
@@ -174,7 +182,7 @@ class Manifest:
                 decoders=list(d["decoders"]),
                 max_shots=d["max_shots"],
                 max_errors=d["max_errors"],
-                circuits=[CircuitEntry(**c) for c in d["circuits"]],
+                circuits=[CircuitEntry.from_json(c) for c in d["circuits"]],
                 plan=plan,
                 inputs_digest=d["inputs_digest"],
                 backend=d.get("backend", "local"),
@@ -185,6 +193,7 @@ class Manifest:
                 tasks=list(d.get("tasks", [])),
                 existing=dict(d.get("existing", {})),
                 kind=d.get("kind", "sweep"),
+                metadata_from_names=d.get("metadata_from_names"),
             )
         except (KeyError, TypeError) as ex:
             raise KilnError(
