@@ -144,7 +144,7 @@ def test_plan_json_reports_workers_batches_and_efficiency(tmp_path, kiln):
     assert one["num_batches"] == 2 and 0 < one["predicted_efficiency"] <= 1
     text = kiln("launch", str(circuits), "--bucket", str(tmp_path / "b"), "--jobs", "4",
                 "--workers", "2", "--processes", "1", "--dry-run", check=True).stdout
-    assert "workers K=2, batches B=4" in text and "one job per batch (B=2)" in text
+    assert "workers K=2, batches B=4" in text and "one batch per worker (B=K=2)" in text
 
 
 @pytest.mark.slow

@@ -248,8 +248,8 @@ def print_plan(prepared: PlanResult, only: set[str] | None = None,
     out.print(
         f"workers K={prepared.workers}, batches B={len(plan.batches)}: predicted makespan "
         f"{duration(prepared.predicted_makespan_seconds)}, efficiency "
-        f"{prepared.efficiency(prepared.predicted_makespan_seconds):.0%}   one job per batch "
-        f"(B={prepared.workers}): {duration(one)}, {prepared.efficiency(one):.0%} "
+        f"{prepared.efficiency(prepared.predicted_makespan_seconds):.0%}   one batch per worker "
+        f"(B=K={prepared.workers}): {duration(one)}, {prepared.efficiency(one):.0%} "
         "(efficiency: one worker's time / (K x makespan), start-up included)",
         markup=False,
     )

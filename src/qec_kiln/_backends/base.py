@@ -249,7 +249,7 @@ class Backend(abc.ABC):
         except StorageError as ex:
             if must_reach:
                 raise
-            log(f"warning: {ex} (dry run: showing a fresh plan)")
+            log(f"warning: {ex} (showing a fresh plan; nothing is uploaded)")
             return _NoBucket(bucket.url)  # type: ignore[return-value]  # .url, .exists(), .list_keys()
         return bucket
 
