@@ -256,7 +256,8 @@ def batches_to_start(bucket: Bucket, manifest: Manifest, exists: bool,
                 if not b.done and not (b.job and b.job.active)}
         relaunch = Relaunch(
             done=[b.batch.id for b in progress.batches if b.done],
-            running=[b.batch.id for b in progress.batches if b.job and b.job.active],
+            running=[b.batch.id for b in progress.batches
+                     if b.job and b.job.active and not b.done],  # done counts as done
             remaining={b.batch.id: b.batch.predicted_seconds * (1.0 - b.fraction)
                        for b in progress.batches if b.batch.id in idle})
     order = queue_order(manifest.batches)
