@@ -208,6 +208,23 @@ class Bucket(abc.ABC):
         """Sorted keys (relative to the bucket root) that start with ``prefix``."""
 
     @abc.abstractmethod
+    def list_versions(self, prefix: str = "", *,
+                      retry: RetryPolicy | None = None) -> dict[str, str]:
+        """``key -> version`` (as :meth:`read_versioned` gives it) of the keys that start with
+        ``prefix``, from one listing."""
+
+    def prefetch(self, keys: list[str], workers: int = 16) -> int:
+        """Read ahead, ``workers`` at once, what a :func:`~qec_kiln._storage.listed` view will
+        be asked for; a bucket that is no such view reads nothing ahead (returns 0, the number
+        fetched)."""
+        return 0
+
+    def cache_identity(self) -> str | None:
+        """What names this bucket's server in a :func:`~qec_kiln._storage.listed` view's cache
+        (None: a local folder, which no view or cache would make faster)."""
+        return None
+
+    @abc.abstractmethod
     def exists(self, key: str, *, retry: RetryPolicy | None = None) -> bool:
         """Whether the object exists (in S3 and GCS a missing bucket also gives False; use
         :meth:`check_access` to tell)."""
