@@ -100,8 +100,11 @@ def test_a_failed_read_stops_the_others(tmp_path, home, monkeypatch):
     monkeypatch.setattr(b, "read_versioned", failing)
     view.prefetch(keys, workers=1)
     assert calls == keys[:1]
+    with pytest.raises(StorageError, match="unreachable"):
+        view.read_bytes(keys[0])  # its own error
     with pytest.raises(StorageError, match="not read, as reading an earlier object failed"):
         view.read_bytes(keys[3])
+    assert calls == keys[:1]
 
 
 # ------------------------------------------------------------------------------------------------

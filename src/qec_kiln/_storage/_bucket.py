@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import logging
 import random
 import threading
 import time
@@ -13,8 +12,6 @@ from typing import TypeVar
 
 from qec_kiln._errors import ObjectNotFound, PreconditionFailed, StorageError
 from qec_kiln._storage._urls import BucketURL, doing, key_problem, one_line
-
-log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
@@ -263,9 +260,11 @@ class Bucket(abc.ABC):
             tries.gave_up = True
             return None
         delay = min(policy.backoff(attempt), remaining)
-        log.warning("%s: attempt %d failed (%s); retrying in %.1f s",
-                    tries.doing, attempt, one_line(exc, 120) if isinstance(exc, BaseException)
-                    else exc, delay)
+        import logging  # here: merge and status of a folder never retry, and start faster
+
+        logging.getLogger(__name__).warning(
+            "%s: attempt %d failed (%s); retrying in %.1f s", tries.doing, attempt,
+            one_line(exc, 120) if isinstance(exc, BaseException) else exc, delay)
         return delay
 
     def _call(self, op: str, target: str, retry: RetryPolicy | None, fn: Callable[[], _T]) -> _T:

@@ -71,7 +71,7 @@ class ListedView(Bucket):
         self._cached: dict[str, tuple[str, bytes]] = {}
         self._used: dict[str, tuple[str, bytes]] = {}
         self._gone: set[str] = set()
-        self._failed: StorageError | None = None
+        self._failed: tuple[str, StorageError] | None = None  # the first failed read
         if os.environ.get("QEC_KILN_BUCKET_CACHE", "1").strip().lower() not in ("0", "off", "no"):
             name = hashlib.sha256(f"{identity}\n{self.url_for(prefix)}".encode()).hexdigest()[:32]
             self._path = cache_folder() / f"{name}.pack"
@@ -95,8 +95,10 @@ class ListedView(Bucket):
             data = hit[1]
         else:
             if self._failed is not None:
+                if self._failed[0] == key:
+                    raise self._failed[1]
                 raise StorageError(f"{self.url_for(key)}: not read, as reading an earlier "
-                                   f"object failed ({self._failed})")
+                                   f"object failed ({self._failed[1]})")
             data, version = self.inner.read_versioned(key, retry=retry)
             with self._lock:
                 self._fetched += 1
@@ -119,7 +121,7 @@ class ListedView(Bucket):
             except ObjectNotFound:
                 self._gone.add(key)  # deleted since the listing
             except StorageError as ex:
-                self._failed = self._failed or ex
+                self._failed = self._failed or (key, ex)
 
         if len(todo) > 1 and workers > 1:
             from concurrent.futures import ThreadPoolExecutor
