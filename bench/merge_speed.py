@@ -31,6 +31,7 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples"))
+sys.path.insert(0, str(REPO / "src"))  # this checkout's qec_kiln, as the timed commands get
 
 import sinter  # noqa: E402
 from generate_surface_codes import main as generate  # noqa: E402
