@@ -118,7 +118,8 @@ def _serial(bucket, m, skip_bad):
 
 
 @pytest.mark.parametrize("skip_bad", [True, False])
-def test_forked_shares_sum_exactly_as_one_process(tmp_path, small_circuits, skip_bad):
+def test_forked_shares_sum_exactly_as_one_process(tmp_path, small_circuits, skip_bad,
+                                                  monkeypatch):
     bucket_url = tmp_path / "bucket"
     m = make_sweep(small_circuits, bucket_url, "s", jobs=8)
     finish(bucket_url, m, shots_of=lambda s: 997 + 13 * len(s.circuit))
@@ -128,8 +129,18 @@ def test_forked_shares_sum_exactly_as_one_process(tmp_path, small_circuits, skip
     (bucket_url / "s" / "fragments" / f"{ids[1]}.csv").unlink()
     b = open_bucket(str(bucket_url))
     here = _serial(b, m, skip_bad)
+    parent, real, parsed_here = os.getpid(), merge_mod.read_fragments, []
+
+    def counted(bucket, manifest, ids, **kwargs):
+        if os.getpid() == parent:
+            parsed_here.append(ids)
+        return real(bucket, manifest, ids, **kwargs)
+
+    monkeypatch.setattr(merge_mod, "read_fragments", counted)
     for procs in (2, 3, 4):
+        parsed_here.clear()
         forked = merge_mod._fold_in_processes(merge_mod._Folded(), b, m, procs, skip_bad)
+        assert len(parsed_here) == 1, parsed_here  # the other shares were parsed by the children
         assert [s.to_csv_line() for s in forked.sums.values()] == \
             [s.to_csv_line() for s in here.sums.values()]
         assert forked.sums == here.sums  # seconds included: the same additions in the same order

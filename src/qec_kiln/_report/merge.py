@@ -314,7 +314,7 @@ def _fork_share(bucket: Bucket, manifest: Manifest, share: list[Batch],
     """Fork a process that parses ``share`` at once, then waits for the running sums, adds its
     share and sends them back; None if it cannot fork."""
     try:
-        to_child, from_parent = os.pipe()
+        from_parent, to_child = os.pipe()  # (read end, write end)
         from_child, to_parent = os.pipe()
         pid = os.fork()
     except OSError:
