@@ -18,6 +18,7 @@ Example:
     >>> report = merge_sweeps("s3://sinter-results", "merged.csv")  # doctest: +SKIP
     >>> report.reached, report.total  # doctest: +SKIP
     (30, 30)
+    >>> import sinter
     >>> combined_csv([sinter.TaskStats(strong_id="a", decoder="pymatching", json_metadata={"d": 9},
     ...                                shots=10, errors=1)]).splitlines()[1].split(",")[:2]
     ['        10', '         1']
@@ -34,8 +35,7 @@ import pickle
 import sys
 import threading
 from collections.abc import Callable
-
-import sinter
+from typing import TYPE_CHECKING
 
 from qec_kiln._errors import KilnError
 from qec_kiln._report.output import check_output, write_output
@@ -43,6 +43,9 @@ from qec_kiln._storage import Bucket, listed, open_bucket
 from qec_kiln._sweep.batches import Batch
 from qec_kiln._sweep.fragments import CLOUD_READERS, Fragment, read_fragments
 from qec_kiln._sweep.manifest import Manifest, fragment_key, load_manifest, resolve_sweep
+
+if TYPE_CHECKING:  # imported where used: a cloud merge imports it while its listing is in flight
+    import sinter
 
 
 @dataclasses.dataclass
@@ -240,6 +243,8 @@ def _fold_sweep(bucket: Bucket, manifest: Manifest, *, skip_bad: bool,
     ids = [b.id for b in batches]
     folded = _Folded()
     with listed(bucket, f"{sweep}/fragments/") as fragments:
+        import sinter  # noqa: F401 - numpy and all: on a cloud bucket, while the listing waits
+
         folded.warnings += _stray_objects(fragments, manifest)
         if fragments is not bucket:
             fragments.prefetch([fragment_key(sweep, i) for i in ids], workers or CLOUD_READERS)
@@ -360,11 +365,15 @@ def _reap(child: _Share) -> None:
 
 def _metadata_order(s: sinter.TaskStats):
     """sinter combine's sort key (its default ``--order metadata``)."""
+    import sinter
+
     return sinter.better_sorted_str_terms(json.dumps(s.json_metadata, separators=(",", ":"),
                                                      sort_keys=True))
 
 
 def _csv(stats: list[sinter.TaskStats]) -> str:
+    import sinter
+
     return "".join([sinter.CSV_HEADER + "\n"] + [s.to_csv_line() + "\n" for s in stats])
 
 

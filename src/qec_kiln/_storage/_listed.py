@@ -63,7 +63,11 @@ class ListedView(Bucket):
         super().__init__(bucket._parsed, retry=retry or bucket.retry)
         self.inner = bucket
         self.prefix = bucket._check_prefix(prefix)
-        self.versions = bucket.list_versions(prefix)
+        # The listing runs in a thread of its own, so that the caller can do something else
+        # (import sinter) while it waits for the server; ``versions`` waits for it.
+        self._listing: dict[str, str] | BaseException | None = None
+        self._lister = threading.Thread(target=self._list, name="kiln-listing", daemon=True)
+        self._lister.start()
         self._lock = threading.Lock()
         self._fetched = 0
         self._path: pathlib.Path | None = None
@@ -76,6 +80,22 @@ class ListedView(Bucket):
             name = hashlib.sha256(f"{identity}\n{self.url_for(prefix)}".encode()).hexdigest()[:32]
             self._path = cache_folder() / f"{name}.pack"
             self._cached = _load(self._path, identity)
+
+    def _list(self) -> None:
+        try:
+            self._listing = self.inner.list_versions(self.prefix)
+        except BaseException as ex:  # noqa: BLE001 - raised in the caller's thread
+            self._listing = ex
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """``key -> version`` of the listing (waits for it; raises what it raised)."""
+        if self._lister.is_alive():
+            self._lister.join()
+        if isinstance(self._listing, BaseException):
+            raise self._listing
+        assert self._listing is not None
+        return self._listing
 
     def keys(self) -> list[str]:
         """The listed keys, sorted (what ``list_keys(prefix)`` gave at the listing)."""
