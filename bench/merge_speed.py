@@ -15,6 +15,7 @@ Usage::
 
     python bench/merge_speed.py                 # 200 and 2,000 fragments, 7 repeats
     python bench/merge_speed.py --fragments 500 --repeats 3
+    python bench/merge_speed.py --baseline /tmp/main/src   # and main's qec-kiln, side by side
 """
 
 from __future__ import annotations
@@ -127,28 +128,27 @@ def timed(argv: list[str], env: dict[str, str], out: pathlib.Path | None = None
     return took, cpu, out.read_bytes() if out is not None else r.stdout
 
 
-def bench_env(tmp: pathlib.Path) -> dict[str, str]:
+def bench_env(tmp: pathlib.Path, src: pathlib.Path = REPO / "src") -> dict[str, str]:
     """Both commands start from compiled bytecode, as an installed package does (even where
-    PYTHONDONTWRITEBYTECODE is set): a shared cache, filled by the first (untimed) run of each."""
+    PYTHONDONTWRITEBYTECODE is set): a cache per ``src`` (the qec_kiln the commands run),
+    filled by the first (untimed) run of each."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env.update(PYTHONPYCACHEPREFIX=str(tmp / "pycache"), PYTHONPATH=os.pathsep.join(
-        [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env.update(PYTHONPYCACHEPREFIX=str(tmp / f"pycache-{abs(hash(str(src)))}"),
+               PYTHONPATH=os.pathsep.join([str(src), *filter(None, [os.environ.get("PYTHONPATH")])]))
     return env
 
 
-def compare(cases: dict[str, tuple[list[str], pathlib.Path | None]], env: dict[str, str],
+def compare(cases: dict[str, tuple[list[str], pathlib.Path | None, dict[str, str]]],
             repeats: int) -> dict[str, tuple[float, float]]:
-    """Each case ``--repeats`` times, in an order that turns round every repeat (so that no
-    case always runs first or last on a busy machine): ``name -> (median wall, median CPU)``.
-    The first, untimed run of each also fills the bytecode cache."""
-    for argv, out in cases.values():
-        timed(argv, env, out)
+    """Each case (argv, output file, environment) ``repeats`` times, in an order that turns
+    round every repeat (so that no case always runs first or last on a busy machine):
+    ``name -> (median wall, median CPU)``."""
     wall: dict[str, list[float]] = {k: [] for k in cases}
     cpu: dict[str, list[float]] = {k: [] for k in cases}
     names = list(cases)
     for rep in range(repeats):
         for name in names if rep % 2 == 0 else names[::-1]:
-            w, c, _ = timed(cases[name][0], env, cases[name][1])
+            w, c, _ = timed(cases[name][0], cases[name][2], cases[name][1])
             wall[name].append(w)
             cpu[name].append(c)
     return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in cases}
@@ -159,26 +159,35 @@ def load() -> str:
     return f"load average {one:.2f} (5 min {five:.2f}) on {len(os.sched_getaffinity(0))} cores"
 
 
-def run_size(tmp: pathlib.Path, n: int, rows: int, repeats: int, env: dict[str, str]) -> list[str]:
+def run_size(tmp: pathlib.Path, n: int, rows: int, repeats: int, env: dict[str, str],
+             baseline: dict[str, str] | None = None) -> list[str]:
     """The ``name: ratio`` lines of one size: ``merge --out FILE`` vs ``sinter combine > FILE``
-    and ``merge --out -`` vs ``sinter combine`` to a pipe."""
+    and ``merge --out -`` vs ``sinter combine`` to a pipe (and the same of the ``baseline``
+    checkout's qec-kiln, run in the same rounds)."""
     bucket, paths = build(tmp, n, rows)
     kiln = [str(BIN / "qec-kiln"), "merge", "--bucket", str(bucket), "--sweep", "bench"]
     plain = [str(BIN / "sinter"), "combine", *map(str, paths)]
-    cases = {"kiln_file": (kiln + ["--out", str(tmp / "kiln.csv")], tmp / "kiln.csv"),
-             "sinter_file": (plain, tmp / "sinter.csv"),
-             "kiln_stdout": (kiln + ["--out", "-"], None),
-             "sinter_stdout": (plain, None)}
-    printed = {k: timed(argv, env, out)[2] for k, (argv, out) in cases.items()}
+    cases = {"kiln_file": (kiln + ["--out", str(tmp / "kiln.csv")], tmp / "kiln.csv", env),
+             "sinter_file": (plain, tmp / "sinter.csv", env),
+             "kiln_stdout": (kiln + ["--out", "-"], None, env),
+             "sinter_stdout": (plain, None, env)}
+    if baseline is not None:
+        cases.update(base_file=(kiln + ["--out", str(tmp / "base.csv")], tmp / "base.csv", baseline),
+                     base_stdout=(kiln + ["--out", "-"], None, baseline))
+    printed = {k: timed(argv, e, out)[2] for k, (argv, out, e) in cases.items()}
     if len(set(printed.values())) != 1 or not printed["sinter_stdout"]:
         raise SystemExit(f"{n} fragments: qec-kiln merge and sinter combine wrote different CSVs")
-    got = compare(cases, env, repeats)
+    got = compare(cases, repeats)
     print(f"{n} fragments, {n * 3 * rows:,} rows; median of {repeats} alternating runs: "
           + "; ".join(f"{k} {w:.3f} s (CPU {c:.3f} s)" for k, (w, c) in got.items())
           + f"; {load()}", flush=True)
-    return [f"merge_{n}_{out}: kiln/sinter = {got['kiln_' + out][0] / got['sinter_' + out][0]:.2f}"
-            f" (CPU {got['kiln_' + out][1] / got['sinter_' + out][1]:.2f})"
-            for out in ("file", "stdout")]
+    lines = []
+    for who in ("kiln", "base") if baseline is not None else ("kiln",):
+        for out in ("file", "stdout"):
+            k, s = got[f"{who}_{out}"], got[f"sinter_{out}"]
+            lines.append(f"merge_{n}_{out}{' (baseline)' if who == 'base' else ''}: kiln/sinter = "
+                         f"{k[0] / s[0]:.2f} (CPU {k[1] / s[1]:.2f})")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -186,14 +195,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fragments", type=int, nargs="+", default=[200, 2000])
     p.add_argument("--rows", type=int, default=4, help="rows per planned task in each fragment")
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--baseline", type=pathlib.Path, metavar="SRC",
+                   help="also time the qec_kiln of another checkout's src/ folder (e.g. main's "
+                   "from `git archive`) in the same rounds")
     args = p.parse_args(argv)
     lines = []
     with tempfile.TemporaryDirectory(prefix="kiln-merge-bench-") as d:
         env = bench_env(pathlib.Path(d))
+        base = bench_env(pathlib.Path(d), args.baseline.resolve()) if args.baseline else None
         for n in args.fragments:
             tmp = pathlib.Path(d) / str(n)
             tmp.mkdir()
-            lines += run_size(tmp, n, args.rows, args.repeats, env)
+            lines += run_size(tmp, n, args.rows, args.repeats, env, base)
     print(load())
     for line in lines:
         print(line)

@@ -12,12 +12,14 @@ same ``QEC_KILN_HOME``, as a status polled during a sweep, or a merge after a st
 and ``sinter combine FILES > FILE`` on the local copies. Checks that the merged CSV is byte for
 byte sinter's, and prints the medians, the moto server's CPU seconds per command (moto answers
 each GET in ~3 ms of its own CPU, on the same 2 cores), the load average, and the lines
-``s3_<status|merge>_<cold|warm>: kiln/sinter = <ratio>`` (goal <= 2).
+``s3_<status|merge>_<cold|warm>: kiln/sinter = <ratio>`` (goal <= 2; ``_base``: the
+``--baseline`` checkout's, which caches nothing).
 
 Usage::
 
     python bench/s3_scale.py                    # 2,000 fragments, 3 repeats (~2 min)
     python bench/s3_scale.py --fragments 500 --repeats 2
+    python bench/s3_scale.py --json --baseline /tmp/main/src   # status --json; main's, too
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fragments", type=int, default=2000)
     p.add_argument("--rows", type=int, default=4, help="rows per planned task in each fragment")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--baseline", type=pathlib.Path, metavar="SRC",
+                   help="also time status and merge of another checkout's src/ folder")
+    p.add_argument("--json", action="store_true", help="also time `status --json` (no table)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="kiln-s3-bench-") as d:
         tmp = pathlib.Path(d)
@@ -107,11 +112,21 @@ def main(argv: list[str] | None = None) -> None:
             merged = timed(merge, home(True), tmp / "k.csv")[2]
             if merged != timed(plain, env, tmp / "s.csv")[2]:
                 raise SystemExit("qec-kiln merge of the S3 sweep and sinter combine differ")
-            cases = {
+            cases: dict[str, tuple[list[str], dict[str, str] | bool | None, pathlib.Path | None]] = {
                 "sinter": (plain, env, tmp / "s.csv"),
                 "status_cold": (status, None, None), "merge_cold": (merge, None, tmp / "k.csv"),
                 "status_warm": (status, True, None), "merge_warm": (merge, True, tmp / "k.csv"),
             }
+            if args.json:
+                cases.update(status_json_cold=(status + ["--json"], None, None),
+                             status_json_warm=(status + ["--json"], True, None))
+            if args.baseline:
+                base = {**bench_env(tmp, args.baseline.resolve()), **aws,
+                        "QEC_KILN_HOME": str(tmp / "base-home")}
+                timed(status, base)
+                if timed(merge, base, tmp / "k.csv")[2] != merged:
+                    raise SystemExit("the baseline's merge wrote another CSV")
+                cases.update(status_base=(status, base, None), merge_base=(merge, base, tmp / "k.csv"))
             wall: dict[str, list[float]] = {k: [] for k in cases}
             server: dict[str, list[float]] = {k: [] for k in cases}
             names = list(cases)
@@ -133,8 +148,9 @@ def main(argv: list[str] | None = None) -> None:
           + "; ".join(f"{k} {med[k]:.2f} s (moto CPU {statistics.median(server[k]):.2f} s)"
                       for k in cases))
     print(load())
-    for k in ("status_cold", "merge_cold", "status_warm", "merge_warm"):
-        print(f"s3_{k}: kiln/sinter = {med[k] / med['sinter']:.2f}")
+    for k in cases:
+        if k != "sinter":
+            print(f"s3_{k}: kiln/sinter = {med[k] / med['sinter']:.2f}")
 
 
 if __name__ == "__main__":
