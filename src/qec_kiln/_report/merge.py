@@ -236,9 +236,9 @@ def _fold_sweep(bucket: Bucket, manifest: Manifest, *, skip_bad: bool,
                 workers: int | None) -> _Folded:
     """Read, parse (sinter) and sum the sweep's fragments. One listing of its fragments/ serves
     the stray check and the reads. A cloud bucket's fragments are fetched ``workers`` at once
-    (those unchanged since an earlier read come from the local cache), then parsed here in
-    turn. A directory's are split over forked processes when that can pay (see
-    :func:`_fold_in_processes`)."""
+    (those unchanged since an earlier read come from the local cache), then parsed like a
+    directory's: split over forked processes when that can pay (see
+    :func:`_fold_in_processes`), else here in turn."""
     sweep, batches = manifest.sweep, list(manifest.batches)
     ids = [b.id for b in batches]
     folded = _Folded()
@@ -248,12 +248,14 @@ def _fold_sweep(bucket: Bucket, manifest: Manifest, *, skip_bad: bool,
         folded.warnings += _stray_objects(fragments, manifest)
         if fragments is not bucket:
             fragments.prefetch([fragment_key(sweep, i) for i in ids], workers or CLOUD_READERS)
-            return _fold(folded, sweep, batches, read_fragments(fragments, manifest, ids, workers=1),
-                         skip_bad)
-        procs = _local_processes(len(ids)) if workers is None else 1
+            workers = None  # all in memory now (or failed): parse as a directory's
+        # A forked process may read only what needs no network (nor a thread) to read.
+        procs = _local_processes(len(ids)) if workers is None and fragments.reads_are_local() else 1
         if procs > 1:
-            return _fold_in_processes(folded, bucket, manifest, procs, skip_bad)
-        return _fold(folded, sweep, batches, read_fragments(bucket, manifest, ids, workers=workers),
+            return _fold_in_processes(folded, fragments, manifest, procs, skip_bad)
+        return _fold(folded, sweep, batches,
+                     read_fragments(fragments, manifest, ids,
+                                    workers=1 if fragments is not bucket else workers),
                      skip_bad)
 
 

@@ -216,6 +216,11 @@ class Bucket(abc.ABC):
         fetched)."""
         return 0
 
+    def reads_are_local(self) -> bool:
+        """Whether reading needs no network connection (nor a thread): then a forked process
+        may read too (merge parses a folder's fragments in several)."""
+        return False
+
     def cache_identity(self) -> str | None:
         """What names this bucket's server in a :func:`~qec_kiln._storage.listed` view's cache
         (None: a local folder, which no view or cache would make faster)."""

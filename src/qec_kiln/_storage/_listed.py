@@ -75,6 +75,7 @@ class ListedView(Bucket):
         self._cached: dict[str, tuple[str, bytes]] = {}
         self._used: dict[str, tuple[str, bytes]] = {}
         self._gone: set[str] = set()
+        self._prefetched = False  # see reads_are_local
         self._failed: tuple[str, StorageError] | None = None  # the first failed read
         if os.environ.get("QEC_KILN_BUCKET_CACHE", "1").strip().lower() not in ("0", "off", "no"):
             name = hashlib.sha256(f"{identity}\n{self.url_for(prefix)}".encode()).hexdigest()[:32]
@@ -126,6 +127,11 @@ class ListedView(Bucket):
             self._used[key] = (version, data)
         return data
 
+    def reads_are_local(self) -> bool:
+        """After a :meth:`prefetch` that failed on nothing: every listed key asked for is in
+        memory, and any other under the prefix is ObjectNotFound."""
+        return self._prefetched and self._failed is None and not self._lister.is_alive()
+
     def prefetch(self, keys: list[str], workers: int = 16) -> int:
         """Fetch, ``workers`` at once, those of ``keys`` that the listing has and the cache
         lacks (then reading any of ``keys`` is a lookup); returns how many were fetched. After a
@@ -143,6 +149,7 @@ class ListedView(Bucket):
             except StorageError as ex:
                 self._failed = self._failed or (key, ex)
 
+        self._prefetched = False
         if len(todo) > 1 and workers > 1:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -151,6 +158,7 @@ class ListedView(Bucket):
         else:
             for key in todo:
                 one(key)
+        self._prefetched = True
         return len(todo)
 
     def close(self) -> None:

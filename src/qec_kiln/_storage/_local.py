@@ -176,6 +176,9 @@ class LocalBucket(Bucket):
                 continue  # removed since the listing
         return out
 
+    def reads_are_local(self) -> bool:
+        return True
+
     def exists(self, key: str, *, retry: RetryPolicy | None = None) -> bool:
         return self._path(key).is_file()
 
