@@ -18,6 +18,7 @@ Example:
     >>> report = merge_sweeps("s3://sinter-results", "merged.csv")  # doctest: +SKIP
     >>> report.reached, report.total  # doctest: +SKIP
     (30, 30)
+    >>> import sinter
     >>> combined_csv([sinter.TaskStats(strong_id="a", decoder="pymatching", json_metadata={"d": 9},
     ...                                shots=10, errors=1)]).splitlines()[1].split(",")[:2]
     ['        10', '         1']
@@ -25,18 +26,26 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import multiprocessing
+import os
+import pickle
+import sys
+import threading
 from collections.abc import Callable
-
-import sinter
+from typing import TYPE_CHECKING
 
 from qec_kiln._errors import KilnError
 from qec_kiln._report.output import check_output, write_output
-from qec_kiln._storage import open_bucket
+from qec_kiln._storage import Bucket, listed, open_bucket
 from qec_kiln._sweep.batches import Batch
-from qec_kiln._sweep.fragments import Fragment, read_fragments
-from qec_kiln._sweep.manifest import Manifest, load_manifest, resolve_sweep
+from qec_kiln._sweep.fragments import CLOUD_READERS, Fragment, read_fragments
+from qec_kiln._sweep.manifest import Manifest, fragment_key, load_manifest, resolve_sweep
+
+if TYPE_CHECKING:  # imported where used: a cloud merge imports it while its listing is in flight
+    import sinter
 
 
 @dataclasses.dataclass
@@ -152,25 +161,12 @@ def merge_sweeps(
     per_sweep: dict[str, dict[str, sinter.TaskStats]] = {}
     manifests = [load_manifest(bucket, name) for name in resolve_sweep(bucket, sweep, warnings.append)]
     for manifest in manifests:
-        warnings += _stray_objects(bucket, manifest)
-        mine = per_sweep[manifest.sweep] = {}
-        frags = read_fragments(bucket, manifest, [b.id for b in manifest.batches], workers=workers)
-        for b, frag in zip(manifest.batches, frags, strict=True):
-            if isinstance(frag, KilnError):
-                if not skip_bad:
-                    raise frag
-                warnings.append(f"skipped: {frag}")
-                continue
-            if frag is None:
-                missing.append(f"{manifest.sweep}/{b.id}")
-                continue
-            if frag.warning:
-                warnings.append(frag.warning)
-            kept, dropped = _planned_rows(frag, b)
-            if dropped:
-                warnings.append(dropped)
-            for sid, st in kept.items():  # sinter combine's order: file by file, row by row
-                mine[sid] = mine[sid] + st if sid in mine else st
+        folded = _fold_sweep(bucket, manifest, skip_bad=skip_bad, workers=workers)
+        if folded.error is not None:
+            raise folded.error
+        mine = per_sweep[manifest.sweep] = folded.sums
+        warnings += folded.warnings
+        missing += folded.missing
         outcomes += _outcomes(manifest, mine)
         warnings += _counted_elsewhere(manifest, single=sweep is not None)
     total: dict[str, sinter.TaskStats] = {}
@@ -193,13 +189,193 @@ def merge_sweeps(
                        combined=_combined_rows(manifests, per_sweep), stats=stats)
 
 
+@dataclasses.dataclass
+class _Folded:
+    """A sweep's fragments summed so far, in sinter combine's order (fragment by fragment, row
+    by row), and what was said about them; ``error``: the first damaged fragment (when not
+    skipping them), after which nothing more is summed."""
+
+    sums: dict[str, sinter.TaskStats] = dataclasses.field(default_factory=dict)
+    missing: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    error: KilnError | None = None
+
+
+def _fold(folded: _Folded, sweep: str, batches: list[Batch],
+          frags: list[Fragment | KilnError | None], skip_bad: bool) -> _Folded:
+    """Add these batches' fragments (in order) to ``folded``."""
+    mine = folded.sums
+    for b, frag in zip(batches, frags, strict=True):
+        if folded.error is not None:
+            break
+        if isinstance(frag, KilnError):
+            if not skip_bad:
+                folded.error = frag
+                break
+            folded.warnings.append(f"skipped: {frag}")
+            continue
+        if frag is None:
+            folded.missing.append(f"{sweep}/{b.id}")
+            continue
+        if frag.warning:
+            folded.warnings.append(frag.warning)
+        kept, dropped = _planned_rows(frag, b)
+        if dropped:
+            folded.warnings.append(dropped)
+        for sid, st in kept.items():  # sinter combine's order: file by file, row by row
+            mine[sid] = mine[sid] + st if sid in mine else st
+    return folded
+
+
+#: A directory's fragments are parsed in up to this many processes, each at least this many
+#: (forking one costs a few ms; parsing 100 fragments with sinter about 30 ms).
+LOCAL_PROCESSES, FRAGMENTS_PER_PROCESS = 4, 100
+
+
+def _fold_sweep(bucket: Bucket, manifest: Manifest, *, skip_bad: bool,
+                workers: int | None) -> _Folded:
+    """Read, parse (sinter) and sum the sweep's fragments. One listing of its fragments/ serves
+    the stray check and the reads. A cloud bucket's fragments are fetched ``workers`` at once
+    (those unchanged since an earlier read come from the local cache), then parsed like a
+    directory's: split over forked processes when that can pay (see
+    :func:`_fold_in_processes`), else here in turn."""
+    sweep, batches = manifest.sweep, list(manifest.batches)
+    ids = [b.id for b in batches]
+    folded = _Folded()
+    with listed(bucket, f"{sweep}/fragments/") as fragments:
+        import sinter  # noqa: F401 - numpy and all: on a cloud bucket, while the listing waits
+
+        folded.warnings += _stray_objects(fragments, manifest)
+        if fragments is not bucket:
+            fragments.prefetch([fragment_key(sweep, i) for i in ids], workers or CLOUD_READERS)
+            workers = None  # all in memory now (or failed): parse as a directory's
+        # A forked process may read only what needs no network (nor a thread) to read.
+        procs = _local_processes(len(ids)) if workers is None and fragments.reads_are_local() else 1
+        if procs > 1:
+            return _fold_in_processes(folded, fragments, manifest, procs, skip_bad)
+        return _fold(folded, sweep, batches,
+                     read_fragments(fragments, manifest, ids,
+                                    workers=1 if fragments is not bucket else workers),
+                     skip_bad)
+
+
+def _local_processes(n: int) -> int:
+    """1 (this process alone) unless there are many fragments and no other thread runs here
+    (forking one that runs threads is unsafe); then one per core, up to
+    :data:`LOCAL_PROCESSES`, each with at least :data:`FRAGMENTS_PER_PROCESS`."""
+    if threading.active_count() > 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return max(1, min(LOCAL_PROCESSES, len(os.sched_getaffinity(0)), n // FRAGMENTS_PER_PROCESS))
+
+
+def _fold_in_processes(folded: _Folded, bucket: Bucket, manifest: Manifest, procs: int,
+                       skip_bad: bool) -> _Folded:
+    """:func:`_fold` of every fragment, parsed in ``procs`` shares at once: the first here, each
+    other in a forked process. The sums stay in sinter combine's order and pass through the
+    pipes, not the parsed fragments: this process sums its share, hands the running sums to the
+    second share's process, which adds its own and hands them back, and so on (a few rows each
+    way, so forking costs little more than the fork). A share whose process died or failed is
+    parsed here instead."""
+    sweep, batches = manifest.sweep, list(manifest.batches)
+    size = -(-len(batches) // procs)
+    shares = [batches[i:i + size] for i in range(0, len(batches), size)]
+    sys.stdout.flush()  # a forked process must not print this one's buffered output again
+    sys.stderr.flush()
+    children = [_fork_share(bucket, manifest, share, skip_bad) for share in shares[1:]]
+    try:
+        folded = _fold(folded, sweep, shares[0],
+                       read_fragments(bucket, manifest, [b.id for b in shares[0]], workers=1),
+                       skip_bad)
+        for share, child in zip(shares[1:], children, strict=True):
+            got = _ask(child, folded) if child is not None else None
+            if got is None:  # no process, or it died: this share here
+                got = _fold(folded, sweep, share, read_fragments(
+                    bucket, manifest, [b.id for b in share], workers=1), skip_bad)
+            folded = got
+        return folded
+    finally:
+        for child in children:
+            if child is not None:
+                _reap(child)
+
+
+@dataclasses.dataclass
+class _Share:
+    """A forked process parsing one share, and this process's ends of its two pipes (-1 once
+    closed)."""
+
+    pid: int
+    to_child: int
+    from_child: int
+
+    def close(self) -> None:
+        for fd in (self.to_child, self.from_child):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.to_child = self.from_child = -1
+
+
+def _fork_share(bucket: Bucket, manifest: Manifest, share: list[Batch],
+                skip_bad: bool) -> _Share | None:
+    """Fork a process that parses ``share`` at once, then waits for the running sums, adds its
+    share and sends them back; None if it cannot fork."""
+    try:
+        from_parent, to_child = os.pipe()  # (read end, write end)
+        from_child, to_parent = os.pipe()
+        pid = os.fork()
+    except OSError:
+        return None
+    if pid == 0:  # the child: never returns
+        code = 1
+        try:
+            os.close(to_child)
+            os.close(from_child)
+            frags = read_fragments(bucket, manifest, [b.id for b in share], workers=1)
+            with os.fdopen(from_parent, "rb") as inp, os.fdopen(to_parent, "wb") as outp:
+                folded = pickle.load(inp)
+                pickle.dump(_fold(folded, manifest.sweep, share, frags, skip_bad), outp)
+            code = 0
+        except BaseException:  # noqa: BLE001, S110 - the parent parses this share itself
+            pass
+        finally:
+            os._exit(code)
+    os.close(from_parent)
+    os.close(to_parent)
+    return _Share(pid, to_child, from_child)
+
+
+def _ask(child: _Share, folded: _Folded) -> _Folded | None:
+    """Send the running sums to a share's process and read back its sums (None if it died)."""
+    try:
+        with os.fdopen(child.to_child, "wb") as outp:
+            child.to_child = -1
+            pickle.dump(folded, outp)
+        with os.fdopen(child.from_child, "rb") as inp:
+            child.from_child = -1
+            got = pickle.load(inp)
+        return got if isinstance(got, _Folded) else None
+    except (OSError, EOFError, pickle.UnpicklingError):
+        return None
+
+
+def _reap(child: _Share) -> None:
+    child.close()  # a process still waiting for the sums reads EOF and exits
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(child.pid, 0)
+
+
 def _metadata_order(s: sinter.TaskStats):
     """sinter combine's sort key (its default ``--order metadata``)."""
+    import sinter
+
     return sinter.better_sorted_str_terms(json.dumps(s.json_metadata, separators=(",", ":"),
                                                      sort_keys=True))
 
 
 def _csv(stats: list[sinter.TaskStats]) -> str:
+    import sinter
+
     return "".join([sinter.CSV_HEADER + "\n"] + [s.to_csv_line() + "\n" for s in stats])
 
 

@@ -13,17 +13,17 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import sinter
-
 from qec_kiln._errors import KilnError
 from qec_kiln._planning.queue import queue_order
 from qec_kiln._report.failures import batch_error
-from qec_kiln._storage import Bucket
+from qec_kiln._storage import Bucket, listed
 from qec_kiln._sweep.batches import Batch, Shard
-from qec_kiln._sweep.fragments import Fragment, read_fragments
+from qec_kiln._sweep.fragments import CLOUD_READERS, Fragment, read_fragments
 from qec_kiln._sweep.manifest import Manifest, fragment_key
 
 if TYPE_CHECKING:  # not imported at run time: merge starts faster without the backends
+    import sinter  # imported by the parse: on a cloud bucket, while the listing waits
+
     from qec_kiln._report.jobs import JobState
 
 #: The largest share a batch or shard still sampling shows (never "100%" before it is done).
@@ -210,7 +210,17 @@ def sweep_progress(bucket: Bucket, manifest: Manifest,
     job_states = job_states or {}
     batches, warnings = [], []
     ids = [b.id for b in manifest.batches]
-    for b, frag in zip(manifest.batches, read_fragments(bucket, manifest, ids), strict=True):
+    # One listing; on a cloud bucket the GETs (of what the local cache lacks) go at once, then
+    # sinter parses the fragments here in turn (threads would share one core to parse).
+    with listed(bucket, f"{manifest.sweep}/fragments/") as fragments:
+        import sinter  # noqa: F401 - numpy and all: on a cloud bucket, while the listing waits
+
+        if fragments.prefetch([fragment_key(manifest.sweep, i) for i in ids], CLOUD_READERS) or \
+                fragments is not bucket:
+            frags = read_fragments(fragments, manifest, ids, workers=1)
+        else:
+            frags = read_fragments(fragments, manifest, ids)
+    for b, frag in zip(manifest.batches, frags, strict=True):
         problem = None
         if isinstance(frag, KilnError):
             frag, problem = None, str(frag)

@@ -49,6 +49,7 @@ from qec_kiln._storage._bucket import (
     RetryPolicy,
 )
 from qec_kiln._storage._gcs import GCSBucket
+from qec_kiln._storage._listed import listed
 from qec_kiln._storage._local import LocalBucket
 from qec_kiln._storage._open import open_bucket
 from qec_kiln._storage._s3 import S3Bucket
@@ -72,6 +73,7 @@ __all__ = [
     "S3Bucket",
     "describe_url",
     "key_problem",
+    "listed",
     "open_bucket",
     "parse_url",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import logging
 import random
 import threading
 import time
@@ -13,8 +12,6 @@ from typing import TypeVar
 
 from qec_kiln._errors import ObjectNotFound, PreconditionFailed, StorageError
 from qec_kiln._storage._urls import BucketURL, doing, key_problem, one_line
-
-log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
@@ -208,6 +205,28 @@ class Bucket(abc.ABC):
         """Sorted keys (relative to the bucket root) that start with ``prefix``."""
 
     @abc.abstractmethod
+    def list_versions(self, prefix: str = "", *,
+                      retry: RetryPolicy | None = None) -> dict[str, str]:
+        """``key -> version`` (as :meth:`read_versioned` gives it) of the keys that start with
+        ``prefix``, from one listing."""
+
+    def prefetch(self, keys: list[str], workers: int = 16) -> int:
+        """Read ahead, ``workers`` at once, what a :func:`~qec_kiln._storage.listed` view will
+        be asked for; a bucket that is no such view reads nothing ahead (returns 0, the number
+        fetched)."""
+        return 0
+
+    def reads_are_local(self) -> bool:
+        """Whether reading needs no network connection (nor a thread): then a forked process
+        may read too (merge parses a folder's fragments in several)."""
+        return False
+
+    def cache_identity(self) -> str | None:
+        """What names this bucket's server in a :func:`~qec_kiln._storage.listed` view's cache
+        (None: a local folder, which no view or cache would make faster)."""
+        return None
+
+    @abc.abstractmethod
     def exists(self, key: str, *, retry: RetryPolicy | None = None) -> bool:
         """Whether the object exists (in S3 and GCS a missing bucket also gives False; use
         :meth:`check_access` to tell)."""
@@ -246,9 +265,11 @@ class Bucket(abc.ABC):
             tries.gave_up = True
             return None
         delay = min(policy.backoff(attempt), remaining)
-        log.warning("%s: attempt %d failed (%s); retrying in %.1f s",
-                    tries.doing, attempt, one_line(exc, 120) if isinstance(exc, BaseException)
-                    else exc, delay)
+        import logging  # here: merge and status of a folder never retry, and start faster
+
+        logging.getLogger(__name__).warning(
+            "%s: attempt %d failed (%s); retrying in %.1f s", tries.doing, attempt,
+            one_line(exc, 120) if isinstance(exc, BaseException) else exc, delay)
         return delay
 
     def _call(self, op: str, target: str, retry: RetryPolicy | None, fn: Callable[[], _T]) -> _T:

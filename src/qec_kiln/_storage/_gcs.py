@@ -164,6 +164,31 @@ class GCSBucket(Bucket):
 
         return self._call("list", self.url_for(prefix) if prefix else self.url, policy, op)
 
+    def list_versions(self, prefix: str = "", *,
+                      retry: RetryPolicy | None = None) -> dict[str, str]:
+        """Each key's generation (as :meth:`read_versioned` gives it; ``""`` where a server
+        sends none, which never matches a cached one)."""
+        self._check_prefix(prefix)
+        full_prefix = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        policy = retry or self.retry
+
+        def op() -> dict[str, str]:
+            blobs = self._client().list_blobs(
+                self.bucket_name,
+                prefix=full_prefix or None,
+                timeout=self._timeout(policy),
+                retry=self._retry(policy),
+            )
+            return {blob.name[strip:]: "" if blob.generation is None else str(blob.generation)
+                    for blob in blobs}
+
+        return self._call("list", self.url_for(prefix) if prefix else self.url, policy, op)
+
+    def cache_identity(self) -> str:
+        """The server: Google's, or the emulator's (``STORAGE_EMULATOR_HOST``)."""
+        return f"gcs {os.environ.get('STORAGE_EMULATOR_HOST') or 'storage.googleapis.com'}"
+
     def exists(self, key: str, *, retry: RetryPolicy | None = None) -> bool:
         self._check_key(key)
         policy = retry or self.retry

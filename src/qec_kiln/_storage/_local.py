@@ -166,6 +166,19 @@ class LocalBucket(Bucket):
             ]
         return sorted(keys)
 
+    def list_versions(self, prefix: str = "", *,
+                      retry: RetryPolicy | None = None) -> dict[str, str]:
+        out = {}
+        for key in self.list_keys(prefix):
+            try:
+                out[key] = _version(self._path(key).stat())
+            except OSError:
+                continue  # removed since the listing
+        return out
+
+    def reads_are_local(self) -> bool:
+        return True
+
     def exists(self, key: str, *, retry: RetryPolicy | None = None) -> bool:
         return self._path(key).is_file()
 

@@ -182,22 +182,32 @@ class S3Bucket(Bucket):
         return self._call("write", self.url_for(key), policy, op)
 
     def list_keys(self, prefix: str = "", *, retry: RetryPolicy | None = None) -> list[str]:
+        return sorted(self.list_versions(prefix, retry=retry))
+
+    def list_versions(self, prefix: str = "", *,
+                      retry: RetryPolicy | None = None) -> dict[str, str]:
+        """One ListObjectsV2 per 1,000 keys; each key's ETag (as GetObject gives it)."""
         full_prefix = self._list_prefix(self._check_prefix(prefix))
         strip = len(self.prefix) + 1 if self.prefix else 0
         policy = retry or self.retry
 
-        def op() -> list[str]:
+        def op() -> dict[str, str]:
             client = self._client(policy)
-            keys: list[str] = []
+            out: dict[str, str] = {}
             kwargs: dict[str, Any] = {"Bucket": self.bucket_name, "Prefix": full_prefix}
             while True:
                 response = client.list_objects_v2(**kwargs)
-                keys.extend(item["Key"][strip:] for item in response.get("Contents", ()))
+                out.update((item["Key"][strip:], str(item.get("ETag", "")))
+                           for item in response.get("Contents", ()))
                 if not response.get("IsTruncated"):
-                    return sorted(keys)
+                    return out
                 kwargs["ContinuationToken"] = response["NextContinuationToken"]
 
         return self._call("list", self.url_for(prefix) if prefix else self.url, policy, op)
+
+    def cache_identity(self) -> str:
+        """The endpoint (one bucket name on two S3 servers is two buckets)."""
+        return f"s3 {self._client(self.retry).meta.endpoint_url}"
 
     def exists(self, key: str, *, retry: RetryPolicy | None = None) -> bool:
         full = self._full_key(key)

@@ -28,6 +28,7 @@ _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 _S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _GS_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._\-]{1,220}[a-z0-9]$")
 _IPV4_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f]")  # merge checks thousands of keys
 
 
 def _bad_url(url: object, why: str) -> StorageError:
@@ -40,7 +41,7 @@ def key_problem(path: str, *, partial_last: bool = False) -> str | None:
         return "absolute keys are not allowed"
     if "\\" in path:
         return "use '/' as the separator, not '\\'"
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+    if _CONTROL_RE.search(path):
         return "control characters are not allowed"
     parts = path.split("/")
     if partial_last and parts and parts[-1] == "":
