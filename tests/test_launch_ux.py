@@ -225,8 +225,26 @@ def test_quiet_surprises_are_said(tmp_path, kiln, kiln_isolated):
     home = kiln_isolated / "home"
     assert any((home / "local").iterdir())
     r = kiln("clean", "--older-than", "0", check=True)
-    assert "removed 1 sweep folder(s)" in r.stdout
+    assert "removed 1 item(s) of local state" in r.stdout
     assert not any((home / "local").iterdir())
+
+
+def test_clean_removes_old_cached_fragments_and_keeps_fresh_ones(tmp_path):
+    import os as os_
+    import time as time_
+
+    from qec_kiln._clean import clean_state
+
+    cache = tmp_path / "bucket-cache"
+    cache.mkdir()
+    old, new = cache / "a", cache / "b"
+    old.write_bytes(b"x")
+    new.write_bytes(b"y")
+    week_ago = time_.time() - 8 * 86400
+    os_.utime(old, (week_ago, week_ago))
+    assert clean_state(tmp_path, older_than_days=7, dry_run=True) == [old] and old.exists()
+    assert clean_state(tmp_path, older_than_days=7) == [old]
+    assert not old.exists() and new.exists()
 
 
 def test_parser_takes_circuits_option_and_positional_alike():

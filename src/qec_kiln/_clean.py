@@ -66,4 +66,12 @@ def clean_state(home: pathlib.Path, *, older_than_days: float, dry_run: bool = F
             if not dry_run:
                 shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
+    # merge's and status's cache of a cloud sweep's fragments (one file per bucket prefix): a
+    # file unused for DAYS is read again from the bucket if a command needs it.
+    cache = home / "bucket-cache"
+    for path in sorted(cache.iterdir()) if cache.is_dir() else []:
+        if path.is_file() and not path.is_symlink() and path.stat().st_mtime <= cutoff:
+            if not dry_run:
+                path.unlink(missing_ok=True)
+            removed.append(path)
     return removed

@@ -192,7 +192,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
     verb = "would remove" if args.dry_run else "removed"
     for folder in removed:
         out.print(f"{verb} {folder}", markup=False)
-    out.print(f"{verb} {len(removed)} sweep folder(s) untouched for {args.older_than:g} day(s) "
+    out.print(f"{verb} {len(removed)} item(s) of local state (sweep folders, wheels, cached "
+              f"fragments) untouched for {args.older_than:g} day(s) "
               f"under {home} (QEC_KILN_HOME); buckets are not touched", markup=False)
     return 0
 
