@@ -487,7 +487,8 @@ def test_job_states_from_skypilot_sdk_records(monkeypatch):
     ((call, kw),) = ctl.calls
     assert call == "queue_v2" and kw["refresh"] is False and kw["skip_finished"] is False
     assert {"failure_reason", "details", "recovery_count"} <= set(kw["fields"])
-    assert not {"resources", "job_duration", "workspace"} & set(kw["fields"])  # only what it shows
+    assert not {"resources", "workspace"} & set(kw["fields"])  # only what it shows and records:
+    assert {"submitted_at", "end_at", "job_duration"} <= set(kw["fields"])  # skypilot/startup.py
     assert kw["name_match"] == sp.job_name("surface-d3")  # only the sweep's jobs
     assert {b: (s.state, s.job_id, s.recoveries, s.active) for b, s in states.items()} == {
         "b000": ("RUNNING", "11", 2, True),

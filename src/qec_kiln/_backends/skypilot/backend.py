@@ -62,6 +62,7 @@ from qec_kiln._backends.remote import (
     rendered_by,
 )
 from qec_kiln._backends.skypilot import pool as pools
+from qec_kiln._backends.skypilot import startup
 from qec_kiln._backends.skypilot.node import apply_node_install, node_identity
 from qec_kiln._backends.skypilot.options import SkyPilotOptions, add_arguments, options_from_args
 from qec_kiln._backends.skypilot.queue import (
@@ -149,13 +150,19 @@ class SkyPilotBackend(RemoteBackend):
         return options_from_args(args)
 
     def capacity(self, options: BackendOptions) -> Capacity:
-        """A warm pool worker starts a batch in seconds (its first start waits for a new VM); a
-        managed job always waits for a new VM."""
-        cap = super().capacity(options)
-        if not options.workers:
-            return cap
+        """Processes from the task's resources (``--cpus``, else the YAML's ``cpus``); start-up as
+        measured on this --infra by earlier runs (else 360 s). A warm pool worker starts a batch
+        in seconds (its first start waits for a new VM); a managed job always waits for one."""
+        opts = self.options(options)
+        cap = super().capacity(opts)
+        procs = opts.processes or startup.processes_from_task(
+            opts, DEFAULT_GPU_YAML if opts.gpus else DEFAULT_YAML) or cap.processes
+        first = startup.measured_startup_seconds(opts.infra) or self.startup_seconds
+        cap = dataclasses.replace(cap, processes=procs, min_processes=opts.processes or procs)
+        if not opts.workers:
+            return dataclasses.replace(cap, startup_seconds=first)
         return dataclasses.replace(cap, startup_seconds=pools.WARM_STARTUP_SECONDS,
-                                   first_startup_seconds_=self.startup_seconds)
+                                   first_startup_seconds_=first)
 
     def pool_command(self, action: str, name: str | None) -> list[str]:
         """``qec-kiln pool status|down [NAME]`` through the SDK (default: every kiln-pool-*)."""
@@ -366,7 +373,7 @@ class SkyPilotBackend(RemoteBackend):
                 "job_name": r.job_name,
                 "batches": list(request.batch_ids),
                 "job_ids": sorted(ids),
-                "launched_at": started,
+                "launched_at": started, "infra": opts.infra,
                 **({"pool": r.pool.name, "workers": r.pool.workers,
                     "keep_pool": opts.keep_pool} if r.pool else {}),
             },
@@ -388,6 +395,7 @@ class SkyPilotBackend(RemoteBackend):
         launches = read_launch_records(state_dir(sweep) / "launches.json")
         launches = [x for x in launches if x.get("bucket") in (None, bucket_url)]
         states, unknown = map_queue_to_batches(records, name, launches)
+        startup.record_from_queue(records, launches)  # what the next plan for this infra assumes
         self.idle = pools.idle_warning(records, launches, any(s.active for s in states.values()))
         if unknown:
             self.warning = (
