@@ -231,6 +231,9 @@ jobs:
   controller:
     consolidation_mode: true
 slurm:
+  # A cluster whose allocation waits in Slurm's queue (more clusters than CPUs at once) waits for
+  # it instead of failing over after SkyPilot's default 2 minutes.
+  provision_timeout: 900
   cluster_configs:
     localslurm:
       workdir: $STATE/nodes

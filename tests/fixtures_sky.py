@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -135,6 +136,14 @@ def _run_sh(*args: str, timeout: float, env: dict[str, str] | None = None
                           timeout=timeout, stdin=subprocess.DEVNULL, env=env, check=False)
 
 
+def _free_port() -> int:
+    """A loopback port nothing listens on now (SkyPilot's default 46580 may be another user's
+    server, or still in TIME_WAIT after one, which the server refuses)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _ready() -> str | None:
     """Why the local SkyPilot cannot start here, or None."""
     if not (VENV / "bin" / "sky").exists():
@@ -176,7 +185,8 @@ def sky_local(request: pytest.FixtureRequest) -> Iterator[SkyLocal]:
             _run_sh("stop", str(state_dir), timeout=180)
 
     atexit.register(stop)
-    env_up = {**os.environ, "KILN_SKY_SLURM_CONF": str(slurm.conf)}
+    env_up = {**os.environ, "KILN_SKY_SLURM_CONF": str(slurm.conf),
+              "KILN_SKY_API_PORT": os.environ.get("KILN_SKY_API_PORT") or str(_free_port())}
     local: SkyLocal | None = None
     try:
         try:
