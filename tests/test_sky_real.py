@@ -261,9 +261,11 @@ def test_cancel_mid_run_uploads_every_complete_line(real, monkeypatch):
     held = int(signalled.group(1))
     assert complete_lines(final) == final and len(final) >= held and int(ack) == len(final)
     # The node's resume file (the node is this machine): the fragment is all its complete lines.
-    resumes = [p for pattern in ("qec-kiln-work", "*/qec-kiln-work", "*/*/qec-kiln-work")
-               for p in Path("/tmp").glob(f"{pattern}/can/b000/resume.csv")
-               if p.stat().st_mtime > real.launched_at]
+    # (run-batch's default work folder: the node's TMPDIR, unset under SkyPilot's Slurm infra;
+    # no glob of /tmp, whose folders of other runs come and go meanwhile)
+    resumes = [p for p in {Path(tempfile.gettempdir()) / "qec-kiln-work/can/b000/resume.csv",
+                           Path("/tmp/qec-kiln-work/can/b000/resume.csv")}
+               if p.is_file() and p.stat().st_mtime > real.launched_at]
     lost = "unknown (no resume file found)"
     if resumes:
         wrote = complete_lines(max(resumes, key=lambda p: p.stat().st_mtime).read_bytes())
