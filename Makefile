@@ -16,7 +16,7 @@ DEMO   := demo
 DEMO_SHOTS  ?= 500_000
 DEMO_ERRORS ?= 500
 
-.PHONY: install install-test demo test fast lint bench clean slurm-deps browser-deps watch-demo
+.PHONY: install install-test demo test fast lint bench clean slurm-deps browser-deps sky-deps watch-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,7 +65,12 @@ browser-deps:
 	@if [ "$$(id -u)" = 0 ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then \
 		.ci/browser.sh install; fi
 
-test: lint slurm-deps browser-deps
+# As root, the tests also run a real SkyPilot (API server, jobs controller, its Slurm infra on
+# that cluster, sshd on 127.0.0.1): its Debian packages and its own venv (.ci/.sky-venv), once.
+sky-deps:
+	@if [ "$$(id -u)" = 0 ]; then .ci/sky-local.sh install; fi
+
+test: lint slurm-deps browser-deps sky-deps
 	$(VENV)/bin/pytest
 
 # The fast loop for daily work: no test marked slow (end-to-end sweeps, servers, Slurm).
@@ -76,4 +81,4 @@ bench: $(STAMP)
 	$(PY) bench/balance.py
 
 clean:
-	rm -rf $(VENV) $(DEMO) kiln-results .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO) kiln-results .pytest_cache .ruff_cache .ci/.sky-venv

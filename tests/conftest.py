@@ -1,6 +1,7 @@
-"""Shared fixtures and helpers. Server fixtures (moto S3, GCS emulator) and the real Slurm cluster
-live in their own plugin modules next to this file; ``bucket_env`` here gives a test a fresh bucket
-on each kind of store, and ``wait_until`` is the one polling loop of the suite."""
+"""Shared fixtures and helpers. Server fixtures (moto S3, GCS emulator), the real Slurm cluster
+and the real SkyPilot on it live in their own plugin modules next to this file; ``bucket_env``
+here gives a test a fresh bucket on each kind of store, and ``wait_until`` is the one polling loop
+of the suite."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import TypeVar
 
 import pytest
 
-pytest_plugins = ["fixtures_servers", "fixtures_slurm", "fixtures_browser"]
+pytest_plugins = ["fixtures_servers", "fixtures_slurm", "fixtures_browser", "fixtures_sky"]
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples"))

@@ -208,6 +208,38 @@ def test_cancel_during_a_job_loses_what_skypilot_allows(tmp_path, kiln_wheel, no
         assert lost_s <= 3 * sync + 2, (lost_s, wrote_s)
 
 
+def test_cancel_asks_through_the_bucket_then_a_sigkill_loses_nothing(tmp_path, kiln_wheel,
+                                                                     node_cache, s3_env):
+    """``qec-kiln cancel``'s stop request (``_node/stop.py``) before SkyPilot's cancel, which on
+    its Slurm infra SIGKILLs the task: run-batch stops, uploads every complete line, says so and
+    holds; the SIGKILL after that loses nothing."""
+    from qec_kiln._node.stop import request_stop, stop_key
+
+    sync = 2.0
+    circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.001,))
+    bucket, _ = make_sweep(circuits, s3_env.url, "cs", max_shots=50_000_000,
+                           max_errors=50_000_000)
+    task = node_task(kiln_wheel, s3_env.url, "cs", ["b000"], s3_env.env, sync_seconds=sync)
+    node = Node(task, 0, 1, tmp_path / "vm", cache=node_cache, job_id=41)
+    assert node.setup() == 0, node.result.log
+    node.start()
+    wait_for_uploaded_rows(bucket, "cs/fragments/b000.csv", 3, timeout=120)
+    time.sleep(sync * 0.7)
+    started = time.monotonic()
+    assert request_stop(bucket, "cs", ["41"], timeout=sync + 30) == ["41"]
+    stopped = time.monotonic() - started
+    assert node.proc is not None and node.proc.poll() is None  # holding until the teardown
+    node.kill()  # what SkyPilot's cancel does to the task on its Slurm infra
+    local = (node.sandbox / "tmp" / "qec-kiln-work" / "cs" / "b000" / "resume.csv").read_bytes()
+    final = bucket.read_bytes("cs/fragments/b000.csv")
+    assert complete_lines(local) == final  # every complete line sinter wrote
+    assert bucket.read_bytes(stop_key("cs", "41") + ".stopped") == f"{len(final)}\n".encode()
+    log = bucket.read_bytes("cs/logs/b000.log").decode()
+    assert "a cancel asked this run to stop" in log and "stopped as a cancel asked" in log, log
+    print(f"stop request: run-batch stopped and uploaded {len(fragment_rows(final))} rows "
+          f"{stopped:.2f} s after the request (sync period {sync:g} s); 0 rows lost")
+
+
 def _sky_would_restart(task: dict, exit_code: int) -> bool:
     """SkyPilot's own decision (sky/jobs/recovery_strategy.py) for a job that exited so."""
     from sky.jobs.recovery_strategy import StrategyExecutor

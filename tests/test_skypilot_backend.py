@@ -405,6 +405,9 @@ class FakeController:
         monkeypatch.setattr(sky.jobs, "queue_v2", self.queue_v2)
         monkeypatch.setattr(sky.jobs, "cancel", self.cancel)
         monkeypatch.setattr(sky, "get", self.get)
+        # The stop request goes to the bucket (tests/test_stop_request.py), not to SkyPilot.
+        monkeypatch.setattr(sp.SkyPilotBackend, "ask_to_stop",
+                            lambda _b, url, sweep, ids: self.calls.append(("stop", ids)) or ids)
 
     def queue_v2(self, refresh, **kw):
         self.calls.append(("queue_v2", dict(kw, refresh=refresh)))
@@ -487,7 +490,8 @@ def test_job_states_from_skypilot_sdk_records(monkeypatch):
     ((call, kw),) = ctl.calls
     assert call == "queue_v2" and kw["refresh"] is False and kw["skip_finished"] is False
     assert {"failure_reason", "details", "recovery_count"} <= set(kw["fields"])
-    assert not {"resources", "job_duration", "workspace"} & set(kw["fields"])  # only what it shows
+    assert not {"resources", "workspace"} & set(kw["fields"])  # only what it shows and records:
+    assert {"submitted_at", "end_at", "job_duration"} <= set(kw["fields"])  # skypilot/startup.py
     assert kw["name_match"] == sp.job_name("surface-d3")  # only the sweep's jobs
     assert {b: (s.state, s.job_id, s.recoveries, s.active) for b, s in states.items()} == {
         "b000": ("RUNNING", "11", 2, True),
@@ -574,6 +578,7 @@ def test_cancel_by_ids_gracefully_and_reports_only_what_was_cancelled(monkeypatc
     assert backend.cancel("s3://bkt/sweeps", "surface-d3") == ["11", "13"]
     cancels = [kw for c, kw in ctl.calls if c == "cancel"]
     assert cancels == [{"job_ids": [11, 13], "graceful": True}]  # by id, never by name
+    assert [kw for c, kw in ctl.calls if c == "stop"] == [["11"]]  # the running one, first
     assert [c for c, _ in ctl.calls].count("queue_v2") == 4  # waited for CANCELLING
     assert {r["job_id"]: r["status"] for r in ctl.rows}[14] == "RUNNING"
 

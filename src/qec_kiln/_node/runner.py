@@ -34,6 +34,7 @@ from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import Exit, KilnError, ObjectNotFound, PreconditionFailed, StorageError
 from qec_kiln._node.lease import Lease, LeaseHeld, acquire, lease_key, release, renew
 from qec_kiln._node.processes import die_with_parent, kill_stale_group, stop_group
+from qec_kiln._node.stop import StopRequest
 from qec_kiln._node.workers import allowed_cpus, format_cpus
 from qec_kiln._storage import PATIENT_RETRY, QUICK_RETRY, Bucket, RetryPolicy, open_bucket
 from qec_kiln._sweep.batches import Batch
@@ -292,6 +293,7 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
     syncer = FragmentSync(bucket, fkey, resume, uploaded=uploaded, log=log,
                           on_conflict=stop_sinter, version=version)
     stop_syncing = threading.Event()
+    stop_request = StopRequest(bucket, sweep)  # `qec-kiln cancel` asks through the bucket
 
     def sync_loop() -> None:
         # The fragment first (what counts), then the lease, renewed at least three times per
@@ -307,6 +309,10 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
                 except StorageError as ex:
                     log(f"warning: could not renew the lease, will retry: {ex}")
             _upload_log(bucket, sweep, batch.id, log_path)
+            if stop_request.asked():  # as a SIGTERM would: stop sinter, upload, then hold
+                log("a cancel asked this run to stop")
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
 
     thread = threading.Thread(target=sync_loop, name="fragment-sync", daemon=True)
     stop_signal: int | None = None
@@ -362,7 +368,9 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
                 break
     except _Stop as stop:
         stop_signal = stop.signum
-        log(f"received {_signal_name(stop.signum)}: stopping sinter and uploading")
+        held = len(complete_lines(resume.read_bytes())) if resume.is_file() else 0
+        log(f"received {_signal_name(stop.signum)}: stopping sinter and uploading "
+            f"(its resume file holds {held} bytes of complete lines)")  # the final upload holds them
     finally:
         # From here on a signal is only recorded: nothing may cut the final upload short.
         late: list[int] = []
@@ -389,7 +397,10 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
                 log("batch finished")
             if not syncer.conflict:
                 release(lease)
+            holding = ok and not syncer.conflict and stop_request.acknowledge(syncer.uploaded, log)
             _upload_log(bucket, sweep, batch.id, log_path)
+            if holding:
+                stop_request.hold(late)
         finally:
             for s, h in old.items():
                 signal.signal(s, h)

@@ -62,6 +62,7 @@ from qec_kiln._backends.remote import (
     rendered_by,
 )
 from qec_kiln._backends.skypilot import pool as pools
+from qec_kiln._backends.skypilot import startup
 from qec_kiln._backends.skypilot.node import apply_node_install, node_identity
 from qec_kiln._backends.skypilot.options import SkyPilotOptions, add_arguments, options_from_args
 from qec_kiln._backends.skypilot.queue import (
@@ -88,7 +89,9 @@ from qec_kiln._backends.skypilot.sdk import (
     submit_managed_jobs,
 )
 from qec_kiln._errors import KilnError
+from qec_kiln._node.stop import request_stop
 from qec_kiln._planning.capacity import Capacity
+from qec_kiln._storage import open_bucket
 
 DEFAULT_YAML = "sinter_job.yaml"
 DEFAULT_GPU_YAML = "sinter_job_gpu.yaml"
@@ -149,13 +152,19 @@ class SkyPilotBackend(RemoteBackend):
         return options_from_args(args)
 
     def capacity(self, options: BackendOptions) -> Capacity:
-        """A warm pool worker starts a batch in seconds (its first start waits for a new VM); a
-        managed job always waits for a new VM."""
-        cap = super().capacity(options)
-        if not options.workers:
-            return cap
+        """Processes from the task's resources (``--cpus``, else the YAML's ``cpus``); start-up as
+        measured on this --infra by earlier runs (else 360 s). A warm pool worker starts a batch
+        in seconds (its first start waits for a new VM); a managed job always waits for one."""
+        opts = self.options(options)
+        cap = super().capacity(opts)
+        procs = opts.processes or startup.processes_from_task(
+            opts, DEFAULT_GPU_YAML if opts.gpus else DEFAULT_YAML) or cap.processes
+        first = startup.measured_startup_seconds(opts.infra) or self.startup_seconds
+        cap = dataclasses.replace(cap, processes=procs, min_processes=opts.processes or procs)
+        if not opts.workers:
+            return dataclasses.replace(cap, startup_seconds=first)
         return dataclasses.replace(cap, startup_seconds=pools.WARM_STARTUP_SECONDS,
-                                   first_startup_seconds_=self.startup_seconds)
+                                   first_startup_seconds_=first)
 
     def pool_command(self, action: str, name: str | None) -> list[str]:
         """``qec-kiln pool status|down [NAME]`` through the SDK (default: every kiln-pool-*)."""
@@ -366,7 +375,7 @@ class SkyPilotBackend(RemoteBackend):
                 "job_name": r.job_name,
                 "batches": list(request.batch_ids),
                 "job_ids": sorted(ids),
-                "launched_at": started,
+                "launched_at": started, "infra": opts.infra, "sync_seconds": opts.sync_seconds,
                 **({"pool": r.pool.name, "workers": r.pool.workers,
                     "keep_pool": opts.keep_pool} if r.pool else {}),
             },
@@ -388,6 +397,7 @@ class SkyPilotBackend(RemoteBackend):
         launches = read_launch_records(state_dir(sweep) / "launches.json")
         launches = [x for x in launches if x.get("bucket") in (None, bucket_url)]
         states, unknown = map_queue_to_batches(records, name, launches)
+        startup.record_from_queue(records, launches)  # what the next plan for this infra assumes
         self.idle = pools.idle_warning(records, launches, any(s.active for s in states.values()))
         if unknown:
             self.warning = (
@@ -400,9 +410,10 @@ class SkyPilotBackend(RemoteBackend):
         return [w for w in (self.warning, getattr(self, "idle", "")) if w]
 
     def cancel(self, bucket_url: str, sweep: str) -> list[str]:
-        """Cancel the sweep's active jobs by id, gracefully: SkyPilot SIGTERMs each job's
-        process group (run-batch uploads its complete lines) before it tears the cluster down
-        (see docs/reliability.md for what a cancel loses).
+        """Cancel the sweep's active jobs by id. Running jobs are first asked to stop through
+        the bucket (``_node/stop.py``: run-batch uploads every complete line and says so, within
+        about one sync period), since SkyPilot's graceful cancel SIGKILLs the task on its Slurm
+        infra and Kubernetes; then SkyPilot cancels them (see docs/reliability.md).
 
         Never by name: with several jobs of one name SkyPilot cancels none. The SDK's cancel
         returns nothing, so the queue is read again: only jobs now CANCELLING or CANCELLED are
@@ -416,6 +427,10 @@ class SkyPilotBackend(RemoteBackend):
         ids = active_ids(records, name)
         if not ids:
             return []
+        running = [str(r["job_id"]) for r in records if int(r.get("job_id") or -1) in ids
+                   and str(r.get("status") or "").upper() == "RUNNING"]
+        if running:
+            self.ask_to_stop(bucket_url, sweep, running)
         sky = import_sky()
         try:
             sky.get(sky.jobs.cancel(job_ids=ids, graceful=True))
@@ -442,6 +457,13 @@ class SkyPilotBackend(RemoteBackend):
                 + ", ".join(f"{i} {status.get(i, 'missing')}" for i in ids)
                 + "; see `sky jobs queue`")
         return [str(i) for i in done]
+
+    def ask_to_stop(self, bucket_url: str, sweep: str, job_ids: list[str]) -> list[str]:
+        """Ask running jobs to stop through the bucket and wait (one sync period and 30 s at
+        most) until they have uploaded every complete line; the ids that did."""
+        syncs = [float(x.get("sync_seconds") or 30) for x in
+                 read_launch_records(state_dir(sweep) / "launches.json")] or [30.0]
+        return request_stop(open_bucket(bucket_url), sweep, job_ids, timeout=max(syncs) + 30)
 
     # ------------------------------------------------------------------ plumbing
 

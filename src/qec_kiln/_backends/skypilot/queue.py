@@ -55,7 +55,7 @@ EXTRA_QUEUE_FIELDS = ("details", "failure_reason")
 #: All that ``sky.jobs.queue_v2`` is asked for: the fields status, cancel and the pool warning
 #: read (a queue of thousands of jobs answers faster without resources, durations, groups...).
 QUEUE_FIELDS = ("job_id", "task_id", "job_name", "status", "submitted_at", "recovery_count",
-                "pool", *EXTRA_QUEUE_FIELDS)
+                "pool", "end_at", "job_duration", *EXTRA_QUEUE_FIELDS)
 
 
 def record_dict(rec: Any) -> dict[str, Any]:

@@ -1,0 +1,228 @@
+"""A real SkyPilot 0.14.1 for the tests (a pytest plugin module): its API server with the jobs
+controller inside it, and its Slurm infra on the test Slurm cluster, over SSH on loopback.
+
+``sky_local`` (session scope) runs ``.ci/sky-local.sh start <state dir>`` once, on the cluster of
+the ``slurm_cluster`` fixture (one Slurm for the whole session), yields a :class:`SkyLocal`, and
+runs ``.ci/sky-local.sh stop <state dir>`` at the end (and from ``atexit``).
+
+* Not root, no Slurm, no sshd/rsync, or no prepared venv (``.ci/sky-local.sh install``): the tests
+  that use it are **skipped** with the reason.
+* ``QEC_KILN_REQUIRE_SKYPILOT=1`` (CI sets it): those cases, and a start that fails, **fail**
+  instead; as root it first runs ``.ci/sky-local.sh install`` (apt-get and pip, about 2 minutes).
+* **No traffic off loopback**: the server's interpreter logs every non-loopback connect to
+  ``<state>/net-guard.log`` (``.ci/net_guard.py``), and so does this test process once the fixture
+  is up; the fixture fails the session at teardown when that log is not empty.
+
+Clients (``qec-kiln`` subprocesses, SDK calls) take :attr:`SkyLocal.env`: the server's endpoint and
+``SKYPILOT_DISABLE_LOCAL_API_SERVER=1``, so no client ever starts a second server from this venv.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SKY_SH = REPO / ".ci" / "sky-local.sh"
+VENV = Path(os.environ.get("KILN_SKY_VENV") or REPO / ".ci" / ".sky-venv")
+REQUIRE_ENV = "QEC_KILN_REQUIRE_SKYPILOT"
+START_TIMEOUT_S = 240.0
+INSTALL_TIMEOUT_S = 900.0
+
+
+def sky_required() -> bool:
+    """True when ``QEC_KILN_REQUIRE_SKYPILOT`` is set to something other than ``""``/``0``."""
+    return os.environ.get(REQUIRE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _unavailable(reason: str) -> None:
+    if sky_required():
+        pytest.fail(f"{reason} ({REQUIRE_ENV}=1 makes this a failure)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _parse_exports(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("export ") and "=" in line:
+            key, _, value = line[len("export "):].partition("=")
+            out[key] = value.strip("'\"")
+    return out
+
+
+@dataclasses.dataclass
+class SkyLocal:
+    """A running local SkyPilot: its state folder and the environment of its clients."""
+
+    state_dir: Path
+    client_env: dict[str, str]
+
+    @property
+    def env(self) -> dict[str, str]:
+        """``os.environ`` plus the client's SkyPilot variables: a subprocess's ``env=``."""
+        return {**os.environ, **self.client_env}
+
+    @property
+    def guard_log(self) -> Path:
+        return self.state_dir / "net-guard.log"
+
+    def sdk(self, code: str, timeout: float = 120.0) -> Any:
+        """Run ``code`` (which sets ``out``) with the SkyPilot SDK of this venv in a child
+        process with :attr:`env`; return ``out`` (JSON-able)."""
+        prog = ("import json, sky\nout = None\n" + code
+                + "\nprint('@@OUT@@' + json.dumps(out, default=str))\n")
+        proc = subprocess.run([sys.executable, "-c", prog], env=self.env, capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+        marker = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@OUT@@")]
+        if proc.returncode != 0 or not marker:
+            raise AssertionError(f"SDK call failed ({proc.returncode}):\n{code}\n"
+                                 f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        return json.loads(marker[-1][len("@@OUT@@"):])
+
+    def queue(self) -> list[dict[str, Any]]:
+        """Every managed job, as dicts from ``sky.jobs.queue_v2`` (status as its name), with
+        ``failure_reason`` and ``details``."""
+        return self.sdk(
+            "from sky.jobs import constants\n"
+            "fields = [*constants.DEFAULT_MANAGED_JOB_FIELDS, 'details', 'failure_reason',\n"
+            "          'submitted_at', 'start_at', 'last_recovered_at']\n"
+            "res = sky.get(sky.jobs.queue_v2(refresh=False, skip_finished=False, fields=fields))\n"
+            "recs = res[0] if isinstance(res, tuple) else res\n"
+            "out = []\n"
+            "for r in recs:\n"
+            "    d = r.model_dump() if hasattr(r, 'model_dump') else dict(r)\n"
+            "    d['status'] = getattr(d.get('status'), 'value', d.get('status'))\n"
+            "    out.append(d)\n")
+
+    def wait_for(self, predicate, timeout: float, what: str, interval: float = 3.0):
+        """Poll ``predicate()`` until truthy; fail after ``timeout`` s, with the queue."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                brief = [(r.get("job_id"), r.get("job_name"), r.get("status"),
+                          r.get("failure_reason")) for r in self.queue()]
+                raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; "
+                                     f"queue: {brief}")
+            time.sleep(interval)
+
+    def guard_entries(self) -> list[str]:
+        try:
+            return [ln for ln in self.guard_log.read_text().splitlines() if ln.strip()]
+        except FileNotFoundError:
+            return []
+
+
+def _run_sh(*args: str, timeout: float, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(SKY_SH), *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, env=env, check=False)
+
+
+def _free_port() -> int:
+    """A loopback port nothing listens on now (SkyPilot's default 46580 may be another user's
+    server, or still in TIME_WAIT after one, which the server refuses)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ready() -> str | None:
+    """Why the local SkyPilot cannot start here, or None."""
+    if not (VENV / "bin" / "sky").exists():
+        return f"{VENV} has no SkyPilot; run: sudo .ci/sky-local.sh install"
+    if not Path("/usr/sbin/sshd").exists() or shutil.which("rsync") is None:
+        return "sshd/rsync not installed; run: sudo .ci/sky-local.sh install"
+    if not Path("/etc/profile.d/qec-kiln-sky-local.sh").exists():
+        return "the node profile is missing; run: sudo .ci/sky-local.sh install"
+    return None
+
+
+@pytest.fixture(scope="session")
+def sky_local(request: pytest.FixtureRequest) -> Iterator[SkyLocal]:
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        _unavailable("the local SkyPilot needs root (sshd and the Slurm daemons run as root)")
+    if importlib.util.find_spec("sky") is None:
+        _unavailable("SkyPilot is not installed in the test venv (pip install -e '.[test]')")
+    if not SKY_SH.exists() or shutil.which("bash") is None:
+        _unavailable(f"{SKY_SH} or bash is missing")
+    if _ready() and sky_required():
+        try:
+            inst = _run_sh("install", timeout=INSTALL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            _unavailable(f"{SKY_SH} install did not finish in {INSTALL_TIMEOUT_S:g}s")
+        if inst.returncode != 0:
+            _unavailable(f"{SKY_SH} install failed:\n{inst.stderr.strip()[-3000:]}")
+    problem = _ready()
+    if problem:
+        _unavailable(problem)
+    slurm = request.getfixturevalue("slurm_cluster")  # one Slurm cluster for the session
+
+    state_dir = Path(tempfile.mkdtemp(prefix="kiln-sky-"))
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            _run_sh("stop", str(state_dir), timeout=180)
+
+    atexit.register(stop)
+    env_up = {**os.environ, "KILN_SKY_SLURM_CONF": str(slurm.conf),
+              "KILN_SKY_API_PORT": os.environ.get("KILN_SKY_API_PORT") or str(_free_port())}
+    local: SkyLocal | None = None
+    try:
+        try:
+            up = _run_sh("start", str(state_dir), timeout=START_TIMEOUT_S, env=env_up)
+        except subprocess.TimeoutExpired:
+            _unavailable(f"{SKY_SH} start did not finish in {START_TIMEOUT_S:g}s; "
+                         f"logs in {state_dir}/log")
+        if up.returncode != 0:
+            _unavailable(f"{SKY_SH} start failed (exit {up.returncode}):\n"
+                         f"{up.stderr.strip()[-3000:]}")
+        local = SkyLocal(state_dir=state_dir, client_env=_parse_exports(up.stdout))
+        # This process (and the qec-kiln subprocesses, through PYTHONPATH) watch their own
+        # connects too: a client must only talk to the server on loopback.
+        guard_dir = state_dir / "guard"
+        guard_dir.mkdir(exist_ok=True)
+        shutil.copyfile(REPO / ".ci" / "net_guard.py", guard_dir / "sitecustomize.py")
+        local.client_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(guard_dir), os.environ.get("PYTHONPATH", "")) if p)
+        os.environ["KILN_NET_GUARD_LOG"] = str(local.guard_log)
+        sys.path.insert(0, str(guard_dir))
+        try:
+            import sitecustomize  # noqa: F401  (the guard, installing its audit hook)
+        finally:
+            sys.path.remove(str(guard_dir))
+        yield local
+    finally:
+        stop()
+        with contextlib.suppress(ValueError):
+            atexit.unregister(stop)
+        os.environ.pop("KILN_NET_GUARD_LOG", None)
+        entries = local.guard_entries() if local else []
+        if entries or getattr(request.session, "testsfailed", 0):
+            print(f"\nlocal SkyPilot state and logs kept in {state_dir}")
+        else:
+            shutil.rmtree(state_dir, ignore_errors=True)
+        if entries:
+            pytest.fail("traffic off loopback during the SkyPilot tests (see "
+                        f"{state_dir}/net-guard.log):\n" + "\n".join(entries[:20]),
+                        pytrace=False)
