@@ -232,3 +232,64 @@ def test_sharded_sweep_merges_into_one_row_equal_to_the_sum_of_its_shards(tmp_pa
     [row] = [s for s in sinter.read_stats_from_csv_files(str(merged)) if s.strong_id == sid]
     assert row.shots == sum(per_fragment) == 600_000
     assert row.json_metadata == {"b": "X", "d": 9, "p": 0.003, "type": "rotated_surface_memory"}
+
+
+@pytest.mark.slow
+def test_one_worker_runs_its_whole_queue_in_one_sinter_with_exact_fragments(tmp_path, kiln):
+    """One local worker, three batches: one run-batch (--all) and one sinter for all of them,
+    no task split into shards; each batch's fragment holds exactly its own tasks, at their
+    targets, and the merge has every task once."""
+    circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001, 0.003, 0.005))
+    bucket = tmp_path / "bucket"
+    r = kiln("launch", str(circuits), "--max-shots", "3000", "--max-errors", "1_000_000",
+             "--bucket", str(bucket), "--name", "one", "--jobs", "3", check=True)
+    assert "all 3 batch(es) finished" in r.stderr
+    manifest = load_manifest(open_bucket(str(bucket)), "one")
+    assert len(manifest.batches) == 3
+    assert all(s.count == 1 for b in manifest.batches for s in b.shards)
+    for b in manifest.batches:
+        rows = fragment_rows(bucket / "one" / "fragments" / f"{b.id}.csv")
+        assert {row.strong_id for row in rows} == b.strong_ids
+        assert sum(row.shots for row in rows) == 3000 * len(b.shards)
+    for b in manifest.batches:  # one run-batch's log, uploaded for each of its batches
+        log = (bucket / "one" / "logs" / f"{b.id}.log").read_text()
+        assert log.count("sinter collect:") == 1 and "b000,b001,b002: batches finished" in log, log
+    r = kiln("status", "--bucket", str(bucket), "--json", check=True)
+    assert '"fraction_done": 1.0' in r.stdout
+
+
+@pytest.mark.slow
+def test_a_whole_queue_sigkilled_and_resumed_in_other_groupings_is_exact(tmp_path):
+    """run-batch --all of three batches (one sinter, one resume file) is SIGKILLed mid-run;
+    one batch is then resumed alone and the rest with --all again: every fragment only grew,
+    holds only its own batch's rows, and every task ends at exactly its target."""
+    circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.001, 0.003, 0.005))
+    max_shots = 200_000
+    bucket, manifest = make_sweep(circuits, tmp_path / "bucket", "q", max_shots=max_shots,
+                                  max_errors=10**6, jobs=3)
+    ids = [b.id for b in manifest.batches]
+    assert len(ids) == 3 and all(len(b.shards) == 1 for b in manifest.batches)
+    frags = {b: tmp_path / "bucket" / fragment_key("q", b) for b in ids}
+    base = [sys.executable, "-m", "qec_kiln", "run-batch", "--bucket", str(tmp_path / "bucket"),
+            "--sweep", "q", "--processes", "1", "--sync-seconds", "0.3"]
+    every = base + ["--batches", ",".join(ids), "--all"]
+    tag = f"queue-{os.getpid()}-{time.monotonic_ns()}"
+    proc = subprocess.Popen(every, start_new_session=True, stderr=subprocess.DEVNULL,
+                            env=tagged_env(tag))
+    uploaded = lambda: sum(len(fragment_rows(f)) for f in frags.values() if f.exists())  # noqa: E731
+    wait_until(lambda: uploaded() >= 4, 60, "4 rows uploaded", fail=False)
+    assert uploaded() >= 4, "no progress before the kill"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = {b: f.read_bytes() if f.exists() else b"" for b, f in frags.items()}
+
+    r = subprocess.run(base + ["--batch", ids[1]], capture_output=True, text=True, timeout=120,
+                       env=tagged_env(tag))
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(every, capture_output=True, text=True, timeout=120, env=tagged_env(tag))
+    assert r.returncode == 0, r.stderr
+    for b in manifest.batches:
+        final = frags[b.id].read_bytes()
+        assert final.startswith(killed[b.id])  # only ever extended
+        assert shots_per_task(final) == dict.fromkeys(b.strong_ids, max_shots)
+    assert wait_no_tagged_processes(tag) == []

@@ -64,7 +64,7 @@ def test_cpus_outside_this_process_are_refused():
 
 
 def test_sinter_gets_the_workers_cpus():
-    argv = sinter_collect_argv([pathlib.Path("/w/a.stim")], decoder="pymatching", max_shots=1,
+    argv = sinter_collect_argv([pathlib.Path("/w/a.stim")], decoders=["pymatching"], max_shots=1,
                                max_errors=1, processes=2, resume_path=pathlib.Path("/w/r.csv"),
                                cpu_ids=[2, 3])
     i = argv.index("--allowed_cpu_affinity_ids")
@@ -80,7 +80,7 @@ def test_local_slots_get_disjoint_cpus_in_the_commands(tmp_path):
                         b.options({"workers": len(CPUS)}))
     workers = b._workers(req)
     assert len(workers) == min(3, len(CPUS))
-    allowed = [set(parse_cpus(b._argv(req, "b000", w)[b._argv(req, "b000", w).index(
+    allowed = [set(parse_cpus(b._argv(req, ["b000"], w)[b._argv(req, ["b000"], w).index(
         "--cpus-allowed") + 1])) for w in workers]
     assert all(len(a) >= 1 for a in allowed)
     assert sum(map(len, allowed)) == len(set().union(*allowed))  # disjoint

@@ -147,6 +147,9 @@ def _add_run_batch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", help="batch id, e.g. b003")
     p.add_argument("--batches", help="comma-separated batch ids; --index picks one")
     p.add_argument("--index", help="index into --batches (e.g. $SLURM_ARRAY_TASK_ID)")
+    p.add_argument("--all", action="store_true",
+                   help="run every batch of --batches here (batches that share no task in one "
+                   "sinter, each with its own fragment: what a local worker does)")
     p.add_argument("--processes", type=processes, metavar="N|auto",
                    help="sinter --processes (default auto: one per allowed CPU)")
     p.add_argument("--cpus-allowed", metavar="LIST",

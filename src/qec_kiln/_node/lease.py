@@ -8,7 +8,7 @@ so of two runners taking over at once, one wins). Expiry times are wall-clock (`
 nodes' clocks must agree to well within a lease period (NTP does).
 
 The lease only keeps a second runner from starting work; what guarantees that nothing is counted
-twice is that every fragment upload is a compare-and-swap too (see ``_node.runner.FragmentSync``).
+twice is that every fragment upload is a compare-and-swap too (see ``_node.sync.FragmentSync``).
 
 Example:
     >>> import tempfile

@@ -1,7 +1,7 @@
 """``qec-kiln run-batch``: what a node runs.
 
 It restores the batch's fragment from the bucket, runs the **unmodified** ``sinter collect`` (one
-invocation per target group, an argv list, never a shell) with ``--save_resume_filepath`` on a
+invocation per set of targets, an argv list, never a shell) with ``--save_resume_filepath`` on a
 local file, and uploads complete lines of that file to ``<sweep>/fragments/<batch>.csv`` every
 ``sync_seconds`` and at exit. The object in the bucket is only ever replaced by a longer prefix of
 the same resume file, so a restart (a recovered spot VM, a requeued Slurm task) resumes where the
@@ -35,10 +35,11 @@ from qec_kiln._errors import Exit, KilnError, ObjectNotFound, PreconditionFailed
 from qec_kiln._node.lease import Lease, LeaseHeld, acquire, lease_key, release, renew
 from qec_kiln._node.processes import die_with_parent, kill_stale_group, stop_group
 from qec_kiln._node.stop import StopRequest
+from qec_kiln._node.sync import FragmentSync, rows_of
 from qec_kiln._node.workers import allowed_cpus, format_cpus
 from qec_kiln._storage import PATIENT_RETRY, QUICK_RETRY, Bucket, RetryPolicy, open_bucket
-from qec_kiln._sweep.batches import Batch
-from qec_kiln._sweep.fragments import complete_lines, parse_fragment
+from qec_kiln._sweep.batches import Batch, Shard, disjoint_groups, sinter_runs
+from qec_kiln._sweep.fragments import HEADER_LINE, complete_lines, parse_fragment
 from qec_kiln._sweep.manifest import (
     Manifest,
     circuit_key,
@@ -76,7 +77,7 @@ def sinter_executable() -> list[str]:
 def sinter_collect_argv(
     circuit_paths: list[pathlib.Path],
     *,
-    decoder: str,
+    decoders: Sequence[str],
     max_shots: int,
     max_errors: int,
     processes: int,
@@ -87,7 +88,8 @@ def sinter_collect_argv(
     cpu_ids: Sequence[int] | None = None,
     metadata_func: str = "auto",
 ) -> list[str]:
-    """The exact ``sinter collect`` argv of one target group (absolute paths, so no name is an option).
+    """The exact ``sinter collect`` argv of one run: every circuit with every decoder, at the
+    same targets (absolute paths, so no name is an option).
 
     ``max_batch_seconds`` caps how long a sinter worker keeps results before it writes them to the
     resume file (sinter's default cap is 120 s, reached a few minutes into a task: every row a
@@ -95,13 +97,13 @@ def sinter_collect_argv(
     come last, so a user's own ``--max_batch_seconds`` wins. ``cpu_ids``: the CPUs sinter pins
     its workers to (``--allowed_cpu_affinity_ids``; else it pins worker i to CPU i, see _workers).
 
-    >>> argv = sinter_collect_argv([pathlib.Path("/w/d=3 $(x).stim")], decoder="pymatching",
+    >>> argv = sinter_collect_argv([pathlib.Path("/w/d=3 $(x).stim")], decoders=["pymatching"],
     ...     max_shots=100, max_errors=10, processes=2, resume_path=pathlib.Path("/w/r.csv"))
     >>> argv[1:4]
     ['collect', '--circuits', '/w/d=3 $(x).stim']
     """
     argv = sinter_executable() + ["collect", "--circuits", *[str(p) for p in circuit_paths]]
-    argv += ["--decoders", decoder]
+    argv += ["--decoders", *decoders]
     if custom_decoders_module_function:
         argv += ["--custom_decoders_module_function", custom_decoders_module_function]
     argv += [
@@ -125,73 +127,10 @@ def default_work_dir() -> pathlib.Path:
     return pathlib.Path(env) if env else pathlib.Path(tempfile.gettempdir()) / "qec-kiln-work"
 
 
-#: Exit code of a run-batch that found another writer's rows in its batch's fragment.
-
-
-class FragmentSync:
-    """Uploads complete lines of a local resume file whenever it has grown (thread-safe).
-
-    Every upload is a compare-and-swap on the version of the object that this runner last wrote
-    (or restored from; a create-if-absent when there was none), so the object only ever grows by
-    extension of one history. If the swap fails, another run-batch of the same batch wrote the
-    object (a second launch, a duplicated job, a runner that took over an expired lease): this
-    one records a ``conflict``, calls ``on_conflict`` and never uploads again.
-    """
-
-    def __init__(self, bucket: Bucket, key: str, path: pathlib.Path, uploaded: int,
-                 log: Callable[[str], None], on_conflict: Callable[[], None] | None = None,
-                 version: str | None = None):
-        self.bucket = bucket
-        self.key = key
-        self.path = path
-        self.uploaded = uploaded
-        self.version = version
-        self.log = log
-        self.on_conflict = on_conflict
-        self.conflict: str | None = None
-        self.uploads = 0
-        self._lock = threading.Lock()
-
-    def stand_down(self, why: str) -> None:
-        """Stop uploading for good (another runner owns the batch now)."""
-        if self.conflict:
-            return
-        self.conflict = why
-        self.log("error: " + why)
-        if self.on_conflict is not None:
-            self.on_conflict()
-
-    def sync(self, retry: RetryPolicy | None = None) -> bool:
-        """Upload if the file has more complete lines than the bucket; True when the bucket is current."""
-        with self._lock:
-            if self.conflict:
-                return False
-            try:
-                data = complete_lines(self.path.read_bytes())
-            except FileNotFoundError:
-                return True
-            if len(data) <= self.uploaded:
-                return True
-            try:
-                self.version = self.bucket.write_if(self.key, data, self.version, retry=retry)
-            except PreconditionFailed as ex:
-                self.stand_down(
-                    f"{ex}: another run-batch of the same batch is running (a second launch or a "
-                    "duplicated job); this one stops without uploading"
-                )
-                return False
-            except StorageError as ex:
-                self.log(f"warning: upload of {self.key} failed, will retry: {ex}")
-                return False
-            self.uploaded = len(data)
-            self.uploads += 1
-            return True
-
-
 def run_batch(
     bucket_url: str,
     sweep: str,
-    batch_id: str,
+    batch_id: str | Sequence[str],
     *,
     processes: int | None = None,
     sync_seconds: float = 30.0,
@@ -200,85 +139,146 @@ def run_batch(
     lease_seconds: float | None = None,
     cpus_allowed: str | None = None,
 ) -> int:
-    """Run one batch to completion (or until SIGTERM/SIGINT); return the exit code.
+    """Run one batch (or several) to completion, or until SIGTERM/SIGINT; return the exit code.
 
     ``lease_seconds``: how long the batch's lease lasts unless renewed (default: four sync
     periods, at least 60 s); a runner that dies leaves the batch to others after that long.
     sinter runs on ``cpus_allowed`` (a CPU list like ``0-3``), else on this process's CPUs
     (``os.sched_getaffinity``: Slurm's cpuset), with one process per CPU unless ``processes``.
+
+    Several ``batch_id`` (one local worker's queue, ``run-batch --all``): consecutive batches
+    that share no task run together, as one sinter per :func:`sinter_runs` of their shards
+    writing one resume file. Each batch keeps its own lease and its own fragment (its own rows:
+    ``FragmentSync(only=...)``), so they pay one start-up and one tail instead of one each.
     """
+    ids = [batch_id] if isinstance(batch_id, str) else list(batch_id)
     cpus = allowed_cpus(cpus_allowed)
     bucket = open_bucket(bucket_url)
     manifest = load_manifest(bucket, sweep)
     _check_versions(manifest)
-    batch = manifest.plan.batch(batch_id)
-    work = pathlib.Path(work_dir) if work_dir else default_work_dir()
-    work = work / sweep / batch_id
-    work.mkdir(parents=True, exist_ok=True)
-    # One runner per work folder (its resume file and sinter's pgid file are this runner's):
-    # the lock dies with its holder, so a leftover one never blocks a restart.
-    work_lock = os.open(work / "run-batch.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(work_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(work_lock)
-        line = (f"{batch_id}: another run-batch of the same batch is running on this machine "
-                f"(work folder {work} is locked); this one exits without touching the batch")
-        (out or (lambda s: print(s, file=sys.stderr, flush=True)))(line)
-        return Exit.CONFLICT
+    batches = [manifest.plan.batch(b) for b in ids]
+    root = (pathlib.Path(work_dir) if work_dir else default_work_dir()) / sweep
+    say = out or (lambda s: print(s, file=sys.stderr, flush=True))
     if lease_seconds is None:
         lease_seconds = max(60.0, 4 * sync_seconds)
-    log_path = work / "run-batch.log"
+    rc = 0
+    for group in disjoint_groups(batches):
+        code = _run_group(bucket, manifest, group, root, say, processes, sync_seconds,
+                          lease_seconds, cpus)
+        if code >= 128:  # stopped by a signal (or a cancel): the rest waits for the next launch
+            return code
+        rc = rc or code
+    return rc
+
+
+def _run_group(bucket: Bucket, manifest: Manifest, group: list[Batch], root: pathlib.Path,
+               say: Callable[[str], None], processes: int | None, sync_seconds: float,
+               lease_seconds: float, cpus: Sequence[int]) -> int:
+    """Lock, lease and run batches that share no task (one sinter for them all)."""
+    locks: list[int] = []
+    mine: list[Batch] = []
+    rc = 0
+    for b in group:
+        work = root / b.id
+        work.mkdir(parents=True, exist_ok=True)
+        # One runner per work folder (its resume file and sinter's pgid file are this runner's):
+        # the lock dies with its holder, so a leftover one never blocks a restart.
+        fd = os.open(work / "run-batch.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            say(f"{b.id}: another run-batch of the same batch is running on this machine "
+                f"(work folder {work} is locked); this one exits without touching the batch")
+            rc = Exit.CONFLICT
+            continue
+        locks.append(fd)
+        mine.append(b)
+    if not mine:
+        return rc
+    names = ",".join(b.id for b in mine)
+    log_path = root / mine[0].id / "run-batch.log"
     log_file = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed below)
 
     def log(msg: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {batch_id}: {msg}"
+        line = f"[{time.strftime('%H:%M:%S')}] {names}: {msg}"
         log_file.write(line + "\n")
-        (out or (lambda s: print(s, file=sys.stderr, flush=True)))(line)
+        say(line)
 
+    leases: list[Lease] = []
     try:
+        leased: list[Batch] = []
+        for b in mine:
+            try:
+                leases.append(acquire(bucket, lease_key(manifest.sweep, b.id), seconds=lease_seconds))
+                leased.append(b)
+            except LeaseHeld as held:
+                log(f"error: {held}")
+                rc = Exit.CONFLICT
+        if not leased:
+            return rc
         try:
-            lease = acquire(bucket, lease_key(sweep, batch_id), seconds=lease_seconds)
-        except LeaseHeld as held:
-            log(f"error: {held}")
-            return Exit.CONFLICT
-        try:
-            return _run(bucket, manifest, batch, work, log, log_path, processes, sync_seconds,
-                        lease, cpus)
+            return _run(bucket, manifest, leased, root, log, log_path, processes, sync_seconds,
+                        leases, cpus) or rc
         except KilnError:
-            release(lease, undo=True)  # e.g. a garbage fragment: leave the bucket as it was
+            for lease in leases:
+                release(lease, undo=True)  # e.g. a garbage fragment: leave the bucket as it was
             raise
     finally:
         log_file.close()
-        os.close(work_lock)
+        for fd in locks:
+            os.close(fd)
 
 
-def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
-         log: Callable[[str], None], log_path: pathlib.Path, processes: int | None,
-         sync_seconds: float, lease: Lease, cpus: Sequence[int] = ()) -> int:
-    sweep = manifest.sweep
-    pgid_file = work / "sinter.pgid"
-    kill_stale_group(pgid_file)
-    circuits = _fetch_circuits(bucket, manifest, batch, work / "circuits")
-
-    # Restore the fragment: the bucket's copy, cut back to its last complete line.
-    fkey = fragment_key(sweep, batch.id)
-    try:
-        raw, version = bucket.read_versioned(fkey)  # our uploads swap this version
-    except ObjectNotFound:
-        raw, version = b"", None  # our first upload creates it, if nobody else did
-    fragment = parse_fragment(raw, bucket.url_for(fkey))
-    resume = work / "resume.csv"
+def _restore(bucket: Bucket, manifest: Manifest, batches: list[Batch], resume: pathlib.Path,
+             log: Callable[[str], None], on_conflict: Callable[[], None]) -> list[FragmentSync]:
+    """Write the batches' fragments (the bucket's copies, cut back to their last complete line)
+    as the one resume file; one sync each, swapping the version read here."""
+    together = len(batches) > 1
     with contextlib.suppress(FileNotFoundError):
         resume.unlink()
-    if fragment.clean:
-        resume.write_bytes(fragment.clean)
-    done_shots = sum(s.shots for s in fragment.stats.values())
-    log(f"restored {len(fragment.clean)} bytes ({done_shots} shots) from {fkey}"
-        if fragment.clean else f"starting fresh ({fkey} not found)")
-    if fragment.warning:
-        log("warning: " + fragment.warning)
+    rows: list[bytes] = []
+    syncers = []
+    for b in batches:
+        fkey = fragment_key(manifest.sweep, b.id)
+        try:
+            raw, version = bucket.read_versioned(fkey)  # our uploads swap this version
+        except ObjectNotFound:
+            raw, version = b"", None  # our first upload creates it, if nobody else did
+        fragment = parse_fragment(raw, bucket.url_for(fkey))
+        clean = fragment.clean
+        if together and clean:  # one header for all; each batch's own rows only
+            clean = HEADER_LINE + rows_of(clean, b.strong_ids).split(b"\n", 1)[1]
+        done = sum(st.shots for sid, st in fragment.stats.items()
+                   if not together or sid in b.strong_ids)
+        log(f"restored {len(clean)} bytes ({done} shots) from {fkey}" if clean
+            else f"starting fresh ({fkey} not found)")
+        if fragment.warning:
+            log("warning: " + fragment.warning)
+        rows.append(clean[len(HEADER_LINE):] if together else clean)
+        # A damaged object (a half row after its complete lines, e.g. a copy by hand) is replaced
+        # by its complete lines at the first sync, even if the batch has nothing left to do.
+        uploaded = len(clean) if raw == clean else -1
+        syncers.append(FragmentSync(bucket, fkey, resume, uploaded=uploaded, log=log,
+                                    on_conflict=on_conflict, version=version,
+                                    only=b.strong_ids if together else None))
+    data = b"".join(rows)
+    if data:
+        resume.write_bytes(HEADER_LINE + data if together else data)
+    return syncers
 
+
+def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib.Path,
+         log: Callable[[str], None], log_path: pathlib.Path, processes: int | None,
+         sync_seconds: float, leases: list[Lease], cpus: Sequence[int] = ()) -> int:
+    sweep = manifest.sweep
+    work = root / batches[0].id
+    pgid_file = work / "sinter.pgid"
+    for b in batches:
+        kill_stale_group(root / b.id / "sinter.pgid")
+    shards = [s for b in batches for s in b.shards]
+    circuits = _fetch_circuits(bucket, manifest, shards, work / "circuits")
+    resume = work / "resume.csv"
     running: dict[str, subprocess.Popen] = {}
 
     def stop_sinter() -> None:  # from the sync thread, on a conflict
@@ -287,28 +287,33 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.pid, signal.SIGINT)
 
-    # A damaged object (a half row after its complete lines, e.g. a copy by hand) is replaced by
-    # its complete lines at the first sync, even if the batch has nothing left to do.
-    uploaded = len(fragment.clean) if raw == fragment.clean else -1
-    syncer = FragmentSync(bucket, fkey, resume, uploaded=uploaded, log=log,
-                          on_conflict=stop_sinter, version=version)
+    syncers = _restore(bucket, manifest, batches, resume, log, stop_sinter)
+    for b in batches[1:]:  # where status and the live progress look for each batch's rows
+        (root / b.id / "resume.csv").unlink(missing_ok=True)
+        (root / b.id / "resume.csv").symlink_to(resume)
     stop_syncing = threading.Event()
     stop_request = StopRequest(bucket, sweep)  # `qec-kiln cancel` asks through the bucket
+    lease_period = min(lease.seconds for lease in leases)
+
+    def conflict() -> str | None:
+        return next((s.conflict for s in syncers if s.conflict), None)
 
     def sync_loop() -> None:
-        # The fragment first (what counts), then the lease, renewed at least three times per
+        # The fragments first (what counts), then the leases, renewed at least three times per
         # lease period.
-        while not stop_syncing.wait(min(sync_seconds, lease.seconds / 3)):
-            syncer.sync(retry=QUICK_RETRY)
-            if not syncer.conflict:
-                try:
-                    renew(lease, retry=QUICK_RETRY)
-                except PreconditionFailed as ex:
-                    syncer.stand_down(f"lost the lease: {ex}: another run-batch of the same batch "
-                                      "took it over; this one stops without uploading")
-                except StorageError as ex:
-                    log(f"warning: could not renew the lease, will retry: {ex}")
-            _upload_log(bucket, sweep, batch.id, log_path)
+        while not stop_syncing.wait(min(sync_seconds, lease_period / 3)):
+            for syncer, lease in zip(syncers, leases, strict=True):
+                syncer.sync(retry=QUICK_RETRY)
+                if not syncer.conflict:
+                    try:
+                        renew(lease, retry=QUICK_RETRY)
+                    except PreconditionFailed as ex:
+                        syncer.stand_down(f"lost the lease: {ex}: another run-batch of the same "
+                                          "batch took it over; this one stops without uploading")
+                    except StorageError as ex:
+                        log(f"warning: could not renew the lease, will retry: {ex}")
+            for b in batches:
+                _upload_log(bucket, sweep, b.id, log_path)
             if stop_request.asked():  # as a SIGTERM would: stop sinter, upload, then hold
                 log("a cancel asked this run to stop")
                 os.kill(os.getpid(), signal.SIGTERM)
@@ -326,23 +331,22 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
     try:
         thread.start()
         nproc = processes or len(cpus) or os.cpu_count() or 1
-        for decoder, max_shots, max_errors, shards in batch.target_groups():
-            if syncer.conflict:
+        for run in sinter_runs(shards):
+            if conflict():
                 break
-            paths = [circuits[s.circuit] for s in shards]
-            metadata_func = _metadata_func(manifest, paths, [s.circuit for s in shards])
+            paths = [circuits[c] for c in run.circuits]
             argv = sinter_collect_argv(
-                paths, decoder=decoder, max_shots=max_shots, max_errors=max_errors,
+                paths, decoders=run.decoders, max_shots=run.max_shots, max_errors=run.max_errors,
                 processes=nproc, resume_path=resume,
                 custom_decoders_module_function=manifest.custom_decoders_module_function,
                 extra=manifest.sinter_args,
                 # A worker writes its rows at least once per sync period, so a kill loses about
                 # one sync period of work however long the task has run (see sinter_collect_argv).
                 max_batch_seconds=max(1, math.ceil(sync_seconds)), cpu_ids=cpus,
-                metadata_func=metadata_func,
+                metadata_func=_metadata_func(manifest, paths, run.circuits),
             )
-            log(f"sinter collect: {len(paths)} circuit(s), decoder {decoder}, "
-                f"max_shots {max_shots}, max_errors {max_errors}, processes {nproc}, "
+            log(f"sinter collect: {len(paths)} circuit(s), decoder(s) {' '.join(run.decoders)}, "
+                f"max_shots {run.max_shots}, max_errors {run.max_errors}, processes {nproc}, "
                 f"CPUs {format_cpus(cpus)}")
             with open(work / "sinter.log", "ab") as sinter_log:
                 proc = subprocess.Popen(
@@ -352,12 +356,12 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
                 )
                 pgid_file.write_text(str(proc.pid))
                 running["proc"] = proc
-                if syncer.conflict:
+                if conflict():
                     stop_sinter()
                 rc = proc.wait()
                 running.pop("proc", None)
             proc = None
-            if syncer.conflict:
+            if conflict():
                 break
             if rc < 0:  # Slurm and Kubernetes signal every process of a job, sinter included
                 log(f"sinter collect was stopped by {_signal_name(-rc)}")
@@ -378,33 +382,39 @@ def _run(bucket: Bucket, manifest: Manifest, batch: Batch, work: pathlib.Path,
             signal.signal(s, lambda signum, _frame: late.append(signum))
         try:
             if proc is not None:
-                syncer.sync(retry=QUICK_RETRY)  # what sinter wrote so far, before it is stopped
+                for syncer in syncers:  # what sinter wrote so far, before it is stopped
+                    syncer.sync(retry=QUICK_RETRY)
                 stop_group(proc)
             kill_stale_group(pgid_file)
             stop_syncing.set()
             if thread.is_alive():
                 thread.join(timeout=60)
-            ok = syncer.sync(retry=PATIENT_RETRY)
-            if syncer.conflict:
-                log(f"final upload skipped: {fkey} is another run-batch's now")
-            else:
-                log(f"final upload {'done' if ok else 'FAILED'}: {syncer.uploaded} bytes in {fkey}")
-            if not ok:
+            all_ok = True
+            for syncer, lease in zip(syncers, leases, strict=True):
+                ok = syncer.sync(retry=PATIENT_RETRY)
+                if syncer.conflict:
+                    log(f"final upload skipped: {syncer.key} is another run-batch's now")
+                    continue
+                log(f"final upload {'done' if ok else 'FAILED'}: {syncer.uploaded} bytes in "
+                    f"{syncer.key}")
+                release(lease)
+                all_ok = all_ok and ok
+            if not all_ok:
                 rc = rc or Exit.UPLOAD_FAILED
             if stop_signal is None:
                 stop_signal = late[0] if late else (-rc if rc < 0 else None)
-            if rc == 0 and stop_signal is None and not syncer.conflict:
-                log("batch finished")
-            if not syncer.conflict:
-                release(lease)
-            holding = ok and not syncer.conflict and stop_request.acknowledge(syncer.uploaded, log)
-            _upload_log(bucket, sweep, batch.id, log_path)
+            if rc == 0 and stop_signal is None and not conflict():
+                log("batch finished" if len(batches) == 1 else "batches finished")
+            holding = (all_ok and not conflict() and stop_request.acknowledge(
+                sum(s.uploaded for s in syncers), log))
+            for b in batches:
+                _upload_log(bucket, sweep, b.id, log_path)
             if holding:
                 stop_request.hold(late)
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-    if syncer.conflict:
+    if conflict():
         return Exit.CONFLICT
     if stop_signal is not None:
         return Exit.for_signal(stop_signal)
@@ -459,11 +469,11 @@ def _check_versions(manifest: Manifest) -> None:
             )
 
 
-def _fetch_circuits(bucket: Bucket, manifest: Manifest, batch: Batch,
+def _fetch_circuits(bucket: Bucket, manifest: Manifest, shards: Sequence[Shard],
                     folder: pathlib.Path) -> dict[str, pathlib.Path]:
-    """Download the batch's circuits (checking their sha256), keyed by circuit key."""
+    """Download the shards' circuits (checking their sha256), keyed by circuit key."""
     out: dict[str, pathlib.Path] = {}
-    for key in sorted({s.circuit for s in batch.shards}):
+    for key in sorted({s.circuit for s in shards}):
         entry = manifest.circuit(key)
         path = (folder / key).resolve()
         if not path.is_relative_to(folder.resolve()):

@@ -51,12 +51,9 @@ class Batch:
     def predicted_shots(self) -> float:
         return sum(s.predicted_shots for s in self.shards)
 
-    def target_groups(self) -> list[tuple[str, int, int, list[Shard]]]:
-        """Shards grouped by (decoder, max_shots, max_errors): one ``sinter collect`` each."""
-        groups: dict[tuple[str, int, int], list[Shard]] = {}
-        for s in self.shards:
-            groups.setdefault((s.decoder, s.max_shots, s.max_errors), []).append(s)
-        return [(d, ms, me, sh) for (d, ms, me), sh in sorted(groups.items())]
+    @property
+    def strong_ids(self) -> frozenset[str]:
+        return frozenset(s.strong_id for s in self.shards)
 
     def to_json(self) -> dict:
         return {"id": self.id, "shards": [s.to_json() for s in self.shards]}
@@ -112,6 +109,56 @@ class Plan:
                 ms, me = out.get(s.strong_id, (0, 0))
                 out[s.strong_id] = (ms + s.max_shots, me + s.max_errors)
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SinterRun:
+    """One ``sinter collect``: every circuit with every decoder, at the same targets."""
+
+    decoders: tuple[str, ...]
+    max_shots: int
+    max_errors: int
+    circuits: tuple[str, ...]
+
+
+def sinter_runs(shards: list[Shard]) -> list[SinterRun]:
+    """The fewest ``sinter collect`` runs that run exactly ``shards`` (at most one per task):
+    shards of equal targets whose decoders have the same circuits share one run (sinter runs
+    every circuit with every decoder, so no task is added).
+
+    >>> sh = [Shard(c, d, c + d, 10, 1, 1.0, 1.0) for c in ("a", "b") for d in ("x", "y")]
+    >>> [(r.decoders, r.circuits) for r in sinter_runs(sh + [Shard("c", "x", "cx", 10, 1, 1, 1)])]
+    [(('x',), ('a', 'b', 'c')), (('y',), ('a', 'b'))]
+    >>> [(r.decoders, r.circuits) for r in sinter_runs(sh)]
+    [(('x', 'y'), ('a', 'b'))]
+    """
+    circuits: dict[tuple[str, int, int], set[str]] = {}
+    for s in shards:
+        circuits.setdefault((s.decoder, s.max_shots, s.max_errors), set()).add(s.circuit)
+    runs: dict[tuple[int, int, tuple[str, ...]], list[str]] = {}
+    for (decoder, shots, errors), names in sorted(circuits.items()):
+        runs.setdefault((shots, errors, tuple(sorted(names))), []).append(decoder)
+    return sorted((SinterRun(tuple(d), ms, me, c) for (ms, me, c), d in runs.items()),
+                  key=lambda r: (r.decoders, r.max_shots, r.max_errors, r.circuits))
+
+
+def disjoint_groups(batches: list[Batch]) -> list[list[Batch]]:
+    """``batches`` in order, cut into runs of consecutive batches that share no task (what one
+    sinter may run together: it takes each task once).
+
+    >>> a, b = Batch("b0", [Shard("c", "x", "id", 1, 1, 1, 1)]), Batch("b1", [])
+    >>> [[x.id for x in g] for g in disjoint_groups([a, b, a])]
+    [['b0', 'b1'], ['b0']]
+    """
+    groups: list[list[Batch]] = []
+    seen: set[str] = set()
+    for b in batches:
+        if not groups or seen & b.strong_ids:
+            groups.append([])
+            seen = set()
+        groups[-1].append(b)
+        seen |= b.strong_ids
+    return groups
 
 
 def batch_id(index: int) -> str:

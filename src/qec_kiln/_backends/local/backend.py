@@ -104,8 +104,11 @@ class LocalBackend(Backend):
                         workers=k, min_processes=opts.processes or procs[-1],
                         decoders_run_here=True, fewer_slots_processes=procs)
 
-    def _argv(self, request: LaunchRequest, batch: str, worker: Worker) -> list[str]:
-        argv = request.run_batch_argv(batch_id=batch)
+    def _argv(self, request: LaunchRequest, batches: list[str], worker: Worker) -> list[str]:
+        argv = request.run_batch_argv(batch_id=batches[0])
+        if len(batches) > 1:  # one worker's whole queue (see queue.SlotQueue together)
+            at = argv.index("--batch")
+            argv[at:at + 2] = ["--batches", ",".join(batches), "--all"]
         argv = [sys.executable, "-m", "qec_kiln"] + argv[1:]
         if "--processes" not in argv:
             argv += ["--processes", str(len(worker.cpus))]
@@ -126,8 +129,13 @@ class LocalBackend(Backend):
             env = "".join(f" {k}={v}" for k, v in w.env.items())
             lines.append(f"  worker {w.index}: CPUs {format_cpus(w.cpus)}, sinter --processes "
                          f"{opts.processes or len(w.cpus)}{env}")
+        if len(workers) == 1:  # one run-batch for the worker's whole queue
+            lines.append("command:")
+            lines.append("  " + quote_argv(self._argv(request, list(request.batch_ids),
+                                                      workers[0])))
+            return "\n".join(lines)
         lines.append("commands (CPUs as for the first batch of each worker):")
-        lines += ["  " + quote_argv(self._argv(request, b, workers[i % len(workers)]))
+        lines += ["  " + quote_argv(self._argv(request, [b], workers[i % len(workers)]))
                   for i, b in enumerate(request.batch_ids)]
         return "\n".join(lines)
 
@@ -147,8 +155,10 @@ class LocalBackend(Backend):
         state.root.mkdir(parents=True, exist_ok=True)
         say = request.log or (lambda _line: None)  # the API's log (it keeps only warnings)
         console = Console(stderr=True) if request.live else None
-        queue = SlotQueue(state, list(request.batch_ids), self._workers(request),
-                          lambda b, slot: self._argv(request, b, slot), say)
+        workers = self._workers(request)
+        queue = SlotQueue(state, list(request.batch_ids), workers,
+                          lambda batches, slot: self._argv(request, batches, slot), say,
+                          together=len(workers) == 1)
         with (StopSignals(queue.stopped), _progress(request, state, queue.states, say,
                                                     console) as shown,
               removed_at_exit(queue.me)):

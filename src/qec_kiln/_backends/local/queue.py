@@ -1,7 +1,9 @@
 """The local backend's launch: K slots taking batches, longest first, from one queue.
 
 A slot starts the next waiting batch as soon as its batch exits (the launch waits on the
-children's pidfds, not on a timer). ``qec-kiln cancel`` from another terminal writes
+children's pidfds, not on a timer). With one slot (``together``) its whole queue goes to one
+run-batch (``--all``), which runs batches that share no task in one sinter: one start-up and
+one tail, as a plain ``sinter collect`` of the same work. ``qec-kiln cancel`` from another terminal writes
 ``sweep.cancel``: the queue starts no more batches and stops any it started meanwhile. Ctrl-C,
 SIGTERM or SIGHUP stop every running batch the same way (run-batch uploads its last complete
 lines first).
@@ -30,14 +32,17 @@ TICK_SECONDS = 0.2
 
 
 class SlotQueue:
-    """Runs ``batches`` on ``slots``; ``argv_for(batch, slot)`` is each batch's command."""
+    """Runs ``batches`` on ``slots``; ``argv_for(batches, slot)`` is the command of batches
+    started at once (one, or with ``together`` every waiting one)."""
 
     def __init__(self, state: StateFolder, batches: list[str], slots: list[Worker],
-                 argv_for: Callable[[str, Worker], list[str]], say: Callable[[str], None]):
+                 argv_for: Callable[[list[str], Worker], list[str]], say: Callable[[str], None],
+                 together: bool = False):
         self.state, self.argv_for, self.say = state, argv_for, say
+        self.together = together
         self.pending = list(batches)
-        self.free = list(slots)  # idle slots; a finished batch gives its slot back
-        self.slot_of: dict[str, Worker] = {}
+        self.free = list(slots)  # idle slots; a finished run-batch gives its slot back
+        self.slot_of: dict[int, Worker] = {}  # by run-batch pid
         self.running: dict[str, subprocess.Popen] = {}
         self.codes: dict[str, int] = {}
         self.commands: list[list[str]] = []
@@ -97,18 +102,22 @@ class SlotQueue:
         return True
 
     def _start_next(self) -> None:
-        b = self.pending.pop(0)
-        self.slot_of[b] = self.free.pop(0)
-        argv = self.argv_for(b, self.slot_of[b])
+        batches = self.pending[:] if self.together else self.pending[:1]
+        del self.pending[:len(batches)]
+        slot = self.free.pop(0)
+        argv = self.argv_for(batches, slot)
         self.commands.append(argv)
-        self.running[b] = start_batch(self.state, b, argv, self.slot_of[b].env)
+        proc = start_batch(self.state, batches, argv, slot.env)
+        self.slot_of[proc.pid] = slot
+        for b in batches:
+            self.running[b] = proc
         self._note_waiting()
 
     def _wait_for_an_exit(self, timeout: float) -> None:
         """Return when a running batch exits, or after ``timeout``."""
         fds = []
         try:
-            for p in self.running.values():
+            for p in set(self.running.values()):
                 with contextlib.suppress(OSError):
                     fds.append(os.pidfd_open(p.pid))
             if fds:
@@ -126,7 +135,8 @@ class SlotQueue:
             self.codes[b] = p.returncode
             self.state.exit(b).write_text(str(p.returncode))
             del self.running[b]
-            self.free.append(self.slot_of[b])
+            if p.pid in self.slot_of:  # once per run-batch, however many batches it ran
+                self.free.append(self.slot_of.pop(p.pid))
             ended_as = self.state.ended(b, p.returncode)
             if ended_as == "failed":
                 why = self.state.last_error(b)
@@ -139,7 +149,7 @@ class SlotQueue:
     def _stop_all(self) -> None:
         name = signal.Signals(self.stopped[0]).name
         self.say(f"{name}: stopping batches and uploading their resume files...")
-        for p in self.running.values():
+        for p in set(self.running.values()):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGTERM)
         for b, p in self.running.items():
@@ -192,19 +202,25 @@ class SlotQueue:
                           signal=self.stopped[0] if self.stopped else 0, cancelled=cancelled)
 
 
-def start_batch(state: StateFolder, batch: str, argv: list[str],
+def start_batch(state: StateFolder, batches: list[str], argv: list[str],
                 env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start one run-batch in its own session, its output in ``<b>.out``, its pid recorded."""
-    for old in (state.exit(batch), state.cancel(batch)):
-        old.unlink(missing_ok=True)
-    out = open(state.out(batch), "ab")  # noqa: SIM115 (the child holds it)
+    """Start one run-batch (of one or more batches) in its own session, its output in the first
+    batch's ``<b>.out`` (the others' are links to it), its pid recorded for each batch."""
+    for batch in batches:
+        for old in (state.exit(batch), state.cancel(batch)):
+            old.unlink(missing_ok=True)
+    for batch in batches[1:]:
+        state.out(batch).unlink(missing_ok=True)
+        state.out(batch).symlink_to(state.out(batches[0]).name)
+    out = open(state.out(batches[0]), "ab")  # noqa: SIM115 (the child holds it)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True,
                                 env={**os.environ, **env} if env else None)
     finally:
         out.close()
-    state.pid(batch).write_text(json.dumps({"pid": proc.pid, "started": time.time()}))
+    for batch in batches:
+        state.pid(batch).write_text(json.dumps({"pid": proc.pid, "started": time.time()}))
     return proc
 
 
