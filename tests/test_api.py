@@ -111,7 +111,7 @@ def test_run_batch_reaches_sinter_without_importing_sinter_a_backend_or_rich(tmp
                        env=dict(os.environ, QEC_KILN_WORK_DIR=str(tmp_path / "work")))
     assert r.stdout and json.loads(r.stdout.splitlines()[-1]) == ["auto", []], r.stderr
     # A manifest that did not record it (an earlier version's) is checked by sinter's parser.
-    from qec_kiln._node.runner import _metadata_func
+    from qec_kiln._node.sinter_cmd import metadata_func as _metadata_func
     from qec_kiln._sweep.manifest import Manifest
 
     keys = [c.key for c in plan.manifest.circuits]

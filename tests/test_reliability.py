@@ -127,7 +127,7 @@ def test_kill_loop_loses_at_most_a_sync_period_and_counts_nothing_twice(tmp_path
     assert not result.over_target, result.over_target
     # Work lost per kill: the rows of the local resume file not yet uploaded. They were written
     # within one sync period, each row holding at most one sinter flush (capped at the sync
-    # period too, see _node.runner.sinter_collect_argv), so about one sync period of sinter time.
+    # period too, see _node.sinter_cmd.sinter_collect_argv), so about one sync period of sinter time.
     lost = result.lost()
     assert lost["lost_seconds_mean"] <= cfg.sync_seconds * cfg.processes, lost
     assert lost["lost_seconds_max"] <= (3 * cfg.sync_seconds + 1.0) * cfg.processes, lost

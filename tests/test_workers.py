@@ -17,7 +17,7 @@ from qec_kiln._backends.local import backend as lo
 from qec_kiln._backends.local.state import StateFolder
 from qec_kiln._backends.slurm import backend as sl
 from qec_kiln._errors import KilnError
-from qec_kiln._node.runner import sinter_collect_argv
+from qec_kiln._node.sinter_cmd import sinter_collect_argv
 from qec_kiln._node.workers import allowed_cpus, gpu_ids, parse_cpus, worker_environments
 
 CPUS = sorted(os.sched_getaffinity(0))

@@ -17,6 +17,7 @@ import os
 import pathlib
 import signal
 import subprocess
+from collections.abc import Callable, Mapping
 
 
 def die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
@@ -99,7 +100,7 @@ def kill_stale_group(pgid_file: pathlib.Path) -> None:
         pgid_file.unlink()
 
 
-def stop_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
+def stop_group(proc: subprocess.Popen | Forked, grace: float = 3.0) -> None:
     """SIGINT sinter's group (it flushes its resume file), then SIGKILL whatever is left."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGINT)
@@ -109,3 +110,93 @@ def stop_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
+
+
+def fork_is_safe() -> bool:
+    """Whether this process may fork a child that goes on running Python (no other Python
+    thread could hold a lock the child would need; ``QEC_KILN_FORK=0`` turns forking off)."""
+    import threading
+
+    return os.environ.get("QEC_KILN_FORK", "1") != "0" and threading.active_count() == 1
+
+
+class Forked:
+    """A forked child, with the part of :class:`subprocess.Popen` that run-batch and the local
+    queue use (``pid``, ``returncode``, ``poll``, ``wait``)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            with contextlib.suppress(ChildProcessError):
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is None:
+            if self.returncode is None:
+                _, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.05)
+        assert self.returncode is not None
+        return self.returncode
+
+
+def fork_call(main: Callable[[], int | None], *, out: int, cwd: str | os.PathLike | None = None,
+              env: Mapping[str, str] | None = None, die_with: int | None = None) -> Forked:
+    """Run ``main()`` in a forked child in its own session (stdin from /dev/null, stdout and
+    stderr to the file descriptor ``out``), as ``Popen(start_new_session=True)`` would run a
+    command, without a new interpreter's start-up and imports. Its return value is the exit
+    code. Call only when :func:`fork_is_safe`. ``die_with``: see :func:`die_with_parent`.
+    """
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):  # nothing of the parent's is written twice
+        with contextlib.suppress(Exception):
+            stream.flush()
+    pid = os.fork()
+    if pid:
+        return Forked(pid)
+    code = 1  # pragma: no cover - the child
+    try:
+        os.setsid()
+        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(s, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if die_with is not None:
+            die_with_parent(die_with)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (whatever the
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115 parent had there)
+        if cwd is not None:
+            os.chdir(cwd)
+        if env:
+            os.environ.update(env)
+        result = main()
+        code = result if isinstance(result, int) else 0
+    except SystemExit as ex:
+        code = ex.code if isinstance(ex.code, int) else (0 if ex.code is None else 1)
+    except BaseException:  # noqa: BLE001 - the child reports everything, then exits
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)

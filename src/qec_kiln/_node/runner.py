@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import math
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,7 +31,8 @@ from collections.abc import Callable, Sequence
 from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import Exit, KilnError, ObjectNotFound, PreconditionFailed, StorageError
 from qec_kiln._node.lease import Lease, LeaseHeld, acquire, lease_key, release, renew
-from qec_kiln._node.processes import die_with_parent, kill_stale_group, stop_group
+from qec_kiln._node.processes import Forked, kill_stale_group, stop_group
+from qec_kiln._node.sinter_cmd import metadata_func, sinter_collect_argv, start_sinter
 from qec_kiln._node.stop import StopRequest
 from qec_kiln._node.sync import FragmentSync, rows_of
 from qec_kiln._node.workers import allowed_cpus, format_cpus
@@ -61,65 +60,6 @@ class _Stop(Exception):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
-
-
-def sinter_executable() -> list[str]:
-    """The ``sinter`` command of this Python environment."""
-    beside = pathlib.Path(sys.executable).with_name("sinter")
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("sinter")
-    if found:
-        return [found]
-    return [sys.executable, "-c", "import sys; from sinter._command._main import main; sys.exit(main())"]
-
-
-def sinter_collect_argv(
-    circuit_paths: list[pathlib.Path],
-    *,
-    decoders: Sequence[str],
-    max_shots: int,
-    max_errors: int,
-    processes: int,
-    resume_path: pathlib.Path,
-    custom_decoders_module_function: str | None = None,
-    extra: list[str] | None = None,
-    max_batch_seconds: int | None = None,
-    cpu_ids: Sequence[int] | None = None,
-    metadata_func: str = "auto",
-) -> list[str]:
-    """The exact ``sinter collect`` argv of one run: every circuit with every decoder, at the
-    same targets (absolute paths, so no name is an option).
-
-    ``max_batch_seconds`` caps how long a sinter worker keeps results before it writes them to the
-    resume file (sinter's default cap is 120 s, reached a few minutes into a task: every row a
-    worker has not written yet is lost on SIGKILL, whatever the sync period). Flags in ``extra``
-    come last, so a user's own ``--max_batch_seconds`` wins. ``cpu_ids``: the CPUs sinter pins
-    its workers to (``--allowed_cpu_affinity_ids``; else it pins worker i to CPU i, see _workers).
-
-    >>> argv = sinter_collect_argv([pathlib.Path("/w/d=3 $(x).stim")], decoders=["pymatching"],
-    ...     max_shots=100, max_errors=10, processes=2, resume_path=pathlib.Path("/w/r.csv"))
-    >>> argv[1:4]
-    ['collect', '--circuits', '/w/d=3 $(x).stim']
-    """
-    argv = sinter_executable() + ["collect", "--circuits", *[str(p) for p in circuit_paths]]
-    argv += ["--decoders", *decoders]
-    if custom_decoders_module_function:
-        argv += ["--custom_decoders_module_function", custom_decoders_module_function]
-    argv += [
-        "--max_shots", str(max_shots),
-        "--max_errors", str(max_errors),
-        "--processes", str(processes),
-        "--save_resume_filepath", str(resume_path),
-        "--metadata_func", metadata_func,
-        "--quiet",
-    ]
-    if max_batch_seconds is not None:
-        argv += ["--max_batch_seconds", str(max_batch_seconds)]
-    if cpu_ids:
-        argv += ["--allowed_cpu_affinity_ids", *map(str, cpu_ids)]
-    argv += list(extra or [])
-    return argv
 
 
 def default_work_dir() -> pathlib.Path:
@@ -279,7 +219,7 @@ def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib
     shards = [s for b in batches for s in b.shards]
     circuits = _fetch_circuits(bucket, manifest, shards, work / "circuits")
     resume = work / "resume.csv"
-    running: dict[str, subprocess.Popen] = {}
+    running: dict[str, subprocess.Popen | Forked] = {}
 
     def stop_sinter() -> None:  # from the sync thread, on a conflict
         p = running.get("proc")
@@ -321,7 +261,7 @@ def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib
 
     thread = threading.Thread(target=sync_loop, name="fragment-sync", daemon=True)
     stop_signal: int | None = None
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen | Forked | None = None
 
     def on_signal(signum, _frame):
         raise _Stop(signum)
@@ -329,7 +269,6 @@ def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     rc = 0
     try:
-        thread.start()
         nproc = processes or len(cpus) or os.cpu_count() or 1
         for run in sinter_runs(shards):
             if conflict():
@@ -343,19 +282,17 @@ def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib
                 # A worker writes its rows at least once per sync period, so a kill loses about
                 # one sync period of work however long the task has run (see sinter_collect_argv).
                 max_batch_seconds=max(1, math.ceil(sync_seconds)), cpu_ids=cpus,
-                metadata_func=_metadata_func(manifest, paths, run.circuits),
+                metadata_func=metadata_func(manifest, paths, run.circuits),
             )
             log(f"sinter collect: {len(paths)} circuit(s), decoder(s) {' '.join(run.decoders)}, "
                 f"max_shots {run.max_shots}, max_errors {run.max_errors}, processes {nproc}, "
                 f"CPUs {format_cpus(cpus)}")
             with open(work / "sinter.log", "ab") as sinter_log:
-                proc = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=sinter_log, stderr=sinter_log,
-                    start_new_session=True, cwd=work,
-                    preexec_fn=functools.partial(die_with_parent, os.getpid()),
-                )
+                proc = start_sinter(argv, sinter_log.fileno(), work)
                 pgid_file.write_text(str(proc.pid))
                 running["proc"] = proc
+                if thread.ident is None:  # after the first sinter: it may have been forked
+                    thread.start()
                 if conflict():
                     stop_sinter()
                 rc = proc.wait()
@@ -419,31 +356,6 @@ def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib
     if stop_signal is not None:
         return Exit.for_signal(stop_signal)
     return rc
-
-
-#: sinter's ``--metadata_func`` for circuits whose metadata is not their file name: the JSON
-#: beside each file (``<file>.json``, written by run-batch from the manifest; json.loads of
-#: json.dumps keeps key order and 3 vs 3.0, so the strong_id is the planned one).
-SIDECAR_METADATA_FUNC = ("__import__('json').loads(__import__('pathlib').Path(path + '.json')"
-                         ".read_text())")
-
-
-def _metadata_func(manifest: Manifest, paths: Sequence[pathlib.Path], keys: Sequence[str]) -> str:
-    """``auto`` when every circuit's metadata is its file name's (the usual case; the plan
-    recorded it, so sinter is not imported here before sinter runs), else the sidecar reader,
-    with each circuit's ``<file>.json`` written."""
-    import json
-
-    metadata = {k: manifest.circuit(k).metadata for k in keys}
-    if manifest.metadata_from_names:
-        return "auto"
-    from qec_kiln._sweep.discover import named_by_its_file  # (imports sinter) not recorded
-
-    if all(named_by_its_file(k, m) for k, m in metadata.items()):
-        return "auto"
-    for path, key in zip(paths, keys, strict=True):
-        atomic_write(pathlib.Path(f"{path}.json"), json.dumps(metadata[key]).encode())
-    return SIDECAR_METADATA_FUNC
 
 
 def _signal_name(signum: int) -> str:

@@ -143,7 +143,8 @@ class LocalBackend(Backend):
         """Whether a run-batch recorded in ``folder`` (its ``<batch>.pid`` files) still runs."""
         for pid_file in folder.glob("*.pid"):
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                if is_run_batch(int(json.loads(pid_file.read_text())["pid"])):
+                record = json.loads(pid_file.read_text())
+                if is_run_batch(int(record["pid"]), ticks=record.get("ticks")):
                     return True
         return False
 
@@ -159,10 +160,10 @@ class LocalBackend(Backend):
         queue = SlotQueue(state, list(request.batch_ids), workers,
                           lambda batches, slot: self._argv(request, batches, slot), say,
                           together=len(workers) == 1)
-        with (StopSignals(queue.stopped), _progress(request, state, queue.states, say,
-                                                    console) as shown,
-              removed_at_exit(queue.me)):
-            queue.run(shown)
+        with StopSignals(queue.stopped), removed_at_exit(queue.me):
+            queue.start_free()  # before the live view's thread: forked, where that is safe
+            with _progress(request, state, queue.states, say, console) as shown:
+                queue.run(shown)
         return queue.submission(list(request.batch_ids))
 
     def job_states(self, bucket_url: str, sweep: str) -> dict[str, JobState]:

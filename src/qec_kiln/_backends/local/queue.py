@@ -24,7 +24,7 @@ from typing import Any
 
 from qec_kiln._backends.base import Submission
 from qec_kiln._backends.local.state import StateFolder
-from qec_kiln._node.processes import start_ticks
+from qec_kiln._node.processes import Forked, fork_call, fork_is_safe, start_ticks
 from qec_kiln._node.workers import Worker
 
 #: How often the queue looks for a cancel record and redraws progress while nothing exits.
@@ -43,7 +43,7 @@ class SlotQueue:
         self.pending = list(batches)
         self.free = list(slots)  # idle slots; a finished run-batch gives its slot back
         self.slot_of: dict[int, Worker] = {}  # by run-batch pid
-        self.running: dict[str, subprocess.Popen] = {}
+        self.running: dict[str, subprocess.Popen | Forked] = {}
         self.codes: dict[str, int] = {}
         self.commands: list[list[str]] = []
         self.stopped: list[int] = []  # the terminating signal(s) this launch received
@@ -64,12 +64,17 @@ class SlotQueue:
 
     # ------------------------------------------------------------------ the loop
 
+    def start_free(self) -> None:
+        """Start waiting batches on the free slots (first before the live view starts its
+        thread, so that they may be forked: see :func:`start_batch`)."""
+        self._note_waiting()
+        while self.pending and self.free and not self.stopped and not self._cancelled():
+            self._start_next()
+
     def run(self, shown: Any) -> None:
         """Until every batch ended, or a signal came (``shown``: the live progress, or None)."""
-        self._note_waiting()
         while (self.pending or self.running) and not self.stopped:
-            while self.pending and self.free and not self.stopped and not self._cancelled():
-                self._start_next()
+            self.start_free()
             self._wait_for_an_exit(TICK_SECONDS)
             self._cancelled()
             self._reap()
@@ -130,17 +135,18 @@ class SlotQueue:
 
     def _reap(self) -> None:
         for b, p in list(self.running.items()):
-            if p.poll() is None:
+            code = p.poll()
+            if code is None:
                 continue
-            self.codes[b] = p.returncode
-            self.state.exit(b).write_text(str(p.returncode))
+            self.codes[b] = code
+            self.state.exit(b).write_text(str(code))
             del self.running[b]
             if p.pid in self.slot_of:  # once per run-batch, however many batches it ran
                 self.free.append(self.slot_of.pop(p.pid))
-            ended_as = self.state.ended(b, p.returncode)
+            ended_as = self.state.ended(b, code)
             if ended_as == "failed":
                 why = self.state.last_error(b)
-                self.say(f"{b} failed (exit {p.returncode}){': ' + why if why else ''}; "
+                self.say(f"{b} failed (exit {code}){': ' + why if why else ''}; "
                          f"log: {self.state.out(b)}")
             elif ended_as == "elsewhere":
                 self.say(f"{b}: run by another run-batch of this sweep (another launch); not "
@@ -203,7 +209,7 @@ class SlotQueue:
 
 
 def start_batch(state: StateFolder, batches: list[str], argv: list[str],
-                env: dict[str, str] | None = None) -> subprocess.Popen:
+                env: dict[str, str] | None = None) -> subprocess.Popen | Forked:
     """Start one run-batch (of one or more batches) in its own session, its output in the first
     batch's ``<b>.out`` (the others' are links to it), its pid recorded for each batch."""
     for batch in batches:
@@ -214,13 +220,27 @@ def start_batch(state: StateFolder, batches: list[str], argv: list[str],
         state.out(batch).symlink_to(state.out(batches[0]).name)
     out = open(state.out(batches[0]), "ab")  # noqa: SIM115 (the child holds it)
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True,
-                                env={**os.environ, **env} if env else None)
+        proc: subprocess.Popen | Forked
+        if not env and argv[1:4] == ["-m", "qec_kiln", "run-batch"] and fork_is_safe():
+            # A forked run-batch needs no interpreter start nor imports, and its sinter none
+            # either (sinter is imported here already: see _node.sinter_cmd.start_sinter).
+            # Not for a GPU worker: its CUDA_VISIBLE_DEVICES must be there before anything
+            # in the process could have looked at the GPUs.
+            def run_batch() -> int:  # pragma: no cover - runs in the child
+                from qec_kiln._cli import main
+
+                return main(argv[3:])
+
+            proc = fork_call(run_batch, out=out.fileno(), env=env)
+        else:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    start_new_session=True,
+                                    env={**os.environ, **env} if env else None)
     finally:
         out.close()
+    record = json.dumps({"pid": proc.pid, "started": time.time(), "ticks": start_ticks(proc.pid)})
     for batch in batches:
-        state.pid(batch).write_text(json.dumps({"pid": proc.pid, "started": time.time()}))
+        state.pid(batch).write_text(record)
     return proc
 
 

@@ -22,7 +22,7 @@ import signal
 
 from qec_kiln._backends.base import kiln_home
 from qec_kiln._errors import Exit
-from qec_kiln._node.processes import command_line, is_live
+from qec_kiln._node.processes import command_line, is_live, start_ticks
 from qec_kiln._report.failures import last_error_line
 
 #: Exit codes of a run-batch stopped by SIGINT, SIGTERM or SIGHUP (it uploads, then exits so).
@@ -89,8 +89,12 @@ class StateFolder:
 
     def running_pid(self, batch: str) -> int | None:
         """The pid of the batch's run-batch if it still runs (not a recycled pid)."""
-        pid = self.read_pid(batch)
-        return pid if pid is not None and is_run_batch(pid, self.sweep) else None
+        try:
+            record = json.loads(self.pid(batch).read_text())
+            pid, ticks = int(record["pid"]), record.get("ticks")
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return pid if is_run_batch(pid, self.sweep, ticks) else None
 
     def last_error(self, batch: str) -> str | None:
         """The last error line of the batch's log (its last 64 kB), or None."""
@@ -113,7 +117,11 @@ class StateFolder:
         return "failed"
 
 
-def is_run_batch(pid: int, sweep: str | None = None) -> bool:
-    """Whether ``pid`` is (still) a run-batch (of ``sweep``), not a recycled pid or a zombie."""
+def is_run_batch(pid: int, sweep: str | None = None, ticks: int | None = None) -> bool:
+    """Whether ``pid`` is (still) a run-batch (of ``sweep``), not a recycled pid or a zombie:
+    the process that started at ``ticks`` (see ``start_ticks``; a forked run-batch keeps its
+    launcher's command line), else one whose command line says so."""
+    if ticks is not None:
+        return start_ticks(pid) == ticks
     args = command_line(pid)
     return is_live(pid) and b"run-batch" in args and (sweep is None or sweep.encode() in args)
