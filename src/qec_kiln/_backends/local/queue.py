@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from qec_kiln._atomic import atomic_write
 from qec_kiln._backends.base import Submission
 from qec_kiln._backends.local.state import StateFolder
 from qec_kiln._node.processes import Forked, fork_call, fork_is_safe, start_ticks
@@ -67,7 +68,8 @@ class SlotQueue:
     def start_free(self) -> None:
         """Start waiting batches on the free slots (first before the live view starts its
         thread, so that they may be forked: see :func:`start_batch`)."""
-        self._note_waiting()
+        if not self.me.exists():  # the first call (then each start rewrites it)
+            self._note_waiting()
         while self.pending and self.free and not self.stopped and not self._cancelled():
             self._start_next()
 
@@ -84,8 +86,9 @@ class SlotQueue:
             self._stop_all()
 
     def _note_waiting(self) -> None:  # rewritten only when the waiting batches change
-        self.me.write_text(json.dumps({"pid": os.getpid(), "started": self.my_start,
-                                       "waiting": self.pending}))
+        # replaced whole: `cancel` may read it at any moment
+        atomic_write(self.me, json.dumps({"pid": os.getpid(), "started": self.my_start,
+                                          "waiting": self.pending}).encode())
 
     def _cancelled(self) -> bool:
         """`qec-kiln cancel` of this sweep: start nothing more, and stop what runs (a batch
@@ -227,9 +230,12 @@ def start_batch(state: StateFolder, batches: list[str], argv: list[str],
             # Not for a GPU worker: its CUDA_VISIBLE_DEVICES must be there before anything
             # in the process could have looked at the GPUs.
             def run_batch() -> int:  # pragma: no cover - runs in the child
-                from qec_kiln._cli import main
+                import runpy
+                import sys
 
-                return main(argv[3:])
+                sys.argv = [argv[0], *argv[3:]]  # `python -m qec_kiln run-batch ...`, as is
+                runpy.run_module("qec_kiln", run_name="__main__", alter_sys=True)
+                return 0  # (qec_kiln's __main__ exits with the command's code)
 
             proc = fork_call(run_batch, out=out.fileno(), env=env)
         else:
