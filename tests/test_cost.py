@@ -219,6 +219,7 @@ def test_calibrate_and_warm_cache(tmp_path, monkeypatch):
     assert again == cals
 
 
+@pytest.mark.slow  # samples for its 2 s budget
 def test_calibrate_bounds_wall_time_of_a_slow_task():
     # ~55 us/shot: 10**6 shots would be about a minute; the budget cuts it to ~2 s.
     task = sinter.Task(circuit=rotated(9, 0.01), decoder="pymatching")
