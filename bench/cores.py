@@ -130,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             for label, extra in (("kiln", []), (f"kiln --workers {cores}",
                                                 ["--workers", str(cores)])):
                 name = f"r{r}-{len(extra)}"
-                times[label].append(run_kiln(tmp / "circuits", tmp / "bucket", name,
+                bucket = tmp / f"bucket-{name}"  # its own: a shared one would top up (no new shots)
+                times[label].append(run_kiln(tmp / "circuits", bucket, name,
                                              args.max_shots, args.max_errors, extra, env))
-                frags = sorted((tmp / "bucket" / name / "fragments").glob("*.csv"))
+                frags = sorted((bucket / name / "fragments").glob("*.csv"))
                 assert shots_in(frags) == 4 * args.max_shots, f"{label} took other shots"
             print(" ".join(f"{k}: {v[-1]:.1f} s" for k, v in times.items()), flush=True)
         best = {k: min(v) for k, v in times.items()}
