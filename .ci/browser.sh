@@ -8,32 +8,19 @@
 # The tests start chromium with --headless --no-sandbox --disable-gpu and every background
 # service off (tests/fixtures_browser.py): these machines have no internet.
 set -euo pipefail
-export PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
+# log, die, require_root, apt_install, show_usage: .ci/lib.sh
+# shellcheck source=.ci/lib.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
-SELF=$(basename "$0")
-log() { printf '%s: %s\n' "$SELF" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-usage() {
-    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2
-    exit 2
-}
+usage() { show_usage 2,6; }
 
 have_browser() { [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; }
 
 cmd_install() {
     have_browser && return 0
-    [[ $(id -u) -eq 0 ]] || die "must run as root to apt-get install chromium chromium-driver"
+    require_root "to apt-get install chromium chromium-driver"
     command -v apt-get >/dev/null || die "chromium is missing and there is no apt-get to install it"
-    local out
-    out=$(mktemp)
-    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-            -o Dpkg::Use-Pty=0 --no-install-recommends chromium chromium-driver; } >"$out" 2>&1; then
-        tail -n 40 "$out" >&2
-        rm -f "$out"
-        die "apt-get install chromium chromium-driver failed"
-    fi
-    rm -f "$out"
+    apt_install --no-install-recommends chromium chromium-driver
     have_browser || die "chromium installed but /usr/bin/chromium or /usr/bin/chromedriver is missing"
 }
 

@@ -32,26 +32,16 @@
 # Knobs: KILN_SKY_VENV, KILN_SKY_SLURM_CONF (share a running cluster), KILN_SKY_SSH_PORT (first
 # port tried, default 2222), KILN_SKY_API_PORT (default 46580), KILN_SKY_PYTHON310 (a python3.10).
 set -euo pipefail
-export PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
+# log, die, require_root, apt_install, alive, port_busy, pid_in, show_usage: .ci/lib.sh
+# shellcheck source=.ci/lib.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
-SELF=$(basename "$0")
 HERE=$(cd "$(dirname "$0")" && pwd)
 VENV=${KILN_SKY_VENV:-$HERE/.sky-venv}
 SKY_VERSION=0.14.1
 PROFILE_D=/etc/profile.d/qec-kiln-sky-local.sh
-log() { printf '%s: %s\n' "$SELF" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root (sshd and the Slurm daemons run as root)"; }
-
-alive() {
-    local stat
-    stat=$({ cat "/proc/$1/stat"; } 2>/dev/null) || return 1
-    stat=${stat##*) }
-    [[ -n $stat && ${stat:0:1} != Z && ${stat:0:1} != X ]]
-}
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-pid_in() { if [[ -s $1 ]]; then tr -dc '0-9' <"$1"; fi; return 0; }
+usage() { show_usage 2,16; }
+need_root() { require_root "(sshd and the Slurm daemons run as root)"; }
 
 # ---------------------------------------------------------------------------------------------
 # install
@@ -60,20 +50,14 @@ backend_utils() { echo "$("$VENV/bin/python" -c 'import sysconfig; print(sysconf
 
 cmd_install() {
     need_root
-    local missing=() out
+    local missing=()
     command -v slurmctld >/dev/null || missing+=(slurm-wlm)
     command -v munged >/dev/null || missing+=(munge)
     [[ -x /usr/sbin/sshd ]] || missing+=(openssh-server)
     command -v rsync >/dev/null || missing+=(rsync)
     if ((${#missing[@]})); then
         command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
-        out=$(mktemp)
-        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-                -o Dpkg::Use-Pty=0 "${missing[@]}"; } >"$out" 2>&1; then
-            tail -n 40 "$out" >&2; rm -f "$out"
-            die "apt-get install ${missing[*]} failed"
-        fi
-        rm -f "$out"
+        apt_install "${missing[@]}"
     fi
     if [[ ! -x $VENV/bin/sky ]] || ! "$VENV/bin/python" -c \
             "import sky, sys; sys.exit(sky.__version__ != '$SKY_VERSION')" 2>/dev/null; then

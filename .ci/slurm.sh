@@ -22,18 +22,12 @@
 # KILN_SLURM_UP_TIMEOUT (seconds to wait for the node, default 60).
 # Daemons run as root (SlurmUser=root); jobs run as the user who submits them.
 set -euo pipefail
-export PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
+# log, die, require_root, apt_install, alive, port_busy, pid_in, show_usage: .ci/lib.sh
+# shellcheck source=.ci/lib.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
-SELF=$(basename "$0")
-log() { printf '%s: %s\n' "$SELF" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-usage() {
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2
-    exit 2
-}
-
-need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root (the daemons run as root)"; }
+usage() { show_usage 2,8; }
+need_root() { require_root "(the daemons run as root)"; }
 
 # ---------------------------------------------------------------------------------------------
 # install
@@ -45,15 +39,7 @@ cmd_install() {
     fi
     need_root
     command -v apt-get >/dev/null || die "slurmctld is missing and there is no apt-get to install it"
-    local out
-    out=$(mktemp)
-    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-            -o Dpkg::Use-Pty=0 slurm-wlm munge; } >"$out" 2>&1; then
-        tail -n 40 "$out" >&2
-        rm -f "$out"
-        die "apt-get install slurm-wlm munge failed"
-    fi
-    rm -f "$out"
+    apt_install slurm-wlm munge
     command -v slurmctld >/dev/null || die "slurm-wlm installed but slurmctld is still missing"
 }
 
@@ -81,8 +67,7 @@ set_paths() {
 # MARK in its command line (so a recycled pid never counts); empty otherwise.
 pid_of() {
     local file=$1 comm=$2 mark=$3 pid
-    [[ -s $file ]] || return 0
-    pid=$(tr -dc '0-9' <"$file")
+    pid=$(pid_in "$file")
     [[ -n $pid ]] && alive "$pid" || return 0
     [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$comm" ]] || return 0
     [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *"$mark"* ]] || return 0
@@ -105,17 +90,6 @@ stop_pid() {
     log "$name (pid $pid) ignored SIGTERM for 10 s; sending SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
 }
-
-# alive PID: the process exists and is not a zombie (an exited daemon whose parent, often init in
-# a container, has not reaped it yet).
-alive() {
-    local stat
-    stat=$({ cat "/proc/$1/stat"; } 2>/dev/null) || return 1
-    stat=${stat##*) }
-    [[ -n $stat && ${stat:0:1} != Z && ${stat:0:1} != X ]]
-}
-
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 show_logs() {
     local f

@@ -37,7 +37,6 @@ import argparse
 import dataclasses
 import os
 import pathlib
-import resource
 import subprocess
 import sys
 import tempfile
@@ -45,8 +44,10 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples"))
+sys.path.insert(0, str(REPO / "bench"))
 
 import sinter  # noqa: E402
+from cores import cpu_now  # noqa: E402
 from generate_surface_codes import main as generate  # noqa: E402
 
 import qec_kiln  # noqa: E402
@@ -73,11 +74,6 @@ def naive_plan(prepared, per_job: int) -> Plan:
                 strategy=f"naive circuits-per-job={per_job}")
 
 
-def _children_cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 def run_plan(label: str, prepared, bucket_dir: pathlib.Path):
     """Run every batch in the engine's order; return (CPU seconds per batch, wall seconds per
     batch, fragments folder)."""
@@ -86,12 +82,12 @@ def run_plan(label: str, prepared, bucket_dir: pathlib.Path):
     cpu, wall = [], []
     by_id = {b.id: b for b in prepared.manifest.batches}
     for b in (by_id[i] for i in queue_order(prepared.manifest.batches)):
-        c0, t0 = _children_cpu_seconds(), time.perf_counter()
+        c0, t0 = cpu_now(), time.perf_counter()
         subprocess.run([sys.executable, "-m", "qec_kiln", "run-batch", "--bucket", str(bucket_dir),
                         "--sweep", prepared.manifest.sweep, "--batch", b.id, "--processes", "1",
                         "--sync-seconds", "30"], check=True, stderr=subprocess.DEVNULL)
         wall.append(time.perf_counter() - t0)
-        cpu.append(_children_cpu_seconds() - c0)
+        cpu.append(cpu_now() - c0)
         print(f"  {label} {b.id}: {len(b.shards):2d} shards, predicted "
               f"{b.predicted_seconds:7.1f} s, measured {cpu[-1]:7.1f} s CPU, {wall[-1]:7.1f} s wall",
               flush=True)

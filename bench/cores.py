@@ -17,6 +17,10 @@ Usage::
 
     python bench/cores.py                    # ~20 s of work per run on 2 cores
     python bench/cores.py --max-shots 2e6 --repeats 3   # ~10 s: the fixed ~1 s of planning shows more
+
+It also holds what the other benches share (``sys.path.insert(0, <bench/>)``, then
+``import cores``): the circuits (:func:`generate`), :func:`shots_in`, the timing of commands
+(:func:`cpu_now`, :func:`timed`, :func:`run_sinter`, :func:`run_kiln`) and :func:`free_port`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import resource
+import socket
 import subprocess
 import sys
 import tempfile
@@ -54,6 +60,35 @@ def generate(folder: pathlib.Path, distances: tuple[int, ...] = (5, 7),
 
 def shots_in(csv_paths: list[pathlib.Path]) -> int:
     return sum(s.shots for s in sinter.read_stats_from_csv_files(*map(str, csv_paths)))
+
+
+def cpu_now() -> float:
+    """CPU seconds (user + system) of this process's children that have ended and been waited
+    for: the difference around a command is the CPU time of its whole process tree."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None, what: str | None = None
+          ) -> tuple[float, float]:
+    """Run ``argv`` (its standard output dropped): its wall seconds and the CPU seconds of its
+    process tree. A failure exits with ``WHAT failed:`` (default: ``argv[:3]``) and the end of
+    its standard error."""
+    c0 = cpu_now()
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    took = time.perf_counter() - t0
+    cpu = cpu_now() - c0
+    if r.returncode:
+        raise SystemExit(f"{argv[:3] if what is None else what} failed: {r.stderr.decode()[-2000:]}")
+    return took, cpu
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_sinter(paths, out: pathlib.Path, shots: int, errors: int, cores: int) -> float:
@@ -95,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             for label, extra in (("kiln", []), (f"kiln --workers {cores}",
                                                 ["--workers", str(cores)])):
                 name = f"r{r}-{len(extra)}"
-                times[label].append(run_kiln(tmp / "circuits", tmp / "bucket", name,
+                bucket = tmp / f"bucket-{name}"  # its own: a shared one would top up (no new shots)
+                times[label].append(run_kiln(tmp / "circuits", bucket, name,
                                              args.max_shots, args.max_errors, extra, env))
-                frags = sorted((tmp / "bucket" / name / "fragments").glob("*.csv"))
+                frags = sorted((bucket / name / "fragments").glob("*.csv"))
                 assert shots_in(frags) == 4 * args.max_shots, f"{label} took other shots"
             print(" ".join(f"{k}: {v[-1]:.1f} s" for k, v in times.items()), flush=True)
         best = {k: min(v) for k, v in times.items()}

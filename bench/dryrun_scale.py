@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples"))
 sys.path.insert(0, str(REPO / "bench"))
 
+from cores import cpu_now  # noqa: E402
 from generate_surface_codes import main as generate  # noqa: E402
 from merge_speed import BIN, bench_env, load  # noqa: E402
 
@@ -66,12 +66,11 @@ def main(argv: list[str] | None = None) -> None:
         cpu: list[float] = []
 
         def run() -> tuple[float, str]:
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            c0 = cpu_now()
             start = time.perf_counter()
             r = subprocess.run(argv_, capture_output=True, text=True, env=env)
             took = time.perf_counter() - start
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+            cpu.append(cpu_now() - c0)
             if r.returncode != 0:
                 raise SystemExit(f"dry run failed: {r.stderr[-2000:]}")
             return took, r.stdout

@@ -56,7 +56,6 @@ import math
 import os
 import pathlib
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -72,6 +71,9 @@ from scipy.optimize import least_squares, minimize
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from cores import cpu_now  # noqa: E402
 
 from qec_kiln._planning._cost import CircuitFeatures  # noqa: E402
 from qec_kiln._sweep.discover import dem_for_circuit  # noqa: E402
@@ -297,12 +299,11 @@ RETRY_BUDGET = {"seconds": 60.0}
 
 def _collect_one(t: sinter.Task, custom: dict[str, Any]) -> tuple[sinter.TaskStats, float]:
     """Run one task; also return the worker's CPU seconds / the run's wall seconds."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    c0 = cpu_now()
     start = time.perf_counter()
     (st,) = _collect([t], custom).values()
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu = cpu_now() - c0
     return st, cpu / wall
 
 
@@ -313,7 +314,7 @@ def _wall_one_shot(c: stim.Circuit, decoder: str, custom: dict[str, Any]) -> flo
     best = math.inf
     for _attempt in range(MAX_ATTEMPTS):
         cpu = quietest_cpu()
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        c0 = cpu_now()
         t = time.perf_counter()
         sinter.collect(
             num_workers=1,
@@ -323,8 +324,7 @@ def _wall_one_shot(c: stim.Circuit, decoder: str, custom: dict[str, Any]) -> flo
             allowed_cpu_affinity_ids=[cpu],
         )
         wall = time.perf_counter() - t
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        used = cpu_now() - c0
         best = min(best, wall)
         # The parent waits for the worker's start-up: an idle run still shows ~0.7-0.9 here.
         if used / wall >= 0.6 or RETRY_BUDGET["seconds"] <= 0:

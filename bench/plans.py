@@ -23,11 +23,8 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
@@ -48,15 +45,8 @@ CPU: dict[str, list[float]] = {}  # CPU seconds (user + system, the whole tree) 
 
 
 def timed(argv: list[str], env: dict[str, str], label: str = "") -> float:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    took = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if r.returncode:
-        raise SystemExit(f"{argv[:3]} failed: {r.stderr.decode()[-2000:]}")
-    CPU.setdefault(label, []).append(after.ru_utime - before.ru_utime
-                                     + after.ru_stime - before.ru_stime)
+    took, cpu = cores.timed(argv, env)
+    CPU.setdefault(label, []).append(cpu)
     return took
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,15 +36,10 @@ import urllib.request
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
+from cores import free_port  # noqa: E402
 from merge_speed import BIN, bench_env, build, load, timed  # noqa: E402
 
 BUCKET = "kiln-bench"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_moto(log: pathlib.Path) -> tuple[subprocess.Popen, str]:

@@ -22,34 +22,21 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from cores import generate, run_sinter, shots_in  # noqa: E402
+from cores import cpu_now, generate, run_sinter, shots_in, timed  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-
-
-def cpu_now() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
 def run_kiln(folder: pathlib.Path, bucket: pathlib.Path, name: str, shots: int,
              env: dict[str, str], extra: list[str]) -> float:
     argv = [sys.executable, "-m", "qec_kiln", "launch", str(folder), "--bucket", str(bucket),
             "--name", name, "--max-shots", str(shots), "--max-errors", str(10**9), *extra]
-    t0 = time.perf_counter()
-    r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    took = time.perf_counter() - t0
-    if r.returncode:
-        raise SystemExit(f"launch failed: {r.stderr.decode()[-2000:]}")
-    return took
+    return timed(argv, env, "launch")[0]
 
 
 def main(argv: list[str] | None = None) -> int:

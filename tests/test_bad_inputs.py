@@ -94,6 +94,10 @@ class Case:
     setup: Callable[[Ctx], list[str]]  # the argv after `qec-kiln`
     expect: tuple[str, ...]  # substrings of the error line: the culprit and the remedy
     fixtures: tuple[str, ...] = ()
+    #: Only in the full run (``make test``), not ``make fast``: a case that takes seconds (a real
+    #: sweep run first, an S3 server with IAM, retries) or whose check test_discover.py and
+    #: test_storage.py already make in-process, so the fast loop keeps a few cases of each kind.
+    slow: bool = False
 
 
 def _launch(ctx: Ctx, folder: pathlib.Path | str, *extra: str) -> list[str]:
@@ -404,26 +408,27 @@ def merge_out_is_a_directory(ctx):
 
 CASES = [
     Case("malformed-stim", malformed_stim, ("type=bad.stim", "NOT_A_GATE", "fix or remove")),
-    Case("no-observables", no_observables, ("type=noobs.stim", "OBSERVABLE_INCLUDE", "add")),
+    Case("no-observables", no_observables, ("type=noobs.stim", "OBSERVABLE_INCLUDE", "add"), slow=True),
     Case("empty-folder", empty_folder, ("empty", "put your .stim circuits")),
-    Case("missing-folder", missing_folder, ("no-such-folder", "no such folder")),
-    Case("non-stim-files", non_stim_files, ("no .stim files", "notes.txt", "ending in .stim")),
+    Case("missing-folder", missing_folder, ("no-such-folder", "no such folder"), slow=True),
+    Case("non-stim-files", non_stim_files, ("no .stim files", "notes.txt", "ending in .stim"), slow=True),
     Case("duplicate-circuits", duplicate_circuits, ("run2/" + SMALL[0], "run1/" + SMALL[0],
-                                                    "remove one")),
-    Case("unparsable-file-name", unparsable_file_name, ("surface code d3.stim", "rename")),
+                                                    "remove one"), slow=True),
+    Case("unparsable-file-name", unparsable_file_name, ("surface code d3.stim", "rename"), slow=True),
     Case("not-utf8", not_utf8, ("type=latin1.stim", "encoding")),
     Case("control-character-in-name", control_character_in_name,
          ("p=0.001,x=a", "control characters", "rename")),
-    Case("tsim-without-sampler", tsim_without_sampler, ("type=t_gate.stim", "S[T]", "tsim")),
+    Case("tsim-without-sampler", tsim_without_sampler, ("type=t_gate.stim", "S[T]", "tsim"), slow=True),
     Case("undecomposable-for-pymatching", undecomposable_for_pymatching,
-         ("type=hyper.stim", "--decoders pymatching", "hypergraph_union_find")),
-    Case("dangling-symlink", dangling_symlink, ("circuits/more", "does not exist", "fix or remove")),
-    Case("fifo-circuit", fifo_circuit, ("type=fifo.stim", "FIFO", "regular .stim file")),
+         ("type=hyper.stim", "--decoders pymatching", "hypergraph_union_find"), slow=True),
+    Case("dangling-symlink", dangling_symlink, ("circuits/more", "does not exist", "fix or remove"),
+         slow=True),
+    Case("fifo-circuit", fifo_circuit, ("type=fifo.stim", "FIFO", "regular .stim file"), slow=True),
     Case("repeated-metadata-key", repeated_metadata_key, ("d=3,p=0.001,d=5.stim", "key 'd'",
-                                                          "rename")),
-    Case("nan-metadata", nan_metadata, ("d=3,p=nan.stim", "not a finite number")),
+                                                          "rename"), slow=True),
+    Case("nan-metadata", nan_metadata, ("d=3,p=nan.stim", "not a finite number"), slow=True),
     Case("metadata-in-two-key-orders", metadata_in_two_key_orders,
-         ("d=3,p=0.001.stim", "p=0.001,d=3.stim", "written differently")),
+         ("d=3,p=0.001.stim", "p=0.001,d=3.stim", "written differently"), slow=True),
     Case("unknown-decoder", unknown_decoder, ("--decoders 'pymatchin'", "choose from")),
     Case("max-shots-zero", max_shots_zero, ("--max-shots", "positive integer", "'0'")),
     Case("max-shots-negative", max_shots_negative, ("--max-shots", "positive integer", "'-5'")),
@@ -434,35 +439,35 @@ CASES = [
     Case("unknown-backend", unknown_backend, ("--backend 'kubernetes'", "choose one of")),
     Case("bad-url-scheme", bad_scheme, ("https://example.com/results", "unsupported scheme",
                                         "use s3://")),
-    Case("gcs-scheme-typo", gcs_scheme_typo, ("gcs://my-results", "write gs://")),
-    Case("bad-s3-bucket-name", bad_s3_bucket_name, ("s3://My_Results", "not a valid S3 bucket")),
-    Case("s3-no-credentials", s3_no_credentials, ("s3://", "no AWS credentials", "AWS_PROFILE")),
-    Case("s3-wrong-credentials", s3_wrong_credentials, ("s3://",)),
-    Case("s3-access-denied", s3_access_denied, ("s3://",)),
+    Case("gcs-scheme-typo", gcs_scheme_typo, ("gcs://my-results", "write gs://"), slow=True),
+    Case("bad-s3-bucket-name", bad_s3_bucket_name, ("s3://My_Results", "not a valid S3 bucket"), slow=True),
+    Case("s3-no-credentials", s3_no_credentials, ("s3://", "no AWS credentials", "AWS_PROFILE"), slow=True),
+    Case("s3-wrong-credentials", s3_wrong_credentials, ("s3://",), slow=True),
+    Case("s3-access-denied", s3_access_denied, ("s3://",), slow=True),
     Case("s3-unreachable-endpoint", s3_unreachable_endpoint, ("s3://unreachable-results/kiln",
-                                                              "cannot reach", "AWS_ENDPOINT_URL")),
+                                                              "cannot reach", "AWS_ENDPOINT_URL"), slow=True),
     Case("merge-garbage-fragment", merge_garbage_fragment, ("done/fragments/b000.csv",
-                                                            "not a sinter", "move it out")),
+                                                            "not a sinter", "move it out"), slow=True),
     Case("merge-fragment-other-header", merge_fragment_with_other_header,
-         ("done/fragments/b001.csv", "header", "move it out")),
+         ("done/fragments/b001.csv", "header", "move it out"), slow=True),
     Case("run-batch-garbage-fragment", run_batch_on_garbage_fragment,
-         ("done/fragments/b000.csv", "not a sinter", "move it out")),
+         ("done/fragments/b000.csv", "not a sinter", "move it out"), slow=True),
     Case("relaunch-garbage-fragment", relaunch_with_garbage_fragment,
-         ("done/fragments/b000.csv", "not a sinter", "move it out")),
+         ("done/fragments/b000.csv", "not a sinter", "move it out"), slow=True),
     Case("relaunch-fresh-other-inputs", relaunch_fresh_with_other_inputs,
-         ("--fresh", "already holds rows", "new --bucket")),
+         ("--fresh", "already holds rows", "new --bucket"), slow=True),
     Case("manifest-other-version-merge", manifest_other_version_merge,
-         ("done/manifest.json", "format 99", "9.9.0")),
+         ("done/manifest.json", "format 99", "9.9.0"), slow=True),
     Case("manifest-other-version-status", manifest_other_version_status,
-         ("done/manifest.json", "format 99", "9.9.0")),
+         ("done/manifest.json", "format 99", "9.9.0"), slow=True),
     Case("manifest-other-version-run-batch", manifest_other_version_run_batch,
-         ("done/manifest.json", "format 99", "9.9.0")),
+         ("done/manifest.json", "format 99", "9.9.0"), slow=True),
     Case("manifest-other-version-launch", manifest_other_version_launch,
-         ("done/manifest.json", "format 99", "9.9.0")),
-    Case("run-batch-unknown-batch", run_batch_unknown_batch, ("--batch 'b042'", "b000, b001")),
+         ("done/manifest.json", "format 99", "9.9.0"), slow=True),
+    Case("run-batch-unknown-batch", run_batch_unknown_batch, ("--batch 'b042'", "b000, b001"), slow=True),
     Case("merge-empty-bucket", merge_empty_bucket, ("empty-bucket", "no sweeps", "launch one")),
     Case("merge-out-is-a-directory", merge_out_is_a_directory, ("--out", "results",
-                                                                "is a directory")),
+                                                                "is a directory"), slow=True),
 ]
 
 
@@ -480,7 +485,8 @@ def run_case(case: Case, ctx: Ctx) -> tuple[subprocess.CompletedProcess, str]:
     return proc, lines[0] if len(lines) == 1 else ""
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.slow] * c.slow)
+                                  for c in CASES])
 def test_bad_input_gets_one_clear_error_and_changes_nothing(case: Case, tmp_path, request):
     ctx = Ctx(tmp_path, request)
     proc, line = run_case(case, ctx)
@@ -558,6 +564,7 @@ def test_truncated_fragment_merge_warns_and_run_batch_resumes(tmp_path, finished
     assert report["reached"] == report["tasks"] and not report["warnings"], report
 
 
+@pytest.mark.slow  # the ``finished`` sweep is a real launch: seconds
 def test_a_finished_batch_with_a_damaged_tail_is_repaired_by_run_batch(tmp_path, finished):
     """Half a row after a finished fragment's complete lines (a copy by hand): run-batch has no
     shot left to take, yet it replaces the object by its complete lines, so merge stops warning."""

@@ -5,6 +5,7 @@ Fast (well under 20 s): the few sinter runs are sub-second to a few seconds each
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -45,6 +46,7 @@ def rotated(d: int, p: float, rounds: int | None = None) -> stim.Circuit:
     )
 
 
+@functools.cache  # CircuitFeatures is frozen; d=13 takes ~0.15 s to generate and measure
 def features(d: int, p: float) -> CircuitFeatures:
     return CircuitFeatures.of(rotated(d, p))
 
@@ -217,6 +219,7 @@ def test_calibrate_and_warm_cache(tmp_path, monkeypatch):
     assert again == cals
 
 
+@pytest.mark.slow  # samples for its 2 s budget
 def test_calibrate_bounds_wall_time_of_a_slow_task():
     # ~55 us/shot: 10**6 shots would be about a minute; the budget cuts it to ~2 s.
     task = sinter.Task(circuit=rotated(9, 0.01), decoder="pymatching")

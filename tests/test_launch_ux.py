@@ -185,6 +185,7 @@ def test_circuits_as_in_sinter_collect(tmp_path, kiln):
         "--sinter-option=--max_batch_size=9"]
 
 
+@pytest.mark.slow  # four CLI runs; test_bad_inputs.py keeps flag errors in the fast loop
 def test_flag_limits_are_one_line_errors(tmp_path, kiln):
     circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001,))
     for flags, word in [(["--sync-seconds", "1e10"], "--sync-seconds"),
@@ -255,6 +256,7 @@ def test_parser_takes_circuits_option_and_positional_alike():
     assert a.circuits_opt == ["x.stim", "y.stim"] and a.jobs == 2
 
 
+@pytest.mark.slow  # a real launch: ~3 s
 def test_stale_cancel_and_launch_records_change_nothing(tmp_path, kiln):
     """A `sweep.cancel` written before a launch began does not stop it, and a record of a
     launch that is gone (or a pid now someone else's) is not reported by cancel."""

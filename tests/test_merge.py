@@ -177,6 +177,7 @@ def _as_nobody(argv: list[str]) -> list[str]:
     return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
 
 
+@pytest.mark.slow  # two CLI runs as another user: ~1 s
 def test_status_and_merge_read_a_read_only_bucket(small_circuits):
     top = pathlib.Path(tempfile.mkdtemp(prefix="kiln-ro-"))  # outside pytest's root-only tmp
     try:
@@ -438,6 +439,7 @@ def test_read_fragments_keeps_only_the_stats_unless_asked(tmp_path, small_circui
     assert [f.clean for f in kept] == [w.clean for w in whole]
 
 
+@pytest.mark.slow  # six CLI runs: ~2 s
 def test_a_sweep_folder_without_its_manifest_is_named_by_merge_and_status(tmp_path, small_circuits,
                                                                           kiln):
     bucket = tmp_path / "bucket"

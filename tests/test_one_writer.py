@@ -176,6 +176,7 @@ def test_two_launches_of_one_sweep_at_once_count_every_shot_once(tmp_path: Path)
           f"{contended} a batch was run by the other launch's run-batch")
 
 
+@pytest.mark.slow  # the S3 server with IAM starts for it: seconds
 def test_read_only_credentials_end_run_batch_at_once(s3_auth, monkeypatch, tmp_path: Path) -> None:
     """Credentials that can read the bucket but not write it: run-batch fails its first write (the
     lease) with one `error:` line and exit 2, which the task YAML never retries (only 75 is), and
@@ -213,6 +214,7 @@ def test_read_only_credentials_end_run_batch_at_once(s3_auth, monkeypatch, tmp_p
     assert rec["recover_on_exit_codes"] == [75] and rec["max_restarts_on_errors"] == 0
 
 
+@pytest.mark.slow  # two plans, then a real local run: ~3 s
 def test_a_launch_that_loses_the_race_to_create_a_sweep_runs_the_winners_plan(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two launches of one sweep at once with different partitions (--jobs 1 and --jobs 2):
@@ -250,6 +252,7 @@ def test_a_launch_that_loses_the_race_to_create_a_sweep_runs_the_winners_plan(
     assert sorted(s.shots for s in stats) == [2000, 2000]
 
 
+@pytest.mark.slow  # a real launch, then two more: ~3 s
 def test_a_sweep_whose_manifest_was_deleted_is_not_planned_again(tmp_path: Path) -> None:
     from conftest import run_kiln
 

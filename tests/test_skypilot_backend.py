@@ -227,6 +227,7 @@ def test_render_option_combinations(opts, expect_file, expect, tmp_path):
     [({"cpus": "banana"}, "cpus"), ({"gpus": "H100:x"}, "accelerators"),
      ({"infra": "nocloud"}, "nocloud"), ({"gpus": "H100:1,A100:many"}, "A100:many")],
 )
+@pytest.mark.slow  # renders with this checkout's wheel, built once per run: ~6 s
 def test_invalid_options_raise_one_clear_line(opts, culprit):
     with pytest.raises(KilnError) as err:
         sp.SkyPilotBackend().render(request(**opts))
@@ -236,6 +237,7 @@ def test_invalid_options_raise_one_clear_line(opts, culprit):
         assert msg.startswith("packaged:sinter_job")
 
 
+@pytest.mark.slow  # renders with this checkout's wheel, built once per run: ~6 s
 def test_invalid_user_yaml_names_the_file(tmp_path):
     bad = tmp_path / "my job.yaml"
     bad.write_text("resources:\n  use_spot: maybe\nrun: echo\n")
@@ -253,6 +255,7 @@ def test_invalid_user_yaml_names_the_file(tmp_path):
         sp.SkyPilotBackend().render(request(batches=("b0,b1",)))
 
 
+@pytest.mark.slow  # renders with this checkout's wheel, built once per run: ~6 s
 def test_user_yaml_with_any_of_gets_overrides_everywhere(tmp_path):
     path = tmp_path / "anyof.yaml"
     path.write_text(
@@ -270,6 +273,7 @@ def test_user_yaml_with_any_of_gets_overrides_everywhere(tmp_path):
 # ---------------------------------------------------------------- secrets
 
 
+@pytest.mark.slow  # renders with this checkout's wheel, built once per run: ~6 s
 def test_secrets_are_passed_by_name_never_written(tmp_path, monkeypatch):
     backend = sp.SkyPilotBackend()
     seen = capture_sdk_launch(monkeypatch)
@@ -296,6 +300,7 @@ def test_secrets_are_passed_by_name_never_written(tmp_path, monkeypatch):
     sky_validate(yaml_text, env)
 
 
+@pytest.mark.slow  # renders with this checkout's wheel, built once per run: ~6 s
 def test_secret_problems_are_refused_without_echoing_values(tmp_path, monkeypatch):
     path = secrets_yaml(tmp_path)
     inline = tmp_path / "inline.yaml"
@@ -319,6 +324,7 @@ def test_secret_problems_are_refused_without_echoing_values(tmp_path, monkeypatc
 # ---------------------------------------------------------------- launch
 
 
+@pytest.mark.slow  # renders with this checkout's wheel, built once per run: ~6 s
 def test_launch_hands_the_rendered_task_to_the_sdk(tmp_path, monkeypatch):
     backend = sp.SkyPilotBackend()
     seen = capture_sdk_launch(monkeypatch, ids=(13, 11, 12))

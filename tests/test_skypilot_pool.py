@@ -80,6 +80,7 @@ def test_packaged_pool_yaml_is_byte_identical_and_has_no_job_recovery():
     assert "run" not in cfg  # the jobs bring run
 
 
+@pytest.mark.slow  # renders with this checkout's wheel, built once per run: ~6 s
 def test_pool_task_passes_skypilots_checks_and_job_recovery_is_refused_by_them():
     from sky.serve import serve_utils
 
@@ -106,6 +107,7 @@ def test_pool_task_passes_skypilots_checks_and_job_recovery_is_refused_by_them()
     assert job.envs["KILN_BATCHES"] == "b000,b001,b002,b003"
 
 
+@pytest.mark.slow  # renders with this checkout's wheel, built once per run: ~6 s
 def test_pool_name_is_reused_across_sweeps_and_changes_with_the_install():
     b = sp.SkyPilotBackend()
     a = b.render(request()).pool.name
@@ -123,6 +125,7 @@ def test_pool_name_is_reused_across_sweeps_and_changes_with_the_install():
         b.render(request(gpus="H100:1"))
 
 
+@pytest.mark.slow  # renders with this checkout's wheel, built once per run: ~6 s
 def test_skypilots_click_commands_accept_our_pool_argv(tmp_path):
     r = sp.SkyPilotBackend().render(request())
     (tmp_path / "pool.yaml").write_text(pools.pool_yaml(r.pool))
@@ -152,6 +155,7 @@ def test_skypilots_click_commands_accept_our_pool_argv(tmp_path):
     assert "will be ignored" not in res.output  # no setup or file mounts in a pool job
 
 
+@pytest.mark.slow  # renders with this checkout's wheel, built once per run: ~6 s
 def test_launch_creates_the_pool_once_then_reuses_it(monkeypatch):
     backend = sp.SkyPilotBackend()
     calls = fake_pool_sdk(monkeypatch)

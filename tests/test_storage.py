@@ -314,6 +314,7 @@ def test_s3_profile_not_found(s3_env, monkeypatch: pytest.MonkeyPatch, tmp_path:
         open_bucket(s3_env.url).check_access()
 
 
+@pytest.mark.slow  # the S3 server with IAM starts for it: seconds
 def test_s3_wrong_credentials(s3_auth, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _no_aws_config(monkeypatch, tmp_path)
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_auth.endpoint)

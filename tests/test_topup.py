@@ -186,6 +186,7 @@ def test_unfinished_sweep_of_the_same_tasks_refuses_a_top_up(tmp_path):
         .startswith("first-")
 
 
+@pytest.mark.slow  # samples with sinter: ~1.5 s
 def test_fresh_is_refused_where_the_bucket_holds_rows(tmp_path):
     files = write_repetition(tmp_path / "c")
     bucket = tmp_path / "b"
@@ -249,6 +250,7 @@ def test_a_launch_waits_for_the_planning_lock(tmp_path):
     assert live_holder(bucket, PLAN_LOCK_KEY) is None  # released: free for the next launch
 
 
+@pytest.mark.slow  # sleeps through leases: ~2.5 s
 def test_the_planning_lock_is_renewed_while_held_and_a_lost_one_refuses_the_commit(tmp_path):
     """Held past its lease (a long count or upload), the lock is renewed, so no other launch
     takes it; one lost anyway (renewals stopped, then taken over) refuses the commit, and its

@@ -173,6 +173,7 @@ def _png_pixels(data: bytes):
     return img, img.getcolors(maxcolors=1 << 20)
 
 
+@pytest.mark.slow  # four plot runs, each importing matplotlib: ~5 s
 def test_plot_writes_a_png_with_the_curves(tmp_path, small_circuits):
     bucket = tmp_path / "bucket"
     m = make_sweep(small_circuits, bucket, "s", jobs=2)
@@ -201,6 +202,7 @@ def test_plot_writes_a_png_with_the_curves(tmp_path, small_circuits):
     assert pdf.read_bytes().startswith(b"%PDF")
 
 
+@pytest.mark.slow  # three plot runs: ~2 s
 def test_plot_refuses_bad_flags_in_one_line(tmp_path, small_circuits):
     bucket = tmp_path / "bucket"
     finish(bucket, make_sweep(small_circuits, bucket, "s", jobs=2))
@@ -214,6 +216,7 @@ def test_plot_refuses_bad_flags_in_one_line(tmp_path, small_circuits):
         assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.stderr
 
 
+@pytest.mark.slow  # a plot --watch run: ~2 s
 def test_plot_watch_rewrites_the_file_as_rows_land_and_ends_when_done(tmp_path, small_circuits):
     bucket = tmp_path / "bucket"
     m = make_sweep(small_circuits, bucket, "s", jobs=2)
@@ -260,6 +263,7 @@ def test_report_is_one_self_contained_file_with_names_as_text(tmp_path, hostile_
     assert text.count('<tr><td>b0') == len(m.batches)
 
 
+@pytest.mark.slow  # a report run: ~1 s (the report test above stays fast)
 def test_report_of_an_empty_bucket_says_so(tmp_path):
     (tmp_path / "b").mkdir()
     out = tmp_path / "r.html"
@@ -267,6 +271,7 @@ def test_report_of_an_empty_bucket_says_so(tmp_path):
     assert "no sweeps in this bucket" in r.stdout and "no sweeps in this bucket" in out.read_text()
 
 
+@pytest.mark.slow  # a report run: ~2 s
 def test_status_json_of_merge_none_is_unchanged_for_the_cli(tmp_path, small_circuits):
     """plot/report merge in memory: nothing appears in the bucket or the folder they run in."""
     bucket = tmp_path / "bucket"
