@@ -1,5 +1,10 @@
 """The subcommands behind ``qec-kiln``: parsed flags in, a call of the Python API (``_api``),
-its result printed, an exit code out."""
+its result printed, an exit code out.
+
+Each command imports ``_api`` itself: importing it builds ``plan``'s and ``launch``'s signatures
+from the sweep settings (``_sweep.spec``), which a merge never needs. ``merge`` calls what
+``_api.merge`` calls, so that it starts as quickly as ``sinter combine``.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,6 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from qec_kiln import _api
-from qec_kiln._backends import backend_class, get_backend
 from qec_kiln._errors import Exit, KilnError
 from qec_kiln._report.output import STDOUT
 from qec_kiln._report.units import duration, money, percent
@@ -57,6 +60,7 @@ def _log(msg: str) -> None:
 
 def _settings(args: argparse.Namespace) -> dict:
     """``plan``/``launch`` flags as the API's settings: a flag's dest is its setting's name."""
+    from qec_kiln._backends import backend_class
     from qec_kiln._sweep.spec import SweepSpec
 
     settings = {name: getattr(args, name) for name in SweepSpec.setting_names()
@@ -66,6 +70,8 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from qec_kiln import _api
+
     prepared = _api.plan(args.circuits, log=_log, **_settings(args))
     if args.json:
         print(json.dumps(prepared.to_json(), indent=1))
@@ -75,6 +81,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    from qec_kiln import _api
+
     def before_start(prepared: PlanResult, todo: list[str], relaunch: Relaunch | None) -> None:
         if not args.json:
             print_plan(prepared, only=set(todo), relaunch=relaunch)
@@ -112,6 +120,8 @@ def _print_next_steps(bucket_url: str, sweep: str) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from qec_kiln import _api
+
     reports = _api.status(args.bucket, sweep=args.sweep, backend=args.backend, log=_log)
     if args.json:
         print(json.dumps([r.to_json() for r in reports], indent=1))
@@ -122,6 +132,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    from qec_kiln import _api
+
     sweeps = [args.sweep] if args.sweep else _api.sweep_names(args.bucket)
     if len(sweeps) > 1 and not args.all:  # a bare cancel never stops several sweeps by surprise
         raise KilnError(f"{args.bucket} holds {len(sweeps)} sweeps ({', '.join(sweeps)}): give "
@@ -141,8 +153,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     if args.out == STDOUT and args.json:
         raise KilnError("--out - and --json both write to standard output; give --out a file path")
-    report = _api.merge(args.bucket, args.out, sweep=args.sweep, skip_bad=args.skip_bad,
-                        log=lambda line: print(line, file=sys.stderr))
+    from qec_kiln._report.merge import merge_sweeps  # what _api.merge calls, without _api
+
+    report = merge_sweeps(args.bucket, args.out, sweep=args.sweep, skip_bad=args.skip_bad,
+                          log=lambda line: print(line, file=sys.stderr))
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
         return 0
@@ -150,8 +164,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
     for line in merge_lines(report):
         print(line, file=text)
     return 0
+
+
 def cmd_remove(args: argparse.Namespace) -> int:
-    import sys
+    from qec_kiln import _api
 
     keys = _api.remove(args.bucket, args.sweep, dry_run=True, backend=args.backend)
     where = f"sweep {args.sweep} from {args.bucket}"
@@ -175,6 +191,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_pool(args: argparse.Namespace) -> int:
+    from qec_kiln._backends import get_backend
+
     name = args.pool_opt or args.name
     if args.name and args.pool_opt and args.name != args.pool_opt:
         raise KilnError(f"qec-kiln pool: two names ({args.name}, --pool {args.pool_opt}); give one")
