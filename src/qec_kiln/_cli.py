@@ -223,7 +223,11 @@ def build_parser() -> _Parser:
     p.add_argument("--bucket", default="kiln-results")
     p.add_argument("--sweep", help="default: every sweep in the bucket")
     p.add_argument("--backend", help="default: the one the sweep was launched with")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="every batch, machine-readable")
+    p.add_argument("--rows", type=positive_int, default=40, metavar="N",
+                   help="batches the table shows, failed, running and unfinished ones first; "
+                   "one line counts the rest (default 40; the totals count every batch)")
+    p.add_argument("--all", action="store_true", help="a row for every batch")
 
     p = sub.add_parser("cancel", help="stop every job of a sweep (fragments are kept)")
     p.add_argument("--bucket", default="kiln-results")

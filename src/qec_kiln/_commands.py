@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from qec_kiln._planning.result import PlanResult
     from qec_kiln._report.merge import MergeReport
-    from qec_kiln._report.status import Relaunch
+    from qec_kiln._report.status import BatchProgress, Relaunch, StatusReport
 
 def _console(stderr: bool) -> Console:
     """A rich console that ends like a plain print when its reader leaves (`qec-kiln plan |
@@ -128,7 +128,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps([r.to_json() for r in reports], indent=1))
         return 0
     for r in reports:
-        print_status(r)
+        print_status(r, rows=None if args.all else args.rows)
     return 0
 
 
@@ -310,18 +310,22 @@ def print_existing(prepared: PlanResult) -> None:
                   markup=False)
 
 
-def print_status(report) -> None:
+def print_status(report: StatusReport, rows: int | None = None) -> None:
+    """The sweep's table: ``rows`` batches (None: all), failed, running and unfinished ones
+    first (``StatusReport.by_urgency``), one line counting the rest, and totals over all."""
     m = report.manifest
     from rich.table import Table
 
     table = Table(title=f"sweep {m.sweep} ({report.backend or m.backend}): "
                   f"{percent(report.fraction_done)} done",
                   title_justify="left")
-    show_recoveries = any(b.job and b.job.recoveries is not None for b in report.batches)
+    ordered = report.by_urgency()
+    shown, rest = (ordered, []) if rows is None else (ordered[:rows], ordered[rows:])
+    show_recoveries = any(b.job and b.job.recoveries is not None for b in shown)
     cols = ["batch", "state", "job"] + (["recoveries"] if show_recoveries else [])
     for col in cols + ["shots", "errors", "done", "ETA"]:
         table.add_column(col, justify="left" if col in ("batch", "state", "job") else "right")
-    for b in report.batches:
+    for b in shown:
         eta = b.eta_seconds
         row = [b.batch.id, b.state, b.job.job_id if b.job else "-"]
         if show_recoveries:
@@ -329,11 +333,13 @@ def print_status(report) -> None:
         row += [f"{b.shots:,}", f"{b.errors:,}", percent(b.fraction), duration(eta)]
         table.add_row(*row)
     out.print(table)
+    if rest:
+        out.print(_rest_line(rest), markup=False)
     shots = sum(b.shots for b in report.batches)
     out.print(f"total: {shots:,} shots, {sum(b.errors for b in report.batches):,} errors; "
               f"{len(report.batches) - len(report.unfinished)}/{len(report.batches)} batches done",
               markup=False)
-    for b in report.batches:  # why a job failed, recovers or waits (SkyPilot's reason)
+    for b in shown:  # why a job failed, recovers or waits (SkyPilot's reason)
         detail = b.job.detail if b.job else ""
         if b.error and b.error not in detail:  # the last error line of its log
             detail = f"{detail}: {b.error}" if detail else b.error
@@ -343,6 +349,19 @@ def print_status(report) -> None:
                       markup=False)
     for w in report.warnings:
         err.print(f"warning: {w}", markup=False)
+
+
+def _rest_line(rest: list[BatchProgress]) -> str:
+    """One line for the batches the table leaves out: ``... and 1,960 finished batches``."""
+    if all(b.done and not (b.job and b.job.active) for b in rest):
+        what = f"{len(rest):,} finished batch{'es' if len(rest) > 1 else ''}"
+    else:
+        states: dict[str, int] = {}
+        for b in rest:
+            states[b.state] = states.get(b.state, 0) + 1
+        what = (f"{len(rest):,} more batch{'es' if len(rest) > 1 else ''} ("
+                + ", ".join(f"{n:,} {state}" for state, n in states.items()) + ")")
+    return f"... and {what}: --all shows every row, --rows N the first N"
 
 
 def merge_lines(report: MergeReport) -> list[str]:
