@@ -5,6 +5,8 @@ forked shares (sums handed through the pipes in sinter combine's order)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 from conftest import ON_CLOUDS
@@ -169,6 +171,28 @@ def test_a_share_whose_process_dies_or_cannot_start_is_parsed_here(tmp_path, sma
     assert merge_mod._fold_in_processes(merge_mod._Folded(), b, m, 3, True).sums == here.sums
 
 
+def test_a_merge_forks_only_where_the_fragments_bytes_repay_it(tmp_path, small_circuits,
+                                                                monkeypatch):
+    """A forked share costs ~15 ms of CPU: merge forks by the fragments' size (estimated from a
+    few of them), so 200 small fragments (0.5 MB) parse here, and big ones are split even when
+    there are few."""
+    bucket = tmp_path / "bucket"
+    m = make_sweep(small_circuits, bucket, "s", jobs=8)
+    finish(bucket, m)
+    ids = [b.id for b in m.batches]
+    b = open_bucket(str(bucket))
+    sizes = [len(b.read_bytes(f"s/fragments/{i}.csv")) for i in ids]
+    estimate = merge_mod._estimated_bytes(b, "s", ids)
+    assert min(sizes) * len(ids) <= estimate <= max(sizes) * len(ids)
+    (bucket / "s" / "fragments" / f"{ids[0]}.csv").unlink()  # a missing one counts nothing
+    assert merge_mod._estimated_bytes(b, "s", ids) < estimate
+    code = ("from qec_kiln._report.merge import _local_processes as f, BYTES_PER_PROCESS as B; "
+            "print(f(200, 480_000), f(2000, 4_800_000), f(4, 8 * B), f(2000))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    cores = min(4, len(os.sched_getaffinity(0)))  # in a fresh interpreter, no other thread
+    assert out.stdout.split() == ["1", str(min(cores, 4)), str(min(cores, 2)), str(cores)]
+
+
 def test_merge_of_forked_shares_is_sinter_combine(tmp_path, small_circuits, monkeypatch):
     bucket = tmp_path / "bucket"
     m = make_sweep(small_circuits, bucket, "s", jobs=8)
@@ -176,6 +200,7 @@ def test_merge_of_forked_shares_is_sinter_combine(tmp_path, small_circuits, monk
         write_fragment(bucket, m, b.id, [row(m, s.strong_id, 1000 + 17 * i + r, r)
                                          for s in b.shards for r in range(3)])
     monkeypatch.setattr(merge_mod, "FRAGMENTS_PER_PROCESS", 1)
+    monkeypatch.setattr(merge_mod, "BYTES_PER_PROCESS", 1)  # small fragments: forked all the same
     assert merge_mod._local_processes(len(m.batches)) == min(4, len(os.sched_getaffinity(0))) \
         or merge_mod._local_processes(len(m.batches)) == 1  # 1: another thread runs here
     merge_sweeps(str(bucket), str(tmp_path / "k.csv"), sweep="s")

@@ -296,6 +296,34 @@ def test_out_dash_writes_standard_output(tmp_path, finished):
     assert r.returncode == 2 and r.stderr.count("error:") == 1 and "--json" in r.stderr
 
 
+def test_a_local_merge_starts_like_sinter_combine(tmp_path, finished):
+    """``qec-kiln merge`` of a folder (through ``_cli.main``, as the command runs) imports no
+    cloud SDK nor bucket module, no backend, view, API, sweep settings, rich or YAML, builds
+    only merge's flags, and keeps numpy's BLAS to one thread (a merge does no linear algebra):
+    it starts as ``sinter combine`` does, and writes the same bytes."""
+    bucket, expected = finished
+    code = (
+        "import json, os, sys, threading\n"
+        "from qec_kiln import _cli\n"
+        f"code = _cli.main(['merge', '--bucket', {str(bucket)!r}, '--out', 'm.csv'])\n"
+        "heavy = ('rich', 'yaml', 'boto3', 'botocore', 'google', 'sky', 'qec_kiln._backends', "
+        "'qec_kiln._view', 'qec_kiln._api', 'qec_kiln._planning', 'qec_kiln._sweep.spec', "
+        "'qec_kiln._storage._s3', 'qec_kiln._storage._gcs')\n"
+        "print(json.dumps([code, sorted(n for n in sys.modules if n.startswith(heavy)), "
+        "os.environ.get('OPENBLAS_NUM_THREADS')]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1]) == [0, [], "1"], r.stderr
+    assert (tmp_path / "m.csv").read_bytes() == expected
+    # A BLAS setting of the caller's own is kept.
+    env["OPENBLAS_NUM_THREADS"] = "3"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env=env, timeout=120)
+    assert json.loads(r.stdout.splitlines()[-1])[2] == "3", r.stderr
+
+
 # ------------------------------------------------------------------------------------------------
 # Issue 13.15: fragments are read concurrently
 

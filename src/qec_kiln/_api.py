@@ -1,7 +1,7 @@
 """The Python API: ``plan``, ``launch``, ``status``, ``merge`` and ``cancel``, one function per
 ``qec-kiln`` command, taking the same settings as keyword arguments (the CLI only parses flags and
-calls these). Heavy modules (sinter, the storage clients, SkyPilot) load on the first call, so
-``import qec_kiln`` stays fast.
+calls these). Heavy modules (sinter, the storage clients, the backends, SkyPilot) load on the
+first call that needs them, so ``import qec_kiln`` stays fast and a merge loads no backend.
 
 A whole sweep, locally, on a tiny circuit:
 
@@ -28,7 +28,6 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from qec_kiln._backends import get_backend
 from qec_kiln._errors import KilnError, KilnWarning
 
 if TYPE_CHECKING:
@@ -156,6 +155,7 @@ def status(bucket: PathLike = "kiln-results", *, sweep: str | None = None,
         ...
         qec_kiln._errors.KilnError: ...: no sweeps in this bucket; ...
     """
+    from qec_kiln._backends import get_backend
     from qec_kiln._report.status import sweep_progress
     from qec_kiln._storage import open_bucket
     from qec_kiln._sweep.manifest import load_manifest, resolve_sweep
@@ -230,6 +230,7 @@ def cancel(bucket: PathLike = "kiln-results", sweep: str = "", *,
     """Stop every job of ``sweep`` (``qec-kiln cancel``); fragments are kept, so a later
     :func:`launch` resumes. Returns the jobs it stopped ([] when none was running or waiting):
     job ids, or for the local backend the batch ids, running or still waiting in a launch."""
+    from qec_kiln._backends import get_backend
     from qec_kiln._storage import open_bucket
     from qec_kiln._sweep.manifest import load_manifest
 
@@ -252,6 +253,7 @@ def remove(bucket: PathLike, sweep: str, *, dry_run: bool = False,
         ...
         qec_kiln._errors.KilnError: ...nope: no such sweep in the bucket (nothing to remove); ...
     """
+    from qec_kiln._backends import get_backend
     from qec_kiln._report.remove import remove_sweep
     from qec_kiln._storage import open_bucket
     from qec_kiln._sweep.manifest import load_manifest, manifest_key

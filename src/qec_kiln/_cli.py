@@ -170,6 +170,30 @@ def run_batch_parser() -> _Parser:
     return p
 
 
+MERGE_HELP = "combine all fragments into one CSV for sinter plot"
+
+
+def _add_merge_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bucket", default="kiln-results")
+    p.add_argument("--out", default="merged.csv",
+                   help="the merged CSV (default merged.csv), or - for standard output")
+    p.add_argument("--sweep", help="only this sweep (default: every sweep in the bucket, combined "
+                   "into one CSV with each sweep's share reported)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip damaged fragments with a warning instead of stopping")
+    p.add_argument("--json", action="store_true")
+
+
+def merge_parser() -> _Parser:
+    """``qec-kiln merge``'s parser alone: a merge, like ``sinter combine``, starts without
+    building the other commands' flags (they import the sweep settings, the backends' option
+    modules and the views')."""
+    p = _Parser(prog="qec-kiln merge", description=MERGE_HELP)
+    _add_merge_args(p)
+    p.set_defaults(command="merge")
+    return p
+
+
 def build_parser() -> _Parser:
     """The ``qec-kiln`` parser (it imports no backend: each one's flags are in its light
     ``options`` module)."""
@@ -196,21 +220,17 @@ def build_parser() -> _Parser:
     _add_run_batch_args(sub.add_parser("run-batch", help="run one batch (what a node runs)"))
 
 
-    p = sub.add_parser("merge", help="combine all fragments into one CSV for sinter plot")
-    p.add_argument("--bucket", default="kiln-results")
-    p.add_argument("--out", default="merged.csv",
-                   help="the merged CSV (default merged.csv), or - for standard output")
-    p.add_argument("--sweep", help="only this sweep (default: every sweep in the bucket, combined "
-                   "into one CSV with each sweep's share reported)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="skip damaged fragments with a warning instead of stopping")
-    p.add_argument("--json", action="store_true")
+    _add_merge_args(sub.add_parser("merge", help=MERGE_HELP))
 
     p = sub.add_parser("status", help="progress of a sweep's batches")
     p.add_argument("--bucket", default="kiln-results")
     p.add_argument("--sweep", help="default: every sweep in the bucket")
     p.add_argument("--backend", help="default: the one the sweep was launched with")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="every batch, machine-readable")
+    p.add_argument("--rows", type=positive_int, default=40, metavar="N",
+                   help="batches the table shows, failed, running and unfinished ones first; "
+                   "one line counts the rest (default 40; the totals count every batch)")
+    p.add_argument("--all", action="store_true", help="a row for every batch")
 
     p = sub.add_parser("cancel", help="stop every job of a sweep (fragments are kept)")
     p.add_argument("--bucket", default="kiln-results")
@@ -279,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = _join_sinter_options(sys.argv[1:] if argv is None else list(argv))
     if words[:1] == ["run-batch"]:  # what every node runs: only its own flags
         parser, words = run_batch_parser(), words[1:]
+    elif words[:1] == ["merge"]:  # as quick to start as `sinter combine`: only its own flags
+        parser, words = merge_parser(), words[1:]
     else:
         parser = build_parser()
     args, extra = parser.parse_known_args(words)
@@ -315,8 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Exit.for_signal(2)
 
 
-__all__ = ["SINTER_OPTIONS", "build_parser", "main", "positive_float", "positive_int", "run_batch_parser",
-           "sinter_options"]
+__all__ = ["SINTER_OPTIONS", "build_parser", "main", "merge_parser", "positive_float", "positive_int",
+           "run_batch_parser", "sinter_options"]
 
 
 if __name__ == "__main__":

@@ -1,15 +1,19 @@
 """The subcommands behind ``qec-kiln``: parsed flags in, a call of the Python API (``_api``),
-its result printed, an exit code out."""
+its result printed, an exit code out.
+
+Each command imports ``_api`` itself: importing it builds ``plan``'s and ``launch``'s signatures
+from the sweep settings (``_sweep.spec``), which a merge never needs. ``merge`` calls what
+``_api.merge`` calls, so that it starts as quickly as ``sinter combine``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import TYPE_CHECKING
 
-from qec_kiln import _api
-from qec_kiln._backends import backend_class, get_backend
 from qec_kiln._errors import Exit, KilnError
 from qec_kiln._report.output import STDOUT
 from qec_kiln._report.units import duration, money, percent
@@ -19,7 +23,7 @@ if TYPE_CHECKING:
 
     from qec_kiln._planning.result import PlanResult
     from qec_kiln._report.merge import MergeReport
-    from qec_kiln._report.status import Relaunch
+    from qec_kiln._report.status import BatchProgress, Relaunch, StatusReport
 
 def _console(stderr: bool) -> Console:
     """A rich console that ends like a plain print when its reader leaves (`qec-kiln plan |
@@ -57,6 +61,7 @@ def _log(msg: str) -> None:
 
 def _settings(args: argparse.Namespace) -> dict:
     """``plan``/``launch`` flags as the API's settings: a flag's dest is its setting's name."""
+    from qec_kiln._backends import backend_class
     from qec_kiln._sweep.spec import SweepSpec
 
     settings = {name: getattr(args, name) for name in SweepSpec.setting_names()
@@ -66,6 +71,8 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from qec_kiln import _api
+
     prepared = _api.plan(args.circuits, log=_log, **_settings(args))
     if args.json:
         print(json.dumps(prepared.to_json(), indent=1))
@@ -75,6 +82,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    from qec_kiln import _api
+
     def before_start(prepared: PlanResult, todo: list[str], relaunch: Relaunch | None) -> None:
         if not args.json:
             print_plan(prepared, only=set(todo), relaunch=relaunch)
@@ -112,16 +121,20 @@ def _print_next_steps(bucket_url: str, sweep: str) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from qec_kiln import _api
+
     reports = _api.status(args.bucket, sweep=args.sweep, backend=args.backend, log=_log)
     if args.json:
         print(json.dumps([r.to_json() for r in reports], indent=1))
         return 0
     for r in reports:
-        print_status(r)
+        print_status(r, rows=None if args.all else args.rows)
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    from qec_kiln import _api
+
     sweeps = [args.sweep] if args.sweep else _api.sweep_names(args.bucket)
     if len(sweeps) > 1 and not args.all:  # a bare cancel never stops several sweeps by surprise
         raise KilnError(f"{args.bucket} holds {len(sweeps)} sweeps ({', '.join(sweeps)}): give "
@@ -141,8 +154,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     if args.out == STDOUT and args.json:
         raise KilnError("--out - and --json both write to standard output; give --out a file path")
-    report = _api.merge(args.bucket, args.out, sweep=args.sweep, skip_bad=args.skip_bad,
-                        log=lambda line: print(line, file=sys.stderr))
+    if "numpy" not in sys.modules:  # a merge does no linear algebra (it starts no process either)
+        # numpy's OpenBLAS starts a thread per core on import, which spins a while: on 2 busy
+        # cores that cost ~50 ms of CPU, a fifth of a 200-fragment merge.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from qec_kiln._report.merge import merge_sweeps  # what _api.merge calls, without _api
+
+    report = merge_sweeps(args.bucket, args.out, sweep=args.sweep, skip_bad=args.skip_bad,
+                          log=lambda line: print(line, file=sys.stderr))
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
         return 0
@@ -150,8 +169,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
     for line in merge_lines(report):
         print(line, file=text)
     return 0
+
+
 def cmd_remove(args: argparse.Namespace) -> int:
-    import sys
+    from qec_kiln import _api
 
     keys = _api.remove(args.bucket, args.sweep, dry_run=True, backend=args.backend)
     where = f"sweep {args.sweep} from {args.bucket}"
@@ -175,6 +196,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_pool(args: argparse.Namespace) -> int:
+    from qec_kiln._backends import get_backend
+
     name = args.pool_opt or args.name
     if args.name and args.pool_opt and args.name != args.pool_opt:
         raise KilnError(f"qec-kiln pool: two names ({args.name}, --pool {args.pool_opt}); give one")
@@ -287,18 +310,22 @@ def print_existing(prepared: PlanResult) -> None:
                   markup=False)
 
 
-def print_status(report) -> None:
+def print_status(report: StatusReport, rows: int | None = None) -> None:
+    """The sweep's table: ``rows`` batches (None: all), failed, running and unfinished ones
+    first (``StatusReport.by_urgency``), one line counting the rest, and totals over all."""
     m = report.manifest
     from rich.table import Table
 
     table = Table(title=f"sweep {m.sweep} ({report.backend or m.backend}): "
                   f"{percent(report.fraction_done)} done",
                   title_justify="left")
-    show_recoveries = any(b.job and b.job.recoveries is not None for b in report.batches)
+    ordered = report.by_urgency()
+    shown, rest = (ordered, []) if rows is None else (ordered[:rows], ordered[rows:])
+    show_recoveries = any(b.job and b.job.recoveries is not None for b in shown)
     cols = ["batch", "state", "job"] + (["recoveries"] if show_recoveries else [])
     for col in cols + ["shots", "errors", "done", "ETA"]:
         table.add_column(col, justify="left" if col in ("batch", "state", "job") else "right")
-    for b in report.batches:
+    for b in shown:
         eta = b.eta_seconds
         row = [b.batch.id, b.state, b.job.job_id if b.job else "-"]
         if show_recoveries:
@@ -306,11 +333,13 @@ def print_status(report) -> None:
         row += [f"{b.shots:,}", f"{b.errors:,}", percent(b.fraction), duration(eta)]
         table.add_row(*row)
     out.print(table)
+    if rest:
+        out.print(_rest_line(rest), markup=False)
     shots = sum(b.shots for b in report.batches)
     out.print(f"total: {shots:,} shots, {sum(b.errors for b in report.batches):,} errors; "
               f"{len(report.batches) - len(report.unfinished)}/{len(report.batches)} batches done",
               markup=False)
-    for b in report.batches:  # why a job failed, recovers or waits (SkyPilot's reason)
+    for b in shown:  # why a job failed, recovers or waits (SkyPilot's reason)
         detail = b.job.detail if b.job else ""
         if b.error and b.error not in detail:  # the last error line of its log
             detail = f"{detail}: {b.error}" if detail else b.error
@@ -320,6 +349,19 @@ def print_status(report) -> None:
                       markup=False)
     for w in report.warnings:
         err.print(f"warning: {w}", markup=False)
+
+
+def _rest_line(rest: list[BatchProgress]) -> str:
+    """One line for the batches the table leaves out: ``... and 1,960 finished batches``."""
+    if all(b.done and not (b.job and b.job.active) for b in rest):
+        what = f"{len(rest):,} finished batch{'es' if len(rest) > 1 else ''}"
+    else:
+        states: dict[str, int] = {}
+        for b in rest:
+            states[b.state] = states.get(b.state, 0) + 1
+        what = (f"{len(rest):,} more batch{'es' if len(rest) > 1 else ''} ("
+                + ", ".join(f"{n:,} {state}" for state, n in states.items()) + ")")
+    return f"... and {what}: --all shows every row, --rows N the first N"
 
 
 def merge_lines(report: MergeReport) -> list[str]:

@@ -227,9 +227,13 @@ def _fold(folded: _Folded, sweep: str, batches: list[Batch],
     return folded
 
 
-#: A directory's fragments are parsed in up to this many processes, each at least this many
-#: (forking one costs a few ms; parsing 100 fragments with sinter about 30 ms).
-LOCAL_PROCESSES, FRAGMENTS_PER_PROCESS = 4, 100
+#: A sweep's fragments are parsed in up to this many processes, each with at least this many
+#: of them and about this many of their bytes: sinter parses ~10 MB/s here, and forking a
+#: process that loaded it costs ~15 ms of CPU, which a smaller share does not repay on a busy
+#: machine (bench/merge_speed.py: 200 small fragments, 0.5 MB, one process; 2,000, 4.8 MB, two).
+LOCAL_PROCESSES, FRAGMENTS_PER_PROCESS, BYTES_PER_PROCESS = 4, 2, 2**20
+#: Fragments read to estimate the size of all (a plan's batches are balanced: theirs are alike).
+SIZE_SAMPLE = 5
 
 
 def _fold_sweep(bucket: Bucket, manifest: Manifest, *, skip_bad: bool,
@@ -251,6 +255,8 @@ def _fold_sweep(bucket: Bucket, manifest: Manifest, *, skip_bad: bool,
             workers = None  # all in memory now (or failed): parse as a directory's
         # A forked process may read only what needs no network (nor a thread) to read.
         procs = _local_processes(len(ids)) if workers is None and fragments.reads_are_local() else 1
+        if procs > 1:  # as many as the fragments' bytes pay for
+            procs = _local_processes(len(ids), _estimated_bytes(fragments, sweep, ids))
         if procs > 1:
             return _fold_in_processes(folded, fragments, manifest, procs, skip_bad)
         return _fold(folded, sweep, batches,
@@ -259,13 +265,27 @@ def _fold_sweep(bucket: Bucket, manifest: Manifest, *, skip_bad: bool,
                      skip_bad)
 
 
-def _local_processes(n: int) -> int:
-    """1 (this process alone) unless there are many fragments and no other thread runs here
-    (forking one that runs threads is unsafe); then one per core, up to
-    :data:`LOCAL_PROCESSES`, each with at least :data:`FRAGMENTS_PER_PROCESS`."""
+def _local_processes(n: int, size: int | None = None) -> int:
+    """How many processes should parse ``n`` fragments (of ``size`` bytes in all, when known):
+    1 (this process alone) unless no other thread runs here (forking one that runs threads is
+    unsafe); then one per core, up to :data:`LOCAL_PROCESSES`, each with at least
+    :data:`FRAGMENTS_PER_PROCESS` fragments and :data:`BYTES_PER_PROCESS` bytes."""
     if threading.active_count() > 1 or "fork" not in multiprocessing.get_all_start_methods():
         return 1
-    return max(1, min(LOCAL_PROCESSES, len(os.sched_getaffinity(0)), n // FRAGMENTS_PER_PROCESS))
+    by_size = n if size is None else size // BYTES_PER_PROCESS
+    return max(1, min(LOCAL_PROCESSES, len(os.sched_getaffinity(0)), n // FRAGMENTS_PER_PROCESS,
+                      by_size))
+
+
+def _estimated_bytes(bucket: Bucket, sweep: str, ids: list[str]) -> int:
+    """The size of the fragments of batches ``ids``, from :data:`SIZE_SAMPLE` of them spread
+    over the plan (one missing or unreadable counts 0 here: its share's read reports it)."""
+    sample = ids[::max(1, len(ids) // SIZE_SAMPLE)][:SIZE_SAMPLE]
+    total = 0
+    for batch_id in sample:
+        with contextlib.suppress(KilnError):
+            total += len(bucket.read_bytes(fragment_key(sweep, batch_id)))
+    return total * len(ids) // max(1, len(sample))
 
 
 def _fold_in_processes(folded: _Folded, bucket: Bucket, manifest: Manifest, procs: int,
@@ -474,8 +494,3 @@ def _combined_rows(manifests: list[Manifest],
             r.shots_per_sweep[m.sweep] = st.shots if st else 0
             r.errors_per_sweep[m.sweep] = st.errors if st else 0
     return [r for r in rows.values() if len(r.shots_per_sweep) > 1]
-
-
-# ---------------------------------------------------------------------------------------------
-# The command
-

@@ -162,6 +162,12 @@ class StatusReport:
     def unfinished(self) -> list[str]:
         return [b.batch.id for b in self.batches if not b.done]
 
+    def by_urgency(self) -> list[BatchProgress]:
+        """The batches as ``qec-kiln status`` lists them: failed, damaged or lost first, then
+        those whose job runs or waits, then the other unfinished, then the finished; each group
+        in plan order."""
+        return sorted(self.batches, key=_urgency)
+
     def to_json(self) -> dict:
         return {
             "sweep": self.manifest.sweep,
@@ -186,6 +192,14 @@ class StatusReport:
             ],
             "warnings": self.warnings,
         }
+
+
+def _urgency(b: BatchProgress) -> int:
+    if b.problem or b.lost or b.failed:
+        return 0
+    if b.job is not None and b.job.active:
+        return 1
+    return 3 if b.done else 2
 
 
 def batch_progress(batch: Batch, fragment: Fragment | None,

@@ -42,17 +42,17 @@ thread): each bucket has its own clients and no global client is shared.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from qec_kiln._storage._bucket import (
     PATIENT_RETRY,
     QUICK_RETRY,
     Bucket,
     RetryPolicy,
 )
-from qec_kiln._storage._gcs import GCSBucket
 from qec_kiln._storage._listed import listed
 from qec_kiln._storage._local import LocalBucket
 from qec_kiln._storage._open import open_bucket
-from qec_kiln._storage._s3 import S3Bucket
 from qec_kiln._storage._urls import (
     ACCEPTED_FORMS,
     BucketURL,
@@ -60,6 +60,22 @@ from qec_kiln._storage._urls import (
     key_problem,
     parse_url,
 )
+
+if TYPE_CHECKING:
+    from qec_kiln._storage._gcs import GCSBucket
+    from qec_kiln._storage._s3 import S3Bucket
+
+#: The cloud buckets' modules load when first asked for: a local merge or status never needs them.
+_LAZY = {"GCSBucket": "qec_kiln._storage._gcs", "S3Bucket": "qec_kiln._storage._s3"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'qec_kiln._storage' has no attribute {name!r}")
+
 
 __all__ = [
     "ACCEPTED_FORMS",

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 
 from qec_kiln._storage._bucket import PATIENT_RETRY, Bucket, RetryPolicy  # noqa: F401 (doctest)
-from qec_kiln._storage._gcs import GCSBucket
 from qec_kiln._storage._local import LocalBucket
-from qec_kiln._storage._s3 import S3Bucket
 from qec_kiln._storage._urls import parse_url
 
 
@@ -25,8 +23,12 @@ def open_bucket(url: str | os.PathLike[str], *, retry: RetryPolicy | None = None
         300.0
     """
     parsed = parse_url(url)
-    if parsed.scheme == "s3":
+    if parsed.scheme == "s3":  # each cloud's module only where its bucket is opened
+        from qec_kiln._storage._s3 import S3Bucket
+
         return S3Bucket(parsed, retry=retry)
     if parsed.scheme == "gs":
+        from qec_kiln._storage._gcs import GCSBucket
+
         return GCSBucket(parsed, retry=retry)
     return LocalBucket(parsed, retry=retry)
