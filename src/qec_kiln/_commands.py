@@ -70,7 +70,21 @@ def _settings(args: argparse.Namespace) -> dict:
     return settings
 
 
+def _numpy_on_one_thread() -> None:
+    """Import numpy with its OpenBLAS on one thread (its thread per core spins ~50 ms of CPU at
+    import; planning does no heavy linear algebra), then give the environment back as it was,
+    so that sinter's worker processes and backends start with the caller's."""
+    if "numpy" in sys.modules or "OPENBLAS_NUM_THREADS" in os.environ:
+        return
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        import numpy  # noqa: F401
+    finally:
+        del os.environ["OPENBLAS_NUM_THREADS"]
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
+    _numpy_on_one_thread()
     from qec_kiln import _api
 
     prepared = _api.plan(args.circuits, log=_log, **_settings(args))
@@ -82,6 +96,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    _numpy_on_one_thread()
     from qec_kiln import _api
 
     def before_start(prepared: PlanResult, todo: list[str], relaunch: Relaunch | None) -> None:
