@@ -184,6 +184,25 @@ def _add_merge_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
+LAUNCH_HELP = "plan, upload and start the sweep's batches"
+
+
+def _add_launch_args(p: argparse.ArgumentParser) -> None:
+    _add_sweep_args(p)
+    _add_backend_args(p, "where the batches run")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show the plan, rendered job files and exact commands; launch nothing")
+
+
+def launch_parser() -> _Parser:
+    """``qec-kiln launch``'s parser alone: a launch builds no other command's flags (a local
+    sweep of little work starts that much sooner)."""
+    p = _Parser(prog="qec-kiln launch", description=LAUNCH_HELP)
+    _add_launch_args(p)
+    p.set_defaults(command="launch")
+    return p
+
+
 def merge_parser() -> _Parser:
     """``qec-kiln merge``'s parser alone: a merge, like ``sinter combine``, starts without
     building the other commands' flags (they import the sweep settings, the backends' option
@@ -211,14 +230,9 @@ def build_parser() -> _Parser:
     _add_sweep_args(p)
     _add_backend_args(p, "the plan's defaults depend on it")
 
-    p = sub.add_parser("launch", help="plan, upload and start the sweep's batches")
-    _add_sweep_args(p)
-    _add_backend_args(p, "where the batches run")
-    p.add_argument("--dry-run", action="store_true",
-                   help="show the plan, rendered job files and exact commands; launch nothing")
+    _add_launch_args(sub.add_parser("launch", help=LAUNCH_HELP))
 
     _add_run_batch_args(sub.add_parser("run-batch", help="run one batch (what a node runs)"))
-
 
     _add_merge_args(sub.add_parser("merge", help=MERGE_HELP))
 
@@ -301,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser, words = run_batch_parser(), words[1:]
     elif words[:1] == ["merge"]:  # as quick to start as `sinter combine`: only its own flags
         parser, words = merge_parser(), words[1:]
+    elif words[:1] == ["launch"]:
+        parser, words = launch_parser(), words[1:]
     else:
         parser = build_parser()
     args, extra = parser.parse_known_args(words)
