@@ -179,6 +179,7 @@ def _restore(bucket: Bucket, manifest: Manifest, batches: list[Batch], resume: p
         resume.unlink()
     rows: list[bytes] = []
     syncers = []
+    owner = {sid: b for b in batches for sid in b.strong_ids}
     for b in batches:
         fkey = fragment_key(manifest.sweep, b.id)
         try:
@@ -187,8 +188,18 @@ def _restore(bucket: Bucket, manifest: Manifest, batches: list[Batch], resume: p
             raw, version = b"", None  # our first upload creates it, if nobody else did
         fragment = parse_fragment(raw, bucket.url_for(fkey))
         clean = fragment.clean
+        # Rows of tasks that are not the batch's (a copy by hand) stay in its fragment, as when
+        # it runs alone; rows of another batch of this sinter would count toward that one's
+        # targets and be uploaded twice: refused.
+        strays = set(fragment.stats) - b.strong_ids
+        other = next((owner[sid] for sid in strays if sid in owner), None)
+        if together and other is not None:
+            raise KilnError(f"{bucket.url_for(fkey)}: holds rows of a task of batch {other.id} "
+                            f"(run with {b.id} in one sinter): the fragment is damaged: move it "
+                            "out of fragments/ to rerun that batch")
+        only = b.strong_ids | strays
         if together and clean:  # one header for all; each batch's own rows only
-            clean = HEADER_LINE + rows_of(clean, b.strong_ids).split(b"\n", 1)[1]
+            clean = HEADER_LINE + rows_of(clean, only).split(b"\n", 1)[1]
         done = sum(st.shots for sid, st in fragment.stats.items()
                    if not together or sid in b.strong_ids)
         log(f"restored {len(clean)} bytes ({done} shots) from {fkey}" if clean
@@ -201,7 +212,7 @@ def _restore(bucket: Bucket, manifest: Manifest, batches: list[Batch], resume: p
         uploaded = len(clean) if raw == clean else -1
         syncers.append(FragmentSync(bucket, fkey, resume, uploaded=uploaded, log=log,
                                     on_conflict=on_conflict, version=version,
-                                    only=b.strong_ids if together else None))
+                                    only=frozenset(only) if together else None))
     data = b"".join(rows)
     if data:
         resume.write_bytes(HEADER_LINE + data if together else data)
