@@ -185,17 +185,22 @@ def _prefer_live(report: StatusReport, live: Mapping[str, bytes]) -> None:
     """Use a batch's local resume file (parsed by sinter) where it holds more shots than the
     fragment in the bucket (it is synced only every ``sync_seconds``)."""
     from qec_kiln._report.status import batch_progress
-    from qec_kiln._sweep.fragments import parse_fragment
+    from qec_kiln._sweep.fragments import Fragment, parse_fragment
 
+    parsed: dict[bytes, Fragment | None] = {}  # one run-batch --all: one file, many batches
     for bp in report.batches:
         data = live.get(bp.batch.id)
         if not data or bp.problem:
             continue
-        try:
-            shards = batch_progress(bp.batch, parse_fragment(data, bp.batch.id),
-                                    report.manifest.errors_of)
-        except KilnError:
+        if data not in parsed:
+            try:
+                parsed[data] = parse_fragment(data, bp.batch.id)
+            except KilnError:
+                parsed[data] = None
+        fragment = parsed[data]
+        if fragment is None:
             continue
+        shards = batch_progress(bp.batch, fragment, report.manifest.errors_of)
         if sum(s.shots for s in shards) > bp.shots:
             bp.shards, bp.fragment_found = shards, True
 

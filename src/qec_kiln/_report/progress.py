@@ -21,7 +21,7 @@ from rich.text import Text
 from qec_kiln._errors import KilnError
 from qec_kiln._report.status import BatchProgress, batch_progress
 from qec_kiln._report.units import duration, percent
-from qec_kiln._sweep.fragments import parse_fragment
+from qec_kiln._sweep.fragments import Fragment, parse_fragment
 from qec_kiln._sweep.manifest import Manifest
 
 #: Seconds between plain progress lines when the output is not a terminal.
@@ -44,6 +44,9 @@ class ResumeReader:
         self.manifest = manifest
         self.path_of = path_of
         self._cache: dict[str, tuple[tuple[int, int], BatchProgress]] = {}
+        # The batches of one `run-batch --all` share one resume file (links to it): parsed once
+        # per change, not once per batch.
+        self._parsed: dict[str, tuple[tuple[int, int], Fragment]] = {}
 
     def batch(self, batch_id: str) -> BatchProgress:
         batch = self.manifest.plan.batch(batch_id)
@@ -56,10 +59,17 @@ class ResumeReader:
         cached = self._cache.get(batch_id)
         if cached and cached[0] == stamp:
             return cached[1]
-        try:
-            frag = parse_fragment(path.read_bytes(), str(path))
-        except (OSError, KilnError):  # half-written or replaced this instant: keep the last view
-            return cached[1] if cached else BatchProgress(batch, batch_progress(batch, None), False)
+        real = os.path.realpath(path)
+        shared = self._parsed.get(real)
+        if shared and shared[0] == stamp:
+            frag = shared[1]
+        else:
+            try:
+                frag = parse_fragment(path.read_bytes(), str(path))
+            except (OSError, KilnError):  # half-written or replaced this instant: the last view
+                return cached[1] if cached else BatchProgress(batch, batch_progress(batch, None),
+                                                              False)
+            self._parsed[real] = (stamp, frag)
         result = BatchProgress(batch, batch_progress(batch, frag, self.manifest.errors_of), True)
         self._cache[batch_id] = (stamp, result)
         return result
