@@ -90,7 +90,6 @@ def test_live_progress_parses_a_shared_resume_file_once_per_change(tmp_path, mon
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="review: one exit code for a whole --all queue")
 def test_one_worker_reports_each_batch_of_its_queue_as_it_ended(tmp_path, kiln):
     """One local worker's queue is one run-batch --all; a batch of it held by another runner
     on this machine (its work folder locked) is that batch's 'elsewhere', while the others

@@ -130,8 +130,11 @@ class Forked:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            with contextlib.suppress(ChildProcessError):
+            try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: its status is lost (as Popen says 0)
+                self.returncode = 0
+            else:
                 if pid:
                     self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
@@ -139,8 +142,11 @@ class Forked:
     def wait(self, timeout: float | None = None) -> int:
         if timeout is None:
             if self.returncode is None:
-                _, status = os.waitpid(self.pid, 0)
-                self.returncode = os.waitstatus_to_exitcode(status)
+                try:
+                    _, status = os.waitpid(self.pid, 0)
+                    self.returncode = os.waitstatus_to_exitcode(status)
+                except ChildProcessError:
+                    self.returncode = 0
             return self.returncode
         import time
 
@@ -188,7 +194,9 @@ def fork_call(main: Callable[[], int | None], *, out: int, cwd: str | os.PathLik
             os.environ.update(env)
         result = main()
         code = result if isinstance(result, int) else 0
-    except SystemExit as ex:
+    except SystemExit as ex:  # as the interpreter ends: a code, or a message and 1
+        if ex.code is not None and not isinstance(ex.code, int):
+            print(ex.code, file=sys.stderr)
         code = ex.code if isinstance(ex.code, int) else (0 if ex.code is None else 1)
     except BaseException:  # noqa: BLE001 - the child reports everything, then exits
         import traceback

@@ -48,6 +48,8 @@ from qec_kiln._sweep.manifest import (
     package_versions,
 )
 
+#: In each batch's work folder, after a run-batch of several: that batch's exit code.
+BATCH_EXIT = "run-batch.exit"
 #: Logs are best effort: one short attempt, so a bucket outage does not slow the fragment syncs.
 LOG_RETRY = RetryPolicy(attempts=1, connect_timeout=3.0, read_timeout=10.0)
 #: Log bytes kept in ``logs/<batch>.log``.
@@ -101,23 +103,27 @@ def run_batch(
     say = out or (lambda s: print(s, file=sys.stderr, flush=True))
     if lease_seconds is None:
         lease_seconds = max(60.0, 4 * sync_seconds)
-    rc = 0
+    codes: dict[str, int] = {}
     for group in disjoint_groups(batches):
-        code = _run_group(bucket, manifest, group, root, say, processes, sync_seconds,
-                          lease_seconds, cpus)
-        if code >= 128:  # stopped by a signal (or a cancel): the rest waits for the next launch
-            return code
-        rc = rc or code
-    return rc
+        codes.update(_run_group(bucket, manifest, group, root, say, processes, sync_seconds,
+                                lease_seconds, cpus))
+        if any(c >= 128 for c in codes.values()):  # stopped by a signal (or a cancel): the rest
+            break  # waits for the next launch
+    if len(ids) > 1:  # how each batch ended, for the local queue (one exit code for them all)
+        for b, code in codes.items():
+            atomic_write(root / b / BATCH_EXIT, f"{code}\n")
+    stopped = [c for c in codes.values() if c >= 128]
+    return stopped[0] if stopped else next((c for c in codes.values() if c), 0)
 
 
 def _run_group(bucket: Bucket, manifest: Manifest, group: list[Batch], root: pathlib.Path,
                say: Callable[[str], None], processes: int | None, sync_seconds: float,
-               lease_seconds: float, cpus: Sequence[int]) -> int:
-    """Lock, lease and run batches that share no task (one sinter for them all)."""
+               lease_seconds: float, cpus: Sequence[int]) -> dict[str, int]:
+    """Lock, lease and run batches that share no task (one sinter for them all); each one's
+    exit code (``Exit.CONFLICT`` where another runner holds it)."""
     locks: list[int] = []
     mine: list[Batch] = []
-    rc = 0
+    codes: dict[str, int] = {}
     for b in group:
         work = root / b.id
         work.mkdir(parents=True, exist_ok=True)
@@ -130,12 +136,12 @@ def _run_group(bucket: Bucket, manifest: Manifest, group: list[Batch], root: pat
             os.close(fd)
             say(f"{b.id}: another run-batch of the same batch is running on this machine "
                 f"(work folder {work} is locked); this one exits without touching the batch")
-            rc = Exit.CONFLICT
+            codes[b.id] = Exit.CONFLICT
             continue
         locks.append(fd)
         mine.append(b)
     if not mine:
-        return rc
+        return codes
     names = ",".join(b.id for b in mine)
     log_path = root / mine[0].id / "run-batch.log"
     log_file = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed below)
@@ -154,12 +160,12 @@ def _run_group(bucket: Bucket, manifest: Manifest, group: list[Batch], root: pat
                 leased.append(b)
             except LeaseHeld as held:
                 log(f"error: {held}")
-                rc = Exit.CONFLICT
+                codes[b.id] = Exit.CONFLICT
         if not leased:
-            return rc
+            return codes
         try:
-            return _run(bucket, manifest, leased, root, log, log_path, processes, sync_seconds,
-                        leases, cpus) or rc
+            return {**codes, **_run(bucket, manifest, leased, root, log, log_path, processes,
+                                    sync_seconds, leases, cpus)}
         except KilnError:
             for lease in leases:
                 release(lease, undo=True)  # e.g. a garbage fragment: leave the bucket as it was
@@ -221,7 +227,10 @@ def _restore(bucket: Bucket, manifest: Manifest, batches: list[Batch], resume: p
 
 def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib.Path,
          log: Callable[[str], None], log_path: pathlib.Path, processes: int | None,
-         sync_seconds: float, leases: list[Lease], cpus: Sequence[int] = ()) -> int:
+         sync_seconds: float, leases: list[Lease], cpus: Sequence[int] = ()) -> dict[str, int]:
+    """Run ``batches`` (leased) in one sinter per :func:`sinter_runs`; each one's exit code. A
+    batch another runner took over (a lost swap or lease) stops uploading, and the others go on:
+    sinter stops only when it runs for none of them."""
     sweep = manifest.sweep
     work = root / batches[0].id
     pgid_file = work / "sinter.pgid"
@@ -232,9 +241,9 @@ def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib
     resume = work / "resume.csv"
     running: dict[str, subprocess.Popen | Forked] = {}
 
-    def stop_sinter() -> None:  # from the sync thread, on a conflict
+    def stop_sinter() -> None:  # from the sync thread, once no batch is this runner's any more
         p = running.get("proc")
-        if p is not None:
+        if p is not None and all_conflicted():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.pid, signal.SIGINT)
 
@@ -246,8 +255,8 @@ def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib
     stop_request = StopRequest(bucket, sweep)  # `qec-kiln cancel` asks through the bucket
     lease_period = min(lease.seconds for lease in leases)
 
-    def conflict() -> str | None:
-        return next((s.conflict for s in syncers if s.conflict), None)
+    def all_conflicted() -> bool:
+        return all(s.conflict for s in syncers)
 
     def sync_loop() -> None:
         # The fragments first (what counts), then the leases, renewed at least three times per
@@ -263,8 +272,7 @@ def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib
                                           "batch took it over; this one stops without uploading")
                     except StorageError as ex:
                         log(f"warning: could not renew the lease, will retry: {ex}")
-            for b in batches:
-                _upload_log(bucket, sweep, b.id, log_path)
+            _upload_log(bucket, sweep, batches[0].id, log_path)  # each batch's at the end
             if stop_request.asked():  # as a SIGTERM would: stop sinter, upload, then hold
                 log("a cancel asked this run to stop")
                 os.kill(os.getpid(), signal.SIGTERM)
@@ -282,7 +290,7 @@ def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib
     try:
         nproc = processes or len(cpus) or os.cpu_count() or 1
         for run in sinter_runs(shards):
-            if conflict():
+            if all_conflicted():
                 break
             paths = [circuits[c] for c in run.circuits]
             argv = sinter_collect_argv(
@@ -304,12 +312,12 @@ def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib
                 running["proc"] = proc
                 if thread.ident is None:  # after the first sinter: it may have been forked
                     thread.start()
-                if conflict():
+                if all_conflicted():
                     stop_sinter()
                 rc = proc.wait()
                 running.pop("proc", None)
             proc = None
-            if conflict():
+            if all_conflicted():
                 break
             if rc < 0:  # Slurm and Kubernetes signal every process of a job, sinter included
                 log(f"sinter collect was stopped by {_signal_name(-rc)}")
@@ -337,8 +345,8 @@ def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib
             stop_syncing.set()
             if thread.is_alive():
                 thread.join(timeout=60)
-            all_ok = True
-            for syncer, lease in zip(syncers, leases, strict=True):
+            uploaded_all: dict[str, bool] = {}
+            for b, syncer, lease in zip(batches, syncers, leases, strict=True):
                 ok = syncer.sync(retry=PATIENT_RETRY)
                 if syncer.conflict:
                     log(f"final upload skipped: {syncer.key} is another run-batch's now")
@@ -346,14 +354,16 @@ def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib
                 log(f"final upload {'done' if ok else 'FAILED'}: {syncer.uploaded} bytes in "
                     f"{syncer.key}")
                 release(lease)
-                all_ok = all_ok and ok
-            if not all_ok:
-                rc = rc or Exit.UPLOAD_FAILED
+                uploaded_all[b.id] = ok
+            all_ok = all(uploaded_all.values())
             if stop_signal is None:
                 stop_signal = late[0] if late else (-rc if rc < 0 else None)
-            if rc == 0 and stop_signal is None and not conflict():
-                log("batch finished" if len(batches) == 1 else "batches finished")
-            holding = (all_ok and not conflict() and stop_request.acknowledge(
+            if rc == 0 and stop_signal is None and uploaded_all:
+                log("batch finished" if len(batches) == 1 else
+                    "batches finished" if len(uploaded_all) == len(batches) else
+                    f"batches finished: {', '.join(uploaded_all)} (the others are another "
+                    "run-batch's)")
+            holding = (all_ok and not all_conflicted() and stop_request.acknowledge(
                 sum(s.uploaded for s in syncers), log))
             for b in batches:
                 _upload_log(bucket, sweep, b.id, log_path)
@@ -362,11 +372,15 @@ def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-    if conflict():
-        return Exit.CONFLICT
-    if stop_signal is not None:
-        return Exit.for_signal(stop_signal)
-    return rc
+    codes = {}
+    for b, syncer in zip(batches, syncers, strict=True):
+        if syncer.conflict:
+            codes[b.id] = int(Exit.CONFLICT)
+        elif stop_signal is not None:
+            codes[b.id] = Exit.for_signal(stop_signal)
+        else:
+            codes[b.id] = rc or (0 if uploaded_all.get(b.id) else int(Exit.UPLOAD_FAILED))
+    return codes
 
 
 def _signal_name(signum: int) -> str:

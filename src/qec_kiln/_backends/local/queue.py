@@ -26,6 +26,7 @@ from qec_kiln._atomic import atomic_write
 from qec_kiln._backends.base import Submission
 from qec_kiln._backends.local.state import StateFolder
 from qec_kiln._node.processes import Forked, fork_call, fork_is_safe, start_ticks
+from qec_kiln._node.runner import BATCH_EXIT
 from qec_kiln._node.workers import Worker
 
 #: How often the queue looks for a cancel record and redraws progress while nothing exits.
@@ -46,6 +47,7 @@ class SlotQueue:
         self.slot_of: dict[int, Worker] = {}  # by run-batch pid
         self.running: dict[str, subprocess.Popen | Forked] = {}
         self.codes: dict[str, int] = {}
+        self.shared: dict[str, bool] = {}  # run by a run-batch of several batches
         self.commands: list[list[str]] = []
         self.stopped: list[int] = []  # the terminating signal(s) this launch received
         self.never_started: list[str] = []  # waiting when `qec-kiln cancel` came
@@ -119,6 +121,7 @@ class SlotQueue:
         self.slot_of[proc.pid] = slot
         for b in batches:
             self.running[b] = proc
+            self.shared[b] = len(batches) > 1
         self._note_waiting()
 
     def _wait_for_an_exit(self, timeout: float) -> None:
@@ -141,6 +144,8 @@ class SlotQueue:
             code = p.poll()
             if code is None:
                 continue
+            if self.shared.get(b):
+                code = self._batch_code(b, code)
             self.codes[b] = code
             self.state.exit(b).write_text(str(code))
             del self.running[b]
@@ -155,6 +160,13 @@ class SlotQueue:
                 self.say(f"{b}: run by another run-batch of this sweep (another launch); not "
                          "counted as failed")
 
+    def _batch_code(self, batch: str, code: int) -> int:
+        """How ``batch`` ended in a run-batch of several (its own record), else ``code``."""
+        try:
+            return int(self.state.work_dir(batch).joinpath(BATCH_EXIT).read_text())
+        except (OSError, ValueError):
+            return code
+
     def _stop_all(self) -> None:
         name = signal.Signals(self.stopped[0]).name
         self.say(f"{name}: stopping batches and uploading their resume files...")
@@ -168,6 +180,8 @@ class SlotQueue:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
                 self.codes[b] = p.wait()
+            if self.shared.get(b):
+                self.codes[b] = self._batch_code(b, self.codes[b])
             self.state.exit(b).write_text(str(self.codes[b]))
         self.running.clear()
 
@@ -216,7 +230,7 @@ def start_batch(state: StateFolder, batches: list[str], argv: list[str],
     """Start one run-batch (of one or more batches) in its own session, its output in the first
     batch's ``<b>.out`` (the others' are links to it), its pid recorded for each batch."""
     for batch in batches:
-        for old in (state.exit(batch), state.cancel(batch)):
+        for old in (state.exit(batch), state.cancel(batch), state.work_dir(batch) / BATCH_EXIT):
             old.unlink(missing_ok=True)
     for batch in batches[1:]:
         state.out(batch).unlink(missing_ok=True)
