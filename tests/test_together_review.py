@@ -110,3 +110,36 @@ def test_one_worker_reports_each_batch_of_its_queue_as_it_ended(tmp_path, kiln):
         os.close(fd)
     print(r.stderr, file=sys.stderr)
     assert "1 batch(es) finished; 1 run by another launch of this sweep (b001)" in r.stderr
+
+
+@pytest.mark.slow
+def test_a_batch_taken_over_mid_run_leaves_the_others_of_its_sinter_running(tmp_path):
+    """run-batch --all of two batches; another writer replaces b001's fragment mid-run (a
+    second runner of that batch): b001 stands down (its fragment is left as the other wrote
+    it, exit 3 in its own record) while b000 runs on to exactly its target (exit 0)."""
+    import subprocess
+
+    from conftest import wait_until
+    from test_local_sweep import shots_per_task
+
+    from qec_kiln._node.runner import BATCH_EXIT
+
+    bucket, manifest = _sweep(tmp_path, name="co", max_shots=2_000_000)
+    b0, b1 = manifest.batches
+    work = tmp_path / "work"
+    argv = [sys.executable, "-m", "qec_kiln", "run-batch", "--bucket", str(tmp_path / "bucket"),
+            "--sweep", "co", "--batches", f"{b0.id},{b1.id}", "--all", "--processes", "1",
+            "--sync-seconds", "0.3", "--work-dir", str(work)]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    frag1 = tmp_path / "bucket" / fragment_key("co", b1.id)
+    wait_until(lambda: frag1.exists() and len(fragment_rows(frag1)) >= 1, 60, "b001 uploads")
+    theirs = HEADER_LINE  # what the other runner of b001 wrote
+    bucket.write_bytes(fragment_key("co", b1.id), theirs)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 3, err  # the process: one batch was another's
+    assert (work / "co" / b0.id / BATCH_EXIT).read_text().strip() == "0", err
+    assert (work / "co" / b1.id / BATCH_EXIT).read_text().strip() == "3", err
+    assert frag1.read_bytes() == theirs  # never overwritten after it stood down
+    done = (tmp_path / "bucket" / fragment_key("co", b0.id)).read_bytes()
+    assert shots_per_task(done) == dict.fromkeys(b0.strong_ids, 2_000_000), err
+    assert "the others are another run-batch's" in err, err

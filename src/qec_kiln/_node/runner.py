@@ -34,7 +34,7 @@ from qec_kiln._node.lease import Lease, LeaseHeld, acquire, lease_key, release, 
 from qec_kiln._node.processes import Forked, kill_stale_group, stop_group
 from qec_kiln._node.sinter_cmd import metadata_func, sinter_collect_argv, start_sinter
 from qec_kiln._node.stop import StopRequest
-from qec_kiln._node.sync import FragmentSync, rows_of
+from qec_kiln._node.sync import FragmentSync, RowSplitter, rows_of
 from qec_kiln._node.workers import allowed_cpus, format_cpus
 from qec_kiln._storage import PATIENT_RETRY, QUICK_RETRY, Bucket, RetryPolicy, open_bucket
 from qec_kiln._sweep.batches import Batch, Shard, disjoint_groups, sinter_runs
@@ -91,7 +91,7 @@ def run_batch(
     Several ``batch_id`` (one local worker's queue, ``run-batch --all``): consecutive batches
     that share no task run together, as one sinter per :func:`sinter_runs` of their shards
     writing one resume file. Each batch keeps its own lease and its own fragment (its own rows:
-    ``FragmentSync(only=...)``), so they pay one start-up and one tail instead of one each.
+    ``_node/sync.py``: ``RowSplitter``), so they pay one start-up and one tail instead of one each.
     """
     ids = [batch_id] if isinstance(batch_id, str) else list(batch_id)
     cpus = allowed_cpus(cpus_allowed)
@@ -186,6 +186,7 @@ def _restore(bucket: Bucket, manifest: Manifest, batches: list[Batch], resume: p
     rows: list[bytes] = []
     syncers = []
     owner = {sid: b for b in batches for sid in b.strong_ids}
+    owners: list[frozenset[str]] = []
     for b in batches:
         fkey = fragment_key(manifest.sweep, b.id)
         try:
@@ -217,8 +218,12 @@ def _restore(bucket: Bucket, manifest: Manifest, batches: list[Batch], resume: p
         # by its complete lines at the first sync, even if the batch has nothing left to do.
         uploaded = len(clean) if raw == clean else -1
         syncers.append(FragmentSync(bucket, fkey, resume, uploaded=uploaded, log=log,
-                                    on_conflict=on_conflict, version=version,
-                                    only=frozenset(only) if together else None))
+                                    on_conflict=on_conflict, version=version))
+        owners.append(frozenset(only))
+    if together:  # the shared file is split once per change, for all of them
+        splitter = RowSplitter(resume, owners)
+        for i, syncer in enumerate(syncers):
+            syncer.split = (splitter, i)
     data = b"".join(rows)
     if data:
         resume.write_bytes(HEADER_LINE + data if together else data)

@@ -1,8 +1,9 @@
 """Uploading a batch's rows: complete lines of the local resume file, as a compare-and-swap.
 
-With ``only`` (several batches run by one sinter, one resume file), a batch's fragment is the
-header and the rows of its own strong_ids: the rows of an append-only file, filtered, are an
-append-only sequence too, so each fragment still only grows by extension of one history.
+With ``only`` or a :class:`RowSplitter` (several batches run by one sinter, one resume file), a
+batch's fragment is the header and the rows of its own strong_ids: the rows of an append-only
+file, filtered, are an append-only sequence too, so each fragment still only grows by extension
+of one history.
 """
 
 from __future__ import annotations
@@ -17,6 +18,18 @@ from qec_kiln._storage import Bucket, RetryPolicy
 from qec_kiln._sweep.fragments import complete_lines
 
 
+def strong_id_of(line: bytes) -> str | None:
+    r"""The strong_id field of one row of sinter's CSV (None if it has none).
+
+    >>> strong_id_of(b'2,0,0,0.1,"y,z",bb,{},\n'), strong_id_of(b"junk\n")
+    ('bb', None)
+    """
+    fields = line.split(b",", 6)
+    if b'"' in b",".join(fields[:5]):  # a quoted field (a decoder named with a comma)
+        fields = [f.encode() for f in next(csv.reader([line.decode("utf-8", "replace")]))]
+    return fields[5].strip().decode("ascii", "replace") if len(fields) > 5 else None
+
+
 def rows_of(data: bytes, only: frozenset[str]) -> bytes:
     r"""The first line (sinter's header) and the rows of ``data`` whose strong_id is in ``only``.
 
@@ -24,14 +37,44 @@ def rows_of(data: bytes, only: frozenset[str]) -> bytes:
     b'h\n2,0,0,0.1,"y,z",bb,{},\n'
     """
     lines = data.splitlines(keepends=True)
-    kept = lines[:1]
-    for line in lines[1:]:
-        fields = line.split(b",", 6)
-        if b'"' in b",".join(fields[:5]):  # a quoted field (a decoder named with a comma)
-            fields = [f.encode() for f in next(csv.reader([line.decode("utf-8", "replace")]))]
-        if len(fields) > 5 and fields[5].strip().decode("ascii", "replace") in only:
-            kept.append(line)
-    return b"".join(kept)
+    return b"".join(lines[:1] + [line for line in lines[1:] if strong_id_of(line) in only])
+
+
+class RowSplitter:
+    r"""The complete lines of one resume file shared by several batches, split once per change
+    into each batch's rows (``rows_of`` of its strong_ids), however many batches ask: a queue
+    of B batches reads and splits the file once per sync, not B times (thread-safe).
+
+    >>> import tempfile
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "r.csv"
+    >>> _ = f.write_bytes(b"h\n1,0,0,0.1,x,aa,{},\n2,0,0,0.1,x,bb,{},\n3,0,0,0.1,x,a")
+    >>> split = RowSplitter(f, [frozenset({"aa"}), frozenset({"bb"})])
+    >>> split.rows(0), split.rows(1)
+    (b'h\n1,0,0,0.1,x,aa,{},\n', b'h\n2,0,0,0.1,x,bb,{},\n')
+    """
+
+    def __init__(self, path: pathlib.Path, owners: list[frozenset[str]]):
+        self.path = path
+        self.owner = {sid: i for i, ids in enumerate(owners) for sid in ids}
+        self.parts: list[bytes] = [b""] * len(owners)
+        self._stamp: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    def rows(self, index: int) -> bytes:
+        """Batch ``index``'s rows now (FileNotFoundError before sinter wrote the file)."""
+        with self._lock:
+            st = self.path.stat()
+            if (st.st_size, st.st_mtime_ns) != self._stamp:
+                data = complete_lines(self.path.read_bytes())
+                lines = data.splitlines(keepends=True)
+                parts: list[list[bytes]] = [lines[:1] for _ in self.parts]
+                for line in lines[1:]:
+                    i = self.owner.get(strong_id_of(line) or "")
+                    if i is not None:
+                        parts[i].append(line)
+                self.parts = [b"".join(p) for p in parts]
+                self._stamp = (st.st_size, st.st_mtime_ns)
+            return self.parts[index]
 
 
 class FragmentSync:
@@ -47,8 +90,10 @@ class FragmentSync:
 
     def __init__(self, bucket: Bucket, key: str, path: pathlib.Path, uploaded: int,
                  log: Callable[[str], None], on_conflict: Callable[[], None] | None = None,
-                 version: str | None = None, only: frozenset[str] | None = None):
+                 version: str | None = None, only: frozenset[str] | None = None,
+                 split: tuple[RowSplitter, int] | None = None):
         self.only = only  # strong_ids of this batch, where the resume file holds others' too
+        self.split = split  # or: the shared file's splitter, and this batch's index in it
         self.bucket = bucket
         self.key = key
         self.path = path
@@ -75,11 +120,14 @@ class FragmentSync:
             if self.conflict:
                 return False
             try:
-                data = complete_lines(self.path.read_bytes())
+                if self.split is not None:
+                    data = self.split[0].rows(self.split[1])
+                else:
+                    data = complete_lines(self.path.read_bytes())
+                    if self.only is not None:
+                        data = rows_of(data, self.only)
             except FileNotFoundError:
                 return True
-            if self.only is not None:
-                data = rows_of(data, self.only)
             if len(data) <= self.uploaded:
                 return True
             try:
