@@ -363,7 +363,7 @@ def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib
             all_ok = all(uploaded_all.values())
             if stop_signal is None:
                 stop_signal = late[0] if late else (-rc if rc < 0 else None)
-            if rc == 0 and stop_signal is None and uploaded_all:
+            if rc == 0 and stop_signal is None and uploaded_all and all_ok:
                 log("batch finished" if len(batches) == 1 else
                     "batches finished" if len(uploaded_all) == len(batches) else
                     f"batches finished: {', '.join(uploaded_all)} (the others are another "
