@@ -1,6 +1,6 @@
 """Uploading a batch's rows: complete lines of the local resume file, as a compare-and-swap.
 
-With ``only`` or a :class:`RowSplitter` (several batches run by one sinter, one resume file), a
+With a :class:`RowSplitter` (several batches run by one sinter, one resume file), a
 batch's fragment is the header and the rows of its own strong_ids: the rows of an append-only
 file, filtered, are an append-only sequence too, so each fragment still only grows by extension
 of one history.
@@ -84,16 +84,14 @@ class FragmentSync:
     (or restored from; a create-if-absent when there was none), so the object only ever grows by
     extension of one history. If the swap fails, another run-batch of the same batch wrote the
     object (a second launch, a duplicated job, a runner that took over an expired lease): this
-    one records a ``conflict``, calls ``on_conflict`` and never uploads again. ``only``: upload
-    just the rows of these strong_ids (see :func:`rows_of`).
+    one records a ``conflict``, calls ``on_conflict`` and never uploads again. ``split``: upload
+    just this batch's rows of a resume file shared with others (see :class:`RowSplitter`).
     """
 
     def __init__(self, bucket: Bucket, key: str, path: pathlib.Path, uploaded: int,
                  log: Callable[[str], None], on_conflict: Callable[[], None] | None = None,
-                 version: str | None = None, only: frozenset[str] | None = None,
-                 split: tuple[RowSplitter, int] | None = None):
-        self.only = only  # strong_ids of this batch, where the resume file holds others' too
-        self.split = split  # or: the shared file's splitter, and this batch's index in it
+                 version: str | None = None, split: tuple[RowSplitter, int] | None = None):
+        self.split = split  # a resume file shared by batches: its splitter, this batch's index
         self.bucket = bucket
         self.key = key
         self.path = path
@@ -124,8 +122,6 @@ class FragmentSync:
                     data = self.split[0].rows(self.split[1])
                 else:
                     data = complete_lines(self.path.read_bytes())
-                    if self.only is not None:
-                        data = rows_of(data, self.only)
             except FileNotFoundError:
                 return True
             if len(data) <= self.uploaded:
