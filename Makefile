@@ -3,7 +3,11 @@
 #   make test   set up .venv (with the test extra), lint (ruff), type-check (mypy), run the test suite
 #   make fast   the daily loop: ruff, mypy and the tests not marked slow (about a minute)
 #   make watch-demo  while `make demo` runs: the live page of its sweep, http://127.0.0.1:8787/
+#   make lock  re-resolve pyproject's ranges to today's releases and rewrite constraints.txt
 # The demo installs only what it runs (qec-kiln without extras); the test extra is added on top.
+# Every install takes its versions from constraints.txt (the lock: what CI passed with), so a new
+# upstream release cannot change what `make test` tests; users installing the package get
+# pyproject's compatible ranges instead.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -11,26 +15,48 @@ KILN   := $(VENV)/bin/qec-kiln
 STAMP      := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 VIEW_STAMP := $(VENV)/.installed-view
+LOCK   := constraints.txt
+PIP    := $(PY) -m pip install --quiet --constraint $(LOCK)
 DEMO   := demo
 # Small targets so the demo ends in a few minutes on 2 cores.
 DEMO_SHOTS  ?= 500_000
 DEMO_ERRORS ?= 500
 
-.PHONY: install install-test demo test fast lint bench clean slurm-deps browser-deps sky-deps watch-demo
+.PHONY: install install-test demo test fast lint bench clean slurm-deps browser-deps sky-deps watch-demo lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PIP) --upgrade pip
+	$(PIP) -e .
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PIP) -e '.[test]'
 	touch $(TEST_STAMP)
 
 $(VIEW_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[view]'
+	$(PIP) -e '.[view]'
 	touch $(VIEW_STAMP)
+
+# Refresh the lock: a scratch venv resolves pyproject's ranges (every extra the tests and the demo
+# install, and the local SkyPilot's own venv of .ci/sky-local.sh) to the newest releases, and
+# constraints.txt pins all of it. Then `make clean test`, read the diff, commit constraints.txt.
+LOCK_VENV := .lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[test,view,tsim,skypilot]' \
+		"$$(sed -n 's/^SKY_VERSION=\(.*\)/skypilot[slurm]==\1/p' .ci/sky-local.sh)" uv
+	{ echo "# The lock: exact versions of everything \`make test\`, \`make demo\` and .ci/sky-local.sh"; \
+	  echo "# install (pip --constraint), resolved from pyproject.toml's ranges on CPython" \
+	     "$$($(LOCK_VENV)/bin/python -c 'import platform; print(platform.python_version())')."; \
+	  echo "# Regenerate with \`make lock\`; do not edit by hand (tests/test_lock.py checks it)."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable; \
+	  $(LOCK_VENV)/bin/python -m pip --version | awk '{print "pip==" $$2}'; \
+	} > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf $(LOCK_VENV)
 
 install: $(STAMP)
 
@@ -81,4 +107,4 @@ bench: $(STAMP)
 	$(PY) bench/balance.py
 
 clean:
-	rm -rf $(VENV) $(DEMO) kiln-results .pytest_cache .ruff_cache .ci/.sky-venv
+	rm -rf $(VENV) $(DEMO) kiln-results .pytest_cache .ruff_cache .ci/.sky-venv $(LOCK_VENV)

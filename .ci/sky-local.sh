@@ -4,7 +4,7 @@
 # single-node Slurm on localhost over SSH. For tests, CI and "try it" (Debian/Ubuntu, run as root).
 #
 #   .ci/sky-local.sh install          apt-get slurm-wlm munge openssh-server rsync; a venv with
-#                                     skypilot[slurm]==0.14.1 and uv (KILN_SKY_VENV, default
+#                                     skypilot[slurm]==0.14.1 and uv at constraints.txt's versions (KILN_SKY_VENV, default
 #                                     .ci/.sky-venv), patched to probe the internet on loopback
 #   .ci/sky-local.sh start STATE_DIR  Slurm (unless KILN_SKY_SLURM_CONF names a running one), sshd
 #                                     on 127.0.0.1, the API server; prints the client's exports
@@ -50,6 +50,9 @@ backend_utils() { echo "$("$VENV/bin/python" -c 'import sysconfig; print(sysconf
 
 cmd_install() {
     need_root
+    # The versions CI passed with (the repository's lock, `make lock`), when there is one.
+    local LOCKED=()
+    [[ ! -f $HERE/../constraints.txt ]] || LOCKED=(--constraint "$HERE/../constraints.txt")
     local missing=()
     command -v slurmctld >/dev/null || missing+=(slurm-wlm)
     command -v munged >/dev/null || missing+=(munge)
@@ -63,11 +66,11 @@ cmd_install() {
             "import sky, sys; sys.exit(sky.__version__ != '$SKY_VERSION')" 2>/dev/null; then
         log "creating $VENV with skypilot[slurm]==$SKY_VERSION and uv (about 2 minutes)"
         python3 -m venv "$VENV"
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${LOCKED[@]}" \
             "skypilot[slurm]==$SKY_VERSION" uv >/dev/null 2>"$VENV.pip.log" \
             || { tail -n 20 "$VENV.pip.log" >&2; die "pip install skypilot[slurm] failed"; }
     fi
-    [[ -x $VENV/bin/uv ]] || "$VENV/bin/python" -m pip install --quiet uv
+    [[ -x $VENV/bin/uv ]] || "$VENV/bin/python" -m pip install --quiet "${LOCKED[@]}" uv
     # 1. SkyPilot's internet probe, on loopback: the API server's health URL answers it.
     local bu
     bu=$(backend_utils)

@@ -61,7 +61,7 @@ def test_demo_installs_no_extras_and_test_adds_the_test_extra():
     demo_prereqs, _ = _recipe("demo")
     [stamp] = [p for p in demo_prereqs.split() if "STAMP" in p]
     _, demo_install = _recipe(stamp)
-    assert "pip install --quiet -e .\n" in demo_install and "[" not in demo_install
+    assert "$(PIP) -e .\n" in demo_install and "[" not in demo_install  # $(PIP): tests/test_lock.py
     test_prereqs, _ = _recipe("test")
     lint_prereqs, _ = _recipe("lint")  # `test` runs `lint` (ruff, mypy) first
     [test_stamp] = [p for p in (test_prereqs + " " + lint_prereqs).split() if "STAMP" in p]
