@@ -390,8 +390,14 @@ class S3AuthServer:
     secret_access_key: str
     denied_access_key_id: str  # a user allowed nothing
     denied_secret_access_key: str
-    readonly_access_key_id: str = ""  # a user allowed s3:GetObject and s3:ListBucket only
+    readonly_access_key_id: str = ""  # a user with AWS's read-only S3 policy (READ_ONLY_S3_ACTIONS)
     readonly_secret_access_key: str = ""
+
+
+# The actions of AWS's managed policy AmazonS3ReadOnlyAccess. Not a list of single actions: which
+# action name a request needs differs between IAM checkers (moto 5.2.6 asks for s3:ListObjectsV2
+# where AWS and moto 5.2.5 ask for s3:ListBucket), and the wildcards mean "reads" to all of them.
+READ_ONLY_S3_ACTIONS = ["s3:Get*", "s3:List*"]
 
 
 def unique_bucket_name() -> str:
@@ -482,7 +488,7 @@ def s3_auth(tmp_path_factory: pytest.TempPathFactory):
             PolicyDocument=json.dumps(
                 {
                     "Version": "2012-10-17",
-                    "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"],
+                    "Statement": [{"Effect": "Allow", "Action": READ_ONLY_S3_ACTIONS,
                                    "Resource": "*"}],
                 }
             ),

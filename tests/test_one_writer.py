@@ -177,6 +177,27 @@ def test_two_launches_of_one_sweep_at_once_count_every_shot_once(tmp_path: Path)
 
 
 @pytest.mark.slow  # the S3 server with IAM starts for it: seconds
+def test_the_read_only_keys_list_and_read_but_cannot_write(s3_auth) -> None:
+    """What the read-only tests rely on, whatever moto release the lock holds: with AWS's
+    read-only S3 policy a client lists (ListObjectsV2 and ListObjects) and reads, and every write
+    is denied (AccessDenied)."""
+    import botocore.exceptions
+
+    key = f"ro-probe-{os.getpid()}-{time.time_ns()}.txt"
+    s3_auth.server.client(s3_auth.access_key_id, s3_auth.secret_access_key).put_object(
+        Bucket=s3_auth.bucket, Key=key, Body=b"x")
+    ro = s3_auth.server.client(s3_auth.readonly_access_key_id, s3_auth.readonly_secret_access_key)
+    assert key in [o["Key"] for o in ro.list_objects_v2(Bucket=s3_auth.bucket)["Contents"]]
+    assert key in [o["Key"] for o in ro.list_objects(Bucket=s3_auth.bucket)["Contents"]]
+    assert ro.get_object(Bucket=s3_auth.bucket, Key=key)["Body"].read() == b"x"
+    for write in (lambda: ro.put_object(Bucket=s3_auth.bucket, Key=key, Body=b"y"),
+                  lambda: ro.delete_object(Bucket=s3_auth.bucket, Key=key)):
+        with pytest.raises(botocore.exceptions.ClientError) as denied:
+            write()
+        assert denied.value.response["Error"]["Code"] == "AccessDenied"
+
+
+@pytest.mark.slow  # the S3 server with IAM starts for it: seconds
 def test_read_only_credentials_end_run_batch_at_once(s3_auth, monkeypatch, tmp_path: Path) -> None:
     """Credentials that can read the bucket but not write it: run-batch fails its first write (the
     lease) with one `error:` line and exit 2, which the task YAML never retries (only 75 is), and
