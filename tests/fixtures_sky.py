@@ -1,9 +1,11 @@
 """A real SkyPilot 0.14.1 for the tests (a pytest plugin module): its API server with the jobs
 controller inside it, and its Slurm infra on the test Slurm cluster, over SSH on loopback.
 
-``sky_local`` (session scope) runs ``.ci/sky-local.sh start <state dir>`` once, on the cluster of
-the ``slurm_cluster`` fixture (one Slurm for the whole session), yields a :class:`SkyLocal`, and
-runs ``.ci/sky-local.sh stop <state dir>`` at the end (and from ``atexit``).
+``sky_local`` (session scope) runs ``.ci/sky-local.sh start <state dir>`` once, yields a
+:class:`SkyLocal`, and runs ``.ci/sky-local.sh stop <state dir>`` at the end (and from ``atexit``).
+SkyPilot gets a Slurm cluster of its own (started and stopped by the script), not the
+``slurm_cluster`` of the Slurm tests: its clusters' allocations (a cold one lives minutes) never
+hold the cores those tests wait for, and no test depends on another module having cleaned up.
 
 * Not root, no Slurm, no sshd/rsync, or no prepared venv (``.ci/sky-local.sh install``): the tests
   that use it are **skipped** with the reason.
@@ -123,6 +125,32 @@ class SkyLocal:
                                      f"queue: {brief}")
             time.sleep(interval)
 
+    def squeue(self) -> list[str]:
+        """``JOBID NAME STATE`` of every job of SkyPilot's Slurm cluster."""
+        proc = subprocess.run(["squeue", "-h", "-o", "%i %j %T"],
+                              env={**os.environ, "SLURM_CONF": self.client_env["SLURM_CONF"]},
+                              capture_output=True, text=True, timeout=60, check=True)
+        return [ln for ln in proc.stdout.splitlines() if ln.strip()]
+
+    def release_slurm(self, timeout: float) -> None:
+        """Wait until SkyPilot's Slurm holds no allocation (a cancelled job's cluster is torn
+        down in the background); ``scancel`` what is left after ``timeout`` s and fail, naming
+        it."""
+        deadline = time.monotonic() + timeout
+        while self.squeue() and time.monotonic() < deadline:
+            time.sleep(3)
+        left = self.squeue()
+        if not left:
+            return
+        subprocess.run(["scancel", *(ln.split()[0] for ln in left)],
+                       env={**os.environ, "SLURM_CONF": self.client_env["SLURM_CONF"]},
+                       capture_output=True, timeout=60, check=False)
+        end = time.monotonic() + 60
+        while self.squeue() and time.monotonic() < end:
+            time.sleep(1)
+        raise AssertionError(f"SkyPilot left Slurm allocations {left} {timeout:g} s after its "
+                             f"jobs were cancelled; after scancel: {self.squeue()}")
+
     def guard_entries(self) -> list[str]:
         try:
             return [ln for ln in self.guard_log.read_text().splitlines() if ln.strip()]
@@ -173,7 +201,6 @@ def sky_local(request: pytest.FixtureRequest) -> Iterator[SkyLocal]:
     problem = _ready()
     if problem:
         _unavailable(problem)
-    slurm = request.getfixturevalue("slurm_cluster")  # one Slurm cluster for the session
 
     state_dir = Path(tempfile.mkdtemp(prefix="kiln-sky-"))
     stopped = False
@@ -185,8 +212,11 @@ def sky_local(request: pytest.FixtureRequest) -> Iterator[SkyLocal]:
             _run_sh("stop", str(state_dir), timeout=180)
 
     atexit.register(stop)
-    env_up = {**os.environ, "KILN_SKY_SLURM_CONF": str(slurm.conf),
-              "KILN_SKY_API_PORT": os.environ.get("KILN_SKY_API_PORT") or str(_free_port())}
+    # A cluster of SkyPilot's own, with as many CPUs as the Slurm tests' (four clusters of one
+    # CPU start side by side on a 2-core machine).
+    env_up = {k: v for k, v in os.environ.items() if k != "KILN_SKY_SLURM_CONF"}
+    env_up.setdefault("KILN_SLURM_CPUS", str(max(4, os.cpu_count() or 1)))
+    env_up["KILN_SKY_API_PORT"] = os.environ.get("KILN_SKY_API_PORT") or str(_free_port())
     local: SkyLocal | None = None
     try:
         try:

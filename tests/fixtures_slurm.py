@@ -14,7 +14,7 @@ Example::
 
     def test_hostname(slurm_cluster, tmp_path):
         job = slurm_cluster.sbatch(["-o", str(tmp_path / "out"), "--wrap", "hostname"])
-        slurm_cluster.wait_idle(30)
+        slurm_cluster.wait_gone([job], 30)
         assert (tmp_path / "out").read_text().strip() == slurm_cluster.node
 
 Code under test that calls ``sbatch`` itself needs ``SLURM_CONF`` in its environment:
@@ -120,14 +120,17 @@ class SlurmCluster:
         return wait_until(predicate, timeout, lambda: f"{what}; jobs: {self.states()}",
                           interval=interval)
 
-    def wait_idle(self, timeout: float = 60.0) -> None:
-        """Wait until ``squeue`` lists no pending, running or completing job."""
+    def wait_gone(self, job_ids: Sequence[str], timeout: float = 60.0) -> None:
+        """Wait until ``squeue`` lists no pending, running or completing job (or array task) of
+        ``job_ids``: a test waits for its own jobs only, never for the whole cluster to idle."""
+        mine = {str(j).split("_")[0] for j in job_ids}
 
-        def empty() -> bool:
-            proc = self.run(["squeue", "--noheader", "-o", "%i"], check=False)
-            return proc.returncode == 0 and not proc.stdout.strip()
+        def gone() -> bool:
+            proc = self.run(["squeue", "--noheader", "--array", "-o", "%i"], check=False)
+            return proc.returncode == 0 and not any(
+                line.strip().split("_")[0] in mine for line in proc.stdout.splitlines())
 
-        self.wait_for(empty, timeout, "an empty squeue")
+        self.wait_for(gone, timeout, f"jobs {sorted(mine)} to leave the queue")
 
     def cancel_all(self) -> None:
         """``scancel`` every job the cluster knows of (a test's cleanup)."""

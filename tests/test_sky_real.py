@@ -75,11 +75,15 @@ class Real:
         self.started = time.monotonic()
         self.pool_errors: list[str] = []
         self.pool_launched = threading.Event()
+        self.abandon = threading.Event()
+        self.pool_launch: threading.Thread | None = None
 
     def launch_in_turn(self, launches: list[list[str]]) -> None:
         """Run the ``qec-kiln`` argvs one after another (a thread); ``pool_errors`` holds any
         failure and ``pool_launched`` is set when all are done."""
         for argv in launches:
+            if self.abandon.is_set():  # the module is cleaning up: launch nothing more
+                break
             proc = self.kiln(*argv, timeout=600, check=False)
             if proc.returncode != 0:
                 self.pool_errors.append(f"{' '.join(argv[:6])}...:\n{proc.stdout}\n{proc.stderr}")
@@ -127,9 +131,7 @@ class Real:
         return self.read(f"{sweep}/fragments/{batch}.csv")
 
     def squeue(self) -> str:
-        env = {**os.environ, "SLURM_CONF": self.env["SLURM_CONF"]}
-        return subprocess.run(["squeue", "-h", "-o", "%i %j"], env=env, capture_output=True,
-                              text=True, check=True).stdout
+        return "\n".join(self.sky.squeue())
 
 
 def assert_merges_exactly(real: Real, sweep: str, batches: list[str], *, tasks: int,
@@ -151,9 +153,19 @@ def setup_seconds(log: str) -> list[float]:
 @pytest.fixture(scope="module")
 def real(sky_local, s3_server, s3_auth, tmp_path_factory):
     """Launch nj, can, pl (moto S3) and cfg (the IAM-checking moto, read-only keys on the nodes)
-    at once; at the end cancel whatever is left and take the pool down."""
+    at once. Whatever happens, a failed launch included, it ends by cancelling every job and
+    taking the pool down, and returns only when SkyPilot's Slurm holds no allocation."""
     root = tmp_path_factory.mktemp("real")
     r = Real(sky_local, s3_server, s3_auth, root)
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        _launch_all(r, root, procs)
+        yield r
+    finally:
+        _clean_up(r, procs)
+
+
+def _launch_all(r: Real, root: Path, procs: dict[str, subprocess.Popen]) -> None:
     small = write_surface_circuits(root / "small", distances=(3,), noises=(0.001, 0.01))
     long = write_surface_circuits(root / "long", distances=(7,), noises=(0.004, 0.005))
     # Other tasks for can, and for the last test's plan: a new sweep of tasks that another sweep
@@ -168,9 +180,9 @@ def real(sky_local, s3_server, s3_auth, tmp_path_factory):
     r.dry_nj = json.loads(r.kiln(*nj, "--dry-run", "--json").stdout)  # builds the wheel once
     # cfg: a sweep uploaded with keys allowed everything (that launch cannot reach an API server),
     # then launched again from an environment whose keys are read-only: the nodes get those.
-    r.cfg_url = f"s3://{s3_auth.bucket}/cfg-{os.getpid()}"
-    auth_env = {"AWS_ENDPOINT_URL": s3_auth.endpoint, "AWS_ACCESS_KEY_ID": s3_auth.access_key_id,
-                "AWS_SECRET_ACCESS_KEY": s3_auth.secret_access_key}
+    r.cfg_url = f"s3://{r.auth.bucket}/cfg-{os.getpid()}"
+    auth_env = {"AWS_ENDPOINT_URL": r.auth.endpoint, "AWS_ACCESS_KEY_ID": r.auth.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": r.auth.secret_access_key}
     r.auth_env = auth_env
     cfg = ["launch", str(small), "--backend", "skypilot", "--infra", "slurm", "--yaml", str(base),
            "--bucket", r.cfg_url, "--processes", "1", "--sync-seconds", SYNC, "--name", "cfg",
@@ -178,8 +190,8 @@ def real(sky_local, s3_server, s3_auth, tmp_path_factory):
     first = r.kiln(*cfg, env={**auth_env, "SKYPILOT_API_SERVER_ENDPOINT": "http://127.0.0.1:9"},
                    check=False)
     assert first.returncode != 0 and "uploaded" in first.stdout + first.stderr, first.stderr
-    readonly = {**auth_env, "AWS_ACCESS_KEY_ID": s3_auth.readonly_access_key_id,
-                "AWS_SECRET_ACCESS_KEY": s3_auth.readonly_secret_access_key}
+    readonly = {**auth_env, "AWS_ACCESS_KEY_ID": r.auth.readonly_access_key_id,
+                "AWS_SECRET_ACCESS_KEY": r.auth.readonly_secret_access_key}
     # The pool: pl creates it (pool_apply), can queues behind pl's two jobs on its one worker.
     pooled = [*common, "--cpus", "1", "--workers", "1"]
     on_pool = [["launch", str(small), *pooled, "--name", "pl", "--jobs", "2",
@@ -189,23 +201,52 @@ def real(sky_local, s3_server, s3_auth, tmp_path_factory):
     r.launched_at = time.time()
     r.pool_launch = threading.Thread(target=r.launch_in_turn, args=(on_pool,), daemon=True)
     r.pool_launch.start()
-    procs = {name: subprocess.Popen(
-        [sys.executable, "-m", "qec_kiln", *argv], env={**os.environ, **r.env, **extra},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
-        for name, (argv, extra) in {"nj": (nj, {}), "cfg": (cfg, readonly)}.items()}
+    for name, (argv, extra) in {"nj": (nj, {}), "cfg": (cfg, readonly)}.items():
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "qec_kiln", *argv], env={**os.environ, **r.env, **extra},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
     for name, proc in procs.items():
         out, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, f"launch {name}:\n{out}"
     print(f"nj, cfg submitted in {time.time() - r.launched_at:.1f} s")
-    yield r
-    left = sorted({rec["job_id"] for rec in sky_local.queue() if rec["status"] not in TERMINAL})
-    if left:
-        sky_local.sdk(f"out = sky.get(sky.jobs.cancel(job_ids={left}))")
-    run_kiln("pool", "down", env=r.env, timeout=300)
-    # The nodes are this machine: their work folders (TMPDIR/qec-kiln-work/<sweep>) outlive them.
-    for sweep in ("nj", "can", "cfg", "pl"):
-        shutil.rmtree(Path(tempfile.gettempdir()) / "qec-kiln-work" / sweep, ignore_errors=True)
+
+
+def _clean_up(r: Real, procs: dict[str, subprocess.Popen]) -> None:
+    """Leave no launch, job, pool, cluster or Slurm allocation of this module behind, also after a
+    failed launch: launches still submitting end first (a launch finishing after the cancel
+    would start a cluster nobody stops), then the jobs are cancelled and the pool taken down."""
+    def stop_launches() -> None:
+        r.abandon.set()
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=60)
+        if r.pool_launch is not None:
+            r.pool_launch.join(timeout=600)
+
+    def cancel_jobs() -> None:
+        left = sorted({rec["job_id"] for rec in r.sky.queue() if rec["status"] not in TERMINAL})
+        if left:
+            r.sky.sdk(f"out = sky.get(sky.jobs.cancel(job_ids={left}))")
+
+    def remove_work_folders() -> None:
+        # The nodes are this machine: their work folders (TMPDIR/qec-kiln-work/<sweep>) outlive
+        # them.
+        for sweep in ("nj", "can", "cfg", "pl"):
+            shutil.rmtree(Path(tempfile.gettempdir()) / "qec-kiln-work" / sweep,
+                          ignore_errors=True)
+
+    errors = []
+    for step in (stop_launches, cancel_jobs,
+                 lambda: run_kiln("pool", "down", env=r.env, timeout=300, check=False),
+                 lambda: r.sky.release_slurm(timeout=300), remove_work_folders):
+        try:  # every step, whatever an earlier one raised
+            step()
+        except Exception as exc:  # noqa: BLE001 (reported below, after the other steps)
+            errors.append(exc)
     print(f"SkyPilot tests: {time.monotonic() - r.started:.0f} s from the first launch")
+    if errors:
+        raise errors[0]
 
 
 def test_preempted_rank_is_recovered_by_skypilot(real, monkeypatch):

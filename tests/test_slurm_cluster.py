@@ -201,7 +201,7 @@ def test_node_failure_requeues_requeueable_tasks(slurm_cluster, tmp_path):
     finally:
         slurm_cluster.run(["scancel", requeue, no_requeue], check=False)
         _resume(slurm_cluster)
-    slurm_cluster.wait_idle(30)
+    slurm_cluster.wait_gone([requeue, no_requeue], 30)
 
 
 def _resume(cluster) -> None:
