@@ -17,7 +17,7 @@ from conftest import REPO
 
 import qec_kiln
 from qec_kiln._backends import BACKENDS, backend_class, get_backend
-from qec_kiln._cli import build_parser
+from qec_kiln._command._main import build_parser
 from qec_kiln._planning._cost import TaskCost
 from qec_kiln._planning.plan import plan_sweep
 from qec_kiln._sweep.spec import Partition, Targets
@@ -76,9 +76,11 @@ def test_no_module_outside_the_backends_imports_a_backend_module():
 
 def test_only_the_entry_points_import_the_cli_and_the_api_imports_no_printer():
     importers = {p.name for p in SRC.rglob("*.py")
-                 if any(m in ("qec_kiln._cli", "qec_kiln._commands") for m in _imports(p))}
-    assert importers <= {"_cli.py", "__main__.py"}
-    assert "qec_kiln._cli" not in _imports(SRC / "_commands.py")  # one direction: cli -> commands
+                 if any(m in ("qec_kiln._command._main", "qec_kiln._commands")
+                        for m in _imports(p))}
+    assert importers <= {"_main.py", "__main__.py"}
+    # one direction: cli -> commands
+    assert "qec_kiln._command._main" not in _imports(SRC / "_commands.py")
 
 
 def test_run_batch_reaches_sinter_without_importing_sinter_a_backend_or_rich(tmp_path,
@@ -96,7 +98,7 @@ def test_run_batch_reaches_sinter_without_importing_sinter_a_backend_or_rich(tmp
     upload_sweep(open_bucket(str(bucket)), plan.manifest, plan.circuits, lambda s: None)
     code = (
         "import json, os, sys\n"
-        "from qec_kiln import _cli\n"
+        "from qec_kiln._command import _main as _cli\n"
         "from qec_kiln._node import runner\n"
         "def at_sinter(argv, **kw):\n"
         "    print(json.dumps([argv[argv.index('--metadata_func') + 1], sorted(\n"
@@ -179,7 +181,7 @@ def test_the_cli_plan_is_the_api_plan(tmp_path, small_circuits, kiln):
 
 
 def test_the_api_warns_when_a_stored_plan_ignores_its_settings(tmp_path, small_circuits):
-    from qec_kiln._launch import Sweep, prepare_sweep
+    from qec_kiln._prepare import Sweep, prepare_sweep
     from qec_kiln._storage import open_bucket
     from qec_kiln._sweep.store import upload_sweep
 

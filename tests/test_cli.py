@@ -7,7 +7,7 @@ import argparse
 import pytest
 import sinter
 
-from qec_kiln._cli import build_parser, positive_float, positive_int, sinter_options
+from qec_kiln._command._main import build_parser, positive_float, positive_int, sinter_options
 from qec_kiln._errors import KilnError
 
 

@@ -9,7 +9,7 @@ import pathlib
 
 import pytest
 
-from qec_kiln._cli import build_parser
+from qec_kiln._command._main import build_parser
 from qec_kiln._sweep.spec import SweepSpec
 
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "qec_kiln"
@@ -23,10 +23,10 @@ LAYERS = [
     {"_node"},
     {"_report"},
     {"_backends"},
-    {"_launch", "_launch_result", "_clean", "tsim"},
+    {"_prepare", "_launch_result", "tsim"},
     {"_api", "_collect"},
-    {"_commands", "_view"},
-    {"_cli", "__main__", "__init__"},
+    {"_commands", "_view", "_command"},
+    {"__main__", "__init__"},
 ]
 
 

@@ -89,7 +89,7 @@ def plan(circuits: Circuits, *, log: Log | None = None, **settings: Any) -> Plan
         >>> len(p.batches), p.exists, sorted(p.to_json())[:3]
         (2, False, ['balance_ratio', 'batches', 'batches_at_once'])
     """
-    from qec_kiln._launch import plan_only
+    from qec_kiln._prepare import plan_only
 
     return plan_only(circuits, settings, log or quiet)
 
@@ -116,7 +116,7 @@ def launch(circuits: Circuits, *, dry_run: bool = False, log: Log | None = None,
     """
     import sys
 
-    from qec_kiln._launch import launch_sweep
+    from qec_kiln._prepare import launch_sweep
 
     # The backend's lines (progress, failures) go to the caller's log; without one only its
     # warnings are issued. A live table where a caller's lines reach a terminal anyway.

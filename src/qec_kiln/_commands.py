@@ -223,7 +223,7 @@ def cmd_pool(args: argparse.Namespace) -> int:
 
 def cmd_clean(args: argparse.Namespace) -> int:
     from qec_kiln._backends import kiln_home
-    from qec_kiln._clean import clean_state
+    from qec_kiln._command._main_clean import clean_state
 
     home = kiln_home().expanduser()
     removed = clean_state(home, older_than_days=args.older_than, dry_run=args.dry_run)

@@ -275,7 +275,7 @@ def build_parser() -> _Parser:
                    "not running)")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed")
 
-    from qec_kiln._view import cli as view_cli
+    from qec_kiln._command import _main_plot as view_cli
 
     view_cli.add_parsers(sub, _Parser)  # watch, plot, report
     parser.commands = dict(sub.choices)
@@ -305,8 +305,10 @@ def _join_sinter_options(argv: Sequence[str]) -> list[str]:
 
 #: Commands that live apart from _commands: the views of a bucket (watch, plot, report), and
 #: run-batch, which needs neither rich, the API nor the backends and starts sinter sooner.
-_COMMAND_MODULES = {"watch": "qec_kiln._view.cli", "plot": "qec_kiln._view.cli",
-                    "report": "qec_kiln._view.cli", "run-batch": "qec_kiln._node.entry"}
+_COMMAND_MODULES = {"watch": "qec_kiln._command._main_plot",
+                    "plot": "qec_kiln._command._main_plot",
+                    "report": "qec_kiln._command._main_plot",
+                    "run-batch": "qec_kiln._command._main_run_batch"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
