@@ -35,16 +35,24 @@ if TYPE_CHECKING:
 def collect(tasks: Any, *, decoders: Sequence[str] | None = None,
             log: Log | None = None, poll_seconds: float = 10.0,
             **settings: Any) -> list[sinter.TaskStats]:
-    """Sample ``tasks`` (``sinter.Task`` s with a circuit and json_metadata, ``stim.Circuit`` s,
-    or a folder/files as in :func:`qec_kiln.launch`) as one sweep and return its merged stats.
+    """Sample ``tasks`` as one sweep and return its merged stats, as ``sinter.collect`` does.
+    The same tasks again resume the same sweep (its name is a digest of them), as sinter
+    resumes a ``save_resume_filepath``.
 
-    ``decoders``: as in ``sinter.collect`` (default: the tasks' own decoder, else pymatching);
-    ``settings``: :func:`qec_kiln.launch`'s (``max_shots``, ``max_errors``, ``bucket``,
-    ``backend``, ``postselected_detectors_predicate``, ...). The same tasks again resume the
-    same sweep (its name is a digest of them), as sinter resumes a ``save_resume_filepath``.
-    A task's own ``detector_error_model`` or postselection masks must be those sinter collect
-    builds from its circuit and the postselection settings (else refused: the nodes run
-    ``sinter collect``). Remote backends are waited for, polling every ``poll_seconds``.
+    Args:
+        tasks: ``sinter.Task`` s with a circuit and json_metadata, ``stim.Circuit`` s, or a
+            folder/files as in :func:`qec_kiln.launch`. A task's own ``detector_error_model``
+            or postselection masks must be those sinter collect builds from its circuit and the
+            postselection settings (else refused: the nodes run ``sinter collect``).
+        decoders: as in ``sinter.collect`` (default: the tasks' own decoder, else pymatching).
+        log: as in :func:`qec_kiln.plan`.
+        poll_seconds: how often a remote backend's jobs are asked about while waiting.
+        **settings: :func:`qec_kiln.launch`'s (``max_shots``, ``max_errors``, ``bucket``,
+            ``backend``, ``postselected_detectors_predicate``, ...).
+
+    Returns:
+        The merged rows, one ``sinter.TaskStats`` per task and decoder, with the strong_ids
+        ``sinter.collect`` gives the same tasks (example: this module's docstring).
     """
     from qec_kiln._planning._cost import strong_id_of
     from qec_kiln._sweep.memory import is_in_memory, write_tasks

@@ -14,9 +14,25 @@ HELP = "stop every job of a sweep (fragments are kept)"
 
 def cancel(bucket: PathLike = "kiln-results", sweep: str = "", *,
            backend: str | None = None) -> list[str]:
-    """Stop every job of ``sweep`` (``qec-kiln cancel``); fragments are kept, so a later
-    :func:`launch` resumes. Returns the jobs it stopped ([] when none was running or waiting):
-    job ids, or for the local backend the batch ids, running or still waiting in a launch."""
+    """Stop every job of a sweep (``qec-kiln cancel``); its fragments are kept, so a later
+    :func:`qec_kiln.launch` resumes.
+
+    Args:
+        bucket: as in :func:`qec_kiln.status`.
+        sweep: the sweep's name.
+        backend: whose jobs (default: the one the sweep was launched with).
+
+    Returns:
+        The jobs it stopped ([] when none was running or waiting): job ids, or for the local
+        backend the batch ids, running or still waiting in a launch.
+
+    Examples:
+        >>> import tempfile, qec_kiln
+        >>> qec_kiln.cancel(tempfile.mkdtemp())
+        Traceback (most recent call last):
+        ...
+        qec_kiln._errors.KilnError: cancel needs the sweep's name: --sweep NAME
+    """
     from qec_kiln._backends import get_backend
     from qec_kiln._storage import open_bucket
     from qec_kiln._sweep.manifest import load_manifest

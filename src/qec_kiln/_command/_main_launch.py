@@ -63,13 +63,23 @@ BeforeStart = Callable[["PlanResult", list[str], "Relaunch | None"], None]
 
 def launch(circuits: Circuits, *, dry_run: bool = False, log: Log | None = None,
            before_start: BeforeStart | None = None, **settings: Any) -> LaunchResult:
-    """Plan (as :func:`plan`, with the same ``settings``), upload the circuits and the manifest,
-    and start every batch that is neither finished nor running (``qec-kiln launch``).
-    Idempotent: the same call again starts only what is left. The local backend runs the
-    batches before returning; the others submit jobs and return. ``before_start(plan,
-    batch_ids, relaunch)`` is called just before anything starts (the CLI prints the plan
-    there). ``dry_run`` uploads and starts nothing.
+    """Plan, upload the circuits and the manifest, and start every batch that is neither
+    finished nor running (``qec-kiln launch``). Idempotent: the same call again starts only
+    what is left. The local backend runs the batches before returning; the others submit jobs
+    and return.
 
+    Args:
+        circuits: as in :func:`qec_kiln.plan`.
+        dry_run: upload and start nothing; the result describes the job files and commands.
+        log: as in :func:`qec_kiln.plan`; the backend's progress and failures go there too.
+        before_start: called as ``before_start(plan, batch_ids, relaunch)`` just before
+            anything starts (the command prints the plan there).
+        **settings: :func:`qec_kiln.plan`'s.
+
+    Returns:
+        What was launched, or the dry run, with the plan.
+
+    Examples:
         >>> import pathlib, tempfile, stim, qec_kiln
         >>> tmp = pathlib.Path(tempfile.mkdtemp())
         >>> c = stim.Circuit.generated("repetition_code:memory", distance=3, rounds=3,

@@ -25,12 +25,28 @@ HELP = "combine all fragments into one CSV for sinter plot"
 def merge(bucket: PathLike = "kiln-results", out: PathLike | None = "merged.csv", *,
           sweep: str | None = None, skip_bad: bool = False, log: Log | None = None
           ) -> MergeReport:
-    """Combine every batch's fragment (of ``sweep``, or of every sweep in ``bucket``) with
-    ``sinter combine`` into the CSV ``out`` for ``sinter plot`` (``qec-kiln merge``).
-    ``skip_bad`` skips damaged fragments with a warning instead of stopping. The report counts
-    rows and the tasks that reached their targets; ``report.stats`` holds the merged rows as
-    ``sinter.TaskStats`` (what ``sinter.collect`` returns). ``out=None`` writes nothing.
-    Example: see the module docstring above.
+    """Combine every batch's fragment as ``sinter combine`` does, into one CSV for
+    ``sinter plot`` (``qec-kiln merge``).
+
+    Args:
+        bucket: as in :func:`qec_kiln.status`.
+        out: the CSV to write, ``"-"`` for standard output, or None to write nothing.
+        sweep: only this sweep (default: every sweep in the bucket, in one CSV).
+        skip_bad: skip damaged fragments with a warning instead of stopping.
+        log: receives warning lines; without it they are only in ``report.warnings``.
+
+    Returns:
+        The rows written and the tasks that reached their targets; ``report.stats`` holds the
+        merged rows as ``sinter.TaskStats`` (what ``sinter.collect`` returns).
+
+    Examples:
+        >>> import tempfile, qec_kiln
+        >>> qec_kiln.merge(tempfile.mkdtemp(), None)
+        Traceback (most recent call last):
+        ...
+        qec_kiln._errors.KilnError: ...no sweeps in this bucket...
+
+        A whole sweep: see ``qec_kiln._command._main_launch``.
     """
     from qec_kiln._report.merge import merge_sweeps
 

@@ -32,20 +32,27 @@ HELP = "discover and partition circuits; print the plan"
 
 
 def plan(circuits: Circuits, *, log: Log | None = None, **settings: Any) -> PlanResult:
-    """Discover the ``.stim`` files under ``circuits`` (a folder, searched recursively, or a list
-    of folders, ``.stim`` files and glob patterns, as ``sinter collect --circuits``) and balance
-    them into batches; upload and start nothing (``qec-kiln plan``).
+    """Discover the circuits and balance them into batches; upload and start nothing
+    (``qec-kiln plan``).
 
-    ``settings`` are the flags of ``qec-kiln plan`` as keywords (``max_shots=10_000``,
-    ``decoders=["pymatching"]``, ``jobs=4``, ``shards=False``, ``sinter_options=[...]``;
-    ``SweepSpec.setting_names()`` lists them and ``inspect.signature`` shows their defaults).
-    ``jobs``, ``target_hours`` or ``circuits_per_job`` pick the number of batches (default: from
-    the backend). ``backend_options`` are the backend's settings, e.g. ``{"processes": 4}`` or
-    ``{"partition": "long"}`` for Slurm. When the sweep (``name``, default: the folder name
-    and a digest of the inputs) is already in ``bucket``, its stored plan is returned (with a
-    warning naming the settings it ignores). ``log`` receives progress and warning lines; without
-    it, warnings are issued as :class:`KilnWarning` (a ``UserWarning``).
+    Args:
+        circuits: a folder of ``.stim`` files (searched recursively), or a list of folders,
+            ``.stim`` files and glob patterns, as ``sinter collect --circuits``.
+        log: receives progress and warning lines; without it, warnings are issued as
+            :class:`KilnWarning` (a ``UserWarning``).
+        **settings: the flags of ``qec-kiln plan`` as keywords (``max_shots=10_000``,
+            ``decoders=["pymatching"]``, ``jobs=4``, ``shards=False``,
+            ``sinter_options=[...]``; ``inspect.signature`` shows each with its default).
+            ``jobs``, ``target_hours`` or ``circuits_per_job`` pick the number of batches
+            (default: from the backend); ``backend_options`` are the backend's settings, e.g.
+            ``{"partition": "long"}`` for Slurm.
 
+    Returns:
+        The plan. When the sweep (``name``, default: the folder name and a digest of the
+        inputs) is already in ``bucket``, its stored plan (``exists``), with a warning naming
+        the settings it ignores.
+
+    Examples:
         >>> import pathlib, tempfile, stim, qec_kiln
         >>> tmp = pathlib.Path(tempfile.mkdtemp())
         >>> for d in (3, 5):

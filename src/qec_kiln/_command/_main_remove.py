@@ -16,10 +16,20 @@ HELP = ("delete a sweep from the bucket (manifest, circuits, fragments, leases, 
 
 def remove(bucket: PathLike, sweep: str, *, dry_run: bool = False,
            backend: str | None = None) -> list[str]:
-    """Delete every object of ``sweep`` from ``bucket`` (manifest, circuits, fragments, leases,
-    logs) and return their keys; ``dry_run`` only lists them (``qec-kiln remove``). Refused while
-    a batch of it runs (by the backend's job states or a live lease): cancel it first.
+    """Delete a sweep from its bucket (``qec-kiln remove``); refused while a batch of it runs
+    (by the backend's job states or a live lease): cancel it first.
 
+    Args:
+        bucket: as in :func:`qec_kiln.status`.
+        sweep: the sweep's name.
+        dry_run: only list what would be removed.
+        backend: whose job states (default: the one the sweep was launched with).
+
+    Returns:
+        The keys of its objects (manifest, circuits, fragments, leases, logs), removed or, with
+        ``dry_run``, to be removed.
+
+    Examples:
         >>> import tempfile, qec_kiln
         >>> qec_kiln.remove(tempfile.mkdtemp(), "nope")
         Traceback (most recent call last):

@@ -22,11 +22,20 @@ HELP = "progress of a sweep's batches"
 
 def status(bucket: PathLike = "kiln-results", *, sweep: str | None = None,
            backend: str | None = None, log: Log | None = None) -> list[StatusReport]:
-    """Progress of each sweep in ``bucket`` (or only ``sweep``), one ``StatusReport`` per sweep:
-    the fragments against the plan's targets, joined with the backend's job states
-    (``qec-kiln status``). ``backend`` defaults to the one the sweep was launched with. What the
-    backend could not find out is in ``report.backend_warnings`` (and sent to ``log``).
+    """Progress of a bucket's sweeps: the fragments against the plan's targets, joined with the
+    backend's job states (``qec-kiln status``).
 
+    Args:
+        bucket: ``s3://BUCKET[/PREFIX]``, ``gs://BUCKET[/PREFIX]`` or a folder; only read.
+        sweep: only this sweep (default: every sweep in the bucket).
+        backend: whose job states (default: the one the sweep was launched with).
+        log: receives warning lines, as in :func:`qec_kiln.plan`.
+
+    Returns:
+        One ``StatusReport`` per sweep; what the backend could not find out is in its
+        ``backend_warnings``.
+
+    Examples:
         >>> import tempfile, qec_kiln
         >>> qec_kiln.status(tempfile.mkdtemp())
         Traceback (most recent call last):
