@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from qec_kiln._command._base import Log, Parser, PathLike, parse_args, run
 from qec_kiln._errors import KilnError
-from qec_kiln._report.output import STDOUT
 
 if TYPE_CHECKING:
     from qec_kiln._report.merge import MergeReport
@@ -73,6 +72,8 @@ def main(argv: Sequence[str]) -> int:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from qec_kiln._report.output import STDOUT  # with its file writing: only for a merge
+
     if args.out == STDOUT and args.json:
         raise KilnError("--out - and --json both write to standard output; give --out a file path")
     if "numpy" not in sys.modules:  # a merge does no linear algebra and starts no process:
@@ -91,6 +92,8 @@ def handle(args: argparse.Namespace) -> int:
 
 def merge_lines(report: MergeReport) -> list[str]:
     """What ``qec-kiln merge`` prints about the merge (the CSV goes to its file)."""
+    from qec_kiln._report.output import STDOUT
+
     where = ("nothing (out=None)" if not report.out
              else "standard output" if report.out == STDOUT else report.out)
     if len(report.sweeps) <= 1:
