@@ -297,7 +297,7 @@ class _Slot:
 
 def setup_sweep(cfg: Config, root: pathlib.Path) -> tuple[str, str, list]:
     """Circuits, a planned sweep uploaded to a local bucket; returns (bucket, sweep, batches)."""
-    from qec_kiln._launch import Sweep, prepare_sweep
+    from qec_kiln._prepare import Sweep, prepare_sweep
     from qec_kiln._storage import open_bucket
     from qec_kiln._sweep.store import upload_sweep
 

@@ -38,7 +38,7 @@ import sinter  # noqa: E402
 from cores import cpu_now  # noqa: E402
 from generate_surface_codes import main as generate  # noqa: E402
 
-from qec_kiln._launch import Sweep, prepare_sweep  # noqa: E402
+from qec_kiln._prepare import Sweep, prepare_sweep  # noqa: E402
 from qec_kiln._storage import open_bucket  # noqa: E402
 from qec_kiln._sweep.batches import Batch, Plan, Shard, batch_id, split_targets  # noqa: E402
 from qec_kiln._sweep.manifest import fragment_key  # noqa: E402

@@ -7,7 +7,7 @@ import sys
 
 def run(subcommand: str) -> None:
     try:
-        from qec_kiln._cli import main
+        from qec_kiln._command._main import main
     except ImportError:  # a Python without qec_kiln: use the repository's .venv (make install)
         venv_python = pathlib.Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
         if venv_python.exists() and pathlib.Path(sys.executable) != venv_python:

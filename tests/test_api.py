@@ -17,7 +17,7 @@ from conftest import REPO
 
 import qec_kiln
 from qec_kiln._backends import BACKENDS, backend_class, get_backend
-from qec_kiln._cli import build_parser
+from qec_kiln._command._main import parse_args
 from qec_kiln._planning._cost import TaskCost
 from qec_kiln._planning.plan import plan_sweep
 from qec_kiln._sweep.spec import Partition, Targets
@@ -74,11 +74,13 @@ def test_no_module_outside_the_backends_imports_a_backend_module():
     assert found == set()
 
 
-def test_only_the_entry_points_import_the_cli_and_the_api_imports_no_printer():
-    importers = {p.name for p in SRC.rglob("*.py")
-                 if any(m in ("qec_kiln._cli", "qec_kiln._commands") for m in _imports(p))}
-    assert importers <= {"_cli.py", "__main__.py"}
-    assert "qec_kiln._cli" not in _imports(SRC / "_commands.py")  # one direction: cli -> commands
+def test_only_the_entry_point_imports_the_dispatcher_and_no_verb_imports_it():
+    importers = {p.name for p in SRC.rglob("*.py") if "qec_kiln._command._main" in _imports(p)}
+    assert importers <= {"__main__.py"}
+    verbs = sorted((SRC / "_command").glob("_main_*.py"))
+    assert len(verbs) == 12
+    # one direction: dispatcher -> verbs
+    assert [p.name for p in verbs if "qec_kiln._command._main" in _imports(p)] == []
 
 
 def test_run_batch_reaches_sinter_without_importing_sinter_a_backend_or_rich(tmp_path,
@@ -96,7 +98,7 @@ def test_run_batch_reaches_sinter_without_importing_sinter_a_backend_or_rich(tmp
     upload_sweep(open_bucket(str(bucket)), plan.manifest, plan.circuits, lambda s: None)
     code = (
         "import json, os, sys\n"
-        "from qec_kiln import _cli\n"
+        "from qec_kiln._command import _main as _cli\n"
         "from qec_kiln._node import runner\n"
         "def at_sinter(argv, **kw):\n"
         "    print(json.dumps([argv[argv.index('--metadata_func') + 1], sorted(\n"
@@ -133,7 +135,7 @@ def test_import_is_fast_and_loads_neither_sinter_nor_skypilot():
 
 @pytest.mark.parametrize("name", list(BACKENDS))
 def test_each_backend_builds_its_own_options_from_the_cli_flags(name):
-    args = build_parser().parse_args(
+    args = parse_args(
         ["launch", "c/", "--backend", name, "--processes", "3", "--cpus", "8", "--sync-seconds",
          "5", "--parallel", "2", "--infra", "aws", "--no-spot", "--partition", "p",
          "--sbatch-option=--qos=long"])
@@ -179,7 +181,7 @@ def test_the_cli_plan_is_the_api_plan(tmp_path, small_circuits, kiln):
 
 
 def test_the_api_warns_when_a_stored_plan_ignores_its_settings(tmp_path, small_circuits):
-    from qec_kiln._launch import Sweep, prepare_sweep
+    from qec_kiln._prepare import Sweep, prepare_sweep
     from qec_kiln._storage import open_bucket
     from qec_kiln._sweep.store import upload_sweep
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 
 import pytest
 import sinter
 
-from qec_kiln._cli import build_parser, positive_float, positive_int, sinter_options
+from qec_kiln._argtypes import positive_float, positive_int, sinter_options
+from qec_kiln._command._main import parse_args
 from qec_kiln._errors import KilnError
 
 
@@ -29,11 +33,10 @@ def test_positive_float_refuses_non_finite_and_non_positive(text):
 
 
 def test_dashes_and_underscores_parse_the_same():
-    parser = build_parser()
-    a = parser.parse_args(["launch", "c/", "--max-shots", "1_000", "--circuits-per-job", "6",
-                           "--dry-run"])
-    b = parser.parse_args(["launch", "c/", "--max_shots", "1_000", "--circuits_per_job", "6",
-                           "--dry_run"])
+    a = parse_args(["launch", "c/", "--max-shots", "1_000", "--circuits-per-job", "6",
+                    "--dry-run"])
+    b = parse_args(["launch", "c/", "--max_shots", "1_000", "--circuits_per_job", "6",
+                    "--dry_run"])
     assert vars(a) == vars(b)
     assert a.max_shots == 1000 and a.circuits_per_job == 6 and a.dry_run
 
@@ -81,3 +84,26 @@ def test_an_unknown_flag_is_named_by_its_command(tmp_path, kiln):
                                                      "arguments: --bogus")
     r = kiln("merge", "--out", "-", "--bogus", "x")
     assert r.returncode == 2 and "qec-kiln merge: error: unrecognized arguments: --bogus x" in r.stderr
+
+
+#: The verbs whose module builds on another's (as sinter's collect builds on combine's).
+_BUILDS_ON = {"launch": {"plan"}, "watch": {"plot"}, "report": {"plot"}}
+
+
+def test_each_verb_imports_only_its_own_module():
+    """``python -m qec_kiln VERB --help`` imports ``_main_<VERB>.py`` (and what it builds on),
+    no other verb's module; one subprocess reports every verb's, each from a fresh import."""
+    from qec_kiln._command._main import VERBS
+
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from qec_kiln._command._main import main\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main([sys.argv[1], '--help'])\n"
+        "print(json.dumps(sorted(m.rsplit('_main_', 1)[1] for m in sys.modules\n"
+        "                        if m.startswith('qec_kiln._command._main_'))))\n")
+    for verb in VERBS:
+        r = subprocess.run([sys.executable, "-c", code, verb], capture_output=True, text=True,
+                           timeout=60, check=True)
+        mine = verb.replace("-", "_")
+        assert set(json.loads(r.stdout)) == {mine} | _BUILDS_ON.get(verb, set()), verb

@@ -17,7 +17,7 @@ import sinter
 from conftest import wait_until, write_surface_circuits
 
 from qec_kiln._backends.local.state import StateFolder
-from qec_kiln._cli import build_parser
+from qec_kiln._command._main import parse_args
 from qec_kiln._errors import Exit
 
 
@@ -179,9 +179,9 @@ def test_circuits_as_in_sinter_collect(tmp_path, kiln):
     r = kiln("plan", files[0], "--processes", "auto", "--sinter-option",
              "--count_observable_error_combos", *common)
     assert r.returncode == 0, r.stderr
-    from qec_kiln._cli import _join_sinter_options
+    from qec_kiln._command._base import normalise
 
-    assert _join_sinter_options(["--sinter-option", "--max_batch_size=9"]) == [
+    assert normalise(["--sinter-option", "--max_batch_size=9"], {"--sinter-option"}) == [
         "--sinter-option=--max_batch_size=9"]
 
 
@@ -237,7 +237,7 @@ def test_clean_removes_old_cached_fragments_and_keeps_fresh_ones(tmp_path):
     import os as os_
     import time as time_
 
-    from qec_kiln._clean import clean_state
+    from qec_kiln._command._main_clean import clean_state
 
     cache = tmp_path / "bucket-cache"
     cache.mkdir()
@@ -252,7 +252,7 @@ def test_clean_removes_old_cached_fragments_and_keeps_fresh_ones(tmp_path):
 
 
 def test_parser_takes_circuits_option_and_positional_alike():
-    a = build_parser().parse_args(["plan", "--circuits", "x.stim", "y.stim", "--jobs", "2"])
+    a = parse_args(["plan", "--circuits", "x.stim", "y.stim", "--jobs", "2"])
     assert a.circuits_opt == ["x.stim", "y.stim"] and a.jobs == 2
 
 

@@ -18,7 +18,7 @@ from conftest import REPO, run_kiln, wait_until, write_surface_circuits
 from test_reliability import tagged_env, wait_no_tagged_processes
 
 from qec_kiln._errors import ObjectNotFound
-from qec_kiln._launch import Sweep, prepare_sweep
+from qec_kiln._prepare import Sweep, prepare_sweep
 from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.fragments import complete_lines
 from qec_kiln._sweep.manifest import fragment_key, load_manifest
@@ -55,7 +55,7 @@ def assert_sweep_merges_exactly(url: str, sweep: str, batch_ids: list[str], *, t
                                 shots_each: int, out: pathlib.Path) -> None:
     """``tasks`` tasks of ``sweep``, each at exactly ``shots_each`` shots over its batches'
     fragments, and ``qec-kiln merge`` of the bucket gives ``tasks * shots_each`` in all."""
-    from qec_kiln import _cli
+    from qec_kiln._command import _main as _cli
 
     bucket = open_bucket(url)
     totals = shots_per_task(*(bucket.read_bytes(f"{sweep}/fragments/{b}.csv") for b in batch_ids))

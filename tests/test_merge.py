@@ -19,7 +19,7 @@ import sinter
 from conftest import REPO, run_kiln, write_surface_circuits
 
 from qec_kiln._backends import JobState
-from qec_kiln._launch import Sweep, prepare_sweep
+from qec_kiln._prepare import Sweep, prepare_sweep
 from qec_kiln._report.merge import merge_sweeps
 from qec_kiln._report.status import sweep_progress
 from qec_kiln._storage import LocalBucket, S3Bucket, open_bucket, parse_url
@@ -304,7 +304,7 @@ def test_a_local_merge_starts_like_sinter_combine(tmp_path, finished):
     bucket, expected = finished
     code = (
         "import json, os, sys, threading\n"
-        "from qec_kiln import _cli\n"
+        "from qec_kiln._command import _main as _cli\n"
         f"code = _cli.main(['merge', '--bucket', {str(bucket)!r}, '--out', 'm.csv'])\n"
         "heavy = ('rich', 'yaml', 'boto3', 'botocore', 'google', 'sky', 'qec_kiln._backends', "
         "'qec_kiln._view', 'qec_kiln._api', 'qec_kiln._planning', 'qec_kiln._sweep.spec', "

@@ -243,7 +243,7 @@ def test_a_launch_that_loses_the_race_to_create_a_sweep_runs_the_winners_plan(
     so no batch of one plan runs under the other (a task's shards differ between plans)."""
     import qec_kiln
     from qec_kiln import _launch
-    from qec_kiln._launch import Sweep, prepare_sweep
+    from qec_kiln._prepare import Sweep, prepare_sweep
     from qec_kiln._sweep.manifest import load_manifest
 
     circuits = write_surface_circuits(tmp_path / "circuits", distances=(3,), noises=(0.001, 0.01))
@@ -339,7 +339,7 @@ def test_a_create_the_bucket_refuses_with_nothing_there_is_not_blamed_on_another
 def test_a_manifest_created_between_the_check_and_the_listing_is_reused(tmp_path: Path) -> None:
     """The race seen under load: launch A finds no manifest, launch B then creates it, and A
     lists the folder. A must take B's plan, not call B's manifest an orphan left by a run."""
-    from qec_kiln._launch import Sweep, prepare_sweep
+    from qec_kiln._prepare import Sweep, prepare_sweep
 
     circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001,))
     url = str(tmp_path / "bucket")

@@ -86,7 +86,7 @@ def test_skypilot_is_an_optional_extra_that_the_tests_install():
 def test_skypilot_backend_without_sky_says_how_to_install_it(tmp_path, small_circuits, args):
     """With SkyPilot absent (``import sky`` fails), --backend skypilot gives one error line."""
     code = ("import sys; sys.modules['sky'] = None\n"  # what a missing package looks like to import
-            "from qec_kiln._cli import main; sys.exit(main(sys.argv[1:]))")
+            "from qec_kiln._command._main import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.run(
         [sys.executable, "-c", code, *args, str(small_circuits), "--backend", "skypilot",
          "--bucket", "s3://no-such-bucket-needed", "--max-shots", "100", "--max-errors", "10"],

@@ -26,7 +26,7 @@ import sinter
 from conftest import ON_CLOUDS, REPO, run_kiln, wait_until, write_surface_circuits
 
 from qec_kiln._errors import Exit
-from qec_kiln._launch import Sweep, prepare_sweep
+from qec_kiln._prepare import Sweep, prepare_sweep
 from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.fragments import complete_lines, parse_fragment
 from qec_kiln._sweep.manifest import fragment_key

@@ -24,9 +24,9 @@ from test_local_sweep import (
     wait_for_uploaded_rows,
 )
 
-from qec_kiln import _cli as cli
 from qec_kiln._backends.skypilot import ship as _ship
 from qec_kiln._backends.skypilot.backend import packaged_yaml_text
+from qec_kiln._command import _main as cli
 from qec_kiln._sweep.fragments import complete_lines
 
 pytestmark = pytest.mark.slow

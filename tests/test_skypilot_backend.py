@@ -520,7 +520,7 @@ def test_status_shows_why_a_job_failed_and_its_recoveries(monkeypatch, tmp_path,
     reason, the recoveries column, and the reason in --json."""
     from test_local_sweep import make_sweep
 
-    from qec_kiln import _cli
+    from qec_kiln._command import _main as _cli
 
     bucket = str(tmp_path / "bkt")
     store, manifest = make_sweep(small_circuits, bucket, "st", max_shots=10, max_errors=10,
@@ -650,7 +650,7 @@ def test_installed_sky_cli_accepts_every_flag_we_pass(tmp_path):
 
 @pytest.mark.slow
 def test_dry_run_json_gives_the_exact_task_and_its_file_mounts(tmp_path, small_circuits, capsys):
-    from qec_kiln import _cli
+    from qec_kiln._command import _main as _cli
 
     rc = _cli.main(["launch", str(small_circuits), "--backend", "skypilot", "--bucket",
                     "s3://bkt/sweeps", "--name", "dry", "--infra", "aws", "--jobs", "2",

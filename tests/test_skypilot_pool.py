@@ -16,10 +16,10 @@ from sky_executor import PoolWorker
 from test_local_sweep import assert_sweep_merges_exactly
 from test_skypilot_backend import FakeController, _run_sky_cli, _write_launches
 
-from qec_kiln import _cli as cli
 from qec_kiln._backends import LaunchRequest
 from qec_kiln._backends.skypilot import backend as sp
 from qec_kiln._backends.skypilot import pool as pools
+from qec_kiln._command import _main as cli
 from qec_kiln._errors import KilnError
 
 REPO = Path(__file__).resolve().parents[1]

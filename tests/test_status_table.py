@@ -12,8 +12,8 @@ from conftest import run_kiln
 from test_merge import row, write_fragment
 
 from qec_kiln._backends import JobState
-from qec_kiln._commands import print_status
-from qec_kiln._launch import Sweep, prepare_sweep
+from qec_kiln._command._main_status import print_status
+from qec_kiln._prepare import Sweep, prepare_sweep
 from qec_kiln._report.status import sweep_progress
 from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.batches import Batch, Plan, Shard, batch_id

@@ -15,10 +15,10 @@ import stim
 
 import qec_kiln
 from qec_kiln._errors import KilnError
-from qec_kiln._launch import Sweep, prepare_sweep
 from qec_kiln._node.lease import live_holder
 from qec_kiln._planning._cost import TaskCost
 from qec_kiln._planning.plan import make_plan
+from qec_kiln._prepare import Sweep, prepare_sweep
 from qec_kiln._report.holdings import PLAN_LOCK_KEY, plan_lock
 from qec_kiln._storage import open_bucket
 

@@ -1,33 +1,42 @@
 """qec-kiln: distribute `sinter collect` sweeps over many machines.
 
-The Python API mirrors the ``qec-kiln`` command: :func:`plan`, :func:`launch`, :func:`status`,
-:func:`merge`, :func:`cancel` and :func:`remove` take the same settings as its flags, and
-:func:`collect` is ``sinter.collect`` over them (tasks in, ``list[sinter.TaskStats]`` out);
-see ``qec_kiln._api`` for a whole sweep as an example. Importing the package loads neither
-sinter nor SkyPilot.
+The Python API mirrors the ``qec-kiln`` command, one function per verb: :func:`plan`,
+:func:`launch`, :func:`status`, :func:`merge`, :func:`cancel` and :func:`remove` take the same
+settings as its flags, and :func:`collect` is ``sinter.collect`` over them (tasks in,
+``list[sinter.TaskStats]`` out). Each lives with its verb, in ``qec_kiln._command._main_<verb>``
+(whose docstring shows a whole sweep for ``launch``). Importing the package loads neither sinter
+nor SkyPilot: each name below loads when first asked for.
 """
 
 from typing import TYPE_CHECKING
 
-from qec_kiln._errors import KilnError, KilnWarning  # noqa: E402
-from qec_kiln._version import __version__  # noqa: E402
+from qec_kiln._errors import KilnError, KilnWarning
+from qec_kiln._version import __version__
 
-if TYPE_CHECKING:  # what type checkers see; at run time each name loads when first asked for
-    from qec_kiln._api import cancel, launch, merge, plan, remove, status
+if TYPE_CHECKING:  # what type checkers see
     from qec_kiln._collect import collect
-    from qec_kiln._launch_result import LaunchResult
+    from qec_kiln._command._main_cancel import cancel
+    from qec_kiln._command._main_launch import LaunchResult, launch
+    from qec_kiln._command._main_merge import merge
+    from qec_kiln._command._main_plan import plan
+    from qec_kiln._command._main_remove import remove
+    from qec_kiln._command._main_status import status
     from qec_kiln._planning.result import PlanResult
     from qec_kiln._report.merge import MergeReport
     from qec_kiln._report.status import StatusReport
 
-_LAZY = {  # loaded when first asked for: `qec-kiln merge` imports none of the rest
-    **{name: ("qec_kiln._api", name)
-       for name in ("cancel", "launch", "merge", "plan", "remove", "status")},
-    "LaunchResult": ("qec_kiln._launch_result", "LaunchResult"),
-    "collect": ("qec_kiln._collect", "collect"),
-    "PlanResult": ("qec_kiln._planning.result", "PlanResult"),  # these three import sinter
-    "StatusReport": ("qec_kiln._report.status", "StatusReport"),
-    "MergeReport": ("qec_kiln._report.merge", "MergeReport"),
+_LAZY = {
+    "cancel": "qec_kiln._command._main_cancel",
+    "collect": "qec_kiln._collect",
+    "launch": "qec_kiln._command._main_launch",
+    "LaunchResult": "qec_kiln._command._main_launch",
+    "merge": "qec_kiln._command._main_merge",
+    "MergeReport": "qec_kiln._report.merge",  # these three import sinter
+    "plan": "qec_kiln._command._main_plan",
+    "PlanResult": "qec_kiln._planning.result",
+    "remove": "qec_kiln._command._main_remove",
+    "status": "qec_kiln._command._main_status",
+    "StatusReport": "qec_kiln._report.status",
 }
 
 
@@ -35,8 +44,7 @@ def __getattr__(name: str) -> object:
     if name in _LAZY:
         import importlib
 
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'qec_kiln' has no attribute {name!r}")
 
 

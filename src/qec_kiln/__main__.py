@@ -2,7 +2,7 @@
 
 import sys
 
-from qec_kiln._cli import main
+from qec_kiln._command._main import main
 
 if __name__ == "__main__":
     sys.exit(main())

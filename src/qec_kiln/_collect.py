@@ -20,8 +20,12 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from qec_kiln import _api
 from qec_kiln._backends import kiln_home
+from qec_kiln._command._base import Log, quiet
+from qec_kiln._command._main_launch import launch
+from qec_kiln._command._main_merge import merge
+from qec_kiln._command._main_plan import plan
+from qec_kiln._command._main_status import status
 from qec_kiln._errors import KilnError
 
 if TYPE_CHECKING:
@@ -29,18 +33,26 @@ if TYPE_CHECKING:
 
 
 def collect(tasks: Any, *, decoders: Sequence[str] | None = None,
-            log: _api.Log | None = None, poll_seconds: float = 10.0,
+            log: Log | None = None, poll_seconds: float = 10.0,
             **settings: Any) -> list[sinter.TaskStats]:
-    """Sample ``tasks`` (``sinter.Task`` s with a circuit and json_metadata, ``stim.Circuit`` s,
-    or a folder/files as in :func:`qec_kiln.launch`) as one sweep and return its merged stats.
+    """Sample ``tasks`` as one sweep and return its merged stats, as ``sinter.collect`` does.
+    The same tasks again resume the same sweep (its name is a digest of them), as sinter
+    resumes a ``save_resume_filepath``.
 
-    ``decoders``: as in ``sinter.collect`` (default: the tasks' own decoder, else pymatching);
-    ``settings``: :func:`qec_kiln.launch`'s (``max_shots``, ``max_errors``, ``bucket``,
-    ``backend``, ``postselected_detectors_predicate``, ...). The same tasks again resume the
-    same sweep (its name is a digest of them), as sinter resumes a ``save_resume_filepath``.
-    A task's own ``detector_error_model`` or postselection masks must be those sinter collect
-    builds from its circuit and the postselection settings (else refused: the nodes run
-    ``sinter collect``). Remote backends are waited for, polling every ``poll_seconds``.
+    Args:
+        tasks: ``sinter.Task`` s with a circuit and json_metadata, ``stim.Circuit`` s, or a
+            folder/files as in :func:`qec_kiln.launch`. A task's own ``detector_error_model``
+            or postselection masks must be those sinter collect builds from its circuit and the
+            postselection settings (else refused: the nodes run ``sinter collect``).
+        decoders: as in ``sinter.collect`` (default: the tasks' own decoder, else pymatching).
+        log: as in :func:`qec_kiln.plan`.
+        poll_seconds: how often a remote backend's jobs are asked about while waiting.
+        **settings: :func:`qec_kiln.launch`'s (``max_shots``, ``max_errors``, ``bucket``,
+            ``backend``, ``postselected_detectors_predicate``, ...).
+
+    Returns:
+        The merged rows, one ``sinter.TaskStats`` per task and decoder, with the strong_ids
+        ``sinter.collect`` gives the same tasks (example: this module's docstring).
     """
     from qec_kiln._planning._cost import strong_id_of
     from qec_kiln._sweep.memory import is_in_memory, write_tasks
@@ -59,8 +71,7 @@ def collect(tasks: Any, *, decoders: Sequence[str] | None = None,
             decoders = own
     if decoders is not None:
         settings["decoders"] = list(decoders)
-    quiet = log or _api.quiet
-    planned = _api.plan(circuits, log=quiet, **settings)
+    planned = plan(circuits, log=log or quiet, **settings)
     ids = {s.strong_id for b in planned.batches for s in b.shards}
     for i, task in enumerate(given):
         own_model = (task.detector_error_model is not None or task.postselection_mask is not None
@@ -75,7 +86,7 @@ def collect(tasks: Any, *, decoders: Sequence[str] | None = None,
                     "sinter collect builds from its circuit and the postselection settings, so "
                     "the nodes would sample another task; drop them (give the postselection as "
                     "postselected_detectors_predicate=...)")
-    result = _api.launch(circuits, log=log, **settings)
+    result = launch(circuits, log=log, **settings)
     if result.failed:
         raise KilnError(f"sweep {result.sweep!r}: {result.submission.message if result.submission else ''}"
                         f"; `qec-kiln status --bucket {result.bucket} --sweep {result.sweep}`")
@@ -85,7 +96,7 @@ def collect(tasks: Any, *, decoders: Sequence[str] | None = None,
         raise KilnError(f"sweep {result.sweep!r} was cancelled; collect again to resume")
     idle = 0
     while True:  # a backend that submitted jobs and returned: wait for them
-        (report,) = _api.status(result.bucket, sweep=result.sweep, log=quiet)
+        (report,) = status(result.bucket, sweep=result.sweep, log=log or quiet)
         if all(b.done for b in report.batches):
             break
         idle = 0 if any(b.job is not None and b.job.active for b in report.batches) else idle + 1
@@ -93,7 +104,7 @@ def collect(tasks: Any, *, decoders: Sequence[str] | None = None,
             raise KilnError(f"sweep {result.sweep!r} ended unfinished: "
                             f"{', '.join(report.unfinished)}; collect again to resume")
         time.sleep(poll_seconds)
-    return _api.merge(result.bucket, None, sweep=result.sweep, log=log).stats
+    return merge(result.bucket, None, sweep=result.sweep, log=log).stats
 
 
 def _with_decoder(task: sinter.Task, decoder: str) -> sinter.Task:

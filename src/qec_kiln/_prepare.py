@@ -1,5 +1,5 @@
-"""discover → plan → upload → start: what ``qec_kiln.plan`` and ``qec_kiln.launch`` do, each
-stage called once, in order.
+"""From settings to a plan: the steps ``qec_kiln.plan`` and ``qec_kiln.launch`` share, each
+called once, in order (a launch then starts the batches, in ``_command/_main_launch.py``).
 
 1. :meth:`Sweep.build`: the settings as a ``SweepSpec``, its backend, the backend's options
    and its :class:`~qec_kiln._planning.capacity.Capacity` (asked once); then the bucket,
@@ -8,7 +8,6 @@ stage called once, in order.
    (``_sweep.store``), and for a new sweep the predicted costs (``_planning``), what the
    bucket already holds of its tasks (``_report.holdings``, under the bucket's planning lock
    for a launch), the plan (``_planning``) and its upload (``_sweep.store``).
-3. :func:`launch_sweep`: the batches to start (``_report.status``) and the backend's launch.
 
 A sweep is identified by its name in a bucket. Launching is idempotent: if the sweep's manifest
 already exists with the same inputs, its stored plan is reused and only batches that are neither
@@ -23,21 +22,18 @@ import datetime
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from qec_kiln._backends import Backend, LaunchRequest, get_backend
-from qec_kiln._launch_result import DryRun, LaunchResult
+from qec_kiln._backends import Backend, get_backend
 from qec_kiln._planning._cost import estimate_costs
 from qec_kiln._planning.capacity import Capacity
 from qec_kiln._planning.plan import plan_sweep
 from qec_kiln._planning.result import MODEL_ERROR, PlanResult, plan_result
 from qec_kiln._report.holdings import count_holdings, plan_lock
-from qec_kiln._report.status import Relaunch, batches_to_start
 from qec_kiln._storage import Bucket
 from qec_kiln._sweep.batches import Plan
 from qec_kiln._sweep.inputs import read_inputs
 from qec_kiln._sweep.manifest import Manifest
 from qec_kiln._sweep.spec import SweepSpec
 from qec_kiln._sweep.store import find_sweep, ignored_flags, upload_sweep
-from qec_kiln._version import __version__
 
 Log = Callable[[str], None]
 
@@ -131,62 +127,4 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log, *, commit: bool = Fals
                        spec.pricing, sweep.options.gpus)
 
 
-def plan_only(circuits: Any, settings: Mapping[str, Any], log: Log) -> PlanResult:
-    """What ``qec_kiln.plan`` does: the plan, with nothing uploaded (an unreachable bucket reads as
-    empty, with a warning)."""
-    sweep = Sweep.build(circuits, settings)
-    bucket = sweep.backend.open_bucket(sweep.spec.bucket, must_reach=False, launching=False,
-                                       log=log)
-    return prepare_sweep(sweep, bucket, log)
-
-
-BeforeStart = Callable[[PlanResult, list[str], Relaunch | None], None]
-
-
-def launch_sweep(circuits: Any, settings: Mapping[str, Any], *, dry_run: bool, log: Log,
-                 live: bool = False, before_start: BeforeStart | None = None) -> LaunchResult:
-    """What ``qec_kiln.launch`` does: plan (uploaded unless ``dry_run``), then start every batch that is
-    neither finished nor running, or describe them (``dry_run``)."""
-    sweep = Sweep.build(circuits, settings)
-    backend = sweep.backend
-    bucket = backend.open_bucket(sweep.spec.bucket, must_reach=not dry_run, launching=True,
-                                 log=log)
-    prepared = prepare_sweep(sweep, bucket, log, commit=not dry_run)
-    m = prepared.manifest
-    request = LaunchRequest(
-        log=log, live=live, bucket_url=bucket.url, sweep=m.sweep,
-        batch_ids=tuple(b.id for b in m.batches), options=sweep.options,
-        num_batches_total=len(m.batches), kiln_version=__version__,
-        decoders=tuple(m.decoders),
-        custom_decoders_module_function=m.custom_decoders_module_function,
-        node_hour_price=prepared.node_hour_price)
-    if not m.batches:
-        log(f"nothing to launch: every task already reaches max_shots or max_errors with the "
-            f"rows that exist (in {bucket.url} or --existing-data)")
-        return LaunchResult(prepared, bucket.url, "nothing to launch",
-                            dry_run=DryRun("nothing to sample") if dry_run else None)
-    if dry_run:
-        dry = DryRun(backend.describe(request), backend.describe_json(request))
-        for w in backend.warnings():
-            log(f"warning: {w}")
-        return LaunchResult(prepared, bucket.url, "dry run: nothing was uploaded or launched",
-                            dry_run=dry)
-    states = backend.job_states(bucket.url, m.sweep) if prepared.exists else {}
-    todo, relaunch = batches_to_start(bucket, m, prepared.exists, states)
-    if relaunch is not None:
-        log(f"{len(relaunch.done)} batch(es) already finished, {len(relaunch.running)} running")
-    if not todo:
-        log(f"nothing to launch: sweep {m.sweep!r} has no unfinished, idle batch; "
-            "see `qec-kiln status`")
-        return LaunchResult(prepared, bucket.url, "nothing to launch", relaunch=relaunch)
-    if before_start is not None:
-        before_start(prepared, todo, relaunch)
-    started = backend.launch(dataclasses.replace(request, batch_ids=tuple(todo)))
-    for w in backend.warnings():
-        log(f"warning: {w}")
-    return LaunchResult(prepared, bucket.url, started.message, launched=todo, submission=started,
-                        relaunch=relaunch)
-
-
-__all__ = ["DryRun", "LaunchResult", "Relaunch", "Sweep", "launch_sweep", "plan_only",
-           "prepare_sweep"]
+__all__ = ["Sweep", "prepare_sweep"]

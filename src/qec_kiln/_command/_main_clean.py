@@ -20,11 +20,17 @@ buckets are never touched.
 
 from __future__ import annotations
 
+import argparse
 import pathlib
 import shutil
 import time
+from collections.abc import Sequence
 
-from qec_kiln._backends import BACKENDS, get_backend
+from qec_kiln._backends import BACKENDS, get_backend, kiln_home
+from qec_kiln._command._base import Parser, out, parse_args, run
+
+HELP = ("remove old local state (job records, work folders) under $QEC_KILN_HOME, default "
+        "~/.cache/qec-kiln; buckets are not touched")
 
 #: The sub-folders of ``$QEC_KILN_HOME`` that hold one folder per sweep: one per backend.
 KINDS = tuple(BACKENDS)
@@ -38,8 +44,6 @@ def _newest_mtime(folder: pathlib.Path) -> float:
         except OSError:
             continue
     return newest
-
-
 
 
 def clean_state(home: pathlib.Path, *, older_than_days: float, dry_run: bool = False
@@ -75,3 +79,28 @@ def clean_state(home: pathlib.Path, *, older_than_days: float, dry_run: bool = F
                 path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def parser() -> Parser:
+    p = Parser(prog="qec-kiln clean", description=HELP)
+    p.add_argument("--older-than", type=float, default=7.0, metavar="DAYS",
+                   help="only sweeps untouched for this many days (default 7; 0: all that are "
+                   "not running)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    return run(handle, parse_args(parser(), argv))
+
+
+def handle(args: argparse.Namespace) -> int:
+    home = kiln_home().expanduser()
+    removed = clean_state(home, older_than_days=args.older_than, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for folder in removed:
+        out.print(f"{verb} {folder}", markup=False)
+    out.print(f"{verb} {len(removed)} item(s) of local state (sweep folders, wheels, cached "
+              f"fragments) untouched for {args.older_than:g} day(s) "
+              f"under {home} (QEC_KILN_HOME); buckets are not touched", markup=False)
+    return 0
