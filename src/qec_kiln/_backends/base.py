@@ -26,8 +26,8 @@ from qec_kiln._argtypes import sync_seconds as sync_seconds_type
 from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import KilnError
 from qec_kiln._planning.capacity import Capacity
-from qec_kiln._report.jobs import ACTIVE_STATES, JobState, is_active  # noqa: F401 (the interface's names)
-from qec_kiln._sweep.spec import BackendOptions
+from qec_kiln._backends.jobs import ACTIVE_STATES, JobState, is_active  # noqa: F401 (the interface's names)
+from qec_kiln._backends.options import BackendOptions
 
 if TYPE_CHECKING:
     from qec_kiln._storage import Bucket

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 
 from qec_kiln._argtypes import positive_int
-from qec_kiln._sweep.spec import BackendOptions
+from qec_kiln._backends.options import BackendOptions
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from qec_kiln._sweep.spec import BackendOptions
+from qec_kiln._backends.options import BackendOptions
 
 
 @dataclasses.dataclass(frozen=True)
