@@ -265,8 +265,8 @@ def build_parser() -> _Parser:
     p.add_argument("action", choices=("status", "down"))
     p.add_argument("name", nargs="?", help="the pool (default: every kiln-pool-* pool)")
     p.add_argument("--pool", dest="pool_opt", metavar="NAME", help="the same as NAME")
-    p.add_argument("--backend", default="skypilot", help="the backend whose pools (default "
-                   "skypilot, the only one with pools)")
+    p.add_argument("--backend", help="the backend whose pools (default: the one backend "
+                   "with pools)")
 
     p = sub.add_parser("clean", help="remove old local state (job records, work folders) under "
                        "$QEC_KILN_HOME, default ~/.cache/qec-kiln; buckets are not touched")

@@ -211,12 +211,12 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_pool(args: argparse.Namespace) -> int:
-    from qec_kiln._backends import get_backend
+    from qec_kiln._backends import pool_backend
 
     name = args.pool_opt or args.name
     if args.name and args.pool_opt and args.name != args.pool_opt:
         raise KilnError(f"qec-kiln pool: two names ({args.name}, --pool {args.pool_opt}); give one")
-    for line in get_backend(args.backend).pool_command(args.action, name):
+    for line in pool_backend(args.backend).pool_command(args.action, name):
         out.print(line, markup=False)
     return 0
 
