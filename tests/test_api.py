@@ -17,6 +17,7 @@ from conftest import REPO
 
 import qec_kiln
 from qec_kiln._backends import BACKENDS, backend_class, get_backend
+from qec_kiln._backends.registry import BUILT_IN
 from qec_kiln._command._main import parse_args
 from qec_kiln._planning._cost import TaskCost
 from qec_kiln._planning.plan import plan_sweep
@@ -68,7 +69,7 @@ def test_no_module_outside_the_backends_imports_a_backend_module():
     through one backend's modules (``local``, ``slurm``, ``skypilot``, ``skypilot.pool``, ...)."""
     modules = {f"qec_kiln._backends.{f.name}" for f in (SRC / "_backends").iterdir()
                if f.is_dir() and (f / "__init__.py").exists()}
-    assert modules == {f"qec_kiln._backends.{name}" for name in ("local", "skypilot", "slurm")}
+    assert modules == {f"qec_kiln._backends.{name}" for name in BUILT_IN}
     found = {f"{p.relative_to(SRC)}: {m}" for p in _python_files_outside_backends()
              for m in _imports(p) if any(m == x or m.startswith(x + ".") for x in modules)}
     assert found == set()

@@ -16,7 +16,7 @@ SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "qec_kiln"
 
 #: Bottom to top: a module may import its own layer's modules and any layer below.
 LAYERS = [
-    {"_errors", "_atomic", "_argtypes", "_version"},
+    {"_errors", "_atomic", "_argtypes", "_version", "_plugins"},
     {"_storage"},
     {"_sweep"},
     {"_planning"},

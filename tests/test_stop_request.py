@@ -7,7 +7,8 @@ from __future__ import annotations
 import threading
 import time
 
-from qec_kiln._node.stop import RUN_ID_ENV, StopRequest, request_stop, stop_key
+from qec_kiln._backends.skypilot.environment import RUN_ID_ENV
+from qec_kiln._node.stop import StopRequest, request_stop, stop_key
 from qec_kiln._storage import open_bucket
 
 

@@ -20,32 +20,15 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from qec_kiln._argtypes import MAX_SYNC_SECONDS, positive_int
-from qec_kiln._argtypes import processes as processes_type
-from qec_kiln._argtypes import sync_seconds as sync_seconds_type
+from qec_kiln._argtypes import MAX_SYNC_SECONDS
 from qec_kiln._atomic import atomic_write
+from qec_kiln._backends.jobs import ACTIVE_STATES, JobState, is_active  # noqa: F401 (the interface's names)
+from qec_kiln._backends.options import BackendOptions, add_own_flags, options_from_args
 from qec_kiln._errors import KilnError
 from qec_kiln._planning.capacity import Capacity
-from qec_kiln._report.jobs import ACTIVE_STATES, JobState, is_active  # noqa: F401 (the interface's names)
-from qec_kiln._sweep.spec import BackendOptions
 
 if TYPE_CHECKING:
     from qec_kiln._storage import Bucket
-
-
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of :class:`BackendOptions`, shared by every backend."""
-    parser.add_argument("--processes", type=processes_type, metavar="N|auto",
-                        help="sinter --processes per batch (default auto: the cores it gets)")
-    parser.add_argument("--sync-seconds", type=sync_seconds_type, default=30.0,
-                        help="how often a batch uploads its resume CSV (default 30, at most 86400)")
-    parser.add_argument("--cpus", help="CPUs a batch gets: slurm per array task (e.g. 8), "
-                        "skypilot per node (e.g. 16+; default from the YAML)")
-    parser.add_argument("--gpus", help="accelerators, e.g. H100:1 (skypilot: uses the GPU job "
-                        "YAML, configs/sinter_job_gpu.yaml)")
-    parser.add_argument("--workers", type=positive_int, metavar="K",
-                        help="machines (local: slots) running batches at once; each takes the "
-                        "next batch when it is free, so there may be more batches than workers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,13 +132,14 @@ class Backend(abc.ABC):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Add this backend's own flags (an argument group) to ``parser``; none by default."""
-        return None
+        """Add this backend's own flags (an argument group) to ``parser``, derived from the
+        fields of :attr:`options_type` (``--<name>-<field>`` and the aliases they declare)."""
+        add_own_flags(parser, cls.name, cls.options_type)
 
     @classmethod
     def options_from_args(cls, args: argparse.Namespace) -> BackendOptions:
-        """This backend's options from parsed flags."""
-        return cls.options_type.from_args(args)
+        """This backend's options from parsed flags (the common ones and its own)."""
+        return options_from_args(cls.name, cls.options_type, args)
 
     @classmethod
     def options(cls, value: BackendOptions | Mapping[str, Any] | None = None) -> BackendOptions:
@@ -217,6 +201,11 @@ class Backend(abc.ABC):
     def bucket_problem(self, bucket_url: str) -> str | None:
         """Why this backend's batches could not reach ``bucket_url``, or None."""
         return None
+
+    @classmethod
+    def has_pools(cls) -> bool:
+        """Whether this backend keeps pools of warm workers (it answers :meth:`pool_command`)."""
+        return cls.pool_command is not Backend.pool_command
 
     def pool_command(self, action: str, name: str | None) -> list[str]:
         """``qec-kiln pool status|down [NAME]``: lines to print. Backends without pools refuse."""

@@ -18,8 +18,8 @@ def parser() -> Parser:
     p.add_argument("action", choices=("status", "down"))
     p.add_argument("name", nargs="?", help="the pool (default: every kiln-pool-* pool)")
     p.add_argument("--pool", dest="pool_opt", metavar="NAME", help="the same as NAME")
-    p.add_argument("--backend", default="skypilot", help="the backend whose pools (default "
-                   "skypilot, the only one with pools)")
+    p.add_argument("--backend", help="the backend whose pools (default: the one backend "
+                   "with pools)")
     return p
 
 
@@ -28,11 +28,11 @@ def main(argv: Sequence[str]) -> int:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from qec_kiln._backends import get_backend
+    from qec_kiln._backends import pool_backend
 
     name = args.pool_opt or args.name
     if args.name and args.pool_opt and args.name != args.pool_opt:
         raise KilnError(f"qec-kiln pool: two names ({args.name}, --pool {args.pool_opt}); give one")
-    for line in get_backend(args.backend).pool_command(args.action, name):
+    for line in pool_backend(args.backend).pool_command(args.action, name):
         out.print(line, markup=False)
     return 0

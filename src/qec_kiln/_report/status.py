@@ -24,7 +24,7 @@ from qec_kiln._sweep.manifest import Manifest, fragment_key
 if TYPE_CHECKING:  # not imported at run time: merge starts faster without the backends
     import sinter  # imported by the parse: on a cloud bucket, while the listing waits
 
-    from qec_kiln._report.jobs import JobState
+    from qec_kiln._backends.jobs import JobState
 
 #: The largest share a batch or shard still sampling shows (never "100%" before it is done).
 NOT_DONE = 0.999

@@ -10,49 +10,25 @@ field here, and the flag (dashes for underscores: ``max_shots`` is ``--max-shots
     ...
     qec_kiln._errors.KilnError: unknown setting 'max_shot'; the settings are: ...
 
-Adding a setting is a field in one of the groups below plus its flag in ``_cli.py``.
+Adding a setting is a field in one of the groups below plus its flag in
+``_command/_main_plan.add_sweep_arguments``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import glob
 import os
 import pathlib
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from qec_kiln._argtypes import sinter_options as check_sinter_options
 from qec_kiln._errors import KilnError
 from qec_kiln._sweep.postselect import Postselection
 
-_O = TypeVar("_O", bound="BackendOptions")
-
-
-@dataclasses.dataclass(frozen=True)
-class BackendOptions:
-    """Settings every backend understands; each maps them onto its own terms (submitit's generic
-    parameters). A backend's own settings live in a subclass (``LocalOptions``, ``SlurmOptions``).
-
-    >>> BackendOptions(processes=4).sync_seconds
-    30.0
-    """
-
-    processes: int | None = None  # sinter --processes per batch (default: the node's cores)
-    sync_seconds: float = 30.0  # how often run-batch uploads complete lines of its resume CSV
-    cpus: str | None = None  # CPUs per node (SkyPilot, e.g. "16+") or per task (Slurm, "8")
-    gpus: str | None = None  # accelerators, e.g. "H100:1"
-    workers: int | None = None  # K: machines/slots that run batches at once, taking them in turn
-
-    @classmethod
-    def from_args(cls: type[_O], args: argparse.Namespace, **own: Any) -> _O:
-        """The common settings from parsed flags (absent flags take their defaults), plus ``own``."""
-        return cls(processes=getattr(args, "processes", None),
-                   sync_seconds=getattr(args, "sync_seconds", None) or 30.0,
-                   cpus=getattr(args, "cpus", None), gpus=getattr(args, "gpus", None),
-                   workers=getattr(args, "workers", None), **own)
-
+if TYPE_CHECKING:  # a backend's options: the backend normalises them (Backend.options)
+    from qec_kiln._backends.options import BackendOptions
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
@@ -142,7 +118,7 @@ class SweepSpec:
     bucket: str = "kiln-results"  # s3://B[/P], gs://B[/P] or a directory
     name: str | None = None  # default: the folder's name and a digest of the inputs
     backend: str = "local"
-    backend_options: BackendOptions = BackendOptions()
+    backend_options: BackendOptions | Mapping[str, Any] | None = None  # the backend's default
 
     @staticmethod
     def setting_names() -> list[str]:

@@ -13,7 +13,6 @@ resumes; a finished batch's local work folder is removed. ``status`` and
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -34,7 +33,7 @@ from qec_kiln._backends.base import (
     Submission,
     quote_argv,
 )
-from qec_kiln._backends.local.options import LocalOptions, add_arguments
+from qec_kiln._backends.local.options import LocalOptions
 from qec_kiln._backends.local.queue import SlotQueue, StopSignals, removed_at_exit
 from qec_kiln._backends.local.state import StateFolder, is_run_batch
 from qec_kiln._node.processes import start_ticks
@@ -79,10 +78,6 @@ class LocalBackend(Backend):
     startup_seconds = 2.0
     decoders_run_here = True
     queue_workers = True
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        add_arguments(parser)
 
     @classmethod
     def options(cls, value: BackendOptions | Mapping[str, Any] | None = None) -> LocalOptions:

@@ -31,7 +31,6 @@ SkyPilot's CLI reads the value from the caller's environment. Inline secret valu
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import os
@@ -64,7 +63,7 @@ from qec_kiln._backends.remote import (
 from qec_kiln._backends.skypilot import pool as pools
 from qec_kiln._backends.skypilot import startup
 from qec_kiln._backends.skypilot.node import apply_node_install, node_identity
-from qec_kiln._backends.skypilot.options import SkyPilotOptions, add_arguments, options_from_args
+from qec_kiln._backends.skypilot.options import SkyPilotOptions
 from qec_kiln._backends.skypilot.queue import (
     QUEUE_FIELDS,
     controller_warnings,
@@ -142,14 +141,6 @@ class SkyPilotBackend(RemoteBackend):
     default_runner = staticmethod(run_sky)
     cancel_wait_s = 60.0  # how long cancel waits for SkyPilot to mark its jobs CANCELLING
     cancel_poll_s = 2.0
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        add_arguments(parser)
-
-    @classmethod
-    def options_from_args(cls, args: argparse.Namespace) -> BackendOptions:
-        return options_from_args(args)
 
     def capacity(self, options: BackendOptions) -> Capacity:
         """Processes from the task's resources (``--cpus``, else the YAML's ``cpus``); start-up as

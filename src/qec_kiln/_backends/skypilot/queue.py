@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from qec_kiln._backends.jobs import JobState
 from qec_kiln._errors import Exit
-from qec_kiln._report.jobs import JobState
 
 
 def sky_state(status: str) -> str:

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from qec_kiln._backends.base import kiln_home
+from qec_kiln._backends.jobs import is_active
 from qec_kiln._backends.remote import run_command, short_digest
 from qec_kiln._backends.skypilot.queue import sky_state
 from qec_kiln._errors import KilnError
-from qec_kiln._report.jobs import is_active
 
 # SkyPilot's job (and cluster) name rule: sky/skylet/constants.py CLUSTER_NAME_VALID_REGEX.
 _SKY_NAME_RE = re.compile(r"[a-zA-Z]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?")

@@ -30,7 +30,6 @@ or checked to be plain where it must stand unquoted (``#SBATCH`` lines).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import re
@@ -61,7 +60,7 @@ from qec_kiln._backends.remote import (
     rendered_by,
     short_digest,
 )
-from qec_kiln._backends.slurm.options import SlurmOptions, add_arguments, options_from_args
+from qec_kiln._backends.slurm.options import SlurmOptions
 from qec_kiln._backends.slurm.parse import (
     check_account,
     check_extra_option,
@@ -213,14 +212,6 @@ class SlurmBackend(RemoteBackend):
         return opts
     startup_seconds = 30.0
     queue_workers = True  # the array's %K throttle: Slurm starts the next task when one ends
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        add_arguments(parser)
-
-    @classmethod
-    def options_from_args(cls, args: argparse.Namespace) -> BackendOptions:
-        return options_from_args(args)
 
     def missing_command(self, argv: Sequence[str], what: str) -> str:
         return (f"cannot {what} Slurm jobs: `{argv[0]}` was not found; run qec-kiln on a Slurm "
