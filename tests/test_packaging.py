@@ -105,6 +105,7 @@ def test_the_repository_root_holds_only_the_project_layout():
     top = {path.split("/")[0] for path in tracked}
     layout = {".ci", ".gitattributes", ".github", ".gitignore", "CHANGELOG.md",
               "CODE_OF_CONDUCT.md", "CONTRIBUTING.md", "LICENSE", "Makefile", "README.md",
-              "SECURITY.md", "bench", "configs", "docker", "docs", "examples", "pyproject.toml",
+              "SECURITY.md", "bench", "configs", "constraints.txt", "docker", "docs", "examples",
+              "pyproject.toml",
               "scripts", "src", "tests"}
     assert top - layout == set()
