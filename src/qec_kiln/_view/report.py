@@ -111,7 +111,8 @@ def _sweep_html(view: SweepView, plot: bytes | None, problem: str | None, prices
     if sw["cost"]:
         items += [("cost so far", f"{sw['cost']['so_far']:.2f}"),
                   ("cost predicted", f"{sw['cost']['predicted']:.2f}")]
-    parts = [f'<section class="sweep"><h2>sweep <code>{escape(view.name)}</code></h2>',
+    parts = [f'<section class="sweep" data-sweep="{escape(view.name)}">'
+             f"<h2>sweep <code>{escape(view.name)}</code></h2>",
              f'<p class="muted">backend {escape(view.backend)} · {len(view.status["batches"]):,} '
              f'batches · {len(view.tasks):,} tasks</p>',
              f'<progress max="1" value="{min(1.0, view.fraction_done):.4f}"></progress>',

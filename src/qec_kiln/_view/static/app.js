@@ -87,7 +87,7 @@ function makeSection(name, columns) {
     s.failHead, s.failTable,
     s.tasksHead,
     el("div", {class: "task-tools"}, s.filter, s.count, s.csv),
-    el("div", {class: "task-scroll"}, s.tasksTable),
+    el("div", {class: "task-scroll"}, s.tasksTable), s.table.more,
     el("h3", {}, "batches"),
     el("p", {class: "pager"}, s.prev, s.next, s.pagerText),
     el("table", {class: "batches"},
@@ -163,19 +163,25 @@ function pager(s, offset, shown) {
 
 // Fetch the parts of the task table whose version changed, then show done + sampling rows.
 async function syncTasks(s, sw) {
-  let changed = false;
+  let changed = false, building = 0;
   await Promise.all(Object.entries(sw.task_parts).map(async ([part, info]) => {
     if (s.parts[part].version === info.version) return;
     const q = "api/tasks?sweep=" + encodeURIComponent(sw.name) + "&part=" + part;
     const r = await fetch(q, {cache: "no-store"});
     if (!r.ok) throw new Error("HTTP " + r.status + " for " + q);
     const data = await r.json();
+    const t0 = performance.now();
     s.parts[part] = {version: data.version, entries: data.rows.map((row) =>
       KilnTasks.entry(KilnTasks.rowOf(row, s.columns), row.sort, row.n,
                       KilnTasks.searchExtra(row.reached, row.id)))};
+    building += performance.now() - t0;
     changed = true;
   }));
-  if (changed) s.table.setEntries(s.parts.done.entries.concat(s.parts.left.entries));
+  if (!changed) return;
+  const t1 = performance.now();
+  s.table.setEntries(s.parts.done.entries.concat(s.parts.left.entries));
+  void s.tasksTable.offsetHeight;  // layout included: the figure is the time to a shown table
+  s.tasksTable.dataset.buildMs = (building + performance.now() - t1).toFixed(1);
 }
 
 async function loadPage(name, offset) {

@@ -39,9 +39,20 @@ const KilnTasks = (() => {
     return (reached === false ? "sampling" : reached ? "reached done" : "") + " " + id;
   }
 
+  // Rows put in the page at once; "show all" adds the rest. Sorting and filtering see every
+  // task; laying out a few hundred rows, not thousands, keeps each change well under a second.
+  const SHOWN = 250;
+
   class Table {
-    // table: a <table> with a <thead> row of <th> (one per column) and a <tbody>.
+    // table: a <table> with a <thead> row of <th> (one per column) and a <tbody>; the caller
+    // puts this.more (the "show all" button) in the page.
     constructor(table, input, counter, numeric) {
+      this.limit = SHOWN;
+      this.more = document.createElement("button");
+      this.more.type = "button";
+      this.more.className = "task-more";
+      this.more.hidden = true;
+      this.more.addEventListener("click", () => { this.limit = Infinity; this.apply(); });
       this.table = table;
       this.tbody = table.tBodies[0];
       this.input = input;
@@ -91,14 +102,18 @@ const KilnTasks = (() => {
         }
         return a.n - b.n;
       });
-      this.tbody.replaceChildren(...shown.map((e) => e.tr));
+      const put = shown.length > this.limit ? shown.slice(0, this.limit) : shown;
+      this.tbody.replaceChildren(...put.map((e) => e.tr));
       Array.from(this.table.tHead.rows[0].cells).forEach((th, j) => {
         if (j === i) th.setAttribute("aria-sort", this.descending ? "descending" : "ascending");
         else th.removeAttribute("aria-sort");
       });
-      const all = this.entries.length;
-      this.counter.textContent = shown.length === all ? all.toLocaleString("en-US") + " tasks" :
-        shown.length.toLocaleString("en-US") + " of " + all.toLocaleString("en-US") + " tasks";
+      const all = this.entries.length, fmt = (x) => x.toLocaleString("en-US");
+      this.counter.textContent = (shown.length === all ? fmt(all) + " tasks" :
+        fmt(shown.length) + " of " + fmt(all) + " tasks") +
+        (put.length < shown.length ? " (first " + fmt(put.length) + " shown)" : "");
+      this.more.hidden = put.length === shown.length;
+      this.more.textContent = "show all " + fmt(shown.length);
       this.renderMs = performance.now() - t0;
       this.table.dataset.renderMs = this.renderMs.toFixed(1);
     }
@@ -109,10 +124,12 @@ const KilnTasks = (() => {
   function enhanceStatic() {
     document.querySelectorAll("table.tasks[data-columns]").forEach((table) => {
       const numeric = Array.from(table.tHead.rows[0].cells, (th) => th.classList.contains("n"));
-      const box = table.parentElement.querySelector("input.task-filter");
-      const counter = table.parentElement.querySelector(".task-count");
+      const around = table.closest(".tasks-box");
+      const box = around.querySelector("input.task-filter");
+      const counter = around.querySelector(".task-count");
       box.hidden = false;
       const t = new Table(table, box, counter, numeric);
+      table.parentElement.after(t.more);
       t.setEntries(Array.from(table.tBodies[0].rows, (tr, n) => {
         const sort = Array.from(tr.cells, (td, j) => !numeric[j] ? td.textContent :
           td.dataset.s === "" ? null : Number(td.dataset.s));
