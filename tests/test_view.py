@@ -3,6 +3,7 @@ planned for real (real strong_ids) with fragments written by sinter's own CSV fu
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -265,6 +266,30 @@ def test_report_is_one_self_contained_file_with_names_as_text(tmp_path, hostile_
         "http-equiv", "")
     assert "data:image/svg+xml;base64," in text and "cost predicted" in text
     assert text.count('<tr><td>b0') == len(m.batches)
+    assert text.count('<tr class="sampling"') == 3 and text.count('<tr class="reached"') == 0
+    # every task, with rows or not yet; the merged CSV it carries is `qec-kiln merge`'s, byte for byte
+    merged = tmp_path / "merged.csv"
+    run_kiln("merge", "--bucket", str(bucket), "--sweep", "s", "--out", str(merged), check=True)
+    (csv,) = re.findall(r'href="data:text/csv;base64,([^"]*)"', text)
+    assert base64.b64decode(csv) == merged.read_bytes()
+
+
+def test_the_poll_does_not_grow_with_finished_tasks(tmp_path, small_circuits):
+    """api/state carries a version per part of the task table, never its rows."""
+    bucket = tmp_path / "bucket"
+    m = make_sweep(small_circuits, bucket, "s", jobs=2)
+    half(bucket, m, 0)
+    w = Watcher(str(bucket))
+    w.refresh()
+    before = w.state()["sweeps"][0]
+    finish(bucket, m)
+    w.refresh()
+    after = w.state()["sweeps"][0]
+    assert {k: p["count"] for k, p in before["task_parts"].items()} == {"done": 0, "left": 4}
+    assert {k: p["count"] for k, p in after["task_parts"].items()} == {"done": 4, "left": 0}
+    assert "rows" not in json.dumps(after) and abs(len(json.dumps(after)) - len(json.dumps(before))) < 600
+    done = json.loads(w.tasks("s", "done") or b"")
+    assert done["version"] == after["task_parts"]["done"]["version"] and len(done["rows"]) == 4
 
 
 @pytest.mark.slow  # a report run: ~1 s (the report test above stays fast)
