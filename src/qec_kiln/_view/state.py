@@ -103,7 +103,7 @@ def fit(shots: int, errors: int, factor: float) -> tuple[float, float, float] | 
     (``sinter.fit_binomial`` on the kept shots): ``(low, best, high)``, None without shots.
 
     >>> fit(1000, 10, 1000.0)
-    (0.00326, 0.01, 0.02508)
+    (0.00234, 0.01, 0.02652)
     """
     if shots <= 0:
         return None
