@@ -3,6 +3,7 @@ planned for real (real strong_ids) with fragments written by sinter's own CSV fu
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -140,7 +141,9 @@ def test_thousands_of_batches_are_paged(tmp_path):
     (sw,) = w.state()["sweeps"]
     assert sw["batch_count"] == 2500 and len(sw["batches"]) == PAGE_SIZE
     assert sw["states"] == {"NOT STARTED": 2200, "DONE": 300}
-    assert len(sw["tasks_left"]) == 100 and sw["tasks_left_total"] == 2200
+    assert sw["tasks_left_total"] == 2200
+    assert {k: p["count"] for k, p in sw["task_parts"].items()} == {"done": 300, "left": 2200}
+    assert len(json.loads(w.tasks("big", "left"))["rows"]) == 2200
     page = w.batches("big", 2400)
     assert [b["id"] for b in page["batches"]] == [b.id for b in m.batches[2400:]]
     assert len(json.dumps(w.state())) < 200_000
@@ -254,13 +257,39 @@ def test_report_is_one_self_contained_file_with_names_as_text(tmp_path, hostile_
                  "--price-per-cpu-hour", "2", check=True)
     assert "sweep s" in r.stdout
     text = out.read_text()
-    assert "<script" not in text and "&lt;script&gt;alert(2)&lt;" in text
+    # one script, tasks.js, allowed by its hash; the hostile name is text
+    assert text.count("<script") == 1 and "&lt;script&gt;alert(2)&lt;" in text
+    assert "script-src &#x27;sha256-" in text and "unsafe-inline" not in text
     refs = re.findall(r'(?:src|href)="([^"]*)"', text)
     assert refs and all(ref.startswith("data:") for ref in refs), refs
     assert "url(" not in text and "@import" not in text and "http" not in text.replace(
         "http-equiv", "")
     assert "data:image/svg+xml;base64," in text and "cost predicted" in text
     assert text.count('<tr><td>b0') == len(m.batches)
+    assert text.count('<tr class="sampling"') == 3 and text.count('<tr class="reached"') == 0
+    # every task, with rows or not yet; the merged CSV it carries is `qec-kiln merge`'s, byte for byte
+    merged = tmp_path / "merged.csv"
+    run_kiln("merge", "--bucket", str(bucket), "--sweep", "s", "--out", str(merged), check=True)
+    (csv,) = re.findall(r'href="data:text/csv;base64,([^"]*)"', text)
+    assert base64.b64decode(csv) == merged.read_bytes()
+
+
+def test_the_poll_does_not_grow_with_finished_tasks(tmp_path, small_circuits):
+    """api/state carries a version per part of the task table, never its rows."""
+    bucket = tmp_path / "bucket"
+    m = make_sweep(small_circuits, bucket, "s", jobs=2)
+    half(bucket, m, 0)
+    w = Watcher(str(bucket))
+    w.refresh()
+    before = w.state()["sweeps"][0]
+    finish(bucket, m)
+    w.refresh()
+    after = w.state()["sweeps"][0]
+    assert {k: p["count"] for k, p in before["task_parts"].items()} == {"done": 0, "left": 4}
+    assert {k: p["count"] for k, p in after["task_parts"].items()} == {"done": 4, "left": 0}
+    assert "rows" not in json.dumps(after) and abs(len(json.dumps(after)) - len(json.dumps(before))) < 600
+    done = json.loads(w.tasks("s", "done") or b"")
+    assert done["version"] == after["task_parts"]["done"]["version"] and len(done["rows"]) == 4
 
 
 @pytest.mark.slow  # a report run: ~1 s (the report test above stays fast)

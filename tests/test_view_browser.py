@@ -1,7 +1,8 @@
 """``qec-kiln watch`` end to end: the real server (a subprocess) and a real headless chromium
 (tests/fixtures_browser.py). The page must load with no console error, show the numbers of
 ``status --json``, swap its plot in place when a fragment lands, show hostile names as text, and
-the server must answer nothing but reads."""
+the server must answer nothing but reads; list every task, sortable and filterable, with the
+merged CSV ``qec-kiln merge`` writes; stay quick with 1,000 tasks."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import sys
 import time
 
 import pytest
+import sinter
 from conftest import REPO, run_kiln
 from fixtures_servers import free_port
-from test_merge import make_sweep
+from test_merge import make_sweep, row, write_fragment
 from test_view import HOSTILE, half, hostile_circuits  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
@@ -76,6 +78,27 @@ def page_rows(browser, sweep: str) -> list[list[str]]:
     return browser.execute_script(
         "return [...document.querySelectorAll(`section[data-sweep='${arguments[0]}'] "
         "table.batches tbody tr`)].map(tr => [...tr.cells].map(td => td.textContent));", sweep)
+
+
+def task_cells(browser, sweep: str, column: int) -> list[str]:
+    """The text of one column of the sweep's task table, rows in the order shown."""
+    return browser.execute_script(
+        "return [...document.querySelectorAll(`section[data-sweep='${arguments[0]}'] "
+        "table.tasks tbody tr`)].map(tr => tr.cells[arguments[1]].textContent);", sweep, column)
+
+
+def filter_tasks(browser, sweep: str, text: str) -> None:
+    """Type ``text`` into the sweep's filter box (as a user does: an input event)."""
+    box = browser.find_element(
+        "css selector", f"section[data-sweep='{sweep}'] input.task-filter")
+    box.clear()
+    box.send_keys(text)
+
+
+def sort_by(browser, sweep: str, label: str) -> None:
+    browser.execute_script(
+        "[...document.querySelectorAll(`section[data-sweep='${arguments[0]}'] table.tasks th`)]"
+        ".find(th => th.textContent.replace(/[ ▲▼]+$/, '') === arguments[1]).click();", sweep, label)
 
 
 def test_the_page_of_a_local_sweep_shows_the_numbers_of_status_json(tmp_path, small_circuits,
@@ -152,10 +175,13 @@ def test_hostile_names_show_as_text_and_run_no_script(tmp_path, hostile_circuits
         cells = wait_for(lambda: browser.execute_script(
             "return [...document.querySelectorAll('table.tasks td')].map(td => td.textContent)"),
             20, "the tasks table")
-        assert HOSTILE in cells, cells
+        assert HOSTILE + ".stim" in cells, cells  # the circuit's file name, as text
+        assert any('"note":"<script>alert(2)<"' in c for c in cells), cells  # its metadata
+        filter_tasks(browser, "s", "<script>")
+        assert task_cells(browser, "s", 0) == [HOSTILE + ".stim"]
         time.sleep(1.5)  # a poll or two more
         assert browser.alert_text() is None
-        assert browser.execute_script("return document.scripts.length") == 1  # app.js alone
+        assert browser.execute_script("return document.scripts.length") == 2  # tasks.js, app.js
         assert browser.console_errors() == []
     finally:
         watch.stop()
@@ -164,7 +190,9 @@ def test_hostile_names_show_as_text_and_run_no_script(tmp_path, hostile_circuits
     open_page(browser, out.as_uri())
     text = browser.execute_script("return document.body.innerText")
     assert HOSTILE in text and browser.alert_text() is None
-    assert browser.execute_script("return document.scripts.length") == 0
+    assert browser.execute_script("return document.scripts.length") == 1  # tasks.js, by its hash
+    filter_tasks(browser, "s", "<script>")  # the report's table filters too, offline
+    assert task_cells(browser, "s", 0) == [HOSTILE + ".stim"]
     assert browser.console_errors() == []
     others = [u for u in browser.requests() if u != out.as_uri() and not u.startswith("data:")]
     assert others == [], others  # offline: nothing but the file itself
@@ -208,3 +236,166 @@ def test_the_server_answers_only_reads_and_never_changes_the_bucket(tmp_path, sm
     finally:
         watch.stop()
     assert listing() == before
+
+
+def _distinct_fragments(bucket, m, shots_of, errors_of):
+    """Every batch's fragment: each shard at ``shots_of(i)`` shots and ``errors_of(i)`` errors (i:
+    the shard's index in the plan), in one row as sinter writes them."""
+    i = 0
+    for b in m.batches:
+        lines = []
+        for s in b.shards:
+            lines.append(row(m, s.strong_id, shots_of(i), errors_of(i)))
+            i += 1
+        write_fragment(bucket, m, b.id, lines)
+
+
+def test_a_finished_sweep_lists_every_task_sorts_filters_and_downloads_merges_csv(
+        tmp_path, small_circuits, browser):
+    bucket = tmp_path / "bucket"
+    m = make_sweep(small_circuits, bucket, "s", jobs=2, max_shots=4000)
+    errors = [7, 2, 40, 0]
+    _distinct_fragments(bucket, m, lambda i: 4000, lambda i: errors[i])
+    merged = tmp_path / "merged.csv"
+    run_kiln("merge", "--bucket", str(bucket), "--out", str(merged), check=True)
+    stats = {st.strong_id: st for st in sinter.read_stats_from_csv_files(str(merged))}
+    watch = Watch(bucket)
+    try:
+        open_page(browser, watch.url)
+        wait_for(lambda: len(task_cells(browser, "s", 0)) == 4, 20, "the four tasks")
+        rows = browser.execute_script(
+            "return [...document.querySelectorAll(\"section[data-sweep='s'] table.tasks tbody tr\")]"
+            ".map(tr => [tr.dataset.id, ...[...tr.cells].map(td => td.textContent)])")
+        heads = browser.execute_script(
+            "return [...document.querySelectorAll(\"section[data-sweep='s'] table.tasks th\")]"
+            ".map(th => th.textContent)")
+        assert heads == ["circuit", "metadata", "decoder", "shots", "errors", "discards",
+                         "error rate", "low", "high", "target"]
+        assert {r[0] for r in rows} == set(stats)
+        for sid, circuit, meta, decoder, shots, errs, discards, rate, low, high, target in rows:
+            st = stats[sid]
+            assert circuit.endswith(".stim") and json.loads(meta) == st.json_metadata
+            assert (decoder, shots, errs, discards) == (st.decoder, f"{st.shots:,}",
+                                                        f"{st.errors:,}", f"{st.discards:,}")
+            fit = sinter.fit_binomial(num_shots=st.shots - st.discards, num_hits=st.errors,
+                                      max_likelihood_factor=1000)  # sinter plot's highlight
+            assert float(rate) == pytest.approx(st.errors / st.shots, rel=1e-2)
+            assert float(low) == pytest.approx(fit.low, rel=1e-2, abs=1e-12)
+            assert float(high) == pytest.approx(fit.high, rel=1e-2)
+            assert target == "reached"
+        heading = browser.execute_script(
+            "return document.querySelector(\"section[data-sweep='s'] h3 + .task-tools\")"
+            ".previousElementSibling.textContent")
+        assert heading == "tasks: 4 of 4 at their targets (every task reached its targets)"
+        # the plot agrees: no ring of a task still sampling
+        svg = watch.request("GET", "/" + browser.execute_script(
+            "return document.querySelector(\"section[data-sweep='s'] .plot img\")"
+            ".getAttribute('src')"))[2]
+        assert b"still sampling" not in svg
+
+        sort_by(browser, "s", "errors")  # numbers: largest first, then smallest first
+        assert task_cells(browser, "s", 4) == ["40", "7", "2", "0"]
+        sort_by(browser, "s", "errors")
+        assert task_cells(browser, "s", 4) == ["0", "2", "7", "40"]
+        sort_by(browser, "s", "high")
+        highs = [float(x) for x in task_cells(browser, "s", 8)]
+        assert highs == sorted(highs, reverse=True)
+        sort_by(browser, "s", "circuit")
+        names = task_cells(browser, "s", 0)
+        assert names == sorted(names)
+        filter_tasks(browser, "s", "p=0.01 d=5")
+        assert len(task_cells(browser, "s", 0)) == 1 and "d=5,p=0.01" in task_cells(browser, "s", 0)[0]
+        count = browser.execute_script(
+            "return document.querySelector(\"section[data-sweep='s'] .task-count\").textContent")
+        assert count == "1 of 4 tasks"
+        filter_tasks(browser, "s", "sampling")  # every task reached its targets
+        assert task_cells(browser, "s", 0) == []
+
+        # the merged CSV, downloaded as the page links it (GET), is merge's byte for byte
+        href = browser.execute_script(
+            "return document.querySelector(\"section[data-sweep='s'] a.csv\").href")
+        status, headers, body = watch.request("GET", href.removeprefix(watch.url.rstrip("/")))
+        assert status == 200 and body == merged.read_bytes()
+        assert headers["content-disposition"] == 'attachment; filename="merged-s.csv"'
+        fetched = browser.execute_async_script(
+            "fetch(arguments[0]).then(r => r.text()).then(arguments[1])", href)
+        assert fetched == merged.read_text()
+        assert browser.console_errors() == []
+    finally:
+        watch.stop()
+    out = tmp_path / "report.html"
+    run_kiln("report", "--bucket", str(bucket), "--out", str(out), check=True)
+    open_page(browser, out.as_uri())
+    assert len(task_cells(browser, "s", 0)) == 4
+    sort_by(browser, "s", "errors")
+    assert task_cells(browser, "s", 4) == ["40", "7", "2", "0"]
+    filter_tasks(browser, "s", "p=0.001")
+    assert len(task_cells(browser, "s", 0)) == 2
+    assert browser.console_errors() == []
+
+
+def test_a_thousand_tasks_render_in_under_a_second_and_finished_ones_are_fetched_once(
+        tmp_path, browser):
+    """1,000 tasks, half done: the table renders fast, sorts and filters fast, and a poll that
+    sees only sampling tasks change fetches only that part again."""
+    import stim
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    c = stim.Circuit.generated("repetition_code:memory", distance=3, rounds=1,
+                               after_clifford_depolarization=0.01)
+    for i in range(1000):
+        (folder / f"d=3,i={i}.stim").write_text(str(c))
+    bucket = tmp_path / "bucket"
+    m = make_sweep(folder, bucket, "big", jobs=4, max_shots=1000)
+    _distinct_fragments(bucket, m, lambda i: 1000 if i % 2 else 500, lambda i: i % 37)
+    watch = Watch(bucket)
+    try:
+        open_page(browser, watch.url)
+        count = ("const c = document.querySelector(\"section[data-sweep='big'] .task-count\");"
+                 "return c && c.textContent")
+        wait_for(lambda: browser.execute_script(count) == "1,000 tasks (first 250 shown)", 90,
+                 "1,000 tasks")
+        assert len(task_cells(browser, "big", 0)) == 250
+        render_ms = float(browser.execute_script(  # rows built, sorted, inserted and laid out
+            "return document.querySelector(\"section[data-sweep='big'] table.tasks\").dataset.buildMs"))
+        t = browser.execute_script(
+            "const t0 = performance.now();"
+            "[...document.querySelectorAll(\"section[data-sweep='big'] table.tasks th\")][4].click();"
+            "const t1 = performance.now();"
+            "const box = document.querySelector(\"section[data-sweep='big'] input.task-filter\");"
+            "box.value = 'i=99'; box.dispatchEvent(new Event('input'));"
+            "const t2 = performance.now();"
+            "return [t1 - t0, t2 - t1, document.querySelectorAll("
+            "\"section[data-sweep='big'] table.tasks tbody tr\").length];")
+        all_ms = browser.execute_script(
+            "const box = document.querySelector(\"section[data-sweep='big'] input.task-filter\");"
+            "box.value = ''; box.dispatchEvent(new Event('input'));"
+            "const t0 = performance.now();"
+            "document.querySelector(\"section[data-sweep='big'] button.task-more\").click();"
+            "void document.body.offsetHeight; return performance.now() - t0;")
+        assert len(task_cells(browser, "big", 0)) == 1000
+        print(f"\n1,000 tasks: table rendered in {render_ms:.0f} ms, sorted in {t[0]:.0f} ms, "
+              f"filtered in {t[1]:.0f} ms, all 1,000 rows shown in {all_ms:.0f} ms (headless chromium)")
+        assert t[2] == 11  # i=99 and i=990..999
+        assert render_ms < 1000 and t[0] < 1000 and t[1] < 1000
+        state = watch.state()
+        (sw,) = state["sweeps"]
+        assert {k: p["count"] for k, p in sw["task_parts"].items()} == {"done": 500, "left": 500}
+        assert len(json.dumps(state)) < 20_000  # no task row in the poll
+        browser.requests()
+        b = m.batches[0]  # a sampling task gets more shots: only the "left" part changes
+        _one_more = [row(m, s.strong_id, 1000 if i % 2 else 600, i % 37)
+                     for i, s in enumerate(b.shards)]
+        write_fragment(bucket, m, b.id, _one_more)
+        wait_for(lambda: watch.state()["sweeps"][0]["task_parts"]["left"]["version"]
+                 != sw["task_parts"]["left"]["version"], 60, "the new rows")
+        seen: list[str] = []
+        wait_for(lambda: seen.extend(browser.requests()) or any("part=left" in u for u in seen),
+                 20, "the page to fetch them")
+        time.sleep(2)  # two polls more
+        fetched = [u for u in seen + browser.requests() if "api/tasks" in u]
+        assert not any("part=done" in u for u in fetched), fetched
+        assert browser.console_errors() == []
+    finally:
+        watch.stop()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from qec_kiln import _api
 from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import KilnError, ObjectNotFound, StorageError
-from qec_kiln._report.merge import TaskOutcome
+from qec_kiln._report.merge import TaskOutcome, combined_csv
 from qec_kiln._storage import open_bucket
 
 if TYPE_CHECKING:
@@ -39,7 +39,9 @@ class BucketUnreachable(KilnError):
 @dataclasses.dataclass
 class SweepView:
     """One sweep: ``status`` (exactly ``qec-kiln status --json``'s object), the merged rows and
-    the tasks, the failures with their logs' last lines, and the plan's predicted core-seconds."""
+    the tasks, the failures with their logs' last lines, and the plan's predicted core-seconds.
+    ``circuits`` maps each planned task's strong_id to its circuit's name in the manifest (the
+    file name it was planned from); ``kind`` is the manifest's (``import``: rows, no targets)."""
 
     name: str
     backend: str
@@ -49,6 +51,8 @@ class SweepView:
     failures: list[dict]
     warnings: list[str]
     predicted_core_seconds: float
+    circuits: dict[str, str] = dataclasses.field(default_factory=dict)
+    kind: str = "sweep"
 
     @property
     def fraction_done(self) -> float:
@@ -163,13 +167,19 @@ def _sweep_view(bucket: str, store: Any, report: Any) -> SweepView:
     merge_warnings: list[str] = []
     merged = _api.merge(bucket, None, sweep=name, skip_bad=True, log=merge_warnings.append)
     status = report.to_json()
+    manifest = report.manifest
+    circuits = {s.strong_id: s.circuit for b in manifest.batches for s in b.shards}
+    for t in manifest.tasks:  # a top-up's tasks that needed no shard
+        if t.get("strong_id") and t.get("circuit"):
+            circuits.setdefault(t["strong_id"], t["circuit"])
     return SweepView(
         name=name, backend=report.backend, status=status, stats=list(merged.stats),
         tasks=list(merged.tasks),
         failures=_failures(store, name, status),
         warnings=_unique(status["warnings"] + list(report.backend_warnings)
                          + [_plain(w) for w in merge_warnings]),
-        predicted_core_seconds=report.manifest.plan.total_predicted_seconds)
+        predicted_core_seconds=manifest.plan.total_predicted_seconds,
+        circuits=circuits, kind=manifest.kind)
 
 
 def _plain(line: str) -> str:
@@ -208,6 +218,12 @@ def merged_rows(bucket: str, *, sweep: str | None = None) -> MergedRows:
         warnings=_unique([_plain(w) for w in warnings]))
 
 
+def merged_csv(stats: list[sinter.TaskStats]) -> bytes:
+    """The CSV ``qec-kiln merge`` writes for these merged rows: merge's own function (sinter's
+    header and ``to_csv_line``, in ``sinter combine``'s default order), not a copy of it."""
+    return combined_csv(stats).encode()
+
+
 def write_file(path: str, data: bytes) -> None:
     """Replace ``path`` whole (a reader never sees half a plot)."""
     atomic_write(path, data)
@@ -218,4 +234,4 @@ def _unique(lines: list[str]) -> list[str]:
 
 
 __all__ = ["MAX_FAILURE_LOGS", "BucketUnreachable", "MergedRows", "Snapshot", "SweepView",
-           "last_log_line", "merged_rows", "read_snapshot", "write_file"]
+           "last_log_line", "merged_csv", "merged_rows", "read_snapshot", "write_file"]

@@ -92,6 +92,16 @@ def _sinter_args(spec: PlotSpec) -> Any:
         raise KilnError(f"plot flags: {type(ex).__name__}: {ex}") from None
 
 
+def highlight_factor(spec: PlotSpec) -> float:
+    """The likelihood factor of the band ``sinter plot`` highlights around each point (its
+    ``--highlight_max_likelihood_factor``, default 1000): the task table's interval uses it too.
+
+    >>> highlight_factor(PlotSpec())
+    1000.0
+    """
+    return float(_sinter_args(spec).highlight_max_likelihood_factor)
+
+
 def check_spec(spec: PlotSpec) -> None:
     """Raise KilnError (one line) when sinter would refuse the flags, before any data is read."""
     _sinter_args(spec)
@@ -179,4 +189,4 @@ def format_of(path: str) -> str:
     return FORMATS[ext]
 
 
-__all__ = ["FORMATS", "PLOT_FLAGS", "PlotSpec", "check_spec", "format_of", "render"]
+__all__ = ["FORMATS", "PLOT_FLAGS", "PlotSpec", "check_spec", "format_of", "highlight_factor", "render"]

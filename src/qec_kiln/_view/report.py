@@ -1,13 +1,16 @@
 """``qec-kiln report``: the page as one self-contained HTML file, to attach or send.
 
-No script and no reference to anything outside the file: the style is inline (allowed by its
-hash in the file's own Content-Security-Policy), each plot is an SVG in a ``data:`` URI, and
-every name from the bucket is escaped with :func:`html.escape`.
+No reference to anything outside the file: the style and one script (the task table's sorting
+and filtering, ``static/tasks.js``, the watch page's own) are inline, allowed by their hashes in
+the file's own Content-Security-Policy (no other script can run); each plot is an SVG and each
+sweep's merged CSV (what ``qec-kiln merge --sweep`` writes) a ``data:`` URI; every name from the
+bucket is escaped with :func:`html.escape`. The tables are plain HTML: without the script they
+are all there, only not sortable.
 
 Example:
     >>> from qec_kiln._view.data import Snapshot
     >>> text = report_html(Snapshot("s3://b", 0.0, [], problem="no sweeps"), plots={})
-    >>> "no sweeps" in text and "<script" not in text
+    >>> "no sweeps" in text and text.count("<script") == 1
     True
 """
 
@@ -20,23 +23,60 @@ from collections.abc import Iterable
 from html import escape
 
 from qec_kiln._version import __version__
-from qec_kiln._view.data import Snapshot, SweepView
-from qec_kiln._view.state import Prices, sweep_json
+from qec_kiln._view.data import Snapshot, SweepView, merged_csv
+from qec_kiln._view.plot import PlotSpec, highlight_factor
+from qec_kiln._view.state import Prices, sweep_json, task_columns, task_rows
 
 #: Batch rows written per sweep (a sweep of more says how many were left out).
 MAX_BATCH_ROWS = 5000
 
 
-def _style() -> str:
+def _asset(name: str) -> str:
     from qec_kiln._view.server import asset
 
-    return asset("style.css").decode()
+    return asset(name).decode()
 
 
-def _csp(style: str) -> str:
-    digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
-    return (f"default-src 'none'; style-src 'sha256-{digest}'; img-src data:; base-uri 'none'; "
-            "form-action 'none'")
+def _sha(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def _csp(style: str, script: str) -> str:
+    return (f"default-src 'none'; style-src {_sha(style)}; script-src {_sha(script)}; "
+            "img-src data:; base-uri 'none'; form-action 'none'")
+
+
+def _sort_value(value: object) -> str:
+    return "" if value is None else repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def _tasks_html(view: SweepView, factor: float) -> str:
+    """Every task as a table the inline tasks.js sorts and filters (numeric cells carry their
+    value in ``data-s``), with a filter box (shown by the script) and the merged CSV."""
+    columns = task_columns(factor)
+    head = "".join(
+        f'<th class="n" title="{escape(c["title"])}">{escape(c["label"])}</th>' if c["numeric"]
+        else f'<th title="{escape(c["title"])}">{escape(c["label"])}</th>' for c in columns)
+    rows = []
+    for r in task_rows(view, factor):
+        cls = "sampling" if r["reached"] is False else "reached" if r["reached"] else "imported"
+        cells = []
+        for c, text, value in zip(columns, r["text"], r["sort"], strict=True):
+            title = f' title="{escape(r["note"])}"' if c["key"] == "target" else ""
+            cells.append(f'<td class="n" data-s="{escape(_sort_value(value))}"{title}>{escape(text)}</td>'
+                         if c["numeric"] else f"<td{title}>{escape(text)}</td>")
+        rows.append(f'<tr class="{cls}" data-id="{escape(r["id"])}">' + "".join(cells) + "</tr>\n")
+    csv = ""
+    if view.stats:
+        uri = "data:text/csv;base64," + base64.b64encode(merged_csv(view.stats)).decode()
+        name = "merged-" + "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in view.name)
+        csv = (f'<a class="csv" download="{escape(name)}.csv" href="{uri}">merged CSV (as qec-kiln '
+               "merge writes it)</a>")
+    return ('<div class="tasks-box"><div class="task-tools"><input type="search" '
+            'class="task-filter" placeholder="filter tasks: d=5 pymatching sampling" '
+            f'aria-label="filter tasks" hidden><span class="task-count muted">{len(rows):,} tasks'
+            f'</span>{csv}</div><div class="task-scroll"><table class="tasks" data-columns="1">'
+            f"<thead><tr>{head}</tr></thead><tbody>\n{''.join(rows)}</tbody></table></div></div>")
 
 
 def _table(head: Iterable[str], rows: Iterable[Iterable[object]], cls: str = "") -> str:
@@ -61,7 +101,8 @@ def _dur(s: float | None) -> str:
     return f"{s / 86400:.1f} d"
 
 
-def _sweep_html(view: SweepView, plot: bytes | None, problem: str | None, prices: Prices) -> str:
+def _sweep_html(view: SweepView, plot: bytes | None, problem: str | None, prices: Prices,
+                factor: float) -> str:
     sw = sweep_json(view, rates=None, prices=prices, plot_url=None, plot_problem=problem)
     items = [("done", f"{100 * sw['fraction_done']:.1f}%"), ("shots", _n(sw["shots"])),
              ("errors", _n(sw["errors"])), ("ETA (slowest batch)", _dur(sw["eta_seconds"])),
@@ -70,7 +111,8 @@ def _sweep_html(view: SweepView, plot: bytes | None, problem: str | None, prices
     if sw["cost"]:
         items += [("cost so far", f"{sw['cost']['so_far']:.2f}"),
                   ("cost predicted", f"{sw['cost']['predicted']:.2f}")]
-    parts = [f'<section class="sweep"><h2>sweep <code>{escape(view.name)}</code></h2>',
+    parts = [f'<section class="sweep" data-sweep="{escape(view.name)}">'
+             f"<h2>sweep <code>{escape(view.name)}</code></h2>",
              f'<p class="muted">backend {escape(view.backend)} · {len(view.status["batches"]):,} '
              f'batches · {len(view.tasks):,} tasks</p>',
              f'<progress max="1" value="{min(1.0, view.fraction_done):.4f}"></progress>',
@@ -90,14 +132,11 @@ def _sweep_html(view: SweepView, plot: bytes | None, problem: str | None, prices
             ["batch", "state", "detail", "last log line"],
             ([f["id"], f["state"], f["detail"] or "", f["last_log_line"] or "(no log)"]
              for f in view.failures), "failures"))
-    left = [t for t in view.tasks if not t.reached]
-    parts.append(f"<h3>still sampling: {len(left)} task(s)</h3>" if left else
-                 "<h3>every task reached its targets</h3>")
-    if left:
-        parts.append(_table(["circuit", "decoder", "shots", "errors", "target shots",
-                             "target errors"],
-                            ([t.name, t.decoder, _n(t.shots), _n(t.errors), _n(t.target_shots),
-                              _n(t.target_errors)] for t in left), "tasks"))
+    left = sw["tasks_left_total"]
+    parts.append(f"<h3>tasks: {sw['tasks_reached']:,} of {sw['tasks']:,} at their targets"
+                 + (" (every task reached its targets)" if not left else f", {left:,} still sampling")
+                 + "</h3>")
+    parts.append(_tasks_html(view, factor))
     rows = view.status["batches"]
     parts.append("<h3>batches</h3>" + _table(
         ["batch", "state", "job", "shots", "errors", "done", "ETA", "detail"],
@@ -111,9 +150,11 @@ def _sweep_html(view: SweepView, plot: bytes | None, problem: str | None, prices
 
 
 def report_html(snapshot: Snapshot, *, plots: dict[str, tuple[bytes | None, str | None]],
-                prices: Prices | None = None) -> str:
-    """The report of ``snapshot``; ``plots`` maps a sweep to its SVG (or None and why)."""
-    style = _style()
+                prices: Prices | None = None, factor: float | None = None) -> str:
+    """The report of ``snapshot``; ``plots`` maps a sweep to its SVG (or None and why);
+    ``factor``: the likelihood factor of the rates' intervals (sinter plot's, 1000)."""
+    style, script = _asset("style.css"), _asset("tasks.js")
+    factor = highlight_factor(PlotSpec()) if factor is None else factor
     when = datetime.datetime.fromtimestamp(snapshot.taken, datetime.timezone.utc)
     body = [f"<header><h1>qec-kiln <span class=\"muted\">report</span></h1>"
             f'<p class="muted">bucket {escape(snapshot.bucket)}</p>'
@@ -125,16 +166,17 @@ def report_html(snapshot: Snapshot, *, plots: dict[str, tuple[bytes | None, str 
                                                       for w in snapshot.warnings) + "</ul>")
     for view in snapshot.sweeps:
         svg, problem = plots.get(view.name, (None, None))
-        body.append(_sweep_html(view, svg, problem, prices or Prices()))
+        body.append(_sweep_html(view, svg, problem, prices or Prices(), factor))
     body.append(f'<footer class="muted">Written by qec-kiln {escape(__version__)} `qec-kiln '
                 "report`; the plots are drawn by sinter's own <code>sinter plot</code>. Hollow "
                 "rings: tasks still sampling.</footer>")
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
-            f'<meta http-equiv="Content-Security-Policy" content="{escape(_csp(style))}">\n'
+            f'<meta http-equiv="Content-Security-Policy" content="{escape(_csp(style, script))}">\n'
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>qec-kiln report: {escape(snapshot.bucket)}</title>\n"
             '<link rel="icon" href="data:,">\n'
-            f"<style>{style}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+            f'<style>{style}</style></head>\n<body data-report="1">\n' + "\n".join(body)
+            + f"\n<script>{script}</script>\n</body></html>\n")
 
 
 __all__ = ["MAX_BATCH_ROWS", "report_html"]

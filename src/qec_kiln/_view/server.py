@@ -3,7 +3,9 @@
 A :class:`Watcher` thread reads the bucket every ``interval`` seconds (after the previous read
 ended, so a slow bucket is read back to back, never concurrently), renders each sweep's plot
 when its rows change, and keeps the last good data when the bucket cannot be read. The page
-(``static/``) polls ``api/state`` every second and swaps the plot and tables in place.
+(``static/``) polls ``api/state`` every second and swaps the plot and tables in place; it fetches
+a part of the task table (``api/tasks``: the finished tasks, or those still sampling) only when
+that part's version in the poll changed. ``merged.csv`` is the CSV ``qec-kiln merge`` writes.
 
 Serving is Starlette on uvicorn (no hand-written HTTP): only GET and HEAD are answered (405
 for any other method, on every path), websockets are off, the Host header must be the loopback
@@ -21,6 +23,7 @@ import errno
 import hashlib
 import importlib.resources
 import json
+import re
 import socket
 import threading
 import time
@@ -29,9 +32,18 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from qec_kiln._errors import KilnError
-from qec_kiln._view.data import BucketUnreachable, Snapshot, read_snapshot
-from qec_kiln._view.plot import PlotSpec, render
-from qec_kiln._view.state import Prices, Rates, batches_page, page_json, sweep_json
+from qec_kiln._view.data import BucketUnreachable, Snapshot, merged_csv, merged_rows, read_snapshot
+from qec_kiln._view.plot import PlotSpec, highlight_factor, render
+from qec_kiln._view.state import (
+    Prices,
+    Rates,
+    TaskPart,
+    batches_page,
+    page_json,
+    sweep_json,
+    task_columns,
+    task_parts,
+)
 
 #: The page's Content-Security-Policy: its own script and style, images from itself (the plot)
 #: or data: URIs, fetch only to itself; no inline code, frames, forms, plugins or base changes.
@@ -45,7 +57,7 @@ HEADERS = {
     "x-frame-options": "DENY",
 }
 ASSETS = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
-          "style.css": "text/css; charset=utf-8"}
+          "tasks.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -68,6 +80,9 @@ class Watcher:
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._plots: dict[str, tuple[str, bytes | None, str | None]] = {}  # digest, svg, problem
+        self._parts: dict[str, dict[str, TaskPart]] = {}  # sweep -> "done"/"left" -> rows
+        self._factor = highlight_factor(self.spec)
+        self._columns = task_columns(self._factor)
         self._sweeps: list[dict] = []
         self._unreachable: str | None = None
         self._shown = ""  # what the page shows, but the clock: a change is a new version
@@ -86,18 +101,21 @@ class Watcher:
                 self._checked = time.time()
                 self._publish()
             return
-        plots, sweeps = {}, []
+        plots, sweeps, parts = {}, [], {}
         for view in snap.sweeps:
             self._rates.add(view.name, taken=snap.taken, shots=view.shots,
                             fraction=view.fraction_done)
             plots[view.name] = self._plot(view)
+            parts[view.name] = task_parts(view, self._factor)
             digest, svg, problem = plots[view.name]
-            url = None if svg is None else (
-                f"plot.svg?sweep={urllib.parse.quote(view.name)}&v={digest[:16]}")
+            quoted = urllib.parse.quote(view.name)
+            url = None if svg is None else f"plot.svg?sweep={quoted}&v={digest[:16]}"
+            csv_url = f"merged.csv?sweep={quoted}&v={digest[:16]}" if view.stats else None
             sweeps.append(sweep_json(view, rates=self._rates, prices=self.prices, plot_url=url,
-                                     plot_problem=problem))
+                                     plot_problem=problem, parts=parts[view.name],
+                                     csv_url=csv_url))
         with self._lock:
-            self._snapshot, self._plots, self._sweeps = snap, plots, sweeps
+            self._snapshot, self._plots, self._sweeps, self._parts = snap, plots, sweeps, parts
             self._unreachable = None
             self._checked = time.time()
             self._publish()
@@ -132,7 +150,25 @@ class Watcher:
     def state(self) -> dict:
         with self._lock:
             return page_json(self._snapshot, version=self._version, sweeps=self._sweeps,
-                             unreachable=self._unreachable, checked=self._checked)
+                             unreachable=self._unreachable, checked=self._checked,
+                             columns=self._columns)
+
+    def tasks(self, sweep: str, part: str) -> bytes | None:
+        """One part (``done`` or ``left``) of a sweep's task table, as JSON (None: no such)."""
+        with self._lock:
+            entry = self._parts.get(sweep, {}).get(part)
+        return entry.body if entry else None
+
+    def csv(self, sweep: str | None) -> bytes | None:
+        """The CSV ``qec-kiln merge --sweep SWEEP`` writes, from the rows the page shows (None:
+        no such sweep, or no rows yet). Without ``sweep``: ``qec-kiln merge`` of every sweep
+        watched, merged now (several sweeps' rows summed by merge itself)."""
+        if sweep is None:
+            rows = merged_rows(self.bucket, sweep=self.sweep)
+            return merged_csv(rows.stats) if rows.stats else None
+        with self._lock:
+            view = self._snapshot.sweep(sweep) if self._snapshot else None
+        return merged_csv(view.stats) if view is not None and view.stats else None
 
     def plot(self, sweep: str) -> bytes | None:
         with self._lock:
@@ -188,6 +224,26 @@ def make_app(watcher: Watcher, *, allowed_hosts: list[str]) -> Any:
             return PlainTextResponse("no such sweep\n", status_code=404)
         return JSONResponse(page, headers={"cache-control": "no-store"})
 
+    async def tasks(request: Request) -> Response:
+        body = watcher.tasks(request.query_params.get("sweep", ""),
+                             request.query_params.get("part", ""))
+        if body is None:
+            return PlainTextResponse("no such sweep or part (done, left)\n", status_code=404)
+        return Response(body, media_type="application/json", headers={"cache-control": "no-store"})
+
+    def csv(request: Request) -> Response:  # a sync handler: Starlette runs it in a thread
+        sweep = request.query_params.get("sweep")
+        try:
+            body = watcher.csv(sweep)
+        except KilnError as ex:
+            return PlainTextResponse(f"{ex}\n", status_code=503)
+        if body is None:
+            return PlainTextResponse("no merged rows yet\n", status_code=404)
+        name = csv_name(sweep)
+        return Response(body, media_type="text/csv; charset=utf-8", headers={
+            "cache-control": "no-store",
+            "content-disposition": f'attachment; filename="{name}"'})
+
     async def plot(request: Request) -> Response:
         svg = watcher.plot(request.query_params.get("sweep", ""))
         if svg is None:
@@ -195,8 +251,9 @@ def make_app(watcher: Watcher, *, allowed_hosts: list[str]) -> Any:
         return Response(svg, media_type="image/svg+xml", headers={"cache-control": "no-store"})
 
     routes = [Route("/", static("index.html")), Route("/app.js", static("app.js")),
-              Route("/style.css", static("style.css")), Route("/api/state", state),
-              Route("/api/batches", batches), Route("/plot.svg", plot)]
+              Route("/tasks.js", static("tasks.js")), Route("/style.css", static("style.css")),
+              Route("/api/state", state), Route("/api/batches", batches),
+              Route("/api/tasks", tasks), Route("/merged.csv", csv), Route("/plot.svg", plot)]
     app = Starlette(routes=routes,
                     middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)])
     return ReadOnly(app)
@@ -228,6 +285,15 @@ class ReadOnly:
             await answer(scope, receive, send_with_headers)
             return
         await self.app(scope, receive, send_with_headers)
+
+
+def csv_name(sweep: str | None) -> str:
+    """The file name a downloaded CSV gets (only ``[A-Za-z0-9._-]``, whatever the sweep's name).
+
+    >>> csv_name("surface d<9"), csv_name(None)
+    ('merged-surface_d_9.csv', 'merged.csv')
+    """
+    return "merged.csv" if not sweep else "merged-" + re.sub(r"[^A-Za-z0-9._-]", "_", sweep) + ".csv"
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -282,4 +348,4 @@ def serve(watcher: Watcher, *, host: str = "127.0.0.1", port: int = 8787,
     return 0
 
 
-__all__ = ["CSP", "Watcher", "allowed_hosts", "asset", "bind", "make_app", "serve"]
+__all__ = ["CSP", "Watcher", "allowed_hosts", "asset", "bind", "csv_name", "make_app", "serve"]

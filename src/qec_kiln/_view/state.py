@@ -1,5 +1,7 @@
 """A snapshot as the page's JSON: per sweep its fleet summary (share done, shots/s, ETA, batches
-by state, failures, cost), a page of its batch table and its tasks still sampling.
+by state, failures, cost), a page of its batch table, and its task table (every task, sampling
+or done) in two parts with a version each, so that the page fetches the finished tasks only
+when they change (:func:`task_parts`).
 
 Rates come from the snapshots this process has seen (:class:`Rates`), so a page left open
 shows shots per second of wall time; a single snapshot (a report) has none.
@@ -16,13 +18,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
+import hashlib
+import json
+from typing import Any
 
 from qec_kiln._view.data import Snapshot, SweepView
 
 #: Batch rows per page of the table (the JSON of thousands of batches is paged, not sent whole).
 PAGE_SIZE = 200
-#: Tasks still sampling listed per sweep (the rest are counted).
-MAX_TASKS = 100
 #: Seconds of history the rates look back over.
 WINDOW_SECONDS = 120.0
 
@@ -74,9 +78,127 @@ class Rates:
         return (1.0 - fraction) * span[0] / span[2]
 
 
+def task_columns(factor: float) -> list[dict]:
+    """The task table's columns: ``key``, ``label``, ``numeric`` (right-aligned, sorted as
+    numbers) and ``title`` (the header's tooltip)."""
+    band = (f"the band sinter plot highlights: rates at most {factor:g} times less likely than "
+            "the best fit (sinter.fit_binomial)")
+    cols = [("circuit", "circuit", False, "the circuit's file name in the sweep's plan"),
+            ("metadata", "metadata", False, "its json_metadata, as in the merged CSV"),
+            ("decoder", "decoder", False, ""),
+            ("shots", "shots", True, "shots merged from every batch"),
+            ("errors", "errors", True, "shots with a logical error"),
+            ("discards", "discards", True, "shots discarded by postselection"),
+            ("rate", "error rate", True, "errors / (shots - discards), per shot"),
+            ("low", "low", True, "lower end of " + band),
+            ("high", "high", True, "upper end of " + band),
+            ("target", "target", True, "reached its max_shots or max_errors, or how far along")]
+    return [{"key": k, "label": label, "numeric": num, "title": title}
+            for k, label, num, title in cols]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def fit(shots: int, errors: int, factor: float) -> tuple[float, float, float] | None:
+    """sinter's fit of a per-shot error rate, as ``sinter plot`` computes the band it highlights
+    (``sinter.fit_binomial`` on the kept shots): ``(low, best, high)``, None without shots.
+
+    >>> fit(1000, 10, 1000.0)
+    (0.00234, 0.01, 0.02652)
+    """
+    if shots <= 0:
+        return None
+    import sinter
+
+    f = sinter.fit_binomial(num_shots=shots, num_hits=errors, max_likelihood_factor=factor)
+    return float(f.low), float(f.best), float(f.high)
+
+
+def _int(n: int) -> str:
+    return f"{n:,}"
+
+
+def _rate(x: float | None) -> str:
+    """A rate as the table shows it.
+
+    >>> _rate(None), _rate(0.0), _rate(0.000123456)
+    ('–', '0', '1.23e-04')
+    """
+    return "–" if x is None else "0" if x == 0 else f"{x:.2e}"
+
+
+def _metadata_text(metadata: Any) -> str:
+    return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
+
+
+def task_rows(view: SweepView, factor: float) -> list[dict]:
+    """Every task of the sweep (planned tasks and merged rows), in the merged CSV's order and then
+    the plan's: ``id`` (strong_id), ``n`` (that order), ``reached`` (None: no targets, an
+    import), ``text`` (a cell's text per column of :func:`task_columns`), ``sort`` (its value to
+    sort by; None: none, last) and ``note`` (the targets, for the last cell's tooltip)."""
+    stats = {st.strong_id: st for st in view.stats}
+    outcomes = {t.strong_id: t for t in view.tasks}
+    rows = []
+    for n, sid in enumerate([*stats, *(sid for sid in outcomes if sid not in stats)]):
+        st, t = stats.get(sid), outcomes.get(sid)
+        if st is not None:
+            decoder, metadata = st.decoder, st.json_metadata
+            shots, errors, discards = st.shots, st.errors, st.discards
+        else:
+            assert t is not None
+            decoder, metadata, shots, errors, discards = t.decoder, t.metadata, 0, 0, 0
+        circuit = view.circuits.get(sid) or (t.name if t else _metadata_text(metadata))
+        band = fit(shots - discards, errors, factor)
+        rate = errors / (shots - discards) if band else None
+        low, high = (band[0], band[2]) if band else (None, None)
+        if t is None:
+            reached, frac, target, note = None, None, "–", "no targets (imported rows)"
+        else:
+            reached = t.reached
+            frac = 1.0 if reached else max(t.shots / max(1, t.target_shots),
+                                           t.errors / max(1, t.target_errors))
+            target = "reached" if reached else f"{100 * frac:.0f}%"
+            note = f"target: {t.target_shots:,} shots or {t.target_errors:,} errors"
+        meta = _metadata_text(metadata)
+        rows.append({
+            "id": sid, "n": n, "reached": reached, "note": note,
+            "text": [circuit, meta, decoder, _int(shots), _int(errors), _int(discards),
+                     _rate(rate), _rate(low), _rate(high), target],
+            "sort": [circuit, meta, decoder, shots, errors, discards, rate, low, high, frac]})
+    return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskPart:
+    """Rows of the task table as the page fetches them: ``body`` (JSON), its ``version``."""
+
+    version: str
+    body: bytes
+    count: int
+
+
+def task_parts(view: SweepView, factor: float) -> dict[str, TaskPart]:
+    """The task table in two parts: ``done`` (reached its targets, or an import's rows: they
+    rarely change) and ``left`` (still sampling). Each has a version, the digest of its body, that
+    the page's poll carries, so a page fetches a part only when it changed: the poll stays the
+    same size however many tasks are done."""
+    rows = task_rows(view, factor)
+    out = {}
+    for part, keep in (("done", lambda r: r["reached"] is not False),
+                       ("left", lambda r: r["reached"] is False)):
+        mine = [r for r in rows if keep(r)]
+        text = json.dumps(mine, separators=(",", ":"), ensure_ascii=False)
+        version = hashlib.sha256(text.encode()).hexdigest()[:16]
+        head = json.dumps({"sweep": view.name, "part": part, "version": version})
+        body = f'{head[:-1]},"rows":{text}}}'.encode()  # the rows' JSON is not encoded twice
+        out[part] = TaskPart(version, body, len(mine))
+    return out
+
+
 def sweep_json(view: SweepView, *, rates: Rates | None, prices: Prices, plot_url: str | None,
-               plot_problem: str | None) -> dict:
-    """One sweep's part of the page: summary, failures, cost, a first page of batches, tasks."""
+               plot_problem: str | None, parts: dict[str, TaskPart] | None = None,
+               csv_url: str | None = None) -> dict:
+    """One sweep's part of the page: summary, failures, cost, a first page of batches, and the
+    versions of its task table's two parts (the rows come from ``api/tasks``)."""
     batches = view.status["batches"]
     left = [t for t in view.tasks if not t.reached]
     rate = rates.shots_per_second(view.name) if rates and view.fraction_done < 1 else None
@@ -93,8 +215,10 @@ def sweep_json(view: SweepView, *, rates: Rates | None, prices: Prices, plot_url
         "states": view.states(),
         "tasks": len(view.tasks),
         "tasks_reached": len(view.tasks) - len(left),
-        "tasks_left": [t.to_json() for t in left[:MAX_TASKS]],
         "tasks_left_total": len(left),
+        "task_parts": {k: {"version": p.version, "count": p.count}
+                       for k, p in (parts or {}).items()},
+        "csv_url": csv_url,
         "failures": view.failures,
         "cost": None if prices.per_cpu_hour is None else {
             "so_far": prices.cost(view.used_core_seconds),
@@ -118,10 +242,12 @@ def batches_page(view: SweepView, offset: int, limit: int = PAGE_SIZE) -> dict:
 
 
 def page_json(snapshot: Snapshot | None, *, version: int, sweeps: list[dict],
-              unreachable: str | None, checked: float) -> dict:
-    """The whole page: ``version`` changes when anything shown but the clock changes."""
+              unreachable: str | None, checked: float, columns: list[dict] | None = None) -> dict:
+    """The whole page: ``version`` changes when anything shown but the clock changes;
+    ``task_columns`` heads every sweep's task table."""
     return {
         "version": version,
+        "task_columns": columns or [],
         "bucket": snapshot.bucket if snapshot else "",
         "taken": snapshot.taken if snapshot else None,
         "checked": checked,
@@ -132,4 +258,5 @@ def page_json(snapshot: Snapshot | None, *, version: int, sweeps: list[dict],
     }
 
 
-__all__ = ["MAX_TASKS", "PAGE_SIZE", "Prices", "Rates", "batches_page", "page_json", "sweep_json"]
+__all__ = ["PAGE_SIZE", "Prices", "Rates", "TaskPart", "batches_page", "fit", "page_json", "sweep_json",
+           "task_columns", "task_parts", "task_rows"]

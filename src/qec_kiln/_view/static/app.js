@@ -1,6 +1,8 @@
 // qec-kiln watch: polls api/state every second and updates the page in place (no reload).
 // Everything from the bucket (sweep, batch and circuit names, log lines) goes in as text
-// (textContent / createTextNode), never as HTML.
+// (textContent / createTextNode), never as HTML. The task table's two parts (done, still
+// sampling) are fetched from api/tasks only when their version in api/state changed, and the
+// plot is swapped only once the table of the same data is in (tasks.js sorts and filters it).
 "use strict";
 
 const POLL_MS = 1000;
@@ -48,8 +50,9 @@ function batchRows(tbody, batches) {
   }));
 }
 
-function makeSection(name) {
-  const s = {offset: 0};
+function makeSection(name, columns) {
+  const s = {offset: 0, parts: {done: {version: null, entries: []}, left: {version: null, entries: []}}};
+  s.columns = columns;
   s.title = el("h2", {}, "sweep ", el("code", {text: name}));
   s.sub = el("p", {class: "muted"});
   s.bar = el("span");
@@ -62,9 +65,16 @@ function makeSection(name) {
   s.failTable = el("table", {class: "failures"},
     el("thead", {}, el("tr", {}, el("th", {}, "batch"), el("th", {}, "state"),
                         el("th", {}, "detail"), el("th", {}, "last log line"))), s.failures);
-  s.tasks = el("tbody");
-  s.tasksTable = null;
   s.tasksHead = el("h3");
+  s.filter = el("input", {type: "search", class: "task-filter", placeholder: "filter tasks: d=5 pymatching sampling",
+                          "aria-label": "filter tasks"});
+  s.count = el("span", {class: "task-count muted"});
+  s.csv = el("a", {class: "csv", download: ""}, "merged CSV (as qec-kiln merge writes it)");
+  s.tasksTable = el("table", {class: "tasks"},
+    el("thead", {}, el("tr", {}, ...columns.map((c) =>
+      el("th", Object.assign(c.numeric ? {class: "n"} : {}, c.title ? {title: c.title} : {}), c.label)))),
+    el("tbody"));
+  s.table = new KilnTasks.Table(s.tasksTable, s.filter, s.count, columns.map((c) => c.numeric));
   s.batches = el("tbody");
   s.pagerText = el("span", {class: "muted"});
   s.prev = el("button", {type: "button"}, "◀ previous");
@@ -76,11 +86,8 @@ function makeSection(name) {
     el("div", {class: "plot"}, s.img, s.plotNote),
     s.failHead, s.failTable,
     s.tasksHead,
-    s.tasksTable = el("table", {class: "tasks"},
-      el("thead", {}, el("tr", {}, el("th", {}, "circuit"), el("th", {}, "decoder"),
-        el("th", {class: "n"}, "shots"), el("th", {class: "n"}, "errors"),
-        el("th", {class: "n"}, "target shots"), el("th", {class: "n"}, "target errors"))),
-      s.tasks),
+    el("div", {class: "task-tools"}, s.filter, s.count, s.csv),
+    el("div", {class: "task-scroll"}, s.tasksTable), s.table.more,
     el("h3", {}, "batches"),
     el("p", {class: "pager"}, s.prev, s.next, s.pagerText),
     el("table", {class: "batches"},
@@ -119,26 +126,24 @@ function renderSweep(s, sw) {
   s.bar.style.width = pct(Math.min(1, sw.fraction_done));
   s.fleet.replaceChildren(...fleet(sw));
   s.warnings.replaceChildren(...sw.warnings.map((w) => el("li", {text: w})));
-  if (sw.plot_url) {
+  if (sw.plot_url) {  // the table of the same data is in already (syncTasks)
     if (s.img.getAttribute("src") !== sw.plot_url) s.img.setAttribute("src", sw.plot_url);
     s.img.hidden = false;
   } else {
     s.img.hidden = true;
   }
+  if (sw.csv_url) s.csv.setAttribute("href", sw.csv_url);
+  s.csv.hidden = !sw.csv_url;
   s.plotNote.textContent = sw.plot_problem || "";
   s.failHead.hidden = s.failTable.hidden = sw.failures.length === 0;
   s.failHead.textContent = "failures (" + sw.failures.length + ")";
   s.failures.replaceChildren(...sw.failures.map((f) =>
     row([[f.id], [f.state], [f.detail || ""], [f.last_log_line || "(no log yet)", "log"]])));
-  s.tasksHead.textContent = sw.tasks_left_total === 0 ? "every task reached its targets" :
-    "still sampling: " + sw.tasks_left_total + " task(s)" +
-    (sw.tasks_left_total > sw.tasks_left.length ? " (first " + sw.tasks_left.length + ")" : "");
-  s.tasksTable.hidden = sw.tasks_left.length === 0;
-  s.tasks.replaceChildren(...sw.tasks_left.map((t) =>
-    row([[t.name], [t.decoder], [n(t.shots), "n"], [n(t.errors), "n"],
-         [n(t.target_shots), "n"], [n(t.target_errors), "n"]])));
+  s.tasksHead.textContent = "tasks: " + n(sw.tasks_reached) + " of " + n(sw.tasks) +
+    " at their targets" + (sw.tasks_left_total === 0 ? " (every task reached its targets)" :
+      ", " + n(sw.tasks_left_total) + " still sampling");
   s.pageSize = sw.page_size;
-  s.count = sw.batch_count;
+  s.batchCount = sw.batch_count;
   if (s.offset === 0) {
     batchRows(s.batches, sw.batches);
     pager(s, 0, sw.batches.length);
@@ -148,12 +153,35 @@ function renderSweep(s, sw) {
 }
 
 function pager(s, offset, shown) {
-  const paged = s.count > s.pageSize;
+  const paged = s.batchCount > s.pageSize;
   s.prev.hidden = s.next.hidden = !paged;
   s.prev.disabled = offset === 0;
-  s.next.disabled = offset + shown >= s.count;
+  s.next.disabled = offset + shown >= s.batchCount;
   s.pagerText.textContent = paged ?
-    "batches " + n(offset + 1) + "–" + n(offset + shown) + " of " + n(s.count) : "";
+    "batches " + n(offset + 1) + "–" + n(offset + shown) + " of " + n(s.batchCount) : "";
+}
+
+// Fetch the parts of the task table whose version changed, then show done + sampling rows.
+async function syncTasks(s, sw) {
+  let changed = false, building = 0;
+  await Promise.all(Object.entries(sw.task_parts).map(async ([part, info]) => {
+    if (s.parts[part].version === info.version) return;
+    const q = "api/tasks?sweep=" + encodeURIComponent(sw.name) + "&part=" + part;
+    const r = await fetch(q, {cache: "no-store"});
+    if (!r.ok) throw new Error("HTTP " + r.status + " for " + q);
+    const data = await r.json();
+    const t0 = performance.now();
+    s.parts[part] = {version: data.version, entries: data.rows.map((row) =>
+      KilnTasks.entry(KilnTasks.rowOf(row, s.columns), row.sort, row.n,
+                      KilnTasks.searchExtra(row.reached, row.id)))};
+    building += performance.now() - t0;
+    changed = true;
+  }));
+  if (!changed) return;
+  const t1 = performance.now();
+  s.table.setEntries(s.parts.done.entries.concat(s.parts.left.entries));
+  void s.tasksTable.offsetHeight;  // layout included: the figure is the time to a shown table
+  s.tasksTable.dataset.buildMs = (building + performance.now() - t1).toFixed(1);
 }
 
 async function loadPage(name, offset) {
@@ -174,13 +202,17 @@ function page(name, step) {
   const offset = Math.max(0, s.offset + step * s.pageSize);
   if (offset === 0) {
     s.offset = 0;
-    if (lastState) render(lastState);
+    const sw = lastState && lastState.sweeps.find((x) => x.name === name);
+    if (sw) {
+      batchRows(s.batches, sw.batches);
+      pager(s, 0, sw.batches.length);
+    }
   } else {
     loadPage(name, offset);
   }
 }
 
-function render(state) {
+async function render(state) {
   document.getElementById("bucket").textContent = "bucket " + state.bucket;
   const problem = document.getElementById("problem");
   problem.hidden = !state.problem;
@@ -198,12 +230,15 @@ function render(state) {
   }
   for (const sw of state.sweeps) {
     if (!sections.has(sw.name)) {
-      const s = makeSection(sw.name);
+      const s = makeSection(sw.name, state.task_columns);
       sections.set(sw.name, s);
       main.append(s.root);
     }
-    renderSweep(sections.get(sw.name), sw);
   }
+  await Promise.all(state.sweeps.map((sw) => syncTasks(sections.get(sw.name), sw)));
+  for (const sw of state.sweeps) renderSweep(sections.get(sw.name), sw);
+  const all = document.getElementById("csv-all");
+  all.hidden = state.sweeps.filter((sw) => sw.csv_url).length < 2;
   document.body.dataset.version = String(state.version);
 }
 
@@ -226,7 +261,7 @@ async function poll() {
     failedPolls = 0;
     lastState = state;
     if (state.version !== shownVersion) {
-      render(state);
+      await render(state);
       shownVersion = state.version;
     }
     banner(state.unreachable ? "bucket unreachable, showing the last data read: " + state.unreachable : "");
