@@ -12,7 +12,7 @@ import stim
 
 import qec_kiln
 from qec_kiln._errors import KilnError
-from qec_kiln._node.lease import acquire, lease_key
+from qec_kiln._sweep.lease import acquire, lease_key
 from qec_kiln._report.status import ShardProgress
 from qec_kiln._report.units import percent
 from qec_kiln._storage import open_bucket

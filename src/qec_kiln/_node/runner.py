@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 
 from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import Exit, KilnError, ObjectNotFound, PreconditionFailed, StorageError
-from qec_kiln._node.lease import Lease, LeaseHeld, acquire, lease_key, release, renew
+from qec_kiln._sweep.lease import Lease, LeaseHeld, acquire, lease_key, release, renew
 from qec_kiln._node.processes import Forked, kill_stale_group, stop_group
 from qec_kiln._node.sinter_cmd import metadata_func, sinter_collect_argv, start_sinter
 from qec_kiln._node.stop import StopRequest

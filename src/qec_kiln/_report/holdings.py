@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
 from qec_kiln._errors import KilnError, ObjectNotFound, PreconditionFailed, StorageError
-from qec_kiln._node.lease import Lease, LeaseHeld, acquire, is_held, lease_key, release, renew
+from qec_kiln._sweep.lease import Lease, LeaseHeld, acquire, is_held, lease_key, release, renew
 from qec_kiln._planning._cost import Calibration, TaskCost
 from qec_kiln._report.status import batch_progress
 from qec_kiln._storage import Bucket
