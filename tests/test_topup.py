@@ -15,12 +15,12 @@ import stim
 
 import qec_kiln
 from qec_kiln._errors import KilnError
-from qec_kiln._sweep.lease import live_holder
 from qec_kiln._planning._cost import TaskCost
+from qec_kiln._planning.holdings import PLAN_LOCK_KEY, plan_lock
 from qec_kiln._planning.plan import make_plan
 from qec_kiln._prepare import Sweep, prepare_sweep
-from qec_kiln._report.holdings import PLAN_LOCK_KEY, plan_lock
 from qec_kiln._storage import open_bucket
+from qec_kiln._sweep.lease import live_holder
 
 SINTER = str(pathlib.Path(sys.executable).with_name("sinter"))
 ONE = {"processes": 1}
@@ -298,7 +298,7 @@ def test_a_sweep_stopped_by_its_custom_error_count_is_settled_for_a_top_up(tmp_p
     ("still has work") as plain errors would judge it."""
     import collections
 
-    from qec_kiln._report.holdings import bucket_holdings
+    from qec_kiln._planning.holdings import bucket_holdings
     from qec_kiln._sweep.manifest import fragment_key
 
     write_repetition(tmp_path / "c")

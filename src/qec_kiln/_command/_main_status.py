@@ -71,8 +71,8 @@ def status(bucket: PathLike = "kiln-results", *, sweep: str | None = None,
 def _prefer_live(report: StatusReport, live: Mapping[str, bytes]) -> None:
     """Use a batch's local resume file (parsed by sinter) where it holds more shots than the
     fragment in the bucket (it is synced only every ``sync_seconds``)."""
-    from qec_kiln._report.status import batch_progress
     from qec_kiln._sweep.fragments import Fragment, parse_fragment
+    from qec_kiln._sweep.progress import batch_progress
 
     parsed: dict[bytes, Fragment | None] = {}  # one run-batch --all: one file, many batches
     for bp in report.batches:

@@ -30,7 +30,6 @@ from collections.abc import Callable, Sequence
 
 from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import Exit, KilnError, ObjectNotFound, PreconditionFailed, StorageError
-from qec_kiln._sweep.lease import Lease, LeaseHeld, acquire, lease_key, release, renew
 from qec_kiln._node.processes import Forked, kill_stale_group, stop_group
 from qec_kiln._node.sinter_cmd import metadata_func, sinter_collect_argv, start_sinter
 from qec_kiln._node.stop import StopRequest
@@ -39,6 +38,7 @@ from qec_kiln._node.workers import allowed_cpus, format_cpus
 from qec_kiln._storage import PATIENT_RETRY, QUICK_RETRY, Bucket, RetryPolicy, open_bucket
 from qec_kiln._sweep.batches import Batch, Shard, disjoint_groups, sinter_runs
 from qec_kiln._sweep.fragments import HEADER_LINE, complete_lines, parse_fragment
+from qec_kiln._sweep.lease import Lease, LeaseHeld, acquire, lease_key, release, renew
 from qec_kiln._sweep.manifest import (
     Manifest,
     circuit_key,

@@ -19,10 +19,11 @@ from rich.table import Table
 from rich.text import Text
 
 from qec_kiln._errors import KilnError
-from qec_kiln._report.status import BatchProgress, batch_progress
+from qec_kiln._report.status import BatchProgress
 from qec_kiln._report.units import duration, percent
 from qec_kiln._sweep.fragments import Fragment, parse_fragment
 from qec_kiln._sweep.manifest import Manifest
+from qec_kiln._sweep.progress import batch_progress
 
 #: Seconds between plain progress lines when the output is not a terminal.
 DEFAULT_PERIOD = 30.0
