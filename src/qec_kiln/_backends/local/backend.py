@@ -37,30 +37,8 @@ from qec_kiln._backends.local.options import LocalOptions
 from qec_kiln._backends.local.queue import SlotQueue, StopSignals, removed_at_exit
 from qec_kiln._backends.local.state import StateFolder, is_run_batch
 from qec_kiln._node.processes import start_ticks
-from qec_kiln._node.workers import Worker, format_cpus, gpu_ids, machine_cpus, worker_environments
+from qec_kiln._node.workers import Worker, format_cpus, gpu_ids, slot_workers, split_cores
 from qec_kiln._planning.capacity import Capacity
-
-
-def split_cores(num_batches: int, workers: int | None, processes: int | None,
-                gpus: str | None = None) -> tuple[int, int]:
-    """(batches at once, sinter processes each): K slots (default one, or one per GPU), each with
-    its share of this process's CPUs.
-
-    >>> split_cores(10, None, None)[0]
-    1
-    >>> split_cores(3, 2, 4)
-    (2, 4)
-    """
-    workers_ = slot_workers(num_batches, workers, gpus)
-    return len(workers_), processes or len(workers_[0].cpus)
-
-
-def slot_workers(num_batches: int, workers: int | None, gpus: str | None = None) -> list[Worker]:
-    """The local slots: K workers (at most one per batch), each with disjoint CPUs and GPUs."""
-    gpu_list = gpu_ids(gpus)
-    k = workers or max(1, len(gpu_list))
-    k = max(1, min(k, num_batches))
-    return worker_environments(machine_cpus(), gpu_list, k)
 
 
 class LocalBackend(Backend):
