@@ -21,8 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from qec_kiln._errors import KilnError
 
-__all__ = ["Worker", "allowed_cpus", "format_cpus", "gpu_ids", "parse_cpus", "slot_workers", "split_cores",
-           "worker_environments"]
+__all__ = ["Worker", "allowed_cpus", "format_cpus", "gpu_ids", "parse_cpus", "slot_processes", "slot_workers",
+           "split_cores", "worker_environments"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,3 +194,15 @@ def slot_workers(num_batches: int, workers: int | None, gpus: str | None = None)
     k = workers or max(1, len(gpu_list))
     k = max(1, min(k, num_batches))
     return worker_environments(machine_cpus(), gpu_list, k)
+
+
+def slot_processes(workers: int | None, processes: int | None, gpus: str | None = None
+                   ) -> tuple[int, tuple[int, ...]]:
+    """K local slots (default one, or one per GPU) and the sinter processes of each batch when
+    1, 2, ..., K slots are busy (fewer slots share the cores among fewer batches).
+
+    >>> slot_processes(2, 4)
+    (2, (4, 4))
+    """
+    k = workers or max(1, len(gpu_ids(gpus)))
+    return k, tuple(split_cores(s, workers, processes, gpus)[1] for s in range(1, k + 1))

@@ -37,7 +37,7 @@ from qec_kiln._backends.local.options import LocalOptions
 from qec_kiln._backends.local.queue import SlotQueue, StopSignals, removed_at_exit
 from qec_kiln._backends.local.state import StateFolder, is_run_batch
 from qec_kiln._node.processes import start_ticks
-from qec_kiln._node.workers import Worker, format_cpus, gpu_ids, slot_workers, split_cores
+from qec_kiln._node.workers import Worker, format_cpus, slot_processes, slot_workers
 from qec_kiln._planning.capacity import Capacity
 
 
@@ -70,9 +70,7 @@ class LocalBackend(Backend):
         """K slots (default one with every core, or one per GPU), the cores split among them
         (among fewer when there are fewer batches than slots)."""
         opts = self.options(options)
-        k = opts.workers or max(1, len(gpu_ids(opts.gpus)))
-        procs = tuple(split_cores(s, opts.workers, opts.processes, opts.gpus)[1]
-                      for s in range(1, k + 1))
+        k, procs = slot_processes(opts.workers, opts.processes, opts.gpus)
         return Capacity(processes=procs[-1], startup_seconds=self.startup_seconds, slots=k,
                         workers=k, min_processes=opts.processes or procs[-1],
                         decoders_run_here=True, fewer_slots_processes=procs)
@@ -104,12 +102,11 @@ class LocalBackend(Backend):
                          f"{opts.processes or len(w.cpus)}{env}")
         if len(workers) == 1:  # one run-batch for the worker's whole queue
             lines.append("command:")
-            lines.append("  " + quote_argv(self._argv(request, list(request.batch_ids),
-                                                      workers[0])))
-            return "\n".join(lines)
-        lines.append("commands (CPUs as for the first batch of each worker):")
-        lines += ["  " + quote_argv(self._argv(request, [b], workers[i % len(workers)]))
-                  for i, b in enumerate(request.batch_ids)]
+            runs = [(list(request.batch_ids), workers[0])]
+        else:
+            lines.append("commands (CPUs as for the first batch of each worker):")
+            runs = [([b], workers[i % len(workers)]) for i, b in enumerate(request.batch_ids)]
+        lines += ["  " + quote_argv(self._argv(request, batches, w)) for batches, w in runs]
         return "\n".join(lines)
 
     def state_running(self, folder: pathlib.Path) -> bool:
