@@ -19,10 +19,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from qec_kiln._backends import Backend, get_backend
+from qec_kiln._errors import Log
 from qec_kiln._planning._cost import estimate_costs
 from qec_kiln._planning.capacity import Capacity
 from qec_kiln._planning.holdings import count_holdings, plan_lock
@@ -34,8 +35,6 @@ from qec_kiln._sweep.inputs import read_inputs
 from qec_kiln._sweep.manifest import Manifest
 from qec_kiln._sweep.spec import SweepSpec
 from qec_kiln._sweep.store import find_sweep, ignored_flags, upload_sweep
-
-Log = Callable[[str], None]
 
 
 @dataclasses.dataclass(frozen=True)

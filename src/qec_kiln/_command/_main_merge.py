@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from qec_kiln._command._base import Log, Parser, PathLike, parse_args, run
-from qec_kiln._errors import KilnError
+from qec_kiln._command._base import Parser, PathLike, parse_args, run
+from qec_kiln._errors import KilnError, Log
 
 if TYPE_CHECKING:
     from qec_kiln._report.merge import MergeReport

@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from qec_kiln._argtypes import positive_int
-from qec_kiln._command._base import Log, Parser, PathLike, err, out, parse_args, quiet, run, say
-from qec_kiln._errors import KilnError
+from qec_kiln._command._base import Parser, PathLike, err, out, parse_args, quiet, run, say
+from qec_kiln._errors import KilnError, Log
 from qec_kiln._report.units import duration, percent
 
 if TYPE_CHECKING:

@@ -36,9 +36,9 @@ import dataclasses
 import datetime
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
-from qec_kiln._errors import KilnError, ObjectNotFound, PreconditionFailed, StorageError
+from qec_kiln._errors import KilnError, Log, ObjectNotFound, PreconditionFailed, StorageError
 from qec_kiln._planning._cost import Calibration, TaskCost
 from qec_kiln._storage import Bucket
 from qec_kiln._sweep.batches import Batch, Plan, Shard
@@ -62,8 +62,6 @@ from qec_kiln._sweep.manifest import (
 )
 from qec_kiln._sweep.progress import batch_progress
 from qec_kiln._sweep.spec import Targets
-
-Log = Callable[[str], None]
 
 
 @dataclasses.dataclass

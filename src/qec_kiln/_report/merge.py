@@ -34,10 +34,9 @@ import os
 import pickle
 import sys
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from qec_kiln._errors import KilnError
+from qec_kiln._errors import KilnError, Log
 from qec_kiln._report.output import check_output, write_output
 from qec_kiln._storage import Bucket, listed, open_bucket
 from qec_kiln._sweep.batches import Batch
@@ -145,7 +144,7 @@ def merge_sweeps(
     *,
     sweep: str | None = None,
     skip_bad: bool = False,
-    log: Callable[[str], None] | None = None,
+    log: Log | None = None,
     workers: int | None = None,
 ) -> MergeReport:
     """Merge the fragments of one sweep (or of every sweep in the bucket) into ``out`` (a path,

@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from qec_kiln._errors import KilnError
+from qec_kiln._errors import KilnError, Log
 from qec_kiln._report.status import BatchProgress
 from qec_kiln._report.units import duration, percent
 from qec_kiln._sweep.fragments import Fragment, parse_fragment
@@ -84,7 +84,7 @@ class LaunchProgress:
     """
 
     def __init__(self, reader: ResumeReader, batch_ids: Sequence[str],
-                 states: Callable[[], dict[str, str]], say: Callable[[str], None],
+                 states: Callable[[], dict[str, str]], say: Log,
                  console: Console | None = None, period: float | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.reader = reader
