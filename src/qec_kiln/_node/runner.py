@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from qec_kiln._argtypes import SYNC_SECONDS
 from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import Exit, KilnError, Log, ObjectNotFound, PreconditionFailed, StorageError
 from qec_kiln._node.processes import Forked, kill_stale_group, stop_group
@@ -75,7 +76,7 @@ def run_batch(
     batch_id: str | Sequence[str],
     *,
     processes: int | None = None,
-    sync_seconds: float = 30.0,
+    sync_seconds: float = SYNC_SECONDS,
     work_dir: str | pathlib.Path | None = None,
     out: Log | None = None,
     lease_seconds: float | None = None,
