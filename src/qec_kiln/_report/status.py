@@ -13,7 +13,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from qec_kiln._errors import KilnError
-from qec_kiln._planning.queue import queue_order
+from qec_kiln._planning.makespan import queue_order
 from qec_kiln._report.failures import batch_error
 from qec_kiln._storage import Bucket, listed
 from qec_kiln._sweep.batches import Batch

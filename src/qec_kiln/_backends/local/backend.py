@@ -34,7 +34,7 @@ from qec_kiln._backends.base import (
     quote_argv,
 )
 from qec_kiln._backends.local.options import LocalOptions
-from qec_kiln._backends.local.queue import SlotQueue, StopSignals, removed_at_exit
+from qec_kiln._backends.local.slots import SlotQueue, StopSignals, removed_at_exit
 from qec_kiln._backends.local.state import StateFolder, is_run_batch
 from qec_kiln._node.processes import start_ticks
 from qec_kiln._node.workers import Worker, format_cpus, slot_processes, slot_workers
@@ -77,7 +77,7 @@ class LocalBackend(Backend):
 
     def _argv(self, request: LaunchRequest, batches: list[str], worker: Worker) -> list[str]:
         argv = request.run_batch_argv(batch_id=batches[0])
-        if len(batches) > 1:  # one worker's whole queue (see queue.SlotQueue together)
+        if len(batches) > 1:  # one worker's whole queue (see slots.SlotQueue together)
             at = argv.index("--batch")
             argv[at:at + 2] = ["--batches", ",".join(batches), "--all"]
         argv = [sys.executable, "-m", "qec_kiln"] + argv[1:]

@@ -65,7 +65,7 @@ from qec_kiln._backends.skypilot import pool as pools
 from qec_kiln._backends.skypilot import startup
 from qec_kiln._backends.skypilot.node import apply_node_install, node_identity
 from qec_kiln._backends.skypilot.options import SkyPilotOptions
-from qec_kiln._backends.skypilot.queue import (
+from qec_kiln._backends.skypilot.parse import (
     QUEUE_FIELDS,
     controller_warnings,
     map_queue_to_batches,
