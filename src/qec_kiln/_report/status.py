@@ -19,7 +19,13 @@ from qec_kiln._storage import Bucket, listed
 from qec_kiln._sweep.batches import Batch
 from qec_kiln._sweep.fragments import CLOUD_READERS, read_fragments
 from qec_kiln._sweep.manifest import Manifest, fragment_key
-from qec_kiln._sweep.progress import NOT_DONE, ShardProgress, batch_progress
+from qec_kiln._sweep.progress import (
+    NOT_DONE,
+    ShardProgress,
+    batch_progress,
+    eta_seconds,
+    weighted_share,
+)
 
 if TYPE_CHECKING:  # not imported at run time: merge starts faster without the backends
 
@@ -72,11 +78,8 @@ class BatchProgress:
         shard is done)."""
         if self.done:
             return 1.0
-        total = self.batch.predicted_seconds
-        if total <= 0 or not self.shards:
-            return 0.0
-        share = sum(s.fraction * s.shard.predicted_seconds for s in self.shards) / total
-        return min(NOT_DONE, share)
+        return min(NOT_DONE, weighted_share((s.fraction, s.shard.predicted_seconds)
+                                            for s in self.shards))
 
     @property
     def state(self) -> str:
@@ -96,14 +99,11 @@ class BatchProgress:
     def eta_seconds(self) -> float | None:
         """Remaining wall seconds if the batch keeps its pace (None before any data, or when its
         job has ended without finishing)."""
-        f = self.fraction
         if self.done:
             return 0.0
-        if self.job is not None and not self.job.active:
+        if self.job is not None and not self.job.active or self.seconds <= 0:
             return None
-        if f <= 0 or self.seconds <= 0:
-            return None
-        return self.seconds * (1 - f) / f
+        return eta_seconds(self.seconds, self.fraction, gained=self.fraction)
 
 
 @dataclasses.dataclass
@@ -120,11 +120,8 @@ class StatusReport:
     def fraction_done(self) -> float:
         if self.batches and all(b.done for b in self.batches):
             return 1.0
-        total = sum(b.batch.predicted_seconds for b in self.batches)
-        if total <= 0:
-            return 0.0
-        share = sum(b.fraction * b.batch.predicted_seconds for b in self.batches) / total
-        return min(NOT_DONE, share)
+        return min(NOT_DONE, weighted_share((b.fraction, b.batch.predicted_seconds)
+                                            for b in self.batches))
 
     @property
     def unfinished(self) -> list[str]:

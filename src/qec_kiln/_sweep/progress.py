@@ -11,7 +11,7 @@ computation over fragments: planning counts settled rows with it, status reports
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from qec_kiln._sweep.batches import Batch, Shard
@@ -67,4 +67,33 @@ def batch_progress(batch: Batch, fragment: Fragment | None,
     return out
 
 
-__all__ = ["NOT_DONE", "ShardProgress", "batch_progress"]
+
+def weighted_share(parts: Iterable[tuple[float, float]]) -> float:
+    """The share done of a whole made of ``(share, weight)`` parts (a batch's shards, a sweep's
+    batches: weighted by their predicted seconds); 0.0 when nothing has weight.
+
+    >>> weighted_share([(1.0, 3.0), (0.5, 1.0)]), weighted_share([])
+    (0.875, 0.0)
+    """
+    done = total = 0.0
+    for share, weight in parts:
+        done += share * weight
+        total += weight
+    return done / total if total > 0 else 0.0
+
+
+def eta_seconds(elapsed: float, fraction: float, gained: float) -> float | None:
+    """Seconds left if the pace holds: ``gained`` of the whole was done in ``elapsed`` seconds
+    and ``fraction`` is done now; 0.0 when done, None before any progress.
+
+    >>> eta_seconds(10.0, 0.25, 0.25), eta_seconds(5.0, 1.0, 0.0), eta_seconds(5.0, 0.5, 0.0)
+    (30.0, 0.0, None)
+    """
+    if fraction >= 1.0:
+        return 0.0
+    if gained <= 0:
+        return None
+    return elapsed * (1.0 - fraction) / gained
+
+
+__all__ = ["NOT_DONE", "ShardProgress", "batch_progress", "eta_seconds", "weighted_share"]
