@@ -9,7 +9,7 @@ into 5 batches both ways:
   (``--no-calibrate``: from the fitted cost model alone, without the pilot run);
 - queue: B = 4 x 5 = 20 batches for K = 5 workers (``--jobs 20 --workers 5``: rounds of 5 of
   decreasing size), whose makespan is the engine's queue: list scheduling
-  (``_planning.queue.list_schedule``) of the measured batch times in the order the backends start
+  (``_planning.makespan.list_schedule``) of the measured batch times in the order the backends start
   them (longest predicted first), plus ``--startup-seconds`` more per batch (ideal: the same work
   and start-ups spread evenly over the 5 workers). A measured batch time already holds its
   start-up on this machine (run-batch, sinter and its worker process), which is the local
@@ -52,7 +52,7 @@ from generate_surface_codes import main as generate  # noqa: E402
 
 import qec_kiln  # noqa: E402
 from qec_kiln._planning._cost import shots_needed  # noqa: E402
-from qec_kiln._planning.queue import list_schedule, queue_order  # noqa: E402
+from qec_kiln._planning.makespan import list_schedule, queue_order  # noqa: E402
 from qec_kiln._storage import open_bucket  # noqa: E402
 from qec_kiln._sweep.batches import Batch, Plan, Shard  # noqa: E402
 from qec_kiln._sweep.store import upload_sweep  # noqa: E402

@@ -48,8 +48,8 @@ from qec_kiln._planning._cost import (
     predict_task_overhead_seconds,
     shots_needed,
 )
+from qec_kiln._planning.makespan import choose_batch_count
 from qec_kiln._planning.plan import Plan, TaskCost, make_plan, plan_for_workers
-from qec_kiln._planning.queue import choose_batch_count
 
 MAX_SHOTS, MAX_ERRORS = 1_000_000, 1000
 HOUR = 3600.0

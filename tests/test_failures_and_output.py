@@ -12,11 +12,11 @@ import stim
 
 import qec_kiln
 from qec_kiln._errors import KilnError
-from qec_kiln._node.lease import acquire, lease_key
-from qec_kiln._report.status import ShardProgress
 from qec_kiln._report.units import percent
 from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.batches import Shard
+from qec_kiln._sweep.lease import acquire, lease_key
+from qec_kiln._sweep.progress import ShardProgress
 
 
 def _one_circuit(folder: pathlib.Path, p: float = 0.01) -> pathlib.Path:

@@ -1,4 +1,4 @@
-"""Properties of the queue model (qec_kiln._planning.queue) and a short run of bench/fleet.py."""
+"""Properties of the queue model (qec_kiln._planning.makespan) and a short run of bench/fleet.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from qec_kiln._errors import KilnError
-from qec_kiln._planning.queue import choose_batch_count, efficiency, list_schedule, queue_makespan
+from qec_kiln._planning.makespan import choose_batch_count, efficiency, list_schedule, queue_makespan
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 

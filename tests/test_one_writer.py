@@ -19,8 +19,8 @@ from conftest import wait_until, write_surface_circuits
 from test_reliability import make_sweep, total_shots
 
 from qec_kiln._errors import Exit, PreconditionFailed
-from qec_kiln._node.lease import LeaseHeld, acquire, release, renew
 from qec_kiln._storage import open_bucket
+from qec_kiln._sweep.lease import LeaseHeld, acquire, release, renew
 from qec_kiln._sweep.manifest import fragment_key
 
 KEY = "s/leases/b000.json"

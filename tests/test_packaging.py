@@ -109,3 +109,11 @@ def test_the_repository_root_holds_only_the_project_layout():
               "pyproject.toml",
               "scripts", "src", "tests"}
     assert top - layout == set()
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").iterdir()))
+def test_each_config_is_a_link_to_its_one_source_the_packaged_template(name):
+    """configs/ holds no copy: each file links to the template the wheel ships (edit that one)."""
+    path = REPO / "configs" / name
+    assert path.is_symlink(), f"run: ln -sf ../src/qec_kiln/data/{name} configs/{name}"
+    assert path.resolve() == (REPO / "src" / "qec_kiln" / "data" / name).resolve()

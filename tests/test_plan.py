@@ -9,8 +9,8 @@ import time
 import pytest
 
 from qec_kiln._errors import KilnError
+from qec_kiln._planning.makespan import list_schedule
 from qec_kiln._planning.plan import TaskCost, make_plan, split_targets, target_work_seconds
-from qec_kiln._planning.queue import list_schedule
 
 
 def spread_tasks(n: int = 30, seed: int = 1) -> list[TaskCost]:
@@ -292,7 +292,7 @@ def test_queue_plan_evens_out_a_mispredicting_model():
     """Measured-like times (each task off by a seeded factor, one start-up per batch) on K
     workers: batches of decreasing size end sooner than equal ones, the same work and start-ups."""
 
-    from qec_kiln._planning.queue import list_schedule
+    from qec_kiln._planning.makespan import list_schedule
 
     tasks = spread_tasks(60, seed=3)
     k, jobs, startup = 5, 20, 0.1
@@ -324,8 +324,8 @@ def test_a_queue_plan_keeps_its_workers_in_the_manifest(small_circuits, tmp_path
 
 
 def test_plan_for_workers_picks_whole_rounds_no_worse_than_the_chooser():
+    from qec_kiln._planning.makespan import choose_batch_count, queue_makespan
     from qec_kiln._planning.plan import plan_for_workers
-    from qec_kiln._planning.queue import choose_batch_count, queue_makespan
 
     tasks = spread_tasks(40, seed=7)
     kw = dict(max_shots=10**6, max_errors=1000)

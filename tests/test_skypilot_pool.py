@@ -71,10 +71,8 @@ def fake_pool_sdk(monkeypatch, existing=()):
     return calls
 
 
-def test_packaged_pool_yaml_is_byte_identical_and_has_no_job_recovery():
+def test_packaged_pool_yaml_has_no_job_recovery():
     text = (REPO / "configs" / "sinter_pool.yaml").read_bytes()
-    assert text == (REPO / "src" / "qec_kiln" / "data" / "sinter_pool.yaml").read_bytes(), \
-        "run: cp configs/sinter_pool.yaml src/qec_kiln/data/sinter_pool.yaml"
     cfg = yaml.safe_load(text)
     assert cfg["pool"] == {"workers": 1} and "job_recovery" not in cfg["resources"]
     assert "run" not in cfg  # the jobs bring run

@@ -62,12 +62,6 @@ def fake_kiln_bin(folder: Path, body: str) -> Path:
 # ---------------------------------------------------------------- template and rendering
 
 
-def test_packaged_template_is_byte_identical_to_configs():
-    assert (REPO / "configs" / "sinter_job.sbatch").read_bytes() == (
-        REPO / "src" / "qec_kiln" / "data" / "sinter_job.sbatch"
-    ).read_bytes(), "run: cp configs/sinter_job.sbatch src/qec_kiln/data/sinter_job.sbatch"
-
-
 def test_template_holds_the_contract():
     text = (REPO / "configs" / "sinter_job.sbatch").read_text()
     for line in ("#SBATCH --job-name={job_name}", "#SBATCH --array={array}", "#SBATCH --requeue",

@@ -15,12 +15,12 @@ import stim
 
 import qec_kiln
 from qec_kiln._errors import KilnError
-from qec_kiln._node.lease import live_holder
 from qec_kiln._planning._cost import TaskCost
+from qec_kiln._planning.holdings import PLAN_LOCK_KEY, plan_lock
 from qec_kiln._planning.plan import make_plan
 from qec_kiln._prepare import Sweep, prepare_sweep
-from qec_kiln._report.holdings import PLAN_LOCK_KEY, plan_lock
 from qec_kiln._storage import open_bucket
+from qec_kiln._sweep.lease import live_holder
 
 SINTER = str(pathlib.Path(sys.executable).with_name("sinter"))
 ONE = {"processes": 1}
@@ -255,7 +255,7 @@ def test_the_planning_lock_is_renewed_while_held_and_a_lost_one_refuses_the_comm
     """Held past its lease (a long count or upload), the lock is renewed, so no other launch
     takes it; one lost anyway (renewals stopped, then taken over) refuses the commit, and its
     release leaves the new holder's lock alone (compare-and-swap, never a blind delete)."""
-    from qec_kiln._node.lease import LeaseHeld, acquire
+    from qec_kiln._sweep.lease import LeaseHeld, acquire
 
     bucket = open_bucket(str(tmp_path / "b"))
     with plan_lock(bucket, print, seconds=0.6) as lock:
@@ -298,7 +298,7 @@ def test_a_sweep_stopped_by_its_custom_error_count_is_settled_for_a_top_up(tmp_p
     ("still has work") as plain errors would judge it."""
     import collections
 
-    from qec_kiln._report.holdings import bucket_holdings
+    from qec_kiln._planning.holdings import bucket_holdings
     from qec_kiln._sweep.manifest import fragment_key
 
     write_repetition(tmp_path / "c")

@@ -109,7 +109,7 @@ def test_skypilot_workers_are_a_pool_with_a_warm_start_up():
 
 
 def test_default_batch_count_comes_from_start_up_and_workers():
-    from qec_kiln._planning.queue import choose_batch_count
+    from qec_kiln._planning.makespan import choose_batch_count
 
     slurm = get_backend("slurm")
 
@@ -174,7 +174,7 @@ def test_slurm_array_task_k_runs_the_kth_longest_batch(tmp_path):
     circuits = write_surface_circuits(tmp_path / "c", distances=(3, 5), noises=(0.001, 0.01))
     p = qec_kiln.plan(circuits, max_shots=10**5, bucket=tmp_path / "b", jobs=4, backend="slurm",
                       backend_options={"workers": 2, "processes": 1})
-    from qec_kiln._planning.queue import queue_order
+    from qec_kiln._planning.makespan import queue_order
 
     order = queue_order(p.batches)
     costs = {b.id: b.predicted_seconds for b in p.batches}

@@ -50,6 +50,12 @@ def processes(text: str) -> int | None:
     return positive_int(text)
 
 
+#: The bucket every command reads and writes when none is given (a folder here).
+DEFAULT_BUCKET = "kiln-results"
+
+#: How often a batch uploads the complete lines of its resume CSV, in seconds, by default.
+SYNC_SECONDS = 30.0
+
 #: The longest sync period: one day (a longer wait overflows Python's timers).
 MAX_SYNC_SECONDS = 86_400.0
 

@@ -21,12 +21,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from qec_kiln._backends import kiln_home
-from qec_kiln._command._base import Log, quiet
+from qec_kiln._command._base import quiet
 from qec_kiln._command._main_launch import launch
 from qec_kiln._command._main_merge import merge
 from qec_kiln._command._main_plan import plan
 from qec_kiln._command._main_status import status
-from qec_kiln._errors import KilnError
+from qec_kiln._errors import KilnError, Log
 
 if TYPE_CHECKING:
     import sinter

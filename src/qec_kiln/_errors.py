@@ -1,4 +1,5 @@
-"""The exception the CLI turns into one clear line, and every exit code qec-kiln gives.
+"""The exception the CLI turns into one clear line, every exit code qec-kiln gives, and
+``Log``: where a step's lines for the user go.
 
     >>> int(Exit.USAGE), int(Exit.CONFLICT), Exit.for_signal(2), int(Exit.CANCELLED)
     (2, 3, 130, 4)
@@ -7,6 +8,10 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
+
+#: Where a step's lines for the user go (``print``, a logger's method, or a test's list.append).
+Log = Callable[[str], None]
 
 
 class Exit(enum.IntEnum):

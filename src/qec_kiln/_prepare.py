@@ -6,7 +6,7 @@ called once, in order (a launch then starts the batches, in ``_command/_main_lau
    checked by the backend.
 2. :func:`prepare_sweep`: the inputs (``_sweep.inputs``), which sweep this is
    (``_sweep.store``), and for a new sweep the predicted costs (``_planning``), what the
-   bucket already holds of its tasks (``_report.holdings``, under the bucket's planning lock
+   bucket already holds of its tasks (``_planning.holdings``, under the bucket's planning lock
    for a launch), the plan (``_planning``) and its upload (``_sweep.store``).
 
 A sweep is identified by its name in a bucket. Launching is idempotent: if the sweep's manifest
@@ -19,23 +19,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from qec_kiln._backends import Backend, get_backend
+from qec_kiln._errors import Log
 from qec_kiln._planning._cost import estimate_costs
 from qec_kiln._planning.capacity import Capacity
+from qec_kiln._planning.holdings import count_holdings, plan_lock
 from qec_kiln._planning.plan import plan_sweep
 from qec_kiln._planning.result import MODEL_ERROR, PlanResult, plan_result
-from qec_kiln._report.holdings import count_holdings, plan_lock
 from qec_kiln._storage import Bucket
 from qec_kiln._sweep.batches import Plan
 from qec_kiln._sweep.inputs import read_inputs
 from qec_kiln._sweep.manifest import Manifest
 from qec_kiln._sweep.spec import SweepSpec
 from qec_kiln._sweep.store import find_sweep, ignored_flags, upload_sweep
-
-Log = Callable[[str], None]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,14 +17,14 @@ import json
 import os
 import pathlib
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from qec_kiln._argtypes import MAX_SYNC_SECONDS
 from qec_kiln._atomic import atomic_write
 from qec_kiln._backends.jobs import ACTIVE_STATES, JobState, is_active  # noqa: F401 (the interface's names)
 from qec_kiln._backends.options import BackendOptions, add_own_flags, options_from_args
-from qec_kiln._errors import KilnError
+from qec_kiln._errors import KilnError, Log
 from qec_kiln._planning.capacity import Capacity
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class LaunchRequest:
     node_hour_price: float | None = None  # from --price-per-cpu/gpu-hour (idle cost of a pool)
     # Where a backend that runs the batches itself (local) sends its lines (progress, failures,
     # warnings); None: nowhere. ``live``: a live table on the terminal instead of progress lines.
-    log: Callable[[str], None] | None = dataclasses.field(default=None, compare=False)
+    log: Log | None = dataclasses.field(default=None, compare=False)
     live: bool = False
 
     def run_batch_argv(self, index_expr: str | None = None, batch_id: str | None = None) -> list[str]:
@@ -217,7 +217,7 @@ class Backend(abc.ABC):
         return False
 
     def open_bucket(self, url: str, *, must_reach: bool, launching: bool,
-                    log: Callable[[str], None]) -> Bucket:
+                    log: Log) -> Bucket:
         """The bucket this backend's batches would write to, checked before anything is
         planned: what this machine lacks to launch (``launching``), a bucket the batches could
         not reach, a bucket that cannot be read. Refused when ``must_reach``; else (a dry run

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from qec_kiln._argtypes import positive_int
+from qec_kiln._argtypes import MAX_SYNC_SECONDS, SYNC_SECONDS, positive_int
 from qec_kiln._argtypes import processes as processes_type
 from qec_kiln._argtypes import sync_seconds as sync_seconds_type
 
@@ -76,8 +76,9 @@ class BackendOptions:
         type=processes_type, metavar="N|auto",
         help="sinter --processes per batch (default auto: the cores it gets)")
     sync_seconds: float = option(  # how often run-batch uploads complete lines of its resume CSV
-        30.0, type=sync_seconds_type,
-        help="how often a batch uploads its resume CSV (default 30, at most 86400)")
+        SYNC_SECONDS, type=sync_seconds_type,
+        help=f"how often a batch uploads its resume CSV (default {SYNC_SECONDS:g}, at most "
+        f"{MAX_SYNC_SECONDS:g})")
     cpus: str | None = option(  # CPUs per node (SkyPilot, e.g. "16+") or per task (Slurm, "8")
         help="CPUs a batch gets: slurm per array task (e.g. 8), skypilot per node (e.g. 16+; "
         "default from the YAML)")

@@ -20,7 +20,6 @@ from qec_kiln._errors import Exit, KilnError, KilnWarning
 if TYPE_CHECKING:
     from rich.console import Console
 
-Log = Callable[[str], None]
 PathLike = str | os.PathLike
 Circuits = PathLike | Sequence[PathLike]  # a folder, or folders, .stim files and glob patterns
 

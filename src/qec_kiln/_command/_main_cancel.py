@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from qec_kiln._argtypes import DEFAULT_BUCKET
 from qec_kiln._command._base import Parser, PathLike, out, parse_args, run
 from qec_kiln._errors import KilnError
 
 HELP = "stop every job of a sweep (fragments are kept)"
 
 
-def cancel(bucket: PathLike = "kiln-results", sweep: str = "", *,
+def cancel(bucket: PathLike = DEFAULT_BUCKET, sweep: str = "", *,
            backend: str | None = None) -> list[str]:
     """Stop every job of a sweep (``qec-kiln cancel``); its fragments are kept, so a later
     :func:`qec_kiln.launch` resumes.
@@ -44,7 +45,7 @@ def cancel(bucket: PathLike = "kiln-results", sweep: str = "", *,
     return get_backend(backend or manifest.backend).cancel(store.url, manifest.sweep)
 
 
-def sweep_names(bucket: PathLike = "kiln-results") -> list[str]:
+def sweep_names(bucket: PathLike = DEFAULT_BUCKET) -> list[str]:
     """The sweeps in ``bucket`` (what ``status`` and ``cancel`` without a sweep act on)."""
     from qec_kiln._storage import open_bucket
     from qec_kiln._sweep.manifest import resolve_sweep
@@ -54,7 +55,7 @@ def sweep_names(bucket: PathLike = "kiln-results") -> list[str]:
 
 def parser() -> Parser:
     p = Parser(prog="qec-kiln cancel", description=HELP)
-    p.add_argument("--bucket", default="kiln-results")
+    p.add_argument("--bucket", default=DEFAULT_BUCKET)
     p.add_argument("--sweep", help="default: the bucket's only sweep (several need --all)")
     p.add_argument("--all", action="store_true", help="cancel every sweep in the bucket")
     p.add_argument("--backend", help="default: the one the sweep was launched with")

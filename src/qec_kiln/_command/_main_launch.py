@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 
 from qec_kiln._command._base import (
     Circuits,
-    Log,
     Parser,
     numpy_on_one_thread,
     out,
@@ -49,7 +48,7 @@ from qec_kiln._command._main_plan import (
     settings_of,
     with_settings_signature,
 )
-from qec_kiln._errors import Exit
+from qec_kiln._errors import Exit, Log
 
 if TYPE_CHECKING:
     from qec_kiln._backends import Submission

@@ -12,8 +12,9 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from qec_kiln._command._base import Log, Parser, PathLike, parse_args, run
-from qec_kiln._errors import KilnError
+from qec_kiln._argtypes import DEFAULT_BUCKET
+from qec_kiln._command._base import Parser, PathLike, parse_args, run
+from qec_kiln._errors import KilnError, Log
 
 if TYPE_CHECKING:
     from qec_kiln._report.merge import MergeReport
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 HELP = "combine all fragments into one CSV for sinter plot"
 
 
-def merge(bucket: PathLike = "kiln-results", out: PathLike | None = "merged.csv", *,
+def merge(bucket: PathLike = DEFAULT_BUCKET, out: PathLike | None = "merged.csv", *,
           sweep: str | None = None, skip_bad: bool = False, log: Log | None = None
           ) -> MergeReport:
     """Combine every batch's fragment as ``sinter combine`` does, into one CSV for
@@ -56,7 +57,7 @@ def merge(bucket: PathLike = "kiln-results", out: PathLike | None = "merged.csv"
 
 def parser() -> Parser:
     p = Parser(prog="qec-kiln merge", description=HELP)
-    p.add_argument("--bucket", default="kiln-results")
+    p.add_argument("--bucket", default=DEFAULT_BUCKET)
     p.add_argument("--out", default="merged.csv",
                    help="the merged CSV (default merged.csv), or - for standard output")
     p.add_argument("--sweep", help="only this sweep (default: every sweep in the bucket, combined "

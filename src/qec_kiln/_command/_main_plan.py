@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from qec_kiln._argtypes import SINTER_OPTIONS, positive_float, positive_int
 from qec_kiln._command._base import (
     Circuits,
-    Log,
     Parser,
     numpy_on_one_thread,
     out,
@@ -22,6 +21,7 @@ from qec_kiln._command._base import (
     run,
     say,
 )
+from qec_kiln._errors import Log
 from qec_kiln._report.units import duration, money
 
 if TYPE_CHECKING:

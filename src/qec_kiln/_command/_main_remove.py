@@ -7,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from qec_kiln._argtypes import DEFAULT_BUCKET
 from qec_kiln._command._base import Parser, PathLike, out, parse_args, run
 from qec_kiln._errors import Exit, KilnError
 
@@ -54,7 +55,7 @@ def remove(bucket: PathLike, sweep: str, *, dry_run: bool = False,
 
 def parser() -> Parser:
     p = Parser(prog="qec-kiln remove", description=HELP)
-    p.add_argument("--bucket", default="kiln-results")
+    p.add_argument("--bucket", default=DEFAULT_BUCKET)
     p.add_argument("--sweep", required=True, help="the sweep to remove")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")

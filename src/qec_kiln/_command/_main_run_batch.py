@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from qec_kiln._argtypes import positive_float, processes, sync_seconds
+from qec_kiln._argtypes import SYNC_SECONDS, positive_float, processes, sync_seconds
 from qec_kiln._command._base import Parser, parse_args, run
 from qec_kiln._errors import KilnError
 from qec_kiln._node.runner import run_batch
@@ -30,7 +30,7 @@ def parser() -> Parser:
                    help="sinter --processes (default auto: one per allowed CPU)")
     p.add_argument("--cpus-allowed", metavar="LIST",
                    help="CPUs sinter may use, e.g. 0-3 (default: this process's affinity mask)")
-    p.add_argument("--sync-seconds", type=sync_seconds, default=30.0)
+    p.add_argument("--sync-seconds", type=sync_seconds, default=SYNC_SECONDS)
     p.add_argument("--work-dir", help="local folder for the resume file (default: temp dir)")
     p.add_argument("--lease-seconds", type=positive_float,
                    help="the batch's lease lasts this long unless renewed; a dead runner's batch "

@@ -9,9 +9,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from qec_kiln._argtypes import positive_int
-from qec_kiln._command._base import Log, Parser, PathLike, err, out, parse_args, quiet, run, say
-from qec_kiln._errors import KilnError
+from qec_kiln._argtypes import DEFAULT_BUCKET, positive_int
+from qec_kiln._command._base import Parser, PathLike, err, out, parse_args, quiet, run, say
+from qec_kiln._errors import KilnError, Log
 from qec_kiln._report.units import duration, percent
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 HELP = "progress of a sweep's batches"
 
 
-def status(bucket: PathLike = "kiln-results", *, sweep: str | None = None,
+def status(bucket: PathLike = DEFAULT_BUCKET, *, sweep: str | None = None,
            backend: str | None = None, log: Log | None = None) -> list[StatusReport]:
     """Progress of a bucket's sweeps: the fragments against the plan's targets, joined with the
     backend's job states (``qec-kiln status``).
@@ -71,8 +71,8 @@ def status(bucket: PathLike = "kiln-results", *, sweep: str | None = None,
 def _prefer_live(report: StatusReport, live: Mapping[str, bytes]) -> None:
     """Use a batch's local resume file (parsed by sinter) where it holds more shots than the
     fragment in the bucket (it is synced only every ``sync_seconds``)."""
-    from qec_kiln._report.status import batch_progress
     from qec_kiln._sweep.fragments import Fragment, parse_fragment
+    from qec_kiln._sweep.progress import batch_progress
 
     parsed: dict[bytes, Fragment | None] = {}  # one run-batch --all: one file, many batches
     for bp in report.batches:
@@ -94,7 +94,7 @@ def _prefer_live(report: StatusReport, live: Mapping[str, bytes]) -> None:
 
 def parser() -> Parser:
     p = Parser(prog="qec-kiln status", description=HELP)
-    p.add_argument("--bucket", default="kiln-results")
+    p.add_argument("--bucket", default=DEFAULT_BUCKET)
     p.add_argument("--sweep", help="default: every sweep in the bucket")
     p.add_argument("--backend", help="default: the one the sweep was launched with")
     p.add_argument("--json", action="store_true", help="every batch, machine-readable")

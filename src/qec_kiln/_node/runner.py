@@ -28,9 +28,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from qec_kiln._argtypes import SYNC_SECONDS
 from qec_kiln._atomic import atomic_write
-from qec_kiln._errors import Exit, KilnError, ObjectNotFound, PreconditionFailed, StorageError
-from qec_kiln._node.lease import Lease, LeaseHeld, acquire, lease_key, release, renew
+from qec_kiln._errors import Exit, KilnError, Log, ObjectNotFound, PreconditionFailed, StorageError
 from qec_kiln._node.processes import Forked, kill_stale_group, stop_group
 from qec_kiln._node.sinter_cmd import metadata_func, sinter_collect_argv, start_sinter
 from qec_kiln._node.stop import StopRequest
@@ -39,6 +39,7 @@ from qec_kiln._node.workers import allowed_cpus, format_cpus
 from qec_kiln._storage import PATIENT_RETRY, QUICK_RETRY, Bucket, RetryPolicy, open_bucket
 from qec_kiln._sweep.batches import Batch, Shard, disjoint_groups, sinter_runs
 from qec_kiln._sweep.fragments import HEADER_LINE, complete_lines, parse_fragment
+from qec_kiln._sweep.lease import Lease, LeaseHeld, acquire, lease_key, release, renew
 from qec_kiln._sweep.manifest import (
     Manifest,
     circuit_key,
@@ -75,9 +76,9 @@ def run_batch(
     batch_id: str | Sequence[str],
     *,
     processes: int | None = None,
-    sync_seconds: float = 30.0,
+    sync_seconds: float = SYNC_SECONDS,
     work_dir: str | pathlib.Path | None = None,
-    out: Callable[[str], None] | None = None,
+    out: Log | None = None,
     lease_seconds: float | None = None,
     cpus_allowed: str | None = None,
 ) -> int:
@@ -117,7 +118,7 @@ def run_batch(
 
 
 def _run_group(bucket: Bucket, manifest: Manifest, group: list[Batch], root: pathlib.Path,
-               say: Callable[[str], None], processes: int | None, sync_seconds: float,
+               say: Log, processes: int | None, sync_seconds: float,
                lease_seconds: float, cpus: Sequence[int]) -> dict[str, int]:
     """Lock, lease and run batches that share no task (one sinter for them all); each one's
     exit code (``Exit.CONFLICT`` where another runner holds it)."""
@@ -177,7 +178,7 @@ def _run_group(bucket: Bucket, manifest: Manifest, group: list[Batch], root: pat
 
 
 def _restore(bucket: Bucket, manifest: Manifest, batches: list[Batch], resume: pathlib.Path,
-             log: Callable[[str], None], on_conflict: Callable[[], None]) -> list[FragmentSync]:
+             log: Log, on_conflict: Callable[[], None]) -> list[FragmentSync]:
     """Write the batches' fragments (the bucket's copies, cut back to their last complete line)
     as the one resume file; one sync each, swapping the version read here."""
     together = len(batches) > 1
@@ -231,7 +232,7 @@ def _restore(bucket: Bucket, manifest: Manifest, batches: list[Batch], resume: p
 
 
 def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib.Path,
-         log: Callable[[str], None], log_path: pathlib.Path, processes: int | None,
+         log: Log, log_path: pathlib.Path, processes: int | None,
          sync_seconds: float, leases: list[Lease], cpus: Sequence[int] = ()) -> dict[str, int]:
     """Run ``batches`` (leased) in one sinter per :func:`sinter_runs`; each one's exit code. A
     batch another runner took over (a lost swap or lease) stops uploading, and the others go on:

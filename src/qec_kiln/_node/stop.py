@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from qec_kiln._errors import StorageError
+from qec_kiln._errors import Log, StorageError
 from qec_kiln._plugins import BACKENDS_GROUP, entry_points_of
 from qec_kiln._storage import QUICK_RETRY, Bucket
 
@@ -116,7 +116,7 @@ class StopRequest:
                 return False
         return self.seen
 
-    def acknowledge(self, uploaded: int, log: Callable[[str], None]) -> bool:
+    def acknowledge(self, uploaded: int, log: Log) -> bool:
         """After the final upload: write ``<key>.stopped``; True when a stop was asked and said."""
         if not (self.key and self.seen):
             return False

@@ -13,7 +13,7 @@ import pathlib
 import threading
 from collections.abc import Callable
 
-from qec_kiln._errors import PreconditionFailed, StorageError
+from qec_kiln._errors import Log, PreconditionFailed, StorageError
 from qec_kiln._storage import Bucket, RetryPolicy
 from qec_kiln._sweep.fragments import complete_lines
 
@@ -89,7 +89,7 @@ class FragmentSync:
     """
 
     def __init__(self, bucket: Bucket, key: str, path: pathlib.Path, uploaded: int,
-                 log: Callable[[str], None], on_conflict: Callable[[], None] | None = None,
+                 log: Log, on_conflict: Callable[[], None] | None = None,
                  version: str | None = None, split: tuple[RowSplitter, int] | None = None):
         self.split = split  # a resume file shared by batches: its splitter, this batch's index
         self.bucket = bucket

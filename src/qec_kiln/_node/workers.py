@@ -21,7 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from qec_kiln._errors import KilnError
 
-__all__ = ["Worker", "allowed_cpus", "format_cpus", "gpu_ids", "parse_cpus", "worker_environments"]
+__all__ = ["Worker", "allowed_cpus", "format_cpus", "gpu_ids", "parse_cpus", "slot_processes", "slot_workers",
+           "split_cores", "worker_environments"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,3 +172,37 @@ def gpu_ids(gpus: str | None, environ: Mapping[str, str] | None = None) -> list[
             raise KilnError(f"--gpus {gpus!r}: only {len(visible)} GPU(s) in CUDA_VISIBLE_DEVICES")
         return visible[:count]
     return [str(i) for i in range(count)]
+
+
+def split_cores(num_batches: int, workers: int | None, processes: int | None,
+                gpus: str | None = None) -> tuple[int, int]:
+    """(batches at once, sinter processes each): K slots (default one, or one per GPU), each with
+    its share of this process's CPUs.
+
+    >>> split_cores(10, None, None)[0]
+    1
+    >>> split_cores(3, 2, 4)
+    (2, 4)
+    """
+    workers_ = slot_workers(num_batches, workers, gpus)
+    return len(workers_), processes or len(workers_[0].cpus)
+
+
+def slot_workers(num_batches: int, workers: int | None, gpus: str | None = None) -> list[Worker]:
+    """The local slots: K workers (at most one per batch), each with disjoint CPUs and GPUs."""
+    gpu_list = gpu_ids(gpus)
+    k = workers or max(1, len(gpu_list))
+    k = max(1, min(k, num_batches))
+    return worker_environments(machine_cpus(), gpu_list, k)
+
+
+def slot_processes(workers: int | None, processes: int | None, gpus: str | None = None
+                   ) -> tuple[int, tuple[int, ...]]:
+    """K local slots (default one, or one per GPU) and the sinter processes of each batch when
+    1, 2, ..., K slots are busy (fewer slots share the cores among fewer batches).
+
+    >>> slot_processes(2, 4)
+    (2, (4, 4))
+    """
+    k = workers or max(1, len(gpu_ids(gpus)))
+    return k, tuple(split_cores(s, workers, processes, gpus)[1] for s in range(1, k + 1))

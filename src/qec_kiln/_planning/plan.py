@@ -210,9 +210,9 @@ def plan_for_workers(
     max_shards: int | None = None,
 ) -> Plan:
     """The plan for K ``workers`` when no batch count is given: a few whole rounds of K around
-    :func:`qec_kiln._planning.queue.choose_batch_count`'s B (B, 3/4 B, 1/2 B, none under min(B, 3 K)
+    :func:`qec_kiln._planning.makespan.choose_batch_count`'s B (B, 3/4 B, 1/2 B, none under min(B, 3 K)
     or K), each planned, and the one whose batches the queue is predicted to finish first
-    (:func:`qec_kiln._planning.queue.queue_makespan`: each task's time off by ``model_error``, a
+    (:func:`qec_kiln._planning.makespan.queue_makespan`: each task's time off by ``model_error``, a
     start-up per batch, ``processes`` sinter processes per batch; preemptions are not modelled).
     Ties go to fewer batches.
 
@@ -224,7 +224,7 @@ def plan_for_workers(
         >>> p.workers, len(p.batches) % 2, len(p.batches) >= 2
         (2, 0, True)
     """
-    from qec_kiln._planning.queue import choose_batch_count, queue_makespan
+    from qec_kiln._planning.makespan import choose_batch_count, queue_makespan
 
     first = startup_seconds if first_startup_seconds is None else first_startup_seconds
     procs = max(1, processes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from qec_kiln._planning.capacity import Capacity
-from qec_kiln._planning.queue import list_schedule, predicted_makespan
+from qec_kiln._planning.makespan import list_schedule, predicted_makespan
 from qec_kiln._sweep.batches import Batch
 from qec_kiln._sweep.discover import CircuitFile
 from qec_kiln._sweep.manifest import Manifest

@@ -34,10 +34,9 @@ import os
 import pickle
 import sys
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from qec_kiln._errors import KilnError
+from qec_kiln._errors import KilnError, Log
 from qec_kiln._report.output import check_output, write_output
 from qec_kiln._storage import Bucket, listed, open_bucket
 from qec_kiln._sweep.batches import Batch
@@ -145,7 +144,7 @@ def merge_sweeps(
     *,
     sweep: str | None = None,
     skip_bad: bool = False,
-    log: Callable[[str], None] | None = None,
+    log: Log | None = None,
     workers: int | None = None,
 ) -> MergeReport:
     """Merge the fragments of one sweep (or of every sweep in the bucket) into ``out`` (a path,
@@ -228,9 +227,9 @@ def _fold(folded: _Folded, sweep: str, batches: list[Batch],
 
 
 #: A sweep's fragments are parsed in up to this many processes, each with at least this many
-#: of them and about this many of their bytes: sinter parses ~10 MB/s here, and forking a
-#: process that loaded it costs ~15 ms of CPU, which a smaller share does not repay on a busy
-#: machine (bench/merge_speed.py: 200 small fragments, 0.5 MB, one process; 2,000, 4.8 MB, two).
+#: of them and about this many of their bytes: forking a process that loaded sinter costs CPU
+#: that a smaller share's parse does not repay on a busy machine (bench/merge_speed.py measures
+#: where a second process starts to pay).
 LOCAL_PROCESSES, FRAGMENTS_PER_PROCESS, BYTES_PER_PROCESS = 4, 2, 2**20
 #: Fragments read to estimate the size of all (a plan's batches are balanced: theirs are alike).
 SIZE_SAMPLE = 5

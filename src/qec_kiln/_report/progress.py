@@ -18,11 +18,12 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from qec_kiln._errors import KilnError
-from qec_kiln._report.status import BatchProgress, batch_progress
+from qec_kiln._errors import KilnError, Log
+from qec_kiln._report.status import BatchProgress
 from qec_kiln._report.units import duration, percent
 from qec_kiln._sweep.fragments import Fragment, parse_fragment
 from qec_kiln._sweep.manifest import Manifest
+from qec_kiln._sweep.progress import batch_progress, eta_seconds, weighted_share
 
 #: Seconds between plain progress lines when the output is not a terminal.
 DEFAULT_PERIOD = 30.0
@@ -83,7 +84,7 @@ class LaunchProgress:
     """
 
     def __init__(self, reader: ResumeReader, batch_ids: Sequence[str],
-                 states: Callable[[], dict[str, str]], say: Callable[[str], None],
+                 states: Callable[[], dict[str, str]], say: Log,
                  console: Console | None = None, period: float | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.reader = reader
@@ -144,10 +145,7 @@ class LaunchProgress:
 
     @property
     def fraction(self) -> float:
-        total = sum(b.batch.predicted_seconds for b in self._rows)
-        if total <= 0:
-            return 0.0
-        return sum(b.fraction * b.batch.predicted_seconds for b in self._rows) / total
+        return weighted_share((b.fraction, b.batch.predicted_seconds) for b in self._rows)
 
     def rate(self) -> float:
         """Shots per second since this launch began."""
@@ -156,12 +154,8 @@ class LaunchProgress:
 
     def eta_seconds(self) -> float | None:
         """Seconds left at this launch's pace so far (None before any progress)."""
-        gained = self.fraction - self._start_fraction
-        if self.fraction >= 1.0:
-            return 0.0
-        if gained <= 0:
-            return None
-        return (self.clock() - self.start) * (1.0 - self.fraction) / gained
+        return eta_seconds(self.clock() - self.start, self.fraction,
+                           gained=self.fraction - self._start_fraction)
 
     def line(self) -> str:
         """One plain progress line: the total, then each unfinished batch."""

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from qec_kiln._errors import KilnError
-from qec_kiln._node.lease import live_holder
 from qec_kiln._storage import Bucket
+from qec_kiln._sweep.lease import live_holder
 from qec_kiln._sweep.manifest import check_sweep_name, manifest_key
 
 

@@ -10,55 +10,29 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from qec_kiln._errors import KilnError
-from qec_kiln._planning.queue import queue_order
+from qec_kiln._planning.makespan import queue_order
 from qec_kiln._report.failures import batch_error
 from qec_kiln._storage import Bucket, listed
-from qec_kiln._sweep.batches import Batch, Shard
-from qec_kiln._sweep.fragments import CLOUD_READERS, Fragment, read_fragments
+from qec_kiln._sweep.batches import Batch
+from qec_kiln._sweep.fragments import CLOUD_READERS, read_fragments
 from qec_kiln._sweep.manifest import Manifest, fragment_key
+from qec_kiln._sweep.progress import (
+    NOT_DONE,
+    ShardProgress,
+    batch_progress,
+    eta_seconds,
+    weighted_share,
+)
 
 if TYPE_CHECKING:  # not imported at run time: merge starts faster without the backends
-    import sinter  # imported by the parse: on a cloud bucket, while the listing waits
 
     from qec_kiln._backends.jobs import JobState
 
-#: The largest share a batch or shard still sampling shows (never "100%" before it is done).
-NOT_DONE = 0.999
-
 #: Job states after which a batch's fragment must exist (the job uploaded it before it ended).
 FINISHED_STATES = frozenset({"SUCCEEDED"})
-
-
-@dataclasses.dataclass
-class ShardProgress:
-    shard: Shard
-    shots: int
-    errors: int
-    seconds: float
-
-    @property
-    def done(self) -> bool:
-        return self.shots >= self.shard.max_shots or self.errors >= self.shard.max_errors
-
-    @property
-    def fraction(self) -> float:
-        """Share done: shots against ``max_shots`` or errors against ``max_errors``, whichever
-        is nearer (sinter stops at the first it reaches). Measured, not predicted, so it is
-        1.0 only when the shard is done, however wrong the cost model was.
-
-        >>> s = Shard("c", "pymatching", "id", 1000, 10, predicted_seconds=1, predicted_shots=9)
-        >>> ShardProgress(s, 500, 2, 1.0).fraction, ShardProgress(s, 999, 9, 1.0).fraction
-        (0.5, 0.999)
-        """
-        if self.done:
-            return 1.0
-        by_shots = self.shots / max(1, self.shard.max_shots)
-        by_errors = self.errors / max(1, self.shard.max_errors)
-        return min(NOT_DONE, max(by_shots, by_errors))
 
 
 @dataclasses.dataclass
@@ -104,11 +78,8 @@ class BatchProgress:
         shard is done)."""
         if self.done:
             return 1.0
-        total = self.batch.predicted_seconds
-        if total <= 0 or not self.shards:
-            return 0.0
-        share = sum(s.fraction * s.shard.predicted_seconds for s in self.shards) / total
-        return min(NOT_DONE, share)
+        return min(NOT_DONE, weighted_share((s.fraction, s.shard.predicted_seconds)
+                                            for s in self.shards))
 
     @property
     def state(self) -> str:
@@ -128,14 +99,11 @@ class BatchProgress:
     def eta_seconds(self) -> float | None:
         """Remaining wall seconds if the batch keeps its pace (None before any data, or when its
         job has ended without finishing)."""
-        f = self.fraction
         if self.done:
             return 0.0
-        if self.job is not None and not self.job.active:
+        if self.job is not None and not self.job.active or self.seconds <= 0:
             return None
-        if f <= 0 or self.seconds <= 0:
-            return None
-        return self.seconds * (1 - f) / f
+        return eta_seconds(self.seconds, self.fraction, gained=self.fraction)
 
 
 @dataclasses.dataclass
@@ -152,11 +120,8 @@ class StatusReport:
     def fraction_done(self) -> float:
         if self.batches and all(b.done for b in self.batches):
             return 1.0
-        total = sum(b.batch.predicted_seconds for b in self.batches)
-        if total <= 0:
-            return 0.0
-        share = sum(b.fraction * b.batch.predicted_seconds for b in self.batches) / total
-        return min(NOT_DONE, share)
+        return min(NOT_DONE, weighted_share((b.fraction, b.batch.predicted_seconds)
+                                            for b in self.batches))
 
     @property
     def unfinished(self) -> list[str]:
@@ -200,21 +165,6 @@ def _urgency(b: BatchProgress) -> int:
     if b.job is not None and b.job.active:
         return 1
     return 3 if b.done else 2
-
-
-def batch_progress(batch: Batch, fragment: Fragment | None,
-                   errors_of: Callable[[sinter.TaskStats], int] | None = None
-                   ) -> list[ShardProgress]:
-    """Each shard's shots and errors in ``fragment``; ``errors_of`` says what counts as an
-    error (``Manifest.errors_of``: a custom count with ``--custom-error-count-key``)."""
-    stats: dict[str, sinter.TaskStats] = fragment.stats if fragment else {}
-    count = errors_of or (lambda st: st.errors)
-    out = []
-    for s in batch.shards:
-        st = stats.get(s.strong_id)
-        out.append(ShardProgress(s, st.shots if st else 0, count(st) if st else 0,
-                                 st.seconds if st else 0.0))
-    return out
 
 
 def sweep_progress(bucket: Bucket, manifest: Manifest,

@@ -18,13 +18,13 @@ import math
 import os
 import pathlib
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sinter
 import stim
 
-from qec_kiln._errors import KilnError
+from qec_kiln._errors import KilnError, Log
 from qec_kiln._storage import key_problem
 
 #: Gates that tsim (bloqade-tsim) reinterprets when tagged, e.g. ``S[T] 0`` or ``I[R_Z(theta=0.1)] 0``.
@@ -127,7 +127,7 @@ def discover_circuits(
     folder: str | pathlib.Path,
     *,
     allow_tagged_gates: bool = False,
-    log: Callable[[str], None] | None = None,
+    log: Log | None = None,
 ) -> list[CircuitFile]:
     """Every ``*.stim`` file under ``folder`` (recursively), sorted by key, validated.
 
@@ -165,7 +165,7 @@ def discover_circuits(
     return circuits
 
 
-def _walk(root: pathlib.Path, log: Callable[[str], None]) -> tuple[list[pathlib.Path], list[str]]:
+def _walk(root: pathlib.Path, log: Log) -> tuple[list[pathlib.Path], list[str]]:
     """(``.stim`` paths, names of other files) under ``root``, hidden entries skipped.
 
     Symlinked folders are followed, each real folder once (loop protection). Nothing is skipped
@@ -443,7 +443,7 @@ def check_decodable(circuits: Sequence[CircuitFile], decoders: Iterable[str]) ->
 
 def discover_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
                     allow_tagged_gates: bool = False,
-                    log: Callable[[str], None] | None = None) -> list[CircuitFile]:
+                    log: Log | None = None) -> list[CircuitFile]:
     """The circuits of ``--circuits DIR_OR_FILES...`` as ``sinter collect`` takes them: folders
     (searched as :func:`discover_circuits`), ``.stim`` files and glob patterns, with the same
     checks. A file's key is its name, a folder's files keep their paths inside it; two inputs

@@ -163,10 +163,9 @@ def _local_processes(n: int) -> int:
     are many and no other thread runs here (forking one that runs threads is unsafe); then one
     per core, up to :data:`LOCAL_PROCESSES`, each with at least :data:`FRAGMENTS_PER_PROCESS`.
 
-    A forked share costs a fork and sending its parsed rows back (about 30 ms per 1,000
-    fragments), far less than parsing them (about 220 ms): on 2 cores, 2,000 fragments merge in
-    0.41 s instead of 0.55 s (bench/merge_speed.py). On a busy machine the shares simply take
-    turns, for the same CPU time.
+    A forked share costs a fork and sending its parsed rows back, far less than parsing them,
+    so many fragments are parsed sooner in shares (bench/merge_speed.py measures it). On a busy
+    machine the shares simply take turns, for the same CPU time.
     """
     if threading.active_count() > 1 or "fork" not in multiprocessing.get_all_start_methods():
         return 1

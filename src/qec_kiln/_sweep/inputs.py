@@ -15,10 +15,9 @@ strong_ids, --existing-data files and the digest that names the sweep. Planning 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
-from qec_kiln._errors import KilnError
+from qec_kiln._errors import KilnError, Log
 from qec_kiln._sweep.decoders import check_decoders, decoder_runs_here, load_custom_decoders
 from qec_kiln._sweep.discover import (
     CircuitFile,
@@ -55,7 +54,7 @@ class SweepInputs:
         return {sid: key for key, sid in self.strong_ids.items()}
 
 
-def read_inputs(spec: SweepSpec, *, run_here: bool, log: Callable[[str], None]) -> SweepInputs:
+def read_inputs(spec: SweepSpec, *, run_here: bool, log: Log) -> SweepInputs:
     """Check the targets and decoders, discover the circuits and their strong_ids, read the
     --existing-data files and digest it all; one clear KilnError for any bad input.
     ``run_here``: the batches run on this machine, so the decoders must load here."""

@@ -16,10 +16,9 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Callable
 from typing import Any
 
-from qec_kiln._errors import KilnError, ObjectNotFound
+from qec_kiln._errors import KilnError, Log, ObjectNotFound
 from qec_kiln._storage import Bucket
 from qec_kiln._sweep.batches import Batch, Plan
 from qec_kiln._version import __version__
@@ -257,7 +256,7 @@ def _sweeps_and_orphans(bucket: Bucket) -> tuple[list[str], dict[str, list[str]]
 
 
 def resolve_sweep(bucket: Bucket, sweep: str | None,
-                  warn: Callable[[str], None] | None = None) -> list[str]:
+                  warn: Log | None = None) -> list[str]:
     """The sweeps a command acts on: the one named, or every sweep in the bucket. A folder
     with fragments but no manifest is never one of them: ``warn`` is told of it (and an
     error names it when there is no sweep at all)."""

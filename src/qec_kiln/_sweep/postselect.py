@@ -29,7 +29,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from qec_kiln._errors import KilnError
+from qec_kiln._errors import KilnError, Log
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +120,7 @@ class Postselection:
 
 
 def postselection_masks(post: Postselection, circuits: Sequence[Any],
-                        log: Callable[[str], None] | None = None) -> dict[str, tuple[Any, Any]]:
+                        log: Log | None = None) -> dict[str, tuple[Any, Any]]:
     """Each circuit's (detector, observable) masks by its key ({} without postselection), the
     circuits being ``CircuitFile`` s (key, circuit, metadata, path). A predicate that selects
     nothing on any circuit is worth a ``warning:`` line to ``log``: it was probably mistyped."""

@@ -23,6 +23,7 @@ import pathlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from qec_kiln._argtypes import DEFAULT_BUCKET
 from qec_kiln._argtypes import sinter_options as check_sinter_options
 from qec_kiln._errors import KilnError
 from qec_kiln._sweep.postselect import Postselection
@@ -115,7 +116,7 @@ class SweepSpec:
     targets: Targets = Targets()
     partition: Partition = Partition()
     pricing: Pricing = Pricing()
-    bucket: str = "kiln-results"  # s3://B[/P], gs://B[/P] or a directory
+    bucket: str = DEFAULT_BUCKET  # s3://B[/P], gs://B[/P] or a directory
     name: str | None = None  # default: the folder's name and a digest of the inputs
     backend: str = "local"
     backend_options: BackendOptions | Mapping[str, Any] | None = None  # the backend's default

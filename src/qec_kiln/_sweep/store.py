@@ -6,9 +6,7 @@ inputs>``; a folder with a run's objects but no manifest is refused.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from qec_kiln._errors import KilnError, ObjectNotFound, PreconditionFailed
+from qec_kiln._errors import KilnError, Log, ObjectNotFound, PreconditionFailed
 from qec_kiln._storage import Bucket
 from qec_kiln._sweep.discover import CircuitFile
 from qec_kiln._sweep.manifest import (
@@ -22,7 +20,7 @@ from qec_kiln._sweep.manifest import (
 from qec_kiln._sweep.spec import Partition, SweepSpec, default_sweep_name
 
 
-def find_sweep(bucket: Bucket, spec: SweepSpec, digest: str, log: Callable[[str], None]
+def find_sweep(bucket: Bucket, spec: SweepSpec, digest: str, log: Log
                ) -> tuple[str, Manifest | None]:
     """The sweep's name, and its manifest if the bucket holds it with these inputs (saying
     which of ``spec``'s partition flags its stored plan ignores)."""
@@ -61,7 +59,7 @@ def ignored_flags(part: Partition, existing: Manifest) -> list[str]:
 
 
 def _named(bucket: Bucket, given: str | None, circuits: str | list[str], digest: str,
-           log: Callable[[str], None]) -> tuple[str, Manifest | None]:
+           log: Log) -> tuple[str, Manifest | None]:
     name = check_sweep_name(given) if given else default_sweep_name(circuits, digest)
     existing = _load_if_there(bucket, name)
     if existing is not None and existing.inputs_digest != digest and given:
@@ -95,7 +93,7 @@ def _check_no_orphans(bucket: Bucket, sweep: str, keys: list[str]) -> None:
 
 
 def upload_sweep(bucket: Bucket, manifest: Manifest, circuits: list[CircuitFile],
-                 log: Callable[[str], None]) -> Manifest:
+                 log: Log) -> Manifest:
     """Circuits first, the manifest last: a manifest in the bucket means the sweep is complete there.
 
     Each object is only created, never replaced (the same bytes already there count as written),

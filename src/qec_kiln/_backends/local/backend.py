@@ -34,33 +34,11 @@ from qec_kiln._backends.base import (
     quote_argv,
 )
 from qec_kiln._backends.local.options import LocalOptions
-from qec_kiln._backends.local.queue import SlotQueue, StopSignals, removed_at_exit
+from qec_kiln._backends.local.slots import SlotQueue, StopSignals, removed_at_exit
 from qec_kiln._backends.local.state import StateFolder, is_run_batch
 from qec_kiln._node.processes import start_ticks
-from qec_kiln._node.workers import Worker, format_cpus, gpu_ids, machine_cpus, worker_environments
+from qec_kiln._node.workers import Worker, format_cpus, slot_processes, slot_workers
 from qec_kiln._planning.capacity import Capacity
-
-
-def split_cores(num_batches: int, workers: int | None, processes: int | None,
-                gpus: str | None = None) -> tuple[int, int]:
-    """(batches at once, sinter processes each): K slots (default one, or one per GPU), each with
-    its share of this process's CPUs.
-
-    >>> split_cores(10, None, None)[0]
-    1
-    >>> split_cores(3, 2, 4)
-    (2, 4)
-    """
-    workers_ = slot_workers(num_batches, workers, gpus)
-    return len(workers_), processes or len(workers_[0].cpus)
-
-
-def slot_workers(num_batches: int, workers: int | None, gpus: str | None = None) -> list[Worker]:
-    """The local slots: K workers (at most one per batch), each with disjoint CPUs and GPUs."""
-    gpu_list = gpu_ids(gpus)
-    k = workers or max(1, len(gpu_list))
-    k = max(1, min(k, num_batches))
-    return worker_environments(machine_cpus(), gpu_list, k)
 
 
 class LocalBackend(Backend):
@@ -92,16 +70,14 @@ class LocalBackend(Backend):
         """K slots (default one with every core, or one per GPU), the cores split among them
         (among fewer when there are fewer batches than slots)."""
         opts = self.options(options)
-        k = opts.workers or max(1, len(gpu_ids(opts.gpus)))
-        procs = tuple(split_cores(s, opts.workers, opts.processes, opts.gpus)[1]
-                      for s in range(1, k + 1))
+        k, procs = slot_processes(opts.workers, opts.processes, opts.gpus)
         return Capacity(processes=procs[-1], startup_seconds=self.startup_seconds, slots=k,
                         workers=k, min_processes=opts.processes or procs[-1],
                         decoders_run_here=True, fewer_slots_processes=procs)
 
     def _argv(self, request: LaunchRequest, batches: list[str], worker: Worker) -> list[str]:
         argv = request.run_batch_argv(batch_id=batches[0])
-        if len(batches) > 1:  # one worker's whole queue (see queue.SlotQueue together)
+        if len(batches) > 1:  # one worker's whole queue (see slots.SlotQueue together)
             at = argv.index("--batch")
             argv[at:at + 2] = ["--batches", ",".join(batches), "--all"]
         argv = [sys.executable, "-m", "qec_kiln"] + argv[1:]
@@ -126,12 +102,11 @@ class LocalBackend(Backend):
                          f"{opts.processes or len(w.cpus)}{env}")
         if len(workers) == 1:  # one run-batch for the worker's whole queue
             lines.append("command:")
-            lines.append("  " + quote_argv(self._argv(request, list(request.batch_ids),
-                                                      workers[0])))
-            return "\n".join(lines)
-        lines.append("commands (CPUs as for the first batch of each worker):")
-        lines += ["  " + quote_argv(self._argv(request, [b], workers[i % len(workers)]))
-                  for i, b in enumerate(request.batch_ids)]
+            runs = [(list(request.batch_ids), workers[0])]
+        else:
+            lines.append("commands (CPUs as for the first batch of each worker):")
+            runs = [([b], workers[i % len(workers)]) for i, b in enumerate(request.batch_ids)]
+        lines += ["  " + quote_argv(self._argv(request, batches, w)) for batches, w in runs]
         return "\n".join(lines)
 
     def state_running(self, folder: pathlib.Path) -> bool:

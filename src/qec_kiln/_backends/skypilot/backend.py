@@ -42,6 +42,7 @@ from typing import Any
 
 import yaml
 
+from qec_kiln._argtypes import SYNC_SECONDS
 from qec_kiln._atomic import atomic_write
 from qec_kiln._backends.base import (
     BackendOptions,
@@ -64,7 +65,7 @@ from qec_kiln._backends.skypilot import pool as pools
 from qec_kiln._backends.skypilot import startup
 from qec_kiln._backends.skypilot.node import apply_node_install, node_identity
 from qec_kiln._backends.skypilot.options import SkyPilotOptions
-from qec_kiln._backends.skypilot.queue import (
+from qec_kiln._backends.skypilot.parse import (
     QUEUE_FIELDS,
     controller_warnings,
     map_queue_to_batches,
@@ -452,8 +453,8 @@ class SkyPilotBackend(RemoteBackend):
     def ask_to_stop(self, bucket_url: str, sweep: str, job_ids: list[str]) -> list[str]:
         """Ask running jobs to stop through the bucket and wait (one sync period and 30 s at
         most) until they have uploaded every complete line; the ids that did."""
-        syncs = [float(x.get("sync_seconds") or 30) for x in
-                 read_launch_records(state_dir(sweep) / "launches.json")] or [30.0]
+        syncs = [float(x.get("sync_seconds") or SYNC_SECONDS) for x in
+                 read_launch_records(state_dir(sweep) / "launches.json")] or [SYNC_SECONDS]
         return request_stop(open_bucket(bucket_url), sweep, job_ids, timeout=max(syncs) + 30)
 
     # ------------------------------------------------------------------ plumbing

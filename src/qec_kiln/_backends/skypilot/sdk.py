@@ -16,7 +16,7 @@ from typing import Any
 from qec_kiln._backends.base import kiln_home
 from qec_kiln._backends.jobs import is_active
 from qec_kiln._backends.remote import run_command, short_digest
-from qec_kiln._backends.skypilot.queue import sky_state
+from qec_kiln._backends.skypilot.parse import sky_state
 from qec_kiln._errors import KilnError
 
 # SkyPilot's job (and cluster) name rule: sky/skylet/constants.py CLUSTER_NAME_VALID_REGEX.

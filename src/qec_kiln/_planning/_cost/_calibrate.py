@@ -19,12 +19,13 @@ import dataclasses
 import sys
 import time
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import sinter
 import stim
 
+from qec_kiln._errors import Log
 from qec_kiln._planning._cost._cache import Calibration, CalibrationCache
 from qec_kiln._planning._cost._model import (
     MIN_SECONDS_PER_SHOT,
@@ -185,7 +186,7 @@ def calibrate(
     min_shots: int = 1000,
     cache: CalibrationCache | None = None,
     custom_decoders: Mapping[str, Any] | None = None,
-    log: Callable[[str], None] | None = None,
+    log: Log | None = None,
 ) -> dict[str, Calibration]:
     """Pilot-run each task with ``sinter.iter_collect`` (one worker) and measure its cost.
 
@@ -232,7 +233,7 @@ def calibrate_by_strong_id(
     min_shots: int = 1000,
     cache: CalibrationCache | None = None,
     custom_decoders: Mapping[str, Any] | None = None,
-    log: Callable[[str], None] | None = None,
+    log: Log | None = None,
 ) -> dict[str, Calibration]:
     """:func:`calibrate` for tasks whose strong_ids the caller already has (key = strong_id).
 
@@ -261,7 +262,7 @@ def _calibrate(
     min_shots: int,
     cache: CalibrationCache | None,
     custom_decoders: Mapping[str, Any] | None,
-    log: Callable[[str], None] | None,
+    log: Log | None,
 ) -> dict[str, Calibration]:
     deadline = start + seconds_budget
     pilots: dict[str, _Pilot] = {}

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from qec_kiln._errors import Log
 from qec_kiln._planning._cost._cache import Calibration, CalibrationCache
 from qec_kiln._planning._cost._calibrate import calibrate_by_strong_id
 from qec_kiln._planning._cost._model import CircuitFeatures, TaskCost
@@ -38,7 +39,7 @@ PILOT_SECONDS_MAX = 20.0
 def _pilot_unmeasured(decoders: Sequence[str], tasks_of: Callable[[Sequence[str]], dict[str, Any]],
                       pilot_here: Callable[[str], bool], budget: float,
                       custom_decoders: Mapping[str, Any] | None,
-                      log: Callable[[str], None]) -> dict[str, Calibration]:
+                      log: Log) -> dict[str, Calibration]:
     """Time the tasks of decoders the model does not know with a short pilot (cached by
     strong_id), or say plainly that their predicted times are a guess."""
     unmeasured = [d for d in decoders if d not in MEASURED_DECODERS]
@@ -75,7 +76,7 @@ def estimate_costs(
     calibrate: bool = False,
     calibrate_seconds: float = 60.0,
     custom_decoders: Mapping[str, Any] | None = None,
-    log: Callable[[str], None] | None = None,
+    log: Log | None = None,
     masks: Mapping[str, tuple[Any, Any]] | None = None,
     pilot_here: Callable[[str], bool] = lambda decoder: False,
 ) -> tuple[list[TaskCost], dict[str, dict[str, Any]]]:

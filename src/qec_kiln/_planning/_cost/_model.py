@@ -50,8 +50,8 @@ __all__ = [
     "shots_needed",
 ]
 
-#: ``shortest_graphlike_error`` is only run on DEMs with at most this many error mechanisms
-#: (it took 5 ms at 48k mechanisms (d=13) and 12 ms at 111k (d=17) on the reference machine).
+#: ``shortest_graphlike_error`` is only run on DEMs with at most this many error mechanisms:
+#: its time grows with them, and up to this many it stays small beside the rest of a plan.
 GRAPHLIKE_DISTANCE_MAX_DEM_ERRORS = 2_000_000
 
 #: Smallest seconds-per-shot any prediction returns (guards empty or noiseless circuits).

@@ -36,12 +36,10 @@ import dataclasses
 import datetime
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
-from qec_kiln._errors import KilnError, ObjectNotFound, PreconditionFailed, StorageError
-from qec_kiln._node.lease import Lease, LeaseHeld, acquire, is_held, lease_key, release, renew
+from qec_kiln._errors import KilnError, Log, ObjectNotFound, PreconditionFailed, StorageError
 from qec_kiln._planning._cost import Calibration, TaskCost
-from qec_kiln._report.status import batch_progress
 from qec_kiln._storage import Bucket
 from qec_kiln._sweep.batches import Batch, Plan, Shard
 from qec_kiln._sweep.existing import (
@@ -53,6 +51,7 @@ from qec_kiln._sweep.existing import (
 )
 from qec_kiln._sweep.fragments import HEADER_LINE, parse_fragment, read_fragments
 from qec_kiln._sweep.inputs import SweepInputs
+from qec_kiln._sweep.lease import Lease, LeaseHeld, acquire, is_held, lease_key, release, renew
 from qec_kiln._sweep.manifest import (
     CircuitEntry,
     Manifest,
@@ -61,9 +60,8 @@ from qec_kiln._sweep.manifest import (
     load_manifest,
     manifest_key,
 )
+from qec_kiln._sweep.progress import batch_progress
 from qec_kiln._sweep.spec import Targets
-
-Log = Callable[[str], None]
 
 
 @dataclasses.dataclass

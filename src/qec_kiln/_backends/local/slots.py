@@ -25,6 +25,7 @@ from typing import Any
 from qec_kiln._atomic import atomic_write
 from qec_kiln._backends.base import Submission
 from qec_kiln._backends.local.state import StateFolder
+from qec_kiln._errors import Log
 from qec_kiln._node.processes import Forked, fork_call, fork_is_safe, start_ticks
 from qec_kiln._node.runner import BATCH_EXIT
 from qec_kiln._node.workers import Worker
@@ -38,7 +39,7 @@ class SlotQueue:
     started at once (one, or with ``together`` every waiting one)."""
 
     def __init__(self, state: StateFolder, batches: list[str], slots: list[Worker],
-                 argv_for: Callable[[list[str], Worker], list[str]], say: Callable[[str], None],
+                 argv_for: Callable[[list[str], Worker], list[str]], say: Log,
                  together: bool = False):
         self.state, self.argv_for, self.say = state, argv_for, say
         self.together = together
