@@ -390,14 +390,15 @@ class S3AuthServer:
     secret_access_key: str
     denied_access_key_id: str  # a user allowed nothing
     denied_secret_access_key: str
-    readonly_access_key_id: str = ""  # a user with AWS's read-only S3 policy (READ_ONLY_S3_ACTIONS)
+    readonly_access_key_id: str = ""  # a user allowed every read and no write (READ_ONLY_S3_ACTIONS)
     readonly_secret_access_key: str = ""
 
 
-# The actions of AWS's managed policy AmazonS3ReadOnlyAccess. Not a list of single actions: which
-# action name a request needs differs between IAM checkers (moto 5.2.6 asks for s3:ListObjectsV2
-# where AWS and moto 5.2.5 ask for s3:ListBucket), and the wildcards mean "reads" to all of them.
-READ_ONLY_S3_ACTIONS = ["s3:Get*", "s3:List*"]
+# Every read, however the IAM checker names it: AWS names the permission a request needs
+# (s3:GetObject for HeadObject, s3:ListBucket for ListObjectsV2, as its managed read-only policy
+# grants with s3:Get* and s3:List*), while moto 5.2.6 names the API operation (s3:HeadObject,
+# s3:HeadBucket, s3:ListObjectsV2) and moto 5.2.5 did as AWS. No write matches either way.
+READ_ONLY_S3_ACTIONS = ["s3:Get*", "s3:List*", "s3:Head*"]
 
 
 def unique_bucket_name() -> str:

@@ -178,9 +178,9 @@ def test_two_launches_of_one_sweep_at_once_count_every_shot_once(tmp_path: Path)
 
 @pytest.mark.slow  # the S3 server with IAM starts for it: seconds
 def test_the_read_only_keys_list_and_read_but_cannot_write(s3_auth) -> None:
-    """What the read-only tests rely on, whatever moto release the lock holds: with AWS's
-    read-only S3 policy a client lists (ListObjectsV2 and ListObjects) and reads, and every write
-    is denied (AccessDenied)."""
+    """What the read-only tests rely on, whatever moto release the lock holds: with the
+    read-only policy a client lists (ListObjectsV2 and ListObjects), heads and reads, and every
+    write is denied (AccessDenied)."""
     import botocore.exceptions
 
     key = f"ro-probe-{os.getpid()}-{time.time_ns()}.txt"
@@ -190,6 +190,8 @@ def test_the_read_only_keys_list_and_read_but_cannot_write(s3_auth) -> None:
     assert key in [o["Key"] for o in ro.list_objects_v2(Bucket=s3_auth.bucket)["Contents"]]
     assert key in [o["Key"] for o in ro.list_objects(Bucket=s3_auth.bucket)["Contents"]]
     assert ro.get_object(Bucket=s3_auth.bucket, Key=key)["Body"].read() == b"x"
+    assert ro.head_object(Bucket=s3_auth.bucket, Key=key)["ContentLength"] == 1
+    ro.head_bucket(Bucket=s3_auth.bucket)
     for write in (lambda: ro.put_object(Bucket=s3_auth.bucket, Key=key, Body=b"y"),
                   lambda: ro.delete_object(Bucket=s3_auth.bucket, Key=key)):
         with pytest.raises(botocore.exceptions.ClientError) as denied:
