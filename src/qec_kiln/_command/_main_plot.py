@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from qec_kiln._argtypes import DEFAULT_BUCKET
 from qec_kiln._command._base import Parser, parse_args, run
 from qec_kiln._errors import KilnError
 from qec_kiln._view.plot import PlotSpec, check_spec, format_of, render
@@ -55,9 +56,9 @@ def positive(text: str) -> float:
 
 def add_view_arguments(p: argparse.ArgumentParser, *, plot: bool = True) -> None:
     """``--bucket``, ``--sweep`` and (unless not ``plot``) the plot's flags, as ``sinter plot``'s."""
-    p.add_argument("--bucket", default="kiln-results",
+    p.add_argument("--bucket", default=DEFAULT_BUCKET,
                    help="s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or a directory "
-                   "(default ./kiln-results); only read")
+                   f"(default ./{DEFAULT_BUCKET}); only read")
     p.add_argument("--sweep", help="only this sweep (default: every sweep in the bucket)")
     if not plot:
         return

@@ -23,6 +23,7 @@ import hashlib
 import json
 from typing import Any
 
+from qec_kiln._sweep.progress import eta_seconds
 from qec_kiln._view.data import Snapshot, SweepView
 
 #: Batch rows per page of the table (the JSON of thousands of batches is paged, not sent whole).
@@ -73,9 +74,7 @@ class Rates:
         if fraction >= 1.0:
             return 0.0
         span = self._span(sweep)
-        if span is None or span[2] <= 0:
-            return None
-        return (1.0 - fraction) * span[0] / span[2]
+        return None if span is None else eta_seconds(span[0], fraction, gained=span[2])
 
 
 def task_columns(factor: float) -> list[dict]:
