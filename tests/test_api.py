@@ -13,7 +13,7 @@ import sys
 import warnings
 
 import pytest
-from conftest import REPO
+from kiln_helpers import REPO
 
 import qec_kiln
 from qec_kiln._backends import BACKENDS, backend_class, get_backend

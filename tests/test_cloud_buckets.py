@@ -10,8 +10,15 @@ import sys
 
 import pytest
 import sinter
-from conftest import ON_CLOUDS, REPO, write_surface_circuits
-from test_local_sweep import fragment_rows, make_sweep, shots_per_task, wait_for_uploaded_rows
+from kiln_helpers import (
+    ON_CLOUDS,
+    REPO,
+    fragment_rows,
+    make_sweep,
+    shots_per_task,
+    wait_for_uploaded_rows,
+    write_surface_circuits,
+)
 
 from qec_kiln._storage import open_bucket
 
@@ -49,7 +56,8 @@ def test_run_batch_killed_and_restarted_against_the_object_store(tmp_path, bucke
              "--bucket", bucket_env.url, "--name", "kill", "--jobs", "1", "--dry-run", check=True)
     assert "nothing was uploaded" in r.stdout
     assert open_bucket(bucket_env.url).list_keys("kill/") == []
-    bucket, _ = make_sweep(circuits, bucket_env.url, "kill", max_shots=max_shots, max_errors=1_000_000)
+    make_sweep(circuits, bucket_env.url, "kill", max_shots=max_shots, max_errors=1_000_000, jobs=1)
+    bucket = open_bucket(bucket_env.url)
 
     argv = [sys.executable, "-m", "qec_kiln", "run-batch", "--bucket", bucket_env.url, "--sweep", "kill",
             "--batch", "b000", "--processes", "1", "--sync-seconds", "0.5"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import pathlib
 import shutil
@@ -14,69 +12,20 @@ import time
 
 import pytest
 import sinter
-from conftest import REPO, run_kiln, wait_until, write_surface_circuits
-from test_reliability import tagged_env, wait_no_tagged_processes
+from kiln_helpers import (
+    REPO,
+    fragment_rows,
+    make_sweep,
+    run_kiln,
+    shots_per_task,
+    tagged_env,
+    wait_no_tagged_processes,
+    wait_until,
+    write_surface_circuits,
+)
 
-from qec_kiln._errors import ObjectNotFound
-from qec_kiln._prepare import Sweep, prepare_sweep
 from qec_kiln._storage import open_bucket
-from qec_kiln._sweep.fragments import complete_lines
 from qec_kiln._sweep.manifest import fragment_key, load_manifest
-from qec_kiln._sweep.store import upload_sweep
-
-
-def make_sweep(circuits, bucket_dir, name, *, max_shots, max_errors, jobs=1):
-    bucket = open_bucket(str(bucket_dir))
-    spec = Sweep.build(str(circuits), dict(decoders=["pymatching"], max_shots=max_shots,
-                     max_errors=max_errors, name=name, jobs=jobs))
-    prepared = prepare_sweep(spec, bucket, lambda s: None)
-    upload_sweep(bucket, prepared.manifest, prepared.circuits, lambda s: None)
-    return bucket, prepared.manifest
-
-
-def fragment_rows(fragment: pathlib.Path | bytes) -> list[sinter.TaskStats]:
-    """Every complete row of a fragment, one TaskStats per row (not combined)."""
-    data = fragment if isinstance(fragment, bytes) else fragment.read_bytes()
-    rows = complete_lines(data).decode().splitlines()[1:]
-    return [sinter.read_stats_from_csv_files(io.StringIO(f"{sinter.CSV_HEADER}\n{r}\n"))[0]
-            for r in rows]
-
-
-def shots_per_task(*fragments: pathlib.Path | bytes) -> dict[str, int]:
-    """Shots per strong_id over the complete rows of ``fragments`` (what merge would sum)."""
-    totals: dict[str, int] = {}
-    for fragment in fragments:
-        for row in fragment_rows(fragment):
-            totals[row.strong_id] = totals.get(row.strong_id, 0) + row.shots
-    return totals
-
-
-def assert_sweep_merges_exactly(url: str, sweep: str, batch_ids: list[str], *, tasks: int,
-                                shots_each: int, out: pathlib.Path) -> None:
-    """``tasks`` tasks of ``sweep``, each at exactly ``shots_each`` shots over its batches'
-    fragments, and ``qec-kiln merge`` of the bucket gives ``tasks * shots_each`` in all."""
-    from qec_kiln._command import _main as _cli
-
-    bucket = open_bucket(url)
-    totals = shots_per_task(*(bucket.read_bytes(f"{sweep}/fragments/{b}.csv") for b in batch_ids))
-    assert sorted(totals.values()) == [shots_each] * tasks
-    assert _cli.main(["merge", "--bucket", url, "--out", str(out)]) == 0
-    assert sum(s.shots for s in sinter.read_stats_from_csv_files(str(out))) == tasks * shots_each
-
-
-def wait_for_uploaded_rows(bucket, key: str, rows: int, timeout: float) -> bytes:
-    """Poll the bucket's ``key`` until it holds ``rows`` complete rows or ``timeout`` seconds
-    pass; returns what it last read (``b""`` while the object does not exist), so the caller
-    asserts on the rows itself (``wait_until(..., fail=False)``)."""
-    last = [b""]
-
-    def enough() -> bool:
-        with contextlib.suppress(ObjectNotFound):
-            last[0] = bucket.read_bytes(key)
-        return len(fragment_rows(last[0])) >= rows
-
-    wait_until(enough, timeout, f"{rows} rows in {key}", interval=0.2, fail=False)
-    return last[0]
 
 
 @pytest.mark.slow
@@ -128,8 +77,7 @@ def test_sweep_matches_plain_sinter_collect(tmp_path, small_circuits, kiln):
 def test_run_batch_sigkilled_and_restarted_loses_nothing_and_counts_nothing_twice(tmp_path):
     circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.001, 0.003))
     max_shots = 300_000
-    bucket, manifest = make_sweep(circuits, tmp_path / "bucket", "kill", max_shots=max_shots,
-                                  max_errors=10**6)
+    make_sweep(circuits, tmp_path / "bucket", "kill", max_shots=max_shots, max_errors=10**6, jobs=1)
     frag = tmp_path / "bucket" / fragment_key("kill", "b000")
     argv = [sys.executable, "-m", "qec_kiln", "run-batch", "--bucket", str(tmp_path / "bucket"),
             "--sweep", "kill", "--batch", "b000", "--processes", "1", "--sync-seconds", "0.3"]
@@ -265,8 +213,8 @@ def test_a_whole_queue_sigkilled_and_resumed_in_other_groupings_is_exact(tmp_pat
     holds only its own batch's rows, and every task ends at exactly its target."""
     circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.001, 0.003, 0.005))
     max_shots = 200_000
-    bucket, manifest = make_sweep(circuits, tmp_path / "bucket", "q", max_shots=max_shots,
-                                  max_errors=10**6, jobs=3)
+    manifest = make_sweep(circuits, tmp_path / "bucket", "q", max_shots=max_shots,
+                          max_errors=10**6, jobs=3)
     ids = [b.id for b in manifest.batches]
     assert len(ids) == 3 and all(len(b.shards) == 1 for b in manifest.batches)
     frags = {b: tmp_path / "bucket" / fragment_key("q", b) for b in ids}

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ON_CLOUDS
+from kiln_helpers import ON_CLOUDS
 
 from qec_kiln._errors import KilnError, ObjectNotFound, StorageError
 from qec_kiln._storage import (
