@@ -52,7 +52,7 @@ def test_no_module_outside_the_backends_compares_a_backend_name():
     assert found == []
 
 
-def _imports(path: pathlib.Path) -> set[str]:
+def _imported_modules(path: pathlib.Path) -> set[str]:
     """Every qec_kiln module that ``path`` imports, at module level or inside functions."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -71,17 +71,17 @@ def test_no_module_outside_the_backends_imports_a_backend_module():
                if f.is_dir() and (f / "__init__.py").exists()}
     assert modules == {f"qec_kiln._backends.{name}" for name in BUILT_IN}
     found = {f"{p.relative_to(SRC)}: {m}" for p in _python_files_outside_backends()
-             for m in _imports(p) if any(m == x or m.startswith(x + ".") for x in modules)}
+             for m in _imported_modules(p) if any(m == x or m.startswith(x + ".") for x in modules)}
     assert found == set()
 
 
 def test_only_the_entry_point_imports_the_dispatcher_and_no_verb_imports_it():
-    importers = {p.name for p in SRC.rglob("*.py") if "qec_kiln._command._main" in _imports(p)}
+    importers = {p.name for p in SRC.rglob("*.py") if "qec_kiln._command._main" in _imported_modules(p)}
     assert importers <= {"__main__.py"}
     verbs = sorted((SRC / "_command").glob("_main_*.py"))
     assert len(verbs) == 12
     # one direction: dispatcher -> verbs
-    assert [p.name for p in verbs if "qec_kiln._command._main" in _imports(p)] == []
+    assert [p.name for p in verbs if "qec_kiln._command._main" in _imported_modules(p)] == []
 
 
 def test_run_batch_reaches_sinter_without_importing_sinter_a_backend_or_rich(tmp_path,
