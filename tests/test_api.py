@@ -1,5 +1,6 @@
-"""The Python API (qec_kiln.plan/launch/status/merge/cancel) and the layering behind it: the CLI
-parses and calls the API, backends answer their own questions, nothing else names a backend."""
+"""The Python API (qec_kiln.plan/launch/status/merge/cancel): the CLI parses and calls the API,
+backends answer their own questions, and importing the package or running a batch loads only what
+it needs. (Which module may import which: test_architecture.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import sys
 import warnings
 
 import pytest
-from kiln_helpers import REPO
 
 import qec_kiln
 from qec_kiln._backends import BACKENDS, backend_class, get_backend
@@ -19,7 +19,6 @@ from qec_kiln._planning._cost import TaskCost
 from qec_kiln._planning.plan import plan_sweep
 from qec_kiln._sweep.spec import Partition, Targets
 
-SRC = REPO / "src" / "qec_kiln"
 
 def test_run_batch_reaches_sinter_without_importing_sinter_a_backend_or_rich(tmp_path,
                                                                             small_circuits):

@@ -1,6 +1,10 @@
-"""The package's structure, checked from its imports: rooms by stage, each importing only
-downward, no import circle, no private name taken from another module, and one spelling per
-sweep setting (the API keyword, the SweepSpec field and the flag's dest are one name)."""
+"""The structure of the package and of its tests, checked from their imports.
+
+The package: rooms by stage, each importing only downward, no import circle, no private name
+taken from another module, one spelling per sweep setting (the API keyword, the SweepSpec field
+and the flag's dest are one name), no backend named or reached into outside ``_backends/``, and
+the dispatcher imported only by the entry point. The tests: a test module imports its helpers
+from kiln_helpers.py, never from another test module or from conftest.py."""
 
 from __future__ import annotations
 
@@ -199,3 +203,40 @@ def test_only_the_entry_point_imports_the_dispatcher_and_no_verb_imports_it():
     assert len(verbs) == 12
     # one direction: dispatcher -> verbs
     assert [p.name for p in verbs if "qec_kiln._command._main" in _imported_modules(p)] == []
+
+
+TESTS = pathlib.Path(__file__).resolve().parent
+
+#: Imports of test modules or conftest.py left in files that are being edited elsewhere; they go
+#: (and leave this list) when those files move to kiln_helpers.py.
+NOT_YET_MOVED = {
+    "fixtures_slurm.py: conftest",
+    "test_view.py: conftest",
+    "test_view.py: test_merge",
+    "test_view_browser.py: conftest",
+    "test_view_browser.py: test_merge",
+    "test_view_browser.py: test_view",
+}
+
+
+def _top_modules_imported(path: pathlib.Path) -> set[str]:
+    """The first part of every module ``path`` imports, at module level or inside functions."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+    return names
+
+
+def test_no_test_module_imports_another_test_module_or_conftest():
+    """Shared helpers live in kiln_helpers.py and fixtures in conftest.py and its plugin modules
+    (fixtures_*.py), which pytest loads itself: a test module that imports another test module
+    (or conftest.py) for a helper runs that module's import-time code and hides the helper where
+    nobody looks for it."""
+    files = sorted(TESTS.rglob("*.py"))
+    assert len(files) > 30
+    found = {f"{p.relative_to(TESTS)}: {m}" for p in files for m in _top_modules_imported(p)
+             if m == "conftest" or m.startswith("test_")}
+    assert found <= NOT_YET_MOVED, found - NOT_YET_MOVED
