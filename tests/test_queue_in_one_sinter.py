@@ -1,4 +1,6 @@
-"""run-batch --all (several batches, one sinter, one resume file): what a review found.
+"""One worker's queue in one sinter: run-batch --all (several batches, one sinter, one resume
+file) keeps each fragment its own batch's, parses the shared resume file once, reports each batch
+as it ended, and stands one batch down without stopping the others.
 
 Real sinter, small circuits."""
 
