@@ -1,25 +1,21 @@
-"""Shared fixtures and helpers. Server fixtures (moto S3, GCS emulator), the real Slurm cluster
+"""Shared fixtures and hooks. Server fixtures (moto S3, GCS emulator), the real Slurm cluster
 and the real SkyPilot on it live in their own plugin modules next to this file; ``bucket_env``
-here gives a test a fresh bucket on each kind of store, and ``wait_until`` is the one polling loop
-of the suite."""
+here gives a test a fresh bucket on each kind of store. The plain helpers (``run_kiln``,
+``wait_until``, ``make_sweep``, ...) are in kiln_helpers.py."""
 
 from __future__ import annotations
 
 import os
 import pathlib
-import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Callable
-from typing import TypeVar
 
 import pytest
 
-pytest_plugins = ["fixtures_servers", "fixtures_slurm", "fixtures_browser", "fixtures_sky"]
+# Re-exported for the modules that still import them from here (fixtures_slurm.py, fixtures_sky.py,
+# test_view.py, test_view_browser.py); new code imports them from kiln_helpers.
+from kiln_helpers import ON_CLOUDS, REPO, run_kiln, wait_until, write_surface_circuits  # noqa: F401
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "examples"))
+pytest_plugins = ["fixtures_servers", "fixtures_slurm", "fixtures_browser", "fixtures_sky"]
 
 # The tests start `python -m qec_kiln` hundreds of times: let those children keep compiled
 # bytecode (a machine with PYTHONDONTWRITEBYTECODE=1 recompiled every module each time, about
@@ -27,9 +23,6 @@ sys.path.insert(0, str(REPO / "examples"))
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 os.environ.setdefault("PYTHONPYCACHEPREFIX", os.path.join(
     tempfile.gettempdir(), f"qec-kiln-test-pycache-{os.getuid()}"))
-
-T = TypeVar("T")
-
 
 #: Parametrized cases that take seconds (the other cases of their test are fast). Whole slow tests
 #: carry ``@pytest.mark.slow`` themselves (test_bad_inputs.py's cases say ``slow=True``); every
@@ -59,58 +52,16 @@ def kiln_isolated(tmp_path_factory, monkeypatch):
     return home
 
 
-def write_surface_circuits(folder: pathlib.Path, distances=(3, 5), noises=(0.001, 0.01)) -> pathlib.Path:
-    """The demo's circuits, small: ``d={d},p={p},b=X,type=rotated_surface_memory.stim``."""
-    from generate_surface_codes import main as generate
-
-    generate(["--out", str(folder), "-d", *map(str, distances), "-p", *map(str, noises)])
-    return folder
-
-
 @pytest.fixture
 def small_circuits(tmp_path) -> pathlib.Path:
     """Four small rotated-surface-code circuits (d=3,5 x p=0.001,0.01)."""
     return write_surface_circuits(tmp_path / "circuits")
 
 
-def run_kiln(*args: str, cwd=None, env=None, timeout=300, check=False) -> subprocess.CompletedProcess:
-    """Run ``python -m qec_kiln ARGS`` as a real subprocess (real exit code and stderr)."""
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-m", "qec_kiln", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"qec-kiln {' '.join(args)} exited {proc.returncode}:\n"
-                             f"{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
 @pytest.fixture
 def kiln():
     """``kiln("launch", ...)`` runs the CLI as a subprocess; see run_kiln."""
     return run_kiln
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, what: str | Callable[[], str], *,
-               interval: float = 0.1, fail: bool = True) -> T:
-    """Call ``predicate()`` every ``interval`` seconds until it returns something truthy, and
-    return that. After ``timeout`` seconds fail (AssertionError) naming ``what`` (a string, or a
-    function called then, for a log read at that moment) and how long it waited; with
-    ``fail=False`` return the last falsy value instead, for a caller that asserts on its own.
-    An exception (an ``assert`` that the process under test is still alive) ends the wait."""
-    start = time.monotonic()
-    while True:
-        value = predicate()
-        if value:
-            return value
-        waited = time.monotonic() - start
-        if waited >= timeout:
-            if not fail:
-                return value
-            text = what() if callable(what) else what
-            raise AssertionError(f"timed out after {waited:.1f} s (limit {timeout:g} s) waiting "
-                                 f"for {text}")
-        time.sleep(interval)
 
 
 @pytest.fixture
@@ -133,10 +84,6 @@ def bucket_env(request: pytest.FixtureRequest, tmp_path, gcs_bucket_fixture):
         return LocalEnv(url=str(tmp_path / "bucket" / "kiln"))
     name = "s3_env" if request.param == "s3" else gcs_bucket_fixture
     return request.getfixturevalue(name)
-
-
-#: ``bucket_env`` on the object stores only: S3 (moto) and GCS, not a local folder.
-ON_CLOUDS = pytest.mark.parametrize("bucket_env", ["s3", "gcs"], indirect=True)
 
 
 @pytest.fixture

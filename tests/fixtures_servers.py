@@ -43,7 +43,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from kiln_helpers import wait_until
 
 READY_TIMEOUT = 20.0
 

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import wait_until
+from kiln_helpers import wait_until
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 #: Variables that differ from node to node without changing what setup installs.

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from kiln_helpers import REPO
 
 from qec_kiln._backends import BACKENDS, BackendOptions, add_arguments, option, pool_backend
 from qec_kiln._backends.options import add_own_flags, common_flags, own_flags

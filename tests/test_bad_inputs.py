@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import pytest
 import sinter
-from conftest import REPO, run_kiln, write_surface_circuits
+from kiln_helpers import REPO, run_kiln, write_surface_circuits
 
 from qec_kiln._sweep.fragments import parse_fragment
 

@@ -1,17 +1,20 @@
 """The local backend with its bucket on real object-store APIs: moto's S3 server and the GCS
-emulator, both on 127.0.0.1 (fixtures in fixtures_servers.py). No mocks, no credentials."""
+emulator, both on 127.0.0.1 (fixtures in fixtures_servers.py). No mocks, no credentials. A run-batch
+killed and restarted on every kind of store: test_local_sweep.py."""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 
 import pytest
 import sinter
-from conftest import ON_CLOUDS, REPO, write_surface_circuits
-from test_local_sweep import fragment_rows, make_sweep, shots_per_task, wait_for_uploaded_rows
+from kiln_helpers import (
+    ON_CLOUDS,
+    REPO,
+    fragment_rows,
+)
 
 from qec_kiln._storage import open_bucket
 
@@ -37,34 +40,6 @@ def test_full_sweep_merges_from_the_object_store(tmp_path, small_circuits, bucke
     assert sum(s.errors for s in stats) == sum(r.errors for r in rows)
     r = kiln("status", "--bucket", bucket_env.url, "--sweep", "cloud", check=True)
     assert "100% done" in r.stdout
-
-
-@ON_CLOUDS
-@pytest.mark.slow
-def test_run_batch_killed_and_restarted_against_the_object_store(tmp_path, bucket_env, kiln):
-    circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.001, 0.003))
-    max_shots = 200_000
-    # Plan and upload only (the launch itself is done by hand below, as a node would).
-    r = kiln("launch", str(circuits), "--max-shots", str(max_shots), "--max-errors", "1000000",
-             "--bucket", bucket_env.url, "--name", "kill", "--jobs", "1", "--dry-run", check=True)
-    assert "nothing was uploaded" in r.stdout
-    assert open_bucket(bucket_env.url).list_keys("kill/") == []
-    bucket, _ = make_sweep(circuits, bucket_env.url, "kill", max_shots=max_shots, max_errors=1_000_000)
-
-    argv = [sys.executable, "-m", "qec_kiln", "run-batch", "--bucket", bucket_env.url, "--sweep", "kill",
-            "--batch", "b000", "--processes", "1", "--sync-seconds", "0.5"]
-    proc = subprocess.Popen(argv, start_new_session=True, stderr=subprocess.DEVNULL)
-    snapshot = wait_for_uploaded_rows(bucket, "kill/fragments/b000.csv", 2, timeout=90)
-    assert len(fragment_rows(snapshot)) >= 2, "no upload before the kill"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    at_kill = bucket.read_bytes("kill/fragments/b000.csv")
-
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, r.stderr
-    final = bucket.read_bytes("kill/fragments/b000.csv")
-    assert final.startswith(at_kill)
-    assert sorted(shots_per_task(final).values()) == [max_shots, max_shots]
 
 
 @pytest.mark.slow

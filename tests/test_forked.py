@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import write_surface_circuits
+from kiln_helpers import write_surface_circuits
 
 from qec_kiln._node.processes import Forked, fork_call
 

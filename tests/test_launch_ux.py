@@ -14,7 +14,7 @@ import time
 
 import pytest
 import sinter
-from conftest import wait_until, write_surface_circuits
+from kiln_helpers import wait_until, write_surface_circuits
 
 from qec_kiln._backends.local.state import StateFolder
 from qec_kiln._command._main import parse_args

@@ -9,8 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ON_CLOUDS
-from test_merge import finish, make_sweep, row, sinter_combine, write_fragment
+from kiln_helpers import ON_CLOUDS, finish, make_sweep, row, sinter_combine, write_fragment
 
 from qec_kiln._errors import ObjectNotFound, StorageError
 from qec_kiln._report import merge as merge_mod

@@ -1,9 +1,8 @@
-"""The whole pipeline on the embedded default: local backend, local-directory bucket, real sinter."""
+"""The whole pipeline on the embedded default: local backend, local-directory bucket, real sinter
+(a run-batch killed and restarted: on S3 and GCS too)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import pathlib
 import shutil
@@ -14,69 +13,21 @@ import time
 
 import pytest
 import sinter
-from conftest import REPO, run_kiln, wait_until, write_surface_circuits
-from test_reliability import tagged_env, wait_no_tagged_processes
+from kiln_helpers import (
+    REPO,
+    fragment_rows,
+    make_sweep,
+    run_kiln,
+    shots_per_task,
+    tagged_env,
+    wait_for_uploaded_rows,
+    wait_no_tagged_processes,
+    wait_until,
+    write_surface_circuits,
+)
 
-from qec_kiln._errors import ObjectNotFound
-from qec_kiln._prepare import Sweep, prepare_sweep
 from qec_kiln._storage import open_bucket
-from qec_kiln._sweep.fragments import complete_lines
 from qec_kiln._sweep.manifest import fragment_key, load_manifest
-from qec_kiln._sweep.store import upload_sweep
-
-
-def make_sweep(circuits, bucket_dir, name, *, max_shots, max_errors, jobs=1):
-    bucket = open_bucket(str(bucket_dir))
-    spec = Sweep.build(str(circuits), dict(decoders=["pymatching"], max_shots=max_shots,
-                     max_errors=max_errors, name=name, jobs=jobs))
-    prepared = prepare_sweep(spec, bucket, lambda s: None)
-    upload_sweep(bucket, prepared.manifest, prepared.circuits, lambda s: None)
-    return bucket, prepared.manifest
-
-
-def fragment_rows(fragment: pathlib.Path | bytes) -> list[sinter.TaskStats]:
-    """Every complete row of a fragment, one TaskStats per row (not combined)."""
-    data = fragment if isinstance(fragment, bytes) else fragment.read_bytes()
-    rows = complete_lines(data).decode().splitlines()[1:]
-    return [sinter.read_stats_from_csv_files(io.StringIO(f"{sinter.CSV_HEADER}\n{r}\n"))[0]
-            for r in rows]
-
-
-def shots_per_task(*fragments: pathlib.Path | bytes) -> dict[str, int]:
-    """Shots per strong_id over the complete rows of ``fragments`` (what merge would sum)."""
-    totals: dict[str, int] = {}
-    for fragment in fragments:
-        for row in fragment_rows(fragment):
-            totals[row.strong_id] = totals.get(row.strong_id, 0) + row.shots
-    return totals
-
-
-def assert_sweep_merges_exactly(url: str, sweep: str, batch_ids: list[str], *, tasks: int,
-                                shots_each: int, out: pathlib.Path) -> None:
-    """``tasks`` tasks of ``sweep``, each at exactly ``shots_each`` shots over its batches'
-    fragments, and ``qec-kiln merge`` of the bucket gives ``tasks * shots_each`` in all."""
-    from qec_kiln._command import _main as _cli
-
-    bucket = open_bucket(url)
-    totals = shots_per_task(*(bucket.read_bytes(f"{sweep}/fragments/{b}.csv") for b in batch_ids))
-    assert sorted(totals.values()) == [shots_each] * tasks
-    assert _cli.main(["merge", "--bucket", url, "--out", str(out)]) == 0
-    assert sum(s.shots for s in sinter.read_stats_from_csv_files(str(out))) == tasks * shots_each
-
-
-def wait_for_uploaded_rows(bucket, key: str, rows: int, timeout: float) -> bytes:
-    """Poll the bucket's ``key`` until it holds ``rows`` complete rows or ``timeout`` seconds
-    pass; returns what it last read (``b""`` while the object does not exist), so the caller
-    asserts on the rows itself (``wait_until(..., fail=False)``)."""
-    last = [b""]
-
-    def enough() -> bool:
-        with contextlib.suppress(ObjectNotFound):
-            last[0] = bucket.read_bytes(key)
-        return len(fragment_rows(last[0])) >= rows
-
-    wait_until(enough, timeout, f"{rows} rows in {key}", interval=0.2, fail=False)
-    return last[0]
 
 
 @pytest.mark.slow
@@ -125,35 +76,43 @@ def test_sweep_matches_plain_sinter_collect(tmp_path, small_circuits, kiln):
 
 
 @pytest.mark.slow
-def test_run_batch_sigkilled_and_restarted_loses_nothing_and_counts_nothing_twice(tmp_path):
+def test_run_batch_sigkilled_and_restarted_loses_nothing_and_counts_nothing_twice(tmp_path, bucket_env,
+                                                                                  kiln):
+    """A node's run-batch SIGKILLed mid-run and run again, with its bucket on each kind of store
+    (a local folder, moto's S3, the GCS emulator): the fragment only ever grew, every task ends at
+    exactly its target, and no process of either run is left."""
     circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.001, 0.003))
     max_shots = 300_000
-    bucket, manifest = make_sweep(circuits, tmp_path / "bucket", "kill", max_shots=max_shots,
-                                  max_errors=10**6)
-    frag = tmp_path / "bucket" / fragment_key("kill", "b000")
-    argv = [sys.executable, "-m", "qec_kiln", "run-batch", "--bucket", str(tmp_path / "bucket"),
+    # A dry run uploads nothing; the plan is then uploaded and run by hand below, as a node would.
+    r = kiln("launch", str(circuits), "--max-shots", str(max_shots), "--max-errors", "1000000",
+             "--bucket", bucket_env.url, "--name", "kill", "--jobs", "1", "--dry-run", check=True)
+    assert "nothing was uploaded" in r.stdout
+    bucket = open_bucket(bucket_env.url)
+    assert bucket.list_keys("kill/") == []
+    make_sweep(circuits, bucket_env.url, "kill", max_shots=max_shots, max_errors=10**6, jobs=1)
+    key = fragment_key("kill", "b000")
+    argv = [sys.executable, "-m", "qec_kiln", "run-batch", "--bucket", bucket_env.url,
             "--sweep", "kill", "--batch", "b000", "--processes", "1", "--sync-seconds", "0.3"]
     tag = f"kill-{os.getpid()}-{time.monotonic_ns()}"  # every process of this test carries it
     proc = subprocess.Popen(argv, start_new_session=True, stderr=subprocess.DEVNULL,
                             env=tagged_env(tag))
-    wait_until(lambda: frag.exists() and len(fragment_rows(frag)) >= 3, 60,
-               "3 rows in the fragment", fail=False)  # the assert below says what went wrong
-    before_kill = frag.read_bytes()
+    before_kill = wait_for_uploaded_rows(bucket, key, 3, timeout=90)
     assert len(fragment_rows(before_kill)) >= 3, "no progress before the kill"
     os.killpg(proc.pid, signal.SIGKILL)  # the node dies: run-batch and its whole session
     proc.wait()
-    killed_snapshot = frag.read_bytes()
+    killed_snapshot = bucket.read_bytes(key)
 
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=tagged_env(tag))
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=tagged_env(tag))
     assert r.returncode == 0, r.stderr
     assert "restored" in r.stderr
-    final = frag.read_bytes()
+    final = bucket.read_bytes(key)
     # Only ever extended: what the bucket held at the kill is a prefix of the final fragment.
     assert final.startswith(killed_snapshot) and final.startswith(before_kill)
     totals = shots_per_task(final)
     assert len(totals) == 2
     for sid, shots in totals.items():
         assert shots == max_shots, (sid, shots)  # reached, and not one shot counted twice
+    assert sorted(totals.values()) == [max_shots, max_shots]
     # No process of either run (the killed run-batch's sinter and its workers included) is left.
     assert wait_no_tagged_processes(tag) == []
 
@@ -265,8 +224,8 @@ def test_a_whole_queue_sigkilled_and_resumed_in_other_groupings_is_exact(tmp_pat
     holds only its own batch's rows, and every task ends at exactly its target."""
     circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.001, 0.003, 0.005))
     max_shots = 200_000
-    bucket, manifest = make_sweep(circuits, tmp_path / "bucket", "q", max_shots=max_shots,
-                                  max_errors=10**6, jobs=3)
+    manifest = make_sweep(circuits, tmp_path / "bucket", "q", max_shots=max_shots,
+                          max_errors=10**6, jobs=3)
     ids = [b.id for b in manifest.batches]
     assert len(ids) == 3 and all(len(b.shards) == 1 for b in manifest.batches)
     frags = {b: tmp_path / "bucket" / fragment_key("q", b) for b in ids}

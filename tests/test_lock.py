@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_surface_circuits
+from kiln_helpers import write_surface_circuits
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version

@@ -16,54 +16,21 @@ import time
 
 import pytest
 import sinter
-from conftest import REPO, run_kiln, write_surface_circuits
+from kiln_helpers import (
+    REPO,
+    finish,
+    make_sweep,
+    row,
+    run_kiln,
+    sinter_combine,
+    write_fragment,  # noqa: F401 - test_view.py imports it from here
+    write_surface_circuits,
+)
 
 from qec_kiln._backends import JobState
-from qec_kiln._prepare import Sweep, prepare_sweep
 from qec_kiln._report.merge import merge_sweeps
 from qec_kiln._report.status import sweep_progress
 from qec_kiln._storage import LocalBucket, S3Bucket, open_bucket, parse_url
-from qec_kiln._sweep.manifest import Manifest, fragment_key
-from qec_kiln._sweep.store import upload_sweep
-
-
-def make_sweep(circuits, bucket_url, name, *, max_shots=4000, max_errors=10**6, jobs=2) -> Manifest:
-    bucket = open_bucket(str(bucket_url))
-    spec = Sweep.build(str(circuits), dict(decoders=["pymatching"], max_shots=max_shots,
-                     max_errors=max_errors, name=name, jobs=jobs))
-    prepared = prepare_sweep(spec, bucket, lambda s: None)
-    upload_sweep(bucket, prepared.manifest, prepared.circuits, lambda s: None)
-    return prepared.manifest
-
-
-def row(manifest: Manifest, strong_id: str, shots: int, errors: int = 0) -> str:
-    """One sinter CSV line for a planned task of ``manifest`` (sinter's own formatting)."""
-    shard = next(s for b in manifest.batches for s in b.shards if s.strong_id == strong_id)
-    return sinter.TaskStats(strong_id=strong_id, decoder=shard.decoder, shots=shots, errors=errors,
-                            json_metadata=manifest.circuit(shard.circuit).metadata,
-                            seconds=shots * 1e-6).to_csv_line()
-
-
-def write_fragment(bucket_url, manifest: Manifest, batch: str, lines: list[str]) -> None:
-    text = sinter.CSV_HEADER + "\n" + "".join(line + "\n" for line in lines)
-    open_bucket(str(bucket_url)).write_bytes(fragment_key(manifest.sweep, batch), text.encode())
-
-
-def finish(bucket_url, manifest: Manifest, shots_of=None) -> None:
-    """Every batch's fragment with each planned shard at ``shots_of(shard)`` (default: its
-    max_shots), in two rows, as sinter writes them."""
-    for b in manifest.batches:
-        lines = []
-        for s in b.shards:
-            n = s.max_shots if shots_of is None else shots_of(s)
-            lines += [row(manifest, s.strong_id, n // 2, 1), row(manifest, s.strong_id, n - n // 2, 2)]
-        write_fragment(bucket_url, manifest, b.id, lines)
-
-
-def sinter_combine(*paths) -> bytes:
-    exe = pathlib.Path(sys.executable).with_name("sinter")
-    return subprocess.run([str(exe), "combine", *map(str, paths)], check=True,
-                          capture_output=True).stdout
 
 
 def shots_by_id(path) -> dict[str, int]:

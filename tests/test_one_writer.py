@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 import sinter
-from conftest import wait_until, write_surface_circuits
-from test_reliability import make_sweep, total_shots
+from kiln_helpers import make_sweep, total_shots, wait_until, write_surface_circuits
 
 from qec_kiln._errors import Exit, PreconditionFailed
 from qec_kiln._storage import open_bucket
@@ -106,8 +105,9 @@ def test_runner_never_overwrites_a_fragment_someone_else_wrote(tmp_path: Path) -
     """While a run-batch runs, another writer replaces its fragment: the runner's next upload (a
     compare-and-swap on the version it wrote) fails, it stops its sinter and exits 3."""
     circuits = write_surface_circuits(tmp_path / "circuits", distances=(5,), noises=(0.003,))
-    bucket, manifest = make_sweep(circuits, str(tmp_path / "bucket"), "cas",
-                                  max_shots=10**9, max_errors=10**9)
+    manifest = make_sweep(circuits, str(tmp_path / "bucket"), "cas",
+                          max_shots=10**9, max_errors=10**9, jobs=1, record_bucket=True)
+    bucket = open_bucket(str(tmp_path / "bucket"))
     batch = manifest.batches[0].id
     fkey = fragment_key("cas", batch)
     proc = subprocess.Popen(
@@ -204,7 +204,7 @@ def test_read_only_credentials_end_run_batch_at_once(s3_auth, monkeypatch, tmp_p
     """Credentials that can read the bucket but not write it: run-batch fails its first write (the
     lease) with one `error:` line and exit 2, which the task YAML never retries (only 75 is), and
     leaves nothing in the bucket."""
-    from conftest import run_kiln
+    from kiln_helpers import run_kiln
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_auth.endpoint)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
@@ -212,7 +212,8 @@ def test_read_only_credentials_end_run_batch_at_once(s3_auth, monkeypatch, tmp_p
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_auth.secret_access_key)
     url = f"s3://{s3_auth.bucket}/ro-{os.getpid()}-{time.time_ns()}"
     circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001,))
-    bucket, _ = make_sweep(circuits, url, "ro", max_shots=1_000, max_errors=10)
+    make_sweep(circuits, url, "ro", max_shots=1_000, max_errors=10, jobs=1, record_bucket=True)
+    bucket = open_bucket(url)
     before = sorted(bucket.list_keys("ro/"))
     started = time.monotonic()
     proc = run_kiln("run-batch", "--bucket", url, "--sweep", "ro", "--batch", "b000",
@@ -277,7 +278,7 @@ def test_a_launch_that_loses_the_race_to_create_a_sweep_runs_the_winners_plan(
 
 @pytest.mark.slow  # a real launch, then two more: ~3 s
 def test_a_sweep_whose_manifest_was_deleted_is_not_planned_again(tmp_path: Path) -> None:
-    from conftest import run_kiln
+    from kiln_helpers import run_kiln
 
     circuits = write_surface_circuits(tmp_path / "circuits", distances=(3,), noises=(0.001,))
     bucket = tmp_path / "bucket"
@@ -300,7 +301,7 @@ def test_a_sweep_whose_manifest_was_deleted_is_not_planned_again(tmp_path: Path)
 
 
 def test_a_circuit_left_with_other_contents_is_never_replaced(tmp_path: Path) -> None:
-    from conftest import run_kiln
+    from kiln_helpers import run_kiln
 
     circuits = write_surface_circuits(tmp_path / "circuits", distances=(3,), noises=(0.001,))
     name = next(circuits.glob("*.stim")).name
@@ -345,7 +346,8 @@ def test_a_manifest_created_between_the_check_and_the_listing_is_reused(tmp_path
 
     circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001,))
     url = str(tmp_path / "bucket")
-    bucket, made = make_sweep(circuits, url, "race", max_shots=1000, max_errors=10)
+    made = make_sweep(circuits, url, "race", max_shots=1000, max_errors=10, jobs=1, record_bucket=True)
+    bucket = open_bucket(url)
     exists = bucket.exists
     calls = []
 

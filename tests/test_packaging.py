@@ -10,7 +10,7 @@ import sys
 import matplotlib
 import pytest
 import sinter
-from conftest import REPO
+from kiln_helpers import REPO
 
 matplotlib.use("Agg")
 

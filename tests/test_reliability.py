@@ -23,16 +23,23 @@ import uuid
 
 import pytest
 import sinter
-from conftest import ON_CLOUDS, REPO, run_kiln, wait_until, write_surface_circuits
+from kiln_helpers import (
+    ON_CLOUDS,
+    REPO,
+    make_sweep,
+    run_kiln,
+    tagged_env,
+    tagged_processes,
+    total_shots,
+    wait_no_tagged_processes,
+    wait_until,
+    write_surface_circuits,
+)
 
 from qec_kiln._errors import Exit
-from qec_kiln._prepare import Sweep, prepare_sweep
 from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.fragments import complete_lines, parse_fragment
 from qec_kiln._sweep.manifest import fragment_key
-from qec_kiln._sweep.store import upload_sweep
-
-MARKER_VAR = "QEC_KILN_TEST_TAG"
 
 
 def _load_killloop():
@@ -43,60 +50,8 @@ def _load_killloop():
     return module
 
 
-def make_sweep(circuits: pathlib.Path, bucket_url: str, name: str, *, max_shots: int,
-               max_errors: int, jobs: int = 1):
-    bucket = open_bucket(bucket_url)
-    spec = Sweep.build(str(circuits), dict(decoders=["pymatching"], max_shots=max_shots,
-                     max_errors=max_errors, bucket=bucket_url, name=name, jobs=jobs))
-    prepared = prepare_sweep(spec, bucket, lambda s: None)
-    upload_sweep(bucket, prepared.manifest, prepared.circuits, lambda s: None)
-    return bucket, prepared.manifest
-
-
-def tagged_env(tag: str, **extra: str) -> dict[str, str]:
-    """The test's environment plus a marker that every process started from it inherits."""
-    return {**os.environ, MARKER_VAR: tag, **extra}
-
-
-def tagged_processes(tag: str) -> list[str]:
-    """Live processes carrying ``MARKER_VAR=tag`` in their environment."""
-    needle = f"{MARKER_VAR}={tag}".encode()
-    found = []
-    for d in pathlib.Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            if needle not in (d / "environ").read_bytes():
-                continue
-            stat = (d / "stat").read_text()
-            if stat[stat.rindex(")") + 2:].startswith(("Z", "X")):
-                continue
-            found.append(f"{d.name}: " + (d / "cmdline").read_bytes().replace(b"\0", b" ")
-                         .decode(errors="replace")[:150])
-        except OSError:
-            continue
-    return found
-
-
-def wait_no_tagged_processes(tag: str, timeout: float = 10.0) -> list[str]:
-    """Until no process carries ``tag`` or ``timeout`` seconds pass; returns those still alive
-    (the caller asserts on them: ``wait_until(..., fail=False)``)."""
-    left: list[str] = []
-
-    def gone() -> bool:
-        left[:] = tagged_processes(tag)
-        return not left
-
-    wait_until(gone, timeout, f"the processes tagged {tag} to exit", interval=0.2, fail=False)
-    return left
-
-
 def stats_of(data: bytes) -> dict[str, sinter.TaskStats]:
     return parse_fragment(data, "fragment").stats
-
-
-def total_shots(data: bytes) -> int:
-    return sum(s.shots for s in stats_of(data).values())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -164,8 +119,9 @@ def test_object_store_outage_does_not_stop_sinter_and_sync_catches_up(bucket_env
     store = bucket_env.kind
     server = env_fixture.server
     circuits = write_surface_circuits(tmp_path / "circuits", distances=(7,), noises=(0.002,))
-    bucket, manifest = make_sweep(circuits, env_fixture.url, "outage", max_shots=10**9,
-                                  max_errors=10**9)
+    manifest = make_sweep(circuits, env_fixture.url, "outage",
+                          max_shots=10**9, max_errors=10**9, jobs=1, record_bucket=True)
+    bucket = open_bucket(env_fixture.url)
     batch = manifest.batches[0].id
     fkey = fragment_key(manifest.sweep, batch)
     work = tmp_path / "work"
@@ -520,8 +476,9 @@ def test_stale_process_group_is_killed_on_restart(tmp_path):
     tag = uuid.uuid4().hex
     env = tagged_env(tag)
     circuits = write_surface_circuits(tmp_path / "circuits", distances=(5,), noises=(0.003,))
-    bucket, manifest = make_sweep(circuits, str(tmp_path / "bucket"), "stale",
-                                  max_shots=400_000, max_errors=100_000)
+    manifest = make_sweep(circuits, str(tmp_path / "bucket"), "stale",
+                          max_shots=400_000, max_errors=100_000, jobs=1, record_bucket=True)
+    bucket = open_bucket(str(tmp_path / "bucket"))
     batch = manifest.batches[0].id
     work = tmp_path / "work"
     argv = [sys.executable, "-m", "qec_kiln", "run-batch", "--bucket", bucket.url, "--sweep",
@@ -552,8 +509,9 @@ def test_copy_of_the_work_dir_is_not_needed(tmp_path):
     """A recovered node has an empty work dir: run-batch resumes from the bucket alone, and a
     stale local resume file longer than the bucket's fragment is not trusted."""
     circuits = write_surface_circuits(tmp_path / "circuits", distances=(3,), noises=(0.01,))
-    bucket, manifest = make_sweep(circuits, str(tmp_path / "bucket"), "fresh", max_shots=30_000,
-                                  max_errors=100_000)
+    manifest = make_sweep(circuits, str(tmp_path / "bucket"), "fresh",
+                          max_shots=30_000, max_errors=100_000, jobs=1, record_bucket=True)
+    bucket = open_bucket(str(tmp_path / "bucket"))
     batch = manifest.batches[0].id
     fkey = fragment_key("fresh", batch)
     base = ["run-batch", "--bucket", bucket.url, "--sweep", "fresh", "--batch", batch,
@@ -585,8 +543,9 @@ def test_two_writers_of_one_batch_never_break_the_prefix_chain(tmp_path):
     tag = uuid.uuid4().hex
     env = tagged_env(tag)
     circuits = write_surface_circuits(tmp_path / "circuits", distances=(5,), noises=(0.003,))
-    bucket, manifest = make_sweep(circuits, str(tmp_path / "bucket"), "twice",
-                                  max_shots=2_000_000, max_errors=10**7)
+    manifest = make_sweep(circuits, str(tmp_path / "bucket"), "twice",
+                          max_shots=2_000_000, max_errors=10**7, jobs=1, record_bucket=True)
+    bucket = open_bucket(str(tmp_path / "bucket"))
     batch = manifest.batches[0].id
     frag = tmp_path / "bucket" / fragment_key("twice", batch)
     procs = []
@@ -639,8 +598,9 @@ def test_stale_pgid_file_never_kills_a_stranger(tmp_path):
     """The pgid file of a killed batch can outlive its process group (a reboot, a wrapped pid
     counter): the next run-batch must only kill a group that is really this batch's sinter."""
     circuits = write_surface_circuits(tmp_path / "circuits", distances=(3,), noises=(0.01,))
-    bucket, manifest = make_sweep(circuits, str(tmp_path / "bucket"), "stranger",
-                                  max_shots=2000, max_errors=100)
+    manifest = make_sweep(circuits, str(tmp_path / "bucket"), "stranger",
+                          max_shots=2000, max_errors=100, jobs=1, record_bucket=True)
+    bucket = open_bucket(str(tmp_path / "bucket"))
     batch = manifest.batches[0].id
     work = tmp_path / "work"
     (work / "stranger" / batch).mkdir(parents=True)
@@ -667,8 +627,9 @@ def test_upload_killed_midway_leaves_no_temp_file_behind(tmp_path):
     """A writer SIGKILLed between mkstemp and os.replace leaves a temp file; the next write of the
     same key removes it (its writer's pid is gone), so a results folder does not fill up."""
     circuits = write_surface_circuits(tmp_path / "circuits", distances=(3,), noises=(0.01,))
-    bucket, manifest = make_sweep(circuits, str(tmp_path / "bucket"), "tmpfile",
-                                  max_shots=2000, max_errors=100)
+    manifest = make_sweep(circuits, str(tmp_path / "bucket"), "tmpfile",
+                          max_shots=2000, max_errors=100, jobs=1, record_bucket=True)
+    bucket = open_bucket(str(tmp_path / "bucket"))
     batch = manifest.batches[0].id
     key = fragment_key("tmpfile", batch)
     # A writer killed in the middle of an upload (held there: its fsync never returns).

@@ -14,19 +14,21 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ON_CLOUDS, write_surface_circuits
-from sky_executor import Node, NodeCache, run_ranks
-from test_local_sweep import (
+from kiln_helpers import (
+    ON_CLOUDS,
     assert_sweep_merges_exactly,
     fragment_rows,
     make_sweep,
     shots_per_task,
     wait_for_uploaded_rows,
+    write_surface_circuits,
 )
+from sky_executor import Node, NodeCache, run_ranks
 
 from qec_kiln._backends.skypilot import ship as _ship
 from qec_kiln._backends.skypilot.backend import packaged_yaml_text
 from qec_kiln._command import _main as cli
+from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.fragments import complete_lines
 
 pytestmark = pytest.mark.slow
@@ -67,7 +69,7 @@ def test_fresh_node_installs_the_launchers_code_and_no_skypilot(tmp_path, kiln_w
                                                                 node_cache):
     """Setup in a fresh venv end to end; the venv holds the launcher's files byte for byte."""
     circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001,))
-    make_sweep(circuits, s3_env.url, "fresh", max_shots=2_000, max_errors=100)
+    make_sweep(circuits, s3_env.url, "fresh", max_shots=2_000, max_errors=100, jobs=1)
     task = node_task(kiln_wheel, s3_env.url, "fresh", ["b000"], s3_env.env)
     node = Node(task, 0, 1, tmp_path / "node", cache=node_cache)
     result = node.run()
@@ -139,8 +141,8 @@ def test_sweep_of_n_jobs_merges_exactly(tmp_path, node_cache, monkeypatch, bucke
 def test_recovery_after_sigkill_resumes_exactly(tmp_path, kiln_wheel, node_cache, s3_env):
     circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.001, 0.003))
     max_shots = 1_000_000  # ~10 s on 2 cores: still running when the first rows are uploaded
-    bucket, _ = make_sweep(circuits, s3_env.url, "rec", max_shots=max_shots,
-                           max_errors=1_000_000)
+    make_sweep(circuits, s3_env.url, "rec", max_shots=max_shots, max_errors=1_000_000, jobs=1)
+    bucket = open_bucket(s3_env.url)
     task = node_task(kiln_wheel, s3_env.url, "rec", ["b000"], s3_env.env, sync_seconds=0.5)
     first = Node(task, 0, 1, tmp_path / "vm1", cache=node_cache)
     assert first.setup() == 0, first.result.log
@@ -176,8 +178,8 @@ def test_cancel_during_a_job_loses_what_skypilot_allows(tmp_path, kiln_wheel, no
     periodic upload, so at most about one sync period of sinter's work is lost."""
     sync = 2.0
     circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.001,))
-    bucket, _ = make_sweep(circuits, s3_env.url, "cx", max_shots=50_000_000,
-                           max_errors=50_000_000)
+    make_sweep(circuits, s3_env.url, "cx", max_shots=50_000_000, max_errors=50_000_000, jobs=1)
+    bucket = open_bucket(s3_env.url)
     task = node_task(kiln_wheel, s3_env.url, "cx", ["b000"], s3_env.env, sync_seconds=sync)
     node = Node(task, 0, 1, tmp_path / "vm", cache=node_cache)
     assert node.setup() == 0, node.result.log
@@ -217,8 +219,8 @@ def test_cancel_asks_through_the_bucket_then_a_sigkill_loses_nothing(tmp_path, k
 
     sync = 2.0
     circuits = write_surface_circuits(tmp_path / "c", distances=(5,), noises=(0.001,))
-    bucket, _ = make_sweep(circuits, s3_env.url, "cs", max_shots=50_000_000,
-                           max_errors=50_000_000)
+    make_sweep(circuits, s3_env.url, "cs", max_shots=50_000_000, max_errors=50_000_000, jobs=1)
+    bucket = open_bucket(s3_env.url)
     task = node_task(kiln_wheel, s3_env.url, "cs", ["b000"], s3_env.env, sync_seconds=sync)
     node = Node(task, 0, 1, tmp_path / "vm", cache=node_cache, job_id=41)
     assert node.setup() == 0, node.result.log

@@ -27,8 +27,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_kiln, write_surface_circuits
-from test_local_sweep import fragment_rows, shots_per_task
+from kiln_helpers import fragment_rows, run_kiln, shots_per_task, write_surface_circuits
 
 from qec_kiln._backends.skypilot import startup
 from qec_kiln._backends.skypilot.backend import packaged_yaml_text

@@ -10,16 +10,15 @@ per command with ``--help`` to check each flag we pass.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import json
 import re
 import shlex
 import time
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import yaml
+from kiln_helpers import REPO, FakeController, make_sweep, write_launches
 
 from qec_kiln._backends import LaunchRequest, get_backend
 from qec_kiln._backends.skypilot import backend as sp
@@ -27,7 +26,6 @@ from qec_kiln._backends.skypilot import sdk
 from qec_kiln._backends.skypilot.parse import parse_job_ids
 from qec_kiln._errors import KilnError
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("sinter_job.yaml", "sinter_job_gpu.yaml")
 PLANTED = {
     "AWS_SECRET_ACCESS_KEY": "planted-secret-123",
@@ -348,21 +346,6 @@ def test_launch_hands_the_rendered_task_to_the_sdk(tmp_path, monkeypatch):
         backend.launch(req)
 
 
-def _run_sky_cli(args, **patches):
-    """SkyPilot's real click CLI, in-process, with the named server calls replaced."""
-    from click.testing import CliRunner
-    from sky.client.cli import command
-
-    targets = {"command": command, "managed_jobs": command.managed_jobs, "sdk": command.sdk,
-               "cli_utils": command.cli_utils}
-    with contextlib.ExitStack() as stack:
-        for where, attrs in patches.items():
-            stack.enter_context(mock.patch.multiple(targets[where], **attrs))
-        res = CliRunner().invoke(command.cli, list(args))
-    assert res.exception is None or isinstance(res.exception, SystemExit), res.output
-    return res
-
-
 def test_pip_spec_and_image_choose_what_nodes_install(monkeypatch):
     backend = sp.SkyPilotBackend()
     seen = capture_sdk_launch(monkeypatch)
@@ -385,75 +368,6 @@ def test_pip_spec_and_image_choose_what_nodes_install(monkeypatch):
 # ---------------------------------------------------------------- queue / status / cancel
 
 
-class FakeController:
-    """SkyPilot's jobs controller as the SDK sees it: only the final SDK calls
-    (``sky.jobs.queue_v2``, ``sky.jobs.cancel``, ``sky.get``) are replaced. Queue answers are
-    server-format dicts decoded by SkyPilot's own decoder into its typed ``ManagedJobRecord``s;
-    a cancel marks jobs CANCELLING like SkyPilot's ``cancel_jobs_by_id`` (terminal ones skipped)
-    after ``cancel_lag`` further queue reads (the controller acts on the signal later)."""
-
-    def __init__(self, monkeypatch, rows, *, cancel_lag=0, cancels=True):
-        import sky
-        from sky.jobs import constants
-
-        self.rows, self.cancel_lag, self.cancels = [dict(r) for r in rows], cancel_lag, cancels
-        self.calls: list[tuple[str, dict]] = []
-        self.pending: list[int] = []
-        self.defaults = constants.DEFAULT_MANAGED_JOB_FIELDS
-        self.other_get = sky.get  # requests that are not ours (e.g. a faked pool SDK's) go there
-        monkeypatch.setattr(sky.jobs, "queue_v2", self.queue_v2)
-        monkeypatch.setattr(sky.jobs, "cancel", self.cancel)
-        monkeypatch.setattr(sky, "get", self.get)
-        # The stop request goes to the bucket (tests/test_stop_request.py), not to SkyPilot.
-        monkeypatch.setattr(sp.SkyPilotBackend, "ask_to_stop",
-                            lambda _b, url, sweep, ids: self.calls.append(("stop", ids)) or ids)
-
-    def queue_v2(self, refresh, **kw):
-        self.calls.append(("queue_v2", dict(kw, refresh=refresh)))
-        return ("queue", kw.get("fields"))
-
-    def cancel(self, **kw):
-        self.calls.append(("cancel", kw))
-        return ("cancel", kw)
-
-    def get(self, rid):
-        from sky.jobs import state
-        from sky.server.requests.serializers import decoders
-
-        if not (isinstance(rid, tuple) and len(rid) == 2 and rid[0] in ("queue", "cancel")):
-            return self.other_get(rid)
-        what, arg = rid
-        if what == "cancel":
-            if self.cancels:
-                self.pending = [int(i) for i in arg["job_ids"]]
-            return None
-        if self.pending and self.cancel_lag > 0:
-            self.cancel_lag -= 1
-        elif self.pending:
-            for row in self.rows:
-                if row["job_id"] in self.pending and \
-                        not state.ManagedJobStatus(row["status"]).is_terminal():
-                    row["status"] = "CANCELLING"
-            self.pending = []
-        jobs = []
-        for row in self.rows:
-            full = dict.fromkeys(arg)  # the server returns the fields asked for
-            full.update(task_id=0, workspace="default", resources="1x[CPU:16+]",
-                        job_duration=30.0, recovery_count=0, submitted_at=1.7e9)
-            full.update({k: v for k, v in row.items() if k in arg})
-            full["task_name"] = full["job_name"] = row["job_name"]
-            full["job_id"], full["status"] = row["job_id"], row["status"]
-            jobs.append(full)
-        return decoders.decode_jobs_queue_v2(
-            {"jobs": jobs, "total": len(jobs), "total_no_filter": len(jobs), "status_counts": {}})
-
-
-def _write_launches(sweep, records):
-    d = sp.state_dir(sweep)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "launches.json").write_text(json.dumps(records))
-
-
 FAILED_EXIT_2 = ("Job exited with exit code 2 (user program failure). To see the details, "
                  "run: sky jobs logs --controller 13")
 
@@ -472,7 +386,7 @@ def test_job_states_from_skypilot_sdk_records(monkeypatch):
          "submitted_at": t0 + 100, "details": "Recovering: spot preemption"},
         {"job_id": 40, "job_name": name, "status": "STARTING", "submitted_at": t0 + 200},
     ])
-    _write_launches("surface-d3", [
+    write_launches("surface-d3", [
         {"bucket": "s3://bkt/sweeps", "batches": ["b000", "b003", "b007", "b008"],
          "job_ids": [11, 12, 13, 20], "launched_at": t0 - 10},
         # relaunch of b008: the newer job wins
@@ -511,20 +425,19 @@ def test_status_shows_why_a_job_failed_and_its_recoveries(monkeypatch, tmp_path,
                                                           capsys):
     """`qec-kiln status` of a SkyPilot sweep: a line per failed/recovering batch with SkyPilot's
     reason, the recoveries column, and the reason in --json."""
-    from test_local_sweep import make_sweep
-
     from qec_kiln._command import _main as _cli
+    from qec_kiln._storage import open_bucket
 
     bucket = str(tmp_path / "bkt")
-    store, manifest = make_sweep(small_circuits, bucket, "st", max_shots=10, max_errors=10,
-                                 jobs=2)
+    manifest = make_sweep(small_circuits, bucket, "st", max_shots=10, max_errors=10, jobs=2)
+    store = open_bucket(bucket)
     name = sp.job_name("st")
     FakeController(monkeypatch, [
         {"job_id": 5, "job_name": name, "status": "FAILED", "failure_reason": FAILED_EXIT_2},
         {"job_id": 6, "job_name": name, "status": "RECOVERING", "recovery_count": 3,
          "details": "Recovering: spot preemption"},
     ])
-    _write_launches("st", [{"bucket": store.url,
+    write_launches("st", [{"bucket": store.url,
                             "batches": [b.id for b in manifest.batches], "job_ids": [5, 6],
                             "launched_at": 1.0}])
     capsys.readouterr()

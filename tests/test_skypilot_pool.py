@@ -11,10 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_surface_circuits
+from kiln_helpers import (
+    FakeController,
+    assert_sweep_merges_exactly,
+    run_sky_cli,
+    write_launches,
+    write_surface_circuits,
+)
 from sky_executor import PoolWorker
-from test_local_sweep import assert_sweep_merges_exactly
-from test_skypilot_backend import FakeController, _run_sky_cli, _write_launches
 
 from qec_kiln._backends import LaunchRequest
 from qec_kiln._backends.skypilot import backend as sp
@@ -139,13 +143,13 @@ def test_skypilots_click_commands_accept_our_pool_argv(tmp_path):
         return "rid"
 
     apply_argv = [*r.pool_argv[1:-1], str(tmp_path / "pool.yaml")]
-    res = _run_sky_cli(apply_argv, managed_jobs={"pool_apply": pool_apply},
+    res = run_sky_cli(apply_argv, managed_jobs={"pool_apply": pool_apply},
                        command={"_async_call_or_wait": lambda *a, **k: None})
     assert "apply" in seen, res.output
     task, name, workers = seen["apply"]
     assert name == r.pool.name and workers is None and task.service.pool
     launch_argv = [*r.launch_argv[1:-1], str(tmp_path / "job.yaml")]
-    res = _run_sky_cli(launch_argv, managed_jobs={"launch": launch},
+    res = run_sky_cli(launch_argv, managed_jobs={"launch": launch},
                        sdk={"stream_and_get": lambda *a, **k: ([201, 202, 203, 204], None)})
     assert "launch" in seen, res.output
     dag, name, pool, num_jobs = seen["launch"]
@@ -181,7 +185,7 @@ def test_launch_creates_the_pool_once_then_reuses_it(monkeypatch):
 
 def test_status_says_the_idle_pool_bills_when_every_job_ended(monkeypatch):
     name = sp.job_name("surface-d3")
-    _write_launches("surface-d3", [
+    write_launches("surface-d3", [
         {"bucket": "s3://bkt/sweeps", "batches": ["b000", "b001"], "job_ids": [11, 12],
          "launched_at": 1.7e9, "pool": "kiln-pool-abc", "workers": 2, "keep_pool": False}])
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import sinter
-from conftest import REPO, run_kiln, wait_until, write_surface_circuits
+from kiln_helpers import REPO, run_kiln, wait_until, write_surface_circuits
 
 from qec_kiln._backends import LaunchRequest, get_backend
 from qec_kiln._backends.slurm import backend as sl

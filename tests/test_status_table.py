@@ -8,8 +8,7 @@ import json
 import re
 
 import pytest
-from conftest import run_kiln
-from test_merge import row, write_fragment
+from kiln_helpers import row, run_kiln, write_fragment
 
 from qec_kiln._backends import JobState
 from qec_kiln._command._main_status import print_status

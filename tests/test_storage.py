@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ON_CLOUDS
+from kiln_helpers import ON_CLOUDS
 
 from qec_kiln._errors import KilnError, ObjectNotFound, StorageError
 from qec_kiln._storage import (
@@ -354,15 +354,20 @@ def test_s3_wrong_credentials(s3_auth, monkeypatch: pytest.MonkeyPatch, tmp_path
         denied.write_bytes("x.csv", b"x")
 
 
-def test_s3_missing_bucket(s3_env) -> None:
-    bucket = open_bucket("s3://kiln-no-such-bucket/p")
+@ON_CLOUDS
+def test_missing_bucket(bucket_env) -> None:
+    """On S3 and GCS alike: refused at once, naming the bucket, and so is every call after."""
+    url = ("s3" if bucket_env.kind == "s3" else "gs") + "://kiln-no-such-bucket/p"
+    bucket = open_bucket(url)
     with pytest.raises(StorageError, match="'kiln-no-such-bucket' does not exist") as info:
         bucket.check_access(retry=PATIENT_RETRY)  # not retried
-    assert "s3://kiln-no-such-bucket/p" in str(info.value)
+    assert url in str(info.value)
     with pytest.raises(StorageError, match="does not exist"):
         bucket.write_bytes("a.csv", b"x")
     with pytest.raises(StorageError, match="does not exist"):
         bucket.list_keys()
+    with pytest.raises(StorageError, match="does not exist"):
+        bucket.delete("a.csv")
 
 
 @pytest.mark.slow
@@ -395,17 +400,6 @@ def test_gcs_missing_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         "no Google Cloud credentials for gs://kiln-bucket/p: run "
         "`gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS"
     )
-
-
-def test_gcs_missing_bucket(gcs_env) -> None:
-    bucket = open_bucket("gs://kiln-no-such-bucket/p")
-    with pytest.raises(StorageError, match="'kiln-no-such-bucket' does not exist") as info:
-        bucket.check_access(retry=PATIENT_RETRY)  # not retried
-    assert "gs://kiln-no-such-bucket/p" in str(info.value)
-    with pytest.raises(StorageError, match="does not exist"):
-        bucket.write_bytes("a.csv", b"x")
-    with pytest.raises(StorageError, match="does not exist"):
-        bucket.delete("a.csv")
 
 
 # --------------------------------------------------------------------------------------------

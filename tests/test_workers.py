@@ -9,7 +9,7 @@ import pathlib
 
 import pytest
 import sinter
-from conftest import write_surface_circuits
+from kiln_helpers import write_surface_circuits
 
 import qec_kiln
 from qec_kiln._backends import LaunchRequest, get_backend

@@ -1,4 +1,6 @@
-"""run-batch --all (several batches, one sinter, one resume file): what a review found.
+"""One worker's queue in one sinter: run-batch --all (several batches, one sinter, one resume
+file) keeps each fragment its own batch's, parses the shared resume file once, reports each batch
+as it ended, and stands one batch down without stopping the others.
 
 Real sinter, small circuits."""
 
@@ -10,21 +12,22 @@ import sys
 
 import pytest
 import sinter
-from conftest import write_surface_circuits
-from test_local_sweep import fragment_rows, make_sweep
+from kiln_helpers import fragment_rows, make_sweep, shots_per_task, wait_until, write_surface_circuits
 
 from qec_kiln._backends.local.state import StateFolder
 from qec_kiln._node.runner import run_batch
 from qec_kiln._report import progress as progress_mod
 from qec_kiln._report.progress import ResumeReader
+from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.fragments import HEADER_LINE
 from qec_kiln._sweep.manifest import fragment_key, load_manifest
 
 
 def _sweep(tmp_path, name="t", max_shots=2000):
     circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001, 0.003))
-    bucket, manifest = make_sweep(circuits, tmp_path / "bucket", name, max_shots=max_shots,
-                                  max_errors=10**6, jobs=2)
+    manifest = make_sweep(circuits, tmp_path / "bucket", name, max_shots=max_shots,
+                          max_errors=10**6, jobs=2)
+    bucket = open_bucket(str(tmp_path / "bucket"))
     assert len(manifest.batches) == 2 and all(len(b.shards) == 1 for b in manifest.batches)
     return bucket, manifest
 
@@ -118,9 +121,6 @@ def test_a_batch_taken_over_mid_run_leaves_the_others_of_its_sinter_running(tmp_
     second runner of that batch): b001 stands down (its fragment is left as the other wrote
     it, exit 3 in its own record) while b000 runs on to exactly its target (exit 0)."""
     import subprocess
-
-    from conftest import wait_until
-    from test_local_sweep import shots_per_task
 
     from qec_kiln._node.runner import BATCH_EXIT
 
