@@ -10,10 +10,7 @@ import pathlib
 import tempfile
 
 import pytest
-
-# Re-exported for the modules that still import them from here (fixtures_slurm.py, fixtures_sky.py,
-# test_view.py, test_view_browser.py); new code imports them from kiln_helpers.
-from kiln_helpers import ON_CLOUDS, REPO, run_kiln, wait_until, write_surface_circuits  # noqa: F401
+from kiln_helpers import HOSTILE, run_kiln, write_surface_circuits
 
 pytest_plugins = ["fixtures_servers", "fixtures_slurm", "fixtures_browser", "fixtures_sky"]
 
@@ -90,3 +87,12 @@ def bucket_env(request: pytest.FixtureRequest, tmp_path, gcs_bucket_fixture):
 def bucket_url(bucket_env) -> str:
     """``bucket_env.url``: the URL of a fresh bucket on each kind of store."""
     return bucket_env.url
+
+
+@pytest.fixture
+def hostile_circuits(tmp_path):
+    """Three circuits, one of them named like markup (a valid name for sinter and discovery)."""
+    folder = write_surface_circuits(tmp_path / "circuits", distances=(3,), noises=(0.001, 0.01))
+    src = next(folder.glob("d=3,p=0.01*.stim"))
+    (folder / f"{HOSTILE}.stim").write_text(src.read_text())
+    return folder

@@ -40,7 +40,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from kiln_helpers import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 SLURM_SH = REPO / ".ci" / "slurm.sh"

@@ -143,6 +143,17 @@ def finish(bucket_url, manifest: Manifest, shots_of=None) -> None:
         write_fragment(bucket_url, manifest, b.id, lines)
 
 
+#: A circuit name that is also markup: the pages must show it as text.
+HOSTILE = "d=5,note=<script>alert(2)<"
+
+
+def half(bucket, m, batch_index=0, frac=0.5):
+    """The batch's fragment with each shard at ``frac`` of its max_shots (a few errors each)."""
+    b = m.batches[batch_index]
+    write_fragment(bucket, m, b.id, [row(m, s.strong_id, int(s.max_shots * frac), 3 + i)
+                                     for i, s in enumerate(b.shards)])
+
+
 def fragment_rows(fragment: pathlib.Path | bytes) -> list[sinter.TaskStats]:
     """Every complete row of a fragment, one TaskStats per row (not combined)."""
     data = fragment if isinstance(fragment, bytes) else fragment.read_bytes()

@@ -203,17 +203,6 @@ def test_only_the_entry_point_imports_the_dispatcher_and_no_verb_imports_it():
 
 TESTS = pathlib.Path(__file__).resolve().parent
 
-#: Imports of test modules or conftest.py left in files that are being edited elsewhere; they go
-#: (and leave this list) when those files move to kiln_helpers.py.
-NOT_YET_MOVED = {
-    "fixtures_slurm.py: conftest",
-    "test_view.py: conftest",
-    "test_view.py: test_merge",
-    "test_view_browser.py: conftest",
-    "test_view_browser.py: test_merge",
-    "test_view_browser.py: test_view",
-}
-
 
 def _top_modules_imported(path: pathlib.Path) -> set[str]:
     """The first part of every module ``path`` imports, at module level or inside functions."""
@@ -235,4 +224,4 @@ def test_no_test_module_imports_another_test_module_or_conftest():
     assert len(files) > 30
     found = {f"{p.relative_to(TESTS)}: {m}" for p in files for m in _top_modules_imported(p)
              if m == "conftest" or m.startswith("test_")}
-    assert found <= NOT_YET_MOVED, found - NOT_YET_MOVED
+    assert found == set(), found

@@ -23,7 +23,6 @@ from kiln_helpers import (
     row,
     run_kiln,
     sinter_combine,
-    write_fragment,  # noqa: F401 - test_view.py imports it from here
     write_surface_circuits,
 )
 

@@ -245,13 +245,13 @@ def test_a_launch_that_loses_the_race_to_create_a_sweep_runs_the_winners_plan(
     the manifest the first one created is never replaced, and the other goes on with its plan,
     so no batch of one plan runs under the other (a task's shards differ between plans)."""
     import qec_kiln
-    from qec_kiln import _launch
+    from qec_kiln import _prepare
     from qec_kiln._prepare import Sweep, prepare_sweep
     from qec_kiln._sweep.manifest import load_manifest
 
     circuits = write_surface_circuits(tmp_path / "circuits", distances=(3,), noises=(0.001, 0.01))
     url = str(tmp_path / "bucket")
-    real_upload = _launch.upload_sweep
+    real_upload = _prepare.upload_sweep
     winner = {}
 
     def the_other_launch_wins(bucket, manifest, files, log):  # it planned and uploads first
@@ -262,7 +262,7 @@ def test_a_launch_that_loses_the_race_to_create_a_sweep_runs_the_winners_plan(
         winner["plan"] = other.manifest.dumps()
         return real_upload(bucket, manifest, files, log)
 
-    monkeypatch.setattr(_launch, "upload_sweep", the_other_launch_wins)
+    monkeypatch.setattr(_prepare, "upload_sweep", the_other_launch_wins)
     said: list[str] = []
     result = qec_kiln.launch(circuits, bucket=url, name="race", jobs=1, max_shots=2000,
                              max_errors=10**6, backend_options={"processes": 1}, log=said.append)

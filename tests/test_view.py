@@ -14,33 +14,20 @@ import time
 
 import pytest
 import sinter
-from conftest import run_kiln, write_surface_circuits
-from test_merge import finish, make_sweep, row, write_fragment
+from kiln_helpers import (
+    finish,
+    half,
+    make_sweep,
+    row,
+    run_kiln,
+    write_fragment,
+)
 
 import qec_kiln
 from qec_kiln._view.data import BucketUnreachable, read_snapshot
 from qec_kiln._view.plot import PlotSpec, render
 from qec_kiln._view.server import Watcher
 from qec_kiln._view.state import PAGE_SIZE, Prices
-
-HOSTILE = "d=5,note=<script>alert(2)<"
-
-
-@pytest.fixture
-def hostile_circuits(tmp_path):
-    """Three circuits, one of them named like markup (a valid name for sinter and discovery)."""
-    folder = write_surface_circuits(tmp_path / "circuits", distances=(3,), noises=(0.001, 0.01))
-    src = next(folder.glob("d=3,p=0.01*.stim"))
-    (folder / f"{HOSTILE}.stim").write_text(src.read_text())
-    return folder
-
-
-def half(bucket, m, batch_index=0, frac=0.5):
-    """The batch's fragment with each shard at ``frac`` of its max_shots (a few errors each)."""
-    b = m.batches[batch_index]
-    write_fragment(bucket, m, b.id, [row(m, s.strong_id, int(s.max_shots * frac), 3 + i)
-                                     for i, s in enumerate(b.shards)])
-
 
 # ------------------------------------------------------------------------------------------------
 # The snapshot: the same numbers as `status --json`, failures, damaged fragments, no sweep

@@ -15,10 +15,8 @@ import time
 
 import pytest
 import sinter
-from conftest import REPO, run_kiln
 from fixtures_servers import free_port
-from test_merge import make_sweep, row, write_fragment
-from test_view import HOSTILE, half, hostile_circuits  # noqa: F401 - the fixture
+from kiln_helpers import HOSTILE, REPO, half, make_sweep, row, run_kiln, write_fragment
 
 pytestmark = pytest.mark.slow
 
