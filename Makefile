@@ -38,23 +38,26 @@ $(VIEW_STAMP): $(STAMP)
 	$(PIP) -e '.[view]'
 	touch $(VIEW_STAMP)
 
-# Refresh the lock: a scratch venv resolves pyproject's ranges (every extra the tests and the demo
-# install, and the local SkyPilot's own venv of .ci/sky-local.sh) to the newest releases, and
+# Refresh the lock: uv resolves pyproject's ranges (every extra the tests and the demo install,
+# and the local SkyPilot's own venv of .ci/sky-local.sh) to the newest releases for every Python
+# that requires-python allows (pins differ by python_version where releases do), and
 # constraints.txt pins all of it. Then `make clean test`, read the diff, commit constraints.txt.
 LOCK_VENV := .lock-venv
 lock:
 	rm -rf $(LOCK_VENV)
 	$(PYTHON) -m venv $(LOCK_VENV)
-	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[test,view,tsim,skypilot]' \
-		"$$(sed -n 's/^SKY_VERSION=\(.*\)/skypilot[slurm]==\1/p' .ci/sky-local.sh)" uv
+	$(LOCK_VENV)/bin/python -m pip install --quiet uv
+	sed -n 's/^SKY_VERSION=\(.*\)/skypilot[slurm]==\1/p' .ci/sky-local.sh >$(LOCK_VENV)/extra.in
+	printf 'uv\npip\n' >>$(LOCK_VENV)/extra.in
+	floor=$$(sed -n 's/^requires-python = ">=\([0-9.]*\)"$$/\1/p' pyproject.toml); \
 	{ echo "# The lock: exact versions of everything \`make test\`, \`make demo\` and .ci/sky-local.sh"; \
-	  echo "# install (pip --constraint), resolved from pyproject.toml's ranges on CPython" \
-	     "$$($(LOCK_VENV)/bin/python -c 'import platform; print(platform.python_version())')."; \
+	  echo "# install (pip --constraint), resolved by uv from pyproject.toml's ranges for Python >= $$floor"; \
+	  echo "# (universal: a pin with a marker holds where its marker does)."; \
 	  echo "# Regenerate with \`make lock\`; do not edit by hand (tests/test_lock.py checks it)."; \
-	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable; \
-	  $(LOCK_VENV)/bin/python -m pip --version | awk '{print "pip==" $$2}'; \
-	} > $(LOCK).new
+	  $(LOCK_VENV)/bin/uv pip compile --quiet --universal --python-version "$$floor" \
+		--no-header --no-annotate pyproject.toml $(LOCK_VENV)/extra.in \
+		--extra test --extra view --extra skypilot --extra tsim; \
+	} >$(LOCK).new
 	mv $(LOCK).new $(LOCK)
 	rm -rf $(LOCK_VENV)
 

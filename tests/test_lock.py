@@ -26,44 +26,83 @@ LOCK = REPO / "constraints.txt"
 # The extras `make test`, `make demo` and `make watch-demo` install (gpu needs CUDA: not locked).
 LOCKED_EXTRAS = ("test", "view", "skypilot", "tsim")
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)$")
+# The Pythons the lock must serve: requires-python's floor up to the newest CI and users run.
+SUPPORTED = ("3.10", "3.11", "3.12", "3.13")
 
 
-def locked() -> dict[str, Version]:
-    """The lock's pins, by canonical name."""
-    pins: dict[str, Version] = {}
+def lock_lines() -> list[Requirement]:
+    """The lock's pins as requirements: ``NAME==VERSION``, with a marker where the pin holds only
+    for some Pythons or platforms."""
+    pins = []
     for number, line in enumerate(LOCK.read_text().splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
-        match = PIN.match(line.strip())
-        assert match, f"constraints.txt:{number}: {line!r} is not NAME==VERSION (run `make lock`)"
-        name = canonicalize_name(match.group(1))
-        assert name not in pins, f"constraints.txt:{number}: {name} is pinned twice"
-        pins[name] = Version(match.group(2))
+        req = Requirement(line)
+        (spec,) = req.specifier or [None]
+        assert spec is not None and spec.operator == "==" and not req.extras, (
+            f"constraints.txt:{number}: {line!r} is not NAME==VERSION[ ; MARKER] (run `make lock`)")
+        pins.append(req)
     return pins
 
 
-def project_requirements() -> list[tuple[str, Requirement]]:
-    """(where, requirement) for the dependencies and the locked extras of pyproject.toml."""
+def locked(environment: dict[str, str] | None = None) -> dict[str, Version]:
+    """The pins that hold in ``environment`` (default: this interpreter's), by canonical name;
+    two pins of one name that both hold are an error."""
+    pins: dict[str, Version] = {}
+    for req in lock_lines():
+        if req.marker is not None and not req.marker.evaluate(environment):
+            continue
+        name = canonicalize_name(req.name)
+        assert name not in pins, f"{name} is pinned twice for {environment or 'this Python'}"
+        pins[name] = Version(next(iter(req.specifier)).version)
+    return pins
+
+
+def python(version: str) -> dict[str, str]:
+    """The marker environment of CPython ``version`` on Linux x86_64."""
+    return {"python_version": version, "python_full_version": f"{version}.0",
+            "implementation_name": "cpython", "platform_python_implementation": "CPython",
+            "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
+            "platform_machine": "x86_64"}
+
+
+def project_requirements(environment: dict[str, str] | None = None) -> list[tuple[str, Requirement]]:
+    """(where, requirement) for the dependencies and the locked extras of pyproject.toml that
+    apply in ``environment`` (default: this interpreter's)."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     reqs = [("dependencies", Requirement(r)) for r in project["dependencies"]]
     for extra in LOCKED_EXTRAS:
         reqs += [(f"[{extra}]", Requirement(r)) for r in project["optional-dependencies"][extra]]
-    return [(where, r) for where, r in reqs if r.marker is None or r.marker.evaluate()]
+    return [(where, r) for where, r in reqs
+            if r.marker is None or r.marker.evaluate({**(environment or {}), "extra": ""})]
 
 
-def test_the_lock_pins_every_requirement_of_pyproject_inside_its_range():
-    pins = locked()
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_the_lock_pins_every_requirement_of_pyproject_inside_its_range(version):
+    """For each Python that pyproject supports: every requirement pinned once, in its range."""
+    env = python(version)
+    pins = locked(env)
     assert canonicalize_name("qec-kiln") not in pins, "the lock must not pin the project itself"
     problems = []
-    for where, req in project_requirements():
+    for where, req in project_requirements(env):
         pin = pins.get(canonicalize_name(req.name))
         if pin is None:
             problems.append(f"{req} ({where}) is not in the lock")
         elif not req.specifier.contains(pin, prereleases=True):
             problems.append(f"{req} ({where}) but the lock pins {req.name}=={pin}")
-    assert not problems, "constraints.txt and pyproject.toml disagree; run `make lock`:\n" + \
-        "\n".join(problems)
+    assert not problems, (f"constraints.txt and pyproject.toml disagree for Python {version}; "
+                          "run `make lock`:\n" + "\n".join(problems))
+
+
+def test_the_lock_was_resolved_for_every_python_pyproject_allows():
+    """A lock resolved on one Python pins releases that older ones cannot install (numpy 2.4 has
+    no Python 3.10 wheel): `make lock` resolves for requires-python's floor and up."""
+    tomllib = pytest.importorskip("tomllib")
+    floor = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert floor == f">={SUPPORTED[0]}", floor
+    assert f"for Python >= {SUPPORTED[0]}" in LOCK.read_text().split("\n", 3)[1], (
+        "constraints.txt was not resolved for every supported Python (run `make lock`)")
 
 
 def test_the_lock_pins_what_the_local_skypilot_installs():
