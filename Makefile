@@ -99,8 +99,27 @@ browser-deps:
 sky-deps:
 	@if [ "$$(id -u)" = 0 ]; then .ci/sky-local.sh install; fi
 
+# The real SkyPilot's tests mostly wait (cold clusters take minutes to provision) while the rest
+# of the suite computes: they run beside it, in a pytest of their own (their own servers, and a
+# Slurm cluster of SkyPilot's own), and `make test` fails when either fails. Their output follows
+# the suite's.
+SKY_TESTS := tests/test_sky_real.py
+# sh starts a background command with SIGINT ignored, and Python then never raises
+# KeyboardInterrupt: give it back its default, so that Ctrl-C (or the trap below) still runs the
+# fixtures' teardown (the SkyPilot server, its Slurm cluster, its jobs).
+export UNIGNORE_SIGINT := import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); \
+	os.execv(sys.argv[1], sys.argv[1:])
 test: lint slurm-deps browser-deps sky-deps
-	$(VENV)/bin/pytest
+	@log=$$(mktemp); \
+	$(PY) -c "$$UNIGNORE_SIGINT" $(VENV)/bin/pytest -p no:cacheprovider $(SKY_TESTS) \
+		>"$$log" 2>&1 & sky=$$!; \
+	trap 'kill -INT $$sky 2>/dev/null; wait $$sky; rm -f "$$log"; exit 130' INT TERM; \
+	$(VENV)/bin/pytest --deselect $(SKY_TESTS); suite=$$?; \
+	wait $$sky; skyrc=$$?; \
+	echo "================ $(SKY_TESTS), run beside the suite ================"; \
+	cat "$$log"; rm -f "$$log"; \
+	echo "make test: the suite exited $$suite, $(SKY_TESTS) exited $$skyrc"; \
+	test $$suite -eq 0 && test $$skyrc -eq 0
 
 # The fast loop for daily work: no test marked slow (end-to-end sweeps, servers, Slurm).
 fast: lint
