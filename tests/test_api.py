@@ -22,7 +22,7 @@ from qec_kiln._sweep.spec import Partition, Targets
 
 def test_run_batch_reaches_sinter_without_importing_sinter_a_backend_or_rich(tmp_path,
                                                                             small_circuits):
-    """A node's run-batch (``qec-kiln run-batch`` through ``_cli.main``) parses its flags,
+    """A node's run-batch (``qec-kiln run-batch`` through ``_command._main.main``) parses its flags,
     takes its lease, reads the manifest and picks sinter's --metadata_func (recorded at plan
     time) without importing sinter, numpy, stim, a backend or rich: the sinter it starts
     imports them once. (The subprocess stops at the moment it would start sinter.)"""
@@ -40,7 +40,8 @@ def test_run_batch_reaches_sinter_without_importing_sinter_a_backend_or_rich(tmp
         "def at_sinter(argv, **kw):\n"
         "    print(json.dumps([argv[argv.index('--metadata_func') + 1], sorted(\n"
         "        n for n in sys.modules if n.split('.')[0] in ('sinter', 'numpy', 'stim', 'rich')\n"
-        "        or n.startswith(('qec_kiln._backends', 'qec_kiln._view', 'qec_kiln._api')))]),\n"
+        "        or n.startswith(('qec_kiln._backends', 'qec_kiln._view',\n"
+        "                         'qec_kiln._command._main_status', 'qec_kiln._command._main_launch')))]),\n"
         "        flush=True)\n"
         "    os._exit(0)\n"
         "runner.subprocess.Popen = at_sinter\n"

@@ -263,7 +263,7 @@ def test_out_dash_writes_standard_output(tmp_path, finished):
 
 
 def test_a_local_merge_starts_like_sinter_combine(tmp_path, finished):
-    """``qec-kiln merge`` of a folder (through ``_cli.main``, as the command runs) imports no
+    """``qec-kiln merge`` of a folder (through ``_command._main.main``, as the command runs) imports no
     cloud SDK nor bucket module, no backend, view, API, sweep settings, rich or YAML, builds
     only merge's flags, and keeps numpy's BLAS to one thread (a merge does no linear algebra):
     it starts as ``sinter combine`` does, and writes the same bytes."""
@@ -273,7 +273,8 @@ def test_a_local_merge_starts_like_sinter_combine(tmp_path, finished):
         "from qec_kiln._command import _main as _cli\n"
         f"code = _cli.main(['merge', '--bucket', {str(bucket)!r}, '--out', 'm.csv'])\n"
         "heavy = ('rich', 'yaml', 'boto3', 'botocore', 'google', 'sky', 'qec_kiln._backends', "
-        "'qec_kiln._view', 'qec_kiln._api', 'qec_kiln._planning', 'qec_kiln._sweep.spec', "
+        "'qec_kiln._view', 'qec_kiln._command._main_status', 'qec_kiln._prepare', "
+        "'qec_kiln._planning', 'qec_kiln._sweep.spec', "
         "'qec_kiln._storage._s3', 'qec_kiln._storage._gcs')\n"
         "print(json.dumps([code, sorted(n for n in sys.modules if n.startswith(heavy)), "
         "os.environ.get('OPENBLAS_NUM_THREADS')]))\n")

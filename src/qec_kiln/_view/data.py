@@ -17,8 +17,8 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
-from qec_kiln import _api
 from qec_kiln._atomic import atomic_write
+from qec_kiln._command import _main_merge, _main_status
 from qec_kiln._errors import KilnError, ObjectNotFound, StorageError
 from qec_kiln._report.merge import TaskOutcome, combined_csv
 from qec_kiln._storage import open_bucket
@@ -149,7 +149,7 @@ def read_snapshot(bucket: str, *, sweep: str | None = None) -> Snapshot:
     try:
         store = open_bucket(bucket)
         try:
-            reports = _api.status(bucket, sweep=sweep, log=warnings.append)
+            reports = _main_status.status(bucket, sweep=sweep, log=warnings.append)
         except StorageError:
             raise
         except KilnError as ex:
@@ -165,7 +165,7 @@ def read_snapshot(bucket: str, *, sweep: str | None = None) -> Snapshot:
 def _sweep_view(bucket: str, store: Any, report: Any) -> SweepView:
     name = report.manifest.sweep
     merge_warnings: list[str] = []
-    merged = _api.merge(bucket, None, sweep=name, skip_bad=True, log=merge_warnings.append)
+    merged = _main_merge.merge(bucket, None, sweep=name, skip_bad=True, log=merge_warnings.append)
     status = report.to_json()
     manifest = report.manifest
     circuits = {s.strong_id: s.circuit for b in manifest.batches for s in b.shards}
@@ -204,7 +204,7 @@ def merged_rows(bucket: str, *, sweep: str | None = None) -> MergedRows:
     KilnError when there is no sweep, :class:`BucketUnreachable` when the bucket cannot be read."""
     warnings: list[str] = []
     try:
-        report = _api.merge(bucket, None, sweep=sweep, skip_bad=True, log=warnings.append)
+        report = _main_merge.merge(bucket, None, sweep=sweep, skip_bad=True, log=warnings.append)
     except StorageError as ex:
         raise BucketUnreachable(str(ex)) from ex
     behind = {t.strong_id for t in report.tasks if not t.reached}
