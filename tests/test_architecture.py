@@ -31,8 +31,8 @@ LAYERS = [
     {"_report"},
     {"_backends"},
     {"_prepare", "tsim"},
-    {"_api", "_collect", "_command", "_view"},
-    {"__main__", "__init__"},
+    {"_collect", "_command", "_view"},
+    {"__main__", "__init__", "backends"},  # backends: the public face for third-party backends
 ]
 
 

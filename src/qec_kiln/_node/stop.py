@@ -73,9 +73,15 @@ def run_id_from(env: Mapping[str, str], hooks: Sequence[RunIdHook] | None = None
 
     >>> run_id_from({"JOB": "7"}, [lambda env: env.get("JOB")]), run_id_from({}, [])
     ('7', None)
+    >>> run_id_from({"JOB": "7"}, [lambda env: env["BROKEN"], lambda env: env.get("JOB")])
+    '7'
+
     """
     for hook in run_id_hooks() if hooks is None else hooks:
-        value = hook(env)
+        try:
+            value = hook(env)
+        except Exception:  # a broken plug-in's hook must not stop a batch: the next one asks
+            continue
         if value is not None:
             return valid_run_id(value)
     return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from qec_kiln._backends import BackendOptions, BackendPlugin, option
+from qec_kiln.backends import BackendOptions, BackendPlugin, option
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ import json
 import os
 
 from kiln_fake_backend import FakeOptions
-from qec_kiln._backends import Backend, JobState, LaunchRequest, Submission
+from qec_kiln.backends import Backend, JobState, LaunchRequest, Submission
 
 
 class FakeBackend(Backend):
