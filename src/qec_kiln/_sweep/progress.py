@@ -67,7 +67,6 @@ def batch_progress(batch: Batch, fragment: Fragment | None,
     return out
 
 
-
 def weighted_share(parts: Iterable[tuple[float, float]]) -> float:
     """The share done of a whole made of ``(share, weight)`` parts (a batch's shards, a sweep's
     batches: weighted by their predicted seconds); 0.0 when nothing has weight.
