@@ -67,12 +67,6 @@ class TaskOutcome:
         """The circuit's name as its file had it: ``d=5,p=0.001``."""
         return ",".join(f"{k}={v}" for k, v in self.metadata.items())
 
-    def to_json(self) -> dict:
-        """The task as the watch page and report show it."""
-        return {"name": self.name, "decoder": self.decoder, "shots": self.shots,
-                "errors": self.errors, "target_shots": self.target_shots,
-                "target_errors": self.target_errors, "reached": self.reached}
-
 
 @dataclasses.dataclass
 class CombinedRow:

@@ -47,9 +47,18 @@ class ShardProgress:
         """
         if self.done:
             return 1.0
-        by_shots = self.shots / max(1, self.shard.max_shots)
-        by_errors = self.errors / max(1, self.shard.max_errors)
-        return min(NOT_DONE, max(by_shots, by_errors))
+        return min(NOT_DONE, share_of_targets(self.shots, self.errors, self.shard.max_shots,
+                                              self.shard.max_errors))
+
+
+def share_of_targets(shots: int, errors: int, max_shots: int, max_errors: int) -> float:
+    """How far ``shots`` and ``errors`` are toward ``max_shots`` or ``max_errors``, whichever is
+    nearer (sinter stops at the first it reaches); not capped.
+
+    >>> share_of_targets(500, 2, 1000, 10), share_of_targets(10, 8, 1000, 10)
+    (0.5, 0.8)
+    """
+    return max(shots / max(1, max_shots), errors / max(1, max_errors))
 
 
 def batch_progress(batch: Batch, fragment: Fragment | None,
@@ -95,4 +104,5 @@ def eta_seconds(elapsed: float, fraction: float, gained: float) -> float | None:
     return elapsed * (1.0 - fraction) / gained
 
 
-__all__ = ["NOT_DONE", "ShardProgress", "batch_progress", "eta_seconds", "weighted_share"]
+__all__ = ["NOT_DONE", "ShardProgress", "batch_progress", "eta_seconds", "share_of_targets",
+           "weighted_share"]

@@ -23,7 +23,7 @@ import hashlib
 import json
 from typing import Any
 
-from qec_kiln._sweep.progress import eta_seconds
+from qec_kiln._sweep.progress import eta_seconds, share_of_targets
 from qec_kiln._view.data import Snapshot, SweepView
 
 #: Batch rows per page of the table (the JSON of thousands of batches is paged, not sent whole).
@@ -153,8 +153,8 @@ def task_rows(view: SweepView, factor: float) -> list[dict]:
             reached, frac, target, note = None, None, "–", "no targets (imported rows)"
         else:
             reached = t.reached
-            frac = 1.0 if reached else max(t.shots / max(1, t.target_shots),
-                                           t.errors / max(1, t.target_errors))
+            frac = 1.0 if reached else share_of_targets(t.shots, t.errors, t.target_shots,
+                                                        t.target_errors)
             target = "reached" if reached else f"{100 * frac:.0f}%"
             note = f"target: {t.target_shots:,} shots or {t.target_errors:,} errors"
         meta = _metadata_text(metadata)
