@@ -125,10 +125,14 @@ class SkyLocal:
                                      f"queue: {brief}")
             time.sleep(interval)
 
+    @property
+    def slurm_env(self) -> dict[str, str]:
+        """``os.environ`` with SkyPilot's own Slurm cluster for the Slurm client commands."""
+        return {**os.environ, "SLURM_CONF": self.client_env["SLURM_CONF"]}
+
     def squeue(self) -> list[str]:
         """``JOBID NAME STATE`` of every job of SkyPilot's Slurm cluster."""
-        proc = subprocess.run(["squeue", "-h", "-o", "%i %j %T"],
-                              env={**os.environ, "SLURM_CONF": self.client_env["SLURM_CONF"]},
+        proc = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], env=self.slurm_env,
                               capture_output=True, text=True, timeout=60, check=True)
         return [ln for ln in proc.stdout.splitlines() if ln.strip()]
 
@@ -142,8 +146,7 @@ class SkyLocal:
         left = self.squeue()
         if not left:
             return
-        subprocess.run(["scancel", *(ln.split()[0] for ln in left)],
-                       env={**os.environ, "SLURM_CONF": self.client_env["SLURM_CONF"]},
+        subprocess.run(["scancel", *(ln.split()[0] for ln in left)], env=self.slurm_env,
                        capture_output=True, timeout=60, check=False)
         end = time.monotonic() + 60
         while self.squeue() and time.monotonic() < end:

@@ -101,6 +101,19 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str | Callable[
 # A planned sweep, and its fragments
 
 
+def tiny_circuits(folder: pathlib.Path, count: int) -> pathlib.Path:
+    """``count`` copies of one tiny circuit (d=3 repetition code, one round), named
+    ``d=3,i=K.stim``: many distinct tasks that plan and sample in no time."""
+    import stim
+
+    folder.mkdir(parents=True, exist_ok=True)
+    text = str(stim.Circuit.generated("repetition_code:memory", distance=3, rounds=1,
+                                      after_clifford_depolarization=0.01))
+    for i in range(count):
+        (folder / f"d=3,i={i}.stim").write_text(text)
+    return folder
+
+
 def make_sweep(circuits, bucket_url, name: str, *, max_shots: int = 4000, max_errors: int = 10**6,
                jobs: int = 2, record_bucket: bool = False) -> Manifest:
     """Plan ``circuits`` (pymatching) as sweep ``name`` and upload it to the bucket at

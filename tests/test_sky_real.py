@@ -260,8 +260,7 @@ def test_preempted_rank_is_recovered_by_skypilot(real, monkeypatch):
     alloc = [ln.split()[0] for ln in squeue.splitlines() if f"kiln-nj-{job_id}-" in ln]
     assert len(alloc) == 1, squeue
     real.rows_before_preemption = len(fragment_rows(real.fragment("nj", "b001")))
-    subprocess.run(["scancel", alloc[0]], env={**os.environ, "SLURM_CONF": real.env["SLURM_CONF"]},
-                   check=True)
+    subprocess.run(["scancel", alloc[0]], env=real.sky.slurm_env, check=True)
     real.preempted_at = time.monotonic()
     seen = real.sky.wait_for(
         lambda: [r for r in real.records("nj") if r["job_id"] == job_id and (

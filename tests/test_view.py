@@ -20,6 +20,7 @@ from kiln_helpers import (
     make_sweep,
     row,
     run_kiln,
+    tiny_circuits,
     write_fragment,
 )
 
@@ -109,14 +110,7 @@ def test_an_unreachable_bucket_keeps_the_last_data_and_says_so(tmp_path, small_c
 def test_thousands_of_batches_are_paged(tmp_path):
     """A plan of 2,500 batches (tiny circuits): the page's JSON holds one page of rows and the
     counts; a refresh of the whole sweep does not take minutes."""
-    import stim
-
-    folder = tmp_path / "c"
-    folder.mkdir()
-    c = stim.Circuit.generated("repetition_code:memory", distance=3, rounds=1,
-                               after_clifford_depolarization=0.01)
-    for i in range(2500):
-        (folder / f"d=3,i={i}.stim").write_text(str(c))
+    folder = tiny_circuits(tmp_path / "c", 2500)
     bucket = tmp_path / "bucket"
     m = make_sweep(folder, bucket, "big", jobs=2500, max_shots=100)
     for b in m.batches[:300]:

@@ -16,7 +16,16 @@ import time
 import pytest
 import sinter
 from fixtures_servers import free_port
-from kiln_helpers import HOSTILE, REPO, half, make_sweep, row, run_kiln, write_fragment
+from kiln_helpers import (
+    HOSTILE,
+    REPO,
+    half,
+    make_sweep,
+    row,
+    run_kiln,
+    tiny_circuits,
+    write_fragment,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -70,6 +79,13 @@ def open_page(browser, url: str) -> None:
     browser.console_errors()
     browser.requests()
     browser.get(url)
+
+
+def open_report(browser, bucket, out):
+    """``qec-kiln report`` of ``bucket`` into ``out``, opened as a file: ``out``."""
+    run_kiln("report", "--bucket", str(bucket), "--out", str(out), check=True)
+    open_page(browser, out.as_uri())
+    return out
 
 
 def page_rows(browser, sweep: str) -> list[list[str]]:
@@ -183,9 +199,7 @@ def test_hostile_names_show_as_text_and_run_no_script(tmp_path, hostile_circuits
         assert browser.console_errors() == []
     finally:
         watch.stop()
-    out = tmp_path / "report.html"
-    run_kiln("report", "--bucket", str(bucket), "--out", str(out), check=True)
-    open_page(browser, out.as_uri())
+    out = open_report(browser, bucket, tmp_path / "report.html")
     text = browser.execute_script("return document.body.innerText")
     assert HOSTILE in text and browser.alert_text() is None
     assert browser.execute_script("return document.scripts.length") == 1  # tasks.js, by its hash
@@ -321,9 +335,7 @@ def test_a_finished_sweep_lists_every_task_sorts_filters_and_downloads_merges_cs
         assert browser.console_errors() == []
     finally:
         watch.stop()
-    out = tmp_path / "report.html"
-    run_kiln("report", "--bucket", str(bucket), "--out", str(out), check=True)
-    open_page(browser, out.as_uri())
+    open_report(browser, bucket, tmp_path / "report.html")
     assert len(task_cells(browser, "s", 0)) == 4
     sort_by(browser, "s", "errors")
     assert task_cells(browser, "s", 4) == ["40", "7", "2", "0"]
@@ -336,14 +348,7 @@ def test_a_thousand_tasks_render_in_under_a_second_and_finished_ones_are_fetched
         tmp_path, browser):
     """1,000 tasks, half done: the table renders fast, sorts and filters fast, and a poll that
     sees only sampling tasks change fetches only that part again."""
-    import stim
-
-    folder = tmp_path / "c"
-    folder.mkdir()
-    c = stim.Circuit.generated("repetition_code:memory", distance=3, rounds=1,
-                               after_clifford_depolarization=0.01)
-    for i in range(1000):
-        (folder / f"d=3,i={i}.stim").write_text(str(c))
+    folder = tiny_circuits(tmp_path / "c", 1000)
     bucket = tmp_path / "bucket"
     m = make_sweep(folder, bucket, "big", jobs=4, max_shots=1000)
     _distinct_fragments(bucket, m, lambda i: 1000 if i % 2 else 500, lambda i: i % 37)
