@@ -33,7 +33,7 @@ import pytest
 import sinter
 
 from qec_kiln._errors import ObjectNotFound
-from qec_kiln._prepare import Sweep, prepare_sweep
+from qec_kiln._prepare import Fleet, prepare_sweep
 from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.fragments import complete_lines, parse_fragment
 from qec_kiln._sweep.manifest import Manifest, fragment_key
@@ -126,7 +126,7 @@ def make_sweep(circuits, bucket_url, name: str, *, max_shots: int = 4000, max_er
                           name=name, jobs=jobs)
     if record_bucket:
         settings["bucket"] = bucket_url
-    prepared = prepare_sweep(Sweep.build(str(circuits), settings), bucket, lambda s: None)
+    prepared = prepare_sweep(str(circuits), Fleet.build(settings), bucket, lambda s: None)
     upload_sweep(bucket, prepared.manifest, prepared.circuits, lambda s: None)
     return prepared.manifest
 

@@ -119,15 +119,15 @@ def test_the_cli_plan_is_the_api_plan(tmp_path, small_circuits, kiln):
 
 
 def test_the_api_warns_when_a_stored_plan_ignores_its_settings(tmp_path, small_circuits):
-    from qec_kiln._prepare import Sweep, prepare_sweep
+    from qec_kiln._prepare import Fleet, prepare_sweep
     from qec_kiln._storage import open_bucket
     from qec_kiln._sweep.store import upload_sweep
 
     kw = dict(max_shots=50_000, max_errors=100, bucket=tmp_path / "b", name="kept")
     bucket = open_bucket(str(tmp_path / "b"))
-    stored = prepare_sweep(Sweep.build(str(small_circuits), dict(decoders=["pymatching"],
-                                     max_shots=50_000, max_errors=100, name="kept", jobs=3)),
-                           bucket, lambda s: None)
+    stored = prepare_sweep(str(small_circuits), Fleet.build(dict(
+        decoders=["pymatching"], max_shots=50_000, max_errors=100, name="kept", jobs=3)),
+        bucket, lambda s: None)
     assert upload_sweep(bucket, stored.manifest, stored.circuits, lambda s: None) is stored.manifest
     assert len(stored.batches) == 3
     with pytest.warns(qec_kiln.KilnWarning,

@@ -246,7 +246,7 @@ def test_a_launch_that_loses_the_race_to_create_a_sweep_runs_the_winners_plan(
     so no batch of one plan runs under the other (a task's shards differ between plans)."""
     import qec_kiln
     from qec_kiln import _prepare
-    from qec_kiln._prepare import Sweep, prepare_sweep
+    from qec_kiln._prepare import Fleet, prepare_sweep
     from qec_kiln._sweep.manifest import load_manifest
 
     circuits = write_surface_circuits(tmp_path / "circuits", distances=(3,), noises=(0.001, 0.01))
@@ -255,9 +255,9 @@ def test_a_launch_that_loses_the_race_to_create_a_sweep_runs_the_winners_plan(
     winner = {}
 
     def the_other_launch_wins(bucket, manifest, files, log):  # it planned and uploads first
-        spec = Sweep.build(str(circuits), dict(decoders=["pymatching"], max_shots=2000,
-                         max_errors=10**6, bucket=url, name="race", jobs=2))
-        other = prepare_sweep(spec, bucket, lambda s: None)
+        fleet = Fleet.build(dict(decoders=["pymatching"], max_shots=2000, max_errors=10**6,
+                                 bucket=url, name="race", jobs=2))
+        other = prepare_sweep(str(circuits), fleet, bucket, lambda s: None)
         assert real_upload(bucket, other.manifest, other.circuits, lambda s: None) is other.manifest
         winner["plan"] = other.manifest.dumps()
         return real_upload(bucket, manifest, files, log)
@@ -342,7 +342,7 @@ def test_a_create_the_bucket_refuses_with_nothing_there_is_not_blamed_on_another
 def test_a_manifest_created_between_the_check_and_the_listing_is_reused(tmp_path: Path) -> None:
     """The race seen under load: launch A finds no manifest, launch B then creates it, and A
     lists the folder. A must take B's plan, not call B's manifest an orphan left by a run."""
-    from qec_kiln._prepare import Sweep, prepare_sweep
+    from qec_kiln._prepare import Fleet, prepare_sweep
 
     circuits = write_surface_circuits(tmp_path / "c", distances=(3,), noises=(0.001,))
     url = str(tmp_path / "bucket")
@@ -356,8 +356,7 @@ def test_a_manifest_created_between_the_check_and_the_listing_is_reused(tmp_path
         return False if len(calls) == 1 else exists(key)
 
     bucket.exists = late_exists  # type: ignore[method-assign]
-    sweep = Sweep.build(circuits, dict(max_shots=1000, max_errors=10, name="race", jobs=1,
-                                       bucket=url))
-    again = prepare_sweep(sweep, bucket, lambda line: None)
+    fleet = Fleet.build(dict(max_shots=1000, max_errors=10, name="race", jobs=1, bucket=url))
+    again = prepare_sweep(circuits, fleet, bucket, lambda line: None)
     assert again.exists and len(calls) == 2
     assert again.manifest.dumps() == made.dumps()

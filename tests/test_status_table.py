@@ -12,7 +12,7 @@ from kiln_helpers import row, run_kiln, write_fragment
 
 from qec_kiln._backends import JobState
 from qec_kiln._command._main_status import print_status
-from qec_kiln._prepare import Sweep, prepare_sweep
+from qec_kiln._prepare import Fleet, prepare_sweep
 from qec_kiln._report.status import sweep_progress
 from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.batches import Batch, Plan, Shard, batch_id
@@ -28,9 +28,9 @@ def many_batches(circuits, bucket_url, n: int = N) -> Manifest:
     plan splits its tasks), laid out by the package's own code; fragments: batch 7 garbage,
     20-29 half done, 100-108 none yet, every other one finished."""
     bucket = open_bucket(str(bucket_url))
-    spec = Sweep.build(str(circuits), dict(decoders=["pymatching"], max_shots=1000 * n,
-                                           max_errors=10**9, name="many", jobs=1))
-    prepared = prepare_sweep(spec, bucket, lambda s: None)
+    fleet = Fleet.build(dict(decoders=["pymatching"], max_shots=1000 * n, max_errors=10**9,
+                             name="many", jobs=1))
+    prepared = prepare_sweep(str(circuits), fleet, bucket, lambda s: None)
     m = prepared.manifest
     tasks = [s for b in m.batches for s in b.shards]
     m.plan = Plan([Batch(batch_id(i), [Shard(t.circuit, t.decoder, t.strong_id, 1000, 10**9, 1.0,

@@ -16,11 +16,10 @@ import stim
 import qec_kiln
 from qec_kiln._errors import KilnError
 from qec_kiln._planning._cost import TaskCost
-from qec_kiln._planning.holdings import PLAN_LOCK_KEY, plan_lock
 from qec_kiln._planning.plan import make_plan
-from qec_kiln._prepare import Sweep, prepare_sweep
+from qec_kiln._prepare import Fleet, prepare_sweep
 from qec_kiln._storage import open_bucket
-from qec_kiln._sweep.lease import live_holder
+from qec_kiln._sweep.lease import PLAN_LOCK_KEY, live_holder, plan_lock
 
 SINTER = str(pathlib.Path(sys.executable).with_name("sinter"))
 ONE = {"processes": 1}
@@ -165,8 +164,8 @@ def test_existing_csv_counts_and_is_merged_once(tmp_path):
 
 
 def prepare(circuits, bucket, *, commit=False, log=None, **settings):
-    sweep = Sweep.build(str(circuits), settings)
-    return prepare_sweep(sweep, open_bucket(str(bucket)), log or (lambda s: None), commit=commit)
+    return prepare_sweep(str(circuits), Fleet.build(settings), open_bucket(str(bucket)),
+                         log or (lambda s: None), commit=commit)
 
 
 def test_unfinished_sweep_of_the_same_tasks_refuses_a_top_up(tmp_path):
@@ -298,7 +297,7 @@ def test_a_sweep_stopped_by_its_custom_error_count_is_settled_for_a_top_up(tmp_p
     ("still has work") as plain errors would judge it."""
     import collections
 
-    from qec_kiln._planning.holdings import bucket_holdings
+    from qec_kiln._sweep.holdings import bucket_holdings
     from qec_kiln._sweep.manifest import fragment_key
 
     write_repetition(tmp_path / "c")

@@ -1,13 +1,15 @@
 """From settings to a plan: the steps ``qec_kiln.plan`` and ``qec_kiln.launch`` share, each
 called once, in order (a launch then starts the batches, in ``_command/_main_launch.py``).
 
-1. :meth:`Sweep.build`: the settings as a ``SweepSpec``, its backend, the backend's options
-   and its :class:`~qec_kiln._planning.capacity.Capacity` (asked once); then the bucket,
-   checked by the backend.
+1. :meth:`Fleet.build`: where the sweep runs, from the settings alone: its backend, the
+   backend's options (normalised and checked) and its
+   :class:`~qec_kiln._planning.capacity.Capacity`, asked once. The caller then opens the
+   bucket, checked by the backend.
 2. :func:`prepare_sweep`: the inputs (``_sweep.inputs``), which sweep this is
    (``_sweep.store``), and for a new sweep the predicted costs (``_planning``), what the
-   bucket already holds of its tasks (``_planning.holdings``, under the bucket's planning lock
-   for a launch), the plan (``_planning``) and its upload (``_sweep.store``).
+   bucket already holds of its tasks (``_sweep.holdings``, under the bucket's planning lock
+   for a launch), the manifest with its plan (``_planning.new_sweep``) and its upload
+   (``_sweep.store``).
 
 A sweep is identified by its name in a bucket. Launching is idempotent: if the sweep's manifest
 already exists with the same inputs, its stored plan is reused and only batches that are neither
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,48 +27,48 @@ from qec_kiln._backends import Backend, get_backend
 from qec_kiln._errors import Log
 from qec_kiln._planning._cost import estimate_costs
 from qec_kiln._planning.capacity import Capacity
-from qec_kiln._planning.holdings import count_holdings, plan_lock
-from qec_kiln._planning.plan import plan_sweep
-from qec_kiln._planning.result import MODEL_ERROR, PlanResult, plan_result
+from qec_kiln._planning.new_sweep import plan_new_sweep
+from qec_kiln._planning.result import PlanResult
 from qec_kiln._storage import Bucket
-from qec_kiln._sweep.batches import Plan
+from qec_kiln._sweep.holdings import count_holdings
 from qec_kiln._sweep.inputs import read_inputs
-from qec_kiln._sweep.manifest import Manifest
+from qec_kiln._sweep.lease import plan_lock
 from qec_kiln._sweep.spec import SweepSpec
 from qec_kiln._sweep.store import find_sweep, ignored_flags, upload_sweep
 
 
 @dataclasses.dataclass(frozen=True)
-class Sweep:
-    """A spec with its backend, looked up, its options normalised and checked, and its
-    capacity asked, once.
+class Fleet:
+    """Where a sweep runs, from its settings alone (no circuit is read): the backend, looked
+    up, its options normalised and checked, and its capacity asked, once.
 
-    >>> s = Sweep.build("c/", {"backend": "slurm", "backend_options": {"partition": "p"}})
-    >>> s.backend.name, s.options.partition, s.capacity.slots
-    ('slurm', 'p', None)
+    >>> f = Fleet.build({"backend": "slurm", "backend_options": {"partition": "p"}})
+    >>> f.backend.name, f.options.partition, f.capacity.slots, f.bucket_url
+    ('slurm', 'p', None, 'kiln-results')
     """
 
-    spec: SweepSpec
     backend: Backend
+    options: Any  # the backend's options dataclass
     capacity: Capacity
-
-    @property
-    def options(self) -> Any:
-        return self.spec.backend_options
+    settings: Mapping[str, Any]  # the sweep's settings, naming this backend and these options
 
     @classmethod
-    def build(cls, circuits: Any, settings: Mapping[str, Any]) -> Sweep:
-        """The one way from settings (the API's keywords, or the CLI's flags) to a sweep."""
-        spec = SweepSpec.build(circuits, settings)
-        backend = get_backend(spec.backend)
-        options = backend.options(spec.backend_options)
+    def build(cls, settings: Mapping[str, Any]) -> Fleet:
+        """The one way from settings (the API's keywords, or the CLI's flags) to a fleet."""
+        SweepSpec.check_setting_names(settings)
+        backend = get_backend(settings.get("backend") or SweepSpec.backend)
+        options = backend.options(settings.get("backend_options"))
         backend.check_options(options)
-        return cls(dataclasses.replace(spec, backend=backend.name, backend_options=options),
-                   backend, backend.capacity(options))
+        return cls(backend, options, backend.capacity(options),
+                   {**settings, "backend": backend.name, "backend_options": options})
+
+    @property
+    def bucket_url(self) -> str:
+        return SweepSpec.bucket_of(self.settings)
 
 
-def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log, *, commit: bool = False
-                  ) -> PlanResult:
+def prepare_sweep(circuits: Any, fleet: Fleet, bucket: Bucket, log: Log, *,
+                  commit: bool = False) -> PlanResult:
     """Read the inputs, find the sweep, and plan it (or reload the stored plan of an existing
     sweep with the same inputs): one call per stage.
 
@@ -76,12 +77,12 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log, *, commit: bool = Fals
     already reaches them), as sinter counts its resume file. ``commit`` (a launch): count and
     upload under the bucket's planning lock, importing --merge-existing-data rows first. When
     another launch created the same sweep first, its plan is returned (``exists``)."""
-    spec, targets = sweep.spec, sweep.spec.targets
-    found = read_inputs(spec, run_here=sweep.capacity.decoders_run_here, log=log)
+    spec = SweepSpec.build(circuits, fleet.settings)
+    found = read_inputs(spec, run_here=fleet.capacity.decoders_run_here, log=log)
     name, existing = find_sweep(bucket, spec, found.digest, log)
     if existing is not None:
-        return plan_result(existing, True, found.circuits, sweep.capacity, spec.pricing,
-                           sweep.options.gpus)
+        return PlanResult(existing, True, found.circuits, fleet.capacity, spec.pricing,
+                          fleet.options.gpus)
     costs, features = estimate_costs(found.circuits, found.decoders, found.strong_ids,
                                      calibrate=spec.partition.calibrate,
                                      calibrate_seconds=spec.partition.calibrate_seconds,
@@ -91,30 +92,11 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log, *, commit: bool = Fals
         entry.features = features.get(entry.key)
     # From the count to the manifest's commit, no other launch plans in this bucket.
     with plan_lock(bucket, log) if commit else contextlib.nullcontext() as lock:
-        held = count_holdings(bucket, found, costs, targets, sweep=name, commit=commit, log=log)
-        todo = held.todo
-        plan = (plan_sweep(todo, targets, spec.partition, sweep.capacity,
-                           model_error=MODEL_ERROR, goals=held.goals) if todo else
-                Plan([], targets.max_shots, targets.max_errors, strategy="nothing left"))
-        manifest = Manifest(
-            sweep=name,
-            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            decoders=found.decoders,
-            max_shots=targets.max_shots,
-            max_errors=targets.max_errors,
-            circuits=found.entries,
-            plan=plan,
-            inputs_digest=found.digest,
-            backend=sweep.backend.name,
-            custom_decoders_module_function=spec.inputs.custom_decoders_module_function,
-            sinter_args=found.sinter_args,
-            custom_error_count_key=targets.custom_error_count_key,
-            tasks=[dataclasses.asdict(c) for c in held.costs],
-            existing=held.rows.to_manifest(targets.custom_error_count_key),
-            metadata_from_names=found.metadata_from_names,
-        )
+        held = count_holdings(bucket, found, spec.targets, sweep=name, commit=commit, log=log)
+        manifest = plan_new_sweep(name, found, costs, held, spec, fleet.backend.name,
+                                  fleet.capacity)
         stored = manifest
-        if lock is not None and plan.batches:
+        if lock is not None and manifest.batches:
             lock.check()  # still this launch's: no other launch counted these rows meanwhile
             stored = upload_sweep(bucket, manifest, found.circuits, log)
             if stored is not manifest:  # another launch created the sweep first: its plan
@@ -122,8 +104,8 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log, *, commit: bool = Fals
                 if ignored:
                     log(f"warning: {', '.join(ignored)} ignored: sweep {name!r} keeps the plan "
                         f"another launch stored ({len(stored.batches)} batch(es))")
-    return plan_result(stored, stored is not manifest, found.circuits, sweep.capacity,
-                       spec.pricing, sweep.options.gpus)
+    return PlanResult(stored, stored is not manifest, found.circuits, fleet.capacity,
+                      spec.pricing, fleet.options.gpus)
 
 
-__all__ = ["Sweep", "prepare_sweep"]
+__all__ = ["Fleet", "prepare_sweep"]

@@ -90,7 +90,7 @@ def launch(circuits: Circuits, *, dry_run: bool = False, log: Log | None = None,
         ([], True)
     """
     from qec_kiln._backends import LaunchRequest
-    from qec_kiln._prepare import Sweep, prepare_sweep
+    from qec_kiln._prepare import Fleet, prepare_sweep
     from qec_kiln._report.status import batches_to_start
     from qec_kiln._version import __version__
 
@@ -98,15 +98,15 @@ def launch(circuits: Circuits, *, dry_run: bool = False, log: Log | None = None,
     # warnings are issued. A live table where a caller's lines reach a terminal anyway.
     live = log is not None and log is not quiet and sys.stderr.isatty()
     log = log or quiet
-    sweep = Sweep.build(circuits, settings)
-    backend = sweep.backend
-    bucket = backend.open_bucket(sweep.spec.bucket, must_reach=not dry_run, launching=True,
+    fleet = Fleet.build(settings)
+    backend = fleet.backend
+    bucket = backend.open_bucket(fleet.bucket_url, must_reach=not dry_run, launching=True,
                                  log=log)
-    prepared = prepare_sweep(sweep, bucket, log, commit=not dry_run)
+    prepared = prepare_sweep(circuits, fleet, bucket, log, commit=not dry_run)
     m = prepared.manifest
     request = LaunchRequest(
         log=log, live=live, bucket_url=bucket.url, sweep=m.sweep,
-        batch_ids=tuple(b.id for b in m.batches), options=sweep.options,
+        batch_ids=tuple(b.id for b in m.batches), options=fleet.options,
         num_batches_total=len(m.batches), kiln_version=__version__,
         decoders=tuple(m.decoders),
         custom_decoders_module_function=m.custom_decoders_module_function,

@@ -63,14 +63,14 @@ def plan(circuits: Circuits, *, log: Log | None = None, **settings: Any) -> Plan
         >>> len(p.batches), p.exists, sorted(p.to_json())[:3]
         (2, False, ['balance_ratio', 'batches', 'batches_at_once'])
     """
-    from qec_kiln._prepare import Sweep, prepare_sweep
+    from qec_kiln._prepare import Fleet, prepare_sweep
 
     log = log or quiet
-    sweep = Sweep.build(circuits, settings)
+    fleet = Fleet.build(settings)
     # Only read: an unreachable bucket reads as empty, with a warning.
-    bucket = sweep.backend.open_bucket(sweep.spec.bucket, must_reach=False, launching=False,
+    bucket = fleet.backend.open_bucket(fleet.bucket_url, must_reach=False, launching=False,
                                        log=log)
-    return prepare_sweep(sweep, bucket, log)
+    return prepare_sweep(circuits, fleet, bucket, log)
 
 
 def with_settings_signature(func: Callable[..., Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from qec_kiln._planning.capacity import Capacity
 from qec_kiln._planning.makespan import list_schedule, predicted_makespan
@@ -28,8 +29,30 @@ class PlanResult:
     manifest: Manifest
     exists: bool  # the manifest was already in the bucket (a relaunch)
     circuits: list[CircuitFile] = dataclasses.field(repr=False)
-    capacity: Capacity  # how the backend runs these batches (processes, start-up, slots)
-    estimated_cost: float | None = None  # from the prices per CPU/GPU hour, start-up included
+    #: the backend's answer for any batch count (``capacity`` is it at this plan's)
+    backend_capacity: Capacity = dataclasses.field(repr=False)
+    pricing: Pricing = Pricing()
+    gpus: str | None = None  # the backend's GPUs per batch (priced per GPU-hour)
+
+    @functools.cached_property
+    def capacity(self) -> Capacity:
+        """How the backend runs these batches (processes, start-up, slots)."""
+        return self.backend_capacity.at(len(self.manifest.batches))
+
+    @functools.cached_property
+    def estimated_cost(self) -> float | None:
+        """Node-hours of all batches (start-up included) times the price of a node-hour,
+        where prices per CPU or GPU hour were given."""
+        node_hours = sum(self.wall_seconds(b.predicted_seconds)
+                         for b in self.manifest.plan.batches) / 3600
+        total = None
+        if self.pricing.price_per_cpu_hour is not None:
+            total = node_hours * self.node_processes * self.pricing.price_per_cpu_hour
+        if self.pricing.price_per_gpu_hour is not None and self.gpus:
+            gpus = self.gpus
+            count = int(gpus.rpartition(":")[2] or 1) if ":" in gpus else 1
+            total = (total or 0.0) + node_hours * count * self.pricing.price_per_gpu_hour
+        return total
 
     @property
     def node_processes(self) -> int:
@@ -155,23 +178,3 @@ class PlanResult:
         return data
 
 
-def estimate_cost(prepared: PlanResult, pricing: Pricing, gpus: str | None) -> float | None:
-    """Node-hours of all batches (start-up included) times the price of a node-hour."""
-    node_hours = sum(prepared.wall_seconds(b.predicted_seconds)
-                     for b in prepared.manifest.plan.batches) / 3600
-    total = None
-    if pricing.price_per_cpu_hour is not None:
-        total = node_hours * prepared.node_processes * pricing.price_per_cpu_hour
-    if pricing.price_per_gpu_hour is not None and gpus:
-        count = int(gpus.rpartition(":")[2] or 1) if ":" in gpus else 1
-        total = (total or 0.0) + node_hours * count * pricing.price_per_gpu_hour
-    return total
-
-
-def plan_result(manifest: Manifest, exists: bool, circuits: list[CircuitFile],
-                capacity: Capacity, pricing: Pricing, gpus: str | None) -> PlanResult:
-    """A plan with its predictions (``capacity`` at its batch count), and its cost where prices
-    were given."""
-    result = PlanResult(manifest, exists, circuits, capacity.at(len(manifest.batches)))
-    result.estimated_cost = estimate_cost(result, pricing, gpus)
-    return result

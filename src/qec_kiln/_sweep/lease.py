@@ -10,6 +10,12 @@ nodes' clocks must agree to well within a lease period (NTP does).
 The lease only keeps a second runner from starting work; what guarantees that nothing is counted
 twice is that every fragment upload is a compare-and-swap too (see ``_node.sync.FragmentSync``).
 
+The bucket's planning lock (:func:`plan_lock`) is a lease of the same kind, for launches: a
+top-up plans each task ``target - existing``, so two launches planning the same tasks at once
+would both count the same rows and together sample past the targets. A launch holds
+``_kiln/plan-lock.json`` from counting the bucket's rows to its manifest's commit, so the later
+one sees the earlier sweep (whose unfinished work then refuses the plan).
+
 Example:
     >>> import tempfile
     >>> from qec_kiln._storage import open_bucket
@@ -32,10 +38,11 @@ import json
 import os
 import secrets
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from qec_kiln._errors import Exit, KilnError, ObjectNotFound, PreconditionFailed, StorageError
+from qec_kiln._errors import Exit, KilnError, Log, ObjectNotFound, PreconditionFailed, StorageError
 from qec_kiln._storage import Bucket, RetryPolicy
 
 
@@ -232,5 +239,75 @@ def release(lease: Lease, *, retry: RetryPolicy | None = None, undo: bool = Fals
             lease.version, retry=retry)
 
 
-__all__ = ["Lease", "LeaseHeld", "acquire", "is_held", "lease_key", "live_holder", "release",
-           "renew"]
+#: The bucket's planning lock (not a sweep folder: sweep names start with a letter or digit).
+PLAN_LOCK_KEY = "_kiln/plan-lock.json"
+
+
+class PlanLock:
+    """The bucket's planning lock while this launch holds it: renewed from a thread every
+    third of its lease, so that counting a big bucket or uploading many circuits never outlasts
+    it. :meth:`check` before the commit: a lock lost meanwhile (taken over after renewals
+    failed for a whole lease) refuses the commit, since another launch may have counted too."""
+
+    def __init__(self, lease: Lease):
+        self.lease = lease
+        self.lost = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="kiln-plan-lock", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease.seconds / 3):
+            try:
+                renew(self.lease)
+            except PreconditionFailed:
+                self.lost = "another launch took it over"
+                return
+            except StorageError:
+                continue  # the lease stays valid until it expires: try again next period
+
+    def check(self) -> None:
+        """Raise KilnError unless this launch still holds the lock."""
+        if self.lost or time.time() >= self.lease.expires:
+            why = self.lost or "it expired: the bucket refused its renewals"
+            raise KilnError(f"{self.lease.bucket.url_for(PLAN_LOCK_KEY)}: this launch lost the "
+                            f"bucket's planning lock ({why}); nothing was committed: launch "
+                            "again")
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        if not self.lost:
+            release(self.lease, anonymous=True)  # by compare-and-swap: never another's lock
+
+
+@contextlib.contextmanager
+def plan_lock(bucket: Bucket, log: Log, *, seconds: float = 300.0, wait: float = 900.0
+              ) -> Iterator[PlanLock]:
+    """Hold the bucket's planning lock: one launch at a time counts what exists and commits
+    its plan. Waits (saying so once) while another launch holds it. The lock object stays in
+    the bucket, released (free for the next launch), when this ends."""
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        try:
+            lease = acquire(bucket, PLAN_LOCK_KEY, seconds=seconds, watch=False)
+            break
+        except LeaseHeld:
+            if not told:
+                log(f"waiting for another launch that is planning in {bucket.url}")
+                told = True
+            if time.monotonic() > deadline:
+                raise KilnError(f"{bucket.url_for(PLAN_LOCK_KEY)}: another launch has been "
+                                f"planning for over {wait:g} s; try again later") from None
+            time.sleep(0.5)
+    lock = PlanLock(lease)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+
+__all__ = ["PLAN_LOCK_KEY", "Lease", "LeaseHeld", "PlanLock", "acquire", "is_held", "lease_key",
+           "live_holder", "plan_lock", "release", "renew"]

@@ -141,11 +141,7 @@ class SweepSpec:
         """The spec from ``circuits`` and flat ``settings`` (names as :meth:`setting_names`);
         absent or None settings take their defaults. ``backend_options`` is kept as given: the
         backend normalises it (``Backend.options``)."""
-        known = set(cls.setting_names())
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise KilnError(f"unknown setting {unknown[0]!r}; the settings are: "
-                            f"{', '.join(sorted(known))}")
+        cls.check_setting_names(settings)
         given = {k: v for k, v in settings.items() if v is not None}
         paths = ([os.fspath(circuits)] if isinstance(circuits, str | os.PathLike)
                  else [os.fspath(c) for c in circuits])
@@ -164,10 +160,33 @@ class SweepSpec:
             fields = {f.name for f in dataclasses.fields(group)}
             groups[group_name] = group(**{k: v for k, v in given.items() if k in fields})
         groups["inputs"] = dataclasses.replace(groups["inputs"], circuits=tuple(paths))
-        top = {k: given[k] for k in ("bucket", "name", "backend", "backend_options") if k in given}
-        if "bucket" in top:
-            top["bucket"] = os.fspath(top["bucket"])
-        return cls(**groups, **top)
+        top = {k: given[k] for k in ("name", "backend", "backend_options") if k in given}
+        return cls(**groups, **top, bucket=cls.bucket_of(settings))
+
+    @classmethod
+    def check_setting_names(cls, settings: Mapping[str, Any]) -> None:
+        """Refuse a setting that is not one of :meth:`setting_names`.
+
+        >>> SweepSpec.check_setting_names({"max_shot": 10})
+        Traceback (most recent call last):
+        ...
+        qec_kiln._errors.KilnError: unknown setting 'max_shot'; the settings are: ...
+        """
+        known = set(cls.setting_names())
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise KilnError(f"unknown setting {unknown[0]!r}; the settings are: "
+                            f"{', '.join(sorted(known))}")
+
+    @staticmethod
+    def bucket_of(settings: Mapping[str, Any]) -> str:
+        """The bucket the settings name (a path given as a ``PathLike`` too), or the default.
+
+        >>> SweepSpec.bucket_of({}), SweepSpec.bucket_of({"bucket": None})
+        ('kiln-results', 'kiln-results')
+        """
+        bucket = settings.get("bucket")
+        return DEFAULT_BUCKET if bucket is None else os.fspath(bucket)
 
     @property
     def circuits(self) -> str | list[str]:

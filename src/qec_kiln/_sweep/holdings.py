@@ -1,29 +1,18 @@
 """What a bucket already holds of a new plan's tasks, counted in one call
 (:func:`count_holdings`): every other sweep's rows of them (as ``merge`` counts them: each
 planned fragment once, only the rows of the tasks its batch planned), --existing-data CSVs
-(imported into the bucket with --merge-existing-data), the measured rates that replace the
-model's guesses, and what is left of each task's targets.
+(imported into the bucket with --merge-existing-data), and what is left of each task's targets.
 
 Rows are final ("settled") when every shard of the task in that sweep is done by its fragment
 (sinter stops a task at max_shots or max_errors, and a rerun of its batch samples no more of
 it) and no live runner holds the batch's lease (whose in-flight rows could still arrive). A
-top-up counts only settled rows: see :func:`bucket_holdings`.
-
-Why a lock: a top-up plans each task ``target - existing``. Two launches planning the same
-tasks at once would both count the same rows and together sample past the targets; holding
-``_kiln/plan-lock.json`` (a lease: conditional create or compare-and-swap, renewed while
-held, released at the end, free once its holder dies) from the count to the manifest's commit
-makes the later one see the earlier sweep, whose unfinished work then refuses the plan (see
-:func:`count_existing`).
+top-up counts only settled rows: see :func:`bucket_holdings`. A launch counts under the
+bucket's planning lock (``_sweep.lease.plan_lock``), from the count to its manifest's commit.
 
 Example:
     >>> import tempfile
     >>> from qec_kiln._storage import open_bucket
     >>> bucket = open_bucket(tempfile.mkdtemp())
-    >>> with plan_lock(bucket, print) as lock:
-    ...     lock.check()
-    ...     bucket.exists(PLAN_LOCK_KEY)
-    True
     >>> rows, unsettled = bucket_holdings(bucket, {"id-a"}, exclude="new")
     >>> rows.stats, unsettled
     ({}, [])
@@ -31,15 +20,11 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
-import threading
-import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
-from qec_kiln._errors import KilnError, Log, ObjectNotFound, PreconditionFailed, StorageError
-from qec_kiln._planning._cost import Calibration, TaskCost
+from qec_kiln._errors import KilnError, Log, ObjectNotFound, PreconditionFailed
 from qec_kiln._storage import Bucket
 from qec_kiln._sweep.batches import Batch, Plan, Shard
 from qec_kiln._sweep.existing import (
@@ -51,7 +36,7 @@ from qec_kiln._sweep.existing import (
 )
 from qec_kiln._sweep.fragments import HEADER_LINE, parse_fragment, read_fragments
 from qec_kiln._sweep.inputs import SweepInputs
-from qec_kiln._sweep.lease import Lease, LeaseHeld, acquire, is_held, lease_key, release, renew
+from qec_kiln._sweep.lease import is_held, lease_key
 from qec_kiln._sweep.manifest import (
     CircuitEntry,
     Manifest,
@@ -66,24 +51,19 @@ from qec_kiln._sweep.spec import Targets
 
 @dataclasses.dataclass
 class Holdings:
-    """What a new plan starts from: the rows it counts per task, each task's cost with its
-    measured rates, and what is left of each task's targets (tasks that reach them are out)."""
+    """What a new plan starts from: the rows it counts per task, and what is left of each
+    task's targets (tasks that reach them are out)."""
 
     rows: ExistingRows
-    costs: list[TaskCost]
     goals: dict[str, tuple[int, int]]  # strong_id -> (shots, errors) still to sample
 
-    @property
-    def todo(self) -> list[TaskCost]:
-        return [c for c in self.costs if c.strong_id in self.goals]
 
-
-def count_holdings(bucket: Bucket, found: SweepInputs, costs: Sequence[TaskCost],
-                   targets: Targets, *, sweep: str, commit: bool, log: Log) -> Holdings:
+def count_holdings(bucket: Bucket, found: SweepInputs, targets: Targets, *, sweep: str,
+                   commit: bool, log: Log) -> Holdings:
     """Everything a new plan of ``sweep`` counts, in one call: the bucket's settled rows of its
     tasks and the --existing-data rows (imported first when ``commit`` with
-    --merge-existing-data), the costs with their measured rates, and the targets left.
-    ``commit`` (a launch, under :func:`plan_lock`) refuses what a dry run only warns of."""
+    --merge-existing-data), and the targets left. ``commit`` (a launch, under the planning
+    lock) refuses what a dry run only warns of."""
     counted = count_existing(bucket, found.files, set(found.tasks), sweep=sweep,
                              fresh=targets.fresh, merge_files=targets.merge_existing_data,
                              strict=commit, log=log)
@@ -95,82 +75,12 @@ def count_holdings(bucket: Bucket, found: SweepInputs, costs: Sequence[TaskCost]
             for shares in rows.sources.values():
                 if f"file {path}" in shares:
                     shares[imported] = shares.pop(f"file {path}")
-    measured = with_measured_rates(costs, rows)
-    goals = remaining_targets([c.strong_id for c in measured], targets.max_shots,
-                              targets.max_errors, rows, targets.custom_error_count_key)
+    goals = remaining_targets(list(found.tasks), targets.max_shots, targets.max_errors, rows,
+                              targets.custom_error_count_key)
     if rows.stats:
-        log(f"counted existing rows of {len(rows.stats)} of {len(measured)} task(s); "
-            f"{len(measured) - len(goals)} already reach their targets")
-    return Holdings(rows, measured, goals)
-
-
-#: The bucket's planning lock (not a sweep folder: sweep names start with a letter or digit).
-PLAN_LOCK_KEY = "_kiln/plan-lock.json"
-
-
-class PlanLock:
-    """The bucket's planning lock while this launch holds it: renewed from a thread every
-    third of its lease, so that counting a big bucket or uploading many circuits never outlasts
-    it. :meth:`check` before the commit: a lock lost meanwhile (taken over after renewals
-    failed for a whole lease) refuses the commit, since another launch may have counted too."""
-
-    def __init__(self, lease: Lease):
-        self.lease = lease
-        self.lost = ""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._renew, name="kiln-plan-lock", daemon=True)
-        self._thread.start()
-
-    def _renew(self) -> None:
-        while not self._stop.wait(self.lease.seconds / 3):
-            try:
-                renew(self.lease)
-            except PreconditionFailed:
-                self.lost = "another launch took it over"
-                return
-            except StorageError:
-                continue  # the lease stays valid until it expires: try again next period
-
-    def check(self) -> None:
-        """Raise KilnError unless this launch still holds the lock."""
-        if self.lost or time.time() >= self.lease.expires:
-            why = self.lost or "it expired: the bucket refused its renewals"
-            raise KilnError(f"{self.lease.bucket.url_for(PLAN_LOCK_KEY)}: this launch lost the "
-                            f"bucket's planning lock ({why}); nothing was committed: launch "
-                            "again")
-
-    def release(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        if not self.lost:
-            release(self.lease, anonymous=True)  # by compare-and-swap: never another's lock
-
-
-@contextlib.contextmanager
-def plan_lock(bucket: Bucket, log: Log, *, seconds: float = 300.0, wait: float = 900.0
-              ) -> Iterator[PlanLock]:
-    """Hold the bucket's planning lock: one launch at a time counts what exists and commits
-    its plan. Waits (saying so once) while another launch holds it. The lock object stays in
-    the bucket, released (free for the next launch), when this ends."""
-    deadline = time.monotonic() + wait
-    told = False
-    while True:
-        try:
-            lease = acquire(bucket, PLAN_LOCK_KEY, seconds=seconds, watch=False)
-            break
-        except LeaseHeld:
-            if not told:
-                log(f"waiting for another launch that is planning in {bucket.url}")
-                told = True
-            if time.monotonic() > deadline:
-                raise KilnError(f"{bucket.url_for(PLAN_LOCK_KEY)}: another launch has been "
-                                f"planning for over {wait:g} s; try again later") from None
-            time.sleep(0.5)
-    lock = PlanLock(lease)
-    try:
-        yield lock
-    finally:
-        lock.release()
+        log(f"counted existing rows of {len(rows.stats)} of {len(found.tasks)} task(s); "
+            f"{len(found.tasks) - len(goals)} already reach their targets")
+    return Holdings(rows, goals)
 
 
 @dataclasses.dataclass
@@ -281,29 +191,6 @@ def import_rows(bucket: Bucket, lines: list[str], tasks: Mapping[str, tuple[str,
     return name
 
 
-def with_measured_rates(costs: Sequence[TaskCost], rows: ExistingRows) -> list[TaskCost]:
-    """Each task's cost with the seconds/shot and error rate of its existing rows in place of
-    the model's guesses (the model's rate as the prior: zero errors bound it, never zero).
-
-    >>> import sinter
-    >>> rows = ExistingRows()
-    >>> rows.add("s", sinter.TaskStats(strong_id="a", decoder="pymatching", json_metadata={},
-    ...                                shots=10_000, errors=100, seconds=2.0))
-    >>> t = with_measured_rates([TaskCost("a.stim", "pymatching", "a", 1e-6, 1e-4)], rows)[0]
-    >>> t.seconds_per_shot, round(t.p_logical, 3)
-    (0.0002, 0.01)
-    """
-    out = []
-    for c in costs:
-        st = rows.stats.get(c.strong_id)
-        if st is not None and st.shots > 0 and st.seconds > 0:
-            cal = Calibration(st.seconds / st.shots, st.shots, st.errors)
-            c = dataclasses.replace(c, seconds_per_shot=cal.seconds_per_shot,
-                                    p_logical=cal.p_logical_estimate(c.p_logical))
-        out.append(c)
-    return out
-
-
 def bucket_holdings(bucket: Bucket, strong_ids: Collection[str], *, exclude: str
                     ) -> tuple[ExistingRows, list[str]]:
     """The rows of ``strong_ids`` in every sweep of ``bucket`` but ``exclude``, and one line
@@ -353,5 +240,5 @@ def bucket_holdings(bucket: Bucket, strong_ids: Collection[str], *, exclude: str
     return rows, unsettled
 
 
-__all__ = ["PLAN_LOCK_KEY", "Counted", "Holdings", "PlanLock", "bucket_holdings", "count_existing",
-           "count_holdings", "import_rows", "plan_lock", "with_measured_rates"]
+__all__ = ["Counted", "Holdings", "bucket_holdings", "count_existing", "count_holdings",
+           "import_rows"]
