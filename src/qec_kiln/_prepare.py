@@ -112,11 +112,13 @@ def prepare_sweep(sweep: Sweep, bucket: Bucket, log: Log, *, commit: bool = Fals
             tasks=[dataclasses.asdict(c) for c in held.costs],
             existing=held.rows.to_manifest(targets.custom_error_count_key),
             metadata_from_names=found.metadata_from_names,
+            shipped=found.shipped.record if found.shipped else None,
         )
         stored = manifest
         if lock is not None and plan.batches:
             lock.check()  # still this launch's: no other launch counted these rows meanwhile
-            stored = upload_sweep(bucket, manifest, found.circuits, log)
+            stored = upload_sweep(bucket, manifest, found.circuits, log,
+                                  found.shipped.blobs if found.shipped else None)
             if stored is not manifest:  # another launch created the sweep first: its plan
                 ignored = ignored_flags(spec.partition, stored)
                 if ignored:
