@@ -239,6 +239,9 @@ def print_plan(prepared: PlanResult, only: set[str] | None = None,
         title += f"; relaunch: {len(only or ())} batch(es) with work left"
     if m.existing and only is None:
         print_existing(prepared)
+    if m.shipped is not None and only is None:
+        out.print("custom decoder objects shipped with the sweep (checked by digest on the "
+                  "nodes):\n  " + "\n  ".join(m.shipped.describe()), markup=False)
     if not plan.batches:
         out.print(f"sweep {m.sweep}: nothing to sample, every task already reaches max_shots "
                   f"{m.max_shots:,} or max_errors {m.max_errors:,}", markup=False)

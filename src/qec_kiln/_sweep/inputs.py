@@ -81,6 +81,12 @@ def read_inputs(spec: SweepSpec, *, run_here: bool, log: Log) -> SweepInputs:
     decoders = list(inputs.decoders)
     shipment = pack(inputs.custom_decoders, decoders) if inputs.custom_decoders else None
     shipped = shipment if shipment is not None and shipment.record.objects else None
+    if shipped is not None and custom is not None:
+        from qec_kiln._sweep.shipped_objects import wrap  # (imports sinter)
+
+        # Pickled by value for the planner's pilots too (sinter spawns their worker).
+        custom.update({o.name: wrap(custom[o.name], shipped.blobs[o.sha256])
+                       for o in shipped.record.objects})
     circuits = discover_inputs(  # a custom sampler may read tagged gates (qec_kiln.tsim's do)
         spec.circuits, allow_tagged_gates=bool(inputs.custom_decoders_module_function or shipped),
         log=log
