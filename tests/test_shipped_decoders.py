@@ -289,6 +289,27 @@ def test_bad_custom_decoders_are_refused_in_one_line(noiseless, tmp_path):
                       bucket=bucket)
 
 
+def test_skypilot_nodes_make_their_venv_with_the_launchers_python_and_cloudpickle():
+    import yaml
+
+    from qec_kiln._backends import LaunchRequest
+    from qec_kiln._backends.skypilot import backend as sp
+
+    def rendered(python):
+        req = LaunchRequest("s3://bkt/sweeps", "nb", ("b000",), sp.SkyPilotOptions(
+            infra="aws", kiln_pip_spec="qec-kiln==0.1.0"), decoders=("flip",), python=python)
+        return sp.SkyPilotBackend().describe_json(req)
+
+    shipped, plain = rendered("3.11"), rendered(None)
+    envs = yaml.safe_load(shipped["task_yaml"])["envs"]
+    assert envs["KILN_PYTHON"] == "3.11"
+    assert yaml.safe_load(plain["task_yaml"])["envs"]["KILN_PYTHON"] == ""
+    assert f"cloudpickle=={cloudpickle.__version__}" in envs["KILN_NODE_REQUIREMENTS"].split()
+    setup = yaml.safe_load(shipped["task_yaml"])["setup"]
+    assert '"$uv" venv --quiet --python "${KILN_PYTHON:-python3}" "$venv"' in setup
+    assert "on Python 3.11 (uv installs it)" in shipped["node_install"]
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.timeout(240)
