@@ -59,8 +59,7 @@ def check_decoders(decoders: Sequence[str], custom: Mapping[str, Any] | None, *,
         if d not in known and not unknown_allowed:
             raise KilnError(
                 f"--decoders {d!r} is not a sinter decoder; choose from {', '.join(sorted(known))}; "
-                "or add --custom-decoders-module-function module:function (in Python: "
-                "custom_decoders={name: object})"
+                "or add --custom-decoders-module-function module:function"
             )
         pkg = DECODER_PACKAGES.get(d)  # found, not imported: the batch imports it (once)
         if pkg and run_here and importlib.util.find_spec(pkg) is None:
