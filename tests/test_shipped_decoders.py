@@ -16,14 +16,12 @@ import json
 import pickle
 import subprocess
 import sys
-import textwrap
-import types
 
 import cloudpickle
 import pytest
 import sinter
 import stim
-from kiln_helpers import run_kiln
+from kiln_helpers import NOTEBOOK_CELL, notebook, run_kiln
 
 import qec_kiln
 from qec_kiln._errors import KilnError
@@ -31,59 +29,6 @@ from qec_kiln._prepare import Sweep, prepare_sweep
 from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.manifest import decoder_object_key, load_manifest, manifest_key
 from qec_kiln._sweep.shipped import python_version
-
-# What a user writes in a notebook cell: classes of no importable module.
-NOTEBOOK_CELL = textwrap.dedent('''
-    import collections
-
-    import numpy as np
-    import sinter
-
-
-    class AlwaysFlip(sinter.Decoder):
-        """Predicts every observable as ``value`` (1: flipped)."""
-
-        def __init__(self, value):
-            self.value = value
-
-        def compile_decoder_for_dem(self, *, dem):
-            return CompiledFlip(dem.num_observables, self.value)
-
-
-    class CompiledFlip(sinter.CompiledDecoder):
-        def __init__(self, num_obs, value):
-            self.num_obs, self.value = num_obs, value
-
-        def decode_shots_bit_packed(self, *, bit_packed_detection_event_data):
-            shots = bit_packed_detection_event_data.shape[0]
-            return np.full((shots, (self.num_obs + 7) // 8), 255 * self.value, dtype=np.uint8)
-
-
-    class CountingSampler(sinter.Sampler):
-        """Samples nothing: counts each shot under ``key``, no errors."""
-
-        def __init__(self, key):
-            self.key = key
-
-        def compiled_sampler_for_task(self, task):
-            return CompiledCounter(self.key)
-
-
-    class CompiledCounter(sinter.CompiledSampler):
-        def __init__(self, key):
-            self.key = key
-
-        def sample(self, suggested_shots):
-            return sinter.AnonTaskStats(shots=suggested_shots, errors=0,
-                                        custom_counts=collections.Counter({self.key: suggested_shots}))
-''')
-
-
-def notebook() -> types.ModuleType:
-    """A fresh ``__main__``-named namespace holding the cell's classes (as a notebook's)."""
-    cell = types.ModuleType("__main__")
-    exec(compile(NOTEBOOK_CELL, "<notebook cell>", "exec"), cell.__dict__)  # noqa: S102
-    return cell
 
 
 @pytest.fixture
