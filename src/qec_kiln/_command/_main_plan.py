@@ -45,7 +45,11 @@ def plan(circuits: Circuits, *, log: Log | None = None, **settings: Any) -> Plan
             ``sinter_options=[...]``; ``inspect.signature`` shows each with its default).
             ``jobs``, ``target_hours`` or ``circuits_per_job`` pick the number of batches
             (default: from the backend); ``backend_options`` are the backend's settings, e.g.
-            ``{"partition": "long"}`` for Slurm.
+            ``{"partition": "long"}`` for Slurm. ``custom_decoders={"name": obj}`` (Python
+            only, as in ``sinter.collect``): ``sinter.Decoder``/``sinter.Sampler`` objects,
+            notebook classes included, that ``decoders`` names; they are pickled with
+            cloudpickle and shipped beside the manifest, which records their digests and this
+            Python's version (the nodes check both; see SECURITY.md).
 
     Returns:
         The plan. When the sweep (``name``, default: the folder name and a digest of the
