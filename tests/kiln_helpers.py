@@ -6,6 +6,8 @@ from another test module (tests/test_architecture.py checks that).
 - the CLI as a subprocess and the suite's one polling loop: ``run_kiln``, ``wait_until``;
 - the stores: ``ON_CLOUDS`` (conftest's ``bucket_env`` on S3 and GCS only);
 - a planned, uploaded sweep: ``make_sweep``;
+- custom decoder and sampler classes of no importable module, as a notebook defines them:
+  ``NOTEBOOK_CELL``, ``notebook``;
 - fragments as sinter writes them, and reading them back: ``row``, ``write_fragment``,
   ``finish``, ``fragment_rows``, ``shots_per_task``, ``total_shots``, ``wait_for_uploaded_rows``,
   ``assert_sweep_merges_exactly``, ``sinter_combine``;
@@ -24,7 +26,9 @@ import os
 import pathlib
 import subprocess
 import sys
+import textwrap
 import time
+import types
 from collections.abc import Callable
 from typing import TypeVar
 from unittest import mock
@@ -129,6 +133,62 @@ def make_sweep(circuits, bucket_url, name: str, *, max_shots: int = 4000, max_er
     prepared = prepare_sweep(str(circuits), Fleet.build(settings), bucket, lambda s: None)
     upload_sweep(bucket, prepared.manifest, prepared.circuits, lambda s: None)
     return prepared.manifest
+
+
+# What a user writes in a notebook cell: classes of no importable module.
+NOTEBOOK_CELL = textwrap.dedent('''
+    import collections
+
+    import numpy as np
+    import sinter
+
+
+    class AlwaysFlip(sinter.Decoder):
+        """Predicts every observable as ``value`` (1: flipped)."""
+
+        def __init__(self, value):
+            self.value = value
+
+        def compile_decoder_for_dem(self, *, dem):
+            return CompiledFlip(dem.num_observables, self.value)
+
+
+    class CompiledFlip(sinter.CompiledDecoder):
+        def __init__(self, num_obs, value):
+            self.num_obs, self.value = num_obs, value
+
+        def decode_shots_bit_packed(self, *, bit_packed_detection_event_data):
+            shots = bit_packed_detection_event_data.shape[0]
+            return np.full((shots, (self.num_obs + 7) // 8), 255 * self.value, dtype=np.uint8)
+
+
+    class CountingSampler(sinter.Sampler):
+        """Samples nothing: counts each shot under ``key``, no errors."""
+
+        def __init__(self, key):
+            self.key = key
+
+        def compiled_sampler_for_task(self, task):
+            return CompiledCounter(self.key)
+
+
+    class CompiledCounter(sinter.CompiledSampler):
+        def __init__(self, key):
+            self.key = key
+
+        def sample(self, suggested_shots):
+            return sinter.AnonTaskStats(shots=suggested_shots, errors=0,
+                                        custom_counts=collections.Counter({self.key: suggested_shots}))
+''')
+
+
+def notebook() -> types.ModuleType:
+    """A fresh ``__main__``-named namespace holding the cell's classes (as a notebook's): on a
+    noiseless circuit ``AlwaysFlip(1)`` makes every shot an error and ``AlwaysFlip(0)`` none,
+    and ``CountingSampler(key)`` counts each shot under ``key`` with no error."""
+    cell = types.ModuleType("__main__")
+    exec(compile(NOTEBOOK_CELL, "<notebook cell>", "exec"), cell.__dict__)  # noqa: S102
+    return cell
 
 
 def row(manifest: Manifest, strong_id: str, shots: int, errors: int = 0) -> str:

@@ -19,6 +19,7 @@ from kiln_helpers import (
     assert_sweep_merges_exactly,
     fragment_rows,
     make_sweep,
+    notebook,
     shots_per_task,
     wait_for_uploaded_rows,
     write_surface_circuits,
@@ -94,6 +95,37 @@ def test_fresh_node_installs_the_launchers_code_and_no_skypilot(tmp_path, kiln_w
                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert probe.stdout.startswith("None"), probe.stdout + probe.stderr
     assert "/work/main/.venv" not in probe.stdout
+
+
+def test_shipped_decoder_objects_run_on_a_fresh_node(tmp_path, kiln_wheel, s3_env, node_cache):
+    """A notebook's decoder and sampler objects (custom_decoders, pickled by value) reach a node
+    whose venv holds only the node requirements (cloudpickle among them) and run in the
+    unmodified sinter there: exact counts on a noiseless circuit."""
+    import stim
+
+    import qec_kiln
+    from qec_kiln._prepare import Fleet, prepare_sweep
+    from qec_kiln._sweep.shipped import python_version
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "d=3,r=2.stim").write_text(str(stim.Circuit.generated(
+        "repetition_code:memory", distance=3, rounds=2)))
+    cell = notebook()
+    settings = dict(custom_decoders={"flip": cell.AlwaysFlip(1),
+                                     "counter": cell.CountingSampler("seen")},
+                    decoders=["flip", "counter"], max_shots=2000, max_errors=10**6,
+                    name="shipped", jobs=1)
+    prepare_sweep(str(folder), Fleet.build(settings), open_bucket(s3_env.url), lambda _l: None,
+                  commit=True)
+    task = node_task(kiln_wheel, s3_env.url, "shipped", ["b000"], s3_env.env)
+    task["envs"]["KILN_PYTHON"] = python_version()
+    result = Node(task, 0, 1, tmp_path / "node", cache=node_cache).run()
+    assert result.setup_rc == 0, result.log
+    assert result.returncode == 0, result.log
+    stats = {s.decoder: s for s in qec_kiln.merge(s3_env.url, None, sweep="shipped").stats}
+    assert (stats["flip"].shots, stats["flip"].errors) == (2000, 2000)
+    assert (stats["counter"].shots, stats["counter"].custom_counts["seen"]) == (2000, 2000)
 
 
 def launch_through_qec_kiln(monkeypatch, tmp_path, circuits, env, name, *extra) -> dict:

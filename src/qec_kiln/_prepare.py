@@ -98,7 +98,8 @@ def prepare_sweep(circuits: Any, fleet: Fleet, bucket: Bucket, log: Log, *,
         stored = manifest
         if lock is not None and manifest.batches:
             lock.check()  # still this launch's: no other launch counted these rows meanwhile
-            stored = upload_sweep(bucket, manifest, found.circuits, log)
+            stored = upload_sweep(bucket, manifest, found.circuits, log,
+                                  found.shipped.blobs if found.shipped else None)
             if stored is not manifest:  # another launch created the sweep first: its plan
                 ignored = ignored_flags(spec.partition, stored)
                 if ignored:

@@ -43,6 +43,7 @@ class LaunchRequest:
     kiln_version: str = ""
     decoders: tuple[str, ...] = ()  # the sweep's decoders (a remote node installs their packages)
     custom_decoders_module_function: str | None = None
+    python: str | None = None  # the major.minor the nodes must run (shipped decoder objects)
     node_hour_price: float | None = None  # from --price-per-cpu/gpu-hour (idle cost of a pool)
     # Where a backend that runs the batches itself (local) sends its lines (progress, failures,
     # warnings); None: nowhere. ``live``: a live table on the terminal instead of progress lines.

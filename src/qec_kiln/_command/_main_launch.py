@@ -110,6 +110,7 @@ def launch(circuits: Circuits, *, dry_run: bool = False, log: Log | None = None,
         num_batches_total=len(m.batches), kiln_version=__version__,
         decoders=tuple(m.decoders),
         custom_decoders_module_function=m.custom_decoders_module_function,
+        python=m.shipped.python if m.shipped else None,
         node_hour_price=prepared.node_hour_price)
     if not m.batches:
         log(f"nothing to launch: every task already reaches max_shots or max_errors with the "

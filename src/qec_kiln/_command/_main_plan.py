@@ -45,7 +45,11 @@ def plan(circuits: Circuits, *, log: Log | None = None, **settings: Any) -> Plan
             ``sinter_options=[...]``; ``inspect.signature`` shows each with its default).
             ``jobs``, ``target_hours`` or ``circuits_per_job`` pick the number of batches
             (default: from the backend); ``backend_options`` are the backend's settings, e.g.
-            ``{"partition": "long"}`` for Slurm.
+            ``{"partition": "long"}`` for Slurm. ``custom_decoders={"name": obj}`` (Python
+            only, as in ``sinter.collect``): ``sinter.Decoder``/``sinter.Sampler`` objects,
+            notebook classes included, that ``decoders`` names; they are pickled with
+            cloudpickle and shipped beside the manifest, which records their digests and this
+            Python's version (the nodes check both; see SECURITY.md).
 
     Returns:
         The plan. When the sweep (``name``, default: the folder name and a digest of the
@@ -239,6 +243,9 @@ def print_plan(prepared: PlanResult, only: set[str] | None = None,
         title += f"; relaunch: {len(only or ())} batch(es) with work left"
     if m.existing and only is None:
         print_existing(prepared)
+    if m.shipped is not None and only is None:
+        out.print("custom decoder objects shipped with the sweep (checked by digest on the "
+                  "nodes):\n  " + "\n  ".join(m.shipped.describe()), markup=False)
     if not plan.batches:
         out.print(f"sweep {m.sweep}: nothing to sample, every task already reaches max_shots "
                   f"{m.max_shots:,} or max_errors {m.max_errors:,}", markup=False)

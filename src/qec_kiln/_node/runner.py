@@ -32,6 +32,7 @@ from qec_kiln._argtypes import SYNC_SECONDS
 from qec_kiln._atomic import atomic_write
 from qec_kiln._errors import Exit, KilnError, Log, ObjectNotFound, PreconditionFailed, StorageError
 from qec_kiln._node.processes import Forked, kill_stale_group, stop_group
+from qec_kiln._node.shipped import LOADER, prepare_shipped
 from qec_kiln._node.sinter_cmd import metadata_func, sinter_collect_argv, start_sinter
 from qec_kiln._node.stop import StopRequest
 from qec_kiln._node.sync import FragmentSync, RowSplitter, rows_of
@@ -101,13 +102,15 @@ def run_batch(
     _check_versions(manifest)
     batches = [manifest.plan.batch(b) for b in ids]
     root = (pathlib.Path(work_dir) if work_dir else default_work_dir()) / sweep
+    # Shipped decoder objects: checked before any lease is taken or anything sampled.
+    sinter_env = prepare_shipped(bucket, manifest, root / "decoders")
     say = out or (lambda s: print(s, file=sys.stderr, flush=True))
     if lease_seconds is None:
         lease_seconds = max(60.0, 4 * sync_seconds)
     codes: dict[str, int] = {}
     for group in disjoint_groups(batches):
         codes.update(_run_group(bucket, manifest, group, root, say, processes, sync_seconds,
-                                lease_seconds, cpus))
+                                lease_seconds, cpus, sinter_env))
         if any(c >= 128 for c in codes.values()):  # stopped by a signal (or a cancel): the rest
             break  # waits for the next launch
     if len(ids) > 1:  # how each batch ended, for the local queue (one exit code for them all)
@@ -119,7 +122,8 @@ def run_batch(
 
 def _run_group(bucket: Bucket, manifest: Manifest, group: list[Batch], root: pathlib.Path,
                say: Log, processes: int | None, sync_seconds: float,
-               lease_seconds: float, cpus: Sequence[int]) -> dict[str, int]:
+               lease_seconds: float, cpus: Sequence[int],
+               sinter_env: dict[str, str] | None = None) -> dict[str, int]:
     """Lock, lease and run batches that share no task (one sinter for them all); each one's
     exit code (``Exit.CONFLICT`` where another runner holds it)."""
     locks: list[int] = []
@@ -166,7 +170,7 @@ def _run_group(bucket: Bucket, manifest: Manifest, group: list[Batch], root: pat
             return codes
         try:
             return {**codes, **_run(bucket, manifest, leased, root, log, log_path, processes,
-                                    sync_seconds, leases, cpus)}
+                                    sync_seconds, leases, cpus, sinter_env)}
         except KilnError:
             for lease in leases:
                 release(lease, undo=True)  # e.g. a garbage fragment: leave the bucket as it was
@@ -233,7 +237,8 @@ def _restore(bucket: Bucket, manifest: Manifest, batches: list[Batch], resume: p
 
 def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib.Path,
          log: Log, log_path: pathlib.Path, processes: int | None,
-         sync_seconds: float, leases: list[Lease], cpus: Sequence[int] = ()) -> dict[str, int]:
+         sync_seconds: float, leases: list[Lease], cpus: Sequence[int] = (),
+         sinter_env: dict[str, str] | None = None) -> dict[str, int]:
     """Run ``batches`` (leased) in one sinter per :func:`sinter_runs`; each one's exit code. A
     batch another runner took over (a lost swap or lease) stops uploading, and the others go on:
     sinter stops only when it runs for none of them."""
@@ -302,7 +307,8 @@ def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib
             argv = sinter_collect_argv(
                 paths, decoders=run.decoders, max_shots=run.max_shots, max_errors=run.max_errors,
                 processes=nproc, resume_path=resume,
-                custom_decoders_module_function=manifest.custom_decoders_module_function,
+                custom_decoders_module_function=(manifest.custom_decoders_module_function
+                                                 or (LOADER if sinter_env else None)),
                 extra=manifest.sinter_args,
                 # A worker writes its rows at least once per sync period, so a kill loses about
                 # one sync period of work however long the task has run (see sinter_collect_argv).
@@ -313,7 +319,7 @@ def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib
                 f"max_shots {run.max_shots}, max_errors {run.max_errors}, processes {nproc}, "
                 f"CPUs {format_cpus(cpus)}")
             with open(work / "sinter.log", "ab") as sinter_log:
-                proc = start_sinter(argv, sinter_log.fileno(), work)
+                proc = start_sinter(argv, sinter_log.fileno(), work, sinter_env)
                 pgid_file.write_text(str(proc.pid))
                 running["proc"] = proc
                 if thread.ident is None:  # after the first sinter: it may have been forked

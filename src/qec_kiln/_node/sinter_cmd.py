@@ -14,7 +14,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from qec_kiln._atomic import atomic_write
 from qec_kiln._node.processes import Forked, die_with_parent, fork_call, fork_is_safe
@@ -80,8 +80,10 @@ def sinter_collect_argv(
     return argv
 
 
-def start_sinter(argv: list[str], log_fd: int, work: pathlib.Path) -> subprocess.Popen | Forked:
-    """Start ``sinter collect`` (``argv``) in its own session in ``work``, dying with run-batch.
+def start_sinter(argv: list[str], log_fd: int, work: pathlib.Path,
+                 env: Mapping[str, str] | None = None) -> subprocess.Popen | Forked:
+    """Start ``sinter collect`` (``argv``) in its own session in ``work``, dying with run-batch,
+    with ``env`` added to its environment (e.g. where the shipped decoders are).
 
     Where this process has sinter imported already (a local run-batch forked by its launcher)
     and runs no other thread yet, sinter's own ``main`` runs in a forked child: the same
@@ -99,9 +101,10 @@ def start_sinter(argv: list[str], log_fd: int, work: pathlib.Path) -> subprocess
             sys.modules["__main__"] = types.ModuleType("__main__")
             return main(command_line_args=args)
 
-        return fork_call(collect, out=log_fd, cwd=work, die_with=os.getpid())
+        return fork_call(collect, out=log_fd, cwd=work, env=env, die_with=os.getpid())
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
                             start_new_session=True, cwd=work,
+                            env={**os.environ, **env} if env else None,
                             preexec_fn=functools.partial(die_with_parent, os.getpid()))
 
 

@@ -46,6 +46,7 @@ def plan_new_sweep(name: str, found: SweepInputs, costs: Sequence[TaskCost], hel
         tasks=[dataclasses.asdict(c) for c in measured],
         existing=held.rows.to_manifest(targets.custom_error_count_key),
         metadata_from_names=found.metadata_from_names,
+        shipped=found.shipped.record if found.shipped else None,
     )
 
 

@@ -175,6 +175,8 @@ class PlanResult:
         }
         if self.estimated_cost is not None:
             data["estimated_cost"] = self.estimated_cost
+        if self.manifest.shipped is not None:  # custom_decoders objects: names, kinds, digests
+            data["shipped_decoders"] = self.manifest.shipped.to_json()
         return data
 
 

@@ -29,6 +29,7 @@ from qec_kiln._sweep.discover import (
 from qec_kiln._sweep.existing import ExistingFile, read_existing_file
 from qec_kiln._sweep.manifest import CircuitEntry, inputs_digest
 from qec_kiln._sweep.postselect import postselection_masks
+from qec_kiln._sweep.shipped import Shipment, pack
 from qec_kiln._sweep.spec import SweepSpec
 
 
@@ -38,7 +39,7 @@ class SweepInputs:
 
     circuits: list[CircuitFile]
     decoders: list[str]
-    custom: dict | None  # the --custom-decoders-module-function dict, where it loads here
+    custom: dict | None  # custom_decoders, or the --custom-decoders-module-function dict
     masks: Any  # postselection masks per circuit (as sinter builds them)
     strong_ids: dict[tuple[str, str], str]  # (circuit key, decoder) -> strong_id
     files: list[ExistingFile]  # --existing-data CSVs
@@ -47,6 +48,7 @@ class SweepInputs:
     digest: str
     runs_here: frozenset[str]  # the decoders that can decode on this machine
     metadata_from_names: bool  # every circuit's metadata is its file name's (as sinter reads it)
+    shipped: Shipment | None = None  # the custom_decoders objects the nodes get, pickled
 
     @property
     def tasks(self) -> dict[str, tuple[str, str]]:
@@ -65,14 +67,30 @@ def read_inputs(spec: SweepSpec, *, run_here: bool, log: Log) -> SweepInputs:
         raise KilnError("--fresh counts no existing rows: it cannot be given with --existing-data")
     if targets.merge_existing_data and not targets.existing_data:
         raise KilnError("--merge-existing-data needs --existing-data CSV...")
-    custom = load_custom_decoders(inputs.custom_decoders_module_function,
-                                  required=run_here or spec.partition.calibrate)
+    if inputs.custom_decoders and inputs.custom_decoders_module_function:
+        raise KilnError(
+            "custom_decoders (objects) and custom_decoders_module_function "
+            f"({inputs.custom_decoders_module_function}) cannot be combined: sinter on the nodes "
+            "takes one --custom_decoders_module_function; put every custom decoder in one of them"
+        )
+    custom = (dict(inputs.custom_decoders) if inputs.custom_decoders else
+              load_custom_decoders(inputs.custom_decoders_module_function,
+                                   required=run_here or spec.partition.calibrate))
     check_decoders(inputs.decoders, custom, run_here=run_here,
                    custom_spec=inputs.custom_decoders_module_function)
-    circuits = discover_inputs(
-        spec.circuits, allow_tagged_gates=bool(inputs.custom_decoders_module_function), log=log
-    )
     decoders = list(inputs.decoders)
+    shipment = pack(inputs.custom_decoders, decoders) if inputs.custom_decoders else None
+    shipped = shipment if shipment is not None and shipment.record.objects else None
+    if shipped is not None and custom is not None:
+        from qec_kiln._sweep.shipped_objects import wrap  # (imports sinter)
+
+        # Pickled by value for the planner's pilots too (sinter spawns their worker).
+        custom.update({o.name: wrap(custom[o.name], shipped.blobs[o.sha256])
+                       for o in shipped.record.objects})
+    circuits = discover_inputs(  # a custom sampler may read tagged gates (qec_kiln.tsim's do)
+        spec.circuits, allow_tagged_gates=bool(inputs.custom_decoders_module_function or shipped),
+        log=log
+    )
     check_decodable(circuits, decoders)
     masks = postselection_masks(inputs.postselection, circuits, log)
     strong_ids = check_duplicates(circuits, decoders, masks)
@@ -83,8 +101,9 @@ def read_inputs(spec: SweepSpec, *, run_here: bool, log: Log) -> SweepInputs:
     sinter_args = inputs.sinter_args(targets.custom_error_count_key)
     digest = inputs_digest(entries, decoders, targets.max_shots, targets.max_errors,
                            inputs.custom_decoders_module_function, sinter_args,
-                           existing_data={f.sha256: use for f in files})
+                           existing_data={f.sha256: use for f in files},
+                           shipped=shipped.record.digests() if shipped else None)
     return SweepInputs(circuits, decoders, custom, masks, strong_ids, files, entries,
                        sinter_args, digest,
                        frozenset(d for d in decoders if decoder_runs_here(d, custom)),
-                       all(named_by_its_file(c.key, c.metadata) for c in circuits))
+                       all(named_by_its_file(c.key, c.metadata) for c in circuits), shipped)

@@ -5,6 +5,8 @@ Bucket layout of a sweep::
 
     <bucket>/<sweep>/manifest.json        this file (written last at launch: the commit point)
     <bucket>/<sweep>/circuits/<key>       the circuits, keyed by their path in the sweep folder
+    <bucket>/<sweep>/decoders/<sha256>.pkl  custom decoder/sampler objects (API's custom_decoders),
+                                            cloudpickled, keyed by their digest (_sweep/shipped.py)
     <bucket>/<sweep>/fragments/<batch>.csv  one sinter resume CSV per batch, only ever overwritten
                                             whole with a longer prefix of itself
     <bucket>/<sweep>/logs/<batch>.log     the tail of each batch's run-batch log
@@ -21,6 +23,7 @@ from typing import Any
 from qec_kiln._errors import KilnError, Log, ObjectNotFound
 from qec_kiln._storage import Bucket
 from qec_kiln._sweep.batches import Batch, Plan
+from qec_kiln._sweep.shipped import Shipped
 from qec_kiln._version import __version__
 
 FORMAT = "qec-kiln/manifest"
@@ -48,6 +51,11 @@ def manifest_key(sweep: str) -> str:
 
 def circuit_key(sweep: str, key: str) -> str:
     return f"{sweep}/circuits/{key}"
+
+
+def decoder_object_key(sweep: str, sha256: str) -> str:
+    """A shipped decoder or sampler object, by the SHA-256 of its pickle."""
+    return f"{sweep}/decoders/{sha256}.pkl"
 
 
 def fragment_key(sweep: str, batch: str) -> str:
@@ -111,6 +119,9 @@ class Manifest:
     #: file name (decided at plan time, so that run-batch need not import sinter to choose the
     #: flag); None: not recorded (an earlier version's manifest), or not every circuit's.
     metadata_from_names: bool | None = None
+    #: The custom decoder/sampler objects shipped with the sweep (their names, kinds, digests
+    #: and the Python that pickled them); None: none (the nodes load nothing of the sweep's).
+    shipped: Shipped | None = None
 
     @property
     def batches(self) -> list[Batch]:
@@ -130,7 +141,7 @@ class Manifest:
         raise KilnError(f"manifest of sweep {self.sweep!r} has no circuit {key!r}")
 
     def to_json(self) -> dict:
-        return {
+        data = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "sweep": self.sweep,
@@ -153,6 +164,9 @@ class Manifest:
             "metadata_from_names": self.metadata_from_names,
             "batches": [b.to_json() for b in self.plan.batches],
         }
+        if self.shipped:  # only then: a manifest without objects reads as before
+            data["shipped_decoders"] = self.shipped.to_json()
+        return data
 
     def dumps(self) -> bytes:
         return (json.dumps(self.to_json(), indent=1, sort_keys=False) + "\n").encode()
@@ -193,6 +207,8 @@ class Manifest:
                 existing=dict(d.get("existing", {})),
                 kind=d.get("kind", "sweep"),
                 metadata_from_names=d.get("metadata_from_names"),
+                shipped=(Shipped.from_json(d["shipped_decoders"])
+                         if d.get("shipped_decoders") else None),
             )
         except (KeyError, TypeError) as ex:
             raise KilnError(
@@ -276,10 +292,13 @@ def resolve_sweep(bucket: Bucket, sweep: str | None,
 
 def inputs_digest(circuits: list[CircuitEntry], decoders: list[str], max_shots: int, max_errors: int,
                   custom: str | None, sinter_args: list[str],
-                  existing_data: dict[str, str] | None = None) -> str:
+                  existing_data: dict[str, str] | None = None,
+                  shipped: dict[str, str] | None = None) -> str:
     """A digest of everything that defines the sweep's results (not of the plan).
-    ``existing_data``: sha256 of each --existing-data file (with how they are used), which
-    enters the digest only when given, so sweeps without it keep their names."""
+    ``existing_data``: sha256 of each --existing-data file (with how they are used);
+    ``shipped``: sha256 of each shipped decoder object, so that another object under the same
+    name is another sweep. Each enters the digest only when given, so sweeps without it keep
+    their names."""
     h = hashlib.sha256()
     inputs = {
         "circuits": sorted((c.key, c.sha256) for c in circuits),
@@ -291,5 +310,7 @@ def inputs_digest(circuits: list[CircuitEntry], decoders: list[str], max_shots: 
     }
     if existing_data:
         inputs["existing_data"] = existing_data
+    if shipped:
+        inputs["shipped"] = shipped
     h.update(json.dumps(inputs, sort_keys=True).encode())
     return h.hexdigest()

@@ -11,7 +11,8 @@ field here, and the flag (dashes for underscores: ``max_shots`` is ``--max-shots
     qec_kiln._errors.KilnError: unknown setting 'max_shot'; the settings are: ...
 
 Adding a setting is a field in one of the groups below plus its flag in
-``_command/_main_plan.add_sweep_arguments``.
+``_command/_main_plan.add_sweep_arguments``; only :data:`API_ONLY` settings (Python objects) have
+no flag.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from qec_kiln._argtypes import DEFAULT_BUCKET
 from qec_kiln._argtypes import sinter_options as check_sinter_options
 from qec_kiln._errors import KilnError
 from qec_kiln._sweep.postselect import Postselection
+from qec_kiln._sweep.shipped import check_objects
 
 if TYPE_CHECKING:  # a backend's options: the backend normalises them (Backend.options)
     from qec_kiln._backends.options import BackendOptions
@@ -38,6 +40,9 @@ class Inputs:
     circuits: tuple[str, ...] = ()
     decoders: tuple[str, ...] = ("pymatching",)
     custom_decoders_module_function: str | None = None  # sinter's, e.g. chromobius:sinter_decoders
+    # sinter.collect's: {name: sinter.Decoder | sinter.Sampler}, shipped to the nodes pickled
+    # (_sweep/shipped.py); not with custom_decoders_module_function. API only: objects, no flag.
+    custom_decoders: Mapping[str, Any] | None = dataclasses.field(default=None, hash=False)
     sinter_options: tuple[str, ...] = ()  # sinter collect's argv words (--sinter-option, checked)
     # sinter's postselection (part of each task's strong_id, computed here as sinter does)
     postselected_detectors_predicate: str | None = None  # e.g. "coords[3] > 0"
@@ -103,6 +108,9 @@ class Pricing:
     price_per_gpu_hour: float | None = None
 
 
+#: Settings of the Python API that no flag can spell (Python objects).
+API_ONLY = frozenset({"custom_decoders"})
+
 #: The groups of a SweepSpec and their types; a setting's name is its field's name.
 GROUPS: dict[str, type] = {"inputs": Inputs, "targets": Targets, "partition": Partition,
                            "pricing": Pricing}
@@ -153,6 +161,8 @@ class SweepSpec:
             if key in given:
                 given[key] = tuple(os.fspath(v) if isinstance(v, os.PathLike) else v
                                    for v in given[key])
+        if "custom_decoders" in given:
+            given["custom_decoders"] = check_objects(given["custom_decoders"])
         if "sinter_options" in given:  # checked, as the argv words sinter collect receives
             given["sinter_options"] = tuple(check_sinter_options(given["sinter_options"]))
         groups = {}

@@ -1,10 +1,12 @@
 """The sweep in its bucket: which sweep a launch is (its name, and its stored manifest when it
-exists with the same inputs: a relaunch), and its upload (circuits, then the manifest, only ever
-created). A ``--name`` whose sweep has other inputs names a top-up ``NAME-<8 hex of the
-inputs>``; a folder with a run's objects but no manifest is refused.
+exists with the same inputs: a relaunch), and its upload (circuits and shipped decoder objects,
+then the manifest, only ever created). A ``--name`` whose sweep has other inputs names a top-up
+``NAME-<8 hex of the inputs>``; a folder with a run's objects but no manifest is refused.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from qec_kiln._errors import KilnError, Log, ObjectNotFound, PreconditionFailed
 from qec_kiln._storage import Bucket
@@ -13,6 +15,7 @@ from qec_kiln._sweep.manifest import (
     Manifest,
     check_sweep_name,
     circuit_key,
+    decoder_object_key,
     load_manifest,
     manifest_key,
     orphan_message,
@@ -87,14 +90,15 @@ def _check_no_orphans(bucket: Bucket, sweep: str, keys: list[str]) -> None:
     the sweep folder's objects) but has no manifest: those rows were counted against another
     plan (a task's shards differ between plans), and a run-batch of it may still be writing;
     merging them under a new plan could exceed its targets."""
-    left = [k for k in keys if not k.startswith(f"{sweep}/circuits/")]
+    left = [k for k in keys if not k.startswith((f"{sweep}/circuits/", f"{sweep}/decoders/"))]
     if left:
         raise KilnError(orphan_message(bucket, sweep, left) + "; or give --name NEW")
 
 
 def upload_sweep(bucket: Bucket, manifest: Manifest, circuits: list[CircuitFile],
-                 log: Log) -> Manifest:
-    """Circuits first, the manifest last: a manifest in the bucket means the sweep is complete there.
+                 log: Log, objects: Mapping[str, bytes] | None = None) -> Manifest:
+    """Circuits (and ``objects``: shipped decoder pickles by sha256) first, the manifest last:
+    a manifest in the bucket means the sweep is complete there.
 
     Each object is only created, never replaced (the same bytes already there count as written),
     so two launches of one sweep at the same time cannot swap plans under each other's batches.
@@ -102,15 +106,16 @@ def upload_sweep(bucket: Bucket, manifest: Manifest, circuits: list[CircuitFile]
     the same inputs: that plan is the sweep's, and this launch goes on with it).
     """
     m = manifest
-    for c in circuits:
-        key = circuit_key(m.sweep, c.key)
+    uploads = [(circuit_key(m.sweep, c.key), c.text.encode("utf-8")) for c in circuits]
+    uploads += [(decoder_object_key(m.sweep, sha), blob) for sha, blob in (objects or {}).items()]
+    for key, data in uploads:
         try:
-            bucket.write_if(key, c.text.encode("utf-8"), None)
+            bucket.write_if(key, data, None)
         except PreconditionFailed as ex:
             _refused_create(bucket, key, ex)
             raise KilnError(
                 f"{bucket.url_for(key)} already exists with other contents (left by a launch of "
-                f"sweep {m.sweep!r} with other circuits?); give --name NEW, or delete "
+                f"sweep {m.sweep!r} with other inputs?); give --name NEW, or delete "
                 f"{bucket.url_for(m.sweep)} to start over"
             ) from None
     key = manifest_key(m.sweep)
@@ -126,7 +131,9 @@ def upload_sweep(bucket: Bucket, manifest: Manifest, circuits: list[CircuitFile]
         log(f"sweep {m.sweep!r} was created in {bucket.url} by another launch at the same time: "
             "using its plan")
         return stored
-    log(f"uploaded {len(circuits)} circuit(s) and the manifest to {bucket.url_for(m.sweep)}")
+    shipped = f", {len(objects)} decoder object(s)" if objects else ""
+    log(f"uploaded {len(circuits)} circuit(s){shipped} and the manifest to "
+        f"{bucket.url_for(m.sweep)}")
     return m
 
 

@@ -222,6 +222,7 @@ class SkyPilotBackend(RemoteBackend):
         install = apply_node_install(
             cfg, bucket_url=request.bucket_url, decoders=request.decoders,
             custom=request.custom_decoders_module_function, image=opts.image,
+            python=request.python,
             pip_spec=opts.kiln_pip_spec, log=lambda m: print(m, file=sys.stderr))
         version = request.kiln_version or kiln_version()
         env_overrides = [

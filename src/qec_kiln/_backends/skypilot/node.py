@@ -36,8 +36,10 @@ class NodeInstall:
 
 def apply_node_install(cfg: dict[str, Any], *, bucket_url: str, decoders: tuple[str, ...],
                        custom: str | None, image: str | None, pip_spec: str | None,
-                       log=lambda _msg: None) -> NodeInstall:
-    """Edit ``cfg`` (image, setup, file_mounts) and return what the node installs."""
+                       log=lambda _msg: None, python: str | None = None) -> NodeInstall:
+    """Edit ``cfg`` (image, setup, file_mounts) and return what the node installs.
+    ``python``: the ``major.minor`` the node's venv must have (a sweep's shipped decoder objects
+    load only there; uv installs it), else the node's ``python3``."""
     if image:
         if not image.startswith("docker:"):
             raise KilnError(f"--image {image!r}: give a container image as docker:REGISTRY/NAME:TAG")
@@ -47,14 +49,16 @@ def apply_node_install(cfg: dict[str, Any], *, bucket_url: str, decoders: tuple[
                 entry.pop("image_id", None)
         res["image_id"] = image
         cfg.pop("setup", None)
-        envs = [("KILN_WHEEL", ""), ("KILN_PIP_SPEC", ""), ("KILN_NODE_REQUIREMENTS", "")]
+        envs = [("KILN_WHEEL", ""), ("KILN_PIP_SPEC", ""), ("KILN_NODE_REQUIREMENTS", ""),
+                ("KILN_PYTHON", "")]
         return NodeInstall(envs, {}, f"nodes run the qec-kiln inside {image} (no setup)")
     reqs = _ship.node_requirements(bucket_url, decoders, custom)
+    on = f" on Python {python} (uv installs it)" if python else ""
     if pip_spec:
         envs = [("KILN_WHEEL", ""), ("KILN_PIP_SPEC", pip_spec),
-                ("KILN_NODE_REQUIREMENTS", " ".join(reqs))]
+                ("KILN_NODE_REQUIREMENTS", " ".join(reqs)), ("KILN_PYTHON", python or "")]
         return NodeInstall(envs, {}, f"nodes install {pip_spec} (--no-deps) from their package "
-                           f"index, and {' '.join(reqs)}")
+                           f"index, and {' '.join(reqs)}{on}")
     wheel = _ship.build_wheel(log=log)
     mounts = cfg.get("file_mounts")
     if mounts is None:
@@ -63,11 +67,11 @@ def apply_node_install(cfg: dict[str, Any], *, bucket_url: str, decoders: tuple[
         raise KilnError("the task YAML's file_mounts must be a mapping")
     mounts[wheel.remote_path] = str(wheel.path)
     envs = [("KILN_WHEEL", wheel.remote_path), ("KILN_PIP_SPEC", ""),
-            ("KILN_NODE_REQUIREMENTS", " ".join(reqs))]
+            ("KILN_NODE_REQUIREMENTS", " ".join(reqs)), ("KILN_PYTHON", python or "")]
     return NodeInstall(envs, {wheel.remote_path: str(wheel.path)},
                        f"nodes install {wheel.path.name} (--no-deps; this machine's qec-kiln, "
                        f"{wheel.origin}, sha256 {wheel.sha256[:12]}) from {wheel.path}, "
-                       f"and from their package index: {' '.join(reqs)}")
+                       f"and from their package index: {' '.join(reqs)}{on}")
 
 
 def node_identity(bucket_url: str, infra: str | None, secret_names: list[str],

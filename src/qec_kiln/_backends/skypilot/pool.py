@@ -37,7 +37,7 @@ WARM_STARTUP_SECONDS = 20.0
 #: What a pool job's task keeps; resources, setup and file_mounts belong to the pool.
 JOB_KEYS = ("name", "envs", "secrets", "run")
 #: The envs that the pool's setup reads (the node install); the job task keeps the others.
-INSTALL_ENVS = ("KILN_WHEEL", "KILN_PIP_SPEC", "KILN_NODE_REQUIREMENTS")
+INSTALL_ENVS = ("KILN_WHEEL", "KILN_PIP_SPEC", "KILN_NODE_REQUIREMENTS", "KILN_PYTHON")
 
 
 def pool_name(pool_cfg: dict[str, Any]) -> str:
@@ -88,6 +88,7 @@ def render_pool(backend: Any, opts: Any, request: Any, task_cfg: dict[str, Any],
     install = apply_node_install(
         cfg, bucket_url=request.bucket_url, decoders=request.decoders,
         custom=request.custom_decoders_module_function, image=opts.image,
+        python=request.python,
         pip_spec=opts.kiln_pip_spec)
     cfg["envs"] = {**{str(k): None if v is None else str(v)
                       for k, v in (cfg.get("envs") or {}).items()}, **dict(install.envs)}

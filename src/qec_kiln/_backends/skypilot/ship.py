@@ -14,8 +14,8 @@ Either way the wheel is cached under ``<kiln_home>/wheels/<content hash>/``, so 
 unchanged code reuses it. The node installs it with ``pip install --no-deps`` (qec-kiln's own
 dependencies include SkyPilot, which a node never runs) after :func:`node_requirements`: stim,
 sinter and pymatching pinned to the launcher's versions (the detector error model text enters
-sinter's strong_id), ``rich``, the bucket's client library and the packages of the sweep's
-decoders.
+sinter's strong_id), ``rich``, ``cloudpickle`` (a sweep's shipped decoder objects), the bucket's
+client library and the packages of the sweep's decoders.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ from qec_kiln._sweep.decoders import DECODER_DISTS, MODULE_DISTS
 #: Files of a source tree that the wheel build reads (the same set docker/Dockerfile.* copies).
 SOURCE_FILES = ("pyproject.toml", "README.md", "LICENSE")
 #: Distributions every node needs besides qec-kiln itself, pinned to the launcher's versions
-#: (pyyaml: the CLI's parser imports every backend, and the SkyPilot one reads YAML).
-NODE_DISTS = ("stim", "sinter", "pymatching", "rich", "pyyaml")
+#: (pyyaml: the CLI's parser imports every backend, and the SkyPilot one reads YAML;
+#: cloudpickle: loads a sweep's shipped decoder objects, pinned as it pickled them).
+NODE_DISTS = ("stim", "sinter", "pymatching", "rich", "pyyaml", "cloudpickle")
 #: The client library of each bucket scheme.
 BUCKET_DISTS = {"s3": "boto3", "gs": "google-cloud-storage"}
 _SKIP_DIRS = {"__pycache__"}
@@ -300,7 +301,7 @@ def node_requirements(bucket_url: str, decoders: Iterable[str] = (),
 
     >>> reqs = node_requirements("s3://b/p", ["pymatching"])
     >>> [r.split("==")[0] for r in reqs]
-    ['stim', 'sinter', 'pymatching', 'rich', 'pyyaml', 'boto3']
+    ['stim', 'sinter', 'pymatching', 'rich', 'pyyaml', 'cloudpickle', 'boto3']
     >>> any(r.startswith("skypilot") for r in node_requirements("gs://b"))
     False
     """
