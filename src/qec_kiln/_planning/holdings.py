@@ -97,7 +97,8 @@ def count_holdings(bucket: Bucket, found: SweepInputs, costs: Sequence[TaskCost]
                     shares[imported] = shares.pop(f"file {path}")
     measured = with_measured_rates(costs, rows)
     goals = remaining_targets([c.strong_id for c in measured], targets.max_shots,
-                              targets.max_errors, rows, targets.custom_error_count_key)
+                              targets.max_errors, rows, targets.custom_error_count_key,
+                              own=targets.by_strong_id(found.strong_ids))
     if rows.stats:
         log(f"counted existing rows of {len(rows.stats)} of {len(measured)} task(s); "
             f"{len(measured) - len(goals)} already reach their targets")

@@ -83,7 +83,8 @@ def read_inputs(spec: SweepSpec, *, run_here: bool, log: Log) -> SweepInputs:
     sinter_args = inputs.sinter_args(targets.custom_error_count_key)
     digest = inputs_digest(entries, decoders, targets.max_shots, targets.max_errors,
                            inputs.custom_decoders_module_function, sinter_args,
-                           existing_data={f.sha256: use for f in files})
+                           existing_data={f.sha256: use for f in files},
+                           task_targets=targets.task_targets)
     return SweepInputs(circuits, decoders, custom, masks, strong_ids, files, entries,
                        sinter_args, digest,
                        frozenset(d for d in decoders if decoder_runs_here(d, custom)),
