@@ -146,7 +146,8 @@ class Launch:
         stored; a forked launch still planning is stopped by SIGTERM), and wait for it: every
         complete line is kept, and the same call resumes."""
         cancelled = None
-        while not self.finished:
+        started = self.pid is not None or self.thread is not None
+        while started and not self.finished:
             if self.sweep is not None and cancelled != self.sweep:
                 cancelled = self.sweep
                 with contextlib.suppress(KilnError, OSError):

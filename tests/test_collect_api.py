@@ -1,0 +1,184 @@
+"""Issue 29: `qec_kiln.collect` / `qec_kiln.iter_collect` take every keyword of sinter 1.16's
+`sinter.collect` / `sinter.iter_collect` with sinter's meaning, on the local backend (real
+sinter, stim and pymatching on tiny circuits); what a remote node cannot honour is refused by
+name before anything is uploaded."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import pytest
+import sinter
+import stim
+
+import qec_kiln
+from qec_kiln._errors import KilnError
+
+
+def _circuit(d: int = 3, p: float = 0.05) -> stim.Circuit:
+    return stim.Circuit.generated("repetition_code:memory", distance=d, rounds=3,
+                                  after_clifford_depolarization=p)
+
+
+def _sinter_id(circuit: stim.Circuit, decoder: str, metadata: object) -> str:
+    dem = circuit.detector_error_model(decompose_errors=True, approximate_disjoint_errors=True)
+    return sinter.Task(circuit=circuit, decoder=decoder, detector_error_model=dem,
+                       json_metadata=metadata).strong_id()
+
+
+def _shots(progress: list[sinter.Progress]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for p in progress:
+        for st in p.new_stats:
+            out[st.strong_id] = out.get(st.strong_id, 0) + st.shots
+    return out
+
+
+@pytest.mark.parametrize("ours, theirs", [(qec_kiln.collect, sinter.collect),
+                                          (qec_kiln.iter_collect, sinter.iter_collect)])
+def test_every_sinter_keyword_is_taken(ours, theirs):
+    mine = inspect.signature(ours).parameters
+    missing = [name for name, p in inspect.signature(theirs).parameters.items()
+               if name not in mine or mine[name].kind is inspect.Parameter.POSITIONAL_ONLY]
+    assert not missing, f"{ours.__name__} lacks sinter's keyword(s) {missing}"
+
+
+def test_bad_keywords_are_refused_by_name_before_anything_is_written(tmp_path):
+    bucket = tmp_path / "b"
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    with pytest.raises(ValueError, match="neither max_shots nor max_errors"):
+        qec_kiln.collect(num_workers=1, tasks=[task], bucket=str(bucket))
+    with pytest.raises(ValueError, match="save_resume_filepath in existing_data_filepaths"):
+        qec_kiln.collect(num_workers=1, tasks=[task], max_shots=10, bucket=str(bucket),
+                         save_resume_filepath=tmp_path / "r.csv",
+                         existing_data_filepaths=[tmp_path / "r.csv"])
+    with pytest.raises(KilnError, match="allowed_cpu_affinity_ids"):
+        qec_kiln.collect(num_workers=1, tasks=[task], max_shots=10, bucket=str(bucket),
+                         backend="slurm", allowed_cpu_affinity_ids=[0])
+    two = [task, sinter.Task(circuit=_circuit(5), json_metadata={"d": 5},
+                             collection_options=sinter.CollectionOptions(max_batch_size=7))]
+    with pytest.raises(KilnError, match="collection_options.max_batch_size differs"):
+        qec_kiln.collect(num_workers=1, tasks=two, max_shots=10, bucket=str(bucket))
+    with pytest.raises(ValueError, match="num_workers"):
+        qec_kiln.collect(num_workers=0, tasks=[task], max_shots=10, bucket=str(bucket))
+    assert not bucket.exists()
+
+
+def test_an_unknown_decoder_raises_naming_it(tmp_path):
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    with pytest.raises(KilnError, match="nope"):
+        qec_kiln.collect(num_workers=1, tasks=[task], decoders=["nope"], max_shots=10,
+                         bucket=str(tmp_path / "b"))
+
+
+def test_closing_before_the_first_step_starts_nothing(tmp_path):
+    it = qec_kiln.iter_collect(num_workers=1, tasks=[sinter.Task(circuit=_circuit(),
+                               json_metadata=None)], max_shots=10, bucket=str(tmp_path / "b"))
+    first = next(it)
+    assert first.new_stats == () and "Starting" in first.status_message
+    it.close()
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_per_task_options_decoders_paths_and_null_metadata(tmp_path):
+    """Each task stops at its own combined targets; a task naming its decoder runs with that
+    one only; circuit_path and json_metadata=None give sinter's strong_ids; the progress
+    callback sees every row, and the counts of observable combos are sinter's."""
+    path = tmp_path / "c.stim"
+    path.write_text(str(_circuit(5)))
+    tasks = [
+        sinter.Task(circuit=_circuit(3), json_metadata={"d": 3},
+                    collection_options=sinter.CollectionOptions(max_shots=300)),
+        sinter.Task(circuit=_circuit(3, 0.02), json_metadata=None, decoder="vacuous"),
+        sinter.Task(circuit_path=str(path), json_metadata=[5, "x"]),
+    ]
+    seen: list[sinter.Progress] = []
+    stats = qec_kiln.collect(num_workers=1, tasks=(t for t in tasks), hint_num_tasks=3,
+                             decoders=["pymatching"], max_shots=1000, max_errors=None,
+                             count_observable_error_combos=True, progress_callback=seen.append,
+                             bucket=str(tmp_path / "b"))
+    want = {_sinter_id(_circuit(3), "pymatching", {"d": 3}): 300,
+            _sinter_id(_circuit(3, 0.02), "vacuous", None): 1000,
+            _sinter_id(_circuit(5), "pymatching", [5, "x"]): 1000}
+    assert {s.strong_id: s.shots for s in stats} == want
+    assert all(isinstance(p, sinter.Progress) for p in seen) and _shots(seen) == want
+    for s in stats:
+        assert sum(v for k, v in s.custom_counts.items() if k.startswith("obs_mistake_mask=")) \
+            == s.errors
+
+
+@pytest.mark.slow
+def test_save_resume_filepath_twice_and_existing_data(tmp_path):
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    sid = _sinter_id(_circuit(), "pymatching", {"d": 3})
+    earlier = sinter.collect(num_workers=1, tasks=[task], decoders=["pymatching"], max_shots=400,
+                             max_errors=10**6)
+    old = tmp_path / "old.csv"
+    old.write_text(sinter.CSV_HEADER + "\n" + earlier[0].to_csv_line() + "\n")
+    resume = tmp_path / "resume.csv"
+    seen: list[sinter.Progress] = []
+    kw = dict(num_workers=1, tasks=[task], decoders=["pymatching"], max_shots=1000,
+              max_errors=10**6, save_resume_filepath=resume, existing_data_filepaths=[old])
+    first = qec_kiln.collect(**kw, progress_callback=seen.append, bucket=str(tmp_path / "b"))
+    assert _shots(seen) == {sid: 600}  # the existing 400 count toward the target
+    assert [(s.strong_id, s.shots) for s in first] == [(sid, 1000)]
+    rows = sinter.read_stats_from_csv_files(resume)
+    assert sum(r.shots for r in rows) == 600 and {r.strong_id for r in rows} == {sid}
+    for bucket in ("b", "elsewhere"):  # the same bucket, or one that never saw these rows
+        again: list[sinter.Progress] = []
+        stats = qec_kiln.collect(**kw, progress_callback=again.append,
+                                 bucket=str(tmp_path / bucket))
+        assert _shots(again) == {} and [(s.strong_id, s.shots) for s in stats] == [(sid, 1000)]
+        assert sum(r.shots for r in sinter.read_stats_from_csv_files(resume)) == 600
+
+
+@pytest.mark.slow
+def test_iter_collect_closed_early_then_resumed(tmp_path):
+    task = sinter.Task(circuit=_circuit(9, 0.01), json_metadata={"d": 9})
+    sid = _sinter_id(_circuit(9, 0.01), "pymatching", {"d": 9})
+    kw = dict(num_workers=1, tasks=[task], decoders=["pymatching"], max_shots=3_000_000,
+              max_errors=10**9, bucket=str(tmp_path / "b"))
+    first = 0
+    it = qec_kiln.iter_collect(**kw)
+    for p in it:
+        first += sum(s.shots for s in p.new_stats)
+        if first:
+            break
+    it.close()
+    assert 0 < first < 3_000_000
+    (report,) = qec_kiln.status(str(tmp_path / "b"))
+    assert 0 < report.fraction_done < 1
+    held = sum(s.shots for s in qec_kiln.merge(str(tmp_path / "b"), None).stats)
+    assert held >= first  # every complete line kept
+    more = 0
+    for p in qec_kiln.iter_collect(**{**kw, "max_shots": held + 20_000}):
+        more += sum(s.shots for s in p.new_stats)
+    assert more == 20_000
+    (st,) = qec_kiln.merge(str(tmp_path / "b"), None).stats
+    assert (st.strong_id, st.shots) == (sid, held + 20_000)
+
+
+@pytest.mark.slow
+def test_detection_events_as_the_error_count(tmp_path):
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    (st,) = qec_kiln.collect(num_workers=1, tasks=[task], decoders=["pymatching"],
+                             max_shots=10**6, max_errors=500, count_detection_events=True,
+                             custom_error_count_key="detection_events", max_batch_size=100,
+                             allowed_cpu_affinity_ids=[0], bucket=str(tmp_path / "b"))
+    assert 500 <= st.custom_counts["detection_events"] and st.shots < 10**6
+    assert json.loads(json.dumps(st.json_metadata)) == {"d": 3}
+
+
+@pytest.mark.slow
+def test_additional_existing_data_counts_toward_the_targets(tmp_path):
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    had = sinter.TaskStats(strong_id=_sinter_id(_circuit(), "pymatching", {"d": 3}),
+                           decoder="pymatching", json_metadata={"d": 3}, shots=700)
+    got = list(qec_kiln.iter_collect(num_workers=1, tasks=[task], decoders=["pymatching"],
+                                     max_shots=1000, additional_existing_data=[had],
+                                     bucket=str(tmp_path / "b")))
+    assert _shots(got) == {had.strong_id: 300}
+
+
