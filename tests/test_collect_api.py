@@ -6,7 +6,6 @@ name before anything is uploaded."""
 from __future__ import annotations
 
 import inspect
-import json
 
 import pytest
 import sinter
@@ -136,9 +135,12 @@ def test_save_resume_filepath_twice_and_existing_data(tmp_path):
 
 @pytest.mark.slow
 def test_iter_collect_closed_early_then_resumed(tmp_path):
+    """Closing the generator cancels the sweep (complete rows kept); the same call again
+    resumes it and samples exactly what was left."""
     task = sinter.Task(circuit=_circuit(9, 0.01), json_metadata={"d": 9})
     sid = _sinter_id(_circuit(9, 0.01), "pymatching", {"d": 9})
-    kw = dict(num_workers=1, tasks=[task], decoders=["pymatching"], max_shots=3_000_000,
+    target = 1_500_000
+    kw = dict(num_workers=1, tasks=[task], decoders=["pymatching"], max_shots=target,
               max_errors=10**9, bucket=str(tmp_path / "b"))
     first = 0
     it = qec_kiln.iter_collect(**kw)
@@ -147,17 +149,15 @@ def test_iter_collect_closed_early_then_resumed(tmp_path):
         if first:
             break
     it.close()
-    assert 0 < first < 3_000_000
+    assert 0 < first < target
     (report,) = qec_kiln.status(str(tmp_path / "b"))
-    assert 0 < report.fraction_done < 1
+    assert report.fraction_done < 1 and not any(b.job and b.job.active for b in report.batches)
     held = sum(s.shots for s in qec_kiln.merge(str(tmp_path / "b"), None).stats)
-    assert held >= first  # every complete line kept
-    more = 0
-    for p in qec_kiln.iter_collect(**{**kw, "max_shots": held + 20_000}):
-        more += sum(s.shots for s in p.new_stats)
-    assert more == 20_000
+    assert first <= held < target  # every complete line kept
+    more = sum(s.shots for p in qec_kiln.iter_collect(**kw) for s in p.new_stats)
+    assert more == target - held
     (st,) = qec_kiln.merge(str(tmp_path / "b"), None).stats
-    assert (st.strong_id, st.shots) == (sid, held + 20_000)
+    assert (st.strong_id, st.shots) == (sid, target)
 
 
 @pytest.mark.slow
@@ -167,8 +167,9 @@ def test_detection_events_as_the_error_count(tmp_path):
                              max_shots=10**6, max_errors=500, count_detection_events=True,
                              custom_error_count_key="detection_events", max_batch_size=100,
                              allowed_cpu_affinity_ids=[0], bucket=str(tmp_path / "b"))
-    assert 500 <= st.custom_counts["detection_events"] and st.shots < 10**6
-    assert json.loads(json.dumps(st.json_metadata)) == {"d": 3}
+    # sinter stops a task once its custom count reaches max_errors: far below max_shots here
+    assert st.custom_counts["detection_events"] >= 500 and st.shots < 10**4
+    assert st.strong_id == _sinter_id(_circuit(), "pymatching", {"d": 3})
 
 
 @pytest.mark.slow

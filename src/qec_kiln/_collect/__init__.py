@@ -214,9 +214,7 @@ def _iterate(items: list[Any], kw: dict[str, Any], settings: dict[str, Any],
                 if "end" in event:
                     end = event["end"]
             if watcher is None and run.sweep is not None:
-                watcher = _watcher(call, run.sweep)
-            if watcher is None and end is not None and end["launched"]:
-                watcher = _watcher(call, end["sweep"])
+                watcher = _watcher(call, run.sweep, run.old)
             if watcher is not None:
                 rows = watcher.poll()
                 if resume is not None and rows:
@@ -253,13 +251,13 @@ def _iterate(items: list[Any], kw: dict[str, Any], settings: dict[str, Any],
             resume.close()
 
 
-def _watcher(call: CollectCall, sweep: str) -> FragmentWatcher:
+def _watcher(call: CollectCall, sweep: str, old: dict[str, int]) -> FragmentWatcher:
     from qec_kiln._collect.watch import FragmentWatcher
     from qec_kiln._storage import open_bucket
     from qec_kiln._sweep.manifest import load_manifest
 
     store = open_bucket(str(call.settings.get("bucket") or DEFAULT_BUCKET))
-    return FragmentWatcher(store, load_manifest(store, sweep))
+    return FragmentWatcher(store, load_manifest(store, sweep), old)
 
 
 def _remote_done(end: dict[str, Any], idle: int, log: Log | None) -> int:

@@ -56,6 +56,7 @@ class Launch:
         self.thread: threading.Thread | None = None
         self.finished = False
         self.sweep: str | None = None  # once the plan is stored
+        self.old: dict[str, int] = {}  # its fragments' bytes then (an earlier launch's rows)
         self._buffer = b""
         self._read, self._write = os.pipe()
 
@@ -64,7 +65,13 @@ class Launch:
 
     def _launch(self) -> None:
         def before_start(prepared: Any, _todo: Any, _relaunch: Any) -> None:
-            self._send({"sweep": prepared.sweep, "bucket": self.settings.get("bucket")})
+            # What the fragments hold before anything starts: rows of an earlier launch.
+            from qec_kiln._argtypes import DEFAULT_BUCKET
+            from qec_kiln._collect.watch import fragment_sizes
+            from qec_kiln._storage import open_bucket
+
+            bucket = open_bucket(str(self.settings.get("bucket") or DEFAULT_BUCKET))
+            self._send({"sweep": prepared.sweep, "old": fragment_sizes(bucket, prepared.manifest)})
 
         try:
             if self.cpu_ids is not None:  # the local backend splits this process's CPUs
@@ -120,6 +127,7 @@ class Launch:
             event = json.loads(line)
             out.append(event)
             self.sweep = event.get("sweep", self.sweep)
+            self.old = event.get("old", self.old)
             if "end" in event or "error" in event:
                 self.finished = True
                 self._reap()

@@ -21,23 +21,32 @@ from qec_kiln._sweep.progress import share_of_targets
 class FragmentWatcher:
     """Reads a sweep's fragments again and again; :meth:`poll` returns the new rows."""
 
-    def __init__(self, bucket: Bucket, manifest: Manifest):
+    def __init__(self, bucket: Bucket, manifest: Manifest, old: dict[str, int] | None = None):
+        """``old``: each batch's bytes from before this launch (a resumed sweep's rows: not
+        new, but counted in the status)."""
         self.bucket = bucket
         self.manifest = manifest
         self.read: dict[str, int] = {}  # batch -> bytes of it already returned
         self.totals: dict[str, sinter.TaskStats] = {}  # strong_id -> rows returned so far
         self.targets = manifest.plan.task_targets()
         self.began = time.monotonic()
+        if old:
+            self.poll(old)
 
-    def poll(self) -> list[tuple[str, sinter.TaskStats]]:
-        """The rows (line, stats) that reached the bucket since the last poll."""
+    def poll(self, upto: dict[str, int] | None = None) -> list[tuple[str, sinter.TaskStats]]:
+        """The rows (line, stats) that reached the bucket since the last poll (``upto``: only
+        that many bytes of each batch's fragment)."""
         out: list[tuple[str, sinter.TaskStats]] = []
         for b in self.manifest.batches:
+            if upto is not None and not upto.get(b.id):
+                continue
             try:
                 data = complete_lines(self.bucket.read_bytes(
                     fragment_key(self.manifest.sweep, b.id)))
             except (ObjectNotFound, StorageError):
                 continue  # not uploaded yet (or unreadable this instant): the next poll
+            if upto is not None:
+                data = data[:upto[b.id]]
             start = self.read.get(b.id, 0)
             if len(data) <= start:
                 continue
@@ -73,4 +82,17 @@ class FragmentWatcher:
                 f"{shots:,} shots, {errors:,} errors, ETA {eta}")
 
 
-__all__ = ["FragmentWatcher"]
+
+
+def fragment_sizes(bucket: Bucket, manifest: Manifest) -> dict[str, int]:
+    """Each batch's fragment's bytes of complete lines now (0: none yet)."""
+    out = {}
+    for b in manifest.batches:
+        try:
+            out[b.id] = len(complete_lines(bucket.read_bytes(fragment_key(manifest.sweep, b.id))))
+        except (ObjectNotFound, StorageError):
+            out[b.id] = 0
+    return out
+
+
+__all__ = ["FragmentWatcher", "fragment_sizes"]
