@@ -183,3 +183,30 @@ def test_additional_existing_data_counts_toward_the_targets(tmp_path):
     assert _shots(got) == {had.strong_id: 300}
 
 
+
+
+_FAILING_DECODER = '''
+import sinter
+
+
+class Failing(sinter.Decoder):
+    def compile_decoder_for_dem(self, *, dem):
+        raise RuntimeError("this decoder always fails")
+
+
+def decoders():
+    return {"failing": Failing()}
+'''
+
+
+@pytest.mark.slow
+def test_a_failing_decoder_raises_naming_the_task_and_its_last_error_line(tmp_path, monkeypatch):
+    (tmp_path / "kiln_failing_decoder.py").write_text(_FAILING_DECODER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # sinter's spawned workers import it too
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    with pytest.raises(KilnError, match=r"b000 \[\{'d': 3\} \(failing\)\]: .*RuntimeError: this "
+                       "decoder always fails"):
+        qec_kiln.collect(num_workers=1, tasks=[task], decoders=["failing"], max_shots=100,
+                         custom_decoders_module_function="kiln_failing_decoder:decoders",
+                         bucket=str(tmp_path / "b"))
