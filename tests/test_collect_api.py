@@ -64,6 +64,34 @@ def test_bad_keywords_are_refused_by_name_before_anything_is_written(tmp_path):
     assert not bucket.exists()
 
 
+def test_sinter_keywords_become_the_sweeps_settings(tmp_path):
+    from qec_kiln._collect.call import UNLIMITED, CollectCall
+
+    own = sinter.CollectionOptions(max_shots=50, max_batch_size=64)
+    tasks = [sinter.Task(circuit=_circuit(3), json_metadata={"d": 3}, collection_options=own),
+             sinter.Task(circuit=_circuit(5), json_metadata=None, decoder="vacuous",
+                         collection_options=sinter.CollectionOptions(max_batch_size=64))]
+    call = CollectCall.build(tasks, dict(
+        num_workers=3, decoders="pymatching", max_shots=100, max_errors=None,
+        count_observable_error_combos=True, count_detection_events=True,
+        custom_error_count_key="detection_events", allowed_cpu_affinity_ids=[1]),
+        {"bucket": str(tmp_path / "b")}, root=tmp_path / "home")
+    s = call.settings
+    assert s["decoders"] == ["pymatching", "vacuous"] and call.cpu_ids == (1,)
+    none = next(n for n in s["task_targets"] if n.startswith("task-"))
+    assert s["task_targets"] == {"d=3.stim": {"pymatching": (50, UNLIMITED), "vacuous": (0, 0)},
+                                 none: {"pymatching": (0, 0), "vacuous": (100, UNLIMITED)}}
+    assert s["sinter_options"] == ["--max_batch_size=64", "--count_observable_error_combos",
+                                   "--count_detection_events"]
+    assert s["custom_error_count_key"] == "detection_events"
+    assert s["backend_options"] == {"processes": 3, "sync_seconds": 1.0}
+    remote = CollectCall.build(tasks[:1], dict(num_workers=3, max_shots=100),
+                               {"backend": "slurm", "backend_options": {"processes": 8}},
+                               root=tmp_path / "home")
+    assert remote.settings["backend_options"] == {"processes": 8}  # the user's, per node
+    assert remote.settings["task_targets"] is None and remote.settings["max_shots"] == 50
+
+
 def test_an_unknown_decoder_raises_naming_it(tmp_path):
     task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
     with pytest.raises(KilnError, match="nope"):
@@ -170,6 +198,8 @@ def test_detection_events_as_the_error_count(tmp_path):
     # sinter stops a task once its custom count reaches max_errors: far below max_shots here
     assert st.custom_counts["detection_events"] >= 500 and st.shots < 10**4
     assert st.strong_id == _sinter_id(_circuit(), "pymatching", {"d": 3})
+    logs = "".join(f.read_text() for f in (tmp_path / "b").glob("*/logs/*.log"))
+    assert "processes 1, CPUs 0\n" in logs  # allowed_cpu_affinity_ids: the batch's CPUs
 
 
 @pytest.mark.slow
@@ -210,3 +240,12 @@ def test_a_failing_decoder_raises_naming_the_task_and_its_last_error_line(tmp_pa
         qec_kiln.collect(num_workers=1, tasks=[task], decoders=["failing"], max_shots=100,
                          custom_decoders_module_function="kiln_failing_decoder:decoders",
                          bucket=str(tmp_path / "b"))
+
+
+@pytest.mark.slow
+def test_where_forking_is_unsafe_the_launch_runs_in_a_thread(tmp_path, monkeypatch):
+    monkeypatch.setenv("QEC_KILN_FORK", "0")  # as a notebook's threads would
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    got = list(qec_kiln.iter_collect(num_workers=1, tasks=[task], decoders=["pymatching"],
+                                     max_shots=700, bucket=str(tmp_path / "b")))
+    assert _shots(got) == {_sinter_id(_circuit(), "pymatching", {"d": 3}): 700}
