@@ -73,9 +73,12 @@ class CollectCall:
               settings: Mapping[str, Any], *, root: pathlib.Path) -> CollectCall:
         """Check sinter's keywords (``sinter_kw``) and qec-kiln's ``settings``, write the
         tasks' circuits under ``root``, and read the resume and existing-data files."""
+        from qec_kiln._backends import backend_class
+
         settings = dict(settings)
         backend = settings.get("backend") or "local"
-        local = backend == "local"
+        # The backend whose batches run here (and whose launch returns once they ended).
+        local = bool(backend_class(backend).decoders_run_here)
         decoders = sinter_kw.get("decoders")
         decoders = [decoders] if isinstance(decoders, str) else list(decoders or [])
         call_opts = sinter.CollectionOptions(
