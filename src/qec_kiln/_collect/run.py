@@ -155,6 +155,8 @@ class Launch:
         complete line is kept, and the same call resumes."""
         cancelled = None
         started = self.pid is not None or self.thread is not None
+        if started and not self.finished:
+            self.events(0)  # a sweep stored meanwhile: cancel it rather than signal
         while started and not self.finished:
             if self.sweep is not None and cancelled != self.sweep:
                 cancelled = self.sweep
