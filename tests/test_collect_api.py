@@ -137,7 +137,7 @@ def test_per_task_options_decoders_paths_and_null_metadata(tmp_path):
 
 
 @pytest.mark.slow
-def test_save_resume_filepath_twice_and_existing_data(tmp_path):
+def test_save_resume_filepath_twice_and_existing_data(tmp_path, capsys):
     task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
     sid = _sinter_id(_circuit(), "pymatching", {"d": 3})
     earlier = sinter.collect(num_workers=1, tasks=[task], decoders=["pymatching"], max_shots=400,
@@ -148,8 +148,10 @@ def test_save_resume_filepath_twice_and_existing_data(tmp_path):
     seen: list[sinter.Progress] = []
     kw = dict(num_workers=1, tasks=[task], decoders=["pymatching"], max_shots=1000,
               max_errors=10**6, save_resume_filepath=resume, existing_data_filepaths=[old])
-    first = qec_kiln.collect(**kw, progress_callback=seen.append, bucket=str(tmp_path / "b"))
+    first = qec_kiln.collect(**kw, progress_callback=seen.append, bucket=str(tmp_path / "b"),
+                             print_progress=True)
     assert _shots(seen) == {sid: 600}  # the existing 400 count toward the target
+    assert "0 task(s) left of 1, 600 shots" in capsys.readouterr().err  # print_progress
     assert [(s.strong_id, s.shots) for s in first] == [(sid, 1000)]
     rows = sinter.read_stats_from_csv_files(resume)
     assert sum(r.shots for r in rows) == 600 and {r.strong_id for r in rows} == {sid}
