@@ -105,9 +105,10 @@ def write_tasks(items: Any, root: pathlib.Path) -> Written:
         index[name] = metadata
     digest = hashlib.sha256(json.dumps([files, index], sort_keys=True).encode()).hexdigest()
     folder = root / digest[:16] / "tasks"
-    for name, text in files.items():
-        atomic_write(folder / name, text.encode())
-    atomic_write(folder / METADATA_INDEX, json.dumps(index).encode())
+    if not (folder / METADATA_INDEX).is_file():  # written last: else the folder is complete
+        for name, text in files.items():
+            atomic_write(folder / name, text.encode())
+        atomic_write(folder / METADATA_INDEX, json.dumps(index).encode())
     return Written(folder, names, decoders)
 
 
