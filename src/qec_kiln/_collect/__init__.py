@@ -148,7 +148,7 @@ def collect(tasks: Any = (), *, num_workers: int | None = None, existing_data_fi
                 print(p.status_message, file=sys.stderr, flush=True)
             if progress_callback is not None:
                 progress_callback(p)
-    if not done:  # no tasks: sinter returns the existing rows
+    if not done:  # no tasks: nothing sampled (sinter would also return the files' rows)
         return []
     call = done[0]
     totals: dict[str, sinter.TaskStats] = {}
