@@ -6,6 +6,7 @@ name before anything is uploaded."""
 from __future__ import annotations
 
 import inspect
+import pathlib
 
 import pytest
 import sinter
@@ -251,3 +252,30 @@ def test_where_forking_is_unsafe_the_launch_runs_in_a_thread(tmp_path, monkeypat
     got = list(qec_kiln.iter_collect(num_workers=1, tasks=[task], decoders=["pymatching"],
                                      max_shots=700, bucket=str(tmp_path / "b")))
     assert _shots(got) == {_sinter_id(_circuit(), "pymatching", {"d": 3}): 700}
+
+
+def test_a_remote_sweep_whose_jobs_ended_unfinished_raises(tmp_path, monkeypatch):
+    """On Slurm (sbatch, squeue and sacct answered here: the job failed without a row), the
+    call raises naming the unfinished batch instead of polling forever."""
+    import subprocess
+
+    from qec_kiln._backends.slurm.backend import SlurmBackend
+
+    calls: list[list[str]] = []
+    lines: list[str] = []
+
+    def runner(argv, *, timeout=None, **_):
+        calls.append(argv)
+        out = {"sbatch": "4242\n", "sacct": "4242_0|FAILED|1:0\n"}.get(argv[0], "")
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    monkeypatch.setattr(SlurmBackend, "default_runner", staticmethod(runner))
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    with pytest.raises(KilnError, match=r"ended unfinished \(b000: .*\); collect again"):
+        qec_kiln.collect(num_workers=2, tasks=[task], decoders=["pymatching"], max_shots=100,
+                         backend="slurm", bucket=str(tmp_path / "b"), poll_seconds=0.01,
+                         log=lines.append)
+    assert any("shared file system" in line for line in lines)  # a warning, to the log
+    assert calls[0][0] == "sbatch" and any(c[0] == "sacct" for c in calls)
+    script = next(pathlib.Path(calls[0][-1]).parent.glob("job-4242.sbatch")).read_text()
+    assert "--processes 2" in script  # num_workers: sinter's processes on each node
