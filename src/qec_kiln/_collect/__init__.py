@@ -213,9 +213,13 @@ def _iterate(items: list[Any], kw: dict[str, Any], settings: dict[str, Any],
                     raise_error(event)
                 if "end" in event:
                     end = event["end"]
+            ended = end is not None and (call.local or not end["launched"])
+            if end is not None and not ended:  # remote: the jobs run on, as status sees them
+                idle = _remote_done(end, idle, log)
+                ended = idle < 0
             if watcher is None and run.sweep is not None:
                 watcher = _watcher(call, run.sweep, run.old)
-            if watcher is not None:
+            if watcher is not None:  # after the check: the rows of a batch that just ended too
                 rows = watcher.poll()
                 if resume is not None and rows:
                     resume.write("".join(line + "\n" for line, _ in rows))
@@ -223,12 +227,9 @@ def _iterate(items: list[Any], kw: dict[str, Any], settings: dict[str, Any],
                 if rows:
                     yield sinter.Progress(new_stats=tuple(st for _, st in rows),
                                           status_message=watcher.status_message())
-            if end is not None and (call.local or not end["launched"]):
+            if ended:
                 break
-            if end is not None:  # remote: the jobs run on; wait for them as status sees them
-                idle = _remote_done(end, idle, log)
-                if idle < 0:
-                    break
+            if end is not None:
                 time.sleep(poll)
         assert end is not None
         _raise_for(end, watcher)
