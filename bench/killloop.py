@@ -297,7 +297,7 @@ class _Slot:
 
 def setup_sweep(cfg: Config, root: pathlib.Path) -> tuple[str, str, list]:
     """Circuits, a planned sweep uploaded to a local bucket; returns (bucket, sweep, batches)."""
-    from qec_kiln._prepare import Sweep, prepare_sweep
+    from qec_kiln._prepare import Fleet, prepare_sweep
     from qec_kiln._storage import open_bucket
     from qec_kiln._sweep.store import upload_sweep
 
@@ -310,10 +310,10 @@ def setup_sweep(cfg: Config, root: pathlib.Path) -> tuple[str, str, list]:
             path.write_text(str(gen.surface_code_circuit(d, p)) + "\n")
     bucket_url = str(root / "bucket")
     bucket = open_bucket(bucket_url)
-    spec = Sweep.build(str(circuits), dict(decoders=["pymatching"], max_shots=cfg.max_shots,
-                     max_errors=cfg.max_errors, bucket=bucket_url, name="killloop",
-                     backend="local", jobs=cfg.jobs))
-    prepared = prepare_sweep(spec, bucket, lambda s: None)
+    fleet = Fleet.build(dict(decoders=["pymatching"], max_shots=cfg.max_shots,
+                             max_errors=cfg.max_errors, bucket=bucket_url, name="killloop",
+                             backend="local", jobs=cfg.jobs))
+    prepared = prepare_sweep(str(circuits), fleet, bucket, lambda s: None)
     upload_sweep(bucket, prepared.manifest, prepared.circuits, lambda s: None)
     return bucket_url, prepared.manifest.sweep, prepared.manifest.batches
 

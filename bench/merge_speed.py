@@ -38,7 +38,7 @@ import sinter  # noqa: E402
 from cores import cpu_now  # noqa: E402
 from generate_surface_codes import main as generate  # noqa: E402
 
-from qec_kiln._prepare import Sweep, prepare_sweep  # noqa: E402
+from qec_kiln._prepare import Fleet, prepare_sweep  # noqa: E402
 from qec_kiln._storage import open_bucket  # noqa: E402
 from qec_kiln._sweep.batches import Batch, Plan, Shard, batch_id, split_targets  # noqa: E402
 from qec_kiln._sweep.manifest import fragment_key  # noqa: E402
@@ -70,9 +70,9 @@ def build(tmp: pathlib.Path, n_fragments: int, rows: int,
     bucket = open_bucket(bucket_url)
     local = tmp / "bucket" if bucket_url == str(tmp / "bucket") else tmp / "local"
     max_shots = 10**9
-    spec = Sweep.build(str(circuits), dict(decoders=["pymatching"], max_shots=max_shots,
-                     max_errors=10**9, name="bench", jobs=1))
-    prepared = prepare_sweep(spec, bucket, lambda s: None)
+    fleet = Fleet.build(dict(decoders=["pymatching"], max_shots=max_shots, max_errors=10**9,
+                             name="bench", jobs=1))
+    prepared = prepare_sweep(str(circuits), fleet, bucket, lambda s: None)
     m = prepared.manifest
     templates = real_rows(circuits, tmp)
     tasks = [s for b in m.batches for s in b.shards]

@@ -2,10 +2,12 @@
 
 The Python API mirrors the ``qec-kiln`` command, one function per verb: :func:`plan`,
 :func:`launch`, :func:`status`, :func:`merge`, :func:`cancel` and :func:`remove` take the same
-settings as its flags, and :func:`collect` is ``sinter.collect`` over them (tasks in,
-``list[sinter.TaskStats]`` out). Each lives with its verb, in ``qec_kiln._command._main_<verb>``
-(whose docstring shows a whole sweep for ``launch``). Importing the package loads neither sinter
-nor SkyPilot: each name below loads when first asked for.
+settings as its flags, and :func:`collect` and :func:`iter_collect` are ``sinter.collect`` and
+``sinter.iter_collect`` over them (the same keywords, tasks in, ``list[sinter.TaskStats]`` or
+``sinter.Progress`` out, plus ``bucket=`` and ``backend=``). Each verb lives in
+``qec_kiln._command._main_<verb>`` (whose docstring shows a whole sweep for ``launch``).
+Importing the package loads neither sinter nor SkyPilot: each name below loads when first
+asked for.
 """
 
 from typing import TYPE_CHECKING
@@ -14,7 +16,7 @@ from qec_kiln._errors import KilnError, KilnWarning
 from qec_kiln._version import __version__
 
 if TYPE_CHECKING:  # what type checkers see
-    from qec_kiln._collect import collect
+    from qec_kiln._collect import collect, iter_collect
     from qec_kiln._command._main_cancel import cancel
     from qec_kiln._command._main_launch import LaunchResult, launch
     from qec_kiln._command._main_merge import merge
@@ -28,6 +30,7 @@ if TYPE_CHECKING:  # what type checkers see
 _LAZY = {
     "cancel": "qec_kiln._command._main_cancel",
     "collect": "qec_kiln._collect",
+    "iter_collect": "qec_kiln._collect",
     "launch": "qec_kiln._command._main_launch",
     "LaunchResult": "qec_kiln._command._main_launch",
     "merge": "qec_kiln._command._main_merge",
@@ -62,6 +65,7 @@ __all__ = [
     "__version__",
     "cancel",
     "collect",
+    "iter_collect",
     "launch",
     "merge",
     "plan",

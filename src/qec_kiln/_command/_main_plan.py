@@ -153,6 +153,11 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--merge-existing-data", action="store_true", default=keep,
                    help="also import the --existing-data rows into the bucket (once, as a "
                    "read-only sweep import-HASH) so that merge includes them")
+    p.add_argument("--task-targets", type=task_targets, default=keep, metavar="JSON",
+                   help="per-task targets instead of --max-shots/--max-errors: "
+                   "'{\"d=3.stim\": {\"pymatching\": [MAX_SHOTS, MAX_ERRORS]}}' (circuit key, "
+                   "decoder; [0, 0] leaves that task out), as qec_kiln.collect gives sinter's "
+                   "per-task collection_options")
     p.add_argument("--fresh", action="store_true", default=keep,
                    help="count no existing rows; refused where the bucket holds rows of these "
                    "tasks (a merge would add them): give a new --bucket")
@@ -200,6 +205,21 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=keep, help="sweep name (default: folder name + digest of "
                    "the inputs, so relaunching the same command resumes the same sweep)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def task_targets(text: str) -> dict[str, dict[str, tuple[int, int]]]:
+    """``--task-targets``: circuit key -> decoder -> [max_shots, max_errors], as JSON.
+
+    >>> task_targets('{"d=3.stim": {"pymatching": [100, 10]}}')
+    {'d=3.stim': {'pymatching': (100, 10)}}
+    """
+    try:
+        data = json.loads(text)
+        return {str(k): {str(d): (int(t[0]), int(t[1])) for d, t in v.items()}
+                for k, v in data.items()}
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+        raise argparse.ArgumentTypeError(
+            'give JSON like {"d=3.stim": {"pymatching": [100000, 100]}}') from None
 
 
 def add_backend_arguments(p: argparse.ArgumentParser, what: str) -> None:

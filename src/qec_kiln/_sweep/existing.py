@@ -73,16 +73,23 @@ def errors_of(st: sinter.TaskStats, error_key: str | None = None) -> int:
 
 
 def remaining_targets(strong_ids: Iterable[str], max_shots: int, max_errors: int,
-                      existing: ExistingRows, error_key: str | None = None
+                      existing: ExistingRows, error_key: str | None = None,
+                      own: Mapping[str, tuple[int, int]] | None = None
                       ) -> dict[str, tuple[int, int]]:
     """(shots, errors) left of the targets per task, after its existing rows; a task whose
     shots or errors already reach their target is done and left out (as sinter stops it).
-    With ``error_key`` the errors are that custom count (``--custom-error-count-key``)."""
+    With ``error_key`` the errors are that custom count (``--custom-error-count-key``).
+    ``own``: a task's own (max_shots, max_errors) by strong_id, instead of the two given
+    (sinter's per-task ``collection_options``).
+
+    >>> remaining_targets(["x", "y"], 100, 10, ExistingRows(), own={"y": (5, 1)})
+    {'x': (100, 10), 'y': (5, 1)}
+    """
     out = {}
     for sid in strong_ids:
         st = existing.stats.get(sid)
-        shots, errors = (max_shots - st.shots, max_errors - errors_of(st, error_key)) if st else (
-            max_shots, max_errors)
+        ms, me = (own or {}).get(sid, (max_shots, max_errors))
+        shots, errors = (ms - st.shots, me - errors_of(st, error_key)) if st else (ms, me)
         if shots > 0 and errors > 0:
             out[sid] = (shots, errors)
     return out
@@ -111,7 +118,7 @@ def read_existing_file(path: str, strong_ids: Mapping[str, str]) -> ExistingFile
         raise KilnError(f"--existing-data {path}: cannot read it ({ex.strerror or ex})") from None
     try:
         text = data.decode("utf-8")
-        rows = _rows(text)
+        rows = csv_rows(text)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as ex:
         line = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
         raise KilnError(f"--existing-data {path}: not a readable sinter CSV ({line[:120]}); "
@@ -132,8 +139,13 @@ def read_existing_file(path: str, strong_ids: Mapping[str, str]) -> ExistingFile
                         other_rows=len(rows) - len(mine))
 
 
-def _rows(text: str) -> list[tuple[str, sinter.TaskStats]]:
-    """Each row of a sinter CSV with its line (sinter's parser, one row at a time)."""
+def csv_rows(text: str) -> list[tuple[str, sinter.TaskStats]]:
+    """Each row of a sinter CSV with its line (sinter's parser, one row at a time).
+
+    >>> row = sinter.TaskStats(strong_id="x", decoder="d", json_metadata=None, shots=5)
+    >>> [st.shots for _, st in csv_rows(sinter.CSV_HEADER + chr(10) + row.to_csv_line())]
+    [5]
+    """
     lines = text.splitlines()
     if not lines or lines[0].replace(" ", "") != sinter.CSV_HEADER.replace(" ", ""):
         raise ValueError(f"its first line is not sinter's header {sinter.CSV_HEADER.strip()[:40]!r}...")
@@ -158,5 +170,5 @@ def import_name(lines: Iterable[str]) -> str:
     return IMPORT_PREFIX + hashlib.sha256("\n".join(lines).encode()).hexdigest()[:8]
 
 
-__all__ = ["IMPORT_PREFIX", "ExistingFile", "ExistingRows", "import_name",
+__all__ = ["IMPORT_PREFIX", "ExistingFile", "ExistingRows", "csv_rows", "import_name",
            "errors_of", "read_existing_file", "remaining_targets"]

@@ -76,7 +76,8 @@ def count_holdings(bucket: Bucket, found: SweepInputs, targets: Targets, *, swee
                 if f"file {path}" in shares:
                     shares[imported] = shares.pop(f"file {path}")
     goals = remaining_targets(list(found.tasks), targets.max_shots, targets.max_errors, rows,
-                              targets.custom_error_count_key)
+                              targets.custom_error_count_key,
+                              own=targets.by_strong_id(found.strong_ids))
     if rows.stats:
         log(f"counted existing rows of {len(rows.stats)} of {len(found.tasks)} task(s); "
             f"{len(found.tasks) - len(goals)} already reach their targets")

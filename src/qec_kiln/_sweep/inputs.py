@@ -102,7 +102,8 @@ def read_inputs(spec: SweepSpec, *, run_here: bool, log: Log) -> SweepInputs:
     digest = inputs_digest(entries, decoders, targets.max_shots, targets.max_errors,
                            inputs.custom_decoders_module_function, sinter_args,
                            existing_data={f.sha256: use for f in files},
-                           shipped=shipped.record.digests() if shipped else None)
+                           shipped=shipped.record.digests() if shipped else None,
+                           task_targets=targets.task_targets)
     return SweepInputs(circuits, decoders, custom, masks, strong_ids, files, entries,
                        sinter_args, digest,
                        frozenset(d for d in decoders if decoder_runs_here(d, custom)),

@@ -293,12 +293,12 @@ def resolve_sweep(bucket: Bucket, sweep: str | None,
 def inputs_digest(circuits: list[CircuitEntry], decoders: list[str], max_shots: int, max_errors: int,
                   custom: str | None, sinter_args: list[str],
                   existing_data: dict[str, str] | None = None,
-                  shipped: dict[str, str] | None = None) -> str:
+                  shipped: dict[str, str] | None = None, task_targets: Any = None) -> str:
     """A digest of everything that defines the sweep's results (not of the plan).
     ``existing_data``: sha256 of each --existing-data file (with how they are used);
     ``shipped``: sha256 of each shipped decoder object, so that another object under the same
-    name is another sweep. Each enters the digest only when given, so sweeps without it keep
-    their names."""
+    name is another sweep; ``task_targets`` (per-task targets, ``Targets.task_targets``). Each
+    enters the digest only when given, so sweeps without it keep their names."""
     h = hashlib.sha256()
     inputs = {
         "circuits": sorted((c.key, c.sha256) for c in circuits),
@@ -312,5 +312,8 @@ def inputs_digest(circuits: list[CircuitEntry], decoders: list[str], max_shots: 
         inputs["existing_data"] = existing_data
     if shipped:
         inputs["shipped"] = shipped
+    if task_targets:
+        inputs["task_targets"] = {k: {d: list(t) for d, t in v.items()}
+                                  for k, v in task_targets.items()}
     h.update(json.dumps(inputs, sort_keys=True).encode())
     return h.hexdigest()

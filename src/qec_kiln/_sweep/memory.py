@@ -9,14 +9,16 @@ tasks give the same folder, the same sweep name, and a rerun resumes.
     ...                            after_clifford_depolarization=0.01)
     >>> name_for(c, {"d": 3, "p": 0.01}), name_for(c, {"d": [3]})[:5]
     ('d=3,p=0.01.stim', 'task-')
-    >>> folder, decoders = write_tasks([sinter.Task(circuit=c, json_metadata={"d": 3})],
-    ...                                pathlib.Path(tempfile.mkdtemp()))
-    >>> sorted(p.name for p in folder.iterdir()), decoders
-    (['.qec-kiln-metadata.json', 'd=3.stim'], [])
+    >>> w = write_tasks([sinter.Task(circuit=c, json_metadata={"d": 3}),
+    ...                  sinter.Task(circuit=c, json_metadata=None, decoder="vacuous")],
+    ...                 pathlib.Path(tempfile.mkdtemp()))
+    >>> sorted(p.name for p in w.folder.iterdir()), w.decoders, w.names[0]
+    (['.qec-kiln-metadata.json', 'd=3.stim', 'task-...stim'], ['vacuous'], 'd=3.stim')
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pathlib
@@ -54,33 +56,47 @@ def name_for(circuit: stim.Circuit, metadata: Any) -> str:
     return f"task-{digest[:16]}.stim"
 
 
-def _check_task(task: sinter.Task, i: int) -> None:
-    """Refuse what the nodes' ``sinter collect`` would not reproduce (it builds the DEM and
-    masks itself: the strong_id is compared after planning)."""
-    if task.circuit is None:
-        raise KilnError(f"task {i}: sinter.Task without a circuit (circuit_path={task.circuit_path!r}); "
-                        "give circuit=stim.Circuit(...) or pass the .stim paths instead")
-    if task.collection_options != sinter.CollectionOptions():
-        raise KilnError(f"task {i}: per-task collection_options are not supported; give "
-                        "max_shots/max_errors to qec_kiln.collect for all tasks")
+def task_circuit(task: sinter.Task, i: int) -> stim.Circuit:
+    """The task's circuit: given, or read from its ``circuit_path`` (as sinter reads it)."""
+    if task.circuit is not None:
+        return task.circuit
+    if task.circuit_path is None:
+        raise KilnError(f"task {i}: sinter.Task with neither circuit= nor circuit_path=; give one")
+    try:
+        return stim.Circuit.from_file(str(task.circuit_path))
+    except (OSError, ValueError) as ex:
+        raise KilnError(f"task {i}: cannot read circuit_path={str(task.circuit_path)!r} "
+                        f"({ex}); give a readable .stim file") from None
 
 
-def write_tasks(items: Any, root: pathlib.Path) -> tuple[pathlib.Path, list[str]]:
+@dataclasses.dataclass(frozen=True)
+class Written:
+    """Where :func:`write_tasks` wrote the circuits: the folder, each item's file name (its
+    circuit key in the sweep), and the tasks' own decoders (in order, each once)."""
+
+    folder: pathlib.Path
+    names: list[str]
+    decoders: list[str]
+
+
+def write_tasks(items: Any, root: pathlib.Path) -> Written:
     """Write ``items`` (tasks or circuits) into ``root/<digest>/tasks/`` with their metadata
-    index; returns that folder and the tasks' own decoders (in order, each once)."""
+    index (any JSON, ``None`` included). Tasks with the same circuit and metadata share a
+    file (they differ only in decoder or options: one circuit of the sweep)."""
     items = [items] if isinstance(items, sinter.Task | stim.Circuit) else list(items)
     files: dict[str, str] = {}
     index: dict[str, Any] = {}
     decoders: list[str] = []
+    names: list[str] = []
     for i, item in enumerate(items):
         if isinstance(item, stim.Circuit):
             circuit, metadata = item, None
         else:
-            _check_task(item, i)
-            circuit, metadata = item.circuit, item.json_metadata
+            circuit, metadata = task_circuit(item, i), item.json_metadata
             if item.decoder is not None and item.decoder not in decoders:
                 decoders.append(item.decoder)
         name = name_for(circuit, metadata)
+        names.append(name)
         text = str(circuit)
         if name in files and files[name] != text:
             raise KilnError(f"task {i}: two different circuits with the same json_metadata "
@@ -89,10 +105,11 @@ def write_tasks(items: Any, root: pathlib.Path) -> tuple[pathlib.Path, list[str]
         index[name] = metadata
     digest = hashlib.sha256(json.dumps([files, index], sort_keys=True).encode()).hexdigest()
     folder = root / digest[:16] / "tasks"
-    for name, text in files.items():
-        atomic_write(folder / name, text.encode())
-    atomic_write(folder / METADATA_INDEX, json.dumps(index).encode())
-    return folder, decoders
+    if not (folder / METADATA_INDEX).is_file():  # written last: else the folder is complete
+        for name, text in files.items():
+            atomic_write(folder / name, text.encode())
+        atomic_write(folder / METADATA_INDEX, json.dumps(index).encode())
+    return Written(folder, names, decoders)
 
 
-__all__ = ["is_in_memory", "name_for", "write_tasks"]
+__all__ = ["Written", "is_in_memory", "name_for", "task_circuit", "write_tasks"]

@@ -81,6 +81,21 @@ class Targets:
     merge_existing_data: bool = False
     fresh: bool = False
     custom_error_count_key: str | None = None  # max_errors counts this custom count (sinter's)
+    #: API only (``qec_kiln.collect``'s per-task ``collection_options`` and decoders): circuit
+    #: key -> decoder -> (max_shots, max_errors) of that task instead of the two above; (0, 0)
+    #: leaves the task out (a task that names its own decoder runs with no other).
+    task_targets: Mapping[str, Mapping[str, tuple[int, int]]] | None = None
+
+    def by_strong_id(self, strong_ids: Mapping[tuple[str, str], str]) -> dict[str, tuple[int, int]]:
+        """``task_targets`` keyed by strong_id (``strong_ids``: (circuit key, decoder) -> id).
+
+        >>> Targets(task_targets={"a.stim": {"x": (10, 1)}}).by_strong_id({("a.stim", "x"): "id"})
+        {'id': (10, 1)}
+        """
+        own = self.task_targets or {}
+        return {sid: (int(own[key][decoder][0]), int(own[key][decoder][1]))
+                for (key, decoder), sid in strong_ids.items()
+                if decoder in own.get(key, {})}
 
 
 @dataclasses.dataclass(frozen=True)

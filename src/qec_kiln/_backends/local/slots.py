@@ -267,7 +267,9 @@ def start_batch(state: StateFolder, batches: list[str], argv: list[str],
 
 class StopSignals:
     """While active, SIGINT, SIGTERM and SIGHUP are recorded in ``stopped`` (the queue then
-    stops every batch the way Ctrl-C does) instead of ending the process at once."""
+    stops every batch the way Ctrl-C does) instead of ending the process at once. Outside the
+    main thread (``qec_kiln.iter_collect`` in a process that cannot fork) Python allows no
+    handler: the caller's thread stops the launch through ``cancel`` instead."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -276,6 +278,10 @@ class StopSignals:
         self.old: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
         for s in self.SIGNALS:
             self.old[s] = signal.signal(s, lambda signum, _frame: self.stopped.append(signum))
         return self

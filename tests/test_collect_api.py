@@ -1,0 +1,334 @@
+"""Issue 29: `qec_kiln.collect` / `qec_kiln.iter_collect` take every keyword of sinter 1.16's
+`sinter.collect` / `sinter.iter_collect` with sinter's meaning, on the local backend (real
+sinter, stim and pymatching on tiny circuits); what a remote node cannot honour is refused by
+name before anything is uploaded."""
+
+from __future__ import annotations
+
+import inspect
+import pathlib
+
+import pytest
+import sinter
+import stim
+
+import qec_kiln
+from qec_kiln._errors import KilnError
+
+
+def _circuit(d: int = 3, p: float = 0.05) -> stim.Circuit:
+    return stim.Circuit.generated("repetition_code:memory", distance=d, rounds=3,
+                                  after_clifford_depolarization=p)
+
+
+def _sinter_id(circuit: stim.Circuit, decoder: str, metadata: object) -> str:
+    dem = circuit.detector_error_model(decompose_errors=True, approximate_disjoint_errors=True)
+    return sinter.Task(circuit=circuit, decoder=decoder, detector_error_model=dem,
+                       json_metadata=metadata).strong_id()
+
+
+def _shots(progress: list[sinter.Progress]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for p in progress:
+        for st in p.new_stats:
+            out[st.strong_id] = out.get(st.strong_id, 0) + st.shots
+    return out
+
+
+@pytest.mark.parametrize("ours, theirs", [(qec_kiln.collect, sinter.collect),
+                                          (qec_kiln.iter_collect, sinter.iter_collect)])
+def test_every_sinter_keyword_is_taken(ours, theirs):
+    mine = inspect.signature(ours).parameters
+    missing = [name for name, p in inspect.signature(theirs).parameters.items()
+               if name not in mine or mine[name].kind is inspect.Parameter.POSITIONAL_ONLY]
+    assert not missing, f"{ours.__name__} lacks sinter's keyword(s) {missing}"
+
+
+def test_bad_keywords_are_refused_by_name_before_anything_is_written(tmp_path):
+    bucket = tmp_path / "b"
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    with pytest.raises(ValueError, match="neither max_shots nor max_errors"):
+        qec_kiln.collect(num_workers=1, tasks=[task], bucket=str(bucket))
+    with pytest.raises(ValueError, match="save_resume_filepath in existing_data_filepaths"):
+        qec_kiln.collect(num_workers=1, tasks=[task], max_shots=10, bucket=str(bucket),
+                         save_resume_filepath=tmp_path / "r.csv",
+                         existing_data_filepaths=[tmp_path / "r.csv"])
+    with pytest.raises(KilnError, match="allowed_cpu_affinity_ids"):
+        qec_kiln.collect(num_workers=1, tasks=[task], max_shots=10, bucket=str(bucket),
+                         backend="slurm", allowed_cpu_affinity_ids=[0])
+    two = [task, sinter.Task(circuit=_circuit(5), json_metadata={"d": 5},
+                             collection_options=sinter.CollectionOptions(max_batch_size=7))]
+    with pytest.raises(KilnError, match="collection_options.max_batch_size differs"):
+        qec_kiln.collect(num_workers=1, tasks=two, max_shots=10, bucket=str(bucket))
+    with pytest.raises(ValueError, match="num_workers"):
+        qec_kiln.collect(num_workers=0, tasks=[task], max_shots=10, bucket=str(bucket))
+    assert not bucket.exists()
+
+
+def test_sinter_keywords_become_the_sweeps_settings(tmp_path):
+    from qec_kiln._collect.call import UNLIMITED, CollectCall
+
+    own = sinter.CollectionOptions(max_shots=50, max_batch_size=64)
+    tasks = [sinter.Task(circuit=_circuit(3), json_metadata={"d": 3}, collection_options=own),
+             sinter.Task(circuit=_circuit(5), json_metadata=None, decoder="vacuous",
+                         collection_options=sinter.CollectionOptions(max_batch_size=64))]
+    call = CollectCall.build(tasks, dict(
+        num_workers=3, decoders="pymatching", max_shots=100, max_errors=None,
+        count_observable_error_combos=True, count_detection_events=True,
+        custom_error_count_key="detection_events", allowed_cpu_affinity_ids=[1]),
+        {"bucket": str(tmp_path / "b")}, root=tmp_path / "home")
+    s = call.settings
+    assert s["decoders"] == ["pymatching", "vacuous"] and call.cpu_ids == (1,)
+    none = next(n for n in s["task_targets"] if n.startswith("task-"))
+    assert s["task_targets"] == {"d=3.stim": {"pymatching": (50, UNLIMITED), "vacuous": (0, 0)},
+                                 none: {"pymatching": (0, 0), "vacuous": (100, UNLIMITED)}}
+    assert s["sinter_options"] == ["--max_batch_size=64", "--count_observable_error_combos",
+                                   "--count_detection_events"]
+    assert s["custom_error_count_key"] == "detection_events"
+    assert s["backend_options"] == {"processes": 3, "sync_seconds": 1.0}
+    remote = CollectCall.build(tasks[:1], dict(num_workers=3, max_shots=100),
+                               {"backend": "slurm", "backend_options": {"processes": 8}},
+                               root=tmp_path / "home")
+    assert remote.settings["backend_options"] == {"processes": 8}  # the user's, per node
+    assert remote.settings["task_targets"] is None and remote.settings["max_shots"] == 50
+
+
+def test_an_unknown_decoder_raises_naming_it(tmp_path):
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    with pytest.raises(KilnError, match="nope"):
+        qec_kiln.collect(num_workers=1, tasks=[task], decoders=["nope"], max_shots=10,
+                         bucket=str(tmp_path / "b"))
+
+
+def test_closing_before_the_first_step_starts_nothing(tmp_path):
+    it = qec_kiln.iter_collect(num_workers=1, tasks=[sinter.Task(circuit=_circuit(),
+                               json_metadata=None)], max_shots=10, bucket=str(tmp_path / "b"))
+    first = next(it)
+    assert first.new_stats == () and "Starting" in first.status_message
+    it.close()
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_per_task_options_decoders_paths_and_null_metadata(tmp_path):
+    """Each task stops at its own combined targets; a task naming its decoder runs with that
+    one only; circuit_path and json_metadata=None give sinter's strong_ids; the progress
+    callback sees every row, and the counts of observable combos are sinter's."""
+    path = tmp_path / "c.stim"
+    path.write_text(str(_circuit(5)))
+    tasks = [
+        sinter.Task(circuit=_circuit(3), json_metadata={"d": 3},
+                    collection_options=sinter.CollectionOptions(max_shots=300)),
+        sinter.Task(circuit=_circuit(3, 0.02), json_metadata=None, decoder="vacuous"),
+        sinter.Task(circuit_path=str(path), json_metadata=[5, "x"]),
+    ]
+    seen: list[sinter.Progress] = []
+    stats = qec_kiln.collect(num_workers=1, tasks=(t for t in tasks), hint_num_tasks=3,
+                             decoders=["pymatching"], max_shots=1000, max_errors=None,
+                             count_observable_error_combos=True, progress_callback=seen.append,
+                             bucket=str(tmp_path / "b"))
+    want = {_sinter_id(_circuit(3), "pymatching", {"d": 3}): 300,
+            _sinter_id(_circuit(3, 0.02), "vacuous", None): 1000,
+            _sinter_id(_circuit(5), "pymatching", [5, "x"]): 1000}
+    assert {s.strong_id: s.shots for s in stats} == want
+    assert all(isinstance(p, sinter.Progress) for p in seen) and _shots(seen) == want
+    for s in stats:
+        assert sum(v for k, v in s.custom_counts.items() if k.startswith("obs_mistake_mask=")) \
+            == s.errors
+
+
+@pytest.mark.slow
+def test_save_resume_filepath_twice_and_existing_data(tmp_path, capsys):
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    sid = _sinter_id(_circuit(), "pymatching", {"d": 3})
+    earlier = sinter.collect(num_workers=1, tasks=[task], decoders=["pymatching"], max_shots=400,
+                             max_errors=10**6)
+    old = tmp_path / "old.csv"
+    old.write_text(sinter.CSV_HEADER + "\n" + earlier[0].to_csv_line() + "\n")
+    resume = tmp_path / "resume.csv"
+    seen: list[sinter.Progress] = []
+    kw = dict(num_workers=1, tasks=[task], decoders=["pymatching"], max_shots=1000,
+              max_errors=10**6, save_resume_filepath=resume, existing_data_filepaths=[old])
+    first = qec_kiln.collect(**kw, progress_callback=seen.append, bucket=str(tmp_path / "b"),
+                             print_progress=True)
+    assert _shots(seen) == {sid: 600}  # the existing 400 count toward the target
+    assert "0 task(s) left of 1, 600 shots" in capsys.readouterr().err  # print_progress
+    assert [(s.strong_id, s.shots) for s in first] == [(sid, 1000)]
+    rows = sinter.read_stats_from_csv_files(resume)
+    assert sum(r.shots for r in rows) == 600 and {r.strong_id for r in rows} == {sid}
+    for bucket in ("b", "elsewhere"):  # the same bucket, or one that never saw these rows
+        again: list[sinter.Progress] = []
+        stats = qec_kiln.collect(**kw, progress_callback=again.append,
+                                 bucket=str(tmp_path / bucket))
+        assert _shots(again) == {} and [(s.strong_id, s.shots) for s in stats] == [(sid, 1000)]
+        assert sum(r.shots for r in sinter.read_stats_from_csv_files(resume)) == 600
+
+
+@pytest.mark.slow
+def test_iter_collect_closed_early_then_resumed(tmp_path):
+    """Closing the generator cancels the sweep (complete rows kept); the same call again
+    resumes it and samples exactly what was left."""
+    task = sinter.Task(circuit=_circuit(9, 0.01), json_metadata={"d": 9})
+    sid = _sinter_id(_circuit(9, 0.01), "pymatching", {"d": 9})
+    target = 1_500_000
+    kw = dict(num_workers=1, tasks=[task], decoders=["pymatching"], max_shots=target,
+              max_errors=10**9, bucket=str(tmp_path / "b"))
+    first = 0
+    it = qec_kiln.iter_collect(**kw)
+    for p in it:
+        first += sum(s.shots for s in p.new_stats)
+        if first:
+            break
+    it.close()
+    assert 0 < first < target
+    (report,) = qec_kiln.status(str(tmp_path / "b"))
+    assert report.fraction_done < 1 and not any(b.job and b.job.active for b in report.batches)
+    held = sum(s.shots for s in qec_kiln.merge(str(tmp_path / "b"), None).stats)
+    assert first <= held < target  # every complete line kept
+    more = sum(s.shots for p in qec_kiln.iter_collect(**kw) for s in p.new_stats)
+    assert more == target - held
+    (st,) = qec_kiln.merge(str(tmp_path / "b"), None).stats
+    assert (st.strong_id, st.shots) == (sid, target)
+
+
+@pytest.mark.slow
+def test_detection_events_as_the_error_count(tmp_path):
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    (st,) = qec_kiln.collect(num_workers=1, tasks=[task], decoders=["pymatching"],
+                             max_shots=10**6, max_errors=500, count_detection_events=True,
+                             custom_error_count_key="detection_events", max_batch_size=100,
+                             allowed_cpu_affinity_ids=[0], bucket=str(tmp_path / "b"))
+    # sinter stops a task once its custom count reaches max_errors: far below max_shots here
+    assert st.custom_counts["detection_events"] >= 500 and st.shots < 10**4
+    assert st.strong_id == _sinter_id(_circuit(), "pymatching", {"d": 3})
+    logs = "".join(f.read_text() for f in (tmp_path / "b").glob("*/logs/*.log"))
+    assert "processes 1, CPUs 0\n" in logs  # allowed_cpu_affinity_ids: the batch's CPUs
+
+
+@pytest.mark.slow
+def test_additional_existing_data_counts_toward_the_targets(tmp_path):
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    had = sinter.TaskStats(strong_id=_sinter_id(_circuit(), "pymatching", {"d": 3}),
+                           decoder="pymatching", json_metadata={"d": 3}, shots=700)
+    got = list(qec_kiln.iter_collect(num_workers=1, tasks=[task], decoders=["pymatching"],
+                                     max_shots=1000, additional_existing_data=[had],
+                                     bucket=str(tmp_path / "b")))
+    assert _shots(got) == {had.strong_id: 300}
+
+
+
+
+_FAILING_DECODER = '''
+import sinter
+
+
+class Failing(sinter.Decoder):
+    def compile_decoder_for_dem(self, *, dem):
+        raise RuntimeError("this decoder always fails")
+
+
+def decoders():
+    return {"failing": Failing()}
+'''
+
+
+@pytest.mark.slow
+def test_a_failing_decoder_raises_naming_the_task_and_its_last_error_line(tmp_path, monkeypatch):
+    (tmp_path / "kiln_failing_decoder.py").write_text(_FAILING_DECODER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # sinter's spawned workers import it too
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    with pytest.raises(KilnError, match=r"b000 \[\{'d': 3\} \(failing\)\]: .*RuntimeError: this "
+                       "decoder always fails"):
+        qec_kiln.collect(num_workers=1, tasks=[task], decoders=["failing"], max_shots=100,
+                         custom_decoders_module_function="kiln_failing_decoder:decoders",
+                         bucket=str(tmp_path / "b"))
+
+
+@pytest.mark.slow
+def test_where_forking_is_unsafe_the_launch_runs_in_a_thread(tmp_path, monkeypatch):
+    monkeypatch.setenv("QEC_KILN_FORK", "0")  # as a notebook's threads would
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    got = list(qec_kiln.iter_collect(num_workers=1, tasks=[task], decoders=["pymatching"],
+                                     max_shots=700, bucket=str(tmp_path / "b")))
+    assert _shots(got) == {_sinter_id(_circuit(), "pymatching", {"d": 3}): 700}
+
+
+def test_a_remote_sweep_whose_jobs_ended_unfinished_raises(tmp_path, monkeypatch):
+    """On Slurm (sbatch, squeue and sacct answered here: the job failed without a row), the
+    call raises naming the unfinished batch instead of polling forever."""
+    import subprocess
+
+    from qec_kiln._backends.slurm.backend import SlurmBackend
+
+    calls: list[list[str]] = []
+    lines: list[str] = []
+
+    def runner(argv, *, timeout=None, **_):
+        calls.append(argv)
+        out = {"sbatch": "4242\n", "sacct": "4242_0|FAILED|1:0\n"}.get(argv[0], "")
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    monkeypatch.setattr(SlurmBackend, "default_runner", staticmethod(runner))
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    with pytest.raises(KilnError, match=r"ended unfinished \(b000: .*\); collect again"):
+        qec_kiln.collect(num_workers=2, tasks=[task], decoders=["pymatching"], max_shots=100,
+                         backend="slurm", bucket=str(tmp_path / "b"), poll_seconds=0.01,
+                         log=lines.append)
+    assert any("shared file system" in line for line in lines)  # a warning, to the log
+    assert calls[0][0] == "sbatch" and any(c[0] == "sacct" for c in calls)
+    script = next(pathlib.Path(calls[0][-1]).parent.glob("job-4242.sbatch")).read_text()
+    assert "--processes 2" in script  # num_workers: sinter's processes on each node
+
+
+class _ShellSlurm:
+    """sbatch, squeue and sacct for one machine: ``sbatch`` runs each array task of the
+    rendered script with bash in the background (the real run-batch, the real sinter)."""
+
+    def __init__(self, folder: pathlib.Path):
+        import re
+        import subprocess
+
+        self.re, self.subprocess, self.folder = re, subprocess, folder
+        self.tasks: dict[int, subprocess.Popen] = {}
+
+    def __call__(self, argv, *, timeout=None, **_):
+        import os
+
+        out = ""
+        if argv[0] == "sbatch":
+            script = pathlib.Path(argv[-1])
+            last = int(self.re.search(r"#SBATCH --array=0-(\d+)", script.read_text()).group(1))
+            for i in range(last + 1):
+                env = dict(os.environ, SLURM_ARRAY_TASK_ID=str(i), SLURM_ARRAY_JOB_ID="77")
+                with open(self.folder / f"task-{i}.out", "w") as log:
+                    self.tasks[i] = self.subprocess.Popen(["bash", str(script)], env=env,
+                                                          stdout=log, stderr=log)
+            out = "77\n"
+        elif argv[0] == "squeue":
+            out = "".join(f"77_{i}|RUNNING|None|0|\n" for i, p in self.tasks.items()
+                          if p.poll() is None)
+        elif argv[0] == "sacct":
+            out = "".join(f"77_{i}|{'COMPLETED' if p.returncode == 0 else 'FAILED'}|"
+                          f"{p.returncode}:0\n" for i, p in self.tasks.items()
+                          if p.poll() is not None)
+        return self.subprocess.CompletedProcess(argv, 0, out, "")
+
+
+@pytest.mark.slow
+def test_on_slurm_iter_collect_yields_the_rows_and_collect_returns_them(tmp_path, monkeypatch):
+    from qec_kiln._backends.slurm.backend import SlurmBackend
+
+    slurm = _ShellSlurm(tmp_path)
+    monkeypatch.setattr(SlurmBackend, "default_runner", staticmethod(slurm))
+    tasks = [sinter.Task(circuit=_circuit(d), json_metadata={"d": d}) for d in (3, 5)]
+    kw = dict(num_workers=1, tasks=tasks, decoders=["pymatching"], max_shots=2000,
+              bucket=str(tmp_path / "b"), backend="slurm", poll_seconds=0.2,
+              backend_options={"sync_seconds": 1.0}, log=lambda _line: None)
+    got = list(qec_kiln.iter_collect(**kw, jobs=2))
+    want = {_sinter_id(_circuit(d), "pymatching", {"d": d}): 2000 for d in (3, 5)}
+    assert _shots(got) == want and len(slurm.tasks) == 2
+    # done by its fragments: each array task ends on its own (its lease, its log)
+    assert [p.wait(timeout=60) for p in slurm.tasks.values()] == [0, 0]
+    stats = qec_kiln.collect(**kw, jobs=2)  # the same sweep: done, nothing submitted again
+    assert {s.strong_id: s.shots for s in stats} == want and len(slurm.tasks) == 2
