@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pathlib
 import pickle
 import subprocess
 import sys
@@ -138,6 +139,25 @@ def test_another_object_under_the_same_name_is_another_sweep(noiseless, tmp_path
     assert plain.shipped is None and "shipped_decoders" not in plain.to_json()
 
 
+def test_a_restarted_notebook_plans_the_same_sweep(noiseless, tmp_path):
+    """cloudpickle gives each class it pickles by value a random id per session, so the same
+    notebook cell run in two Pythons pickles to other bytes: the sweep is named by the objects'
+    identity (those ids blanked), so a restarted notebook resumes its sweep, while the node
+    still checks the exact bytes the manifest records."""
+    script = ("import json, sys; sys.path.insert(0, sys.argv[1]); import qec_kiln; "
+              "from kiln_helpers import notebook; cell = notebook(); "
+              "m = qec_kiln.plan(sys.argv[2], custom_decoders={'flip': cell.AlwaysFlip(1)}, "
+              "decoders=['flip'], bucket=sys.argv[3]).manifest; "
+              "print(json.dumps([m.sweep, m.shipped.objects[0].sha256]))")
+    runs = [json.loads(subprocess.run(
+        [sys.executable, "-c", script, str(pathlib.Path(__file__).parent), str(noiseless),
+         str(tmp_path / "bucket")], capture_output=True, text=True, check=True).stdout)
+        for _ in range(2)]
+    (one_sweep, one_bytes), (two_sweep, two_bytes) = runs
+    assert one_bytes != two_bytes  # other class ids: other bytes
+    assert one_sweep == two_sweep
+
+
 def test_plan_lists_the_shipped_objects(noiseless, tmp_path, capsys):
     from qec_kiln._command._main_plan import print_plan
 
@@ -152,7 +172,7 @@ def test_plan_lists_the_shipped_objects(noiseless, tmp_path, capsys):
                                                                    "counter": "sampler"}
     print_plan(p)
     text = capsys.readouterr().out
-    sha = p.manifest.shipped.digests()["flip"][:12]
+    sha = next(o.sha256 for o in p.manifest.shipped.objects if o.name == "flip")[:12]
     assert f"flip: decoder __main__.AlwaysFlip, sha256 {sha}" in text
     assert f"the nodes need Python {python_version()}" in text
 

@@ -54,6 +54,9 @@ class ShippedObject:
     kind: str  # "decoder" or "sampler"
     sha256: str  # of its cloudpickle bytes (the bucket object <sweep>/decoders/<sha256>.pkl)
     type: str  # ``module.QualName`` of its class (for messages: where it must load from)
+    #: sha256 of those bytes with cloudpickle's per-session class ids blanked (:func:`identity`):
+    #: the same object pickled in another Python session has the same identity
+    identity: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,17 +69,19 @@ class Shipped:
     cloudpickle: str  # the launcher's cloudpickle version
 
     def digests(self) -> dict[str, str]:
-        """name -> sha256 (what enters the sweep's inputs digest)."""
-        return {o.name: o.sha256 for o in self.objects}
+        """name -> identity (what enters the sweep's inputs digest): the same objects again,
+        from a restarted notebook too, are the same sweep, which then resumes."""
+        return {o.name: o.identity or o.sha256 for o in self.objects}
 
     def to_json(self) -> dict[str, Any]:
         return {"python": self.python, "cloudpickle": self.cloudpickle,
-                "decoders": {o.name: {"kind": o.kind, "sha256": o.sha256, "type": o.type}
-                             for o in self.objects}}
+                "decoders": {o.name: {"kind": o.kind, "sha256": o.sha256, "type": o.type,
+                                      "identity": o.identity} for o in self.objects}}
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> Shipped:
-        objects = tuple(ShippedObject(name, e["kind"], e["sha256"], e.get("type", "?"))
+        objects = tuple(ShippedObject(name, e["kind"], e["sha256"], e.get("type", "?"),
+                                      e.get("identity", ""))
                         for name, e in d["decoders"].items())
         return Shipped(objects, str(d["python"]), str(d.get("cloudpickle", "?")))
 
@@ -161,10 +166,28 @@ def pack(objects: Mapping[str, Any], decoders: Sequence[str]) -> Shipment:
                             f"to the nodes: {ex}; keep in it only what pickles (build open "
                             "files, locks and native handles in compile_decoder_for_dem)") from ex
         sha = hashlib.sha256(blob).hexdigest()
-        records.append(ShippedObject(name, kind, sha, where))
+        records.append(ShippedObject(name, kind, sha, where, identity(blob)))
         blobs[sha] = blob
     return Shipment(Shipped(tuple(records), python_version(), cloudpickle.__version__), blobs)
 
 
-__all__ = ["KINDS", "Shipment", "Shipped", "ShippedObject", "check_objects", "kind_of", "pack",
-           "python_version"]
+def identity(blob: bytes) -> str:
+    """The sha256 of a cloudpickle of this session with the ids that cloudpickle gives each
+    class it pickles by value (a random uuid4 per class and session, so that one session
+    rebuilds one class once) blanked: the same class and state pickled in another session (a
+    restarted notebook) have the same identity, while the bytes, and their sha256, differ.
+
+    >>> identity(b"abc") == hashlib.sha256(b"abc").hexdigest()
+    True
+    """
+    from cloudpickle import cloudpickle as internals
+
+    # A private table of cloudpickle (pinned by the lock); without it, the bytes' own digest.
+    tracked = getattr(internals, "_DYNAMIC_CLASS_TRACKER_BY_CLASS", {})
+    for class_id in {str(v).encode() for v in list(tracked.values())}:
+        blob = blob.replace(class_id, b"0" * len(class_id))
+    return hashlib.sha256(blob).hexdigest()
+
+
+__all__ = ["KINDS", "Shipment", "Shipped", "ShippedObject", "check_objects", "identity", "kind_of",
+           "pack", "python_version"]
