@@ -56,10 +56,14 @@ def test_bad_keywords_are_refused_by_name_before_anything_is_written(tmp_path):
     with pytest.raises(KilnError, match="allowed_cpu_affinity_ids"):
         qec_kiln.collect(num_workers=1, tasks=[task], max_shots=10, bucket=str(bucket),
                          backend="slurm", allowed_cpu_affinity_ids=[0])
-    two = [task, sinter.Task(circuit=_circuit(5), json_metadata={"d": 5},
-                             collection_options=sinter.CollectionOptions(max_batch_size=7))]
-    with pytest.raises(KilnError, match="collection_options.max_batch_size differs"):
-        qec_kiln.collect(num_workers=1, tasks=two, max_shots=10, bucket=str(bucket))
+    odd = sinter.Task(circuit=_circuit(5), json_metadata={"d": 5},
+                      collection_options=sinter.CollectionOptions(max_batch_size=2.5))
+    with pytest.raises(ValueError, match=r"task 1: max_batch_size=2.5: give a positive integer"):
+        qec_kiln.collect(num_workers=1, tasks=[task, odd], max_shots=10, bucket=str(bucket))
+    twice = sinter.Task(circuit=_circuit(), json_metadata={"d": 3},
+                        collection_options=sinter.CollectionOptions(max_batch_size=7))
+    with pytest.raises(KilnError, match=r"task 1: .* other targets or batch options"):
+        qec_kiln.collect(num_workers=1, tasks=[task, twice], max_shots=10, bucket=str(bucket))
     with pytest.raises(ValueError, match="num_workers"):
         qec_kiln.collect(num_workers=0, tasks=[task], max_shots=10, bucket=str(bucket))
     assert not bucket.exists()
@@ -91,6 +95,71 @@ def test_sinter_keywords_become_the_sweeps_settings(tmp_path):
                                root=tmp_path / "home")
     assert remote.settings["backend_options"] == {"processes": 8}  # the user's, per node
     assert remote.settings["task_targets"] is None and remote.settings["max_shots"] == 50
+
+
+def test_per_task_batch_options_ride_to_sinters_of_their_own(tmp_path):
+    """Tasks whose combined batch options differ: each task's record carries them (none go to
+    every sinter), and a batch's shards split into one ``sinter collect`` per set of options,
+    each with its own flags after the sweep's."""
+    import pathlib as pl
+
+    from qec_kiln._collect.call import UNLIMITED, CollectCall
+    from qec_kiln._node.sinter_cmd import sinter_collect_argv
+    from qec_kiln._sweep.batches import Shard, sinter_runs
+
+    tasks = [sinter.Task(circuit=_circuit(3), json_metadata={"d": 3}, collection_options=
+                         sinter.CollectionOptions(max_batch_size=64, max_batch_seconds=9)),
+             sinter.Task(circuit=_circuit(5), json_metadata={"d": 5})]
+    call = CollectCall.build(tasks, dict(num_workers=1, decoders=["pymatching"], max_shots=100,
+                                         max_errors=None, start_batch_size=8,
+                                         max_batch_seconds=5),
+                             {"bucket": str(tmp_path / "b")}, root=tmp_path / "home")
+    s = call.settings
+    # combined with the call's as sinter does: the smaller of each
+    assert s["task_targets"] == {"d=3.stim": {"pymatching": (100, UNLIMITED, 8, 64, 5)},
+                                 "d=5.stim": {"pymatching": (100, UNLIMITED, 8, None, 5)}}
+    assert s["sinter_options"] is None
+    shards = [Shard(f"d={d}.stim", "pymatching", f"id{d}", 100, UNLIMITED, 1, 1,
+                    batch_options=s["task_targets"][f"d={d}.stim"]["pymatching"][2:])
+              for d in (3, 5)]
+    runs = sinter_runs(shards)
+    assert [(r.circuits, r.batch_flags()) for r in runs] == [
+        (("d=3.stim",), ["--start_batch_size", "8", "--max_batch_size", "64",
+                         "--max_batch_seconds", "5"]),
+        (("d=5.stim",), ["--start_batch_size", "8", "--max_batch_seconds", "5"])]
+    argv = sinter_collect_argv([pl.Path("/w/d=3.stim")], decoders=["pymatching"], max_shots=100,
+                               max_errors=UNLIMITED, processes=1, resume_path=pl.Path("/w/r.csv"),
+                               extra=["--count_detection_events", *runs[0].batch_flags()],
+                               max_batch_seconds=1)
+    assert argv[-7:] == ["--count_detection_events", "--start_batch_size", "8",
+                         "--max_batch_size", "64", "--max_batch_seconds", "5"]
+
+
+@pytest.mark.slow
+def test_per_task_batch_options_are_honoured_end_to_end(tmp_path):
+    from qec_kiln._storage import open_bucket
+    from qec_kiln._sweep.batches import sinter_runs
+    from qec_kiln._sweep.manifest import list_sweeps, load_manifest
+
+    tasks = [sinter.Task(circuit=_circuit(3), json_metadata={"d": 3}, collection_options=
+                         sinter.CollectionOptions(max_shots=300, max_batch_size=50)),
+             sinter.Task(circuit=_circuit(5), json_metadata={"d": 5}, collection_options=
+                         sinter.CollectionOptions(start_batch_size=16))]
+    seen: list[sinter.Progress] = []
+    stats = qec_kiln.collect(num_workers=1, tasks=tasks, decoders=["pymatching"], max_shots=700,
+                             max_errors=None, progress_callback=seen.append,
+                             bucket=str(tmp_path / "b"))
+    want = {_sinter_id(_circuit(3), "pymatching", {"d": 3}): 300,
+            _sinter_id(_circuit(5), "pymatching", {"d": 5}): 700}
+    assert {s.strong_id: s.shots for s in stats} == want and _shots(seen) == want
+    store = open_bucket(str(tmp_path / "b"))
+    (sweep,) = list_sweeps(store)
+    shards = [sh for b in load_manifest(store, sweep).batches for sh in b.shards]
+    assert {sh.circuit: sh.batch_options for sh in shards} == {"d=3.stim": (None, 50, None),
+                                                              "d=5.stim": (16, None, None)}
+    assert len(sinter_runs(shards)) == 2
+    logs = "".join(f.read_text() for f in (tmp_path / "b").glob("*/logs/*.log"))
+    assert ", --max_batch_size 50\n" in logs and ", --start_batch_size 16\n" in logs
 
 
 def test_an_unknown_decoder_raises_naming_it(tmp_path):
