@@ -162,6 +162,24 @@ def test_per_task_batch_options_are_honoured_end_to_end(tmp_path):
     assert ", --max_batch_size 50\n" in logs and ", --start_batch_size 16\n" in logs
 
 
+@pytest.mark.slow
+def test_a_notebook_decoder_object_on_the_local_backend(tmp_path):
+    """``custom_decoders={name: object}`` of a notebook's ``__main__``: the object is shipped
+    and run by the local nodes' sinter, with sinter's strong_ids and exact counts (noiseless
+    circuits: ``AlwaysFlip(1)`` makes every shot an error, ``AlwaysFlip(0)`` none)."""
+    from kiln_helpers import notebook
+
+    cell = notebook()
+    quiet = [sinter.Task(circuit=_circuit(d, 0.0), json_metadata={"d": d}) for d in (3, 5)]
+    stats = qec_kiln.collect(num_workers=1, tasks=quiet, decoders=["flip", "keep"],
+                             custom_decoders={"flip": cell.AlwaysFlip(1),
+                                              "keep": cell.AlwaysFlip(0)},
+                             max_shots=500, max_errors=10**6, bucket=str(tmp_path / "b"))
+    got = {s.strong_id: (s.decoder, s.shots, s.errors) for s in stats}
+    assert got == {_sinter_id(_circuit(d, 0.0), name, {"d": d}): (name, 500, 500 * flips)
+                   for d in (3, 5) for name, flips in (("flip", 1), ("keep", 0))}
+
+
 def test_an_unknown_decoder_raises_naming_it(tmp_path):
     task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
     with pytest.raises(KilnError, match="nope"):
