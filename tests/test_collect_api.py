@@ -6,7 +6,6 @@ name before anything is uploaded."""
 from __future__ import annotations
 
 import inspect
-import pathlib
 
 import pytest
 import sinter
@@ -339,83 +338,3 @@ def test_where_forking_is_unsafe_the_launch_runs_in_a_thread(tmp_path, monkeypat
     got = list(qec_kiln.iter_collect(num_workers=1, tasks=[task], decoders=["pymatching"],
                                      max_shots=700, bucket=str(tmp_path / "b")))
     assert _shots(got) == {_sinter_id(_circuit(), "pymatching", {"d": 3}): 700}
-
-
-def test_a_remote_sweep_whose_jobs_ended_unfinished_raises(tmp_path, monkeypatch):
-    """On Slurm (sbatch, squeue and sacct answered here: the job failed without a row), the
-    call raises naming the unfinished batch instead of polling forever."""
-    import subprocess
-
-    from qec_kiln._backends.slurm.backend import SlurmBackend
-
-    calls: list[list[str]] = []
-    lines: list[str] = []
-
-    def runner(argv, *, timeout=None, **_):
-        calls.append(argv)
-        out = {"sbatch": "4242\n", "sacct": "4242_0|FAILED|1:0\n"}.get(argv[0], "")
-        return subprocess.CompletedProcess(argv, 0, out, "")
-
-    monkeypatch.setattr(SlurmBackend, "default_runner", staticmethod(runner))
-    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
-    with pytest.raises(KilnError, match=r"ended unfinished \(b000: .*\); collect again"):
-        qec_kiln.collect(num_workers=2, tasks=[task], decoders=["pymatching"], max_shots=100,
-                         backend="slurm", bucket=str(tmp_path / "b"), poll_seconds=0.01,
-                         log=lines.append)
-    assert any("shared file system" in line for line in lines)  # a warning, to the log
-    assert calls[0][0] == "sbatch" and any(c[0] == "sacct" for c in calls)
-    script = next(pathlib.Path(calls[0][-1]).parent.glob("job-4242.sbatch")).read_text()
-    assert "--processes 2" in script  # num_workers: sinter's processes on each node
-
-
-class _ShellSlurm:
-    """sbatch, squeue and sacct for one machine: ``sbatch`` runs each array task of the
-    rendered script with bash in the background (the real run-batch, the real sinter)."""
-
-    def __init__(self, folder: pathlib.Path):
-        import re
-        import subprocess
-
-        self.re, self.subprocess, self.folder = re, subprocess, folder
-        self.tasks: dict[int, subprocess.Popen] = {}
-
-    def __call__(self, argv, *, timeout=None, **_):
-        import os
-
-        out = ""
-        if argv[0] == "sbatch":
-            script = pathlib.Path(argv[-1])
-            last = int(self.re.search(r"#SBATCH --array=0-(\d+)", script.read_text()).group(1))
-            for i in range(last + 1):
-                env = dict(os.environ, SLURM_ARRAY_TASK_ID=str(i), SLURM_ARRAY_JOB_ID="77")
-                with open(self.folder / f"task-{i}.out", "w") as log:
-                    self.tasks[i] = self.subprocess.Popen(["bash", str(script)], env=env,
-                                                          stdout=log, stderr=log)
-            out = "77\n"
-        elif argv[0] == "squeue":
-            out = "".join(f"77_{i}|RUNNING|None|0|\n" for i, p in self.tasks.items()
-                          if p.poll() is None)
-        elif argv[0] == "sacct":
-            out = "".join(f"77_{i}|{'COMPLETED' if p.returncode == 0 else 'FAILED'}|"
-                          f"{p.returncode}:0\n" for i, p in self.tasks.items()
-                          if p.poll() is not None)
-        return self.subprocess.CompletedProcess(argv, 0, out, "")
-
-
-@pytest.mark.slow
-def test_on_slurm_iter_collect_yields_the_rows_and_collect_returns_them(tmp_path, monkeypatch):
-    from qec_kiln._backends.slurm.backend import SlurmBackend
-
-    slurm = _ShellSlurm(tmp_path)
-    monkeypatch.setattr(SlurmBackend, "default_runner", staticmethod(slurm))
-    tasks = [sinter.Task(circuit=_circuit(d), json_metadata={"d": d}) for d in (3, 5)]
-    kw = dict(num_workers=1, tasks=tasks, decoders=["pymatching"], max_shots=2000,
-              bucket=str(tmp_path / "b"), backend="slurm", poll_seconds=0.2,
-              backend_options={"sync_seconds": 1.0}, log=lambda _line: None)
-    got = list(qec_kiln.iter_collect(**kw, jobs=2))
-    want = {_sinter_id(_circuit(d), "pymatching", {"d": d}): 2000 for d in (3, 5)}
-    assert _shots(got) == want and len(slurm.tasks) == 2
-    # done by its fragments: each array task ends on its own (its lease, its log)
-    assert [p.wait(timeout=60) for p in slurm.tasks.values()] == [0, 0]
-    stats = qec_kiln.collect(**kw, jobs=2)  # the same sweep: done, nothing submitted again
-    assert {s.strong_id: s.shots for s in stats} == want and len(slurm.tasks) == 2
