@@ -11,6 +11,7 @@ The circuits are noiseless where a count must be exact in errors too: ``AlwaysFl
 
 from __future__ import annotations
 
+import pathlib
 import types
 
 import pytest
@@ -45,21 +46,30 @@ def _totals(progress: list[sinter.Progress]) -> dict[str, tuple[int, int]]:
     return out
 
 
+class _Submitted(list):
+    """Job ids, with the scripts submitted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[str] = []
+
+
 @pytest.fixture
 def sbatches(slurm_cluster, monkeypatch) -> list[str]:
     """The job id of every ``sbatch`` qec-kiln runs (each one run for real on the test
-    cluster, only recorded here)."""
+    cluster, only recorded here); ``sbatches.scripts``: the batch scripts it submitted."""
     from qec_kiln._backends.remote import run_command
     from qec_kiln._backends.slurm.backend import SlurmBackend
 
     monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
-    seen: list[str] = []
+    seen = _Submitted()
 
     def recorded(argv, **kw):
         proc = run_command(argv, **kw)
         if argv[0] == "sbatch":
             assert proc.returncode == 0, proc.stderr
             seen.append(proc.stdout.strip().split(";")[0])
+            seen.scripts.append(pathlib.Path(argv[-1]).read_text())
         return proc
 
     monkeypatch.setattr(SlurmBackend, "default_runner", staticmethod(recorded))
@@ -125,9 +135,14 @@ def test_a_sweep_whose_slurm_job_fails_raises_naming_the_batch_and_its_error(
     cell = types.ModuleType("__main__")  # a notebook's class: pickled by value, fails on the node
     exec(compile(_FAILING_CELL, "<notebook cell>", "exec"), cell.__dict__)  # noqa: S102
     task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    lines: list[str] = []
     with pytest.raises(KilnError, match=r"ended unfinished \(b000: .*RuntimeError: this decoder "
                        r"object always fails\); collect again"):
-        qec_kiln.collect(**_kw(tmp_path, [task], decoders=["failing"], max_shots=100,
-                               custom_decoders={"failing": cell.Failing()}))
+        qec_kiln.collect(**{**_kw(tmp_path, [task], decoders=["failing"], max_shots=100,
+                                  custom_decoders={"failing": cell.Failing()}),
+                            "num_workers": 2, "log": lines.append})
+    assert any("shared file system" in line for line in lines)  # a local bucket: warned
+    (script,) = sbatches.scripts
+    assert "--processes 2" in script  # num_workers: sinter's processes on each node
     (array,) = sbatches
     assert list(slurm_cluster.states(array).values()) == ["FAILED"]
