@@ -6,6 +6,7 @@ name before anything is uploaded."""
 from __future__ import annotations
 
 import inspect
+import json
 
 import pytest
 import sinter
@@ -132,6 +133,29 @@ def test_per_task_batch_options_ride_to_sinters_of_their_own(tmp_path):
                                max_batch_seconds=1)
     assert argv[-7:] == ["--count_detection_events", "--start_batch_size", "8",
                          "--max_batch_size", "64", "--max_batch_seconds", "5"]
+
+
+def test_a_task_targets_record_with_batch_options_reaches_the_shards(small_circuits, tmp_path):
+    """``task_targets`` records of five: the plan's shards carry each task's batch options,
+    through the manifest's JSON, and the sweep is another one; with records of two the shards'
+    JSON has no ``batch_options`` (a manifest as before)."""
+    names = sorted(p.name for p in small_circuits.glob("*.stim"))
+    kw = dict(decoders=["pymatching"], max_shots=100, max_errors=10, bucket=str(tmp_path / "b"))
+    plain = qec_kiln.plan(small_circuits, **kw).manifest
+    two = qec_kiln.plan(small_circuits, **kw, task_targets={
+        n: {"pymatching": (100, 10)} for n in names}).manifest
+    own = {n: (100, 10, None, 32 * (i + 1), None) for i, n in enumerate(names)}
+    five = qec_kiln.plan(small_circuits, **kw, task_targets={
+        n: {"pymatching": t} for n, t in own.items()}).manifest
+    assert len({plain.sweep, two.sweep, five.sweep}) == 3  # the records enter the digest
+    shards = [s for b in five.batches for s in b.shards]
+    assert {s.circuit: s.batch_options for s in shards} == {n: t[2:] for n, t in own.items()}
+    assert all("batch_options" not in s.to_json() for b in two.batches for s in b.shards)
+    from qec_kiln._sweep.manifest import Manifest
+
+    again = Manifest.from_json(json.loads(five.dumps()))
+    assert [s.batch_options for b in again.batches for s in b.shards] == \
+        [s.batch_options for b in five.batches for s in b.shards]
 
 
 @pytest.mark.slow
