@@ -231,7 +231,8 @@ def task_targets(text: str) -> dict[str, dict[str, TaskTarget]]:
     except (ValueError, TypeError, AttributeError, IndexError, KeyError):
         raise argparse.ArgumentTypeError(
             'give JSON like {"d=3.stim": {"pymatching": [100000, 100]}} (or [max_shots, '
-            'max_errors, start_batch_size, max_batch_size, max_batch_seconds])') from None
+            'max_errors, start_batch_size, max_batch_size, max_batch_seconds], each batch '
+            'option a positive integer or null)') from None
 
 
 def add_backend_arguments(p: argparse.ArgumentParser, what: str) -> None:
