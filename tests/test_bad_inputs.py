@@ -215,6 +215,11 @@ def max_errors_unparsable(ctx):
     return [*_launch(ctx, _good(ctx)), "--max-errors", "1O0"]
 
 
+def task_targets_bad_batch_options(ctx):
+    # a record of five whose batch options are not positive integers
+    return [*_launch(ctx, _good(ctx)), "--task-targets", '{"x.stim": {"pymatching": [9, 1, 0, 8, 1]}}']
+
+
 def max_shots_fraction(ctx):
     return [*_launch(ctx, _good(ctx)), "--max-shots", "1.5e3.2"]
 
@@ -431,6 +436,8 @@ CASES = [
          ("d=3,p=0.001.stim", "p=0.001,d=3.stim", "written differently"), slow=True),
     Case("unknown-decoder", unknown_decoder, ("--decoders 'pymatchin'", "choose from")),
     Case("max-shots-zero", max_shots_zero, ("--max-shots", "positive integer", "'0'")),
+    Case("task-targets-bad-batch-options", task_targets_bad_batch_options,
+         ("--task-targets", "max_batch_seconds]", "positive integer or null")),
     Case("max-shots-negative", max_shots_negative, ("--max-shots", "positive integer", "'-5'")),
     Case("max-errors-unparsable", max_errors_unparsable, ("--max-errors", "'1O0'", "not a number")),
     Case("max-shots-unparsable", max_shots_fraction, ("--max-shots", "'1.5e3.2'")),

@@ -6,7 +6,7 @@ name before anything is uploaded."""
 from __future__ import annotations
 
 import inspect
-import pathlib
+import json
 
 import pytest
 import sinter
@@ -56,10 +56,14 @@ def test_bad_keywords_are_refused_by_name_before_anything_is_written(tmp_path):
     with pytest.raises(KilnError, match="allowed_cpu_affinity_ids"):
         qec_kiln.collect(num_workers=1, tasks=[task], max_shots=10, bucket=str(bucket),
                          backend="slurm", allowed_cpu_affinity_ids=[0])
-    two = [task, sinter.Task(circuit=_circuit(5), json_metadata={"d": 5},
-                             collection_options=sinter.CollectionOptions(max_batch_size=7))]
-    with pytest.raises(KilnError, match="collection_options.max_batch_size differs"):
-        qec_kiln.collect(num_workers=1, tasks=two, max_shots=10, bucket=str(bucket))
+    odd = sinter.Task(circuit=_circuit(5), json_metadata={"d": 5},
+                      collection_options=sinter.CollectionOptions(max_batch_size=2.5))
+    with pytest.raises(ValueError, match=r"task 1: max_batch_size=2.5: give a positive integer"):
+        qec_kiln.collect(num_workers=1, tasks=[task, odd], max_shots=10, bucket=str(bucket))
+    twice = sinter.Task(circuit=_circuit(), json_metadata={"d": 3},
+                        collection_options=sinter.CollectionOptions(max_batch_size=7))
+    with pytest.raises(KilnError, match=r"task 1: .* other targets or batch options"):
+        qec_kiln.collect(num_workers=1, tasks=[task, twice], max_shots=10, bucket=str(bucket))
     with pytest.raises(ValueError, match="num_workers"):
         qec_kiln.collect(num_workers=0, tasks=[task], max_shots=10, bucket=str(bucket))
     assert not bucket.exists()
@@ -91,6 +95,112 @@ def test_sinter_keywords_become_the_sweeps_settings(tmp_path):
                                root=tmp_path / "home")
     assert remote.settings["backend_options"] == {"processes": 8}  # the user's, per node
     assert remote.settings["task_targets"] is None and remote.settings["max_shots"] == 50
+
+
+def test_per_task_batch_options_ride_to_sinters_of_their_own(tmp_path):
+    """Tasks whose combined batch options differ: each task's record carries them (none go to
+    every sinter), and a batch's shards split into one ``sinter collect`` per set of options,
+    each with its own flags after the sweep's."""
+    import pathlib as pl
+
+    from qec_kiln._collect.call import UNLIMITED, CollectCall
+    from qec_kiln._node.sinter_cmd import sinter_collect_argv
+    from qec_kiln._sweep.batches import Shard, sinter_runs
+
+    tasks = [sinter.Task(circuit=_circuit(3), json_metadata={"d": 3}, collection_options=
+                         sinter.CollectionOptions(max_batch_size=64, max_batch_seconds=9)),
+             sinter.Task(circuit=_circuit(5), json_metadata={"d": 5})]
+    call = CollectCall.build(tasks, dict(num_workers=1, decoders=["pymatching"], max_shots=100,
+                                         max_errors=None, start_batch_size=8,
+                                         max_batch_seconds=5),
+                             {"bucket": str(tmp_path / "b")}, root=tmp_path / "home")
+    s = call.settings
+    # combined with the call's as sinter does: the smaller of each
+    assert s["task_targets"] == {"d=3.stim": {"pymatching": (100, UNLIMITED, 8, 64, 5)},
+                                 "d=5.stim": {"pymatching": (100, UNLIMITED, 8, None, 5)}}
+    assert s["sinter_options"] is None
+    shards = [Shard(f"d={d}.stim", "pymatching", f"id{d}", 100, UNLIMITED, 1, 1,
+                    batch_options=s["task_targets"][f"d={d}.stim"]["pymatching"][2:])
+              for d in (3, 5)]
+    runs = sinter_runs(shards)
+    assert [(r.circuits, r.batch_flags()) for r in runs] == [
+        (("d=3.stim",), ["--start_batch_size", "8", "--max_batch_size", "64",
+                         "--max_batch_seconds", "5"]),
+        (("d=5.stim",), ["--start_batch_size", "8", "--max_batch_seconds", "5"])]
+    argv = sinter_collect_argv([pl.Path("/w/d=3.stim")], decoders=["pymatching"], max_shots=100,
+                               max_errors=UNLIMITED, processes=1, resume_path=pl.Path("/w/r.csv"),
+                               extra=["--count_detection_events", *runs[0].batch_flags()],
+                               max_batch_seconds=1)
+    assert argv[-7:] == ["--count_detection_events", "--start_batch_size", "8",
+                         "--max_batch_size", "64", "--max_batch_seconds", "5"]
+
+
+def test_a_task_targets_record_with_batch_options_reaches_the_shards(small_circuits, tmp_path):
+    """``task_targets`` records of five: the plan's shards carry each task's batch options,
+    through the manifest's JSON, and the sweep is another one; with records of two the shards'
+    JSON has no ``batch_options`` (a manifest as before)."""
+    names = sorted(p.name for p in small_circuits.glob("*.stim"))
+    kw = dict(decoders=["pymatching"], max_shots=100, max_errors=10, bucket=str(tmp_path / "b"))
+    plain = qec_kiln.plan(small_circuits, **kw).manifest
+    two = qec_kiln.plan(small_circuits, **kw, task_targets={
+        n: {"pymatching": (100, 10)} for n in names}).manifest
+    own = {n: (100, 10, None, 32 * (i + 1), None) for i, n in enumerate(names)}
+    five = qec_kiln.plan(small_circuits, **kw, task_targets={
+        n: {"pymatching": t} for n, t in own.items()}).manifest
+    assert len({plain.sweep, two.sweep, five.sweep}) == 3  # the records enter the digest
+    shards = [s for b in five.batches for s in b.shards]
+    assert {s.circuit: s.batch_options for s in shards} == {n: t[2:] for n, t in own.items()}
+    assert all("batch_options" not in s.to_json() for b in two.batches for s in b.shards)
+    from qec_kiln._sweep.manifest import Manifest
+
+    again = Manifest.from_json(json.loads(five.dumps()))
+    assert [s.batch_options for b in again.batches for s in b.shards] == \
+        [s.batch_options for b in five.batches for s in b.shards]
+
+
+@pytest.mark.slow
+def test_per_task_batch_options_are_honoured_end_to_end(tmp_path):
+    from qec_kiln._storage import open_bucket
+    from qec_kiln._sweep.batches import sinter_runs
+    from qec_kiln._sweep.manifest import list_sweeps, load_manifest
+
+    tasks = [sinter.Task(circuit=_circuit(3), json_metadata={"d": 3}, collection_options=
+                         sinter.CollectionOptions(max_shots=300, max_batch_size=50)),
+             sinter.Task(circuit=_circuit(5), json_metadata={"d": 5}, collection_options=
+                         sinter.CollectionOptions(start_batch_size=16))]
+    seen: list[sinter.Progress] = []
+    stats = qec_kiln.collect(num_workers=1, tasks=tasks, decoders=["pymatching"], max_shots=700,
+                             max_errors=None, progress_callback=seen.append,
+                             bucket=str(tmp_path / "b"))
+    want = {_sinter_id(_circuit(3), "pymatching", {"d": 3}): 300,
+            _sinter_id(_circuit(5), "pymatching", {"d": 5}): 700}
+    assert {s.strong_id: s.shots for s in stats} == want and _shots(seen) == want
+    store = open_bucket(str(tmp_path / "b"))
+    (sweep,) = list_sweeps(store)
+    shards = [sh for b in load_manifest(store, sweep).batches for sh in b.shards]
+    assert {sh.circuit: sh.batch_options for sh in shards} == {"d=3.stim": (None, 50, None),
+                                                              "d=5.stim": (16, None, None)}
+    assert len(sinter_runs(shards)) == 2
+    logs = "".join(f.read_text() for f in (tmp_path / "b").glob("*/logs/*.log"))
+    assert ", --max_batch_size 50\n" in logs and ", --start_batch_size 16\n" in logs
+
+
+@pytest.mark.slow
+def test_a_notebook_decoder_object_on_the_local_backend(tmp_path):
+    """``custom_decoders={name: object}`` of a notebook's ``__main__``: the object is shipped
+    and run by the local nodes' sinter, with sinter's strong_ids and exact counts (noiseless
+    circuits: ``AlwaysFlip(1)`` makes every shot an error, ``AlwaysFlip(0)`` none)."""
+    from kiln_helpers import notebook
+
+    cell = notebook()
+    quiet = [sinter.Task(circuit=_circuit(d, 0.0), json_metadata={"d": d}) for d in (3, 5)]
+    stats = qec_kiln.collect(num_workers=1, tasks=quiet, decoders=["flip", "keep"],
+                             custom_decoders={"flip": cell.AlwaysFlip(1),
+                                              "keep": cell.AlwaysFlip(0)},
+                             max_shots=500, max_errors=10**6, bucket=str(tmp_path / "b"))
+    got = {s.strong_id: (s.decoder, s.shots, s.errors) for s in stats}
+    assert got == {_sinter_id(_circuit(d, 0.0), name, {"d": d}): (name, 500, 500 * flips)
+                   for d in (3, 5) for name, flips in (("flip", 1), ("keep", 0))}
 
 
 def test_an_unknown_decoder_raises_naming_it(tmp_path):
@@ -252,83 +362,3 @@ def test_where_forking_is_unsafe_the_launch_runs_in_a_thread(tmp_path, monkeypat
     got = list(qec_kiln.iter_collect(num_workers=1, tasks=[task], decoders=["pymatching"],
                                      max_shots=700, bucket=str(tmp_path / "b")))
     assert _shots(got) == {_sinter_id(_circuit(), "pymatching", {"d": 3}): 700}
-
-
-def test_a_remote_sweep_whose_jobs_ended_unfinished_raises(tmp_path, monkeypatch):
-    """On Slurm (sbatch, squeue and sacct answered here: the job failed without a row), the
-    call raises naming the unfinished batch instead of polling forever."""
-    import subprocess
-
-    from qec_kiln._backends.slurm.backend import SlurmBackend
-
-    calls: list[list[str]] = []
-    lines: list[str] = []
-
-    def runner(argv, *, timeout=None, **_):
-        calls.append(argv)
-        out = {"sbatch": "4242\n", "sacct": "4242_0|FAILED|1:0\n"}.get(argv[0], "")
-        return subprocess.CompletedProcess(argv, 0, out, "")
-
-    monkeypatch.setattr(SlurmBackend, "default_runner", staticmethod(runner))
-    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
-    with pytest.raises(KilnError, match=r"ended unfinished \(b000: .*\); collect again"):
-        qec_kiln.collect(num_workers=2, tasks=[task], decoders=["pymatching"], max_shots=100,
-                         backend="slurm", bucket=str(tmp_path / "b"), poll_seconds=0.01,
-                         log=lines.append)
-    assert any("shared file system" in line for line in lines)  # a warning, to the log
-    assert calls[0][0] == "sbatch" and any(c[0] == "sacct" for c in calls)
-    script = next(pathlib.Path(calls[0][-1]).parent.glob("job-4242.sbatch")).read_text()
-    assert "--processes 2" in script  # num_workers: sinter's processes on each node
-
-
-class _ShellSlurm:
-    """sbatch, squeue and sacct for one machine: ``sbatch`` runs each array task of the
-    rendered script with bash in the background (the real run-batch, the real sinter)."""
-
-    def __init__(self, folder: pathlib.Path):
-        import re
-        import subprocess
-
-        self.re, self.subprocess, self.folder = re, subprocess, folder
-        self.tasks: dict[int, subprocess.Popen] = {}
-
-    def __call__(self, argv, *, timeout=None, **_):
-        import os
-
-        out = ""
-        if argv[0] == "sbatch":
-            script = pathlib.Path(argv[-1])
-            last = int(self.re.search(r"#SBATCH --array=0-(\d+)", script.read_text()).group(1))
-            for i in range(last + 1):
-                env = dict(os.environ, SLURM_ARRAY_TASK_ID=str(i), SLURM_ARRAY_JOB_ID="77")
-                with open(self.folder / f"task-{i}.out", "w") as log:
-                    self.tasks[i] = self.subprocess.Popen(["bash", str(script)], env=env,
-                                                          stdout=log, stderr=log)
-            out = "77\n"
-        elif argv[0] == "squeue":
-            out = "".join(f"77_{i}|RUNNING|None|0|\n" for i, p in self.tasks.items()
-                          if p.poll() is None)
-        elif argv[0] == "sacct":
-            out = "".join(f"77_{i}|{'COMPLETED' if p.returncode == 0 else 'FAILED'}|"
-                          f"{p.returncode}:0\n" for i, p in self.tasks.items()
-                          if p.poll() is not None)
-        return self.subprocess.CompletedProcess(argv, 0, out, "")
-
-
-@pytest.mark.slow
-def test_on_slurm_iter_collect_yields_the_rows_and_collect_returns_them(tmp_path, monkeypatch):
-    from qec_kiln._backends.slurm.backend import SlurmBackend
-
-    slurm = _ShellSlurm(tmp_path)
-    monkeypatch.setattr(SlurmBackend, "default_runner", staticmethod(slurm))
-    tasks = [sinter.Task(circuit=_circuit(d), json_metadata={"d": d}) for d in (3, 5)]
-    kw = dict(num_workers=1, tasks=tasks, decoders=["pymatching"], max_shots=2000,
-              bucket=str(tmp_path / "b"), backend="slurm", poll_seconds=0.2,
-              backend_options={"sync_seconds": 1.0}, log=lambda _line: None)
-    got = list(qec_kiln.iter_collect(**kw, jobs=2))
-    want = {_sinter_id(_circuit(d), "pymatching", {"d": d}): 2000 for d in (3, 5)}
-    assert _shots(got) == want and len(slurm.tasks) == 2
-    # done by its fragments: each array task ends on its own (its lease, its log)
-    assert [p.wait(timeout=60) for p in slurm.tasks.values()] == [0, 0]
-    stats = qec_kiln.collect(**kw, jobs=2)  # the same sweep: done, nothing submitted again
-    assert {s.strong_id: s.shots for s in stats} == want and len(slurm.tasks) == 2

@@ -37,13 +37,12 @@ from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.existing import csv_rows
 from qec_kiln._sweep.memory import task_circuit, write_tasks
 from qec_kiln._sweep.postselect import Postselection
+from qec_kiln._sweep.spec import BATCH_OPTIONS, BatchOptions, TaskTarget
 
 #: A target sinter leaves unlimited (``max_shots=None`` or ``max_errors=None``): more than any
 #: sweep reaches, so the other target stops the task.
 UNLIMITED = 10**15
 
-#: sinter's batch-size options: the same for every task of a call (passed to every sinter).
-BATCH_OPTIONS = ("start_batch_size", "max_batch_size", "max_batch_seconds")
 
 
 def sort_keys(metadata: Any) -> str:
@@ -91,7 +90,7 @@ class CollectCall:
         own_decoders = written.decoders
         all_decoders = list(dict.fromkeys(decoders + own_decoders)) or ["pymatching"]
         targets: dict[str, dict[str, tuple[int, int]]] = {}
-        batch: dict[tuple[Any, ...], int] = {}
+        batch: dict[str, dict[str, BatchOptions]] = {}  # each task's combined batch options
         for i, (item, name) in enumerate(zip(items, written.names, strict=True)):
             task = item if isinstance(item, sinter.Task) else sinter.Task(circuit=item)
             mine = [task.decoder] if task.decoder else (decoders or ["pymatching"])
@@ -101,37 +100,39 @@ class CollectCall:
                                  "or the task's collection_options): it would never stop")
             goal = (UNLIMITED if opts.max_shots is None else int(opts.max_shots),
                     UNLIMITED if opts.max_errors is None else int(opts.max_errors))
-            batch.setdefault(tuple(getattr(opts, k) for k in BATCH_OPTIONS), i)
+            own = _batch_options(opts, i)
             _check_own_model(task, i, post)
             for d in mine:
                 had = targets.setdefault(name, {}).get(d)
-                if had is not None and had != goal:
+                if had is not None and (had, batch[name][d]) != (goal, own):
                     raise KilnError(f"task {i}: the same circuit, metadata and decoder {d!r} as an "
-                                    f"earlier task, with other targets {had} vs {goal}; give it once")
+                                    f"earlier task, with other targets or batch options "
+                                    f"{(*had, *batch[name][d])} vs {(*goal, *own)}; give it once")
                 targets[name][d] = goal
-        if len(batch) > 1:
-            (a, i), (b, j) = list(batch.items())[:2]
-            k = next(n for n, x, y in zip(BATCH_OPTIONS, a, b, strict=True) if x != y)
-            raise KilnError(f"task {j}: collection_options.{k} differs from task {i}'s "
-                            f"({b[BATCH_OPTIONS.index(k)]} vs {a[BATCH_OPTIONS.index(k)]}); every "
-                            f"task of one call must have the same {k} (give it to the call, or "
-                            "collect those tasks in a call of their own)")
+                batch.setdefault(name, {})[d] = own
         wanted = {(n, d) for n, per in targets.items() for d in per}
         goals = {g for per in targets.values() for g in per.values()}
-        uniform = len(goals) == 1 and len(wanted) == len(targets) * len(all_decoders)
+        # sinter honours each task's batch options: one set for every task goes to every
+        # sinter as flags (the sweep's); else each task's ride in its record to its shards,
+        # and the node runs tasks of other options in sinters of their own (sinter_runs).
+        options = {o for per in batch.values() for o in per.values()}
+        per_task = len(options) > 1
+        uniform = (len(goals) == 1 and len(wanted) == len(targets) * len(all_decoders)
+                   and not per_task)
         shots = max(g[0] for g in goals)
         errors = max(g[1] for g in goals)
-        task_targets = None
+        task_targets: dict[str, dict[str, TaskTarget]] | None = None
         if not uniform:  # a circuit's decoders it does not run: (0, 0), left out of the plan
-            task_targets = {n: {d: per.get(d, (0, 0)) for d in all_decoders}
+            task_targets = {n: {d: ((*per[d], *batch[n][d]) if per_task else per[d])
+                                if d in per else (0, 0) for d in all_decoders}
                             for n, per in targets.items()}
         settings.update(decoders=all_decoders, max_shots=shots, max_errors=errors,
                         task_targets=task_targets)
-        first_opts = next(iter(batch))
         extra = list(settings.get("sinter_options") or [])
-        for k, v in zip(BATCH_OPTIONS, first_opts, strict=True):
-            if v is not None:
-                extra.append(f"--{k}={int(v)}")
+        if not per_task:
+            for k, v in zip(BATCH_OPTIONS, next(iter(options)), strict=True):
+                if v is not None:
+                    extra.append(f"--{k}={int(v)}")
         for k in ("count_observable_error_combos", "count_detection_events"):
             if sinter_kw.get(k):
                 extra.append(f"--{k}")
@@ -208,6 +209,22 @@ def _backend_options(given: Any, num_workers: int | None, local: bool) -> Any:
         return {**changes, **given}
     mine = {k: v for k, v in changes.items() if getattr(given, k, None) in (None, 30.0)}
     return dataclasses.replace(given, **mine)
+
+
+def _batch_options(opts: sinter.CollectionOptions, i: int) -> BatchOptions:
+    """A task's combined sinter batch options, refused in one line where sinter's flags cannot
+    carry them (not a positive whole number).
+
+    >>> _batch_options(sinter.CollectionOptions(max_batch_size=64), 0)
+    (None, 64, None)
+    """
+    out: list[int | None] = []
+    for k in BATCH_OPTIONS:
+        v = getattr(opts, k)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            raise ValueError(f"task {i}: {k}={v!r}: give a positive integer (or leave it out)")
+        out.append(None if v is None else int(v))
+    return out[0], out[1], out[2]
 
 
 def _check_own_model(task: sinter.Task, i: int, post: Postselection) -> None:

@@ -27,6 +27,7 @@ from qec_kiln._report.units import duration, money
 if TYPE_CHECKING:
     from qec_kiln._planning.result import PlanResult
     from qec_kiln._report.status import Relaunch
+    from qec_kiln._sweep.spec import TaskTarget
 
 HELP = "discover and partition circuits; print the plan"
 
@@ -156,8 +157,10 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task-targets", type=task_targets, default=keep, metavar="JSON",
                    help="per-task targets instead of --max-shots/--max-errors: "
                    "'{\"d=3.stim\": {\"pymatching\": [MAX_SHOTS, MAX_ERRORS]}}' (circuit key, "
-                   "decoder; [0, 0] leaves that task out), as qec_kiln.collect gives sinter's "
-                   "per-task collection_options")
+                   "decoder; [0, 0] leaves that task out; [..., START_BATCH_SIZE, "
+                   "MAX_BATCH_SIZE, MAX_BATCH_SECONDS] (null: sinter's default) gives the task "
+                   "its own sinter batch options), as qec_kiln.collect gives sinter's per-task "
+                   "collection_options")
     p.add_argument("--fresh", action="store_true", default=keep,
                    help="count no existing rows; refused where the bucket holds rows of these "
                    "tasks (a merge would add them): give a new --bucket")
@@ -207,19 +210,29 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def task_targets(text: str) -> dict[str, dict[str, tuple[int, int]]]:
-    """``--task-targets``: circuit key -> decoder -> [max_shots, max_errors], as JSON.
+def task_targets(text: str) -> dict[str, dict[str, TaskTarget]]:
+    """``--task-targets``: circuit key -> decoder -> [max_shots, max_errors], as JSON, or
+    [max_shots, max_errors, start_batch_size, max_batch_size, max_batch_seconds] (null: sinter's
+    default) for a task with its own sinter batch options.
 
-    >>> task_targets('{"d=3.stim": {"pymatching": [100, 10]}}')
-    {'d=3.stim': {'pymatching': (100, 10)}}
+    >>> task_targets('{"d=3.stim": {"pymatching": [100, 10], "x": [5, 1, null, 64, null]}}')
+    {'d=3.stim': {'pymatching': (100, 10), 'x': (5, 1, None, 64, None)}}
     """
+    from qec_kiln._sweep.spec import batch_options
+
+    def record(t: list) -> TaskTarget:
+        if len(t) not in (2, 5):
+            raise ValueError(t)
+        return (int(t[0]), int(t[1]), *(batch_options(t[2:]) if len(t) == 5 else ()))
+
     try:
         data = json.loads(text)
-        return {str(k): {str(d): (int(t[0]), int(t[1])) for d, t in v.items()}
-                for k, v in data.items()}
+        return {str(k): {str(d): record(t) for d, t in v.items()} for k, v in data.items()}
     except (ValueError, TypeError, AttributeError, IndexError, KeyError):
         raise argparse.ArgumentTypeError(
-            'give JSON like {"d=3.stim": {"pymatching": [100000, 100]}}') from None
+            'give JSON like {"d=3.stim": {"pymatching": [100000, 100]}} (or [max_shots, '
+            'max_errors, start_batch_size, max_batch_size, max_batch_seconds], each batch '
+            'option a positive integer or null)') from None
 
 
 def add_backend_arguments(p: argparse.ArgumentParser, what: str) -> None:

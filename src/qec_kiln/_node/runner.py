@@ -309,7 +309,9 @@ def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib
                 processes=nproc, resume_path=resume,
                 custom_decoders_module_function=(manifest.custom_decoders_module_function
                                                  or (LOADER if sinter_env else None)),
-                extra=manifest.sinter_args,
+                # The run's own batch options (its tasks' collection_options) after the
+                # sweep's flags: sinter takes the last of a repeated flag.
+                extra=[*manifest.sinter_args, *run.batch_flags()],
                 # A worker writes its rows at least once per sync period, so a kill loses about
                 # one sync period of work however long the task has run (see sinter_collect_argv).
                 max_batch_seconds=max(1, math.ceil(sync_seconds)), cpu_ids=cpus,
@@ -317,7 +319,8 @@ def _run(bucket: Bucket, manifest: Manifest, batches: list[Batch], root: pathlib
             )
             log(f"sinter collect: {len(paths)} circuit(s), decoder(s) {' '.join(run.decoders)}, "
                 f"max_shots {run.max_shots}, max_errors {run.max_errors}, processes {nproc}, "
-                f"CPUs {format_cpus(cpus)}")
+                f"CPUs {format_cpus(cpus)}"
+                + (f", {' '.join(run.batch_flags())}" if run.batch_options else ""))
             with open(work / "sinter.log", "ab") as sinter_log:
                 proc = start_sinter(argv, sinter_log.fileno(), work, sinter_env)
                 pgid_file.write_text(str(proc.pid))

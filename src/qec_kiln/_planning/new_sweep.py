@@ -30,6 +30,11 @@ def plan_new_sweep(name: str, found: SweepInputs, costs: Sequence[TaskCost], hel
     plan = (plan_sweep(todo, targets, spec.partition, capacity, model_error=MODEL_ERROR,
                        goals=held.goals) if todo else
             Plan([], targets.max_shots, targets.max_errors, strategy="nothing left"))
+    own = targets.batch_options_by_strong_id(found.strong_ids)
+    if own:  # each shard runs with its task's own sinter batch options (see sinter_runs)
+        for b in plan.batches:
+            b.shards = [dataclasses.replace(s, batch_options=own.get(s.strong_id))
+                        for s in b.shards]
     return Manifest(
         sweep=name,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

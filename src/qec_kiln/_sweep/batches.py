@@ -27,12 +27,32 @@ class Shard:
     predicted_shots: float
     index: int = 0
     count: int = 1
+    #: The task's own sinter (start_batch_size, max_batch_size, max_batch_seconds), None each
+    #: for sinter's default (``qec_kiln.collect``'s per-task ``collection_options``); None: the
+    #: sweep's (its sinter_args). Left out of the JSON when None, so manifests without it read
+    #: and write as before.
+    batch_options: tuple[int | None, int | None, int | None] | None = None
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if self.batch_options is None:
+            del d["batch_options"]
+        else:
+            d["batch_options"] = list(self.batch_options)
+        return d
 
     @staticmethod
     def from_json(d: dict) -> Shard:
+        """A shard of a manifest, old (no batch_options) or new.
+
+        >>> s = Shard("c", "x", "id", 1, 1, 1.0, 1.0, batch_options=(None, 64, 2))
+        >>> Shard.from_json(s.to_json()) == s, "batch_options" in Shard("c", "x", "i", 1, 1, 1, 1).to_json()
+        (True, False)
+        """
+        d = dict(d)
+        if d.get("batch_options") is not None:
+            a, b, c = d["batch_options"]
+            d["batch_options"] = (a, b, c)
         return Shard(**d)
 
 
@@ -113,33 +133,62 @@ class Plan:
 
 @dataclasses.dataclass(frozen=True)
 class SinterRun:
-    """One ``sinter collect``: every circuit with every decoder, at the same targets."""
+    """One ``sinter collect``: every circuit with every decoder, at the same targets and batch
+    options (None: the sweep's)."""
 
     decoders: tuple[str, ...]
     max_shots: int
     max_errors: int
     circuits: tuple[str, ...]
+    batch_options: tuple[int | None, int | None, int | None] | None = None
+
+    def batch_flags(self) -> list[str]:
+        """This run's own sinter batch-size flags (none for the sweep's).
+
+        >>> SinterRun(("x",), 1, 1, ("a",), (None, 64, 2)).batch_flags()
+        ['--max_batch_size', '64', '--max_batch_seconds', '2']
+        """
+        names = ("--start_batch_size", "--max_batch_size", "--max_batch_seconds")
+        out: list[str] = []
+        for name, value in zip(names, self.batch_options or (), strict=False):
+            if value is not None:
+                out += [name, str(value)]
+        return out
+
+
+def _order(options: tuple[int | None, ...] | None) -> tuple[int, ...]:
+    """A sort key for batch options (None sorts first, as no option)."""
+    return () if options is None else tuple(-1 if v is None else v for v in options)
 
 
 def sinter_runs(shards: list[Shard]) -> list[SinterRun]:
     """The fewest ``sinter collect`` runs that run exactly ``shards`` (at most one per task):
-    shards of equal targets whose decoders have the same circuits share one run (sinter runs
-    every circuit with every decoder, so no task is added).
+    shards of equal targets and batch options whose decoders have the same circuits share one
+    run (sinter runs every circuit with every decoder, so no task is added; a sinter's batch
+    options are its every task's, so tasks with other options run in a sinter of their own).
 
     >>> sh = [Shard(c, d, c + d, 10, 1, 1.0, 1.0) for c in ("a", "b") for d in ("x", "y")]
     >>> [(r.decoders, r.circuits) for r in sinter_runs(sh + [Shard("c", "x", "cx", 10, 1, 1, 1)])]
     [(('x',), ('a', 'b', 'c')), (('y',), ('a', 'b'))]
     >>> [(r.decoders, r.circuits) for r in sinter_runs(sh)]
     [(('x', 'y'), ('a', 'b'))]
+    >>> own = Shard("c", "x", "cx", 10, 1, 1, 1, batch_options=(None, 64, None))
+    >>> [(r.circuits, r.batch_flags()) for r in sinter_runs(sh[:1] + [own])]
+    [(('a',), []), (('c',), ['--max_batch_size', '64'])]
     """
-    circuits: dict[tuple[str, int, int], set[str]] = {}
+    Key = tuple[str, int, int, tuple[int | None, int | None, int | None] | None]
+    circuits: dict[Key, set[str]] = {}
     for s in shards:
-        circuits.setdefault((s.decoder, s.max_shots, s.max_errors), set()).add(s.circuit)
-    runs: dict[tuple[int, int, tuple[str, ...]], list[str]] = {}
-    for (decoder, shots, errors), names in sorted(circuits.items()):
-        runs.setdefault((shots, errors, tuple(sorted(names))), []).append(decoder)
-    return sorted((SinterRun(tuple(d), ms, me, c) for (ms, me, c), d in runs.items()),
-                  key=lambda r: (r.decoders, r.max_shots, r.max_errors, r.circuits))
+        circuits.setdefault((s.decoder, s.max_shots, s.max_errors, s.batch_options),
+                            set()).add(s.circuit)
+    runs: dict[tuple[int, int, tuple[str, ...], tuple[int | None, int | None, int | None] | None],
+               list[str]] = {}
+    for (decoder, shots, errors, options), names in sorted(
+            circuits.items(), key=lambda kv: (kv[0][:3], _order(kv[0][3]))):
+        runs.setdefault((shots, errors, tuple(sorted(names)), options), []).append(decoder)
+    return sorted((SinterRun(tuple(d), ms, me, c, o) for (ms, me, c, o), d in runs.items()),
+                  key=lambda r: (r.decoders, r.max_shots, r.max_errors, r.circuits,
+                                 _order(r.batch_options)))
 
 
 def disjoint_groups(batches: list[Batch]) -> list[list[Batch]]:

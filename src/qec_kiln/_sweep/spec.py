@@ -21,7 +21,7 @@ import dataclasses
 import glob
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from qec_kiln._argtypes import DEFAULT_BUCKET
@@ -66,6 +66,39 @@ class Inputs:
         return list(self.sinter_options) + self.postselection.sinter_args() + key
 
 
+#: sinter's batch-size options, in the order a per-task record (``Targets.task_targets``) and a
+#: shard (``Shard.batch_options``) hold them.
+BATCH_OPTIONS = ("start_batch_size", "max_batch_size", "max_batch_seconds")
+
+#: (start_batch_size, max_batch_size, max_batch_seconds); None: sinter's default.
+BatchOptions = tuple[int | None, int | None, int | None]
+
+#: (max_shots, max_errors), or (max_shots, max_errors, *BatchOptions).
+TaskTarget = tuple[int | None, ...]
+
+
+def batch_options(values: Sequence[Any]) -> BatchOptions:
+    """Three batch options (ints or None) from a record's tail, refused in one line if malformed.
+
+    >>> batch_options([None, "64", 2])
+    (None, 64, 2)
+    >>> batch_options([1, 2])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: batch options [1, 2]: give [start_batch_size, max_batch_size, ...
+    """
+    values = list(values)
+    try:
+        ok = len(values) == 3 and all(v is None or int(v) > 0 for v in values)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"batch options {values}: give [start_batch_size, max_batch_size, "
+                         "max_batch_seconds] (each a positive integer or null)")
+    a, b, c = (None if v is None else int(v) for v in values)
+    return a, b, c
+
+
 @dataclasses.dataclass(frozen=True)
 class Targets:
     """Per task (circuit x decoder): stop at ``max_shots`` shots or ``max_errors`` errors,
@@ -83,8 +116,11 @@ class Targets:
     custom_error_count_key: str | None = None  # max_errors counts this custom count (sinter's)
     #: API only (``qec_kiln.collect``'s per-task ``collection_options`` and decoders): circuit
     #: key -> decoder -> (max_shots, max_errors) of that task instead of the two above; (0, 0)
-    #: leaves the task out (a task that names its own decoder runs with no other).
-    task_targets: Mapping[str, Mapping[str, tuple[int, int]]] | None = None
+    #: leaves the task out (a task that names its own decoder runs with no other). A record may
+    #: carry the task's own sinter batch options too, (max_shots, max_errors,
+    #: start_batch_size, max_batch_size, max_batch_seconds) (None: sinter's default), which its
+    #: shards' ``sinter collect`` gets as flags (:data:`BATCH_OPTIONS`).
+    task_targets: Mapping[str, Mapping[str, TaskTarget]] | None = None
 
     def by_strong_id(self, strong_ids: Mapping[tuple[str, str], str]) -> dict[str, tuple[int, int]]:
         """``task_targets`` keyed by strong_id (``strong_ids``: (circuit key, decoder) -> id).
@@ -93,9 +129,26 @@ class Targets:
         {'id': (10, 1)}
         """
         own = self.task_targets or {}
-        return {sid: (int(own[key][decoder][0]), int(own[key][decoder][1]))
+        return {sid: (int(own[key][decoder][0]), int(own[key][decoder][1]))  # type: ignore[arg-type]
                 for (key, decoder), sid in strong_ids.items()
                 if decoder in own.get(key, {})}
+
+    def batch_options_by_strong_id(
+            self, strong_ids: Mapping[tuple[str, str], str]) -> dict[str, BatchOptions]:
+        """The batch options ``task_targets`` gives a task, keyed by strong_id (tasks without
+        them are left out).
+
+        >>> t = Targets(task_targets={"a.stim": {"x": (10, 1, None, 64, None), "y": (10, 1)}})
+        >>> t.batch_options_by_strong_id({("a.stim", "x"): "ix", ("a.stim", "y"): "iy"})
+        {'ix': (None, 64, None)}
+        """
+        own = self.task_targets or {}
+        out: dict[str, BatchOptions] = {}
+        for (key, decoder), sid in strong_ids.items():
+            record = own.get(key, {}).get(decoder)
+            if record is not None and len(record) > 2:
+                out[sid] = batch_options(record[2:])
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
