@@ -114,7 +114,7 @@ FAST_WORKERS ?= 2
 # fixtures' teardown (the SkyPilot server, its Slurm cluster, its jobs).
 export UNIGNORE_SIGINT := import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); \
 	os.execv(sys.argv[1], sys.argv[1:])
-test: $(TEST_STAMP) slurm-deps browser-deps sky-deps
+test: install-test slurm-deps browser-deps sky-deps
 	@log=$$(mktemp); \
 	$(PY) -c "$$UNIGNORE_SIGINT" $(VENV)/bin/pytest -p no:cacheprovider $(SKY_TESTS) \
 		>"$$log" 2>&1 & sky=$$!; \
