@@ -100,7 +100,7 @@ class Real:
             assert self.pool_launched.wait(600) and not self.pool_errors, self.pool_errors
             self.sky.wait_for(lambda: self.abandon.is_set()
                               or len(fragment_rows(self.fragment("can"))) >= 2, WAIT,
-                              "two uploaded rows of can (the pool's third job)", interval=1.0)
+                              "two uploaded rows of can (the pool's third job)")
             if self.abandon.is_set():
                 return
             time.sleep(0.7 * float(SYNC))  # between two periodic uploads
