@@ -104,9 +104,9 @@ sky-deps:
 # Slurm cluster of SkyPilot's own), and run beside lint and the suite; `make test` fails when
 # any fails. Their output follows the suite's.
 SKY_TESTS := tests/test_sky_real.py
-# The suite runs on pytest-xdist workers (--dist loadgroup, from pyproject): more workers than
-# the 2 cores, since many tests wait (on Slurm's scheduler, servers, subprocesses) rather than
-# compute. Tests of one costly fixture share a worker (tests/conftest.py, CONTRIBUTING.md).
+# The suite runs on pytest-xdist workers: more workers than the 2 cores, since many tests wait
+# (on Slurm's scheduler, servers, subprocesses) rather than compute. The modules of one costly
+# fixture share a worker (XDIST_GROUPS in tests/conftest.py, CONTRIBUTING.md).
 TEST_WORKERS ?= 3
 FAST_WORKERS ?= 2
 # sh starts a background command with SIGINT ignored, and Python then never raises
