@@ -100,21 +100,30 @@ sky-deps:
 	@if [ "$$(id -u)" = 0 ]; then .ci/sky-local.sh install; fi
 
 # The real SkyPilot's tests mostly wait (cold clusters take minutes to provision) while the rest
-# of the suite computes: they run beside it, in a pytest of their own (their own servers, and a
-# Slurm cluster of SkyPilot's own), and `make test` fails when either fails. Their output follows
-# the suite's.
+# of the suite computes: they start first, in a pytest of their own (their own servers, and a
+# Slurm cluster of SkyPilot's own), and run beside lint and the suite; `make test` fails when
+# any fails. Their output follows the suite's.
 SKY_TESTS := tests/test_sky_real.py
+# The suite runs on pytest-xdist workers: more workers than the 2 cores, since many tests wait
+# (on Slurm's scheduler, servers, subprocesses) rather than compute. The modules of one costly
+# fixture share a worker (XDIST_GROUPS in tests/conftest.py, CONTRIBUTING.md).
+TEST_WORKERS ?= 3
+FAST_WORKERS ?= 2
 # sh starts a background command with SIGINT ignored, and Python then never raises
 # KeyboardInterrupt: give it back its default, so that Ctrl-C (or the trap below) still runs the
 # fixtures' teardown (the SkyPilot server, its Slurm cluster, its jobs).
 export UNIGNORE_SIGINT := import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); \
 	os.execv(sys.argv[1], sys.argv[1:])
-test: lint slurm-deps browser-deps sky-deps
+test: install-test slurm-deps browser-deps sky-deps
 	@log=$$(mktemp); \
 	$(PY) -c "$$UNIGNORE_SIGINT" $(VENV)/bin/pytest -p no:cacheprovider $(SKY_TESTS) \
 		>"$$log" 2>&1 & sky=$$!; \
 	trap 'kill -INT $$sky 2>/dev/null; wait $$sky; rm -f "$$log"; exit 130' INT TERM; \
-	$(VENV)/bin/pytest --deselect $(SKY_TESTS); suite=$$?; \
+	if $(MAKE) --no-print-directory lint; then \
+		$(VENV)/bin/pytest -n $(TEST_WORKERS) --deselect $(SKY_TESTS); suite=$$?; \
+	else \
+		suite=1; echo "make test: lint failed; stopping $(SKY_TESTS)"; kill -INT $$sky 2>/dev/null; \
+	fi; \
 	wait $$sky; skyrc=$$?; \
 	echo "================ $(SKY_TESTS), run beside the suite ================"; \
 	cat "$$log"; rm -f "$$log"; \
@@ -123,7 +132,7 @@ test: lint slurm-deps browser-deps sky-deps
 
 # The fast loop for daily work: no test marked slow (end-to-end sweeps, servers, Slurm).
 fast: lint
-	$(VENV)/bin/pytest -m "not slow" -q
+	$(VENV)/bin/pytest -n $(FAST_WORKERS) -m "not slow" -q
 
 bench: $(STAMP)
 	$(PY) bench/balance.py

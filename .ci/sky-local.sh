@@ -78,6 +78,20 @@ cmd_install() {
         sed -i "s|^_TEST_IP_LIST = \['https://8.8.8.8', 'https://1.1.1.1'\]|_TEST_IP_LIST = ['http://127.0.0.1:' + os.environ.get('SKYPILOT_API_SERVER_LOCAL_PORT', '46580') + '/api/health']  # qec-kiln .ci/sky-local.sh|" "$bu"
     fi
     grep -q "qec-kiln .ci/sky-local.sh" "$bu" || die "could not patch _TEST_IP_LIST in $bu"
+    # 1b. Every cluster's skylet on a port of its own. All the clusters of this Slurm infra run on
+    #     this one host, and each skylet takes the first free port from 46590 (SkyPilot's
+    #     "race conditions can only happen on Slurm" TODO in attempt_skylet.py): clusters that
+    #     start together all pick 46590, all but one fail to bind, and Slurm's skylet keeper
+    #     restarts them every few seconds for the cluster's whole life (each start imports SkyPilot:
+    #     most of a core on 2 cores). Start the search at a port derived from the cluster's own
+    #     runtime folder instead (nothing connects to a Slurm cluster's skylet port: SkyPilot uses
+    #     gRPC for no Slurm cluster). The clusters install this venv's SkyPilot (a wheel of it).
+    local sk
+    sk="$(dirname "$bu")/../skylet/attempt_skylet.py"
+    if grep -q "^    port = common_utils.find_free_port(constants.SKYLET_GRPC_PORT)$" "$sk"; then
+        sed -i "s|^    port = common_utils.find_free_port(constants.SKYLET_GRPC_PORT)$|    port = common_utils.find_free_port(constants.SKYLET_GRPC_PORT + 1 + __import__('zlib').crc32(os.path.abspath(PORT_FILE).encode()) % 4000)  # qec-kiln .ci/sky-local.sh|" "$sk"
+    fi
+    grep -q "qec-kiln .ci/sky-local.sh" "$sk" || die "could not patch the skylet port in $sk"
     # 2. The network guard in every interpreter of the venv.
     local site
     site=$(dirname "$(dirname "$(dirname "$bu")")")

@@ -30,6 +30,44 @@ SLOW_CASES = (
 )
 
 
+#: ``make test`` and ``make fast`` run the tests on pytest-xdist workers (``-n N``); each worker
+#: is a pytest session of its own, with its own session fixtures (servers, clusters). The modules
+#: below keep all their tests on one worker, the modules of one group together: one real Slurm
+#: cluster for the Slurm tests, one chromium for the page tests, one node cache (sky_executor.py)
+#: for the node tests. Any other test goes to whichever worker is free. A new module whose tests
+#: share a costly session or module fixture, or one instance of something, gets a line here.
+XDIST_GROUPS = {
+    "test_slurm_backend.py": "slurm",
+    "test_slurm_cluster.py": "slurm",
+    "test_view_browser.py": "browser",
+    "test_sky_executor.py": "sky_executor",
+}
+
+
+def xdist_scope(nodeid: str) -> str:
+    """The unit of work a test belongs to: its module's group, else the test alone."""
+    module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    group = XDIST_GROUPS.get(module)
+    return f"group:{group}" if group else nodeid
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``-n N`` (xdist's ``--dist load``): load balancing by test, except that each group of
+    ``XDIST_GROUPS`` is one unit. (xdist 3.8's own ``--dist loadgroup`` and ``xdist_group`` marks
+    do nothing under pytest 9: it renames ``item._nodeid``, which pytest 9 no longer reads.) The
+    largest units are handed out first."""
+    if config.getoption("dist") not in ("load", "loadgroup"):
+        return None  # an explicit --dist loadscope / loadfile / worksteal: xdist's own
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return GroupScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     """``make fast`` (``-m "not slow"``) skips the real cluster and the slow cases above."""
     for item in items:

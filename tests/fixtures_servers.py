@@ -22,7 +22,8 @@ Fixtures:
 
 ``bucket_env`` (conftest.py) picks one of these per kind of store (or a local folder).
 
-All readiness waits are bounded (20 s) and every child process is killed at session end (the
+All readiness waits are bounded (60 s: each xdist worker starts its own servers, at once, on a
+loaded machine) and every child process is killed at session end (the
 children also exit when the test process dies).
 """
 
@@ -45,7 +46,7 @@ from pathlib import Path
 import pytest
 from kiln_helpers import wait_until
 
-READY_TIMEOUT = 20.0
+READY_TIMEOUT = 60.0
 
 # Runs in the child: moto's WSGI app on a werkzeug server that can stop and start listening
 # on command (stdin lines "stop", "start", "quit"; answers "ok" on stdout), keeping moto's

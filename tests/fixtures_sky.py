@@ -83,7 +83,7 @@ class SkyLocal:
     def guard_log(self) -> Path:
         return self.state_dir / "net-guard.log"
 
-    def sdk(self, code: str, timeout: float = 120.0) -> Any:
+    def sdk(self, code: str, timeout: float = 300.0) -> Any:
         """Run ``code`` (which sets ``out``) with the SkyPilot SDK of this venv in a child
         process with :attr:`env`; return ``out`` (JSON-able)."""
         prog = ("import json, sky\nout = None\n" + code

@@ -8,7 +8,7 @@ job rank of it runs in a sandbox folder:
 2. the environment holds the task's ``envs`` and ``secrets``, SkyPilot's own variables
    (``SKYPILOT_JOB_RANK``, ``SKYPILOT_NUM_JOBS``, ``SKYPILOT_TASK_ID``, ...), HOME and TMPDIR in
    the sandbox, a PATH of the system's ``/usr/bin`` (never the launcher's virtualenv) and this
-   machine's ``PIP_*`` settings (its local package index stands for PyPI);
+   machine's ``PIP_*`` settings (its local package index stands for PyPI; no byte-compiling);
 3. ``setup`` runs in ``bash`` (exit != 0 is SkyPilot's FAILED_SETUP), then ``run``.
 
 Setup is slow on 2 cores (a virtualenv and a pip install). A :class:`NodeCache` keeps the HOME
@@ -110,6 +110,9 @@ class Node:
         if missing:
             raise ValueError(f"task envs without a value (SkyPilot refuses to launch): {missing}")
         env = {k: v for k, v in os.environ.items() if k.startswith("PIP_")}
+        # pip's --no-compile (no .pyc for every installed module: most of a node setup's CPU on 2
+        # cores). PIP_COMPILE=0, since pip reads PIP_NO_COMPILE=1 as "compile".
+        env.setdefault("PIP_COMPILE", "0")
         env.update({
             "PATH": SYSTEM_PATH,
             "HOME": str(self.home),

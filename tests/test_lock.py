@@ -159,7 +159,10 @@ def test_the_package_installs_and_runs_without_the_lock(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     env = {k: v for k, v in os.environ.items()
            if k not in ("PIP_CONSTRAINT", "PYTHONPATH", "VIRTUAL_ENV")}
-    pip = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "--quiet", str(REPO)],
+    # --no-compile: no .pyc for every module of every package installed (most of the install's
+    # CPU on 2 cores); the sweep below compiles what it imports.
+    pip = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "--quiet",
+                          "--no-compile", str(REPO)],
                          env=env, capture_output=True, text=True, timeout=900, check=False)
     assert pip.returncode == 0, pip.stderr[-3000:]
     circuits = write_surface_circuits(tmp_path / "circuits", distances=(3,), noises=(0.001,))

@@ -32,7 +32,9 @@ from qec_kiln._command import _main as cli
 from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.fragments import complete_lines
 
-pytestmark = pytest.mark.slow
+# Slow, and each test may take more than the default 300 s when its node installs a venv on a
+# loaded machine (xdist workers beside the SkyPilot module).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="session")

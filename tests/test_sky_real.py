@@ -9,7 +9,8 @@ warm pool worker ``pl`` (two batches: more batches than workers) then ``can`` (`
 cancel`` mid-run). Four clusters (five with the recovery), as many as the test Slurm's four CPUs
 hold at once: a managed job always gets a cluster of its own, and pool jobs share the worker. The
 tests only wait and check, in file order; each prints what it measured (setup seconds, start-up,
-what a cancel lost).
+what a cancel lost). The one action that must not wait for its turn, the cancel of ``can`` (its
+job samples on a core until then), is taken by a thread as soon as ``can`` has two rows up.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class Real:
         self.pool_launched = threading.Event()
         self.abandon = threading.Event()
         self.pool_launch: threading.Thread | None = None
+        self.cancel: dict = {}  # what cancel_mid_run measured, or its "error"
+        self.cancel_thread: threading.Thread | None = None
 
     def launch_in_turn(self, launches: list[list[str]]) -> None:
         """Run the ``qec-kiln`` argvs one after another (a thread); ``pool_errors`` holds any
@@ -88,6 +91,26 @@ class Real:
                 self.pool_errors.append(f"{' '.join(argv[:6])}...:\n{proc.stdout}\n{proc.stderr}")
                 break
         self.pool_launched.set()
+
+    def cancel_mid_run(self) -> None:
+        """``qec-kiln cancel`` of ``can`` as soon as it has uploaded two rows (a thread, so that
+        its job stops burning a core while the other tests wait; the cancel test checks what it
+        recorded in ``cancel``)."""
+        try:
+            assert self.pool_launched.wait(600) and not self.pool_errors, self.pool_errors
+            self.sky.wait_for(lambda: self.abandon.is_set()
+                              or len(fragment_rows(self.fragment("can"))) >= 2, WAIT,
+                              "two uploaded rows of can (the pool's third job)")
+            if self.abandon.is_set():
+                return
+            time.sleep(0.7 * float(SYNC))  # between two periodic uploads
+            started = time.monotonic()
+            proc = self.kiln("cancel", "--bucket", self.url, "--sweep", "can")
+            self.cancel.update(proc=proc, asked=time.monotonic() - started)
+            (rec,) = self.wait_states("can", {"CANCELLED"}, 1, timeout=600)
+            self.cancel.update(rec=rec, cancelled=time.monotonic() - started)
+        except BaseException as exc:  # noqa: BLE001 (the cancel test reports it)
+            self.cancel["error"] = exc
 
     def kiln(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300,
              check: bool = True) -> subprocess.CompletedProcess:
@@ -105,7 +128,9 @@ class Real:
         def done():
             recs = self.records(sweep)
             return recs if len(recs) == n and all(r["status"] in want for r in recs) else None
-        return self.sky.wait_for(done, timeout, f"{n} job(s) of {sweep} in {sorted(want)}")
+        # Each look at the queue starts a Python that imports SkyPilot: every 6 s, not 3.
+        return self.sky.wait_for(done, timeout, f"{n} job(s) of {sweep} in {sorted(want)}",
+                                 interval=6.0)
 
     def job_log(self, job_id: int, timeout: float = 180) -> str:
         """``sky jobs logs --no-follow ID``; SkyPilot has a finished job's log only once it has
@@ -157,11 +182,14 @@ def real(sky_local, s3_server, s3_auth, tmp_path_factory):
     root = tmp_path_factory.mktemp("real")
     r = Real(sky_local, s3_server, s3_auth, root)
     procs: dict[str, subprocess.Popen] = {}
-    try:
-        _launch_all(r, root, procs)
-        yield r
-    finally:
-        _clean_up(r, procs)
+    with pytest.MonkeyPatch.context() as mp:  # the bucket's keys, for the cancel thread's reads
+        for k, v in r.aws.items():
+            mp.setenv(k, v)
+        try:
+            _launch_all(r, root, procs)
+            yield r
+        finally:
+            _clean_up(r, procs)
 
 
 def _launch_all(r: Real, root: Path, procs: dict[str, subprocess.Popen]) -> None:
@@ -200,6 +228,8 @@ def _launch_all(r: Real, root: Path, procs: dict[str, subprocess.Popen]) -> None
     r.launched_at = time.time()
     r.pool_launch = threading.Thread(target=r.launch_in_turn, args=(on_pool,), daemon=True)
     r.pool_launch.start()
+    r.cancel_thread = threading.Thread(target=r.cancel_mid_run, daemon=True)
+    r.cancel_thread.start()
     for name, (argv, extra) in {"nj": (nj, {}), "cfg": (cfg, readonly)}.items():
         procs[name] = subprocess.Popen(
             [sys.executable, "-m", "qec_kiln", *argv], env={**os.environ, **r.env, **extra},
@@ -222,6 +252,8 @@ def _clean_up(r: Real, procs: dict[str, subprocess.Popen]) -> None:
                 proc.wait(timeout=60)
         if r.pool_launch is not None:
             r.pool_launch.join(timeout=600)
+        if r.cancel_thread is not None:
+            r.cancel_thread.join(timeout=700)
 
     def cancel_jobs() -> None:
         left = sorted({rec["job_id"] for rec in r.sky.queue() if rec["status"] not in TERMINAL})
@@ -272,23 +304,21 @@ def test_preempted_rank_is_recovered_by_skypilot(real, monkeypatch):
 
 
 def test_cancel_mid_run_uploads_every_complete_line(real, monkeypatch):
-    """``qec-kiln cancel`` mid-run (a job on the pool's worker). SkyPilot's graceful cancel
+    """``qec-kiln cancel`` mid-run (a job on the pool's worker), as soon as two rows are up
+    (``Real.cancel_mid_run``, started with the launches). SkyPilot's graceful cancel
     SIGKILLs the task's srun step on its Slurm infra, so cancel first asks the run through the
     bucket (``_node/stop.py``): the fragment then holds every complete line of the node's resume
     file, and the job ends CANCELLED. Prints what was lost (before this, the last sync period:
     1 row)."""
     for k, v in real.aws.items():
         monkeypatch.setenv(k, v)
-    assert real.pool_launched.wait(600) and not real.pool_errors, real.pool_errors
-    real.sky.wait_for(lambda: len(fragment_rows(real.fragment("can"))) >= 2, WAIT,
-                      "two uploaded rows of can (the pool's third job)")
-    time.sleep(0.7 * float(SYNC))  # between two periodic uploads
-    started = time.monotonic()
-    proc = real.kiln("cancel", "--bucket", real.url, "--sweep", "can")
-    asked = time.monotonic() - started
+    real.cancel_thread.join(1400)
+    assert not real.cancel_thread.is_alive(), "the cancel of can did not end"
+    if "error" in real.cancel:
+        raise real.cancel["error"]
+    proc, asked = real.cancel["proc"], real.cancel["asked"]
     print(proc.stdout, proc.stderr)
-    (rec,) = real.wait_states("can", {"CANCELLED"}, 1, timeout=600)
-    cancelled = time.monotonic() - started
+    rec, cancelled = real.cancel["rec"], real.cancel["cancelled"]
     final = real.fragment("can")
     log = real.read("can/logs/b000.log").decode()
     log = log[log.rfind("b000: starting fresh"):]  # this run's lines (a node's work dir is reused)
