@@ -37,6 +37,8 @@ SLOW_CASES = (
 #: for the node tests. Any other test goes to whichever worker is free. A new module whose tests
 #: share a costly session or module fixture, or one instance of something, gets a line here.
 XDIST_GROUPS = {
+    "test_collect_fleet.py": "slurm",
+    "test_shipped_decoders.py": "slurm",
     "test_slurm_backend.py": "slurm",
     "test_slurm_cluster.py": "slurm",
     "test_view_browser.py": "browser",
@@ -69,8 +71,15 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(config, items):
-    """``make fast`` (``-m "not slow"``) skips the real cluster and the slow cases above."""
+    """``make fast`` (``-m "not slow"``) skips the real cluster and the slow cases above. A
+    ``slurm`` test in a module outside the "slurm" group would start a second cluster on
+    another worker: refused at collection, naming the line to add."""
     for item in items:
+        if item.get_closest_marker("slurm"):
+            module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+            if XDIST_GROUPS.get(module) != "slurm":
+                raise pytest.UsageError(f"{item.nodeid} is marked slurm: add "
+                                        f'"{module}": "slurm" to XDIST_GROUPS in tests/conftest.py')
         if item.get_closest_marker("slurm") or item.nodeid.endswith(SLOW_CASES):
             item.add_marker(pytest.mark.slow)
 
