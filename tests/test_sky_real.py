@@ -11,6 +11,9 @@ hold at once: a managed job always gets a cluster of its own, and pool jobs shar
 tests only wait and check, in file order; each prints what it measured (setup seconds, start-up,
 what a cancel lost). The one action that must not wait for its turn, the cancel of ``can`` (its
 job samples on a core until then), is taken by a thread as soon as ``can`` has two rows up.
+A third thread runs ``qec_kiln.iter_collect`` (sinter's Python API) on that pool once ``can`` is
+cancelled: a notebook's decoder object, shipped with the sweep, and two tasks with targets of
+their own.
 """
 
 from __future__ import annotations
@@ -46,6 +49,35 @@ TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "FAILED_SETUP", "FAILED_CONTROLL
             "FAILED_NO_RESOURCE", "FAILED_PRECHECKS"}
 
 
+#: ``qec_kiln.iter_collect`` as a notebook calls it, on the pool of this module (argv: the tests'
+#: folder, the bucket, the job YAML, the pool's name): a decoder object of a notebook's class
+#: (``AlwaysFlip(1)``: on a noiseless circuit every shot is an error) and two tasks, one with its
+#: own max_shots. Prints each Progress's rows and the strong_ids sinter gives the tasks.
+COLLECT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import sinter, stim, qec_kiln
+from kiln_helpers import notebook
+cell = notebook()
+circuit = stim.Circuit.generated("repetition_code:memory", distance=3, rounds=2)
+tasks = [sinter.Task(circuit=circuit, json_metadata={"t": 1},
+                     collection_options=sinter.CollectionOptions(max_shots=300)),
+         sinter.Task(circuit=circuit, json_metadata={"t": 2})]
+steps = []
+for progress in qec_kiln.iter_collect(
+        num_workers=1, tasks=tasks, decoders=["flip"], max_shots=700, max_errors=10**6,
+        custom_decoders={"flip": cell.AlwaysFlip(1)}, bucket=sys.argv[2], backend="skypilot",
+        backend_options={"infra": "slurm", "yaml_path": sys.argv[3], "workers": 1, "cpus": "1",
+                         "pool": sys.argv[4], "sync_seconds": 2.0},
+        poll_seconds=10, log=lambda line: print("log:", line, flush=True)):
+    steps.append([[s.strong_id, s.shots, s.errors, s.json_metadata] for s in progress.new_stats])
+dem = circuit.detector_error_model(decompose_errors=True, approximate_disjoint_errors=True)
+ids = {t.json_metadata["t"]: sinter.Task(circuit=circuit, decoder="flip", detector_error_model=dem,
+                                         json_metadata=t.json_metadata).strong_id() for t in tasks}
+print("@@OUT@@" + json.dumps({"steps": steps, "ids": ids}))
+"""
+
+
 def job_yaml(path: Path) -> Path:
     """The packaged task with what a small Slurm node fits (1 CPU, 1 GB, no spot) and the AWS
     variables as secrets (SkyPilot copies them from the launching environment)."""
@@ -79,6 +111,9 @@ class Real:
         self.pool_launch: threading.Thread | None = None
         self.cancel: dict = {}  # what cancel_mid_run measured, or its "error"
         self.cancel_thread: threading.Thread | None = None
+        self.collect: dict = {}  # what collect_on_the_pool ran, or its "error"
+        self.collect_thread: threading.Thread | None = None
+        self.collect_proc: subprocess.Popen | None = None
 
     def launch_in_turn(self, launches: list[list[str]]) -> None:
         """Run the ``qec-kiln`` argvs one after another (a thread); ``pool_errors`` holds any
@@ -111,6 +146,30 @@ class Real:
             self.cancel.update(rec=rec, cancelled=time.monotonic() - started)
         except BaseException as exc:  # noqa: BLE001 (the cancel test reports it)
             self.cancel["error"] = exc
+
+    def collect_on_the_pool(self, job: Path) -> None:
+        """:data:`COLLECT` in a Python of its own once ``can`` is cancelled (its job then
+        frees the pool's worker), on the pool that ``pl`` created (a thread; the collect test
+        checks what it recorded in ``collect``)."""
+        try:
+            assert self.pool_launched.wait(600) and not self.pool_errors, self.pool_errors
+            self.cancel_thread.join(1400)
+            if self.abandon.is_set():
+                return
+            (pool,) = self.sky.sdk("out = [str(p.get('name')) for p in "
+                                   "(sky.get(sky.jobs.pool_status(None)) or [])]")
+            self.collect_proc = subprocess.Popen(
+                [sys.executable, "-c", COLLECT, str(Path(__file__).parent), self.url, str(job),
+                 pool], env={**os.environ, **self.env}, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+            out, _ = self.collect_proc.communicate(timeout=WAIT)
+            self.collect.update(rc=self.collect_proc.returncode, out=out)
+            # collect returns once the rows are in the bucket; its job ends a little later, and
+            # the pool can only go down after it
+            for sweep in real_sweeps(self, ("tasks-",)):
+                self.wait_states(sweep, TERMINAL, 1, timeout=600)
+        except BaseException as exc:  # noqa: BLE001 (the collect test reports it)
+            self.collect["error"] = exc
 
     def kiln(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300,
              check: bool = True) -> subprocess.CompletedProcess:
@@ -230,6 +289,8 @@ def _launch_all(r: Real, root: Path, procs: dict[str, subprocess.Popen]) -> None
     r.pool_launch.start()
     r.cancel_thread = threading.Thread(target=r.cancel_mid_run, daemon=True)
     r.cancel_thread.start()
+    r.collect_thread = threading.Thread(target=r.collect_on_the_pool, args=(base,), daemon=True)
+    r.collect_thread.start()
     for name, (argv, extra) in {"nj": (nj, {}), "cfg": (cfg, readonly)}.items():
         procs[name] = subprocess.Popen(
             [sys.executable, "-m", "qec_kiln", *argv], env={**os.environ, **r.env, **extra},
@@ -254,6 +315,10 @@ def _clean_up(r: Real, procs: dict[str, subprocess.Popen]) -> None:
             r.pool_launch.join(timeout=600)
         if r.cancel_thread is not None:
             r.cancel_thread.join(timeout=700)
+        if r.collect_proc is not None and r.collect_proc.poll() is None:
+            r.collect_proc.kill()
+        if r.collect_thread is not None:
+            r.collect_thread.join(timeout=700)
 
     def cancel_jobs() -> None:
         left = sorted({rec["job_id"] for rec in r.sky.queue() if rec["status"] not in TERMINAL})
@@ -263,7 +328,7 @@ def _clean_up(r: Real, procs: dict[str, subprocess.Popen]) -> None:
     def remove_work_folders() -> None:
         # The nodes are this machine: their work folders (TMPDIR/qec-kiln-work/<sweep>) outlive
         # them.
-        for sweep in ("nj", "can", "cfg", "pl"):
+        for sweep in ("nj", "can", "cfg", "pl", *real_sweeps(r, ("tasks-",))):
             shutil.rmtree(Path(tempfile.gettempdir()) / "qec-kiln-work" / sweep,
                           ignore_errors=True)
 
@@ -357,6 +422,40 @@ def test_configuration_error_fails_at_once_without_a_restart(real):
     assert "FAILED" in out and "exit 2: run-batch refused its input" in " ".join(out.split())
     log = real.job_log(rec["job_id"])
     assert "denied" in log.lower(), log[-2000:]
+
+
+def real_sweeps(r: Real, prefixes: tuple[str, ...]) -> list[str]:
+    """The bucket's sweeps whose names start with one of ``prefixes`` (collect's are named
+    after its task folder and a digest)."""
+    try:
+        keys = open_bucket(r.url).list_keys("")
+    except Exception:
+        return []
+    return sorted({k.split("/", 1)[0] for k in keys if k.startswith(prefixes)})
+
+
+def test_iter_collect_ships_a_notebook_decoder_to_the_pool_with_each_tasks_targets(real):
+    """sinter's Python API on SkyPilot: ``qec_kiln.iter_collect`` with a decoder object of a
+    notebook's class (shipped with the sweep, checked and loaded on the pool's worker) and a task
+    with its own ``collection_options``: each task stops at exactly its own max_shots, every
+    shot an error, with sinter's strong_ids, yielded as the rows reached the bucket."""
+    real.collect_thread.join(WAIT + 1500)
+    assert not real.collect_thread.is_alive(), "the collect on the pool did not end"
+    if "error" in real.collect:
+        raise real.collect["error"]
+    out = real.collect["out"]
+    print(out[-3000:])
+    assert real.collect["rc"] == 0, out[-5000:]
+    got = json.loads(next(ln for ln in out.splitlines() if ln.startswith("@@OUT@@"))[7:])
+    shots: dict[str, list[int]] = {}
+    for step in got["steps"]:
+        for sid, n, errors, metadata in step:
+            assert sid == got["ids"][str(metadata["t"])], (sid, metadata)
+            total = shots.setdefault(sid, [0, 0])
+            total[0] += n
+            total[1] += errors
+    assert shots == {got["ids"]["1"]: [300, 300], got["ids"]["2"]: [700, 700]}, shots
+    assert any(step for step in got["steps"]), got  # the rows came as Progress objects
 
 
 def test_warm_pool_runs_more_batches_than_workers_and_pool_down_leaves_none(real, tmp_path,

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import re
 import shlex
+import subprocess
 import time
 from pathlib import Path
 
@@ -120,7 +122,7 @@ def test_configs_are_valid_skypilot_tasks(name):
                                    "recover_on_exit_codes": [75]}
     setup = " ".join(cfg["setup"].replace("\\\n", " ").split())
     assert "--no-deps \"$kiln\"" in setup and "$KILN_NODE_REQUIREMENTS" in setup
-    assert "python3 -m venv" in setup
+    assert 'py="python${KILN_PYTHON:-3}"' in setup and '"$py" -m venv "$venv"' in setup
     run = " ".join(cfg["run"].replace("\\\n", " ").split())
     assert ('exec "$kiln" run-batch --bucket "$KILN_BUCKET" --sweep "$KILN_SWEEP" --batches '
             '"$KILN_BATCHES" --index "$SKYPILOT_JOB_RANK" --sync-seconds "$KILN_SYNC_SECONDS" '
@@ -584,3 +586,16 @@ def test_controller_warnings_say_what_to_do():
     [w] = controller_warnings(100, 100)
     assert "24 at a time" in w
     assert controller_warnings(10, 10) == [] and controller_warnings(8, 2000) == []
+
+
+@pytest.mark.parametrize("name", ["sinter_job.yaml", "sinter_job_gpu.yaml", "sinter_pool.yaml"])
+def test_a_node_without_uv_or_the_objects_python_fails_setup_in_one_line(name, tmp_path):
+    """The pip fallback builds the venv on the Python a sweep's shipped objects need: a node
+    that has neither uv nor that python3.X stops its setup with exit 2 and one line."""
+    setup = yaml.safe_load(sp.packaged_yaml_text(name))["setup"]
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "KILN_WHEEL": "kiln.whl",
+           "KILN_PIP_SPEC": "", "KILN_NODE_REQUIREMENTS": "stim", "KILN_PYTHON": "3.99"}
+    proc = subprocess.run(["bash", "-c", setup], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "decoder objects need Python 3.99: no python3.99 and no uv" in proc.stderr
