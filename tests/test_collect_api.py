@@ -362,3 +362,47 @@ def test_where_forking_is_unsafe_the_launch_runs_in_a_thread(tmp_path, monkeypat
     got = list(qec_kiln.iter_collect(num_workers=1, tasks=[task], decoders=["pymatching"],
                                      max_shots=700, bucket=str(tmp_path / "b")))
     assert _shots(got) == {_sinter_id(_circuit(), "pymatching", {"d": 3}): 700}
+
+
+def _fake_sweep(monkeypatch, job_states):
+    """``_remote_done``'s reads faked: one unfinished batch, no job of it active; the backend's
+    ``job_states`` is ``job_states`` (a function)."""
+    import types
+
+    import qec_kiln._backends as backends
+    import qec_kiln._report.failures as failures
+    import qec_kiln._report.status as status
+    import qec_kiln._storage as storage
+    import qec_kiln._sweep.manifest as manifest
+
+    batch = types.SimpleNamespace(done=False, job=None)
+    monkeypatch.setattr(storage, "open_bucket", lambda url: types.SimpleNamespace(url=url))
+    monkeypatch.setattr(manifest, "load_manifest",
+                        lambda store, sweep: types.SimpleNamespace(backend="slurm"))
+    monkeypatch.setattr(backends, "get_backend",
+                        lambda name: types.SimpleNamespace(job_states=job_states))
+    monkeypatch.setattr(status, "sweep_progress", lambda store, m, states: types.SimpleNamespace(
+        batches=[batch], unfinished=["b000"]))
+    monkeypatch.setattr(failures, "batch_error", lambda store, sweep, b: "boom")
+
+
+def test_unreadable_job_states_are_not_idle_polls(monkeypatch):
+    """A squeue timeout is not "no job running": polling goes on, saying so, where three polls
+    of an empty queue end the sweep as unfinished."""
+    from qec_kiln._collect import _remote_done
+
+    def timeout(url, sweep):
+        raise KilnError("squeue timed out")
+
+    _fake_sweep(monkeypatch, timeout)
+    end = {"bucket": "b", "sweep": "s"}
+    lines: list[str] = []
+    idle = 0
+    for _ in range(5):
+        idle = _remote_done(end, idle, lines.append)
+    assert idle == 0
+    assert len(lines) == 5 and "squeue timed out" in lines[0] and "polling on" in lines[0]
+    _fake_sweep(monkeypatch, lambda url, sweep: {})
+    assert _remote_done(end, 0, None) == 1 and _remote_done(end, 1, None) == 2
+    with pytest.raises(KilnError, match=r"'s' ended unfinished \(b000: boom\)"):
+        _remote_done(end, 2, None)

@@ -202,6 +202,7 @@ def _iterate(items: list[Any], kw: dict[str, Any], settings: dict[str, Any],
     watcher: FragmentWatcher | None = None
     end: dict[str, Any] | None = None
     completed = False
+    closed = False  # the consumer closed the iteration or pressed Ctrl-C: cancel the sweep
     try:
         yield sinter.Progress(new_stats=(), status_message=f"Starting {kw['num_workers'] or 'the'} "
                               "workers...")
@@ -213,8 +214,12 @@ def _iterate(items: list[Any], kw: dict[str, Any], settings: dict[str, Any],
                     raise_error(event)
                 if "end" in event:
                     end = event["end"]
-            ended = end is not None and (call.local or not end["launched"])
-            if end is not None and not ended:  # remote: the jobs run on, as status sees them
+            # Locally the launch returned once its batches ended. A remote launch only
+            # submitted: its jobs (this launch's, or an earlier one's still running when it
+            # found "nothing to launch") are followed until every batch is done.
+            ended = end is not None and (call.local or bool(
+                end["failed"] or end["cancelled"] or end["interrupted"]))
+            if end is not None and not ended:
                 idle = _remote_done(end, idle, log)
                 ended = idle < 0
             if watcher is None and run.sweep is not None:
@@ -238,15 +243,25 @@ def _iterate(items: list[Any], kw: dict[str, Any], settings: dict[str, Any],
             ids = {sid for c, d, sid in end["tasks"] if (c, d) in call.wanted}
             call.final_stats = _final_stats(end["bucket"], ids)
             done.append(call)
+    except (GeneratorExit, KeyboardInterrupt):
+        closed = True
+        raise
     finally:
         if not completed:
             bucket_url = str(end["bucket"] if end else call.settings.get("bucket") or
                              DEFAULT_BUCKET)
-            if not run.finished:
+            if not run.finished:  # a local launch still running is this process's own child
                 run.stop(lambda sweep: cancel(bucket_url, sweep))
-            elif end is not None and end["launched"] and not call.local:
-                with contextlib.suppress(KilnError):
-                    cancel(bucket_url, end["sweep"])
+            elif closed and not call.local:
+                # Only the consumer's close or Ctrl-C cancels remote jobs (also those submitted
+                # before a Ctrl-C cut the launch short, when ``end`` never came); an error of
+                # this monitor leaves healthy jobs running: collecting again resumes them.
+                sweep = end["sweep"] if end is not None else run.sweep
+                if sweep is not None:
+                    try:
+                        cancel(bucket_url, sweep)
+                    except KilnError as ex:
+                        (log or _stderr)(f"warning: could not cancel sweep {sweep!r}: {ex}")
         run.close()
         if resume is not None:
             resume.close()
@@ -262,21 +277,33 @@ def _watcher(call: CollectCall, sweep: str, old: dict[str, int]) -> FragmentWatc
 
 
 def _remote_done(end: dict[str, Any], idle: int, log: Log | None) -> int:
-    """-1 when every batch of a remote sweep is done; raise when its jobs ended unfinished
-    (three polls in a row with no job running or waiting); else the idle polls so far."""
-    from qec_kiln._command._base import quiet
-    from qec_kiln._command._main_status import status
+    """-1 when every batch of a remote sweep is done (by its fragments); raise when its jobs
+    ended unfinished (three polls in a row in which the backend said no job is running or
+    waiting); else the idle polls so far. A poll whose job states could not be read (a squeue
+    timeout, an SDK failure) is not idle: it says so in the log and counts nothing."""
+    from qec_kiln._backends import get_backend
     from qec_kiln._report.failures import batch_error
+    from qec_kiln._report.status import sweep_progress
+    from qec_kiln._storage import open_bucket
+    from qec_kiln._sweep.manifest import load_manifest
 
-    (report,) = status(end["bucket"], sweep=end["sweep"], log=log or quiet)
+    store = open_bucket(str(end["bucket"]))
+    manifest = load_manifest(store, end["sweep"])
+    backend = get_backend(manifest.backend)
+    try:
+        states: dict[Any, Any] | None = backend.job_states(store.url, end["sweep"])
+    except KilnError as ex:
+        states = None
+        if log is not None:
+            log(f"warning: could not read the jobs' states ({ex}); polling on")
+    report = sweep_progress(store, manifest, states or {})
     if all(b.done for b in report.batches):
         return -1
+    if states is None:
+        return idle
     active = any(b.job is not None and b.job.active for b in report.batches)
     idle = 0 if active else idle + 1
     if idle >= 3:
-        from qec_kiln._storage import open_bucket
-
-        store = open_bucket(end["bucket"])
         why = [f"{b}: {batch_error(store, end['sweep'], b) or 'no error line'}"
                for b in report.unfinished]
         raise KilnError(f"sweep {end['sweep']!r} ended unfinished ({'; '.join(why)}); "
