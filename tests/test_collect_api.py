@@ -406,3 +406,19 @@ def test_unreadable_job_states_are_not_idle_polls(monkeypatch):
     assert _remote_done(end, 0, None) == 1 and _remote_done(end, 1, None) == 2
     with pytest.raises(KilnError, match=r"'s' ended unfinished \(b000: boom\)"):
         _remote_done(end, 2, None)
+
+
+def test_a_damaged_fragment_of_another_sweep_leaves_collects_rows_whole(tmp_path):
+    """collect returns its tasks' rows from the sweeps that hold them; a damaged fragment of an
+    unrelated sweep in the same bucket is not read (it once dropped every row silently)."""
+    bucket = str(tmp_path / "b")
+    other = sinter.Task(circuit=_circuit(5), json_metadata={"d": 5})
+    qec_kiln.collect(tasks=[other], num_workers=1, decoders=["vacuous"], max_shots=100,
+                     bucket=bucket)
+    (frag,) = [f for f in (tmp_path / "b").glob("*/fragments/*.csv")]
+    frag.write_text("not a sinter csv\n" + frag.read_text())  # the other sweep, damaged
+    mine = sinter.Task(circuit=_circuit(3), json_metadata={"d": 3})
+    stats = qec_kiln.collect(tasks=[mine], num_workers=1, decoders=["vacuous"], max_shots=300,
+                             bucket=bucket)
+    assert [(s.strong_id, s.shots) for s in stats] == [
+        (_sinter_id(_circuit(3), "vacuous", {"d": 3}), 300)]

@@ -335,15 +335,22 @@ def _raise_for(end: dict[str, Any], watcher: Any) -> None:
 
 
 def _final_stats(bucket_url: str, ids: set[str]) -> list[sinter.TaskStats]:
-    """Every row the bucket holds of the tasks ``ids`` (all its sweeps, as sinter counts a
-    resume file), merged."""
+    """Every row the bucket holds of the tasks ``ids`` (all its sweeps that hold one of them,
+    as sinter counts a resume file), merged. Only those sweeps are read: a damaged fragment of
+    an unrelated sweep must not drop (or fail) this call's rows; one of these sweeps' raises."""
     from qec_kiln._command._main_merge import merge
+    from qec_kiln._storage import open_bucket
+    from qec_kiln._sweep.manifest import list_sweeps, load_manifest
 
-    try:
-        stats = merge(bucket_url, None).stats
-    except KilnError:  # no sweep at all: nothing was sampled (the files' rows reached it all)
-        return []
-    return [s for s in stats if s.strong_id in ids]
+    store = open_bucket(bucket_url)
+    totals: dict[str, sinter.TaskStats] = {}
+    for name in list_sweeps(store):  # none: nothing was sampled (the files' rows reached it all)
+        if not any(t.get("strong_id") in ids for t in load_manifest(store, name).tasks):
+            continue
+        for st in merge(bucket_url, None, sweep=name).stats:
+            if st.strong_id in ids:
+                totals[st.strong_id] = totals[st.strong_id] + st if st.strong_id in totals else st
+    return list(totals.values())
 
 
 __all__ = ["collect", "iter_collect"]
