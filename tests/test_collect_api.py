@@ -422,3 +422,25 @@ def test_a_damaged_fragment_of_another_sweep_leaves_collects_rows_whole(tmp_path
                              bucket=bucket)
     assert [(s.strong_id, s.shots) for s in stats] == [
         (_sinter_id(_circuit(3), "vacuous", {"d": 3}), 300)]
+
+
+def test_an_unreadable_bucket_raises_rather_than_counting_resume_rows_twice(tmp_path,
+                                                                             monkeypatch):
+    """The resume file repeats the bucket's rows: unable to read the bucket, the call raises
+    (it once took every resume row as new, counting and returning it twice)."""
+    from qec_kiln._errors import StorageError
+    from qec_kiln._storage._local import LocalBucket
+
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    kw = dict(tasks=[task], num_workers=1, decoders=["vacuous"], max_shots=200,
+              bucket=str(tmp_path / "b"), save_resume_filepath=str(tmp_path / "r.csv"))
+    assert [s.shots for s in qec_kiln.collect(**kw)] == [200]
+
+    def broken(self, key, **_kw):
+        raise StorageError(f"{key}: permission denied")
+
+    monkeypatch.setattr(LocalBucket, "read_bytes", broken)
+    with pytest.raises(KilnError, match=r"cannot read the bucket's rows .*permission denied"):
+        qec_kiln.collect(**kw)
+    monkeypatch.undo()
+    assert [s.shots for s in qec_kiln.collect(**kw)] == [200]

@@ -253,20 +253,28 @@ def _check_own_model(task: sinter.Task, i: int, post: Postselection) -> None:
 
 
 def _bucket_lines(bucket_url: str | None) -> set[str]:
-    """Every row line of every fragment in the bucket (to recognise rows it already holds)."""
+    """Every row line of every fragment in the bucket (to recognise rows it already holds).
+    A bucket that does not exist yet holds none (a local one lists empty); any other failure
+    to read it raises: the resume file's copies of its rows would otherwise count twice."""
     from qec_kiln._argtypes import DEFAULT_BUCKET
-    from qec_kiln._errors import StorageError
+    from qec_kiln._errors import ObjectNotFound, StorageError
 
+    url = os.fspath(bucket_url or DEFAULT_BUCKET)
+    lines: set[str] = set()
     try:
-        bucket = open_bucket(os.fspath(bucket_url or DEFAULT_BUCKET))
-        keys = [k for k in bucket.list_keys("") if "/fragments/" in k and k.endswith(".csv")]
-        lines: set[str] = set()
-        for k in keys:
-            lines.update(x.rstrip() for x in bucket.read_bytes(k).decode("utf-8", "replace")
-                         .splitlines()[1:])
-        return lines
-    except (StorageError, OSError):
-        return set()
+        bucket = open_bucket(url)
+        for k in bucket.list_keys(""):
+            if "/fragments/" not in k or not k.endswith(".csv"):
+                continue
+            try:
+                data = bucket.read_bytes(k)
+            except ObjectNotFound:  # deleted since it was listed: no rows to recognise
+                continue
+            lines.update(x.rstrip() for x in data.decode("utf-8", "replace").splitlines()[1:])
+    except (StorageError, OSError) as ex:
+        raise KilnError(f"{url}: cannot read the bucket's rows to tell the resume and "
+                        f"existing-data files' own rows from its copies ({ex})") from None
+    return lines
 
 
 def materialize(tasks: Any) -> list[Any]:
