@@ -66,6 +66,9 @@ def test_bad_keywords_are_refused_by_name_before_anything_is_written(tmp_path):
         qec_kiln.collect(num_workers=1, tasks=[task, twice], max_shots=10, bucket=str(bucket))
     with pytest.raises(ValueError, match="num_workers"):
         qec_kiln.collect(num_workers=0, tasks=[task], max_shots=10, bucket=str(bucket))
+    with pytest.raises(KilnError, match="unknown setting 'bakend'"):
+        qec_kiln.collect(num_workers=1, tasks=[task], max_shots=10, bucket=str(bucket),
+                         bakend="slurm")
     assert not bucket.exists()
 
 

@@ -73,7 +73,9 @@ class CollectCall:
         """Check sinter's keywords (``sinter_kw``) and qec-kiln's ``settings``, write the
         tasks' circuits under ``root``, and read the resume and existing-data files."""
         from qec_kiln._backends import backend_class
+        from qec_kiln._sweep.spec import SweepSpec
 
+        SweepSpec.check_setting_names(settings)  # a misspelt setting: refused before any write
         settings = dict(settings)
         backend = settings.get("backend") or "local"
         # The backend whose batches run here (and whose launch returns once they ended).
