@@ -44,7 +44,6 @@ from qec_kiln._sweep.spec import BATCH_OPTIONS, BatchOptions, TaskTarget
 UNLIMITED = 10**15
 
 
-
 def sort_keys(metadata: Any) -> str:
     """A task's json_metadata as sinter's CSV writes it (keys sorted), for matching rows."""
     return json.dumps(metadata, sort_keys=True)
@@ -197,7 +196,16 @@ class CollectCall:
 def _backend_options(given: Any, num_workers: int | None, local: bool) -> Any:
     """The backend's options with sinter's ``num_workers`` as its ``processes`` (per batch:
     on the local backend, this machine's; on a remote one, per node) unless given; locally,
-    fragments synced every second, so progress reaches the caller as sinter's does."""
+    fragments synced every second, so progress reaches the caller as sinter's does, unless
+    the caller gave ``sync_seconds`` or an options object.
+
+    >>> from qec_kiln._backends.options import BackendOptions
+    >>> o = _backend_options(BackendOptions(sync_seconds=30.0), 2, True)
+    >>> (o.processes, o.sync_seconds)
+    (2, 30.0)
+    >>> _backend_options({"sync_seconds": 30.0}, 2, True)
+    {'processes': 2, 'sync_seconds': 30.0}
+    """
     changes: dict[str, Any] = {}
     if num_workers is not None:
         if not isinstance(num_workers, int) or num_workers < 1:
@@ -209,7 +217,9 @@ def _backend_options(given: Any, num_workers: int | None, local: bool) -> Any:
         return changes
     if isinstance(given, Mapping):
         return {**changes, **given}
-    mine = {k: v for k, v in changes.items() if getattr(given, k, None) in (None, 30.0)}
+    # An options object cannot tell an explicit value from its default (sync_seconds=30 is
+    # both): only what it leaves unset (None) is filled; its sync_seconds is the caller's.
+    mine = {k: v for k, v in changes.items() if k != "sync_seconds" and getattr(given, k) is None}
     return dataclasses.replace(given, **mine)
 
 
