@@ -79,13 +79,7 @@ def iter_collect(tasks: Any = (), *, num_workers: int | None = None, hint_num_ta
         >>> shots
         500
     """
-    kw = dict(num_workers=num_workers, max_shots=max_shots, max_errors=max_errors,
-              decoders=decoders, max_batch_seconds=max_batch_seconds,
-              max_batch_size=max_batch_size, start_batch_size=start_batch_size,
-              count_observable_error_combos=count_observable_error_combos,
-              count_detection_events=count_detection_events, custom_decoders=custom_decoders,
-              custom_error_count_key=custom_error_count_key,
-              allowed_cpu_affinity_ids=allowed_cpu_affinity_ids)
+    kw = _sinter_keywords(locals())
     del hint_num_tasks  # a hint for sinter's status line; the plan counts the tasks itself
     items, root = _tasks_and_root(tasks)
     if additional_existing_data is not None:
@@ -124,16 +118,10 @@ def collect(tasks: Any = (), *, num_workers: int | None = None, existing_data_fi
     Examples:
         See this module's docstring; README "From ``sinter.collect`` to a fleet".
     """
-    items, root = _tasks_and_root(tasks)
-    kw = dict(num_workers=num_workers, max_shots=max_shots, max_errors=max_errors,
-              decoders=decoders, max_batch_seconds=max_batch_seconds,
-              max_batch_size=max_batch_size, start_batch_size=start_batch_size,
-              count_observable_error_combos=count_observable_error_combos,
-              count_detection_events=count_detection_events, custom_decoders=custom_decoders,
-              custom_error_count_key=custom_error_count_key,
-              allowed_cpu_affinity_ids=allowed_cpu_affinity_ids,
-              existing_data_filepaths=list(existing_data_filepaths),
+    kw = _sinter_keywords(locals())
+    kw.update(existing_data_filepaths=list(existing_data_filepaths),
               save_resume_filepath=save_resume_filepath)
+    items, root = _tasks_and_root(tasks)
     del hint_num_tasks
     if print_progress and log is None:
         log = _stderr
@@ -155,6 +143,19 @@ def collect(tasks: Any = (), *, num_workers: int | None = None, existing_data_fi
     for st in [*call.final_stats, *call.file_rows]:
         totals[st.strong_id] = totals[st.strong_id] + st if st.strong_id in totals else st
     return list(totals.values())
+
+
+#: sinter's keywords that both functions pass on to the call, as given (one list: the two
+#: functions must not drift apart).
+_SINTER_KEYWORDS = ("num_workers", "max_shots", "max_errors", "decoders", "max_batch_seconds",
+                    "max_batch_size", "start_batch_size", "count_observable_error_combos",
+                    "count_detection_events", "custom_decoders", "custom_error_count_key",
+                    "allowed_cpu_affinity_ids")
+
+
+def _sinter_keywords(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`_SINTER_KEYWORDS` of a function's ``locals()`` (taken before any other)."""
+    return {k: given[k] for k in _SINTER_KEYWORDS}
 
 
 def _stderr(line: str) -> None:
