@@ -447,3 +447,18 @@ def test_an_unreadable_bucket_raises_rather_than_counting_resume_rows_twice(tmp_
         qec_kiln.collect(**kw)
     monkeypatch.undo()
     assert [s.shots for s in qec_kiln.collect(**kw)] == [200]
+
+
+def test_a_resume_file_with_a_torn_last_line_is_cut_back_before_appending(tmp_path):
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    resume = tmp_path / "r.csv"
+    kw = dict(tasks=[task], num_workers=1, decoders=["vacuous"], max_shots=100,
+              bucket=str(tmp_path / "b"), save_resume_filepath=str(resume))
+    qec_kiln.collect(**kw)
+    whole = resume.read_text()
+    resume.write_text(whole + whole.splitlines()[-1][:20])  # a row cut short by a crash
+    stats = qec_kiln.collect(**{**kw, "max_shots": 300})
+    assert [s.shots for s in stats] == [300]
+    text = resume.read_text()
+    assert text.startswith(whole) and text.endswith("\n")
+    assert sum(s.shots for s in sinter.read_stats_from_csv_files(resume)) == 300

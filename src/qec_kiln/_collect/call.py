@@ -167,6 +167,7 @@ class CollectCall:
             if resume in paths:
                 raise ValueError("save_resume_filepath in existing_data_filepaths")
             if resume.exists():
+                _cut_torn_line(resume)
                 paths.append(resume)
             else:
                 resume.parent.mkdir(parents=True, exist_ok=True)
@@ -191,6 +192,15 @@ class CollectCall:
             path = root / f"existing-{hashlib.sha256(text.encode()).hexdigest()[:16]}.csv"
             path.write_text(text)
             self.settings["existing_data"] = [*(self.settings.get("existing_data") or ()), str(path)]
+
+
+def _cut_torn_line(path: pathlib.Path) -> None:
+    """Cut a resume file back to its last newline: a last line without one was torn by an
+    interrupted write, and the rows appended after it would be glued to it."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data[:data.rfind(b"\n") + 1]
+        path.write_bytes(keep or (sinter.CSV_HEADER + "\n").encode())
 
 
 def _backend_options(given: Any, num_workers: int | None, local: bool) -> Any:
