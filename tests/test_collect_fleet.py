@@ -97,6 +97,27 @@ def test_iter_collect_on_slurm_yields_the_rows_and_collect_again_submits_nothing
     assert len(sbatches) == 1
 
 
+def test_collect_while_the_sweeps_jobs_still_run_waits_for_them(slurm_cluster, sbatches,
+                                                                  tmp_path):
+    """A second call while the first call's jobs run (a notebook restarted, an iteration left
+    open) has nothing to submit: it follows those jobs to the end and returns exact totals
+    (it once returned the rows landed so far, with no error)."""
+    task = sinter.Task(circuit=_circuit(9, 0.01), json_metadata={"d": 9})
+    kw = _kw(tmp_path, [task], decoders=["pymatching"], max_shots=10_000_000, max_errors=10**9)
+    it = qec_kiln.iter_collect(**kw)
+    first = 0
+    for p in it:
+        first += sum(s.shots for s in p.new_stats)
+        if first:
+            break
+    assert 0 < first < 10_000_000  # the job runs on: the iteration is neither closed nor resumed
+    stats = qec_kiln.collect(**kw)
+    assert [(s.strong_id, s.shots) for s in stats] == [
+        (_sinter_id(_circuit(9, 0.01), "pymatching", {"d": 9}), 10_000_000)]
+    assert len(sbatches) == 1  # the second call submitted nothing
+    it.close()
+
+
 def test_a_notebook_decoder_object_and_per_task_options_run_on_slurm_exactly(
         slurm_cluster, sbatches, tmp_path):
     """Issue 29's done-when on a fleet: a ``sinter.Decoder`` object of a notebook's
