@@ -1,9 +1,10 @@
 """Issue 29 on a fleet: ``qec_kiln.collect`` / ``qec_kiln.iter_collect`` on the real Slurm test
 cluster (Debian's slurm-wlm on localhost, ``slurm_cluster``), each array task the real
 run-batch running the unmodified ``sinter collect``: the rows are yielded exactly, a second call
-submits nothing, a notebook's decoder object and per-task ``collection_options`` run on the
-nodes with exact counts, and a sweep whose job fails raises naming the batch and the node's
-last error line instead of polling forever.
+submits nothing, a call while the jobs still run follows them to exact totals, an error of the
+monitor's own check leaves the jobs running, a notebook's decoder object and per-task
+``collection_options`` run on the nodes with exact counts, and a sweep whose job fails raises
+naming the batch and the node's last error line instead of polling forever.
 
 The circuits are noiseless where a count must be exact in errors too: ``AlwaysFlip(1)``
 (kiln_helpers.NOTEBOOK_CELL) makes every shot an error.
@@ -116,6 +117,29 @@ def test_collect_while_the_sweeps_jobs_still_run_waits_for_them(slurm_cluster, s
         (_sinter_id(_circuit(9, 0.01), "pymatching", {"d": 9}), 10_000_000)]
     assert len(sbatches) == 1  # the second call submitted nothing
     it.close()
+
+
+def test_a_failing_check_of_the_monitor_leaves_the_jobs_running(slurm_cluster, sbatches,
+                                                                 tmp_path, monkeypatch):
+    """Only the caller's close or Ctrl-C cancels the jobs: an error of the monitor's own
+    check (here faked) raises, and the job runs on to the exact total."""
+    import qec_kiln._collect as api
+
+    def broken(end, idle, log):
+        raise KilnError("the monitor's check failed")
+
+    task = sinter.Task(circuit=_circuit(9, 0.01), json_metadata={"d": 9})
+    kw = _kw(tmp_path, [task], decoders=["pymatching"], max_shots=10_000_000, max_errors=10**9)
+    with monkeypatch.context() as patched, pytest.raises(KilnError, match="the monitor's check"):
+        patched.setattr(api, "_remote_done", broken)
+        qec_kiln.collect(**kw)
+    (array,) = sbatches
+    (state,) = slurm_cluster.states(array).values()
+    assert state in ("PENDING", "RUNNING", "COMPLETING", "COMPLETED")  # not CANCELLED
+    stats = qec_kiln.collect(**kw)
+    assert [s.shots for s in stats] == [10_000_000] and len(sbatches) == 1
+    slurm_cluster.wait_for(lambda: list(slurm_cluster.states(array).values()) == ["COMPLETED"],
+                           60, "the job to complete")
 
 
 def test_a_notebook_decoder_object_and_per_task_options_run_on_slurm_exactly(
