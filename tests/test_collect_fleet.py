@@ -2,9 +2,10 @@
 cluster (Debian's slurm-wlm on localhost, ``slurm_cluster``), each array task the real
 run-batch running the unmodified ``sinter collect``: the rows are yielded exactly, a second call
 submits nothing, a call while the jobs still run follows them to exact totals, an error of the
-monitor's own check leaves the jobs running, a notebook's decoder object and per-task
-``collection_options`` run on the nodes with exact counts, and a sweep whose job fails raises
-naming the batch and the node's last error line instead of polling forever.
+monitor's own check leaves the jobs running, Ctrl-C mid-submission cancels, a notebook's
+decoder object and per-task ``collection_options`` run on the nodes with exact counts, and a
+sweep whose job fails raises naming the batch and the node's last error line instead of
+polling forever.
 
 The circuits are noiseless where a count must be exact in errors too: ``AlwaysFlip(1)``
 (kiln_helpers.NOTEBOOK_CELL) makes every shot an error.
@@ -140,6 +141,28 @@ def test_a_failing_check_of_the_monitor_leaves_the_jobs_running(slurm_cluster, s
     assert [s.shots for s in stats] == [10_000_000] and len(sbatches) == 1
     slurm_cluster.wait_for(lambda: list(slurm_cluster.states(array).values()) == ["COMPLETED"],
                            60, "the job to complete")
+
+
+def test_ctrl_c_during_the_submission_cancels_what_was_submitted(slurm_cluster, sbatches,
+                                                                  tmp_path, monkeypatch):
+    """A Ctrl-C once ``sbatch`` returned and its job was recorded, before the launch reported
+    its end, cancels the submitted job rather than leaving it to run unwatched."""
+    import qec_kiln._backends.slurm.backend as slurm
+
+    recorded = slurm.append_launch_record
+
+    def interrupted(*args, **kw):
+        recorded(*args, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(slurm, "append_launch_record", interrupted)
+    task = sinter.Task(circuit=_circuit(9, 0.01), json_metadata={"d": 9})
+    with pytest.raises(KeyboardInterrupt):
+        qec_kiln.collect(**_kw(tmp_path, [task], decoders=["pymatching"], max_shots=10_000_000,
+                               max_errors=10**9))
+    (array,) = sbatches
+    slurm_cluster.wait_for(lambda: list(slurm_cluster.states(array).values()) == ["CANCELLED"],
+                           30, "the submitted job to be cancelled")
 
 
 def test_a_notebook_decoder_object_and_per_task_options_run_on_slurm_exactly(
