@@ -283,7 +283,7 @@ def test_iter_collect_closed_early_then_resumed(tmp_path):
     resumes it and samples exactly what was left."""
     task = sinter.Task(circuit=_circuit(9, 0.01), json_metadata={"d": 9})
     sid = _sinter_id(_circuit(9, 0.01), "pymatching", {"d": 9})
-    target = 1_500_000
+    target = 6_000_000  # many sync periods: the close lands well before the batch ends
     kw = dict(num_workers=1, tasks=[task], decoders=["pymatching"], max_shots=target,
               max_errors=10**9, bucket=str(tmp_path / "b"))
     first = 0
