@@ -66,6 +66,9 @@ def test_bad_keywords_are_refused_by_name_before_anything_is_written(tmp_path):
         qec_kiln.collect(num_workers=1, tasks=[task, twice], max_shots=10, bucket=str(bucket))
     with pytest.raises(ValueError, match="num_workers"):
         qec_kiln.collect(num_workers=0, tasks=[task], max_shots=10, bucket=str(bucket))
+    with pytest.raises(KilnError, match="unknown setting 'bakend'"):
+        qec_kiln.collect(num_workers=1, tasks=[task], max_shots=10, bucket=str(bucket),
+                         bakend="slurm")
     assert not bucket.exists()
 
 
@@ -280,7 +283,7 @@ def test_iter_collect_closed_early_then_resumed(tmp_path):
     resumes it and samples exactly what was left."""
     task = sinter.Task(circuit=_circuit(9, 0.01), json_metadata={"d": 9})
     sid = _sinter_id(_circuit(9, 0.01), "pymatching", {"d": 9})
-    target = 1_500_000
+    target = 6_000_000  # many sync periods: the close lands well before the batch ends
     kw = dict(num_workers=1, tasks=[task], decoders=["pymatching"], max_shots=target,
               max_errors=10**9, bucket=str(tmp_path / "b"))
     first = 0
@@ -362,3 +365,100 @@ def test_where_forking_is_unsafe_the_launch_runs_in_a_thread(tmp_path, monkeypat
     got = list(qec_kiln.iter_collect(num_workers=1, tasks=[task], decoders=["pymatching"],
                                      max_shots=700, bucket=str(tmp_path / "b")))
     assert _shots(got) == {_sinter_id(_circuit(), "pymatching", {"d": 3}): 700}
+
+
+def _fake_sweep(monkeypatch, job_states):
+    """``_remote_done``'s reads faked: one unfinished batch, no job of it active; the backend's
+    ``job_states`` is ``job_states`` (a function)."""
+    import types
+
+    import qec_kiln._backends as backends
+    import qec_kiln._report.failures as failures
+    import qec_kiln._report.status as status
+    import qec_kiln._storage as storage
+    import qec_kiln._sweep.manifest as manifest
+
+    batch = types.SimpleNamespace(done=False, job=None)
+    monkeypatch.setattr(storage, "open_bucket", lambda url: types.SimpleNamespace(url=url))
+    monkeypatch.setattr(manifest, "load_manifest",
+                        lambda store, sweep: types.SimpleNamespace(backend="slurm"))
+    monkeypatch.setattr(backends, "get_backend",
+                        lambda name: types.SimpleNamespace(job_states=job_states))
+    monkeypatch.setattr(status, "sweep_progress", lambda store, m, states: types.SimpleNamespace(
+        batches=[batch], unfinished=["b000"]))
+    monkeypatch.setattr(failures, "batch_error", lambda store, sweep, b: "boom")
+
+
+def test_unreadable_job_states_are_not_idle_polls(monkeypatch):
+    """A squeue timeout is not "no job running": polling goes on, saying so, where three polls
+    of an empty queue end the sweep as unfinished."""
+    from qec_kiln._collect import _remote_done
+
+    def timeout(url, sweep):
+        raise KilnError("squeue timed out")
+
+    _fake_sweep(monkeypatch, timeout)
+    end = {"bucket": "b", "sweep": "s"}
+    lines: list[str] = []
+    idle = 0
+    for _ in range(5):
+        idle = _remote_done(end, idle, lines.append)
+    assert idle == 0
+    assert len(lines) == 5 and "squeue timed out" in lines[0] and "polling on" in lines[0]
+    _fake_sweep(monkeypatch, lambda url, sweep: {})
+    assert _remote_done(end, 0, None) == 1 and _remote_done(end, 1, None) == 2
+    with pytest.raises(KilnError, match=r"'s' ended unfinished \(b000: boom\)"):
+        _remote_done(end, 2, None)
+
+
+def test_a_damaged_fragment_of_another_sweep_leaves_collects_rows_whole(tmp_path):
+    """collect returns its tasks' rows from the sweeps that hold them; a damaged fragment of an
+    unrelated sweep in the same bucket is not read (it once dropped every row silently)."""
+    bucket = str(tmp_path / "b")
+    other = sinter.Task(circuit=_circuit(5), json_metadata={"d": 5})
+    qec_kiln.collect(tasks=[other], num_workers=1, decoders=["vacuous"], max_shots=100,
+                     bucket=bucket)
+    (frag,) = [f for f in (tmp_path / "b").glob("*/fragments/*.csv")]
+    frag.write_text("not a sinter csv\n" + frag.read_text())  # the other sweep, damaged
+    mine = sinter.Task(circuit=_circuit(3), json_metadata={"d": 3})
+    stats = qec_kiln.collect(tasks=[mine], num_workers=1, decoders=["vacuous"], max_shots=300,
+                             bucket=bucket)
+    assert [(s.strong_id, s.shots) for s in stats] == [
+        (_sinter_id(_circuit(3), "vacuous", {"d": 3}), 300)]
+
+
+def test_an_unreadable_bucket_raises_rather_than_counting_resume_rows_twice(tmp_path,
+                                                                             monkeypatch):
+    """The resume file repeats the bucket's rows: unable to read the bucket, the call raises
+    (it once took every resume row as new, counting and returning it twice)."""
+    from qec_kiln._errors import StorageError
+    from qec_kiln._storage._local import LocalBucket
+
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    kw = dict(tasks=[task], num_workers=1, decoders=["vacuous"], max_shots=200,
+              bucket=str(tmp_path / "b"), save_resume_filepath=str(tmp_path / "r.csv"))
+    assert [s.shots for s in qec_kiln.collect(**kw)] == [200]
+
+    def broken(self, key, **_kw):
+        raise StorageError(f"{key}: permission denied")
+
+    monkeypatch.setattr(LocalBucket, "read_bytes", broken)
+    with pytest.raises(KilnError, match=r"cannot read the bucket's rows .*permission denied"):
+        qec_kiln.collect(**kw)
+    monkeypatch.undo()
+    assert [s.shots for s in qec_kiln.collect(**kw)] == [200]
+
+
+def test_a_resume_file_with_a_torn_last_line_is_cut_back_before_appending(tmp_path):
+    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    resume = tmp_path / "r.csv"
+    kw = dict(tasks=[task], num_workers=1, decoders=["vacuous"], max_shots=100,
+              bucket=str(tmp_path / "b"), save_resume_filepath=str(resume))
+    qec_kiln.collect(**kw)
+    whole = resume.read_text()
+    resume.write_text(whole + whole.splitlines()[-1][:20])  # a row cut short by a crash
+    stats = qec_kiln.collect(**{**kw, "max_shots": 300})
+    assert [s.shots for s in stats] == [300]
+    text = resume.read_text()
+    assert text.startswith(whole) and text.endswith("\n")
+    assert sum(s.shots for s in sinter.read_stats_from_csv_files(resume)) == 300

@@ -1,9 +1,11 @@
 """Issue 29 on a fleet: ``qec_kiln.collect`` / ``qec_kiln.iter_collect`` on the real Slurm test
 cluster (Debian's slurm-wlm on localhost, ``slurm_cluster``), each array task the real
 run-batch running the unmodified ``sinter collect``: the rows are yielded exactly, a second call
-submits nothing, a notebook's decoder object and per-task ``collection_options`` run on the
-nodes with exact counts, and a sweep whose job fails raises naming the batch and the node's
-last error line instead of polling forever.
+submits nothing, a call while the jobs still run follows them to exact totals, an error of the
+monitor's own check leaves the jobs running, Ctrl-C mid-submission cancels, a notebook's
+decoder object and per-task ``collection_options`` run on the nodes with exact counts, and a
+sweep whose job fails raises naming the batch and the node's last error line instead of
+polling forever.
 
 The circuits are noiseless where a count must be exact in errors too: ``AlwaysFlip(1)``
 (kiln_helpers.NOTEBOOK_CELL) makes every shot an error.
@@ -95,6 +97,72 @@ def test_iter_collect_on_slurm_yields_the_rows_and_collect_again_submits_nothing
     stats = qec_kiln.collect(**kw)  # the same sweep: done, nothing submitted again
     assert {s.strong_id: s.shots for s in stats} == want
     assert len(sbatches) == 1
+
+
+def test_collect_while_the_sweeps_jobs_still_run_waits_for_them(slurm_cluster, sbatches,
+                                                                  tmp_path):
+    """A second call while the first call's jobs run (a notebook restarted, an iteration left
+    open) has nothing to submit: it follows those jobs to the end and returns exact totals
+    (it once returned the rows landed so far, with no error)."""
+    task = sinter.Task(circuit=_circuit(9, 0.01), json_metadata={"d": 9})
+    kw = _kw(tmp_path, [task], decoders=["pymatching"], max_shots=10_000_000, max_errors=10**9)
+    it = qec_kiln.iter_collect(**kw)
+    first = 0
+    for p in it:
+        first += sum(s.shots for s in p.new_stats)
+        if first:
+            break
+    assert 0 < first < 10_000_000  # the job runs on: the iteration is neither closed nor resumed
+    stats = qec_kiln.collect(**kw)
+    assert [(s.strong_id, s.shots) for s in stats] == [
+        (_sinter_id(_circuit(9, 0.01), "pymatching", {"d": 9}), 10_000_000)]
+    assert len(sbatches) == 1  # the second call submitted nothing
+    it.close()
+
+
+def test_a_failing_check_of_the_monitor_leaves_the_jobs_running(slurm_cluster, sbatches,
+                                                                 tmp_path, monkeypatch):
+    """Only the caller's close or Ctrl-C cancels the jobs: an error of the monitor's own
+    check (here faked) raises, and the job runs on to the exact total."""
+    import qec_kiln._collect as api
+
+    def broken(end, idle, log):
+        raise KilnError("the monitor's check failed")
+
+    task = sinter.Task(circuit=_circuit(9, 0.01), json_metadata={"d": 9})
+    kw = _kw(tmp_path, [task], decoders=["pymatching"], max_shots=10_000_000, max_errors=10**9)
+    with monkeypatch.context() as patched, pytest.raises(KilnError, match="the monitor's check"):
+        patched.setattr(api, "_remote_done", broken)
+        qec_kiln.collect(**kw)
+    (array,) = sbatches
+    (state,) = slurm_cluster.states(array).values()
+    assert state in ("PENDING", "RUNNING", "COMPLETING", "COMPLETED")  # not CANCELLED
+    stats = qec_kiln.collect(**kw)
+    assert [s.shots for s in stats] == [10_000_000] and len(sbatches) == 1
+    slurm_cluster.wait_for(lambda: list(slurm_cluster.states(array).values()) == ["COMPLETED"],
+                           60, "the job to complete")
+
+
+def test_ctrl_c_during_the_submission_cancels_what_was_submitted(slurm_cluster, sbatches,
+                                                                  tmp_path, monkeypatch):
+    """A Ctrl-C once ``sbatch`` returned and its job was recorded, before the launch reported
+    its end, cancels the submitted job rather than leaving it to run unwatched."""
+    import qec_kiln._backends.slurm.backend as slurm
+
+    recorded = slurm.append_launch_record
+
+    def interrupted(*args, **kw):
+        recorded(*args, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(slurm, "append_launch_record", interrupted)
+    task = sinter.Task(circuit=_circuit(9, 0.01), json_metadata={"d": 9})
+    with pytest.raises(KeyboardInterrupt):
+        qec_kiln.collect(**_kw(tmp_path, [task], decoders=["pymatching"], max_shots=10_000_000,
+                               max_errors=10**9))
+    (array,) = sbatches
+    slurm_cluster.wait_for(lambda: list(slurm_cluster.states(array).values()) == ["CANCELLED"],
+                           30, "the submitted job to be cancelled")
 
 
 def test_a_notebook_decoder_object_and_per_task_options_run_on_slurm_exactly(

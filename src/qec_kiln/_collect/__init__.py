@@ -79,13 +79,7 @@ def iter_collect(tasks: Any = (), *, num_workers: int | None = None, hint_num_ta
         >>> shots
         500
     """
-    kw = dict(num_workers=num_workers, max_shots=max_shots, max_errors=max_errors,
-              decoders=decoders, max_batch_seconds=max_batch_seconds,
-              max_batch_size=max_batch_size, start_batch_size=start_batch_size,
-              count_observable_error_combos=count_observable_error_combos,
-              count_detection_events=count_detection_events, custom_decoders=custom_decoders,
-              custom_error_count_key=custom_error_count_key,
-              allowed_cpu_affinity_ids=allowed_cpu_affinity_ids)
+    kw = _sinter_keywords(locals())
     del hint_num_tasks  # a hint for sinter's status line; the plan counts the tasks itself
     items, root = _tasks_and_root(tasks)
     if additional_existing_data is not None:
@@ -124,16 +118,10 @@ def collect(tasks: Any = (), *, num_workers: int | None = None, existing_data_fi
     Examples:
         See this module's docstring; README "From ``sinter.collect`` to a fleet".
     """
-    items, root = _tasks_and_root(tasks)
-    kw = dict(num_workers=num_workers, max_shots=max_shots, max_errors=max_errors,
-              decoders=decoders, max_batch_seconds=max_batch_seconds,
-              max_batch_size=max_batch_size, start_batch_size=start_batch_size,
-              count_observable_error_combos=count_observable_error_combos,
-              count_detection_events=count_detection_events, custom_decoders=custom_decoders,
-              custom_error_count_key=custom_error_count_key,
-              allowed_cpu_affinity_ids=allowed_cpu_affinity_ids,
-              existing_data_filepaths=list(existing_data_filepaths),
+    kw = _sinter_keywords(locals())
+    kw.update(existing_data_filepaths=list(existing_data_filepaths),
               save_resume_filepath=save_resume_filepath)
+    items, root = _tasks_and_root(tasks)
     del hint_num_tasks
     if print_progress and log is None:
         log = _stderr
@@ -155,6 +143,19 @@ def collect(tasks: Any = (), *, num_workers: int | None = None, existing_data_fi
     for st in [*call.final_stats, *call.file_rows]:
         totals[st.strong_id] = totals[st.strong_id] + st if st.strong_id in totals else st
     return list(totals.values())
+
+
+#: sinter's keywords that both functions pass on to the call, as given (one list: the two
+#: functions must not drift apart).
+_SINTER_KEYWORDS = ("num_workers", "max_shots", "max_errors", "decoders", "max_batch_seconds",
+                    "max_batch_size", "start_batch_size", "count_observable_error_combos",
+                    "count_detection_events", "custom_decoders", "custom_error_count_key",
+                    "allowed_cpu_affinity_ids")
+
+
+def _sinter_keywords(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`_SINTER_KEYWORDS` of a function's ``locals()`` (taken before any other)."""
+    return {k: given[k] for k in _SINTER_KEYWORDS}
 
 
 def _stderr(line: str) -> None:
@@ -202,6 +203,7 @@ def _iterate(items: list[Any], kw: dict[str, Any], settings: dict[str, Any],
     watcher: FragmentWatcher | None = None
     end: dict[str, Any] | None = None
     completed = False
+    closed = False  # the consumer closed the iteration or pressed Ctrl-C: cancel the sweep
     try:
         yield sinter.Progress(new_stats=(), status_message=f"Starting {kw['num_workers'] or 'the'} "
                               "workers...")
@@ -213,8 +215,12 @@ def _iterate(items: list[Any], kw: dict[str, Any], settings: dict[str, Any],
                     raise_error(event)
                 if "end" in event:
                     end = event["end"]
-            ended = end is not None and (call.local or not end["launched"])
-            if end is not None and not ended:  # remote: the jobs run on, as status sees them
+            # Locally the launch returned once its batches ended. A remote launch only
+            # submitted: its jobs (this launch's, or an earlier one's still running when it
+            # found "nothing to launch") are followed until every batch is done.
+            ended = end is not None and (call.local or bool(
+                end["failed"] or end["cancelled"] or end["interrupted"]))
+            if end is not None and not ended:
                 idle = _remote_done(end, idle, log)
                 ended = idle < 0
             if watcher is None and run.sweep is not None:
@@ -238,15 +244,25 @@ def _iterate(items: list[Any], kw: dict[str, Any], settings: dict[str, Any],
             ids = {sid for c, d, sid in end["tasks"] if (c, d) in call.wanted}
             call.final_stats = _final_stats(end["bucket"], ids)
             done.append(call)
+    except (GeneratorExit, KeyboardInterrupt):
+        closed = True
+        raise
     finally:
         if not completed:
             bucket_url = str(end["bucket"] if end else call.settings.get("bucket") or
                              DEFAULT_BUCKET)
-            if not run.finished:
+            if not run.finished:  # a local launch still running is this process's own child
                 run.stop(lambda sweep: cancel(bucket_url, sweep))
-            elif end is not None and end["launched"] and not call.local:
-                with contextlib.suppress(KilnError):
-                    cancel(bucket_url, end["sweep"])
+            elif closed and not call.local:
+                # Only the consumer's close or Ctrl-C cancels remote jobs (also those submitted
+                # before a Ctrl-C cut the launch short, when ``end`` never came); an error of
+                # this monitor leaves healthy jobs running: collecting again resumes them.
+                sweep = end["sweep"] if end is not None else run.sweep
+                if sweep is not None:
+                    try:
+                        cancel(bucket_url, sweep)
+                    except KilnError as ex:
+                        (log or _stderr)(f"warning: could not cancel sweep {sweep!r}: {ex}")
         run.close()
         if resume is not None:
             resume.close()
@@ -262,21 +278,33 @@ def _watcher(call: CollectCall, sweep: str, old: dict[str, int]) -> FragmentWatc
 
 
 def _remote_done(end: dict[str, Any], idle: int, log: Log | None) -> int:
-    """-1 when every batch of a remote sweep is done; raise when its jobs ended unfinished
-    (three polls in a row with no job running or waiting); else the idle polls so far."""
-    from qec_kiln._command._base import quiet
-    from qec_kiln._command._main_status import status
+    """-1 when every batch of a remote sweep is done (by its fragments); raise when its jobs
+    ended unfinished (three polls in a row in which the backend said no job is running or
+    waiting); else the idle polls so far. A poll whose job states could not be read (a squeue
+    timeout, an SDK failure) is not idle: it says so in the log and counts nothing."""
+    from qec_kiln._backends import get_backend
     from qec_kiln._report.failures import batch_error
+    from qec_kiln._report.status import sweep_progress
+    from qec_kiln._storage import open_bucket
+    from qec_kiln._sweep.manifest import load_manifest
 
-    (report,) = status(end["bucket"], sweep=end["sweep"], log=log or quiet)
+    store = open_bucket(str(end["bucket"]))
+    manifest = load_manifest(store, end["sweep"])
+    backend = get_backend(manifest.backend)
+    try:
+        states: dict[Any, Any] | None = backend.job_states(store.url, end["sweep"])
+    except KilnError as ex:
+        states = None
+        if log is not None:
+            log(f"warning: could not read the jobs' states ({ex}); polling on")
+    report = sweep_progress(store, manifest, states or {})
     if all(b.done for b in report.batches):
         return -1
+    if states is None:
+        return idle
     active = any(b.job is not None and b.job.active for b in report.batches)
     idle = 0 if active else idle + 1
     if idle >= 3:
-        from qec_kiln._storage import open_bucket
-
-        store = open_bucket(end["bucket"])
         why = [f"{b}: {batch_error(store, end['sweep'], b) or 'no error line'}"
                for b in report.unfinished]
         raise KilnError(f"sweep {end['sweep']!r} ended unfinished ({'; '.join(why)}); "
@@ -308,15 +336,22 @@ def _raise_for(end: dict[str, Any], watcher: Any) -> None:
 
 
 def _final_stats(bucket_url: str, ids: set[str]) -> list[sinter.TaskStats]:
-    """Every row the bucket holds of the tasks ``ids`` (all its sweeps, as sinter counts a
-    resume file), merged."""
+    """Every row the bucket holds of the tasks ``ids`` (all its sweeps that hold one of them,
+    as sinter counts a resume file), merged. Only those sweeps are read: a damaged fragment of
+    an unrelated sweep must not drop (or fail) this call's rows; one of these sweeps' raises."""
     from qec_kiln._command._main_merge import merge
+    from qec_kiln._storage import open_bucket
+    from qec_kiln._sweep.manifest import list_sweeps, load_manifest
 
-    try:
-        stats = merge(bucket_url, None).stats
-    except KilnError:  # no sweep at all: nothing was sampled (the files' rows reached it all)
-        return []
-    return [s for s in stats if s.strong_id in ids]
+    store = open_bucket(bucket_url)
+    totals: dict[str, sinter.TaskStats] = {}
+    for name in list_sweeps(store):  # none: nothing was sampled (the files' rows reached it all)
+        if not any(t.get("strong_id") in ids for t in load_manifest(store, name).tasks):
+            continue
+        for st in merge(bucket_url, None, sweep=name).stats:
+            if st.strong_id in ids:
+                totals[st.strong_id] = totals[st.strong_id] + st if st.strong_id in totals else st
+    return list(totals.values())
 
 
 __all__ = ["collect", "iter_collect"]

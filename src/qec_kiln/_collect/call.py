@@ -44,7 +44,6 @@ from qec_kiln._sweep.spec import BATCH_OPTIONS, BatchOptions, TaskTarget
 UNLIMITED = 10**15
 
 
-
 def sort_keys(metadata: Any) -> str:
     """A task's json_metadata as sinter's CSV writes it (keys sorted), for matching rows."""
     return json.dumps(metadata, sort_keys=True)
@@ -73,7 +72,9 @@ class CollectCall:
         """Check sinter's keywords (``sinter_kw``) and qec-kiln's ``settings``, write the
         tasks' circuits under ``root``, and read the resume and existing-data files."""
         from qec_kiln._backends import backend_class
+        from qec_kiln._sweep.spec import SweepSpec
 
+        SweepSpec.check_setting_names(settings)  # a misspelt setting: refused before any write
         settings = dict(settings)
         backend = settings.get("backend") or "local"
         # The backend whose batches run here (and whose launch returns once they ended).
@@ -166,6 +167,7 @@ class CollectCall:
             if resume in paths:
                 raise ValueError("save_resume_filepath in existing_data_filepaths")
             if resume.exists():
+                _cut_torn_line(resume)
                 paths.append(resume)
             else:
                 resume.parent.mkdir(parents=True, exist_ok=True)
@@ -192,10 +194,28 @@ class CollectCall:
             self.settings["existing_data"] = [*(self.settings.get("existing_data") or ()), str(path)]
 
 
+def _cut_torn_line(path: pathlib.Path) -> None:
+    """Cut a resume file back to its last newline: a last line without one was torn by an
+    interrupted write, and the rows appended after it would be glued to it."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data[:data.rfind(b"\n") + 1]
+        path.write_bytes(keep or (sinter.CSV_HEADER + "\n").encode())
+
+
 def _backend_options(given: Any, num_workers: int | None, local: bool) -> Any:
     """The backend's options with sinter's ``num_workers`` as its ``processes`` (per batch:
     on the local backend, this machine's; on a remote one, per node) unless given; locally,
-    fragments synced every second, so progress reaches the caller as sinter's does."""
+    fragments synced every second, so progress reaches the caller as sinter's does, unless
+    the caller gave ``sync_seconds`` or an options object.
+
+    >>> from qec_kiln._backends.options import BackendOptions
+    >>> o = _backend_options(BackendOptions(sync_seconds=30.0), 2, True)
+    >>> (o.processes, o.sync_seconds)
+    (2, 30.0)
+    >>> _backend_options({"sync_seconds": 30.0}, 2, True)
+    {'processes': 2, 'sync_seconds': 30.0}
+    """
     changes: dict[str, Any] = {}
     if num_workers is not None:
         if not isinstance(num_workers, int) or num_workers < 1:
@@ -207,7 +227,9 @@ def _backend_options(given: Any, num_workers: int | None, local: bool) -> Any:
         return changes
     if isinstance(given, Mapping):
         return {**changes, **given}
-    mine = {k: v for k, v in changes.items() if getattr(given, k, None) in (None, 30.0)}
+    # An options object cannot tell an explicit value from its default (sync_seconds=30 is
+    # both): only what it leaves unset (None) is filled; its sync_seconds is the caller's.
+    mine = {k: v for k, v in changes.items() if k != "sync_seconds" and getattr(given, k) is None}
     return dataclasses.replace(given, **mine)
 
 
@@ -253,20 +275,28 @@ def _check_own_model(task: sinter.Task, i: int, post: Postselection) -> None:
 
 
 def _bucket_lines(bucket_url: str | None) -> set[str]:
-    """Every row line of every fragment in the bucket (to recognise rows it already holds)."""
+    """Every row line of every fragment in the bucket (to recognise rows it already holds).
+    A bucket that does not exist yet holds none (a local one lists empty); any other failure
+    to read it raises: the resume file's copies of its rows would otherwise count twice."""
     from qec_kiln._argtypes import DEFAULT_BUCKET
-    from qec_kiln._errors import StorageError
+    from qec_kiln._errors import ObjectNotFound, StorageError
 
+    url = os.fspath(bucket_url or DEFAULT_BUCKET)
+    lines: set[str] = set()
     try:
-        bucket = open_bucket(os.fspath(bucket_url or DEFAULT_BUCKET))
-        keys = [k for k in bucket.list_keys("") if "/fragments/" in k and k.endswith(".csv")]
-        lines: set[str] = set()
-        for k in keys:
-            lines.update(x.rstrip() for x in bucket.read_bytes(k).decode("utf-8", "replace")
-                         .splitlines()[1:])
-        return lines
-    except (StorageError, OSError):
-        return set()
+        bucket = open_bucket(url)
+        for k in bucket.list_keys(""):
+            if "/fragments/" not in k or not k.endswith(".csv"):
+                continue
+            try:
+                data = bucket.read_bytes(k)
+            except ObjectNotFound:  # deleted since it was listed: no rows to recognise
+                continue
+            lines.update(x.rstrip() for x in data.decode("utf-8", "replace").splitlines()[1:])
+    except (StorageError, OSError) as ex:
+        raise KilnError(f"{url}: cannot read the bucket's rows to tell the resume and "
+                        f"existing-data files' own rows from its copies ({ex})") from None
+    return lines
 
 
 def materialize(tasks: Any) -> list[Any]:

@@ -61,7 +61,11 @@ class Launch:
         self._read, self._write = os.pipe()
 
     def _send(self, event: dict[str, Any]) -> None:
-        os.write(self._write, (json.dumps(event) + "\n").encode())
+        # os.write may write part of a large event (a sweep's tasks, its fragments' sizes)
+        # once the pipe's buffer is nearly full: the rest follows, or the reader sees half a line.
+        data = memoryview((json.dumps(event) + "\n").encode())
+        while data:
+            data = data[os.write(self._write, data):]
 
     def _launch(self) -> None:
         def before_start(prepared: Any, _todo: Any, _relaunch: Any) -> None:

@@ -82,8 +82,6 @@ class FragmentWatcher:
                 f"{shots:,} shots, {errors:,} errors, ETA {eta}")
 
 
-
-
 def fragment_sizes(bucket: Bucket, manifest: Manifest) -> dict[str, int]:
     """Each batch's fragment's bytes of complete lines now (0: none yet)."""
     out = {}
