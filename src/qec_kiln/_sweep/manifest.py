@@ -297,8 +297,9 @@ def inputs_digest(circuits: list[CircuitEntry], decoders: list[str], max_shots: 
     """A digest of everything that defines the sweep's results (not of the plan).
     ``existing_data``: sha256 of each --existing-data file (with how they are used);
     ``shipped``: each shipped decoder object's identity (``_sweep.shipped.identity``), so that
-    another object under the same name is another sweep; ``task_targets`` (per-task targets, ``Targets.task_targets``). Each
-    enters the digest only when given, so sweeps without it keep their names."""
+    another object under the same name is another sweep; ``task_targets`` (per-task targets,
+    ``Targets.task_targets``). Each enters the digest only when given, so sweeps without it
+    keep their names."""
     h = hashlib.sha256()
     inputs = {
         "circuits": sorted((c.key, c.sha256) for c in circuits),
