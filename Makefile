@@ -107,7 +107,10 @@ SKY_TESTS := tests/test_sky_real.py
 # The suite runs on pytest-xdist workers: more workers than the 2 cores, since many tests wait
 # (on Slurm's scheduler, servers, subprocesses) rather than compute. The modules of one costly
 # fixture share a worker (XDIST_GROUPS in tests/conftest.py, CONTRIBUTING.md).
-TEST_WORKERS ?= 3
+# The suite runs serially beside the SkyPilot module by default: on 2 cores with 3 xdist
+# workers beside it, its timing tests (calibration bounds, the page's render time) and a Slurm
+# throttle test failed from load (issue 28 is open on this). TEST_WORKERS=3 runs it on workers.
+TEST_WORKERS ?= 0
 FAST_WORKERS ?= 2
 # sh starts a background command with SIGINT ignored, and Python then never raises
 # KeyboardInterrupt: give it back its default, so that Ctrl-C (or the trap below) still runs the

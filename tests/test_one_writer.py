@@ -254,13 +254,13 @@ def test_a_launch_that_loses_the_race_to_create_a_sweep_runs_the_winners_plan(
     real_upload = _prepare.upload_sweep
     winner = {}
 
-    def the_other_launch_wins(bucket, manifest, files, log):  # it planned and uploads first
+    def the_other_launch_wins(bucket, manifest, files, log, objects=None):  # it uploads first
         fleet = Fleet.build(dict(decoders=["pymatching"], max_shots=2000, max_errors=10**6,
                                  bucket=url, name="race", jobs=2))
         other = prepare_sweep(str(circuits), fleet, bucket, lambda s: None)
         assert real_upload(bucket, other.manifest, other.circuits, lambda s: None) is other.manifest
         winner["plan"] = other.manifest.dumps()
-        return real_upload(bucket, manifest, files, log)
+        return real_upload(bucket, manifest, files, log, objects)
 
     monkeypatch.setattr(_prepare, "upload_sweep", the_other_launch_wins)
     said: list[str] = []
