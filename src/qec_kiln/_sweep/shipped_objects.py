@@ -27,18 +27,13 @@ import cloudpickle
 import sinter
 
 
-class ShippedDecoder(sinter.Decoder):
-    """A shipped ``sinter.Decoder`` (or a duck-typed one): pickles as its own pickle."""
+class _Shipped:
+    """What both wrappers share: the object and its pickle, delegation of anything else the
+    object has, and pickling as that pickle."""
 
     def __init__(self, obj: Any, blob: bytes):
         self.obj = obj
         self.blob = blob
-
-    def compile_decoder_for_dem(self, *, dem: Any) -> Any:
-        return self.obj.compile_decoder_for_dem(dem=dem)
-
-    def decode_via_files(self, **kwargs: Any) -> None:  # sinter's keyword-only arguments
-        return self.obj.decode_via_files(**kwargs)
 
     def __getattr__(self, attr: str) -> Any:  # anything else the object has
         if attr in ("obj", "blob"):  # not set yet: no recursion
@@ -49,29 +44,24 @@ class ShippedDecoder(sinter.Decoder):
         return cloudpickle.loads, (self.blob,)
 
     def __repr__(self) -> str:
-        return f"ShippedDecoder({self.obj!r})"
+        return f"{type(self).__name__}({self.obj!r})"
 
 
-class ShippedSampler(sinter.Sampler):
+class ShippedDecoder(_Shipped, sinter.Decoder):
+    """A shipped ``sinter.Decoder`` (or a duck-typed one): pickles as its own pickle."""
+
+    def compile_decoder_for_dem(self, *, dem: Any) -> Any:
+        return self.obj.compile_decoder_for_dem(dem=dem)
+
+    def decode_via_files(self, **kwargs: Any) -> None:  # sinter's keyword-only arguments
+        return self.obj.decode_via_files(**kwargs)
+
+
+class ShippedSampler(_Shipped, sinter.Sampler):
     """A shipped ``sinter.Sampler``: pickles as its own pickle."""
-
-    def __init__(self, obj: Any, blob: bytes):
-        self.obj = obj
-        self.blob = blob
 
     def compiled_sampler_for_task(self, task: sinter.Task) -> sinter.CompiledSampler:
         return self.obj.compiled_sampler_for_task(task)
-
-    def __getattr__(self, attr: str) -> Any:
-        if attr in ("obj", "blob"):
-            raise AttributeError(attr)
-        return getattr(self.obj, attr)
-
-    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
-        return cloudpickle.loads, (self.blob,)
-
-    def __repr__(self) -> str:
-        return f"ShippedSampler({self.obj!r})"
 
 
 def wrap(obj: Any, blob: bytes) -> ShippedDecoder | ShippedSampler:
