@@ -35,6 +35,7 @@ from unittest import mock
 
 import pytest
 import sinter
+import stim
 
 from qec_kiln._errors import ObjectNotFound
 from qec_kiln._prepare import Fleet, prepare_sweep
@@ -65,6 +66,19 @@ def write_surface_circuits(folder: pathlib.Path, distances=(3, 5), noises=(0.001
 
     generate(["--out", str(folder), "-d", *map(str, distances), "-p", *map(str, noises)])
     return folder
+
+
+def repetition_circuit(d: int = 3, p: float = 0.05) -> stim.Circuit:
+    """A repetition-code memory circuit, ``d`` qubits, 3 rounds, depolarizing ``p`` (0: noiseless)."""
+    return stim.Circuit.generated("repetition_code:memory", distance=d, rounds=3,
+                                  after_clifford_depolarization=p)
+
+
+def sinter_strong_id(circuit: stim.Circuit, decoder: str, metadata: object) -> str:
+    """The strong_id ``sinter collect`` gives ``circuit`` with ``decoder`` and ``metadata``."""
+    dem = circuit.detector_error_model(decompose_errors=True, approximate_disjoint_errors=True)
+    return sinter.Task(circuit=circuit, decoder=decoder, detector_error_model=dem,
+                       json_metadata=metadata).strong_id()
 
 
 def run_kiln(*args: str, cwd=None, env=None, timeout=300, check=False) -> subprocess.CompletedProcess:

@@ -10,21 +10,10 @@ import json
 
 import pytest
 import sinter
-import stim
+from kiln_helpers import repetition_circuit, sinter_strong_id
 
 import qec_kiln
 from qec_kiln._errors import KilnError
-
-
-def _circuit(d: int = 3, p: float = 0.05) -> stim.Circuit:
-    return stim.Circuit.generated("repetition_code:memory", distance=d, rounds=3,
-                                  after_clifford_depolarization=p)
-
-
-def _sinter_id(circuit: stim.Circuit, decoder: str, metadata: object) -> str:
-    dem = circuit.detector_error_model(decompose_errors=True, approximate_disjoint_errors=True)
-    return sinter.Task(circuit=circuit, decoder=decoder, detector_error_model=dem,
-                       json_metadata=metadata).strong_id()
 
 
 def _shots(progress: list[sinter.Progress]) -> dict[str, int]:
@@ -46,7 +35,7 @@ def test_every_sinter_keyword_is_taken(ours, theirs):
 
 def test_bad_keywords_are_refused_by_name_before_anything_is_written(tmp_path):
     bucket = tmp_path / "b"
-    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    task = sinter.Task(circuit=repetition_circuit(), json_metadata={"d": 3})
     with pytest.raises(ValueError, match="neither max_shots nor max_errors"):
         qec_kiln.collect(num_workers=1, tasks=[task], bucket=str(bucket))
     with pytest.raises(ValueError, match="save_resume_filepath in existing_data_filepaths"):
@@ -56,11 +45,11 @@ def test_bad_keywords_are_refused_by_name_before_anything_is_written(tmp_path):
     with pytest.raises(KilnError, match="allowed_cpu_affinity_ids"):
         qec_kiln.collect(num_workers=1, tasks=[task], max_shots=10, bucket=str(bucket),
                          backend="slurm", allowed_cpu_affinity_ids=[0])
-    odd = sinter.Task(circuit=_circuit(5), json_metadata={"d": 5},
+    odd = sinter.Task(circuit=repetition_circuit(5), json_metadata={"d": 5},
                       collection_options=sinter.CollectionOptions(max_batch_size=2.5))
     with pytest.raises(ValueError, match=r"task 1: max_batch_size=2.5: give a positive integer"):
         qec_kiln.collect(num_workers=1, tasks=[task, odd], max_shots=10, bucket=str(bucket))
-    twice = sinter.Task(circuit=_circuit(), json_metadata={"d": 3},
+    twice = sinter.Task(circuit=repetition_circuit(), json_metadata={"d": 3},
                         collection_options=sinter.CollectionOptions(max_batch_size=7))
     with pytest.raises(KilnError, match=r"task 1: .* other targets or batch options"):
         qec_kiln.collect(num_workers=1, tasks=[task, twice], max_shots=10, bucket=str(bucket))
@@ -76,8 +65,8 @@ def test_sinter_keywords_become_the_sweeps_settings(tmp_path):
     from qec_kiln._collect.call import UNLIMITED, CollectCall
 
     own = sinter.CollectionOptions(max_shots=50, max_batch_size=64)
-    tasks = [sinter.Task(circuit=_circuit(3), json_metadata={"d": 3}, collection_options=own),
-             sinter.Task(circuit=_circuit(5), json_metadata=None, decoder="vacuous",
+    tasks = [sinter.Task(circuit=repetition_circuit(3), json_metadata={"d": 3}, collection_options=own),
+             sinter.Task(circuit=repetition_circuit(5), json_metadata=None, decoder="vacuous",
                          collection_options=sinter.CollectionOptions(max_batch_size=64))]
     call = CollectCall.build(tasks, dict(
         num_workers=3, decoders="pymatching", max_shots=100, max_errors=None,
@@ -110,9 +99,9 @@ def test_per_task_batch_options_ride_to_sinters_of_their_own(tmp_path):
     from qec_kiln._node.sinter_cmd import sinter_collect_argv
     from qec_kiln._sweep.batches import Shard, sinter_runs
 
-    tasks = [sinter.Task(circuit=_circuit(3), json_metadata={"d": 3}, collection_options=
+    tasks = [sinter.Task(circuit=repetition_circuit(3), json_metadata={"d": 3}, collection_options=
                          sinter.CollectionOptions(max_batch_size=64, max_batch_seconds=9)),
-             sinter.Task(circuit=_circuit(5), json_metadata={"d": 5})]
+             sinter.Task(circuit=repetition_circuit(5), json_metadata={"d": 5})]
     call = CollectCall.build(tasks, dict(num_workers=1, decoders=["pymatching"], max_shots=100,
                                          max_errors=None, start_batch_size=8,
                                          max_batch_seconds=5),
@@ -167,16 +156,16 @@ def test_per_task_batch_options_are_honoured_end_to_end(tmp_path):
     from qec_kiln._sweep.batches import sinter_runs
     from qec_kiln._sweep.manifest import list_sweeps, load_manifest
 
-    tasks = [sinter.Task(circuit=_circuit(3), json_metadata={"d": 3}, collection_options=
+    tasks = [sinter.Task(circuit=repetition_circuit(3), json_metadata={"d": 3}, collection_options=
                          sinter.CollectionOptions(max_shots=300, max_batch_size=50)),
-             sinter.Task(circuit=_circuit(5), json_metadata={"d": 5}, collection_options=
+             sinter.Task(circuit=repetition_circuit(5), json_metadata={"d": 5}, collection_options=
                          sinter.CollectionOptions(start_batch_size=16))]
     seen: list[sinter.Progress] = []
     stats = qec_kiln.collect(num_workers=1, tasks=tasks, decoders=["pymatching"], max_shots=700,
                              max_errors=None, progress_callback=seen.append,
                              bucket=str(tmp_path / "b"))
-    want = {_sinter_id(_circuit(3), "pymatching", {"d": 3}): 300,
-            _sinter_id(_circuit(5), "pymatching", {"d": 5}): 700}
+    want = {sinter_strong_id(repetition_circuit(3), "pymatching", {"d": 3}): 300,
+            sinter_strong_id(repetition_circuit(5), "pymatching", {"d": 5}): 700}
     assert {s.strong_id: s.shots for s in stats} == want and _shots(seen) == want
     store = open_bucket(str(tmp_path / "b"))
     (sweep,) = list_sweeps(store)
@@ -193,28 +182,28 @@ def test_a_notebook_decoder_object_on_the_local_backend(tmp_path):
     """``custom_decoders={name: object}`` of a notebook's ``__main__``: the object is shipped
     and run by the local nodes' sinter, with sinter's strong_ids and exact counts (noiseless
     circuits: ``AlwaysFlip(1)`` makes every shot an error, ``AlwaysFlip(0)`` none)."""
-    from kiln_helpers import notebook
+    from kiln_helpers import notebook, repetition_circuit, sinter_strong_id
 
     cell = notebook()
-    quiet = [sinter.Task(circuit=_circuit(d, 0.0), json_metadata={"d": d}) for d in (3, 5)]
+    quiet = [sinter.Task(circuit=repetition_circuit(d, 0.0), json_metadata={"d": d}) for d in (3, 5)]
     stats = qec_kiln.collect(num_workers=1, tasks=quiet, decoders=["flip", "keep"],
                              custom_decoders={"flip": cell.AlwaysFlip(1),
                                               "keep": cell.AlwaysFlip(0)},
                              max_shots=500, max_errors=10**6, bucket=str(tmp_path / "b"))
     got = {s.strong_id: (s.decoder, s.shots, s.errors) for s in stats}
-    assert got == {_sinter_id(_circuit(d, 0.0), name, {"d": d}): (name, 500, 500 * flips)
+    assert got == {sinter_strong_id(repetition_circuit(d, 0.0), name, {"d": d}): (name, 500, 500 * flips)
                    for d in (3, 5) for name, flips in (("flip", 1), ("keep", 0))}
 
 
 def test_an_unknown_decoder_raises_naming_it(tmp_path):
-    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    task = sinter.Task(circuit=repetition_circuit(), json_metadata={"d": 3})
     with pytest.raises(KilnError, match="nope"):
         qec_kiln.collect(num_workers=1, tasks=[task], decoders=["nope"], max_shots=10,
                          bucket=str(tmp_path / "b"))
 
 
 def test_closing_before_the_first_step_starts_nothing(tmp_path):
-    it = qec_kiln.iter_collect(num_workers=1, tasks=[sinter.Task(circuit=_circuit(),
+    it = qec_kiln.iter_collect(num_workers=1, tasks=[sinter.Task(circuit=repetition_circuit(),
                                json_metadata=None)], max_shots=10, bucket=str(tmp_path / "b"))
     first = next(it)
     assert first.new_stats == () and "Starting" in first.status_message
@@ -228,11 +217,11 @@ def test_per_task_options_decoders_paths_and_null_metadata(tmp_path):
     one only; circuit_path and json_metadata=None give sinter's strong_ids; the progress
     callback sees every row, and the counts of observable combos are sinter's."""
     path = tmp_path / "c.stim"
-    path.write_text(str(_circuit(5)))
+    path.write_text(str(repetition_circuit(5)))
     tasks = [
-        sinter.Task(circuit=_circuit(3), json_metadata={"d": 3},
+        sinter.Task(circuit=repetition_circuit(3), json_metadata={"d": 3},
                     collection_options=sinter.CollectionOptions(max_shots=300)),
-        sinter.Task(circuit=_circuit(3, 0.02), json_metadata=None, decoder="vacuous"),
+        sinter.Task(circuit=repetition_circuit(3, 0.02), json_metadata=None, decoder="vacuous"),
         sinter.Task(circuit_path=str(path), json_metadata=[5, "x"]),
     ]
     seen: list[sinter.Progress] = []
@@ -240,9 +229,9 @@ def test_per_task_options_decoders_paths_and_null_metadata(tmp_path):
                              decoders=["pymatching"], max_shots=1000, max_errors=None,
                              count_observable_error_combos=True, progress_callback=seen.append,
                              bucket=str(tmp_path / "b"))
-    want = {_sinter_id(_circuit(3), "pymatching", {"d": 3}): 300,
-            _sinter_id(_circuit(3, 0.02), "vacuous", None): 1000,
-            _sinter_id(_circuit(5), "pymatching", [5, "x"]): 1000}
+    want = {sinter_strong_id(repetition_circuit(3), "pymatching", {"d": 3}): 300,
+            sinter_strong_id(repetition_circuit(3, 0.02), "vacuous", None): 1000,
+            sinter_strong_id(repetition_circuit(5), "pymatching", [5, "x"]): 1000}
     assert {s.strong_id: s.shots for s in stats} == want
     assert all(isinstance(p, sinter.Progress) for p in seen) and _shots(seen) == want
     for s in stats:
@@ -252,8 +241,8 @@ def test_per_task_options_decoders_paths_and_null_metadata(tmp_path):
 
 @pytest.mark.slow
 def test_save_resume_filepath_twice_and_existing_data(tmp_path, capsys):
-    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
-    sid = _sinter_id(_circuit(), "pymatching", {"d": 3})
+    task = sinter.Task(circuit=repetition_circuit(), json_metadata={"d": 3})
+    sid = sinter_strong_id(repetition_circuit(), "pymatching", {"d": 3})
     earlier = sinter.collect(num_workers=1, tasks=[task], decoders=["pymatching"], max_shots=400,
                              max_errors=10**6)
     old = tmp_path / "old.csv"
@@ -281,8 +270,8 @@ def test_save_resume_filepath_twice_and_existing_data(tmp_path, capsys):
 def test_iter_collect_closed_early_then_resumed(tmp_path):
     """Closing the generator cancels the sweep (complete rows kept); the same call again
     resumes it and samples exactly what was left."""
-    task = sinter.Task(circuit=_circuit(9, 0.01), json_metadata={"d": 9})
-    sid = _sinter_id(_circuit(9, 0.01), "pymatching", {"d": 9})
+    task = sinter.Task(circuit=repetition_circuit(9, 0.01), json_metadata={"d": 9})
+    sid = sinter_strong_id(repetition_circuit(9, 0.01), "pymatching", {"d": 9})
     target = 6_000_000  # many sync periods: the close lands well before the batch ends
     kw = dict(num_workers=1, tasks=[task], decoders=["pymatching"], max_shots=target,
               max_errors=10**9, bucket=str(tmp_path / "b"))
@@ -306,22 +295,22 @@ def test_iter_collect_closed_early_then_resumed(tmp_path):
 
 @pytest.mark.slow
 def test_detection_events_as_the_error_count(tmp_path):
-    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    task = sinter.Task(circuit=repetition_circuit(), json_metadata={"d": 3})
     (st,) = qec_kiln.collect(num_workers=1, tasks=[task], decoders=["pymatching"],
                              max_shots=10**6, max_errors=500, count_detection_events=True,
                              custom_error_count_key="detection_events", max_batch_size=100,
                              allowed_cpu_affinity_ids=[0], bucket=str(tmp_path / "b"))
     # sinter stops a task once its custom count reaches max_errors: far below max_shots here
     assert st.custom_counts["detection_events"] >= 500 and st.shots < 10**4
-    assert st.strong_id == _sinter_id(_circuit(), "pymatching", {"d": 3})
+    assert st.strong_id == sinter_strong_id(repetition_circuit(), "pymatching", {"d": 3})
     logs = "".join(f.read_text() for f in (tmp_path / "b").glob("*/logs/*.log"))
     assert "processes 1, CPUs 0\n" in logs  # allowed_cpu_affinity_ids: the batch's CPUs
 
 
 @pytest.mark.slow
 def test_additional_existing_data_counts_toward_the_targets(tmp_path):
-    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
-    had = sinter.TaskStats(strong_id=_sinter_id(_circuit(), "pymatching", {"d": 3}),
+    task = sinter.Task(circuit=repetition_circuit(), json_metadata={"d": 3})
+    had = sinter.TaskStats(strong_id=sinter_strong_id(repetition_circuit(), "pymatching", {"d": 3}),
                            decoder="pymatching", json_metadata={"d": 3}, shots=700)
     got = list(qec_kiln.iter_collect(num_workers=1, tasks=[task], decoders=["pymatching"],
                                      max_shots=1000, additional_existing_data=[had],
@@ -350,7 +339,7 @@ def test_a_failing_decoder_raises_naming_the_task_and_its_last_error_line(tmp_pa
     (tmp_path / "kiln_failing_decoder.py").write_text(_FAILING_DECODER)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # sinter's spawned workers import it too
-    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    task = sinter.Task(circuit=repetition_circuit(), json_metadata={"d": 3})
     with pytest.raises(KilnError, match=r"b000 \[\{'d': 3\} \(failing\)\]: .*RuntimeError: this "
                        "decoder always fails"):
         qec_kiln.collect(num_workers=1, tasks=[task], decoders=["failing"], max_shots=100,
@@ -361,10 +350,10 @@ def test_a_failing_decoder_raises_naming_the_task_and_its_last_error_line(tmp_pa
 @pytest.mark.slow
 def test_where_forking_is_unsafe_the_launch_runs_in_a_thread(tmp_path, monkeypatch):
     monkeypatch.setenv("QEC_KILN_FORK", "0")  # as a notebook's threads would
-    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    task = sinter.Task(circuit=repetition_circuit(), json_metadata={"d": 3})
     got = list(qec_kiln.iter_collect(num_workers=1, tasks=[task], decoders=["pymatching"],
                                      max_shots=700, bucket=str(tmp_path / "b")))
-    assert _shots(got) == {_sinter_id(_circuit(), "pymatching", {"d": 3}): 700}
+    assert _shots(got) == {sinter_strong_id(repetition_circuit(), "pymatching", {"d": 3}): 700}
 
 
 def _fake_sweep(monkeypatch, job_states):
@@ -415,16 +404,16 @@ def test_a_damaged_fragment_of_another_sweep_leaves_collects_rows_whole(tmp_path
     """collect returns its tasks' rows from the sweeps that hold them; a damaged fragment of an
     unrelated sweep in the same bucket is not read (it once dropped every row silently)."""
     bucket = str(tmp_path / "b")
-    other = sinter.Task(circuit=_circuit(5), json_metadata={"d": 5})
+    other = sinter.Task(circuit=repetition_circuit(5), json_metadata={"d": 5})
     qec_kiln.collect(tasks=[other], num_workers=1, decoders=["vacuous"], max_shots=100,
                      bucket=bucket)
     (frag,) = [f for f in (tmp_path / "b").glob("*/fragments/*.csv")]
     frag.write_text("not a sinter csv\n" + frag.read_text())  # the other sweep, damaged
-    mine = sinter.Task(circuit=_circuit(3), json_metadata={"d": 3})
+    mine = sinter.Task(circuit=repetition_circuit(3), json_metadata={"d": 3})
     stats = qec_kiln.collect(tasks=[mine], num_workers=1, decoders=["vacuous"], max_shots=300,
                              bucket=bucket)
     assert [(s.strong_id, s.shots) for s in stats] == [
-        (_sinter_id(_circuit(3), "vacuous", {"d": 3}), 300)]
+        (sinter_strong_id(repetition_circuit(3), "vacuous", {"d": 3}), 300)]
 
 
 def test_an_unreadable_bucket_raises_rather_than_counting_resume_rows_twice(tmp_path,
@@ -434,7 +423,7 @@ def test_an_unreadable_bucket_raises_rather_than_counting_resume_rows_twice(tmp_
     from qec_kiln._errors import StorageError
     from qec_kiln._storage._local import LocalBucket
 
-    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    task = sinter.Task(circuit=repetition_circuit(), json_metadata={"d": 3})
     kw = dict(tasks=[task], num_workers=1, decoders=["vacuous"], max_shots=200,
               bucket=str(tmp_path / "b"), save_resume_filepath=str(tmp_path / "r.csv"))
     assert [s.shots for s in qec_kiln.collect(**kw)] == [200]
@@ -450,7 +439,7 @@ def test_an_unreadable_bucket_raises_rather_than_counting_resume_rows_twice(tmp_
 
 
 def test_a_resume_file_with_a_torn_last_line_is_cut_back_before_appending(tmp_path):
-    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    task = sinter.Task(circuit=repetition_circuit(), json_metadata={"d": 3})
     resume = tmp_path / "r.csv"
     kw = dict(tasks=[task], num_workers=1, decoders=["vacuous"], max_shots=100,
               bucket=str(tmp_path / "b"), save_resume_filepath=str(resume))

@@ -18,24 +18,12 @@ import types
 
 import pytest
 import sinter
-import stim
-from kiln_helpers import notebook
+from kiln_helpers import notebook, repetition_circuit, sinter_strong_id
 
 import qec_kiln
 from qec_kiln._errors import KilnError
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-def _circuit(d: int = 3, p: float = 0.0) -> stim.Circuit:
-    return stim.Circuit.generated("repetition_code:memory", distance=d, rounds=3,
-                                  after_clifford_depolarization=p)
-
-
-def _sinter_id(circuit: stim.Circuit, decoder: str, metadata: object) -> str:
-    dem = circuit.detector_error_model(decompose_errors=True, approximate_disjoint_errors=True)
-    return sinter.Task(circuit=circuit, decoder=decoder, detector_error_model=dem,
-                       json_metadata=metadata).strong_id()
 
 
 def _totals(progress: list[sinter.Progress]) -> dict[str, tuple[int, int]]:
@@ -86,10 +74,10 @@ def _kw(tmp_path, tasks, **more):
 
 def test_iter_collect_on_slurm_yields_the_rows_and_collect_again_submits_nothing(
         slurm_cluster, sbatches, tmp_path):
-    tasks = [sinter.Task(circuit=_circuit(d, 0.05), json_metadata={"d": d}) for d in (3, 5)]
+    tasks = [sinter.Task(circuit=repetition_circuit(d, 0.05), json_metadata={"d": d}) for d in (3, 5)]
     kw = _kw(tmp_path, tasks, decoders=["pymatching"], max_shots=2000, jobs=2)
     got = list(qec_kiln.iter_collect(**kw))
-    want = {_sinter_id(_circuit(d, 0.05), "pymatching", {"d": d}): 2000 for d in (3, 5)}
+    want = {sinter_strong_id(repetition_circuit(d, 0.05), "pymatching", {"d": d}): 2000 for d in (3, 5)}
     assert {sid: shots for sid, (shots, _) in _totals(got).items()} == want
     (array,) = sbatches  # one array of two tasks, each ending on its own (its lease, its log)
     slurm_cluster.wait_for(lambda: list(slurm_cluster.states(array).values())
@@ -104,7 +92,7 @@ def test_collect_while_the_sweeps_jobs_still_run_waits_for_them(slurm_cluster, s
     """A second call while the first call's jobs run (a notebook restarted, an iteration left
     open) has nothing to submit: it follows those jobs to the end and returns exact totals
     (it once returned the rows landed so far, with no error)."""
-    task = sinter.Task(circuit=_circuit(9, 0.01), json_metadata={"d": 9})
+    task = sinter.Task(circuit=repetition_circuit(9, 0.01), json_metadata={"d": 9})
     kw = _kw(tmp_path, [task], decoders=["pymatching"], max_shots=10_000_000, max_errors=10**9)
     it = qec_kiln.iter_collect(**kw)
     first = 0
@@ -115,7 +103,7 @@ def test_collect_while_the_sweeps_jobs_still_run_waits_for_them(slurm_cluster, s
     assert 0 < first < 10_000_000  # the job runs on: the iteration is neither closed nor resumed
     stats = qec_kiln.collect(**kw)
     assert [(s.strong_id, s.shots) for s in stats] == [
-        (_sinter_id(_circuit(9, 0.01), "pymatching", {"d": 9}), 10_000_000)]
+        (sinter_strong_id(repetition_circuit(9, 0.01), "pymatching", {"d": 9}), 10_000_000)]
     assert len(sbatches) == 1  # the second call submitted nothing
     it.close()
 
@@ -129,7 +117,7 @@ def test_a_failing_check_of_the_monitor_leaves_the_jobs_running(slurm_cluster, s
     def broken(end, idle, log):
         raise KilnError("the monitor's check failed")
 
-    task = sinter.Task(circuit=_circuit(9, 0.01), json_metadata={"d": 9})
+    task = sinter.Task(circuit=repetition_circuit(9, 0.01), json_metadata={"d": 9})
     kw = _kw(tmp_path, [task], decoders=["pymatching"], max_shots=10_000_000, max_errors=10**9)
     with monkeypatch.context() as patched, pytest.raises(KilnError, match="the monitor's check"):
         patched.setattr(api, "_remote_done", broken)
@@ -156,7 +144,7 @@ def test_ctrl_c_during_the_submission_cancels_what_was_submitted(slurm_cluster, 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(slurm, "append_launch_record", interrupted)
-    task = sinter.Task(circuit=_circuit(9, 0.01), json_metadata={"d": 9})
+    task = sinter.Task(circuit=repetition_circuit(9, 0.01), json_metadata={"d": 9})
     with pytest.raises(KeyboardInterrupt):
         qec_kiln.collect(**_kw(tmp_path, [task], decoders=["pymatching"], max_shots=10_000_000,
                                max_errors=10**9))
@@ -171,15 +159,15 @@ def test_a_notebook_decoder_object_and_per_task_options_run_on_slurm_exactly(
     ``__main__``, two tasks with their own max_shots (and their own max_batch_size, so they
     run in sinters of their own), through ``iter_collect`` on the real Slurm cluster."""
     cell = notebook()
-    tasks = [sinter.Task(circuit=_circuit(3), json_metadata={"d": 3}, collection_options=
+    tasks = [sinter.Task(circuit=repetition_circuit(3, 0.0), json_metadata={"d": 3}, collection_options=
                          sinter.CollectionOptions(max_shots=300, max_batch_size=100)),
-             sinter.Task(circuit=_circuit(5), json_metadata={"d": 5}, collection_options=
+             sinter.Task(circuit=repetition_circuit(5, 0.0), json_metadata={"d": 5}, collection_options=
                          sinter.CollectionOptions(max_shots=700))]
     kw = _kw(tmp_path, tasks, decoders=["flip"], custom_decoders={"flip": cell.AlwaysFlip(1)},
              max_shots=10**6, max_errors=10**6)
     got = list(qec_kiln.iter_collect(**kw))
-    want = {_sinter_id(_circuit(3), "flip", {"d": 3}): (300, 300),
-            _sinter_id(_circuit(5), "flip", {"d": 5}): (700, 700)}
+    want = {sinter_strong_id(repetition_circuit(3, 0.0), "flip", {"d": 3}): (300, 300),
+            sinter_strong_id(repetition_circuit(5, 0.0), "flip", {"d": 5}): (700, 700)}
     assert _totals(got) == want  # each task stops at its own target, every shot an error
     logs = "".join(f.read_text() for f in (tmp_path / "b").glob("*/logs/*.log"))
     assert ", --max_batch_size 100\n" in logs  # d=3's own sinter, with its own batch size
@@ -202,7 +190,7 @@ def test_a_sweep_whose_slurm_job_fails_raises_naming_the_batch_and_its_error(
         slurm_cluster, sbatches, tmp_path):
     cell = types.ModuleType("__main__")  # a notebook's class: pickled by value, fails on the node
     exec(compile(_FAILING_CELL, "<notebook cell>", "exec"), cell.__dict__)  # noqa: S102
-    task = sinter.Task(circuit=_circuit(), json_metadata={"d": 3})
+    task = sinter.Task(circuit=repetition_circuit(3, 0.0), json_metadata={"d": 3})
     lines: list[str] = []
     with pytest.raises(KilnError, match=r"ended unfinished \(b000: .*RuntimeError: this decoder "
                        r"object always fails\); collect again"):
