@@ -27,11 +27,13 @@ import dataclasses
 import importlib.util
 import json
 import os
+import select
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,18 +85,35 @@ class SkyLocal:
     def guard_log(self) -> Path:
         return self.state_dir / "net-guard.log"
 
+    _sdk_child: _SdkChild | None = dataclasses.field(default=None, repr=False, compare=False)
+    _sdk_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False,
+                                                  compare=False)
+
     def sdk(self, code: str, timeout: float = 300.0) -> Any:
-        """Run ``code`` (which sets ``out``) with the SkyPilot SDK of this venv in a child
-        process with :attr:`env`; return ``out`` (JSON-able)."""
-        prog = ("import json, sky\nout = None\n" + code
-                + "\nprint('@@OUT@@' + json.dumps(out, default=str))\n")
-        proc = subprocess.run([sys.executable, "-c", prog], env=self.env, capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
-        marker = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@OUT@@")]
-        if proc.returncode != 0 or not marker:
-            raise AssertionError(f"SDK call failed ({proc.returncode}):\n{code}\n"
-                                 f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-        return json.loads(marker[-1][len("@@OUT@@"):])
+        """Run ``code`` (which sets ``out``) with the SkyPilot SDK of this venv, in one child
+        process with :attr:`env` kept for the session; return ``out`` (JSON-able).
+
+        One child, not one per call: importing SkyPilot costs about 3 s of CPU, and the tests
+        poll the queue every few seconds from several threads for a quarter of an hour, beside
+        the rest of the suite on 2 cores. Calls take turns; a call that fails or times out
+        raises AssertionError and the next call starts a fresh child.
+        """
+        with self._sdk_lock:
+            if self._sdk_child is None or not self._sdk_child.alive():
+                self._sdk_child = _SdkChild(self.env, self.state_dir / "log" / "sdk-child.log")
+            try:
+                return self._sdk_child.run(code, timeout)
+            finally:
+                if self._sdk_child.broken:  # timed out or gone: its reply would come late
+                    self._sdk_child.close()
+                    self._sdk_child = None
+
+    def close(self) -> None:
+        """End the SDK child (the fixture's teardown)."""
+        with self._sdk_lock:
+            if self._sdk_child is not None:
+                self._sdk_child.close()
+                self._sdk_child = None
 
     def queue(self) -> list[dict[str, Any]]:
         """Every managed job, as dicts from ``sky.jobs.queue_v2`` (status as its name), with
@@ -159,6 +178,84 @@ class SkyLocal:
             return [ln for ln in self.guard_log.read_text().splitlines() if ln.strip()]
         except FileNotFoundError:
             return []
+
+
+#: The SDK child's loop: one snippet per stdin line (JSON), its ``out`` or its traceback back as
+#: one marked stdout line (SkyPilot may print lines of its own there too).
+_SDK_LOOP = r"""
+import json, sys, traceback
+import sky
+for line in sys.stdin:
+    scope = {"sky": sky, "json": json, "out": None}
+    try:
+        exec(json.loads(line), scope)
+        reply = "@@OUT@@" + json.dumps(scope["out"], default=str)
+    except BaseException:
+        reply = "@@ERR@@" + json.dumps(traceback.format_exc())
+    sys.stdout.write("\n" + reply + "\n")
+    sys.stdout.flush()
+"""
+
+
+class _SdkChild:
+    """A Python with the SkyPilot SDK imported once, running the snippets it is sent."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-u", "-c", _SDK_LOOP], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._log)
+        self._buffer = b""
+        self.broken = False
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(self, code: str, timeout: float) -> Any:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(json.dumps(code).encode() + b"\n")
+            self.proc.stdin.flush()
+        except OSError as exc:
+            self.broken = True
+            raise AssertionError(f"SDK child gone ({self.proc.poll()}): {exc}\n{code}") from exc
+        deadline = time.monotonic() + timeout
+        seen = []
+        fd = self.proc.stdout.fileno()
+        while True:
+            while b"\n" in self._buffer:
+                line, self._buffer = self._buffer.split(b"\n", 1)
+                text = line.decode(errors="replace")
+                if text.startswith("@@OUT@@"):
+                    return json.loads(text[len("@@OUT@@"):])
+                if text.startswith("@@ERR@@"):
+                    raise AssertionError(f"SDK call failed:\n{code}\n"
+                                         f"{json.loads(text[len('@@ERR@@'):])[-3000:]}")
+                seen.append(text)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.broken = True
+                raise AssertionError(f"SDK call timed out after {timeout:g} s:\n{code}\n"
+                                     + "\n".join(seen[-20:]))
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    self.broken = True
+                    raise AssertionError(f"SDK child exited ({self.proc.wait()}):\n{code}\n"
+                                         + "\n".join(seen[-20:]) + f"\n(stderr: {self._log.name})")
+                self._buffer += chunk
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
+        self._log.close()
 
 
 def _run_sh(*args: str, timeout: float, env: dict[str, str] | None = None
@@ -246,6 +343,8 @@ def sky_local(request: pytest.FixtureRequest) -> Iterator[SkyLocal]:
             sys.path.remove(str(guard_dir))
         yield local
     finally:
+        if local is not None:
+            local.close()
         stop()
         with contextlib.suppress(ValueError):
             atexit.unregister(stop)
