@@ -63,7 +63,7 @@ def test_demo_installs_no_extras_and_test_adds_the_test_extra():
     _, demo_install = _recipe(stamp)
     assert "$(PIP) -e .\n" in demo_install and "[" not in demo_install  # $(PIP): tests/test_lock.py
     test_prereqs, _ = _recipe("test")
-    lint_prereqs, _ = _recipe("lint")  # `test` runs `lint` (ruff, mypy) first
+    lint_prereqs, _ = _recipe("lint")  # `test` runs `lint` (ruff, mypy) beside the suite
     [test_stamp] = [p for p in (test_prereqs + " " + lint_prereqs).split() if "STAMP" in p]
     assert test_stamp != stamp, "the test extra needs its own stamp file"
     _, test_install = _recipe(test_stamp)
