@@ -104,19 +104,23 @@ sky-deps:
 # Slurm cluster of SkyPilot's own), and run beside lint and the suite; `make test` fails when
 # any fails. Lint's and their output follow the suite's.
 SKY_TESTS := tests/test_sky_real.py
-# The suite runs on pytest-xdist workers, beside lint and the SkyPilot module: many of its tests
-# wait (on Slurm's scheduler, servers, subprocesses) rather than compute. The modules of one
-# costly fixture share a worker (XDIST_GROUPS in tests/conftest.py, CONTRIBUTING.md); timed
-# goals live in bench/, so a loaded machine slows the tests but does not fail them.
-# TEST_WORKERS=0 runs the suite in this process, serially.
-TEST_WORKERS ?= 2
+# The suite runs beside lint and the SkyPilot module, serially by default: on 2 cores every part
+# of this machine's work is CPU (SkyPilot's clusters run here too), and 2 xdist workers beside
+# the SkyPilot module ran the suite slower than one (126 tests in 14 min: every poll of every
+# part costs more the longer the run). TEST_WORKERS=N runs it on N pytest-xdist workers, for a
+# machine with more cores; the modules of one costly fixture share a worker (XDIST_GROUPS in
+# tests/conftest.py, CONTRIBUTING.md). Timed goals live in bench/: load slows tests, never fails them.
+TEST_WORKERS ?= 0
 FAST_WORKERS ?= 2
 # sh starts a background command with SIGINT ignored, and Python then never raises
 # KeyboardInterrupt: give it back its default, so that Ctrl-C (or the trap below) still runs the
 # fixtures' teardown (the SkyPilot server, its Slurm cluster, its jobs).
 export UNIGNORE_SIGINT := import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); \
 	os.execv(sys.argv[1], sys.argv[1:])
-test: install-test slurm-deps browser-deps sky-deps
+# The two venvs (the tests' and the local SkyPilot's, each a few minutes of pip) install side by
+# side, after the Debian packages (apt takes one lock).
+test: slurm-deps browser-deps
+	@$(MAKE) --no-print-directory -j2 install-test sky-deps
 	@log=$$(mktemp); lintlog=$$(mktemp); \
 	$(PY) -c "$$UNIGNORE_SIGINT" $(VENV)/bin/pytest -p no:cacheprovider $(SKY_TESTS) \
 		>"$$log" 2>&1 & sky=$$!; \

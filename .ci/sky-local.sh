@@ -5,7 +5,8 @@
 #
 #   .ci/sky-local.sh install          apt-get slurm-wlm munge openssh-server rsync; a venv with
 #                                     skypilot[slurm]==0.14.1 and uv at constraints.txt's versions (KILN_SKY_VENV, default
-#                                     .ci/.sky-venv), patched to probe the internet on loopback
+#                                     .ci/.sky-venv), patched to probe the internet on loopback,
+#                                     a skylet port per cluster and slower controller polls
 #   .ci/sky-local.sh start STATE_DIR  Slurm (unless KILN_SKY_SLURM_CONF names a running one), sshd
 #                                     on 127.0.0.1, the API server; prints the client's exports
 #   .ci/sky-local.sh stop  STATE_DIR  stop all that start started, by pid; idempotent
@@ -92,6 +93,21 @@ cmd_install() {
         sed -i "s|^    port = common_utils.find_free_port(constants.SKYLET_GRPC_PORT)$|    port = common_utils.find_free_port(constants.SKYLET_GRPC_PORT + 1 + __import__('zlib').crc32(os.path.abspath(PORT_FILE).encode()) % 4000)  # qec-kiln .ci/sky-local.sh|" "$sk"
     fi
     grep -q "qec-kiln .ci/sky-local.sh" "$sk" || die "could not patch the skylet port in $sk"
+    # 1c. The jobs controller's polls, for 2 cores that also run every cluster. Each check of a
+    #     running job's status is an SSH command that starts a Python importing SkyPilot on the
+    #     "node" (this machine): every 15 s per job it took about a third of a core in the tests,
+    #     so every 30 s here (a state change is seen up to 15 s later). A job queued on a busy pool
+    #     asks for a worker every second (a database round and a logged traceback each time):
+    #     every 5 s here.
+    local ju rs
+    ju="$(dirname "$bu")/../jobs/utils.py"
+    rs="$(dirname "$bu")/../jobs/recovery_strategy.py"
+    sed -i "s|^JOB_STATUS_CHECK_GAP_SECONDS = 15$|JOB_STATUS_CHECK_GAP_SECONDS = 30  # qec-kiln .ci/sky-local.sh|" "$ju"
+    grep -q "^JOB_STATUS_CHECK_GAP_SECONDS = 30  # qec-kiln .ci/sky-local.sh" "$ju" \
+        || die "could not patch JOB_STATUS_CHECK_GAP_SECONDS in $ju"
+    sed -i "s|^                               if self.pool is None else 1)$|                               if self.pool is None else 5)  # qec-kiln .ci/sky-local.sh|" "$rs"
+    grep -q "if self.pool is None else 5)  # qec-kiln .ci/sky-local.sh" "$rs" \
+        || die "could not patch the pool's retry gap in $rs"
     # 2. The network guard in every interpreter of the venv.
     local site
     site=$(dirname "$(dirname "$(dirname "$bu")")")
