@@ -104,30 +104,35 @@ sky-deps:
 # Slurm cluster of SkyPilot's own), and run beside lint and the suite; `make test` fails when
 # any fails. Lint's and their output follow the suite's.
 SKY_TESTS := tests/test_sky_real.py
-# The suite runs beside lint and the SkyPilot module, serially by default: on 2 cores every part
-# of this machine's work is CPU (SkyPilot's clusters run here too), and 2 xdist workers beside
-# the SkyPilot module ran the suite slower than one (126 tests in 14 min: every poll of every
-# part costs more the longer the run). TEST_WORKERS=N runs it on N pytest-xdist workers, for a
-# machine with more cores; the modules of one costly fixture share a worker (XDIST_GROUPS in
-# tests/conftest.py, CONTRIBUTING.md). Timed goals live in bench/: load slows tests, never fails them.
-TEST_WORKERS ?= 0
+# The suite and lint run beside the SkyPilot module at a lower priority (nice): on 2 cores every
+# part of this machine's work is CPU, SkyPilot's local clusters included, and the SkyPilot
+# module is the long pole (its preemption drill provisions two clusters one after the other), so
+# it gets the CPU it asks for and the suite, on 2 pytest-xdist workers, everything it leaves.
+# Beside it at the same priority, serially, the suite took 27 minutes (CONTRIBUTING.md).
+# TEST_WORKERS=0 runs the suite in one process; TEST_NICE=0 at the same priority. The modules of
+# one costly fixture share a worker (XDIST_GROUPS in tests/conftest.py). Timed goals live in
+# bench/: load slows tests, never fails them.
+TEST_WORKERS ?= 2
+TEST_NICE ?= 10
 FAST_WORKERS ?= 2
 # sh starts a background command with SIGINT ignored, and Python then never raises
 # KeyboardInterrupt: give it back its default, so that Ctrl-C (or the trap below) still runs the
 # fixtures' teardown (the SkyPilot server, its Slurm cluster, its jobs).
 export UNIGNORE_SIGINT := import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); \
 	os.execv(sys.argv[1], sys.argv[1:])
-# The two venvs (the tests' and the local SkyPilot's, each a few minutes of pip) install side by
-# side, after the Debian packages (apt takes one lock).
-test: slurm-deps browser-deps
+# The Debian packages first, one after another (apt takes one lock, even under `make -j`); then
+# the two venvs (the tests' and the local SkyPilot's, each a few minutes of pip) side by side
+# (sky-deps' own apt step then finds its packages installed, or installs sshd and rsync alone).
+test:
+	@$(MAKE) --no-print-directory -j1 slurm-deps browser-deps
 	@$(MAKE) --no-print-directory -j2 install-test sky-deps
 	@log=$$(mktemp); lintlog=$$(mktemp); \
 	$(PY) -c "$$UNIGNORE_SIGINT" $(VENV)/bin/pytest -p no:cacheprovider $(SKY_TESTS) \
 		>"$$log" 2>&1 & sky=$$!; \
-	$(MAKE) --no-print-directory lint >"$$lintlog" 2>&1 & lint=$$!; \
+	nice -n $(TEST_NICE) $(MAKE) --no-print-directory lint >"$$lintlog" 2>&1 & lint=$$!; \
 	trap 'kill -INT $$sky 2>/dev/null; kill $$lint 2>/dev/null; wait $$sky; rm -f "$$log" "$$lintlog"; exit 130' INT TERM; \
 	start=$$(date +%s); \
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --deselect $(SKY_TESTS); suite=$$?; \
+	nice -n $(TEST_NICE) $(VENV)/bin/pytest -n $(TEST_WORKERS) --deselect $(SKY_TESTS); suite=$$?; \
 	echo "make test: the suite took $$(( $$(date +%s) - start )) s"; \
 	wait $$lint; lintrc=$$?; \
 	echo "================ lint (ruff, mypy), run beside the suite ================"; \

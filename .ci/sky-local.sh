@@ -96,7 +96,8 @@ cmd_install() {
     # 1c. The jobs controller's polls, for 2 cores that also run every cluster. Each check of a
     #     running job's status is an SSH command that starts a Python importing SkyPilot on the
     #     "node" (this machine): every 15 s per job it took about a third of a core in the tests,
-    #     so every 30 s here (a state change is seen up to 15 s later). A job queued on a busy pool
+    #     so every 30 s here (a state change is seen up to 15 s later; a job whose checks keep
+    #     failing is declared unhealthy after about 150 s instead of 75). A job queued on a busy pool
     #     asks for a worker every second (a database round and a logged traceback each time):
     #     every 5 s here.
     local ju rs

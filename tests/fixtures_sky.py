@@ -85,9 +85,10 @@ class SkyLocal:
     def guard_log(self) -> Path:
         return self.state_dir / "net-guard.log"
 
-    _sdk_child: _SdkChild | None = dataclasses.field(default=None, repr=False, compare=False)
-    _sdk_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False,
-                                                  compare=False)
+    _sdk_child: _SdkChild | None = dataclasses.field(default=None, init=False, repr=False,
+                                                     compare=False)
+    _sdk_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, init=False,
+                                                  repr=False, compare=False)
 
     def sdk(self, code: str, timeout: float = 300.0) -> Any:
         """Run ``code`` (which sets ``out``) with the SkyPilot SDK of this venv, in one child
@@ -95,11 +96,16 @@ class SkyLocal:
 
         One child, not one per call: importing SkyPilot costs about 3 s of CPU, and the tests
         poll the queue every few seconds from several threads for a quarter of an hour, beside
-        the rest of the suite on 2 cores. Calls take turns; a call that fails or times out
-        raises AssertionError and the next call starts a fresh child.
+        the rest of the suite on 2 cores. Calls take turns and each reply carries its call's
+        number (an interrupted call's late reply is skipped). A snippet that raises raises
+        AssertionError and leaves the child in place; a call that times out, or whose child
+        died, raises AssertionError and the next call starts a fresh child.
         """
         with self._sdk_lock:
-            if self._sdk_child is None or not self._sdk_child.alive():
+            if self._sdk_child is not None and not self._sdk_child.alive():
+                self._sdk_child.close()  # its pipes and log
+                self._sdk_child = None
+            if self._sdk_child is None:
                 self._sdk_child = _SdkChild(self.env, self.state_dir / "log" / "sdk-child.log")
             try:
                 return self._sdk_child.run(code, timeout)
@@ -183,15 +189,21 @@ class SkyLocal:
 #: The SDK child's loop: one snippet per stdin line (JSON), its ``out`` or its traceback back as
 #: one marked stdout line (SkyPilot may print lines of its own there too).
 _SDK_LOOP = r"""
-import json, sys, traceback
+import json, os, sys, traceback
 import sky
-for line in sys.stdin:
+# Commands come on a copy of fd 0; the snippets get /dev/null as stdin (a prompt fails at once,
+# as it did with stdin=DEVNULL, instead of eating the next command).
+commands = os.fdopen(os.dup(0), "r")
+os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+sys.stdin = open(os.devnull)
+for line in commands:
+    n, code = json.loads(line)
     scope = {"sky": sky, "json": json, "out": None}
     try:
-        exec(json.loads(line), scope)
-        reply = "@@OUT@@" + json.dumps(scope["out"], default=str)
+        exec(code, scope)
+        reply = f"@@OUT@@{n} " + json.dumps(scope["out"], default=str)
     except BaseException:
-        reply = "@@ERR@@" + json.dumps(traceback.format_exc())
+        reply = f"@@ERR@@{n} " + json.dumps(traceback.format_exc())
     sys.stdout.write("\n" + reply + "\n")
     sys.stdout.flush()
 """
@@ -207,6 +219,7 @@ class _SdkChild:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._log)
         self._buffer = b""
+        self._sent = 0
         self.broken = False
 
     def alive(self) -> bool:
@@ -215,7 +228,8 @@ class _SdkChild:
     def run(self, code: str, timeout: float) -> Any:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
-            self.proc.stdin.write(json.dumps(code).encode() + b"\n")
+            self._sent += 1
+            self.proc.stdin.write(json.dumps([self._sent, code]).encode() + b"\n")
             self.proc.stdin.flush()
         except OSError as exc:
             self.broken = True
@@ -227,11 +241,13 @@ class _SdkChild:
             while b"\n" in self._buffer:
                 line, self._buffer = self._buffer.split(b"\n", 1)
                 text = line.decode(errors="replace")
-                if text.startswith("@@OUT@@"):
-                    return json.loads(text[len("@@OUT@@"):])
-                if text.startswith("@@ERR@@"):
-                    raise AssertionError(f"SDK call failed:\n{code}\n"
-                                         f"{json.loads(text[len('@@ERR@@'):])[-3000:]}")
+                if text.startswith(("@@OUT@@", "@@ERR@@")):
+                    n, _, body = text[7:].partition(" ")
+                    if n != str(self._sent):
+                        continue  # the late reply of an interrupted call
+                    if text.startswith("@@OUT@@"):
+                        return json.loads(body)
+                    raise AssertionError(f"SDK call failed:\n{code}\n{json.loads(body)[-3000:]}")
                 seen.append(text)
             left = deadline - time.monotonic()
             if left <= 0:
@@ -243,19 +259,21 @@ class _SdkChild:
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     self.broken = True
-                    raise AssertionError(f"SDK child exited ({self.proc.wait()}):\n{code}\n"
+                    raise AssertionError(f"SDK child exited ({self.proc.wait(timeout=30)}):\n{code}\n"
                                          + "\n".join(seen[-20:]) + f"\n(stderr: {self._log.name})")
                 self._buffer += chunk
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=30)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            with contextlib.suppress(OSError):
-                if stream is not None:
-                    stream.close()
-        self._log.close()
+        try:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(timeout=30)
+        finally:
+            for stream in (self.proc.stdin, self.proc.stdout):
+                with contextlib.suppress(OSError):
+                    if stream is not None:
+                        stream.close()
+            self._log.close()
 
 
 def _run_sh(*args: str, timeout: float, env: dict[str, str] | None = None
@@ -344,7 +362,8 @@ def sky_local(request: pytest.FixtureRequest) -> Iterator[SkyLocal]:
         yield local
     finally:
         if local is not None:
-            local.close()
+            with contextlib.suppress(Exception):  # the stop below ends it anyway
+                local.close()
         stop()
         with contextlib.suppress(ValueError):
             atexit.unregister(stop)

@@ -114,6 +114,8 @@ class Real:
         self.collect: dict = {}  # what collect_on_the_pool ran, or its "error"
         self.collect_thread: threading.Thread | None = None
         self.collect_proc: subprocess.Popen | None = None
+        self._buckets: dict[str, object] = {}
+        self._buckets_lock = threading.Lock()
 
     def launch_in_turn(self, launches: list[list[str]]) -> None:
         """Run the ``qec-kiln`` argvs one after another (a thread); ``pool_errors`` holds any
@@ -204,9 +206,18 @@ class Real:
                 return text
             time.sleep(5)
 
+    def bucket(self, url: str | None = None):
+        """The bucket at ``url`` (default: the module's), opened once: each opening builds a boto3
+        client (about half a second of CPU), and the threads look every few seconds."""
+        url = url or self.url
+        with self._buckets_lock:
+            if url not in self._buckets:
+                self._buckets[url] = open_bucket(url)
+            return self._buckets[url]
+
     def read(self, key: str, url: str | None = None) -> bytes:
         try:
-            return open_bucket(url or self.url).read_bytes(key)
+            return self.bucket(url).read_bytes(key)
         except Exception:
             return b""
 
@@ -428,7 +439,7 @@ def real_sweeps(r: Real, prefixes: tuple[str, ...]) -> list[str]:
     """The bucket's sweeps whose names start with one of ``prefixes`` (collect's are named
     after its task folder and a digest)."""
     try:
-        keys = open_bucket(r.url).list_keys("")
+        keys = r.bucket().list_keys("")
     except Exception:
         return []
     return sorted({k.split("/", 1)[0] for k in keys if k.startswith(prefixes)})

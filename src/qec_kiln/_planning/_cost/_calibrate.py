@@ -194,10 +194,11 @@ def calibrate(
     gets up to ``min_shots`` shots (fewer if half its predicted share of the budget is less), so
     each is measured early. Phase 2, a new run repeated while it is worth a worker start-up: the
     time left is split equally between the tasks, sized with the seconds/shot measured so far.
-    Wall time is bounded by ``seconds_budget``: worst case about a second over it, two on a busy
-    machine (the worker reports about once a second, and a worker's start-up and a task's
-    DEM/decoder set-up cannot be interrupted). A task that samples for much longer than its share
-    is cut short and the others go on in a new run. Tasks that got no shot (budget spent) are
+    Wall time is bounded by ``seconds_budget``: worst case about a worker start-up and a second
+    over it (the worker reports about once a second, and a worker's start-up and a task's
+    DEM/decoder set-up cannot be interrupted; on a loaded machine a start-up alone takes
+    seconds). A task that samples for much longer than its share is cut short and the others go
+    on in a new run. Tasks that got no shot (budget spent) are
     left out of the result. Results go into ``cache``; tasks found there are not sampled again,
     so a second call with a warm cache runs nothing. ``log`` gets one line (how many tasks are
     run, how many were cached) when there is something to run.
