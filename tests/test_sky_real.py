@@ -35,6 +35,7 @@ from kiln_helpers import fragment_rows, run_kiln, shots_per_task, write_surface_
 
 from qec_kiln._backends.skypilot import startup
 from qec_kiln._backends.skypilot.backend import packaged_yaml_text
+from qec_kiln._errors import StorageError
 from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.fragments import complete_lines
 
@@ -206,7 +207,7 @@ class Real:
                 return text
             time.sleep(5)
 
-    def bucket(self, url: str | None = None):
+    def opened(self, url: str | None = None):
         """The bucket at ``url`` (default: the module's), opened once: each opening builds a boto3
         client (about half a second of CPU), and the threads look every few seconds."""
         url = url or self.url
@@ -216,9 +217,10 @@ class Real:
             return self._buckets[url]
 
     def read(self, key: str, url: str | None = None) -> bytes:
+        """The object's bytes, or b"" when it is missing or the store fails (a bug still raises)."""
         try:
-            return self.bucket(url).read_bytes(key)
-        except Exception:
+            return self.opened(url).read_bytes(key)
+        except StorageError:
             return b""
 
     def fragment(self, sweep: str, batch: str = "b000") -> bytes:
@@ -439,7 +441,7 @@ def real_sweeps(r: Real, prefixes: tuple[str, ...]) -> list[str]:
     """The bucket's sweeps whose names start with one of ``prefixes`` (collect's are named
     after its task folder and a digest)."""
     try:
-        keys = r.bucket().list_keys("")
+        keys = r.opened().list_keys("")
     except Exception:
         return []
     return sorted({k.split("/", 1)[0] for k in keys if k.startswith(prefixes)})
