@@ -144,8 +144,10 @@ def test_the_page_of_a_local_sweep_shows_the_numbers_of_status_json(tmp_path, sm
             "return document.querySelector(\"section[data-sweep='live'] .fleet div b\")"
             ".textContent")
         assert done == f"{100 * status['fraction_done']:.1f}%"
-        assert browser.execute_script(
-            "return document.querySelector(\"section[data-sweep='live'] .plot img\").naturalWidth") > 0
+        # The plot is fetched after the numbers show (a loaded machine draws it seconds later).
+        wait_for(lambda: browser.execute_script(
+            "const i = document.querySelector(\"section[data-sweep='live'] .plot img\");"
+            "return i && i.complete && i.naturalWidth > 0"), 90, "the plot")
         assert browser.console_errors() == []
     finally:
         watch.stop()
