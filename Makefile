@@ -106,8 +106,8 @@ sky-deps:
 SKY_TESTS := tests/test_sky_real.py
 # The suite runs serially beside lint and the SkyPilot module by default: on 2 cores every part of
 # this machine's work is CPU (SkyPilot's local clusters run here too). Measured from a clean
-# clone (CONTRIBUTING.md): serially, the suite took 27 min beside it; on 2 pytest-xdist workers
-# at nice 10 (the SkyPilot module first), 27.6 min. TEST_WORKERS=N runs it on N workers, for a
+# clone (CONTRIBUTING.md): serially, the suite took 24 to 27 min beside it; on 2 pytest-xdist
+# workers at nice 10 (the SkyPilot module first), 27.6 min. TEST_WORKERS=N runs it on N workers, for a
 # machine with more cores; the modules of one costly fixture share a worker (XDIST_GROUPS in
 # tests/conftest.py). Timed goals live in bench/: load slows tests, never fails them.
 TEST_WORKERS ?= 0
