@@ -35,6 +35,7 @@ import stim
 from qec_kiln._errors import KilnError
 from qec_kiln._storage import open_bucket
 from qec_kiln._sweep.existing import csv_rows
+from qec_kiln._sweep.fragments import complete_lines
 from qec_kiln._sweep.memory import task_circuit, write_tasks
 from qec_kiln._sweep.postselect import Postselection
 from qec_kiln._sweep.spec import BATCH_OPTIONS, BatchOptions, TaskTarget
@@ -199,8 +200,7 @@ def _cut_torn_line(path: pathlib.Path) -> None:
     interrupted write, and the rows appended after it would be glued to it."""
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
-        keep = data[:data.rfind(b"\n") + 1]
-        path.write_bytes(keep or (sinter.CSV_HEADER + "\n").encode())
+        path.write_bytes(complete_lines(data) or (sinter.CSV_HEADER + "\n").encode())
 
 
 def _backend_options(given: Any, num_workers: int | None, local: bool) -> Any:
